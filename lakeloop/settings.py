@@ -1,0 +1,199 @@
+"""One settings object for every lakeloop process.
+
+Read once at the edge (the CLI, a server's entry point) from ``LAKELOOP_*`` environment variables
+and an optional ``.env`` file, then passed down. Nested groups use ``__``:
+``LAKELOOP_LAKEFS__ENDPOINT=http://lakefs:8000``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK = "127.0.0.1"
+# Values people paste from tutorials; refusing them beats running a server anyone can drive.
+PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "admin", "test"})
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class LakeFSSettings(BaseModel):
+    """Where the versioned data lives."""
+
+    endpoint: str | None = None
+    """Base URL of a real lakeFS (``http://host:8000``). Unset: run ``lakefs`` from PATH, else the
+    built-in lakeFS-compatible local server."""
+    port: Port = 8001
+    """Port of the lakeFS server lakeloop starts itself (real binary or local server)."""
+    access_key_id: str = "AKIALAKELOOPLOCAL"
+    """lakeFS access key id. For a started server it is the admin key lakeloop sets up."""
+    secret_access_key: SecretStr | None = None
+    """lakeFS secret access key. Unset with a started server: generated once into the state folder."""
+    repository: str = "housing"
+    """Repository that holds the dataset."""
+    branch: str = "main"
+    """Production branch: a commit or merge here triggers training."""
+    data_prefix: str = "data/"
+    """Path prefix under which batches are stored; training reads every table below it."""
+
+
+class PrefectSettings(BaseModel):
+    """Orchestration."""
+
+    api_url: str | None = None
+    """Prefect API URL (``http://host:4200/api``). Unset: lakeloop starts ``prefect server``."""
+    port: Port = 4200
+    """Port of the Prefect server lakeloop starts itself."""
+    train_deployment: str = "train/train-on-commit"
+    """``flow/deployment`` name the lakeFS event triggers."""
+
+
+class MLflowSettings(BaseModel):
+    """Tracking and registry."""
+
+    tracking_uri: str | None = None
+    """MLflow tracking server URL. Unset: lakeloop starts ``mlflow server`` on the state folder."""
+    port: Port = 5000
+    """Port of the MLflow server lakeloop starts itself."""
+    experiment: str = "lakeloop-housing"
+    """Experiment every training run is logged to."""
+    model_name: str = "housing-price"
+    """Registered model name."""
+    champion_alias: str = "champion"
+    """Registry alias the API serves."""
+
+
+class GatewaySettings(BaseModel):
+    """The webhook receiver that turns lakeFS actions into Prefect events."""
+
+    host: str = LOOPBACK
+    """Interface to bind; loopback unless you put a proxy in front."""
+    port: Port = 8002
+    """Port the gateway listens on."""
+    public_url: str | None = None
+    """URL lakeFS uses to reach the gateway. Unset: ``http://{host}:{port}``."""
+    webhook_secret: SecretStr | None = None
+    """Shared secret lakeFS sends with each webhook. Unset: generated once into the state folder."""
+    delivery_attempts: Annotated[int, Field(ge=1, le=20)] = 5
+    """Attempts to hand an event to Prefect before answering lakeFS with an error."""
+
+    @property
+    def url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+class ApiSettings(BaseModel):
+    """The prediction API."""
+
+    host: str = LOOPBACK
+    """Interface to bind."""
+    port: Port = 8000
+    """Port the API listens on."""
+    champion_poll_seconds: Annotated[float, Field(gt=0)] = 2.0
+    """How often the API asks the registry whether the champion changed."""
+    max_batch: Annotated[int, Field(ge=1)] = 1000
+    """Largest number of records accepted in one request."""
+
+
+class TrainingSettings(BaseModel):
+    """Model training and the promotion gate."""
+
+    max_mae: Annotated[float, Field(gt=0)] = 45_000.0
+    """A model whose holdout MAE exceeds this is never promoted (target units)."""
+    max_rmse: Annotated[float, Field(gt=0)] = 70_000.0
+    """A model whose holdout RMSE exceeds this is never promoted (target units)."""
+    holdout_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.2
+    """Share of rows held out for evaluation, chosen by a hash of each row (deterministic)."""
+    n_estimators: Annotated[int, Field(ge=1)] = 300
+    """Boosting rounds."""
+    max_depth: Annotated[int, Field(ge=1)] = 6
+    """Tree depth."""
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.1
+    """Shrinkage."""
+    seed: int = 42
+    """Seed for XGBoost."""
+
+
+class Settings(BaseSettings):
+    """Everything a lakeloop process needs to know, from ``LAKELOOP_*`` variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LAKELOOP_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    state_dir: Path = Path(".lakeloop")
+    """Folder holding every database, artifact and log of the embedded default."""
+    dataset: Path | None = None
+    """Dataset description (YAML). Unset: the shipped California housing example."""
+    lakefs: LakeFSSettings = LakeFSSettings()
+    prefect: PrefectSettings = PrefectSettings()
+    mlflow: MLflowSettings = MLflowSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    api: ApiSettings = ApiSettings()
+    training: TrainingSettings = TrainingSettings()
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        for name, value in (
+            ("LAKELOOP_LAKEFS__SECRET_ACCESS_KEY", self.lakefs.secret_access_key),
+            ("LAKELOOP_GATEWAY__WEBHOOK_SECRET", self.gateway.webhook_secret),
+        ):
+            if value is not None and value.get_secret_value().lower() in PLACEHOLDER_SECRETS:
+                raise ValueError(f"{name} is a placeholder value; set a real secret")
+        self.state_dir = self.state_dir.absolute()
+        return self
+
+    # Derived endpoints: one place decides where each service is.
+    @property
+    def lakefs_endpoint(self) -> str:
+        return self.lakefs.endpoint or f"http://{LOOPBACK}:{self.lakefs.port}"
+
+    @property
+    def prefect_api_url(self) -> str:
+        return self.prefect.api_url or f"http://{LOOPBACK}:{self.prefect.port}/api"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"http://{LOOPBACK}:{self.mlflow.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api.host}:{self.api.port}"
+
+    def lakefs_secret(self) -> str:
+        """The lakeFS secret key (configured, else the one stored for the local stack)."""
+        if self.lakefs.secret_access_key is not None:
+            return self.lakefs.secret_access_key.get_secret_value()
+        return self._stored_secret("lakefs_secret_access_key")
+
+    def webhook_secret(self) -> str:
+        """The gateway's shared secret (configured, else the one stored for the local stack)."""
+        if self.gateway.webhook_secret is not None:
+            return self.gateway.webhook_secret.get_secret_value()
+        return self._stored_secret("webhook_secret")
+
+    def _stored_secret(self, name: str) -> str:
+        """Read a generated secret from the state folder, creating it (mode 0600) on first use."""
+        path = self.state_dir / "secrets.json"
+        stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        if name not in stored:
+            stored[name] = secrets.token_urlsafe(32)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                json.dump(stored, handle)
+        return stored[name]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment; ``overrides`` win (used by tests and the CLI)."""
+    return Settings(**overrides)  # type: ignore[arg-type]
