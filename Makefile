@@ -1,0 +1,46 @@
+# lakeloop: `make demo` runs the loop, `make test` runs the tests. Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo up down test test-fast lint format bench openapi clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "lakeloop needs Python 3.11 or newer; set PYTHON=python3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install lakeloop with its dev tools
+
+demo: install  ## start the stack, commit a batch, train, serve, predict, stop
+	$(BIN)/lakeloop demo
+
+up: install  ## start the stack and keep it running
+	$(BIN)/lakeloop up
+
+down: install  ## stop a stack left running
+	$(BIN)/lakeloop down
+
+test: install  ## every test: unit, data, integration and the end-to-end loop
+	$(BIN)/pytest
+
+test-fast: install  ## tests that need no server
+	$(BIN)/pytest tests/unit tests/data
+
+lint: install  ## ruff lint + format check, mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install  ## benchmarks, figures printed side by side
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf .lakeloop .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,125 @@
+"""Training flow: a lakeFS commit in, a registered (and maybe promoted) model out.
+
+The flow only sequences steps; each task calls a plain function from the core package.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from lakeloop import lakefs_client, model, tracking
+from lakeloop.dataset import DatasetSpec, load_spec
+from lakeloop.settings import Settings, load_settings
+from validation.checks import ValidationResult, validate_frame
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def already_trained(settings: Settings, commit_id: str) -> str | None:
+    """The run id that already trained on this commit, if any."""
+    run = tracking.run_for_commit(tracking.connect(settings), settings, commit_id=commit_id)
+    return run.info.run_id if run else None
+
+
+@task(retries=3, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def read_commit(settings: Settings, repository: str, commit_id: str) -> pd.DataFrame:
+    """Every table under the data prefix, exactly as it was at this commit."""
+    client = lakefs_client.connect(settings)
+    return lakefs_client.read_table(client, settings, repository=repository, ref=commit_id)
+
+
+@task(cache_policy=NO_CACHE)
+def validate(frame: pd.DataFrame, spec: DatasetSpec) -> ValidationResult:
+    return validate_frame(frame, spec)
+
+
+@task(cache_policy=NO_CACHE)
+def fit(frame: pd.DataFrame, spec: DatasetSpec, settings: Settings) -> model.TrainedModel:
+    return model.train(frame, spec, settings.training)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def log_and_register(
+    settings: Settings,
+    trained: model.TrainedModel,
+    *,
+    repository: str,
+    commit_id: str,
+    spec: DatasetSpec,
+    validation: ValidationResult,
+) -> tracking.LoggedModel:
+    tracking.connect(settings)
+    return tracking.log_trained(
+        settings,
+        trained,
+        repository=repository,
+        commit_id=commit_id,
+        dataset=f"{spec.name}@v{spec.version}",
+        validation=validation.outcome,
+    )
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def gate_and_promote(
+    settings: Settings, trained: model.TrainedModel, logged: tracking.LoggedModel
+) -> list[str]:
+    """Promote when the model meets the absolute thresholds; returns the reasons it did not."""
+    failures = model.threshold_failures(trained.metrics, settings.training)
+    if not failures:
+        tracking.promote(tracking.connect(settings), settings, version=logged.version)
+    return failures
+
+
+@flow(name="train", flow_run_name="train-{commit_id:.8}", log_prints=True)
+def train_on_commit(repository: str, commit_id: str, reason: str = "manual") -> dict[str, Any]:
+    """Validate the data at a lakeFS commit, train XGBoost, register it, promote it if it is good."""
+    logger = get_run_logger()
+    settings = load_settings()
+    spec = load_spec(settings.dataset)
+    logger.info("training on %s@%s (%s)", repository, commit_id, reason)
+
+    if previous := already_trained(settings, commit_id):
+        logger.info("commit %s already trained by run %s; nothing to do", commit_id, previous)
+        return {"status": "skipped", "reason": "already trained", "run_id": previous}
+
+    frame = read_commit(settings, repository, commit_id)
+    if frame.empty:
+        logger.info(
+            "no tables under %s at %s; nothing to train", settings.lakefs.data_prefix, commit_id
+        )
+        return {"status": "skipped", "reason": "no data"}
+
+    validation = validate(frame, spec)
+    if not validation.success:
+        raise ValueError(f"data at {commit_id} failed validation: {validation.outcome}")
+
+    trained = fit(frame, spec, settings)
+    logged = log_and_register(
+        settings,
+        trained,
+        repository=repository,
+        commit_id=commit_id,
+        spec=spec,
+        validation=validation,
+    )
+    failures = gate_and_promote(settings, trained, logged)
+    verdict = "promoted to champion" if not failures else "not promoted: " + "; ".join(failures)
+    logger.info(
+        "version %s (MAE %.0f, RMSE %.0f, R² %.3f on %d holdout rows) %s",
+        logged.version,
+        trained.metrics["mae"],
+        trained.metrics["rmse"],
+        trained.metrics["r2"],
+        trained.holdout_rows,
+        verdict,
+    )
+    return {
+        "status": "promoted" if not failures else "registered",
+        "version": logged.version,
+        "run_id": logged.run_id,
+        "metrics": trained.metrics,
+        "gate_failures": failures,
+    }

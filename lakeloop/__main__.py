@@ -1,0 +1,3 @@
+from lakeloop.cli import app
+
+app(prog_name="lakeloop")

@@ -1,0 +1,106 @@
+"""Prefect events: how lakeloop's parts tell each other something happened.
+
+Every event has a deterministic id (uuid5 of its natural key), so a repeated delivery is harmless
+to Prefect's de-duplication. Prefect drops events sent while it is down with only a log line, so
+senders here check the answer and retry, and report failure to their caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import msgspec
+
+logger = logging.getLogger(__name__)
+
+# Fixed namespace for lakeloop's uuid5 event ids; never change it or ids stop matching.
+EVENT_NAMESPACE = uuid.UUID("6f6c1c1e-2a44-5b8e-9a57-6c616b656c6f")
+# Commit metadata key: a commit carrying it with "true" is not data (configuration, docs) and
+# does not trigger training. lakeloop's own action-install commit sets it.
+SKIP_TRAINING_KEY = "lakeloop.skip_training"
+
+
+class LakeFSWebhook(msgspec.Struct, kw_only=True):
+    """The JSON body lakeFS POSTs to a webhook hook (fields as lakeFS names them)."""
+
+    event_type: str
+    event_time: str
+    action_name: str
+    hook_id: str
+    repository_id: str
+    branch_id: str
+    source_ref: str = ""
+    commit_id: str = ""
+    commit_message: str = ""
+    committer: str = ""
+    commit_metadata: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+def event_id(*natural_key: str) -> str:
+    """The deterministic id of the event with this natural key."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, "/".join(natural_key)))
+
+
+def lakefs_event(hook: LakeFSWebhook) -> dict[str, Any]:
+    """The Prefect event relaying a lakeFS webhook; it keeps lakeFS's own event type."""
+    name = f"lakefs.{hook.event_type}"
+    return {
+        "id": event_id(name, hook.repository_id, hook.branch_id, hook.commit_id),
+        "occurred": hook.event_time or datetime.now(UTC).isoformat(),
+        "event": name,
+        "resource": {
+            "prefect.resource.id": f"lakefs.repository.{hook.repository_id}",
+            "prefect.resource.name": hook.repository_id,
+            "lakefs.repository": hook.repository_id,
+            "lakefs.branch": hook.branch_id,
+            "lakefs.commit_id": hook.commit_id,
+        },
+        "payload": msgspec.to_builtins(hook),
+        "related": [],
+    }
+
+
+class DeliveryError(RuntimeError):
+    """Prefect did not accept an event after every attempt."""
+
+
+def emit(
+    api_url: str,
+    event: dict[str, Any],
+    *,
+    attempts: int = 5,
+    client: httpx.Client | None = None,
+) -> None:
+    """POST one event to the Prefect server's ``/events`` endpoint; retry with a bounded backoff
+    and raise :class:`DeliveryError` if it never answers 2xx."""
+    owned = client is None
+    http = client or httpx.Client(timeout=10.0)
+    try:
+        for attempt in range(1, attempts + 1):
+            try:
+                response = http.post(f"{api_url.rstrip('/')}/events", json=[event])
+                if response.is_success:
+                    return
+                problem = f"HTTP {response.status_code}: {response.text[:200]}"
+            except httpx.HTTPError as error:
+                problem = f"{type(error).__name__}: {error}"
+            logger.warning(
+                "event %s (%s) not accepted by Prefect at %s, attempt %d/%d: %s",
+                event["event"],
+                event["id"],
+                api_url,
+                attempt,
+                attempts,
+                problem,
+            )
+            if attempt < attempts:
+                time.sleep(min(0.25 * 2 ** (attempt - 1), 4.0))
+        raise DeliveryError(f"Prefect at {api_url} did not accept event {event['id']}: {problem}")
+    finally:
+        if owned:
+            http.close()

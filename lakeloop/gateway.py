@@ -1,0 +1,102 @@
+"""The gateway: receives lakeFS action webhooks and hands them to Prefect as events.
+
+It answers 2xx only once Prefect accepted the event, so lakeFS records a failed hook run (and the
+operator sees it) instead of a trigger silently lost.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Annotated
+
+import msgspec
+from litestar import Litestar, get, post
+from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
+
+from lakeloop import events
+from lakeloop.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+TOKEN_HEADER = "X-Lakeloop-Token"
+
+
+class Relayed(msgspec.Struct):
+    """What the gateway did with a webhook."""
+
+    relayed: bool
+    event: str
+    commit_id: str
+    event_id: str | None = None
+    detail: str = ""
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+def create_gateway(settings: Settings) -> Litestar:
+    """The gateway app for these settings."""
+    secret = settings.webhook_secret().encode()
+    prefect_api = settings.prefect_api_url
+    attempts = settings.gateway.delivery_attempts
+
+    @post(
+        "/webhooks/lakefs",
+        operation_id="relayLakeFSWebhook",
+        status_code=HTTP_202_ACCEPTED,
+        sync_to_thread=True,
+    )
+    def relay_lakefs_webhook(
+        data: events.LakeFSWebhook,
+        token: Annotated[str, Parameter(header=TOKEN_HEADER, default="")],
+    ) -> Relayed:
+        """Relay a lakeFS webhook to Prefect as an event with a deterministic id."""
+        if not hmac.compare_digest(token.encode(), secret):
+            raise NotAuthorizedException(f"missing or wrong {TOKEN_HEADER} header")
+        if data.commit_metadata.get(events.SKIP_TRAINING_KEY, "").lower() == "true":
+            detail = f"commit metadata has {events.SKIP_TRAINING_KEY}=true"
+            return Relayed(
+                relayed=False, event=data.event_type, commit_id=data.commit_id, detail=detail
+            )
+        event = events.lakefs_event(data)
+        try:
+            events.emit(prefect_api, event, attempts=attempts)
+        except events.DeliveryError as error:
+            raise HTTPException(
+                status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(error)
+            ) from error
+        logger.info(
+            "relayed %s on %s/%s commit %s as event %s",
+            event["event"],
+            data.repository_id,
+            data.branch_id,
+            data.commit_id,
+            event["id"],
+        )
+        return Relayed(
+            relayed=True, event=event["event"], commit_id=data.commit_id, event_id=event["id"]
+        )
+
+    @get("/healthz", operation_id="gatewayHealth")
+    async def healthz() -> Health:
+        """Liveness of the gateway process."""
+        return Health(status="ok")
+
+    return Litestar(route_handlers=[relay_lakefs_webhook, healthz])
+
+
+def main() -> None:
+    """Serve the gateway on the configured loopback address."""
+    import uvicorn  # noqa: PLC0415
+
+    settings = load_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_gateway(settings), host=settings.gateway.host, port=settings.gateway.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Watching the loop from outside: Prefect flow runs, the registry, the API.
+
+Used by the demo and the end-to-end test to wait for each hop of commit → run → model → served.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from lakeloop.settings import Settings
+
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+class LoopError(RuntimeError):
+    """A hop of the loop did not happen in time, or failed."""
+
+
+@dataclass(frozen=True)
+class FlowRun:
+    id: str
+    name: str
+    state: str
+    state_message: str
+    created: str
+
+
+def training_runs(settings: Settings, *, commit_id: str) -> list[FlowRun]:
+    """Prefect flow runs whose ``commit_id`` parameter is this commit (named ``train-<commit:8>``)."""
+    body = {"flow_runs": {"name": {"any_": [f"train-{commit_id:.8}"]}}, "sort": "EXPECTED_START_TIME_ASC"}
+    response = httpx.post(f"{settings.prefect_api_url}/flow_runs/filter", json=body, timeout=10.0)
+    response.raise_for_status()
+    runs = []
+    for run in response.json():
+        if run.get("parameters", {}).get("commit_id") != commit_id:
+            continue
+        state = run.get("state") or {}
+        runs.append(
+            FlowRun(
+                id=run["id"],
+                name=run["name"],
+                state=state.get("type", "PENDING"),
+                state_message=state.get("message") or "",
+                created=run["created"],
+            )
+        )
+    return runs
+
+
+def poll(
+    check: Callable[[], Any],
+    *,
+    what: str,
+    timeout: float,
+    interval: float = 0.5,
+    on_wait: Callable[[str], None] = lambda _: None,
+) -> Any:
+    """Call ``check`` until it returns something truthy; raise :class:`LoopError` after timeout."""
+    deadline = time.monotonic() + timeout
+    last_problem = ""
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except httpx.HTTPError as error:
+            result, last_problem = None, f"{type(error).__name__}: {error}"
+        if result:
+            return result
+        on_wait(what)
+        time.sleep(interval)
+    suffix = f" (last error: {last_problem})" if last_problem else ""
+    raise LoopError(f"timed out after {timeout:.0f} s waiting for {what}{suffix}")
+
+
+def wait_for_training(
+    settings: Settings,
+    *,
+    commit_id: str,
+    timeout: float = 600.0,
+    on_state: Callable[[str], None] = lambda _: None,
+) -> FlowRun:
+    """Wait until the event trigger created a training run for ``commit_id`` and it finished;
+    raise if it did not complete."""
+    seen: list[str] = []
+
+    def finished() -> FlowRun | None:
+        runs = training_runs(settings, commit_id=commit_id)
+        if not runs:
+            return None
+        run = runs[-1]
+        if not seen or seen[-1] != run.state:
+            seen.append(run.state)
+            on_state(f"flow run {run.name}: {run.state.lower()}")
+        return run if run.state in FINAL_STATES else None
+
+    run: FlowRun = poll(finished, what=f"the training run of commit {commit_id:.8}", timeout=timeout)
+    if run.state != "COMPLETED":
+        raise LoopError(f"training run {run.name} ended {run.state}: {run.state_message}")
+    return run
+
+
+def served_model(settings: Settings) -> dict[str, Any] | None:
+    """What ``GET /v1/model`` answers, or ``None`` while no model is served."""
+    response = httpx.get(f"{settings.api_url}/v1/model", timeout=5.0)
+    return response.json() if response.status_code == 200 else None
+
+
+def wait_until_served(settings: Settings, *, commit_id: str, timeout: float = 120.0) -> dict[str, Any]:
+    """Wait until the API serves a model trained on ``commit_id``."""
+
+    def serving() -> dict[str, Any] | None:
+        model = served_model(settings)
+        return model if model and model["lakefs_commit_id"] == commit_id else None
+
+    result: dict[str, Any] = poll(
+        serving, what=f"the API to serve the model of commit {commit_id:.8}", timeout=timeout
+    )
+    return result
+
+
+def predict(settings: Settings, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """POST records to the prediction API."""
+    response = httpx.post(f"{settings.api_url}/v1/predict", json={"records": records}, timeout=30.0)
+    response.raise_for_status()
+    result: dict[str, Any] = response.json()
+    return result

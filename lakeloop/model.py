@@ -1,0 +1,134 @@
+"""Training and evaluation as plain functions: no Prefect, no MLflow, no I/O.
+
+The model is an sklearn pipeline (encoder + XGBoost) so that the logged artefact accepts the raw
+records the API receives, category strings included: MLflow's pyfunc passes strings as ``str``, which
+XGBoost's categorical support rejects, so the encoding has to travel inside the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.pipeline import Pipeline
+from xgboost import XGBRegressor
+
+from lakeloop.dataset import DatasetSpec
+from lakeloop.settings import TrainingSettings
+
+# Holdout membership is decided per row from a hash of its content, in thousandths.
+_HASH_BUCKETS = 1000
+
+
+class FeatureEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+    """Select the described features in order and give categoricals their fixed categories.
+
+    Unknown category strings become missing values, which XGBoost routes like any other missing
+    value, so a new neighbourhood name degrades a prediction instead of failing it.
+    """
+
+    def __init__(
+        self,
+        numeric: tuple[str, ...] = (),
+        categories: tuple[tuple[str, tuple[str, ...]], ...] = (),
+    ) -> None:
+        self.numeric = numeric
+        self.categories = categories
+
+    def fit(self, frame: pd.DataFrame, target: Any = None) -> FeatureEncoder:  # noqa: ARG002
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        encoded = {name: pd.to_numeric(frame[name], errors="coerce") for name in self.numeric}
+        for name, known in self.categories:
+            encoded[name] = pd.Categorical(frame[name].astype("string"), categories=list(known))
+        return pd.DataFrame(encoded, index=frame.index)
+
+
+def feature_encoder(spec: DatasetSpec) -> FeatureEncoder:
+    return FeatureEncoder(
+        numeric=tuple(spec.numeric_features),
+        categories=tuple(
+            (name, spec.feature(name).categories) for name in spec.categorical_features
+        ),
+    )
+
+
+def build_pipeline(spec: DatasetSpec, training: TrainingSettings) -> Pipeline:
+    """An untrained encoder + XGBoost regressor pipeline."""
+    regressor = XGBRegressor(
+        n_estimators=training.n_estimators,
+        max_depth=training.max_depth,
+        learning_rate=training.learning_rate,
+        tree_method="hist",
+        enable_categorical=True,
+        random_state=training.seed,
+        n_jobs=0,  # let XGBoost use every core it sees
+    )
+    return Pipeline([("encode", feature_encoder(spec)), ("regress", regressor)])
+
+
+def holdout_mask(frame: pd.DataFrame, spec: DatasetSpec, *, fraction: float) -> np.ndarray:
+    """True for holdout rows: a function of each row's content, so the same data splits the same
+    way on every run and every machine, whatever order the files were read in."""
+    hashes = pd.util.hash_pandas_object(frame[spec.columns], index=False).to_numpy()
+    return (hashes % _HASH_BUCKETS) < int(fraction * _HASH_BUCKETS)
+
+
+def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE, MSE, R² and MAPE of predictions against the truth."""
+    errors = predicted - actual
+    mse = float(np.mean(errors**2))
+    total = float(np.sum((actual - actual.mean()) ** 2))
+    return {
+        "mae": float(np.mean(np.abs(errors))),
+        "rmse": float(np.sqrt(mse)),
+        "mse": mse,
+        "r2": 1.0 - float(np.sum(errors**2)) / total if total > 0 else 0.0,
+        "mape": float(np.mean(np.abs(errors) / np.maximum(np.abs(actual), 1e-9))),
+    }
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A fitted pipeline with what is needed to log and judge it."""
+
+    pipeline: Pipeline
+    metrics: dict[str, float]
+    train_rows: int
+    holdout_rows: int
+    input_example: pd.DataFrame
+
+
+def train(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) -> TrainedModel:
+    """Fit on the training rows and evaluate on the deterministic holdout."""
+    rows = frame.dropna(subset=[spec.target.name])
+    holdout = holdout_mask(rows, spec, fraction=training.holdout_fraction)
+    train_rows, test_rows = rows[~holdout], rows[holdout]
+    if len(train_rows) < 10 or len(test_rows) < 2:
+        raise ValueError(
+            f"too few rows to train: {len(train_rows)} for training, {len(test_rows)} for holdout"
+        )
+    pipeline = build_pipeline(spec, training)
+    pipeline.fit(train_rows[spec.feature_names], train_rows[spec.target.name].to_numpy())
+    predicted = pipeline.predict(test_rows[spec.feature_names])
+    return TrainedModel(
+        pipeline=pipeline,
+        metrics=regression_metrics(test_rows[spec.target.name].to_numpy(), predicted),
+        train_rows=len(train_rows),
+        holdout_rows=len(test_rows),
+        input_example=test_rows[spec.feature_names].head(3),
+    )
+
+
+def threshold_failures(metrics: dict[str, float], training: TrainingSettings) -> list[str]:
+    """Reasons the model fails the absolute quality bar; empty when it passes."""
+    reasons = []
+    if metrics["mae"] > training.max_mae:
+        reasons.append(f"MAE {metrics['mae']:,.0f} > {training.max_mae:,.0f}")
+    if metrics["rmse"] > training.max_rmse:
+        reasons.append(f"RMSE {metrics['rmse']:,.0f} > {training.max_rmse:,.0f}")
+    return reasons

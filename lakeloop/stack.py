@@ -1,0 +1,361 @@
+"""The local stack launcher: starts, watches and stops every server of the embedded default.
+
+Each service is a child process in its own session (so stopping it stops its children too),
+bound to 127.0.0.1, logging to ``<state>/logs/<service>.log``. What is running is recorded in
+``<state>/stack.json`` so ``lakeloop down`` can stop a stack another command started.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from lakeloop.settings import LOOPBACK, Settings
+
+logger = logging.getLogger(__name__)
+
+STACK_FILE = "stack.json"
+
+
+class StackError(RuntimeError):
+    """A service could not be started or did not become ready."""
+
+
+@dataclass(frozen=True)
+class Service:
+    """One server process of the local stack."""
+
+    name: str
+    argv: list[str]
+    port: int
+    health_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    start_timeout: float = 120.0
+    """Seconds to wait for the health URL (Prefect needs 13-16 s cold here)."""
+    hint: str = ""
+    """What to set to move it, shown when its port is taken."""
+
+
+@dataclass
+class Running:
+    service: Service
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """Whether nothing listens on ``host:port`` (a bind succeeds)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """Environment shared by every child: the caller's, plus where everything is."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "LAKELOOP_STATE_DIR": str(settings.state_dir),
+            "PREFECT_API_URL": settings.prefect_api_url,
+            "PREFECT_HOME": str(settings.state_dir / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOGGING_LEVEL": "INFO",
+            # serve() asks for scheduled runs every second instead of every 10 s.
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+            "GX_ANALYTICS_ENABLED": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def services(settings: Settings) -> list[Service]:
+    """The services the stack starts for these settings; configured endpoints are not started."""
+    state = settings.state_dir
+    python = sys.executable
+    started: list[Service] = []
+    if settings.lakefs.endpoint is None:
+        started.append(_lakefs_service(settings))
+    if settings.mlflow.tracking_uri is None:
+        mlflow_dir = state / "mlflow"
+        started.append(
+            Service(
+                name="mlflow",
+                argv=[
+                    python, "-m", "mlflow", "server",
+                    "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+                    "--artifacts-destination", str(mlflow_dir / "artifacts"),
+                    "--host", LOOPBACK, "--port", str(settings.mlflow.port),
+                    "--workers", "1",
+                ],
+                port=settings.mlflow.port,
+                health_url=f"{settings.mlflow_tracking_uri}/health",
+                hint="LAKELOOP_MLFLOW__PORT",
+            )
+        )
+    if settings.prefect.api_url is None:
+        started.append(
+            Service(
+                name="prefect",
+                argv=[
+                    python, "-m", "prefect", "server", "start",
+                    "--host", LOOPBACK, "--port", str(settings.prefect.port),
+                ],
+                port=settings.prefect.port,
+                health_url=f"{settings.prefect_api_url}/health",
+                env={
+                    "PREFECT_SERVER_DATABASE_CONNECTION_URL": (
+                        f"sqlite+aiosqlite:///{state / 'prefect' / 'prefect.db'}"
+                    ),
+                },
+                hint="LAKELOOP_PREFECT__PORT",
+            )
+        )
+    started.append(
+        Service(
+            name="gateway",
+            argv=[python, "-m", "lakeloop.gateway"],
+            port=settings.gateway.port,
+            health_url=f"http://{LOOPBACK}:{settings.gateway.port}/healthz",
+            hint="LAKELOOP_GATEWAY__PORT",
+        )
+    )
+    started.append(
+        Service(
+            name="api",
+            argv=[python, "-m", "api"],
+            port=settings.api.port,
+            health_url=f"http://{LOOPBACK}:{settings.api.port}/healthz",
+            hint="LAKELOOP_API__PORT",
+        )
+    )
+    return started
+
+
+def _lakefs_service(settings: Settings) -> Service:
+    """A real ``lakefs`` from PATH when there is one, else the built-in lakeFS-compatible server."""
+    data_dir = settings.state_dir / "lakefs"
+    secret = settings.lakefs_secret()
+    # lakeFS only lets actions read variables with this prefix.
+    actions_env = {"LAKEFSACTIONS_LAKELOOP_WEBHOOK_SECRET": settings.webhook_secret()}
+    health = f"{settings.lakefs_endpoint}/api/v1/healthcheck"
+    binary = shutil.which("lakefs")
+    if binary:
+        return Service(
+            name="lakefs",
+            argv=[binary, "run", "--local-settings"],
+            port=settings.lakefs.port,
+            health_url=health,
+            env={
+                **actions_env,
+                "LAKEFS_LISTEN_ADDRESS": f"{LOOPBACK}:{settings.lakefs.port}",
+                "LAKEFS_DATABASE_TYPE": "local",
+                "LAKEFS_DATABASE_LOCAL_PATH": str(data_dir / "metadata"),
+                "LAKEFS_BLOCKSTORE_TYPE": "local",
+                "LAKEFS_BLOCKSTORE_LOCAL_PATH": str(data_dir / "data"),
+                "LAKEFS_AUTH_ENCRYPT_SECRET_KEY": settings._stored_secret("lakefs_encrypt_key"),
+                "LAKEFS_INSTALLATION_USER_NAME": "lakeloop",
+                "LAKEFS_INSTALLATION_ACCESS_KEY_ID": settings.lakefs.access_key_id,
+                "LAKEFS_INSTALLATION_SECRET_ACCESS_KEY": secret,
+            },
+            hint="LAKELOOP_LAKEFS__PORT",
+        )
+    return Service(
+        name="lakefs",
+        argv=[
+            sys.executable, "-m", "lakeloop.lakefs_local",
+            "--host", LOOPBACK, "--port", str(settings.lakefs.port), "--data-dir", str(data_dir),
+        ],
+        port=settings.lakefs.port,
+        health_url=health,
+        env={
+            **actions_env,
+            "LAKEFS_LOCAL_ACCESS_KEY_ID": settings.lakefs.access_key_id,
+            "LAKEFS_LOCAL_SECRET_ACCESS_KEY": secret,
+        },
+        hint="LAKELOOP_LAKEFS__PORT",
+    )
+
+
+def flow_server(settings: Settings) -> Service:
+    """The process that serves the Prefect deployments; ready once they are registered."""
+    flow_name, deployment_name = settings.prefect.train_deployment.split("/")
+    return Service(
+        name="flows",
+        argv=[sys.executable, "-m", "deployments.serve"],
+        port=0,
+        health_url=f"{settings.prefect_api_url}/deployments/name/{flow_name}/{deployment_name}",
+    )
+
+
+def wait_until_ready(
+    url: str,
+    *,
+    name: str,
+    timeout: float,
+    alive: Callable[[], bool] = lambda: True,
+    log_path: Path | None = None,
+) -> None:
+    """Poll ``url`` with a bounded backoff until it answers 2xx; fail naming the service."""
+    deadline = time.monotonic() + timeout
+    delay, attempt = 0.2, 0
+    with httpx.Client(timeout=5.0) as http:
+        while True:
+            attempt += 1
+            try:
+                if http.get(url).is_success:
+                    return
+                problem = "not ready yet"
+            except httpx.HTTPError as error:
+                problem = type(error).__name__
+            if not alive():
+                where = f"; see {log_path}" if log_path else ""
+                raise StackError(f"{name} exited while starting{where}")
+            if time.monotonic() > deadline:
+                where = f"; see {log_path}" if log_path else ""
+                raise StackError(f"{name} not ready at {url} after {timeout:.0f} s ({problem}){where}")
+            logger.debug("waiting for %s (attempt %d): %s", name, attempt, problem)
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+
+class Stack:
+    """The running services of one state folder."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.running: list[Running] = []
+
+    @property
+    def logs(self) -> Path:
+        return self.settings.state_dir / "logs"
+
+    def check_ports(self, wanted: Iterable[Service]) -> None:
+        """Fail before starting anything when a port is taken, naming the service."""
+        for service in wanted:
+            if service.port and not port_is_free(service.port):
+                raise StackError(
+                    f"port {service.port} needed by {service.name} is already in use "
+                    f"(another lakeloop stack? `lakeloop down` stops one); "
+                    f"or choose another port with {service.hint}"
+                )
+
+    def start(self, service: Service) -> Running:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log_path = self.logs / f"{service.name}.log"
+        env = child_env(self.settings) | service.env
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                service.argv,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: stopping it stops its children
+            )
+        running = Running(service=service, process=process, log_path=log_path)
+        self.running.append(running)
+        self._record()
+        return running
+
+    def wait(self, running: Running) -> None:
+        wait_until_ready(
+            running.service.health_url,
+            name=running.service.name,
+            timeout=running.service.start_timeout,
+            alive=lambda: running.process.poll() is None,
+            log_path=running.log_path,
+        )
+
+    def up(self, *, progress: Callable[[str], None] = lambda _: None) -> None:
+        """Start every service and wait until each answers; stop all of them on failure."""
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        wanted = services(self.settings)
+        self.check_ports(wanted)
+        try:
+            started = [self.start(service) for service in wanted]
+            for running in started:
+                progress(f"waiting for {running.service.name}")
+                self.wait(running)
+                progress(f"{running.service.name} ready")
+            progress("registering the Prefect deployments")
+            self.wait(self.start(flow_server(self.settings)))
+            progress("flows ready")
+        except BaseException:
+            self.down()
+            raise
+
+    def down(self) -> None:
+        """Stop every service this object started, children included."""
+        stop_processes([(r.service.name, r.process.pid) for r in self.running])
+        for running in self.running:
+            running.process.poll()
+        self.running.clear()
+        (self.settings.state_dir / STACK_FILE).unlink(missing_ok=True)
+
+    def _record(self) -> None:
+        record = {r.service.name: {"pid": r.process.pid, "port": r.service.port} for r in self.running}
+        (self.settings.state_dir / STACK_FILE).write_text(json.dumps(record, indent=2))
+
+
+def stop_processes(processes: list[tuple[str, int]], *, grace: float = 15.0) -> None:
+    """SIGTERM each process group, then SIGKILL what is left after ``grace`` seconds."""
+    for _, pid in reversed(processes):
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for name, pid in processes:
+        while _group_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _group_alive(pid):
+            logger.warning("%s (pid %d) ignored SIGTERM; killing it", name, pid)
+            _signal_group(pid, signal.SIGKILL)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pid: int) -> bool:
+    # A zombie leader keeps its group "alive" to killpg: reap it first when it is our child.
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def down_recorded(settings: Settings) -> list[str]:
+    """Stop a stack recorded in the state folder (one started by another command)."""
+    path = settings.state_dir / STACK_FILE
+    if not path.exists():
+        return []
+    record = json.loads(path.read_text())
+    stop_processes([(name, entry["pid"]) for name, entry in record.items()])
+    path.unlink(missing_ok=True)
+    return list(record)

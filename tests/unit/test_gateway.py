@@ -1,0 +1,122 @@
+"""The webhook gateway: secret check, event shape, delivery only confirmed after Prefect accepts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from litestar.testing import TestClient
+
+from lakeloop.events import event_id
+from lakeloop.gateway import TOKEN_HEADER, create_gateway
+from lakeloop.settings import Settings, load_settings
+from tests.utils.fake_prefect import FakePrefectEvents
+from tests.utils.net import free_port, serve_in_thread
+
+SECRET = "s3cret-for-tests-0123456789abcdef"
+
+
+def hook(**changes: object) -> dict[str, object]:
+    """A webhook body with lakeFS's field names, as lakeFS sends on a merge into main."""
+    body: dict[str, object] = {
+        "event_type": "post-merge",
+        "event_time": "2026-11-23T10:00:00Z",
+        "action_name": "lakeloop-train-trigger",
+        "hook_id": "lakeloop_gateway",
+        "repository_id": "housing",
+        "branch_id": "main",
+        "source_ref": "ingest-batch-1",
+        "commit_id": "c0ffee" * 10 + "abcd",
+        "commit_message": "publish batch-1",
+        "committer": "lakeloop",
+        "commit_metadata": {"rows": "100"},
+    }
+    return body | changes
+
+
+@pytest.fixture
+def prefect() -> Iterator[tuple[FakePrefectEvents, str]]:
+    fake = FakePrefectEvents()
+    with serve_in_thread(fake.app()) as url:
+        yield fake, f"{url}/api"
+
+
+@pytest.fixture
+def gateway(settings: Settings, prefect: tuple[FakePrefectEvents, str]) -> Iterator[TestClient]:
+    configured = load_settings(
+        state_dir=settings.state_dir,
+        prefect={"api_url": prefect[1]},
+        gateway={"webhook_secret": SECRET, "delivery_attempts": 3},
+    )
+    with TestClient(create_gateway(configured)) as client:
+        yield client
+
+
+def test_relays_merge_as_prefect_event_with_deterministic_id(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str]
+) -> None:
+    response = gateway.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
+    assert response.status_code == 202
+    [event] = prefect[0].events
+    assert event["event"] == "lakefs.post-merge"
+    assert event["resource"]["prefect.resource.id"] == "lakefs.repository.housing"
+    assert event["resource"]["lakefs.branch"] == "main"
+    assert event["payload"]["commit_id"] == hook()["commit_id"]
+    assert event["id"] == response.json()["event_id"]
+    again = gateway.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
+    assert again.json()["event_id"] == event["id"]
+
+
+@pytest.mark.parametrize("headers", [{}, {TOKEN_HEADER: "wrong"}, {TOKEN_HEADER: SECRET + "x"}])
+def test_wrong_or_missing_secret_is_refused_and_nothing_emitted(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str], headers: dict[str, str]
+) -> None:
+    response = gateway.post("/webhooks/lakefs", json=hook(), headers=headers)
+    assert response.status_code == 401
+    assert prefect[0].events == []
+
+
+def test_prefect_refusing_then_accepting_is_retried(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str]
+) -> None:
+    prefect[0].failures_left = 2
+    response = gateway.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
+    assert response.status_code == 202
+    assert len(prefect[0].events) == 1
+
+
+def test_prefect_down_is_503_so_lakefs_records_a_failed_hook(settings: Settings) -> None:
+    configured = load_settings(
+        state_dir=settings.state_dir,
+        prefect={"api_url": f"http://127.0.0.1:{free_port()}/api"},
+        gateway={"webhook_secret": SECRET, "delivery_attempts": 2},
+    )
+    with TestClient(create_gateway(configured)) as client:
+        response = client.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
+    assert response.status_code == 503
+    assert "did not accept" in response.text
+
+
+def test_commit_marked_skip_training_is_acknowledged_not_relayed(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str]
+) -> None:
+    body = hook(event_type="post-commit", commit_metadata={"lakeloop.skip_training": "true"})
+    response = gateway.post("/webhooks/lakefs", json=body, headers={TOKEN_HEADER: SECRET})
+    assert response.status_code == 202
+    assert response.json()["relayed"] is False
+    assert prefect[0].events == []
+
+
+def test_malformed_body_is_rejected_naming_the_field(gateway: TestClient) -> None:
+    body = hook()
+    del body["repository_id"]
+    response = gateway.post("/webhooks/lakefs", json=body, headers={TOKEN_HEADER: SECRET})
+    assert response.status_code == 400
+    assert "repository_id" in response.text
+
+
+def test_event_ids_differ_per_commit_and_type() -> None:
+    first = event_id("lakefs.post-merge", "housing", "main", "a" * 64)
+    assert first == event_id("lakefs.post-merge", "housing", "main", "a" * 64)
+    assert first != event_id("lakefs.post-merge", "housing", "main", "b" * 64)
+    assert first != event_id("lakefs.post-commit", "housing", "main", "a" * 64)

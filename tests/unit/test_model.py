@@ -1,0 +1,90 @@
+"""Code and behaviour of the training functions (no MLflow, no Prefect)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lakeloop.dataset import DatasetSpec
+from lakeloop.model import (
+    TrainedModel,
+    holdout_mask,
+    regression_metrics,
+    threshold_failures,
+    train,
+)
+from lakeloop.settings import TrainingSettings
+
+
+def test_holdout_is_a_function_of_row_content(market_batch: pd.DataFrame, spec: DatasetSpec) -> None:
+    mask = holdout_mask(market_batch, spec, fraction=0.2)
+    shuffled = market_batch.sample(frac=1.0, random_state=3)
+    shuffled_mask = holdout_mask(shuffled, spec, fraction=0.2)
+    held = set(market_batch[mask].index)
+    assert held == set(shuffled[shuffled_mask].index)
+    assert 0.15 < mask.mean() < 0.25
+
+
+def test_metrics_on_known_errors() -> None:
+    metrics = regression_metrics(np.array([100.0, 200.0, 300.0]), np.array([110.0, 190.0, 330.0]))
+    assert metrics["mae"] == pytest.approx(50 / 3)
+    assert metrics["mse"] == pytest.approx((100 + 100 + 900) / 3)
+    assert metrics["rmse"] == pytest.approx(np.sqrt(1100 / 3))
+    assert metrics["r2"] == pytest.approx(1 - 1100 / 20000)
+    assert metrics["mape"] == pytest.approx((0.1 + 0.05 + 0.1) / 3)
+
+
+def test_model_accepts_raw_records_with_category_strings(
+    tiny_model: TrainedModel, spec: DatasetSpec
+) -> None:
+    records = pd.DataFrame(
+        [
+            {**_record(), "ocean_proximity": "NEAR BAY"},
+            {**_record(), "ocean_proximity": "ON THE MOON"},  # unknown: predicted, not refused
+            {**_record(), "total_bedrooms": None},
+        ]
+    )
+    predicted = tiny_model.pipeline.predict(records[list(reversed(spec.feature_names))])
+    assert predicted.shape == (3,)
+    assert np.isfinite(predicted).all()
+
+
+def test_richer_district_is_predicted_dearer(tiny_model: TrainedModel) -> None:
+    """Direction: with everything else equal, higher income means a higher price."""
+    poorer, richer = _record(median_income=2.0), _record(median_income=9.0)
+    low, high = tiny_model.pipeline.predict(pd.DataFrame([poorer, richer]))
+    assert high > low * 1.2
+
+
+def test_training_learns_the_market(tiny_model: TrainedModel) -> None:
+    assert tiny_model.metrics["r2"] > 0.6
+    assert tiny_model.holdout_rows > 300
+
+
+def test_too_little_data_is_refused_with_counts(market_batch: pd.DataFrame, spec: DatasetSpec) -> None:
+    with pytest.raises(ValueError, match="too few rows"):
+        train(market_batch.head(5), spec, TrainingSettings(n_estimators=5))
+
+
+def test_threshold_failures_name_each_metric() -> None:
+    gate = TrainingSettings(max_mae=100, max_rmse=200)
+    assert threshold_failures({"mae": 50, "rmse": 150}, gate) == []
+    failures = threshold_failures({"mae": 150, "rmse": 250}, gate)
+    assert len(failures) == 2
+    assert failures[0].startswith("MAE") and failures[1].startswith("RMSE")
+
+
+def _record(**changes: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "longitude": -118.3,
+        "latitude": 34.1,
+        "housing_median_age": 30.0,
+        "total_rooms": 2000.0,
+        "total_bedrooms": 400.0,
+        "population": 1100.0,
+        "households": 380.0,
+        "median_income": 4.0,
+        "ocean_proximity": "<1H OCEAN",
+    }
+    return base | changes

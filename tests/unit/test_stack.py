@@ -1,0 +1,74 @@
+"""The local stack launcher's own behaviour (no real services)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lakeloop.settings import Settings, load_settings
+from lakeloop.stack import Service, Stack, StackError, down_recorded, port_is_free, services
+from tests.utils.net import free_port
+
+
+def test_port_in_use_is_reported_with_the_service_name(settings: Settings) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        configured = load_settings(state_dir=settings.state_dir, mlflow={"port": taken})
+        with pytest.raises(StackError, match=rf"port {taken} needed by mlflow.*LAKELOOP_MLFLOW__PORT"):
+            Stack(configured).check_ports(services(configured))
+    assert port_is_free(taken)
+
+
+def test_configured_endpoints_are_not_started(settings: Settings) -> None:
+    remote = load_settings(
+        state_dir=settings.state_dir,
+        lakefs={"endpoint": "http://lakefs:8000"},
+        mlflow={"tracking_uri": "http://mlflow:5000"},
+        prefect={"api_url": "http://prefect:4200/api"},
+    )
+    assert [service.name for service in services(remote)] == ["gateway", "api"]
+    assert {s.name for s in services(settings)} == {"lakefs", "mlflow", "prefect", "gateway", "api"}
+
+
+def test_every_started_service_binds_loopback(settings: Settings) -> None:
+    for service in services(settings):
+        assert "0.0.0.0" not in " ".join(service.argv)  # noqa: S104 - asserting its absence
+        assert service.health_url.startswith("http://127.0.0.1:")
+
+
+def test_service_that_dies_while_starting_is_named_with_its_log(settings: Settings) -> None:
+    stack = Stack(settings)
+    dying = Service(
+        name="broken",
+        argv=[sys.executable, "-c", "print('boom'); raise SystemExit(3)"],
+        port=free_port(),
+        health_url=f"http://127.0.0.1:{free_port()}/healthz",
+        start_timeout=30,
+    )
+    running = stack.start(dying)
+    with pytest.raises(StackError, match=r"broken exited while starting; see .*broken\.log"):
+        stack.wait(running)
+    assert "boom" in running.log_path.read_text()
+    stack.down()
+
+
+def test_down_stops_a_recorded_stack_and_its_children(settings: Settings) -> None:
+    """`lakeloop down` from another process stops the whole process group, children included."""
+    stack = Stack(settings)
+    parent = "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(300)']); time.sleep(300)"
+    running = stack.start(
+        Service(name="sleeper", argv=[sys.executable, "-c", parent], port=0, health_url="")
+    )
+    time.sleep(0.5)
+    group = running.process.pid
+    assert subprocess.run(["pgrep", "-g", str(group)], capture_output=True).stdout.split().__len__() == 2
+    assert down_recorded(settings) == ["sleeper"]
+    running.process.wait(timeout=20)
+    assert subprocess.run(["pgrep", "-g", str(group)], capture_output=True).stdout == b""
+    assert not (settings.state_dir / "stack.json").exists()
