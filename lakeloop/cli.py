@@ -160,13 +160,21 @@ def _predictions(sample: pd.DataFrame, answer: dict[str, Any], spec: DatasetSpec
 
 
 def _timings(
-    model: dict[str, Any], run_name: str, committed: float, trained: float, served: float, started: float
+    model: dict[str, Any],
+    run_name: str,
+    committed: float,
+    trained: float,
+    served: float,
+    started: float,
 ) -> Table:
     metrics = model["metrics"]
     table = Table(title="commit → served model", show_header=False)
     table.add_row("model", f"{model['name']} v{model['version']} (flow run {run_name})")
-    table.add_row("holdout", f"MAE {metrics.get('mae', 0):,.0f}  RMSE {metrics.get('rmse', 0):,.0f}  "
-                  f"R² {metrics.get('r2', 0):.3f}")
+    table.add_row(
+        "holdout",
+        f"MAE {metrics.get('mae', 0):,.0f}  RMSE {metrics.get('rmse', 0):,.0f}  "
+        f"R² {metrics.get('r2', 0):.3f}",
+    )
     table.add_row("commit → trained", f"{trained - committed:.1f} s")
     table.add_row("trained → served", f"{served - trained:.1f} s")
     table.add_row("commit → served", f"[bold]{served - committed:.1f} s[/bold]")

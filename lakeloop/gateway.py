@@ -94,7 +94,9 @@ def main() -> None:
     import uvicorn  # noqa: PLC0415
 
     settings = load_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     uvicorn.run(create_gateway(settings), host=settings.gateway.host, port=settings.gateway.port)
 
 

@@ -32,7 +32,10 @@ class FlowRun:
 
 def training_runs(settings: Settings, *, commit_id: str) -> list[FlowRun]:
     """Prefect flow runs whose ``commit_id`` parameter is this commit (named ``train-<commit:8>``)."""
-    body = {"flow_runs": {"name": {"any_": [f"train-{commit_id:.8}"]}}, "sort": "EXPECTED_START_TIME_ASC"}
+    body = {
+        "flow_runs": {"name": {"any_": [f"train-{commit_id:.8}"]}},
+        "sort": "EXPECTED_START_TIME_ASC",
+    }
     response = httpx.post(f"{settings.prefect_api_url}/flow_runs/filter", json=body, timeout=10.0)
     response.raise_for_status()
     runs = []
@@ -97,7 +100,9 @@ def wait_for_training(
             on_state(f"flow run {run.name}: {run.state.lower()}")
         return run if run.state in FINAL_STATES else None
 
-    run: FlowRun = poll(finished, what=f"the training run of commit {commit_id:.8}", timeout=timeout)
+    run: FlowRun = poll(
+        finished, what=f"the training run of commit {commit_id:.8}", timeout=timeout
+    )
     if run.state != "COMPLETED":
         raise LoopError(f"training run {run.name} ended {run.state}: {run.state_message}")
     return run
@@ -109,7 +114,9 @@ def served_model(settings: Settings) -> dict[str, Any] | None:
     return response.json() if response.status_code == 200 else None
 
 
-def wait_until_served(settings: Settings, *, commit_id: str, timeout: float = 120.0) -> dict[str, Any]:
+def wait_until_served(
+    settings: Settings, *, commit_id: str, timeout: float = 120.0
+) -> dict[str, Any]:
     """Wait until the API serves a model trained on ``commit_id``."""
 
     def serving() -> dict[str, Any] | None:

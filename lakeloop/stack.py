@@ -99,11 +99,20 @@ def services(settings: Settings) -> list[Service]:
             Service(
                 name="mlflow",
                 argv=[
-                    python, "-m", "mlflow", "server",
-                    "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
-                    "--artifacts-destination", str(mlflow_dir / "artifacts"),
-                    "--host", LOOPBACK, "--port", str(settings.mlflow.port),
-                    "--workers", "1",
+                    python,
+                    "-m",
+                    "mlflow",
+                    "server",
+                    "--backend-store-uri",
+                    f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+                    "--artifacts-destination",
+                    str(mlflow_dir / "artifacts"),
+                    "--host",
+                    LOOPBACK,
+                    "--port",
+                    str(settings.mlflow.port),
+                    "--workers",
+                    "1",
                 ],
                 port=settings.mlflow.port,
                 health_url=f"{settings.mlflow_tracking_uri}/health",
@@ -115,8 +124,15 @@ def services(settings: Settings) -> list[Service]:
             Service(
                 name="prefect",
                 argv=[
-                    python, "-m", "prefect", "server", "start",
-                    "--host", LOOPBACK, "--port", str(settings.prefect.port),
+                    python,
+                    "-m",
+                    "prefect",
+                    "server",
+                    "start",
+                    "--host",
+                    LOOPBACK,
+                    "--port",
+                    str(settings.prefect.port),
                 ],
                 port=settings.prefect.port,
                 health_url=f"{settings.prefect_api_url}/health",
@@ -154,7 +170,7 @@ def _lakefs_service(settings: Settings) -> Service:
     data_dir = settings.state_dir / "lakefs"
     secret = settings.lakefs_secret()
     # lakeFS only lets actions read variables with this prefix.
-    actions_env = {"LAKEFSACTIONS_LAKELOOP_WEBHOOK_SECRET": settings.webhook_secret()}
+    actions_env = {"LAKEFSACTION_LAKELOOP_WEBHOOK_SECRET": settings.webhook_secret()}
     health = f"{settings.lakefs_endpoint}/api/v1/healthcheck"
     binary = shutil.which("lakefs")
     if binary:
@@ -180,8 +196,15 @@ def _lakefs_service(settings: Settings) -> Service:
     return Service(
         name="lakefs",
         argv=[
-            sys.executable, "-m", "lakeloop.lakefs_local",
-            "--host", LOOPBACK, "--port", str(settings.lakefs.port), "--data-dir", str(data_dir),
+            sys.executable,
+            "-m",
+            "lakeloop.lakefs_local",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(settings.lakefs.port),
+            "--data-dir",
+            str(data_dir),
         ],
         port=settings.lakefs.port,
         health_url=health,
@@ -230,7 +253,9 @@ def wait_until_ready(
                 raise StackError(f"{name} exited while starting{where}")
             if time.monotonic() > deadline:
                 where = f"; see {log_path}" if log_path else ""
-                raise StackError(f"{name} not ready at {url} after {timeout:.0f} s ({problem}){where}")
+                raise StackError(
+                    f"{name} not ready at {url} after {timeout:.0f} s ({problem}){where}"
+                )
             logger.debug("waiting for %s (attempt %d): %s", name, attempt, problem)
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
@@ -311,7 +336,9 @@ class Stack:
         (self.settings.state_dir / STACK_FILE).unlink(missing_ok=True)
 
     def _record(self) -> None:
-        record = {r.service.name: {"pid": r.process.pid, "port": r.service.port} for r in self.running}
+        record = {
+            r.service.name: {"pid": r.process.pid, "port": r.service.port} for r in self.running
+        }
         (self.settings.state_dir / STACK_FILE).write_text(json.dumps(record, indent=2))
 
 

@@ -24,6 +24,14 @@ TAG_VALIDATION = "validation.outcome"
 TAG_CODE_VERSION = "lakeloop.code_version"
 TAG_DATASET = "dataset"
 
+# MLflow stores sklearn models with skops, which loads only types named as trusted: ours and
+# XGBoost's, nothing arbitrary (unlike pickle).
+TRUSTED_MODEL_TYPES = [
+    "lakeloop.model.FeatureEncoder",
+    "xgboost.core.Booster",
+    "xgboost.sklearn.XGBRegressor",
+]
+
 
 def connect(settings: Settings) -> MlflowClient:
     """A client for the configured tracking server; also points the fluent API at it."""
@@ -103,6 +111,7 @@ def log_trained(
             signature=infer_signature(example, trained.pipeline.predict(example)),
             input_example=example,
             registered_model_name=settings.mlflow.model_name,
+            skops_trusted_types=TRUSTED_MODEL_TYPES,
         )
     return LoggedModel(run_id=run.info.run_id, version=str(info.registered_model_version))
 

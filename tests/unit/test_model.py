@@ -17,7 +17,9 @@ from lakeloop.model import (
 from lakeloop.settings import TrainingSettings
 
 
-def test_holdout_is_a_function_of_row_content(market_batch: pd.DataFrame, spec: DatasetSpec) -> None:
+def test_holdout_is_a_function_of_row_content(
+    market_batch: pd.DataFrame, spec: DatasetSpec
+) -> None:
     mask = holdout_mask(market_batch, spec, fraction=0.2)
     shuffled = market_batch.sample(frac=1.0, random_state=3)
     shuffled_mask = holdout_mask(shuffled, spec, fraction=0.2)
@@ -62,7 +64,9 @@ def test_training_learns_the_market(tiny_model: TrainedModel) -> None:
     assert tiny_model.holdout_rows > 300
 
 
-def test_too_little_data_is_refused_with_counts(market_batch: pd.DataFrame, spec: DatasetSpec) -> None:
+def test_too_little_data_is_refused_with_counts(
+    market_batch: pd.DataFrame, spec: DatasetSpec
+) -> None:
     with pytest.raises(ValueError, match="too few rows"):
         train(market_batch.head(5), spec, TrainingSettings(n_estimators=5))
 

@@ -26,7 +26,9 @@ def test_services_bind_loopback_by_default(settings: Settings) -> None:
     assert settings.prefect_api_url.startswith("http://127.0.0.1:")
 
 
-@pytest.mark.parametrize("variable", ["LAKELOOP_GATEWAY__WEBHOOK_SECRET", "LAKELOOP_LAKEFS__SECRET_ACCESS_KEY"])
+@pytest.mark.parametrize(
+    "variable", ["LAKELOOP_GATEWAY__WEBHOOK_SECRET", "LAKELOOP_LAKEFS__SECRET_ACCESS_KEY"]
+)
 def test_placeholder_secret_is_refused_naming_the_variable(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
@@ -44,7 +46,9 @@ def test_generated_secret_is_stable_private_and_not_in_repr(settings: Settings) 
     assert secret not in repr(settings)
 
 
-def test_configured_secret_wins_and_is_masked(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_configured_secret_wins_and_is_masked(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LAKELOOP_GATEWAY__WEBHOOK_SECRET", "a-real-secret-value-0123456789")
     loaded = load_settings()
     assert loaded.webhook_secret() == "a-real-secret-value-0123456789"

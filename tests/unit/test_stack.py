@@ -20,7 +20,9 @@ def test_port_in_use_is_reported_with_the_service_name(settings: Settings) -> No
         holder.listen()
         taken = holder.getsockname()[1]
         configured = load_settings(state_dir=settings.state_dir, mlflow={"port": taken})
-        with pytest.raises(StackError, match=rf"port {taken} needed by mlflow.*LAKELOOP_MLFLOW__PORT"):
+        with pytest.raises(
+            StackError, match=rf"port {taken} needed by mlflow.*LAKELOOP_MLFLOW__PORT"
+        ):
             Stack(configured).check_ports(services(configured))
     assert port_is_free(taken)
 
@@ -67,7 +69,10 @@ def test_down_stops_a_recorded_stack_and_its_children(settings: Settings) -> Non
     )
     time.sleep(0.5)
     group = running.process.pid
-    assert subprocess.run(["pgrep", "-g", str(group)], capture_output=True).stdout.split().__len__() == 2
+    assert (
+        subprocess.run(["pgrep", "-g", str(group)], capture_output=True).stdout.split().__len__()
+        == 2
+    )
     assert down_recorded(settings) == ["sleeper"]
     running.process.wait(timeout=20)
     assert subprocess.run(["pgrep", "-g", str(group)], capture_output=True).stdout == b""

@@ -1,0 +1,62 @@
+"""Run the lakeFS-compatible local server.
+
+``python -m lakeloop.lakefs_local --host 127.0.0.1 --port 8001 --data-dir PATH``; the access key
+pair comes from ``LAKEFS_LOCAL_ACCESS_KEY_ID`` and ``LAKEFS_LOCAL_SECRET_ACCESS_KEY``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from lakeloop.lakefs_local.actions import DEFAULT_ENV_PREFIX
+from lakeloop.lakefs_local.server import create_app
+
+KEY_ID_ENV = "LAKEFS_LOCAL_ACCESS_KEY_ID"
+SECRET_ENV = "LAKEFS_LOCAL_SECRET_ACCESS_KEY"  # noqa: S105 (a variable name, not a secret)
+# Same variable real lakeFS reads for actions.env.prefix.
+ACTIONS_PREFIX_ENV = "LAKEFS_ACTIONS_ENV_PREFIX"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(prog="python -m lakeloop.lakefs_local", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--data-dir", type=Path, required=True, help="folder holding all data")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the server; refuse without credentials."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    key_id, secret = os.environ.get(KEY_ID_ENV, ""), os.environ.get(SECRET_ENV, "")
+    if not key_id or not secret:
+        print(
+            f"lakefs_local: set {KEY_ID_ENV} and {SECRET_ENV} to start the server", file=sys.stderr
+        )
+        return 2
+    app = create_app(
+        data_dir=args.data_dir,
+        access_key_id=key_id,
+        secret_access_key=secret,
+        actions_env_prefix=os.environ.get(ACTIONS_PREFIX_ENV, DEFAULT_ENV_PREFIX),
+    )
+    # Our middleware logs each request without credentials; uvicorn's access log would duplicate it.
+    uvicorn.run(
+        app, host=args.host, port=args.port, access_log=False, log_level=args.log_level.lower()
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,851 @@
+"""A lakeFS-compatible HTTP server (the subset of ``/api/v1`` the official ``lakefs`` SDK uses).
+
+Every JSON body is built from the SDK's own models (``lakefs_sdk.models``) and serialised with
+their ``to_dict()``, so the wire format is what the SDK parses. Errors are lakeFS's
+``{"message": ...}`` with lakeFS's status codes, so the SDK raises its usual exceptions.
+Authentication is HTTP basic with one access key pair. Storage is :mod:`.store`; hooks are
+:mod:`.actions`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import email.utils
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from lakefs_sdk import models
+from litestar import Litestar, Request, Response, Router, delete, get, head, post
+from litestar.datastructures import State, UploadFile
+from litestar.exceptions import HTTPException
+from litestar.params import Parameter
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from lakeloop.lakefs_local.actions import DEFAULT_ENV_PREFIX, ActionsRunner, HookRecord
+from lakeloop.lakefs_local.store import (
+    BadRequestError,
+    CommitRecord,
+    DiffRecord,
+    Entry,
+    LakeFSError,
+    NotFoundError,
+    Page,
+    RepositoryRecord,
+    Store,
+    paginate,
+)
+
+log = logging.getLogger("lakeloop.lakefs_local")
+
+API_PREFIX = "/api/v1"
+SERVER_VERSION = "1.0.0-lakeloop-local"
+USER_METADATA_HEADER = "x-lakefs-meta-"  # what the SDK sends user metadata as (lakefs.object)
+# Reachable without credentials, as on lakeFS.
+PUBLIC_PATHS = frozenset({f"{API_PREFIX}/healthcheck", f"{API_PREFIX}/setup_lakefs"})
+
+
+@dataclass
+class Service:
+    """What every handler needs; kept in ``app.state.service``."""
+
+    store: Store
+    actions: ActionsRunner
+    user_id: str
+
+
+def _service(state: State) -> Service:
+    return state.service  # type: ignore[no-any-return]
+
+
+def _json(model: Any, status_code: int = 200) -> Response[Any]:
+    return Response(model.to_dict(), status_code=status_code, media_type="application/json")
+
+
+def _pagination(page: Page) -> models.Pagination:
+    return models.Pagination(
+        has_more=page.has_more,
+        next_offset=page.next_offset,
+        results=len(page.results),
+        max_per_page=page.max_per_page,
+    )
+
+
+def _commit_model(commit: CommitRecord) -> models.Commit:
+    return models.Commit(
+        id=commit.id,
+        parents=commit.parents,
+        committer=commit.committer,
+        message=commit.message,
+        creation_date=commit.creation_date,
+        meta_range_id=commit.meta_range_id,
+        metadata=commit.metadata,
+        generation=commit.generation,
+        version=1,
+    )
+
+
+def _repository_model(record: RepositoryRecord) -> models.Repository:
+    return models.Repository(
+        id=record.id,
+        creation_date=record.creation_date,
+        default_branch=record.default_branch,
+        storage_namespace=record.storage_namespace,
+    )
+
+
+def _object_model(
+    store: Store, repo: str, path: str, entry: Entry | None, *, user_metadata: bool = True
+) -> models.ObjectStats:
+    if entry is None:  # a common prefix in a delimited listing
+        return models.ObjectStats(
+            path=path, path_type="common_prefix", physical_address="", checksum="", mtime=0
+        )
+    namespace = store.get_repository(repo).storage_namespace.rstrip("/")
+    return models.ObjectStats(
+        path=path,
+        path_type="object",
+        physical_address=f"{namespace}/data/{entry.checksum}",
+        checksum=entry.checksum,
+        size_bytes=entry.size,
+        mtime=entry.mtime,
+        metadata=dict(entry.metadata) if user_metadata else None,
+        content_type=entry.content_type,
+    )
+
+
+def _diff_list(diffs: list[DiffRecord], *, after: str | None, amount: int | None) -> Any:
+    page = paginate(diffs, key=lambda d: d.path, after=after, amount=amount)
+    results = [
+        models.Diff(type=d.type, path=d.path, path_type="object", size_bytes=d.size_bytes)
+        for d in page.results
+    ]
+    return models.DiffList(pagination=_pagination(page), results=results)
+
+
+def _parse(model: Any, data: dict[str, Any] | None) -> Any:
+    try:
+        return model.parse_obj(data or {})
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise BadRequestError(f"invalid request body: {exc}") from exc
+
+
+# -- config, health, user ---------------------------------------------------------------------
+
+
+def _storage_config() -> models.StorageConfig:
+    # No presign support: the SDK then uploads through POST .../objects and downloads through GET.
+    return models.StorageConfig(
+        blockstore_type="local",
+        blockstore_namespace_example="local://example-repo",
+        blockstore_namespace_validity_regex="^local://",
+        pre_sign_support=False,
+        pre_sign_support_ui=False,
+        import_support=False,
+        import_validity_regex="^local://",
+        pre_sign_multipart_upload=False,
+    )
+
+
+@get("/healthcheck", status_code=204, sync_to_thread=False)
+def healthcheck() -> None:
+    """lakeFS answers 204 when alive."""
+
+
+@get("/config", sync_to_thread=False)
+def get_config() -> Response[Any]:
+    """Server version and storage capabilities."""
+    version = models.VersionConfig(version=SERVER_VERSION, upgrade_recommended=False)
+    return _json(models.Config(version_config=version, storage_config=_storage_config()))
+
+
+@get("/config/version", sync_to_thread=False)
+def get_version() -> Response[Any]:
+    """The server version."""
+    return _json(models.VersionConfig(version=SERVER_VERSION, upgrade_recommended=False))
+
+
+@get("/config/storage", sync_to_thread=False)
+def get_storage_config() -> Response[Any]:
+    """Storage capabilities (older SDKs ask here)."""
+    return _json(_storage_config())
+
+
+@get("/setup_lakefs", sync_to_thread=False)
+def get_setup_state() -> Response[Any]:
+    """The installation is always set up: credentials come from the environment."""
+    return _json(models.SetupState(state="initialized", comm_prefs_missing=False))
+
+
+@get("/user", sync_to_thread=False)
+def get_current_user(*, state: State) -> Response[Any]:
+    """The one user of this server."""
+    user = models.User(id=_service(state).user_id, creation_date=0)
+    return _json(models.CurrentUser(user=user))
+
+
+# -- repositories -----------------------------------------------------------------------------
+
+
+@post("/repositories", sync_to_thread=True)
+def create_repository(*, state: State, data: dict[str, Any]) -> Response[Any]:
+    """Create a repository and its default branch."""
+    svc = _service(state)
+    body = _parse(models.RepositoryCreation, data)
+    record = svc.store.create_repository(
+        body.name,
+        body.storage_namespace,
+        default_branch=body.default_branch or "main",
+        committer=svc.user_id,
+    )
+    return _json(_repository_model(record), 201)
+
+
+@get("/repositories", sync_to_thread=True)
+def list_repositories(
+    *, state: State, prefix: str = "", after: str | None = None, amount: int | None = None
+) -> Response[Any]:
+    """List repositories."""
+    page = _service(state).store.list_repositories(prefix=prefix, after=after, amount=amount)
+    results = [_repository_model(r) for r in page.results]
+    return _json(models.RepositoryList(pagination=_pagination(page), results=results))
+
+
+@get("/repositories/{repository:str}", sync_to_thread=True)
+def get_repository(*, state: State, repository: str) -> Response[Any]:
+    """One repository."""
+    return _json(_repository_model(_service(state).store.get_repository(repository)))
+
+
+@get("/repositories/{repository:str}/metadata", sync_to_thread=True)
+def get_repository_metadata(*, state: State, repository: str) -> dict[str, str]:
+    """Repository metadata (none is kept here)."""
+    _service(state).store.get_repository(repository)
+    return {}
+
+
+@delete("/repositories/{repository:str}", sync_to_thread=True)
+def delete_repository(*, state: State, repository: str) -> None:
+    """Delete a repository."""
+    _service(state).store.delete_repository(repository)
+
+
+# -- branches ---------------------------------------------------------------------------------
+
+
+@post("/repositories/{repository:str}/branches", sync_to_thread=True)
+def create_branch(*, state: State, repository: str, data: dict[str, Any]) -> Response[Any]:
+    """Create a branch; lakeFS answers 201 with the commit id as text."""
+    body = _parse(models.BranchCreation, data)
+    commit_id = _service(state).store.create_branch(repository, body.name, body.source)
+    return Response(commit_id, status_code=201, media_type="text/html")
+
+
+@get("/repositories/{repository:str}/branches", sync_to_thread=True)
+def list_branches(
+    *,
+    state: State,
+    repository: str,
+    prefix: str = "",
+    after: str | None = None,
+    amount: int | None = None,
+) -> Response[Any]:
+    """List branches."""
+    page = _service(state).store.list_branches(
+        repository, prefix=prefix, after=after, amount=amount
+    )
+    results = [models.Ref(id=name, commit_id=commit) for name, commit in page.results]
+    return _json(models.RefList(pagination=_pagination(page), results=results))
+
+
+@get("/repositories/{repository:str}/branches/{branch:str}", sync_to_thread=True)
+def get_branch(*, state: State, repository: str, branch: str) -> Response[Any]:
+    """A branch and its head commit."""
+    commit_id = _service(state).store.get_branch(repository, branch)
+    return _json(models.Ref(id=branch, commit_id=commit_id))
+
+
+@delete("/repositories/{repository:str}/branches/{branch:str}", sync_to_thread=True)
+def delete_branch(*, state: State, repository: str, branch: str) -> None:
+    """Delete a branch."""
+    _service(state).store.delete_branch(repository, branch)
+
+
+@get("/repositories/{repository:str}/branches/{branch:str}/diff", sync_to_thread=True)
+def diff_branch(
+    *,
+    state: State,
+    repository: str,
+    branch: str,
+    prefix: str = "",
+    after: str | None = None,
+    amount: int | None = None,
+) -> Response[Any]:
+    """Uncommitted changes of a branch."""
+    diffs = _service(state).store.diff_uncommitted(repository, branch, prefix=prefix)
+    return _json(_diff_list(diffs, after=after, amount=amount))
+
+
+# -- objects ----------------------------------------------------------------------------------
+
+
+@post("/repositories/{repository:str}/branches/{branch:str}/objects")
+async def upload_object(
+    request: Request[Any, Any, Any],
+    state: State,
+    repository: str,
+    branch: str,
+    object_path: str = Parameter(query="path"),
+) -> Response[Any]:
+    """Upload raw bytes (what the high-level SDK sends) or a multipart ``content`` field."""
+    svc = _service(state)
+    content_type = request.headers.get("content-type", "application/octet-stream")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("content")
+        if not isinstance(upload, UploadFile):
+            raise BadRequestError("multipart upload needs a 'content' file field")
+        body, content_type = await upload.read(), upload.content_type
+    else:
+        body = await request.body()
+    metadata = {
+        key[len(USER_METADATA_HEADER) :]: value
+        for key, value in request.headers.items()
+        if key.lower().startswith(USER_METADATA_HEADER)
+    }
+    if_absent = request.headers.get("if-none-match") == "*"
+
+    def store_it() -> models.ObjectStats:
+        checksum, size = svc.store.ingest([body])
+        entry = Entry(checksum, size, int(time.time()), content_type, metadata)
+        svc.store.put_object(repository, branch, object_path, entry, if_absent=if_absent)
+        return _object_model(svc.store, repository, object_path, entry)
+
+    return _json(await anyio.to_thread.run_sync(store_it), 201)
+
+
+@get("/repositories/{repository:str}/refs/{ref:str}/objects", sync_to_thread=True)
+def get_object(
+    *,
+    request: Request[Any, Any, Any],
+    state: State,
+    repository: str,
+    ref: str,
+    object_path: str = Parameter(query="path"),
+) -> Response[Any]:
+    """Object bytes, honouring a single ``Range: bytes=`` header like lakeFS."""
+    store = _service(state).store
+    entry = store.stat(repository, ref, object_path)
+    headers = _object_headers(entry)
+    byte_range = request.headers.get("range")
+    if not byte_range:
+        return Response(
+            store.read_blob(entry.checksum), headers=headers, media_type=entry.content_type
+        )
+    start, end = _parse_range(byte_range, entry.size)
+    if start >= entry.size or start > end:
+        error = models.Error(message="Requested Range Not Satisfiable")
+        return Response(
+            error.to_dict(), status_code=416, headers={"Content-Range": f"bytes */{entry.size}"}
+        )
+    headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
+    data = store.read_blob(entry.checksum, start, end - start + 1)
+    return Response(data, status_code=206, headers=headers, media_type=entry.content_type)
+
+
+@head("/repositories/{repository:str}/refs/{ref:str}/objects", sync_to_thread=True)
+def head_object(
+    *, state: State, repository: str, ref: str, object_path: str = Parameter(query="path")
+) -> Response[None]:
+    """Object headers only; a bodiless 404 when missing."""
+    try:
+        entry = _service(state).store.stat(repository, ref, object_path)
+    except NotFoundError:
+        return Response(None, status_code=404)
+    return Response(None, headers=_object_headers(entry))
+
+
+def _object_headers(entry: Entry) -> dict[str, str]:
+    return {
+        "ETag": f'"{entry.checksum}"',
+        "Last-Modified": email.utils.formatdate(entry.mtime, usegmt=True),
+        "Accept-Ranges": "bytes",
+    }
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int]:
+    """``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` as inclusive (start, end)."""
+    unit, _, spec = header.partition("=")
+    first, dash, last = spec.strip().partition("-")
+    if unit.strip() != "bytes" or not dash or "," in spec:
+        raise BadRequestError(f"invalid range: {header}")
+    try:
+        if not first:
+            return max(size - int(last), 0), size - 1
+        return int(first), min(int(last), size - 1) if last else size - 1
+    except ValueError as exc:
+        raise BadRequestError(f"invalid range: {header}") from exc
+
+
+@get("/repositories/{repository:str}/refs/{ref:str}/objects/stat", sync_to_thread=True)
+def stat_object(
+    *,
+    state: State,
+    repository: str,
+    ref: str,
+    object_path: str = Parameter(query="path"),
+    user_metadata: bool = True,
+) -> Response[Any]:
+    """Object metadata."""
+    store = _service(state).store
+    entry = store.stat(repository, ref, object_path)
+    model = _object_model(store, repository, object_path, entry, user_metadata=user_metadata)
+    return _json(model)
+
+
+@get("/repositories/{repository:str}/refs/{ref:str}/objects/ls", sync_to_thread=True)
+def list_objects(
+    *,
+    state: State,
+    repository: str,
+    ref: str,
+    prefix: str = "",
+    after: str | None = None,
+    amount: int | None = None,
+    delimiter: str = "",
+    user_metadata: bool = True,
+) -> Response[Any]:
+    """List objects (and common prefixes with a delimiter), lexicographically."""
+    store = _service(state).store
+    page = store.list_objects(
+        repository, ref, prefix=prefix, after=after, amount=amount, delimiter=delimiter
+    )
+    results = [
+        _object_model(store, repository, path, entry, user_metadata=user_metadata)
+        for path, entry in page.results
+    ]
+    return _json(models.ObjectStatsList(pagination=_pagination(page), results=results))
+
+
+@delete("/repositories/{repository:str}/branches/{branch:str}/objects", sync_to_thread=True)
+def delete_object(
+    *, state: State, repository: str, branch: str, object_path: str = Parameter(query="path")
+) -> None:
+    """Stage an object's removal."""
+    _service(state).store.delete_object(repository, branch, object_path)
+
+
+@post(
+    "/repositories/{repository:str}/branches/{branch:str}/objects/delete",
+    status_code=200,
+    sync_to_thread=True,
+)
+def delete_objects(
+    *, state: State, repository: str, branch: str, data: dict[str, Any]
+) -> Response[Any]:
+    """Stage several removals; per-path failures are reported, not raised."""
+    store = _service(state).store
+    errors = []
+    for path in _parse(models.PathList, data).paths:
+        try:
+            store.delete_object(repository, branch, path)
+        except NotFoundError:
+            continue  # lakeFS treats deleting a missing object in a batch as done
+        except LakeFSError as exc:
+            errors.append(
+                models.ObjectError(status_code=exc.status_code, message=str(exc), path=path)
+            )
+    return _json(models.ObjectErrorList(errors=errors))
+
+
+@post("/repositories/{repository:str}/branches/{branch:str}/objects/copy", sync_to_thread=True)
+def copy_object(
+    *, state: State, repository: str, branch: str, dest_path: str, data: dict[str, Any]
+) -> Response[Any]:
+    """Copy an object from any ref to a path on this branch (same bytes, new mtime)."""
+    store = _service(state).store
+    body = _parse(models.ObjectCopyCreation, data)
+    source = store.stat(repository, body.src_ref or branch, body.src_path)
+    entry = Entry(
+        source.checksum, source.size, int(time.time()), source.content_type, source.metadata
+    )
+    store.put_object(repository, branch, dest_path, entry)
+    return _json(_object_model(store, repository, dest_path, entry), 201)
+
+
+# -- commits, log, diff, merge ----------------------------------------------------------------
+
+
+@post("/repositories/{repository:str}/branches/{branch:str}/commits", sync_to_thread=True)
+def commit(*, state: State, repository: str, branch: str, data: dict[str, Any]) -> Response[Any]:
+    """Commit staged changes, running pre-commit hooks before and post-commit hooks after."""
+    svc = _service(state)
+    body = _parse(models.CommitCreation, data)
+    draft = svc.store.prepare_commit(
+        repository,
+        branch,
+        message=body.message,
+        metadata=body.metadata,
+        committer=svc.user_id,
+        allow_empty=bool(body.allow_empty),
+        date=body.var_date,
+    )
+    pre = HookRecord("pre-commit", repository, branch, source_ref=branch, commit=draft.commit)
+    pre_run_id = svc.actions.run_pre(pre)
+    result = svc.store.apply_commit(draft)
+    svc.actions.run_post(
+        HookRecord(
+            "post-commit",
+            repository,
+            branch,
+            source_ref=result.id,
+            commit=result,
+            commit_id=result.id,
+            pre_run_id=pre_run_id,
+        )
+    )
+    return _json(_commit_model(result), 201)
+
+
+@get("/repositories/{repository:str}/commits/{commit_id:str}", sync_to_thread=True)
+def get_commit(*, state: State, repository: str, commit_id: str) -> Response[Any]:
+    """A commit, by any ref (lakeFS resolves branch names here too)."""
+    return _json(_commit_model(_service(state).store.get_commit(repository, commit_id)))
+
+
+@get("/repositories/{repository:str}/refs/{ref:str}/commits", sync_to_thread=True)
+def log_commits(
+    *,
+    state: State,
+    repository: str,
+    ref: str,
+    after: str | None = None,
+    amount: int | None = None,
+    objects: list[str] | None = None,
+    prefixes: list[str] | None = None,
+    limit: bool = False,
+    first_parent: bool = False,
+    stop_at: str | None = None,
+) -> Response[Any]:
+    """History from a ref, newest first."""
+    page = _service(state).store.log(
+        repository,
+        ref,
+        after=after,
+        amount=amount,
+        first_parent=first_parent,
+        objects=objects,
+        prefixes=prefixes,
+        limit=limit,
+        stop_at=stop_at,
+    )
+    results = [_commit_model(c) for c in page.results]
+    return _json(models.CommitList(pagination=_pagination(page), results=results))
+
+
+@get("/repositories/{repository:str}/refs/{left_ref:str}/diff/{right_ref:str}", sync_to_thread=True)
+def diff_refs(
+    *,
+    state: State,
+    repository: str,
+    left_ref: str,
+    right_ref: str,
+    prefix: str = "",
+    after: str | None = None,
+    amount: int | None = None,
+) -> Response[Any]:
+    """Changes from one ref to another."""
+    diffs = _service(state).store.diff_refs(repository, left_ref, right_ref, prefix=prefix)
+    return _json(_diff_list(diffs, after=after, amount=amount))
+
+
+@get(
+    "/repositories/{repository:str}/refs/{source_ref:str}/merge/{destination_branch:str}",
+    sync_to_thread=True,
+)
+def find_merge_base(
+    *, state: State, repository: str, source_ref: str, destination_branch: str
+) -> Response[Any]:
+    """The merge base of two refs."""
+    store = _service(state).store
+    source = store.resolve(repository, source_ref).commit_id
+    dest = store.resolve(repository, destination_branch).commit_id
+    base = store.merge_base(repository, source, dest)
+    result = models.FindMergeBaseResult(
+        source_commit_id=source, destination_commit_id=dest, base_commit_id=base
+    )
+    return _json(result)
+
+
+@post(
+    "/repositories/{repository:str}/refs/{source_ref:str}/merge/{destination_branch:str}",
+    status_code=200,
+    sync_to_thread=True,
+)
+def merge_into_branch(
+    *,
+    state: State,
+    repository: str,
+    source_ref: str,
+    destination_branch: str,
+    data: dict[str, Any] | None = None,
+) -> Response[Any]:
+    """Merge a ref into a branch with a two-parent merge commit, running merge hooks."""
+    svc = _service(state)
+    body = _parse(models.Merge, data)
+    draft, source_commit = svc.store.prepare_merge(
+        repository,
+        source_ref,
+        destination_branch,
+        message=body.message,
+        metadata=body.metadata,
+        committer=svc.user_id,
+        strategy=body.strategy,
+        allow_empty=bool(body.allow_empty),
+    )
+    pre = HookRecord(
+        "pre-merge", repository, destination_branch, source_ref=source_commit, commit=draft.commit
+    )
+    pre_run_id = svc.actions.run_pre(pre)
+    result = svc.store.apply_commit(draft)
+    svc.actions.run_post(
+        HookRecord(
+            "post-merge",
+            repository,
+            destination_branch,
+            source_ref=result.id,
+            commit=result,
+            commit_id=result.id,
+            pre_run_id=pre_run_id,
+        )
+    )
+    return _json(models.MergeResult(reference=result.id))
+
+
+# -- action runs ------------------------------------------------------------------------------
+
+
+def _ts(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+@get("/repositories/{repository:str}/actions/runs", sync_to_thread=True)
+def list_repository_runs(
+    *,
+    state: State,
+    repository: str,
+    after: str | None = None,
+    amount: int | None = None,
+    branch: str | None = None,
+    commit: str | None = None,
+) -> Response[Any]:
+    """Action runs, newest first."""
+    page = _service(state).store.list_action_runs(
+        repository, branch=branch, commit=commit, after=after, amount=amount
+    )
+    results = [_run_model(r) for r in page.results]
+    return _json(models.ActionRunList(pagination=_pagination(page), results=results))
+
+
+@get("/repositories/{repository:str}/actions/runs/{run_id:str}", sync_to_thread=True)
+def get_run(*, state: State, repository: str, run_id: str) -> Response[Any]:
+    """One action run."""
+    return _json(_run_model(_service(state).store.get_action_run(repository, run_id)))
+
+
+def _run_model(run: Any) -> models.ActionRun:
+    return models.ActionRun(
+        run_id=run.run_id,
+        branch=run.branch,
+        start_time=_ts(run.start_time),
+        end_time=_ts(run.end_time),
+        event_type=run.event_type,
+        status=run.status,
+        commit_id=run.commit_id,
+    )
+
+
+@get("/repositories/{repository:str}/actions/runs/{run_id:str}/hooks", sync_to_thread=True)
+def list_run_hooks(
+    *,
+    state: State,
+    repository: str,
+    run_id: str,
+    after: str | None = None,
+    amount: int | None = None,
+) -> Response[Any]:
+    """The hooks of an action run."""
+    page = _service(state).store.list_hook_runs(repository, run_id, after=after, amount=amount)
+    results = [
+        models.HookRun(
+            hook_run_id=h.hook_run_id,
+            action=h.action,
+            hook_id=h.hook_id,
+            start_time=_ts(h.start_time),
+            end_time=_ts(h.end_time),
+            status=h.status,
+        )
+        for h in page.results
+    ]
+    return _json(models.HookRunList(pagination=_pagination(page), results=results))
+
+
+@get(
+    "/repositories/{repository:str}/actions/runs/{run_id:str}/hooks/{hook_run_id:str}/output",
+    sync_to_thread=True,
+)
+def get_run_hook_output(
+    *, state: State, repository: str, run_id: str, hook_run_id: str
+) -> Response[bytes]:
+    """The text log of one hook run (secrets masked)."""
+    page = _service(state).store.list_hook_runs(repository, run_id, amount=1000)
+    for hook in page.results:
+        if hook.hook_run_id == hook_run_id:
+            return Response(hook.output.encode(), media_type="application/octet-stream")
+    raise NotFoundError(f"hook run not found: {hook_run_id} (run {run_id})")
+
+
+# -- errors, auth, logging --------------------------------------------------------------------
+
+
+def _lakefs_error(_: Request[Any, Any, Any], exc: LakeFSError) -> Response[Any]:
+    return _json(models.Error(message=str(exc)), exc.status_code)
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    return _json(models.Error(message=str(exc.detail)), exc.status_code)
+
+
+def _unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.error("unhandled error: %r", exc, exc_info=exc)
+    return _json(models.Error(message="internal server error"), 500)
+
+
+def _credentials_ok(header: str | None, key_id: str, secret: str) -> bool:
+    if not header or not header.lower().startswith("basic "):
+        return False
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    given_id, _, given_secret = decoded.partition(":")
+    # Evaluate both comparisons so timing does not reveal which half was wrong.
+    id_ok = hmac.compare_digest(given_id.encode(), key_id.encode())
+    secret_ok = hmac.compare_digest(given_secret.encode(), secret.encode())
+    return id_ok and secret_ok
+
+
+def auth_and_log_middleware(key_id: str, secret: str) -> Callable[[ASGIApp], ASGIApp]:
+    """ASGI middleware: basic auth on every non-public route, one INFO log line per request."""
+    unauthorized = models.Error(message="error authenticating request").to_json().encode()
+
+    def factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = {"code": 0}
+
+            async def send_logged(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status["code"] = message["status"]
+                await send(message)
+
+            try:
+                headers = {k.decode().lower(): v.decode("latin-1") for k, v in scope["headers"]}
+                authorized = scope["path"] in PUBLIC_PATHS or _credentials_ok(
+                    headers.get("authorization"), key_id, secret
+                )
+                if authorized:
+                    await app(scope, receive, send_logged)
+                else:
+                    await _send_json(send_logged, 401, unauthorized)
+            finally:
+                # Method, path and status only: never headers, so never credentials.
+                elapsed = (time.perf_counter() - started) * 1000
+                log.info("%s %s %s %.1fms", scope["method"], scope["path"], status["code"], elapsed)
+
+        return middleware
+
+    return factory
+
+
+async def _send_json(send: Callable[[Message], Awaitable[None]], status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+ROUTES = [
+    healthcheck,
+    get_config,
+    get_version,
+    get_storage_config,
+    get_setup_state,
+    get_current_user,
+    create_repository,
+    list_repositories,
+    get_repository,
+    get_repository_metadata,
+    delete_repository,
+    create_branch,
+    list_branches,
+    get_branch,
+    delete_branch,
+    diff_branch,
+    upload_object,
+    get_object,
+    head_object,
+    stat_object,
+    list_objects,
+    delete_object,
+    delete_objects,
+    copy_object,
+    commit,
+    get_commit,
+    log_commits,
+    diff_refs,
+    find_merge_base,
+    merge_into_branch,
+    list_repository_runs,
+    get_run,
+    list_run_hooks,
+    get_run_hook_output,
+]
+
+
+def create_app(
+    *,
+    data_dir: Path,
+    access_key_id: str,
+    secret_access_key: str,
+    actions_env_prefix: str = DEFAULT_ENV_PREFIX,
+    user_id: str = "admin",
+) -> Litestar:
+    """Build the lakeFS-compatible app over ``data_dir`` with one access key pair."""
+    if not access_key_id or not secret_access_key:
+        raise ValueError("access_key_id and secret_access_key are required")
+    store = Store(Path(data_dir))
+    actions = ActionsRunner(store, env_prefix=actions_env_prefix)
+    service = Service(store=store, actions=actions, user_id=user_id)
+    return Litestar(
+        route_handlers=[Router(path=API_PREFIX, route_handlers=ROUTES)],
+        middleware=[auth_and_log_middleware(access_key_id, secret_access_key)],
+        exception_handlers={
+            LakeFSError: _lakefs_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        state=State({"service": service}),
+        on_shutdown=[actions.close],
+        openapi_config=None,
+        request_max_body_size=None,  # data batches can be large; lakeFS sets no API limit
+    )

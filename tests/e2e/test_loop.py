@@ -1,0 +1,192 @@
+"""The closed loop on loopback with every real part: lakeFS API server, gateway, Prefect server and
+its event trigger, MLflow server, the Litestar API. Driven through the `lakeloop` command, as a
+user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lakeloop import lakefs_client, loop, market, tracking
+from lakeloop.gateway import TOKEN_HEADER
+from lakeloop.settings import Settings, load_settings
+from lakeloop.stack import port_is_free
+from tests.utils.net import free_port
+
+pytestmark = pytest.mark.e2e
+
+LAKELOOP = [sys.executable, "-m", "lakeloop"]
+
+
+@dataclass(frozen=True)
+class Workspace:
+    settings: Settings
+    env: dict[str, str]
+    ports: dict[str, int]
+
+    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*LAKELOOP, *args],
+            env=self.env,
+            cwd=self.settings.state_dir.parent,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    root = tmp_path_factory.mktemp("loop")
+    ports = {name: free_port() for name in ("lakefs", "mlflow", "prefect", "gateway", "api")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LAKELOOP_", "PREFECT_", "MLFLOW_"))
+    }
+    env["LAKELOOP_STATE_DIR"] = str(root / "state")
+    env["COLUMNS"] = "200"  # rich wraps tables to the terminal width
+    for name, port in ports.items():
+        env[f"LAKELOOP_{name.upper()}__PORT"] = str(port)
+    settings = load_settings(
+        state_dir=root / "state", **{name: {"port": port} for name, port in ports.items()}
+    )
+    workspace = Workspace(settings=settings, env=env, ports=ports)
+    yield workspace
+    workspace.run("down", timeout=120)
+
+
+def _state_processes(workspace: Workspace) -> str:
+    found = subprocess.run(
+        ["pgrep", "-af", str(workspace.settings.state_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return found.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def demo(workspace: Workspace) -> subprocess.CompletedProcess[str]:
+    return workspace.run("demo", "--rows", "4000")
+
+
+def test_demo_serves_a_model_trained_from_a_lakefs_commit(
+    demo: subprocess.CompletedProcess[str],
+) -> None:
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    assert "flow run train-" in demo.stdout
+    assert "predictions from housing-price v1" in demo.stdout
+    assert "commit → served" in demo.stdout
+    for url_name in ("Prefect UI", "MLflow UI", "Swagger UI"):
+        assert url_name in demo.stdout
+
+
+def test_demo_leaves_no_process_and_no_port_behind(
+    demo: subprocess.CompletedProcess[str], workspace: Workspace
+) -> None:
+    assert demo.returncode == 0
+    assert _state_processes(workspace) == ""
+    taken = [name for name, port in workspace.ports.items() if not port_is_free(port)]
+    assert taken == []
+
+
+def test_kept_stack_has_lineage_retrains_and_hot_swaps(
+    demo: subprocess.CompletedProcess[str], workspace: Workspace
+) -> None:
+    """After a restart on the same state: the first model's lineage is intact, a new commit
+    trains a second version that the API picks up on its own, and a re-delivered webhook for an
+    already trained commit trains nothing."""
+    assert demo.returncode == 0
+    started = workspace.run("up")
+    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+    settings = workspace.settings
+
+    first = loop.poll(lambda: loop.served_model(settings), what="the restored champion", timeout=60)
+    assert first["version"] == "1"
+    client = lakefs_client.connect(settings)
+    head = lakefs_client.read_table(
+        client, settings, repository=settings.lakefs.repository, ref=first["lakefs_commit_id"]
+    )
+    assert len(head) == 4000
+
+    runs = loop.training_runs(settings, commit_id=first["lakefs_commit_id"])
+    assert [run.state for run in runs] == ["COMPLETED"]
+    raw = httpx.get(f"{settings.prefect_api_url}/flow_runs/{runs[0].id}", timeout=10).json()
+    assert raw["created_by"]["type"] == "AUTOMATION"  # made by the event trigger, not by hand
+
+    mlflow_client = tracking.connect(settings)
+    run = mlflow_client.get_run(first["run_id"])
+    assert run.data.tags[tracking.TAG_COMMIT] == first["lakefs_commit_id"]
+    assert run.data.tags[tracking.TAG_REPOSITORY] == settings.lakefs.repository
+    assert run.data.tags[tracking.TAG_VALIDATION] == "passed"
+
+    # A new batch merged into main becomes version 2, served without restarting the API.
+    second_batch = market.generate_batch(rows=3000, seed=99)
+    published = lakefs_client.publish_batch(
+        client, settings, second_batch, name="e2e-second", source="e2e", dataset_version=1
+    )
+    loop.wait_for_training(settings, commit_id=published.commit_id, timeout=300)
+    second = loop.wait_until_served(settings, commit_id=published.commit_id, timeout=60)
+    assert second["version"] == "2"
+    trained_rows = lakefs_client.read_table(
+        client, settings, repository=settings.lakefs.repository, ref=published.commit_id
+    )
+    assert len(trained_rows) == 7000
+
+    # Re-delivering the first commit's webhook (Prefect forgot its ids on restart) trains nothing.
+    body = {
+        "event_type": "post-merge",
+        "event_time": "2026-11-23T10:00:00Z",
+        "action_name": "lakeloop-train-trigger",
+        "hook_id": "lakeloop_gateway",
+        "repository_id": settings.lakefs.repository,
+        "branch_id": settings.lakefs.branch,
+        "source_ref": "redelivery",
+        "commit_id": first["lakefs_commit_id"],
+        "commit_message": "",
+        "committer": "",
+        "commit_metadata": {},
+    }
+    gateway = f"{settings.gateway.url}/webhooks/lakefs"
+    assert httpx.post(gateway, json=body, headers={TOKEN_HEADER: "wrong"}).status_code == 401
+    accepted = httpx.post(gateway, json=body, headers={TOKEN_HEADER: settings.webhook_secret()})
+    assert accepted.status_code == 202
+    loop.poll(
+        lambda: (
+            len(loop.training_runs(settings, commit_id=first["lakefs_commit_id"])) == 2
+            and all(
+                r.state in loop.FINAL_STATES
+                for r in loop.training_runs(settings, commit_id=first["lakefs_commit_id"])
+            )
+        ),
+        what="the re-delivered run",
+        timeout=300,
+    )
+    versions = mlflow_client.search_model_versions(f"name='{settings.mlflow.model_name}'")
+    assert sorted(v.version for v in versions) == ["1", "2"]
+
+    # Bad input on the real API: a missing feature is a 422 naming it.
+    record = second_batch.drop(columns=["median_house_value", "median_income"]).head(1)
+    response = httpx.post(
+        f"{settings.api_url}/v1/predict",
+        json={"records": record.astype(object).where(record.notna(), None).to_dict("records")},
+    )
+    assert response.status_code == 422
+    assert "median_income" in response.text
+
+    stopped = workspace.run("down", timeout=120)
+    assert stopped.returncode == 0
+    deadline = time.monotonic() + 20
+    while _state_processes(workspace) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _state_processes(workspace) == ""
