@@ -7,6 +7,7 @@ the next one gets the new one, and nothing is dropped.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -59,6 +60,8 @@ def load_champion(settings: Settings, *, known_version: str | None) -> Predictor
     version = tracking.champion(client, settings)
     if version is None or version.version == known_version:
         return None
+    if not version.run_id:
+        raise LookupError(f"{settings.mlflow.model_name} version {version.version} has no run")
     run = client.get_run(version.run_id)
     model = mlflow.sklearn.load_model(f"models:/{settings.mlflow.model_name}/{version.version}")
     logger.info("loaded %s version %s", settings.mlflow.model_name, version.version)
@@ -66,7 +69,7 @@ def load_champion(settings: Settings, *, known_version: str | None) -> Predictor
         model=model,
         name=settings.mlflow.model_name,
         version=str(version.version),
-        run_id=version.run_id or "",
+        run_id=version.run_id,
         lakefs_repository=run.data.tags.get(tracking.TAG_REPOSITORY, ""),
         lakefs_commit_id=run.data.tags.get(tracking.TAG_COMMIT, ""),
         metrics=dict(run.data.metrics),
@@ -79,9 +82,9 @@ async def follow_champion(settings: Settings, slot: ModelSlot) -> None:
         known = slot.current.version if slot.current else None
         try:
             loaded = await anyio.to_thread.run_sync(
-                lambda: load_champion(settings, known_version=known)
+                functools.partial(load_champion, settings, known_version=known)
             )
-        except Exception as error:  # noqa: BLE001 - the registry being away must not kill the API
+        except Exception as error:
             slot.last_error = f"{type(error).__name__}: {error}"
             logger.warning("cannot check the champion: %s", slot.last_error)
         else:

@@ -27,12 +27,9 @@ def _field_type(feature: Feature) -> Any:
             ),
         ]
     else:
-        bounds = {
-            key: value
-            for key, value in (("ge", feature.min), ("le", feature.max))
-            if value is not None
-        }
-        kind = Annotated[float, Meta(description=feature.description, **bounds)]
+        kind = Annotated[
+            float, Meta(description=feature.description, ge=feature.min, le=feature.max)
+        ]
     return kind | None if feature.nullable else kind
 
 

@@ -75,7 +75,7 @@ def gate_and_promote(
 
 @flow(name="train", flow_run_name="train-{commit_id:.8}", log_prints=True)
 def train_on_commit(repository: str, commit_id: str, reason: str = "manual") -> dict[str, Any]:
-    """Validate the data at a lakeFS commit, train XGBoost, register it, promote it if it is good."""
+    """Validate the data at a lakeFS commit, train XGBoost, register it, promote it if good."""
     logger = get_run_logger()
     settings = load_settings()
     spec = load_spec(settings.dataset)
@@ -85,7 +85,7 @@ def train_on_commit(repository: str, commit_id: str, reason: str = "manual") -> 
         logger.info("commit %s already trained by run %s; nothing to do", commit_id, previous)
         return {"status": "skipped", "reason": "already trained", "run_id": previous}
 
-    frame = read_commit(settings, repository, commit_id)
+    frame: pd.DataFrame = read_commit(settings, repository, commit_id)
     if frame.empty:
         logger.info(
             "no tables under %s at %s; nothing to train", settings.lakefs.data_prefix, commit_id

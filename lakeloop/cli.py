@@ -128,7 +128,16 @@ def demo(
         sample = market.generate_batch(rows=5, seed=seed + 1000)
         answer = loop.predict(settings, _records(sample[spec.feature_names]))
         console.print(_predictions(sample, answer, spec))
-        console.print(_timings(model, run.name, committed, trained, served, started))
+        console.print(
+            _timings(
+                model,
+                run.name,
+                started=started,
+                committed=committed,
+                trained=trained,
+                served=served,
+            )
+        )
         console.print(_urls(settings))
     except (loop.LoopError, lakefs_client.LakeFSError) as error:
         console.print(f"[red]the loop did not close:[/red] {error}")
@@ -162,10 +171,11 @@ def _predictions(sample: pd.DataFrame, answer: dict[str, Any], spec: DatasetSpec
 def _timings(
     model: dict[str, Any],
     run_name: str,
+    *,
+    started: float,
     committed: float,
     trained: float,
     served: float,
-    started: float,
 ) -> Table:
     metrics = model["metrics"]
     table = Table(title="commit → served model", show_header=False)

@@ -21,7 +21,7 @@ from lakeloop.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
-TOKEN_HEADER = "X-Lakeloop-Token"
+TOKEN_HEADER = "X-Lakeloop-Token"  # noqa: S105 - a header name, not a secret
 
 
 class Relayed(msgspec.Struct):

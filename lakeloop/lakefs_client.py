@@ -149,6 +149,7 @@ def read_table(
     frames = []
     for path in paths:
         with reference.object(path).reader(mode="rb") as handle:
-            raw = io.BytesIO(handle.read())
+            content = handle.read()
+        raw = io.BytesIO(content if isinstance(content, bytes) else content.encode())
         frames.append(pd.read_parquet(raw) if path.endswith(".parquet") else pd.read_csv(raw))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -31,7 +31,7 @@ class FlowRun:
 
 
 def training_runs(settings: Settings, *, commit_id: str) -> list[FlowRun]:
-    """Prefect flow runs whose ``commit_id`` parameter is this commit (named ``train-<commit:8>``)."""
+    """Prefect flow runs (named ``train-<commit:8>``) whose ``commit_id`` is this commit."""
     body = {
         "flow_runs": {"name": {"any_": [f"train-{commit_id:.8}"]}},
         "sort": "EXPECTED_START_TIME_ASC",

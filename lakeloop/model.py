@@ -1,8 +1,8 @@
 """Training and evaluation as plain functions: no Prefect, no MLflow, no I/O.
 
 The model is an sklearn pipeline (encoder + XGBoost) so that the logged artefact accepts the raw
-records the API receives, category strings included: MLflow's pyfunc passes strings as ``str``, which
-XGBoost's categorical support rejects, so the encoding has to travel inside the model.
+records the API receives, category strings included: MLflow's pyfunc passes strings as ``str``,
+which XGBoost's categorical support rejects, so the encoding has to travel inside the model.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class FeatureEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         self.numeric = numeric
         self.categories = categories
 
-    def fit(self, frame: pd.DataFrame, target: Any = None) -> FeatureEncoder:  # noqa: ARG002
+    def fit(self, frame: pd.DataFrame, target: Any = None) -> FeatureEncoder:
         return self
 
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:

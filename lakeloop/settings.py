@@ -34,7 +34,7 @@ class LakeFSSettings(BaseModel):
     access_key_id: str = "AKIALAKELOOPLOCAL"
     """lakeFS access key id. For a started server it is the admin key lakeloop sets up."""
     secret_access_key: SecretStr | None = None
-    """lakeFS secret access key. Unset with a started server: generated once into the state folder."""
+    """lakeFS secret access key. Unset with a started server: generated once into the state dir."""
     repository: str = "housing"
     """Repository that holds the dataset."""
     branch: str = "main"

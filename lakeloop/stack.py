@@ -7,6 +7,7 @@ bound to 127.0.0.1, logging to ``<state>/logs/<service>.log``. What is running i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -356,18 +357,14 @@ def stop_processes(processes: list[tuple[str, int]], *, grace: float = 15.0) -> 
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _group_alive(pid: int) -> bool:
     # A zombie leader keeps its group "alive" to killpg: reap it first when it is our child.
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
     try:
         os.killpg(pid, 0)
     except ProcessLookupError:

@@ -81,17 +81,19 @@ def validate_frame(frame: pd.DataFrame, spec: DatasetSpec) -> ValidationResult:
         )
     )
     result = batch.validate(suite)
-    failed = [check for check in result.results if not check.success]
+    failed = [
+        (check.expectation_config, check.result)
+        for check in result.results
+        if not check.success and check.expectation_config is not None
+    ]
     # A missing column fails every expectation on it; name the cause once.
     missing = {
-        check.expectation_config.kwargs["column"]
-        for check in failed
-        if check.expectation_config.type == "expect_column_to_exist"
+        config.kwargs["column"] for config, _ in failed if config.type == "expect_column_to_exist"
     }
     failures = [f"missing column {name}" for name in sorted(missing)] + [
-        describe_failure(check.expectation_config, check.result)
-        for check in failed
-        if check.expectation_config.kwargs.get("column") not in missing
+        describe_failure(config, outcome)
+        for config, outcome in failed
+        if config.kwargs.get("column") not in missing
     ]
     return ValidationResult(success=bool(result.success), rows=len(frame), failures=failures)
 

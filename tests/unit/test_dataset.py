@@ -44,5 +44,5 @@ def test_invalid_description_names_the_problem(tmp_path: Path, body: str, proble
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="nowhere.yaml"):
+    with pytest.raises(ValueError, match=r"nowhere\.yaml"):
         load_spec(tmp_path / "nowhere.yaml")

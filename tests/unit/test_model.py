@@ -76,7 +76,8 @@ def test_threshold_failures_name_each_metric() -> None:
     assert threshold_failures({"mae": 50, "rmse": 150}, gate) == []
     failures = threshold_failures({"mae": 150, "rmse": 250}, gate)
     assert len(failures) == 2
-    assert failures[0].startswith("MAE") and failures[1].startswith("RMSE")
+    assert failures[0].startswith("MAE")
+    assert failures[1].startswith("RMSE")
 
 
 def _record(**changes: object) -> dict[str, object]:

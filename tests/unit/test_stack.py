@@ -63,17 +63,22 @@ def test_service_that_dies_while_starting_is_named_with_its_log(settings: Settin
 def test_down_stops_a_recorded_stack_and_its_children(settings: Settings) -> None:
     """`lakeloop down` from another process stops the whole process group, children included."""
     stack = Stack(settings)
-    parent = "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(300)']); time.sleep(300)"
+    parent = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); time.sleep(300)"
+    )
     running = stack.start(
         Service(name="sleeper", argv=[sys.executable, "-c", parent], port=0, health_url="")
     )
     time.sleep(0.5)
     group = running.process.pid
-    assert (
-        subprocess.run(["pgrep", "-g", str(group)], capture_output=True).stdout.split().__len__()
-        == 2
-    )
+    assert len(_group_members(group)) == 2
     assert down_recorded(settings) == ["sleeper"]
     running.process.wait(timeout=20)
-    assert subprocess.run(["pgrep", "-g", str(group)], capture_output=True).stdout == b""
+    assert _group_members(group) == []
     assert not (settings.state_dir / "stack.json").exists()
+
+
+def _group_members(group: int) -> list[str]:
+    found = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True, check=False)
+    return found.stdout.split()
