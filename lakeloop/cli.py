@@ -49,8 +49,8 @@ def _step(status: Any, message: str) -> None:
         console.log(message)
 
 
-def _urls(settings: Settings) -> Table:
-    table = Table(title="lakeloop is running", show_header=False)
+def _urls(settings: Settings, *, title: str = "lakeloop is running") -> Table:
+    table = Table(title=title, show_header=False)
     table.add_row("Prefect UI", settings.prefect_api_url.removesuffix("/api"))
     table.add_row("MLflow UI", settings.mlflow_tracking_uri)
     table.add_row("Swagger UI", f"{settings.api_url}/schema/swagger")
@@ -138,7 +138,7 @@ def demo(
                 served=served,
             )
         )
-        console.print(_urls(settings))
+        console.print(_urls(settings, title="where to look (while the stack runs)"))
     except (loop.LoopError, lakefs_client.LakeFSError) as error:
         console.print(f"[red]the loop did not close:[/red] {error}")
         console.print(f"logs: {settings.state_dir / 'logs'}")
@@ -149,6 +149,7 @@ def demo(
         else:
             with console.status("stopping the stack"):
                 stack.down()
+            console.print("stack stopped; `lakeloop demo --keep` or `lakeloop up` keeps it running")
 
 
 def _log_state(status: Any, message: str) -> None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Annotated
+from typing import Any
 
 import msgspec
 from litestar import Litestar, get, post
+from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException
-from litestar.params import Parameter
+from litestar.handlers import BaseRouteHandler
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
 
 from lakeloop import events
@@ -44,19 +45,21 @@ def create_gateway(settings: Settings) -> Litestar:
     prefect_api = settings.prefect_api_url
     attempts = settings.gateway.delivery_attempts
 
+    def require_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        """Refuse a request without the shared secret before its body is even read."""
+        token = connection.headers.get(TOKEN_HEADER, "").encode()
+        if not hmac.compare_digest(token, secret):
+            raise NotAuthorizedException(f"missing or wrong {TOKEN_HEADER} header")
+
     @post(
         "/webhooks/lakefs",
         operation_id="relayLakeFSWebhook",
         status_code=HTTP_202_ACCEPTED,
+        guards=[require_token],
         sync_to_thread=True,
     )
-    def relay_lakefs_webhook(
-        data: events.LakeFSWebhook,
-        token: Annotated[str, Parameter(header=TOKEN_HEADER, default="")],
-    ) -> Relayed:
+    def relay_lakefs_webhook(data: events.LakeFSWebhook) -> Relayed:
         """Relay a lakeFS webhook to Prefect as an event with a deterministic id."""
-        if not hmac.compare_digest(token.encode(), secret):
-            raise NotAuthorizedException(f"missing or wrong {TOKEN_HEADER} header")
         if data.commit_metadata.get(events.SKIP_TRAINING_KEY, "").lower() == "true":
             detail = f"commit metadata has {events.SKIP_TRAINING_KEY}=true"
             return Relayed(

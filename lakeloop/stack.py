@@ -338,7 +338,8 @@ class Stack:
 
     def _record(self) -> None:
         record = {
-            r.service.name: {"pid": r.process.pid, "port": r.service.port} for r in self.running
+            r.service.name: {"pid": r.process.pid, "port": r.service.port, "argv": r.service.argv}
+            for r in self.running
         }
         (self.settings.state_dir / STACK_FILE).write_text(json.dumps(record, indent=2))
 
@@ -380,6 +381,18 @@ def down_recorded(settings: Settings) -> list[str]:
     if not path.exists():
         return []
     record = json.loads(path.read_text())
-    stop_processes([(name, entry["pid"]) for name, entry in record.items()])
+    # A pid from an old record may belong to some other program by now: only signal it if it
+    # still runs the command we started.
+    ours = {name: entry for name, entry in record.items() if _runs(entry["pid"], entry["argv"])}
+    stop_processes([(name, entry["pid"]) for name, entry in ours.items()])
     path.unlink(missing_ok=True)
-    return list(record)
+    return list(ours)
+
+
+def _runs(pid: int, argv: list[str]) -> bool:
+    """Whether process ``pid`` exists and its command line is ``argv``."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return cmdline.split(b"\0")[:-1] == [part.encode() for part in argv]

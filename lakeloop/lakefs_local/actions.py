@@ -369,7 +369,7 @@ class ActionsRunner:
                 f"webhook request failed (status code: {response.status_code}): {body}"
             )
 
-    def _query_params(self, raw: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str]:
+    def _query_params(self, raw: Mapping[str, Any]) -> tuple[tuple[tuple[str, str], ...], str]:
         params: list[tuple[str, str]] = []
         shown: list[str] = []
         for key, value in raw.items():
@@ -379,7 +379,7 @@ class ActionsRunner:
                 rendered, secret = self.env.render(item)
                 params.append((str(key), rendered))
                 shown.append(f"{key}: {'*******' if secret else rendered}")
-        return params, "\n".join(shown)
+        return tuple(params), "\n".join(shown)
 
     def _headers(self, raw: Mapping[str, Any]) -> tuple[dict[str, str], str]:
         headers: dict[str, str] = {}

@@ -16,7 +16,7 @@ import email.utils
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,18 @@ import anyio
 from lakefs_sdk import models
 from litestar import Litestar, Request, Response, Router, delete, get, head, post
 from litestar.datastructures import State, UploadFile
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.params import Parameter
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 
 from lakeloop.lakefs_local.actions import DEFAULT_ENV_PREFIX, ActionsRunner, HookRecord
 from lakeloop.lakefs_local.store import (
@@ -98,6 +107,8 @@ def _repository_model(record: RepositoryRecord) -> models.Repository:
         creation_date=record.creation_date,
         default_branch=record.default_branch,
         storage_namespace=record.storage_namespace,
+        storage_id=None,
+        read_only=None,
     )
 
 
@@ -106,13 +117,21 @@ def _object_model(
 ) -> models.ObjectStats:
     if entry is None:  # a common prefix in a delimited listing
         return models.ObjectStats(
-            path=path, path_type="common_prefix", physical_address="", checksum="", mtime=0
+            path=path,
+            path_type="common_prefix",
+            physical_address="",
+            physical_address_expiry=None,
+            checksum="",
+            size_bytes=None,
+            mtime=0,
+            content_type=None,
         )
     namespace = store.get_repository(repo).storage_namespace.rstrip("/")
     return models.ObjectStats(
         path=path,
         path_type="object",
         physical_address=f"{namespace}/data/{entry.checksum}",
+        physical_address_expiry=None,
         checksum=entry.checksum,
         size_bytes=entry.size,
         mtime=entry.mtime,
@@ -145,7 +164,8 @@ def _storage_config() -> models.StorageConfig:
     return models.StorageConfig(
         blockstore_type="local",
         blockstore_namespace_example="local://example-repo",
-        blockstore_namespace_validity_regex="^local://",
+        # The generated model's __init__ keyword is the field's alias (populate-by-name also works).
+        blockstore_namespace_ValidityRegex="^local://",
         pre_sign_support=False,
         pre_sign_support_ui=False,
         import_support=False,
@@ -187,7 +207,7 @@ def get_setup_state() -> Response[Any]:
 @get("/user", sync_to_thread=False)
 def get_current_user(*, state: State) -> Response[Any]:
     """The one user of this server."""
-    user = models.User(id=_service(state).user_id, creation_date=0)
+    user = models.User(id=_service(state).user_id, creation_date=0, friendly_name=None, email=None)
     return _json(models.CurrentUser(user=user))
 
 
@@ -748,7 +768,9 @@ def auth_and_log_middleware(key_id: str, secret: str) -> Callable[[ASGIApp], ASG
 
     def factory(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
+            # ScopeType is a str enum, so this is the ASGI ``scope["type"] == "http"`` check; the
+            # enum member lets mypy narrow Scope to HTTPScope (which has "method").
+            if scope["type"] != ScopeType.HTTP:
                 await app(scope, receive, send)
                 return
             started = time.perf_counter()
@@ -778,10 +800,17 @@ def auth_and_log_middleware(key_id: str, secret: str) -> Callable[[ASGIApp], ASG
     return factory
 
 
-async def _send_json(send: Callable[[Message], Awaitable[None]], status: int, body: bytes) -> None:
+async def _send_json(send: Send, status: int, body: bytes) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": headers,
+    }
+    # more_body=False is the ASGI default: this is the whole body.
+    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+    await send(start)
+    await send(end)
 
 
 ROUTES = [

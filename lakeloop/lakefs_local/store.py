@@ -412,6 +412,14 @@ class Store:
             (repo, name),
         ).fetchone()
 
+    @classmethod
+    def _branch_state(cls, db: sqlite3.Connection, repo: str, name: str) -> tuple[str, int]:
+        """Return a branch's (head commit id, staging version); the branch must exist."""
+        row = cls._branch_row(db, repo, name)
+        if row is None:
+            raise NotFoundError(f"branch not found: {name} (repository {repo})")
+        return row[0], row[1]
+
     def resolve(self, repo: str, ref: str) -> Resolved:
         """Resolve a lakeFS ref: branch, commit id (or unique prefix), ``@``, ``~N``, ``^N``."""
         self.get_repository(repo)
@@ -610,7 +618,7 @@ class Store:
             raise BadRequestError("commit message is required")
         with self._db() as db:
             self.get_branch(repo, branch)
-            head, staging_version = self._branch_row(db, repo, branch)
+            head, staging_version = self._branch_state(db, repo, branch)
         staged = self._staging(repo, branch)
         if not staged and not allow_empty:
             raise BadRequestError("commit: no changes")
@@ -816,7 +824,7 @@ class Store:
             raise BadRequestError(f"source branch {source.branch} has uncommitted changes")
         with self._db() as db:
             self.get_branch(repo, destination)
-            head, staging_version = self._branch_row(db, repo, destination)
+            head, staging_version = self._branch_state(db, repo, destination)
         if self._staging(repo, destination):
             raise BadRequestError(f"destination branch {destination} has uncommitted changes")
         base = self.merge_base(repo, source.commit_id, head)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
+import mlflow.pyfunc
 import pytest
 
 from lakeloop import lakefs_client, loop, market, tracking
@@ -173,6 +174,12 @@ def test_kept_stack_has_lineage_retrains_and_hot_swaps(
     )
     versions = mlflow_client.search_model_versions(f"name='{settings.mlflow.model_name}'")
     assert sorted(v.version for v in versions) == ["1", "2"]
+
+    # The logged model itself takes raw records, category strings included (MLflow pyfunc).
+    champion = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.model_name}@champion")
+    raw = second_batch.drop(columns=["median_house_value"]).head(3)
+    assert raw["ocean_proximity"].map(type).eq(str).all()
+    assert len(champion.predict(raw)) == 3
 
     # Bad input on the real API: a missing feature is a 422 naming it.
     record = second_batch.drop(columns=["median_house_value", "median_income"]).head(1)

@@ -120,3 +120,8 @@ def test_event_ids_differ_per_commit_and_type() -> None:
     assert first == event_id("lakefs.post-merge", "housing", "main", "a" * 64)
     assert first != event_id("lakefs.post-merge", "housing", "main", "b" * 64)
     assert first != event_id("lakefs.post-commit", "housing", "main", "a" * 64)
+
+
+def test_secret_is_checked_before_the_body_is_read(gateway: TestClient) -> None:
+    response = gateway.post("/webhooks/lakefs", content=b"not json", headers={TOKEN_HEADER: "x"})
+    assert response.status_code == 401

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -82,3 +83,16 @@ def test_down_stops_a_recorded_stack_and_its_children(settings: Settings) -> Non
 def _group_members(group: int) -> list[str]:
     found = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True, check=False)
     return found.stdout.split()
+
+
+def test_down_leaves_alone_a_recorded_pid_now_used_by_another_program(settings: Settings) -> None:
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        settings.state_dir.mkdir(parents=True)
+        record = {"api": {"pid": other.pid, "port": 8000, "argv": ["python", "-m", "api"]}}
+        (settings.state_dir / "stack.json").write_text(json.dumps(record))
+        assert down_recorded(settings) == []
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
