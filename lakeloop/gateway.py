@@ -18,6 +18,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
 
 from lakeloop import events
+from lakeloop.serving import serve
 from lakeloop.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -94,13 +95,8 @@ def create_gateway(settings: Settings) -> Litestar:
 
 def main() -> None:
     """Serve the gateway on the configured loopback address."""
-    import uvicorn  # noqa: PLC0415
-
     settings = load_settings()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    uvicorn.run(create_gateway(settings), host=settings.gateway.host, port=settings.gateway.port)
+    serve(create_gateway(settings), host=settings.gateway.host, port=settings.gateway.port)
 
 
 if __name__ == "__main__":

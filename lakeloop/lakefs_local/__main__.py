@@ -7,15 +7,13 @@ pair comes from ``LAKEFS_LOCAL_ACCESS_KEY_ID`` and ``LAKEFS_LOCAL_SECRET_ACCESS_
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
-import uvicorn
-
 from lakeloop.lakefs_local.actions import DEFAULT_ENV_PREFIX
 from lakeloop.lakefs_local.server import create_app
+from lakeloop.serving import configure_logging, serve
 
 KEY_ID_ENV = "LAKEFS_LOCAL_ACCESS_KEY_ID"
 SECRET_ENV = "LAKEFS_LOCAL_SECRET_ACCESS_KEY"  # noqa: S105 (a variable name, not a secret)
@@ -36,9 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Start the server; refuse without credentials."""
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(args.log_level)
     key_id, secret = os.environ.get(KEY_ID_ENV, ""), os.environ.get(SECRET_ENV, "")
     if not key_id or not secret:
         print(
@@ -52,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         actions_env_prefix=os.environ.get(ACTIONS_PREFIX_ENV, DEFAULT_ENV_PREFIX),
     )
     # Our middleware logs each request without credentials; uvicorn's access log would duplicate it.
-    uvicorn.run(
-        app, host=args.host, port=args.port, access_log=False, log_level=args.log_level.lower()
-    )
+    serve(app, host=args.host, port=args.port, level=args.log_level, access_log=False)
     return 0
 
 

@@ -41,6 +41,7 @@ from litestar.types import (
 from lakeloop.lakefs_local.actions import DEFAULT_ENV_PREFIX, ActionsRunner, HookRecord
 from lakeloop.lakefs_local.store import (
     BadRequestError,
+    CommitDraft,
     CommitRecord,
     DiffRecord,
     Entry,
@@ -72,6 +73,36 @@ class Service:
 
 def _service(state: State) -> Service:
     return state.service  # type: ignore[no-any-return]
+
+
+def _apply_with_hooks(
+    svc: Service,
+    draft: CommitDraft,
+    *,
+    operation: str,
+    repository: str,
+    branch: str,
+    source_ref: str,
+) -> CommitRecord:
+    """Run ``pre-<operation>`` hooks (a failure aborts, nothing applied), apply the prepared
+    commit, then fire ``post-<operation>`` hooks with the new commit, as lakeFS's graveler does."""
+    pre = HookRecord(
+        f"pre-{operation}", repository, branch, source_ref=source_ref, commit=draft.commit
+    )
+    pre_run_id = svc.actions.run_pre(pre)
+    result = svc.store.apply_commit(draft)
+    svc.actions.run_post(
+        HookRecord(
+            f"post-{operation}",
+            repository,
+            branch,
+            source_ref=result.id,
+            commit=result,
+            commit_id=result.id,
+            pre_run_id=pre_run_id,
+        )
+    )
+    return result
 
 
 def _json(model: Any, status_code: int = 200) -> Response[Any]:
@@ -517,19 +548,8 @@ def commit(*, state: State, repository: str, branch: str, data: dict[str, Any]) 
         allow_empty=bool(body.allow_empty),
         date=body.var_date,
     )
-    pre = HookRecord("pre-commit", repository, branch, source_ref=branch, commit=draft.commit)
-    pre_run_id = svc.actions.run_pre(pre)
-    result = svc.store.apply_commit(draft)
-    svc.actions.run_post(
-        HookRecord(
-            "post-commit",
-            repository,
-            branch,
-            source_ref=result.id,
-            commit=result,
-            commit_id=result.id,
-            pre_run_id=pre_run_id,
-        )
+    result = _apply_with_hooks(
+        svc, draft, operation="commit", repository=repository, branch=branch, source_ref=branch
     )
     return _json(_commit_model(result), 201)
 
@@ -630,21 +650,13 @@ def merge_into_branch(
         strategy=body.strategy,
         allow_empty=bool(body.allow_empty),
     )
-    pre = HookRecord(
-        "pre-merge", repository, destination_branch, source_ref=source_commit, commit=draft.commit
-    )
-    pre_run_id = svc.actions.run_pre(pre)
-    result = svc.store.apply_commit(draft)
-    svc.actions.run_post(
-        HookRecord(
-            "post-merge",
-            repository,
-            destination_branch,
-            source_ref=result.id,
-            commit=result,
-            commit_id=result.id,
-            pre_run_id=pre_run_id,
-        )
+    result = _apply_with_hooks(
+        svc,
+        draft,
+        operation="merge",
+        repository=repository,
+        branch=destination_branch,
+        source_ref=source_commit,
     )
     return _json(models.MergeResult(reference=result.id))
 
