@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from lakeloop import lakefs_client, loop, market
 from lakeloop.dataset import DatasetSpec, load_spec
+from lakeloop.ingest import SourceError, SourceTable, find_sources, inspect_source, write_parquet
 from lakeloop.settings import Settings, load_settings
 from lakeloop.stack import Stack, StackError, down_recorded
 
@@ -63,7 +67,10 @@ def _urls(settings: Settings, *, title: str = "lakeloop is running") -> Table:
 def _prepare_repository(settings: Settings) -> None:
     client = lakefs_client.connect(settings)
     lakefs_client.ensure_repository(client, settings)
-    lakefs_client.install_actions(client, settings)
+    installed = lakefs_client.install_actions(client, settings)
+    where = f"{settings.lakefs.repository}/{settings.lakefs.branch}"
+    if installed:
+        console.log(f"installed lakeFS actions on {where} (commit {installed:.12})")
 
 
 @app.command()
@@ -73,6 +80,95 @@ def up() -> None:
     _start(settings)
     _prepare_repository(settings)
     console.print(_urls(settings))
+
+
+@app.command()
+def init() -> None:
+    """Create the lakeFS repository if needed and install lakeloop's action files in it."""
+    settings = _settings()
+    try:
+        _prepare_repository(settings)
+    except lakefs_client.LakeFSError as error:
+        console.print(f"[red]cannot reach lakeFS at {settings.lakefs_endpoint}:[/red] {error}")
+        raise typer.Exit(1) from error
+    for path in lakefs_client.render_actions(settings):
+        console.print(f"{settings.lakefs.repository}/{settings.lakefs.branch}/{path}")
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(help="A CSV or Parquet file, or a directory of them.")],
+    name: Annotated[str | None, typer.Option(help="Batch name (default: the file name).")] = None,
+) -> None:
+    """Write-audit-publish a batch: upload to an ingest branch, commit, merge into main if the data
+    checks pass. A merge into main triggers training."""
+    settings = _settings()
+    spec = load_spec(settings.dataset)
+    try:
+        tables = [inspect_source(found) for found in find_sources(path)]
+    except SourceError as error:
+        console.print(f"[red]cannot ingest:[/red] {error}")
+        raise typer.Exit(2) from error
+    published = _publish(
+        settings,
+        tables,
+        name=name or _batch_name(path),
+        source=str(path),
+        dataset_version=spec.version,
+    )
+    if not published.merged:
+        console.print(f"[red]blocked:[/red] {published.rejection}")
+        console.print(
+            f"{settings.lakefs.branch} is unchanged; the batch stays on branch "
+            f"[bold]{published.ingest_branch}[/bold] for inspection"
+        )
+        raise typer.Exit(1)
+
+
+def _batch_name(path: Path) -> str:
+    """A lakeFS-safe batch name from a file or directory name."""
+    cleaned = "".join(c if c.isalnum() else "-" for c in path.stem.lower()).strip("-")
+    return cleaned[:40] or "batch"
+
+
+def _publish(
+    settings: Settings, tables: list[SourceTable], *, name: str, source: str, dataset_version: int
+) -> lakefs_client.Published:
+    """Run write-audit-publish with a progress bar, and say what happened."""
+    total = sum(table.size for table in tables)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(f"uploading {len(tables)} file(s)", total=total)
+
+        def report(done: int) -> None:
+            bar.update(task, completed=done)
+
+        try:
+            published = lakefs_client.publish(
+                lakefs_client.connect(settings),
+                settings,
+                tables,
+                name=name,
+                source=source,
+                dataset_version=dataset_version,
+                progress=lakefs_client.Progress(total=total, report=report),
+            )
+        except lakefs_client.LakeFSError as error:
+            console.print(
+                f"[red]lakeFS at {settings.lakefs_endpoint} refused the ingest:[/red] {error}"
+            )
+            raise typer.Exit(1) from error
+    if published.merged:
+        console.log(
+            f"merged {published.rows} rows into {settings.lakefs.repository}/"
+            f"{settings.lakefs.branch}: commit {published.commit_id:.12}"
+        )
+    return published
 
 
 @app.command()
@@ -103,20 +199,20 @@ def demo(
     try:
         console.log(f"stack up in {time.monotonic() - started:.1f} s")
         _prepare_repository(settings)
-        batch = market.generate_batch(rows=rows, seed=seed)
+        batch_file = write_parquet(
+            market.generate_batch(rows=rows, seed=seed),
+            settings.state_dir / f"demo-seed{seed}.parquet",
+        )
         committed = time.monotonic()
-        published = lakefs_client.publish_batch(
-            lakefs_client.connect(settings),
+        published = _publish(
             settings,
-            batch,
+            [inspect_source(batch_file)],
             name=f"demo-seed{seed}",
             source=f"lakeloop synthetic market, seed {seed}",
             dataset_version=spec.version,
         )
-        console.log(
-            f"merged {published.rows} rows into {settings.lakefs.repository}/"
-            f"{settings.lakefs.branch}: commit {published.commit_id:.12}"
-        )
+        if published.commit_id is None:
+            raise loop.LoopError(f"the demo batch was blocked: {published.rejection}")
         with console.status("waiting for the lakeFS webhook to trigger training") as status:
             run = loop.wait_for_training(
                 settings, commit_id=published.commit_id, on_state=lambda s: _log_state(status, s)
@@ -191,3 +287,66 @@ def _timings(
     table.add_row("commit → served", f"[bold]{served - committed:.1f} s[/bold]")
     table.add_row("whole demo", f"{served - started:.1f} s")
     return table
+
+
+data_app = typer.Typer(help="Browse the versioned data in lakeFS.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _lakefs_call(settings: Settings, call: Any) -> Any:
+    try:
+        return call(lakefs_client.connect(settings))
+    except (lakefs_client.LakeFSError, lakefs_client.UnreadableTableError) as error:
+        console.print(f"[red]lakeFS at {settings.lakefs_endpoint}:[/red] {error}")
+        raise typer.Exit(1) from error
+
+
+@data_app.command("log")
+def data_log(
+    ref: Annotated[str, typer.Argument(help="Branch, tag or commit.")] = "main",
+    limit: Annotated[int, typer.Option("-n", min=1, help="How many commits.")] = 20,
+) -> None:
+    """Commits reachable from REF, newest first, with their lineage metadata."""
+    settings = _settings()
+    commits = _lakefs_call(
+        settings, lambda client: lakefs_client.commit_log(client, settings, ref=ref, limit=limit)
+    )
+    table = Table(title=f"{settings.lakefs.repository}@{ref}")
+    for column in ("commit", "when", "message", "metadata"):
+        table.add_column(column)
+    for commit in commits:
+        when = datetime.fromtimestamp(commit.creation_date, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        metadata = ", ".join(f"{k}={v}" for k, v in sorted((commit.metadata or {}).items()))
+        table.add_row(commit.id[:12], when, commit.message, metadata[:120])
+    console.print(table)
+
+
+@data_app.command("diff")
+def data_diff(
+    left: Annotated[str, typer.Argument(help="Base ref.")],
+    right: Annotated[str, typer.Argument(help="Ref whose changes to show.")],
+) -> None:
+    """Objects RIGHT adds, changes or removes relative to LEFT."""
+    settings = _settings()
+    changes = _lakefs_call(
+        settings, lambda client: lakefs_client.diff_refs(client, settings, left=left, right=right)
+    )
+    if not changes:
+        console.print(f"no differences between {left} and {right}")
+    for change in changes:
+        console.print(f"{change.type:>8}  {change.path}")
+
+
+@data_app.command("show")
+def data_show(
+    ref: Annotated[str, typer.Argument(help="Branch, tag or commit.")],
+    path: Annotated[str, typer.Argument(help="Object path, e.g. data/…/batch.parquet.")],
+    rows: Annotated[int, typer.Option(min=1, help="Rows to print.")] = 10,
+) -> None:
+    """The first rows of a stored table at REF."""
+    settings = _settings()
+    frame = _lakefs_call(
+        settings, lambda client: lakefs_client.read_object(client, settings, ref=ref, path=path)
+    )
+    console.print(f"{path} at {ref}: {len(frame)} rows, {len(frame.columns)} columns")
+    console.print(frame.head(rows).to_string(index=False))

@@ -8,18 +8,27 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from litestar import Litestar, get, post
+from litestar import Litestar, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers import BaseRouteHandler
-from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_202_ACCEPTED,
+    HTTP_400_BAD_REQUEST,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 
-from lakeloop import events
+from lakeloop import events, lakefs_client
+from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.serving import serve
 from lakeloop.settings import Settings, load_settings
+from validation.checks import Validator
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +45,37 @@ class Relayed(msgspec.Struct):
     detail: str = ""
 
 
+class Verdict(msgspec.Struct):
+    """The data checks' answer to a lakeFS pre-merge hook; a failure blocks the merge."""
+
+    passed: bool
+    tables: list[str]
+    rows: int
+    failures: list[str]
+    detail: str
+
+
 class Health(msgspec.Struct):
     status: str
+
+
+class WarmValidator:
+    """Builds the Great Expectations validator once (2-3 s), on a thread at start-up, so the first
+    pre-merge hook does not pay for it; callers wait for it if it is not ready yet."""
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        self._spec = spec
+        self._lock = threading.Lock()
+        self._validator: Validator | None = None
+
+    def warm_up(self) -> None:
+        threading.Thread(target=self.get, name="warm-validator", daemon=True).start()
+
+    def get(self) -> Validator:
+        with self._lock:
+            if self._validator is None:
+                self._validator = Validator(self._spec)
+            return self._validator
 
 
 def create_gateway(settings: Settings) -> Litestar:
@@ -45,6 +83,8 @@ def create_gateway(settings: Settings) -> Litestar:
     secret = settings.webhook_secret().encode()
     prefect_api = settings.prefect_api_url
     attempts = settings.gateway.delivery_attempts
+    validator = WarmValidator(load_spec(settings.dataset))
+    lakefs = lakefs_client.connect(settings)
 
     def require_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         """Refuse a request without the shared secret before its body is even read."""
@@ -85,12 +125,68 @@ def create_gateway(settings: Settings) -> Litestar:
             relayed=True, event=event["event"], commit_id=data.commit_id, event_id=event["id"]
         )
 
+    @post(
+        "/webhooks/lakefs/validate",
+        operation_id="validateLakeFSMerge",
+        status_code=HTTP_200_OK,
+        guards=[require_token],
+        sync_to_thread=True,
+    )
+    def validate_merge(data: events.LakeFSWebhook) -> Response[Verdict]:
+        """Check the tables a merge would bring (lakeFS pre-merge hook); non-2xx blocks it."""
+        verdict = check_merge(lakefs, settings, validator.get, data)
+        logger.info(
+            "pre-merge %s -> %s/%s: %s",
+            data.source_ref,
+            data.repository_id,
+            data.branch_id,
+            verdict.detail,
+        )
+        return Response(
+            verdict, status_code=HTTP_200_OK if verdict.passed else HTTP_400_BAD_REQUEST
+        )
+
     @get("/healthz", operation_id="gatewayHealth")
     async def healthz() -> Health:
         """Liveness of the gateway process."""
         return Health(status="ok")
 
-    return Litestar(route_handlers=[relay_lakefs_webhook, healthz])
+    return Litestar(
+        route_handlers=[relay_lakefs_webhook, validate_merge, healthz],
+        on_startup=[validator.warm_up],
+    )
+
+
+def check_merge(
+    client: Any, settings: Settings, validator: Callable[[], Validator], hook: events.LakeFSWebhook
+) -> Verdict:
+    """Validate what merging ``hook.source_ref`` into ``hook.branch_id`` would add or change."""
+    try:
+        paths, frame = lakefs_client.read_changed_tables(
+            client,
+            settings,
+            repository=hook.repository_id,
+            base=hook.branch_id,
+            head=hook.source_ref,
+        )
+    except lakefs_client.UnreadableTableError as error:
+        return Verdict(passed=False, tables=[], rows=0, failures=[str(error)], detail=str(error))
+    if not paths:
+        return Verdict(passed=True, tables=[], rows=0, failures=[], detail="no tables changed")
+    result = validator().validate(frame)
+    where = ", ".join(paths)
+    detail = (
+        f"data checks passed on {result.rows} rows of {where}"
+        if result.success
+        else f"data checks failed on {where}: {'; '.join(result.failures)}"
+    )
+    return Verdict(
+        passed=result.success,
+        tables=paths,
+        rows=result.rows,
+        failures=result.failures,
+        detail=detail,
+    )
 
 
 def main() -> None:

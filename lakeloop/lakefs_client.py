@@ -1,27 +1,35 @@
 """Every read and write of versioned data, through the official lakeFS SDK.
 
 The same functions work against a real lakeFS and the built-in local server, because both speak
-the lakeFS REST API.
+the lakeFS REST API; nothing here knows which one it talks to.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import PurePosixPath
+from typing import Any
 
 import lakefs
 import pandas as pd
-from lakefs.exceptions import LakeFSException, NotFoundException
+from lakefs.exceptions import LakeFSException, NotFoundException, ServerException
+from lakefs.object import WriteableObject
 
 from lakeloop.events import SKIP_TRAINING_KEY
+from lakeloop.ingest import SourceTable
 from lakeloop.settings import Settings
 
-ACTION_PATH = "_lakefs_actions/lakeloop.yaml"
+ACTIONS_DIR = "_lakefs_actions/"
+REJECTION_PATH = "_lakeloop/rejection.json"
 TABLE_SUFFIXES = (".parquet", ".csv")
+_CHUNK = 1 << 20
+# lakeFS answers 412 Precondition Failed when a pre-* hook blocks an operation.
+HOOK_BLOCKED = 412
 
 # What callers catch: every error the lakeFS SDK raises.
 LakeFSError = LakeFSException
@@ -46,30 +54,35 @@ def ensure_repository(client: lakefs.Client, settings: Settings) -> lakefs.Repos
     )
 
 
-def render_action(settings: Settings) -> str:
-    """The lakeFS action file that sends commits and merges on the production branch to the
-    gateway. The shared secret is a lakeFS env reference, never a value in the repository."""
-    template = resources.files("deployments.lakefs_actions").joinpath("lakeloop.yaml").read_text()
-    return template.replace("${GATEWAY_URL}", settings.gateway.url).replace(
-        "${BRANCH}", settings.lakefs.branch
-    )
+def render_actions(settings: Settings) -> dict[str, str]:
+    """The action files of ``deployments/lakefs_actions/``, filled in for these settings, keyed by
+    their path in the repository. Secrets stay lakeFS env references, never values in the file."""
+    rendered = {}
+    for entry in sorted(resources.files("deployments.lakefs_actions").iterdir(), key=str):
+        if entry.name.endswith((".yaml", ".yml")):
+            text = (
+                entry.read_text()
+                .replace("${GATEWAY_URL}", settings.gateway.url)
+                .replace("${BRANCH}", settings.lakefs.branch)
+            )
+            rendered[ACTIONS_DIR + entry.name] = text
+    return rendered
 
 
 def install_actions(client: lakefs.Client, settings: Settings) -> str | None:
-    """Commit the action file to the production branch if it differs; returns the commit id or
-    ``None`` when it was already in place."""
+    """Commit the action files to the production branch where they differ; returns the commit id,
+    or ``None`` when every file was already in place. The commit does not trigger training."""
     branch = lakefs.Repository(settings.lakefs.repository, client=client).branch(
         settings.lakefs.branch
     )
-    wanted = render_action(settings)
-    action = branch.object(ACTION_PATH)
-    try:
-        with action.reader(mode="r") as current:
-            if current.read() == wanted:
-                return None
-    except NotFoundException:
-        pass
-    action.upload(data=wanted, mode="w", content_type="application/x-yaml")
+    changed = False
+    for path, wanted in render_actions(settings).items():
+        action = branch.object(path)
+        if _read_text(action) != wanted:
+            action.upload(data=wanted, mode="w", content_type="application/x-yaml")
+            changed = True
+    if not changed:
+        return None
     reference = branch.commit(
         message="lakeloop: install actions",
         metadata={"lakeloop.kind": "actions", SKIP_TRAINING_KEY: "true"},
@@ -77,62 +90,137 @@ def install_actions(client: lakefs.Client, settings: Settings) -> str | None:
     return reference.get_commit().id
 
 
+def _read_text(stored: lakefs.StoredObject) -> str | None:
+    try:
+        with stored.reader(mode="r") as handle:
+            content = handle.read()
+    except NotFoundException:
+        return None
+    return content if isinstance(content, str) else content.decode()
+
+
 @dataclass(frozen=True)
-class PublishedBatch:
-    """A batch that reached the production branch."""
+class Published:
+    """Outcome of one write-audit-publish ingest."""
 
-    path: str
     ingest_branch: str
-    commit_id: str
-    """The merge commit on the production branch."""
+    paths: list[str]
     rows: int
-    sha256: str
+    metadata: dict[str, str]
+    commit_id: str | None = None
+    """The merge commit on the production branch; ``None`` when the merge was blocked."""
+    rejection: str = ""
+    """Why the pre-merge checks blocked it (lakeFS's message, naming the failed checks)."""
+
+    @property
+    def merged(self) -> bool:
+        return self.commit_id is not None
 
 
-def publish_batch(
+@dataclass
+class Progress:
+    """Bytes staged so far across every file of an ingest; ``report`` gets the running total."""
+
+    total: int
+    report: Callable[[int], None] = field(default=lambda _: None)
+    done: int = 0
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        self.report(self.done)
+
+
+def publish(
     client: lakefs.Client,
     settings: Settings,
-    frame: pd.DataFrame,
+    tables: list[SourceTable],
     *,
     name: str,
     source: str,
     dataset_version: int,
-) -> PublishedBatch:
-    """Write ``frame`` as Parquet on a fresh ingest branch, commit it with its lineage metadata and
-    merge it into the production branch (the merge is what triggers training)."""
+    progress: Progress | None = None,
+) -> Published:
+    """Write-audit-publish: upload ``tables`` to a fresh ingest branch, commit them with their
+    lineage, and merge into the production branch. lakeFS runs the pre-merge data checks; when they
+    fail the merge is refused, the production branch is untouched, and the ingest branch stays with
+    the reason committed on it."""
     repository = lakefs.Repository(settings.lakefs.repository, client=client)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     ingest = repository.branch(f"ingest-{name}-{stamp}").create(
         source_reference=settings.lakefs.branch
     )
-    payload = frame_to_parquet(frame)
-    digest = hashlib.sha256(payload).hexdigest()
-    path = str(PurePosixPath(settings.lakefs.data_prefix) / f"{name}.parquet")
-    ingest.object(path).upload(
-        data=payload, mode="wb", content_type="application/vnd.apache.parquet"
-    )
+    folder = PurePosixPath(settings.lakefs.data_prefix) / f"{stamp}-{name}"
+    paths = []
+    for table in tables:
+        path = str(folder / table.name)
+        _upload_file(ingest.object(path), table, progress)
+        paths.append(path)
+    metadata = lineage_metadata(tables, source=source, dataset_version=dataset_version)
+    rows = sum(table.rows for table in tables)
+    ingest.commit(message=f"ingest {name}: {rows} rows", metadata=metadata)
+    published = Published(ingest_branch=ingest.id, paths=paths, rows=rows, metadata=metadata)
+    try:
+        merge_commit = ingest.merge_into(
+            repository.branch(settings.lakefs.branch), message=f"publish {name}", metadata=metadata
+        )
+    except ServerException as error:
+        if error.status_code != HOOK_BLOCKED:
+            raise
+        reason = str(error.body.get("message") or error)
+        _record_rejection(ingest, reason)
+        return replace(published, rejection=reason)
+    return replace(published, commit_id=merge_commit)
+
+
+def lineage_metadata(
+    tables: list[SourceTable], *, source: str, dataset_version: int
+) -> dict[str, str]:
+    """Commit metadata that ties the data to where it came from (lakeFS metadata is str → str)."""
     metadata = {
         "source": source,
-        "rows": str(len(frame)),
-        "columns": ",".join(map(str, frame.columns)),
-        "sha256": digest,
+        "rows": str(sum(table.rows for table in tables)),
+        "columns": ",".join(tables[0].columns),
+        "files": ",".join(table.name for table in tables),
         "dataset_version": str(dataset_version),
     }
-    ingest.commit(message=f"ingest {name}: {len(frame)} rows", metadata=metadata)
-    merge_commit = ingest.merge_into(
-        repository.branch(settings.lakefs.branch),
-        message=f"publish {name}",
-        metadata=metadata,
+    if len(tables) == 1:
+        metadata["sha256"] = tables[0].sha256
+    else:
+        metadata.update({f"sha256:{table.name}": table.sha256 for table in tables})
+    return metadata
+
+
+def _upload_file(target: WriteableObject, table: SourceTable, progress: Progress | None) -> None:
+    """Stream a local file into lakeFS (the SDK spools it to disk, not to memory)."""
+    content_type = (
+        "application/vnd.apache.parquet" if table.name.endswith(".parquet") else "text/csv"
     )
-    return PublishedBatch(
-        path=path, ingest_branch=ingest.id, commit_id=merge_commit, rows=len(frame), sha256=digest
+    with (
+        table.path.open("rb") as source,
+        target.writer(mode="wb", content_type=content_type) as sink,
+    ):
+        while chunk := source.read(_CHUNK):
+            sink.write(chunk)
+            if progress is not None:
+                progress.advance(len(chunk))
+
+
+def _record_rejection(branch: lakefs.Branch, reason: str) -> None:
+    """Leave the reason on the rejected branch, as a file and in the commit metadata."""
+    record = {"rejected_at": datetime.now(UTC).isoformat(), "reason": reason}
+    branch.object(REJECTION_PATH).upload(data=json.dumps(record, indent=2), mode="w")
+    branch.commit(
+        message="lakeloop: rejected by the pre-merge checks",
+        metadata={
+            "lakeloop.rejected": "true",
+            "lakeloop.reason": reason[:2000],
+            SKIP_TRAINING_KEY: "true",
+        },
     )
 
 
-def frame_to_parquet(frame: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    return buffer.getvalue()
+class UnreadableTableError(ValueError):
+    """A stored table cannot be parsed; the message names its path and ref."""
 
 
 def read_table(
@@ -146,10 +234,52 @@ def read_table(
         for info in reference.objects(prefix=settings.lakefs.data_prefix)
         if info.path.endswith(TABLE_SUFFIXES)
     )
-    frames = []
-    for path in paths:
-        with reference.object(path).reader(mode="rb") as handle:
-            content = handle.read()
-        raw = io.BytesIO(content if isinstance(content, bytes) else content.encode())
-        frames.append(pd.read_parquet(raw) if path.endswith(".parquet") else pd.read_csv(raw))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return _concat(_read_object_table(reference, path) for path in paths)
+
+
+def read_changed_tables(
+    client: lakefs.Client, settings: Settings, *, repository: str, base: str, head: str
+) -> tuple[list[str], pd.DataFrame]:
+    """The tables under the data prefix that ``head`` adds or changes relative to ``base`` (what a
+    merge of ``head`` into ``base`` would bring), with their paths."""
+    repo = lakefs.Repository(repository, client=client)
+    paths = sorted(
+        change.path
+        for change in repo.ref(base).diff(head, prefix=settings.lakefs.data_prefix)
+        if change.type in {"added", "changed"} and change.path.endswith(TABLE_SUFFIXES)
+    )
+    reference = repo.ref(head)
+    return paths, _concat(_read_object_table(reference, path) for path in paths)
+
+
+def _read_object_table(reference: lakefs.Reference, path: str) -> pd.DataFrame:
+    with reference.object(path).reader(mode="rb") as handle:
+        content = handle.read()
+    raw = io.BytesIO(content if isinstance(content, bytes) else content.encode())
+    try:
+        return pd.read_parquet(raw) if path.endswith(".parquet") else pd.read_csv(raw)
+    except Exception as error:  # pandas and pyarrow raise many types for a bad file
+        raise UnreadableTableError(f"cannot read {path} at {reference.id}: {error}") from error
+
+
+def _concat(frames: Iterator[pd.DataFrame]) -> pd.DataFrame:
+    collected = list(frames)
+    return pd.concat(collected, ignore_index=True) if collected else pd.DataFrame()
+
+
+def commit_log(client: lakefs.Client, settings: Settings, *, ref: str, limit: int) -> list[Any]:
+    """The newest ``limit`` commits reachable from ``ref``."""
+    repository = lakefs.Repository(settings.lakefs.repository, client=client)
+    return list(repository.ref(ref).log(max_amount=limit))
+
+
+def diff_refs(client: lakefs.Client, settings: Settings, *, left: str, right: str) -> list[Any]:
+    """What ``right`` adds, changes or removes relative to ``left`` (lakeFS three-dot diff)."""
+    repository = lakefs.Repository(settings.lakefs.repository, client=client)
+    return list(repository.ref(left).diff(right))
+
+
+def read_object(client: lakefs.Client, settings: Settings, *, ref: str, path: str) -> pd.DataFrame:
+    """One stored table at ``ref``."""
+    reference = lakefs.Repository(settings.lakefs.repository, client=client).ref(ref)
+    return _read_object_table(reference, path)

@@ -6,6 +6,7 @@ new table needs a YAML file, not a new suite.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,36 +67,55 @@ def expectations_for(spec: DatasetSpec) -> list[Any]:
     return suite
 
 
-def validate_frame(frame: pd.DataFrame, spec: DatasetSpec) -> ValidationResult:
-    """Run the description's suite on ``frame`` in an ephemeral Great Expectations context."""
-    import great_expectations as gx  # noqa: PLC0415
+class Validator:
+    """A warm Great Expectations context with the description's suite, ready to check frames.
 
-    context = gx.get_context(mode="ephemeral")
-    asset = context.data_sources.add_pandas("lakeloop").add_dataframe_asset(spec.name)
-    batch = asset.add_batch_definition_whole_dataframe("batch").get_batch(
-        batch_parameters={"dataframe": frame}
-    )
-    suite = context.suites.add(
-        gx.ExpectationSuite(
-            name=f"{spec.name}-v{spec.version}", expectations=expectations_for(spec)
+    Setting one up costs 2-3 s (mostly the import); a check then costs milliseconds, so
+    long-lived processes (the gateway's pre-merge hook) build one and keep it.
+    """
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        import great_expectations as gx  # noqa: PLC0415 - heavy, paid only by who validates
+
+        self.spec = spec
+        context = gx.get_context(mode="ephemeral")
+        asset = context.data_sources.add_pandas("lakeloop").add_dataframe_asset(spec.name)
+        self._batches = asset.add_batch_definition_whole_dataframe("batch")
+        self._suite = context.suites.add(
+            gx.ExpectationSuite(
+                name=f"{spec.name}-v{spec.version}", expectations=expectations_for(spec)
+            )
         )
-    )
-    result = batch.validate(suite)
-    failed = [
-        (check.expectation_config, check.result)
-        for check in result.results
-        if not check.success and check.expectation_config is not None
-    ]
-    # A missing column fails every expectation on it; name the cause once.
-    missing = {
-        config.kwargs["column"] for config, _ in failed if config.type == "expect_column_to_exist"
-    }
-    failures = [f"missing column {name}" for name in sorted(missing)] + [
-        describe_failure(config, outcome)
-        for config, outcome in failed
-        if config.kwargs.get("column") not in missing
-    ]
-    return ValidationResult(success=bool(result.success), rows=len(frame), failures=failures)
+        # One context is not safe for concurrent validations; hooks may arrive together.
+        self._lock = threading.Lock()
+
+    def validate(self, frame: pd.DataFrame) -> ValidationResult:
+        """Check ``frame`` against the suite; failures are described one per line."""
+        with self._lock:
+            batch = self._batches.get_batch(batch_parameters={"dataframe": frame})
+            result = batch.validate(self._suite)
+        failed = [
+            (check.expectation_config, check.result)
+            for check in result.results
+            if not check.success and check.expectation_config is not None
+        ]
+        # A missing column fails every expectation on it; name the cause once.
+        missing = {
+            config.kwargs["column"]
+            for config, _ in failed
+            if config.type == "expect_column_to_exist"
+        }
+        failures = [f"missing column {name}" for name in sorted(missing)] + [
+            describe_failure(config, outcome)
+            for config, outcome in failed
+            if config.kwargs.get("column") not in missing
+        ]
+        return ValidationResult(success=bool(result.success), rows=len(frame), failures=failures)
+
+
+def validate_frame(frame: pd.DataFrame, spec: DatasetSpec) -> ValidationResult:
+    """One-off check of ``frame`` (builds a fresh :class:`Validator`)."""
+    return Validator(spec).validate(frame)
 
 
 def describe_failure(config: Any, result: dict[str, Any]) -> str:

@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
+import lakefs
 import mlflow.pyfunc
 import pytest
 
 from lakeloop import lakefs_client, loop, market, tracking
 from lakeloop.gateway import TOKEN_HEADER
+from lakeloop.ingest import write_parquet
 from lakeloop.settings import Settings, load_settings
 from lakeloop.stack import port_is_free
 from tests.utils.net import free_port
@@ -63,6 +65,22 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     workspace = Workspace(settings=settings, env=env, ports=ports)
     yield workspace
     workspace.run("down", timeout=120)
+
+
+def _main_head(client: object, settings: Settings) -> str:
+    repository = lakefs.Repository(settings.lakefs.repository, client=client)
+    return str(repository.branch(settings.lakefs.branch).get_commit().id)
+
+
+def trained_paths(client: object, settings: Settings, ref: str) -> list[str]:
+    reference = lakefs.Repository(settings.lakefs.repository, client=client).ref(ref)
+    return sorted(info.path for info in reference.objects(prefix=settings.lakefs.data_prefix))
+
+
+def _flow_run_count(settings: Settings) -> int:
+    response = httpx.post(f"{settings.prefect_api_url}/flow_runs/count", json={}, timeout=10)
+    response.raise_for_status()
+    return int(response.json())
 
 
 def _state_processes(workspace: Workspace) -> str:
@@ -131,17 +149,43 @@ def test_kept_stack_has_lineage_retrains_and_hot_swaps(
     assert run.data.tags[tracking.TAG_VALIDATION] == "passed"
 
     # A new batch merged into main becomes version 2, served without restarting the API.
+    # `lakeloop ingest` of a good file: write-audit-publish, training, hot swap.
     second_batch = market.generate_batch(rows=3000, seed=99)
-    published = lakefs_client.publish_batch(
-        client, settings, second_batch, name="e2e-second", source="e2e", dataset_version=1
-    )
-    loop.wait_for_training(settings, commit_id=published.commit_id, timeout=300)
-    second = loop.wait_until_served(settings, commit_id=published.commit_id, timeout=60)
+    second_file = write_parquet(second_batch, settings.state_dir.parent / "second.parquet")
+    ingested = workspace.run("ingest", str(second_file))
+    assert ingested.returncode == 0, ingested.stdout + ingested.stderr
+    head = _main_head(client, settings)
+    assert head[:12] in ingested.stdout
+    loop.wait_for_training(settings, commit_id=head, timeout=300)
+    second = loop.wait_until_served(settings, commit_id=head, timeout=60)
     assert second["version"] == "2"
     trained_rows = lakefs_client.read_table(
-        client, settings, repository=settings.lakefs.repository, ref=published.commit_id
+        client, settings, repository=settings.lakefs.repository, ref=head
     )
     assert len(trained_rows) == 7000
+
+    # `lakeloop ingest` of a bad file: blocked by the pre-merge checks, main and models untouched.
+    bad_batch = market.generate_batch(
+        rows=1000, seed=5, scenario=market.Scenario(corrupt_share=0.2)
+    )
+    bad_file = write_parquet(bad_batch, settings.state_dir.parent / "bad.parquet")
+    runs_before = _flow_run_count(settings)
+    blocked = workspace.run("ingest", str(bad_file))
+    assert blocked.returncode == 1
+    assert "blocked" in blocked.stdout
+    assert "column values to" in blocked.stdout  # the failed expectation is named
+    assert _main_head(client, settings) == head
+    time.sleep(3)
+    assert _flow_run_count(settings) == runs_before
+
+    # Browsing the data: the log shows the ingest's lineage, show prints the stored table.
+    log = workspace.run("data", "log", "-n", "5")
+    assert log.returncode == 0
+    assert head[:12] in log.stdout
+    assert "sha256=" in log.stdout
+    shown = workspace.run("data", "show", head, trained_paths(client, settings, head)[-1])
+    assert shown.returncode == 0
+    assert "3000 rows" in shown.stdout
 
     # Re-delivering the first commit's webhook (Prefect forgot its ids on restart) trains nothing.
     body = {

@@ -1,0 +1,119 @@
+"""Local source files before they go to lakeFS: find them, read their shape, refuse the unreadable.
+
+These checks are about the *file* (can it be parsed, does it have a header we can trust); the *data*
+checks run in lakeFS's pre-merge hook, so they also guard writes that bypass this command.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SUFFIXES = (".csv", ".parquet")
+# Delimiters people export by mistake; a header split by one of them means a misread file.
+FOREIGN_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+_CHUNK = 1 << 20
+
+
+class SourceError(ValueError):
+    """A source file cannot be ingested; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """A local table checked for ingest."""
+
+    path: Path
+    rows: int
+    columns: tuple[str, ...]
+    size: int
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def find_sources(path: Path) -> list[Path]:
+    """``path`` itself, or the CSV and Parquet files directly in a directory, sorted."""
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or directory")
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+        if not found:
+            raise SourceError(f"{path}: no .csv or .parquet files in this directory")
+        return found
+    if path.suffix.lower() not in SUFFIXES:
+        raise SourceError(f"{path}: not a .csv or .parquet file")
+    return [path]
+
+
+def inspect_source(path: Path) -> SourceTable:
+    """Read a file's header and count its rows without loading it whole; refuse what would be
+    misread downstream (empty, duplicate or misdelimited columns, not UTF-8, corrupt Parquet)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise SourceError(f"{path}: the file is empty")
+    if path.suffix.lower() == ".parquet":
+        columns, rows = _parquet_shape(path)
+    else:
+        columns, rows = _csv_shape(path)
+    duplicates = sorted({name for name in columns if columns.count(name) > 1})
+    if duplicates:
+        raise SourceError(f"{path}: duplicate column names: {', '.join(duplicates)}")
+    if rows == 0:
+        raise SourceError(f"{path}: the file has a header but no rows")
+    return SourceTable(
+        path=path, rows=rows, columns=tuple(columns), size=size, sha256=file_sha256(path)
+    )
+
+
+def _parquet_shape(path: Path) -> tuple[list[str], int]:
+    try:
+        metadata = pq.read_metadata(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise SourceError(f"{path}: not a readable Parquet file ({error})") from error
+    return list(metadata.schema.names), metadata.num_rows
+
+
+def _csv_shape(path: Path) -> tuple[list[str], int]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+            rows = sum(1 for _ in csv.reader(handle))
+    except UnicodeDecodeError as error:
+        raise SourceError(
+            f"{path}: not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from error
+    except csv.Error as error:
+        raise SourceError(f"{path}: not a readable CSV file ({error})") from error
+    if not header:
+        raise SourceError(f"{path}: the file has no header line")
+    if len(header) == 1:
+        for delimiter, name in FOREIGN_DELIMITERS.items():
+            if delimiter in header[0]:
+                raise SourceError(
+                    f"{path}: the header is split by {name}s, not commas; "
+                    "lakeloop reads comma-separated CSV (or use Parquet)"
+                )
+    return header, rows
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
+    """Write a frame as a Parquet file for ingest (the demo's synthetic batches)."""
+    frame.to_parquet(path, index=False)
+    return path

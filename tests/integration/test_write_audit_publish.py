@@ -1,0 +1,168 @@
+"""Write-audit-publish over HTTP: the real lakeFS SDK, the lakeFS-compatible server running the
+installed action files, the gateway's pre-merge data checks (real Great Expectations) and its
+post-merge relay (to a stand-in of Prefect's events endpoint; the e2e test uses real Prefect)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lakefs
+import pandas as pd
+import pytest
+
+from lakeloop import lakefs_client, market
+from lakeloop.gateway import create_gateway
+from lakeloop.ingest import SourceTable, inspect_source, write_parquet
+from lakeloop.lakefs_local import create_app as create_lakefs
+from lakeloop.settings import Settings, load_settings
+from tests.utils.fake_prefect import FakePrefectEvents
+from tests.utils.net import free_port, serve_in_thread
+
+pytestmark = pytest.mark.integration
+
+SECRET = "integration-webhook-secret-0123456789"
+LAKEFS_SECRET = "integration-lakefs-secret-0123456789"
+
+
+@dataclass(frozen=True)
+class Loop:
+    settings: Settings
+    client: lakefs.Client
+    prefect: FakePrefectEvents
+    folder: Path
+
+    def main_head(self) -> str:
+        repository = lakefs.Repository(self.settings.lakefs.repository, client=self.client)
+        return repository.branch(self.settings.lakefs.branch).get_commit().id
+
+    def batch(self, name: str, frame: pd.DataFrame) -> SourceTable:
+        return inspect_source(write_parquet(frame, self.folder / f"{name}.parquet"))
+
+    def publish(self, table: SourceTable, name: str) -> lakefs_client.Published:
+        return lakefs_client.publish(
+            self.client, self.settings, [table], name=name, source="test", dataset_version=1
+        )
+
+    def relayed_commits(self) -> list[str]:
+        return [event["payload"]["commit_id"] for event in self.prefect.events]
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
+    root = tmp_path_factory.mktemp("wap")
+    fake = FakePrefectEvents()
+    lakefs_port, gateway_port = free_port(), free_port()
+    with pytest.MonkeyPatch.context() as patch, serve_in_thread(fake.app()) as prefect_url:
+        # What the lakeFS server's environment must carry for the action's {{ ENV.… }} header.
+        patch.setenv("LAKEFSACTION_LAKELOOP_WEBHOOK_SECRET", SECRET)
+        settings = load_settings(
+            state_dir=root / "state",
+            lakefs={"port": lakefs_port, "secret_access_key": LAKEFS_SECRET},
+            gateway={"port": gateway_port, "webhook_secret": SECRET},
+            prefect={"api_url": f"{prefect_url}/api"},
+        )
+        lakefs_app = create_lakefs(
+            data_dir=root / "lakefs",
+            access_key_id=settings.lakefs.access_key_id,
+            secret_access_key=LAKEFS_SECRET,
+        )
+        with (
+            serve_in_thread(lakefs_app, port=lakefs_port),
+            serve_in_thread(create_gateway(settings), port=gateway_port),
+        ):
+            client = lakefs_client.connect(settings)
+            lakefs_client.ensure_repository(client, settings)
+            lakefs_client.install_actions(client, settings)
+            yield Loop(settings=settings, client=client, prefect=fake, folder=root)
+
+
+def test_good_batch_lands_on_main_and_is_relayed_to_prefect(loop: Loop) -> None:
+    published = loop.publish(loop.batch("good", market.generate_batch(rows=500, seed=1)), "good")
+    assert published.merged
+    assert loop.main_head() == published.commit_id
+    stored = lakefs_client.read_table(
+        loop.client, loop.settings, repository="housing", ref=published.commit_id
+    )
+    assert len(stored) == 500
+    commit = lakefs.Repository("housing", client=loop.client).ref(published.commit_id).get_commit()
+    assert commit.metadata["rows"] == "500"
+    assert commit.metadata["sha256"] == published.metadata["sha256"]
+    assert published.commit_id in _eventually(loop.relayed_commits)
+
+
+def test_bad_batch_is_blocked_naming_the_check_and_main_is_untouched(loop: Loop) -> None:
+    before = loop.main_head()
+    relayed_before = len(loop.prefect.events)
+    bad = market.generate_batch(rows=500, seed=2)
+    bad.loc[:99, "median_income"] = -1.0  # a fifth of the rows below the description's bound
+    published = loop.publish(loop.batch("bad", bad), "bad")
+    assert not published.merged
+    assert "median_income" in published.rejection
+    assert "column values to be between" in published.rejection
+    assert loop.main_head() == before
+    rejected = lakefs.Repository("housing", client=loop.client).branch(published.ingest_branch)
+    assert rejected.get_commit().metadata["lakeloop.rejected"] == "true"
+    assert "median_income" in rejected.get_commit().metadata["lakeloop.reason"]
+    assert len(loop.prefect.events) == relayed_before  # nothing reached Prefect: no training
+
+
+def test_unreadable_table_written_around_the_cli_is_blocked(loop: Loop, tmp_path: Path) -> None:
+    before = loop.main_head()
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"PAR1 this is not parquet PAR1")
+    table = SourceTable(path=garbage, rows=1, columns=("x",), size=28, sha256="0" * 64)
+    published = loop.publish(table, "garbage")
+    assert not published.merged
+    assert "cannot read" in published.rejection
+    assert loop.main_head() == before
+
+
+def test_two_ingests_at_once_both_land(loop: Loop) -> None:
+    tables = [
+        loop.batch(f"parallel-{i}", market.generate_batch(rows=300, seed=10 + i)) for i in range(2)
+    ]
+    results: list[lakefs_client.Published] = []
+
+    def run(index: int) -> None:
+        results.append(loop.publish(tables[index], f"parallel-{index}"))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert [r.merged for r in results] == [True, True]
+    on_main = lakefs_client.read_table(
+        loop.client, loop.settings, repository="housing", ref=loop.settings.lakefs.branch
+    )
+    for result in results:
+        assert set(result.paths) <= {
+            info.path
+            for info in lakefs.Repository("housing", client=loop.client)
+            .ref("main")
+            .objects(prefix="data/")
+        }
+    assert len(on_main) >= 600
+
+
+def test_unknown_repository_is_a_clear_error(loop: Loop) -> None:
+    other = load_settings(
+        state_dir=loop.settings.state_dir,
+        lakefs={**loop.settings.lakefs.model_dump(), "repository": "no-such-repo"},
+    )
+    table = loop.batch("orphan", market.generate_batch(rows=50, seed=3))
+    with pytest.raises(lakefs_client.LakeFSError, match=r"no-such-repo|not found"):
+        lakefs_client.publish(loop.client, other, [table], name="x", source="t", dataset_version=1)
+
+
+def _eventually(read: Callable[[], list[str]], timeout: float = 10.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        values = read()
+        if values or time.monotonic() > deadline:
+            return list(values)
+        time.sleep(0.1)
