@@ -41,6 +41,7 @@ def _start(settings: Settings) -> Stack:
     try:
         with console.status("starting the stack") as status:
             stack.up(progress=lambda message: _step(status, message))
+        console.log(stack.lakefs_note)
     except StackError as error:
         console.print(f"[red]cannot start the stack:[/red] {error}")
         raise typer.Exit(1) from error

@@ -39,6 +39,9 @@ class LakeFSSettings(BaseModel):
     """Repository that holds the dataset."""
     branch: str = "main"
     """Production branch: a commit or merge here triggers training."""
+    download: bool = True
+    """Without a ``lakefs`` binary, let the lakeFS SDK download one (needs GitHub); if that fails,
+    use the built-in server."""
     data_prefix: str = "data/"
     """Path prefix under which batches are stored; training reads every table below it."""
 
@@ -173,15 +176,15 @@ class Settings(BaseSettings):
         """The lakeFS secret key (configured, else the one stored for the local stack)."""
         if self.lakefs.secret_access_key is not None:
             return self.lakefs.secret_access_key.get_secret_value()
-        return self._stored_secret("lakefs_secret_access_key")
+        return self.stored_secret("lakefs_secret_access_key")
 
     def webhook_secret(self) -> str:
         """The gateway's shared secret (configured, else the one stored for the local stack)."""
         if self.gateway.webhook_secret is not None:
             return self.gateway.webhook_secret.get_secret_value()
-        return self._stored_secret("webhook_secret")
+        return self.stored_secret("webhook_secret")
 
-    def _stored_secret(self, name: str) -> str:
+    def stored_secret(self, name: str) -> str:
         """Read a generated secret from the state folder, creating it (mode 0600) on first use."""
         path = self.state_dir / "secrets.json"
         stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}

@@ -8,10 +8,10 @@ bound to 127.0.0.1, logging to ``<state>/logs/<service>.log``. What is running i
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -87,13 +87,13 @@ def child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def services(settings: Settings) -> list[Service]:
+def services(settings: Settings, *, lakefs_binary: str | None = None) -> list[Service]:
     """The services the stack starts for these settings; configured endpoints are not started."""
     state = settings.state_dir
     python = sys.executable
     started: list[Service] = []
     if settings.lakefs.endpoint is None:
-        started.append(_lakefs_service(settings))
+        started.append(_lakefs_service(settings, lakefs_binary))
     if settings.mlflow.tracking_uri is None:
         mlflow_dir = state / "mlflow"
         started.append(
@@ -166,14 +166,13 @@ def services(settings: Settings) -> list[Service]:
     return started
 
 
-def _lakefs_service(settings: Settings) -> Service:
-    """A real ``lakefs`` from PATH when there is one, else the built-in lakeFS-compatible server."""
+def _lakefs_service(settings: Settings, binary: str | None) -> Service:
+    """The real ``lakefs`` binary when there is one, else the built-in lakeFS-compatible server."""
     data_dir = settings.state_dir / "lakefs"
     secret = settings.lakefs_secret()
     # lakeFS only lets actions read variables with this prefix.
     actions_env = {"LAKEFSACTION_LAKELOOP_WEBHOOK_SECRET": settings.webhook_secret()}
     health = f"{settings.lakefs_endpoint}/api/v1/healthcheck"
-    binary = shutil.which("lakefs")
     if binary:
         return Service(
             name="lakefs",
@@ -187,7 +186,7 @@ def _lakefs_service(settings: Settings) -> Service:
                 "LAKEFS_DATABASE_LOCAL_PATH": str(data_dir / "metadata"),
                 "LAKEFS_BLOCKSTORE_TYPE": "local",
                 "LAKEFS_BLOCKSTORE_LOCAL_PATH": str(data_dir / "data"),
-                "LAKEFS_AUTH_ENCRYPT_SECRET_KEY": settings._stored_secret("lakefs_encrypt_key"),
+                "LAKEFS_AUTH_ENCRYPT_SECRET_KEY": settings.stored_secret("lakefs_encrypt_key"),
                 "LAKEFS_INSTALLATION_USER_NAME": "lakeloop",
                 "LAKEFS_INSTALLATION_ACCESS_KEY_ID": settings.lakefs.access_key_id,
                 "LAKEFS_INSTALLATION_SECRET_ACCESS_KEY": secret,
@@ -215,6 +214,46 @@ def _lakefs_service(settings: Settings) -> Service:
             "LAKEFS_LOCAL_SECRET_ACCESS_KEY": secret,
         },
         hint="LAKELOOP_LAKEFS__PORT",
+    )
+
+
+# A failed download is not retried on every start: offline laptops would pay for it each time.
+DOWNLOAD_RETRY_SECONDS = 24 * 3600
+DOWNLOAD_MARKER = "lakefs-download-failed"
+
+
+def find_lakefs(settings: Settings) -> tuple[str | None, str]:
+    """The ``lakefs`` binary to run, found or downloaded by the lakeFS SDK's own tooling, and one
+    line saying which lakeFS the stack will use."""
+    if settings.lakefs.endpoint:
+        return None, f"lakeFS: the server at {settings.lakefs.endpoint}"
+    from lakefs import __main__ as lakefs_tools  # noqa: PLC0415 - the SDK's finder and downloader
+
+    builtin = "lakeFS: the built-in lakeFS-compatible server"
+    found = lakefs_tools._find_binary("lakefs")  # PATH, then where the SDK downloads to
+    if found:
+        return found, f"lakeFS: {found}"
+    if not settings.lakefs.download:
+        return None, f"{builtin} (no lakefs binary; download disabled)"
+    marker = settings.state_dir / DOWNLOAD_MARKER
+    if marker.exists() and time.time() - marker.stat().st_mtime < DOWNLOAD_RETRY_SECONDS:
+        return None, f"{builtin} (no lakefs binary; download failed earlier: {marker.read_text()})"
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(20.0)  # the SDK's downloader sets none
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            lakefs_tools._download_binaries()
+    except Exception as error:
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(reason)
+        return None, f"{builtin} (no lakefs binary; download failed: {reason})"
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+    found = lakefs_tools._find_binary("lakefs")
+    return (
+        found,
+        f"lakeFS: {found} (downloaded)" if found else f"{builtin} (download found nothing)",
     )
 
 
@@ -268,6 +307,8 @@ class Stack:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.running: list[Running] = []
+        self.lakefs_note = ""
+        """One line saying which lakeFS this stack runs."""
 
     @property
     def logs(self) -> Path:
@@ -313,7 +354,8 @@ class Stack:
     def up(self, *, progress: Callable[[str], None] = lambda _: None) -> None:
         """Start every service and wait until each answers; stop all of them on failure."""
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        wanted = services(self.settings)
+        binary, self.lakefs_note = find_lakefs(self.settings)
+        wanted = services(self.settings, lakefs_binary=binary)
         self.check_ports(wanted)
         try:
             started = [self.start(service) for service in wanted]

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from lakeloop.settings import Settings, load_settings
-from lakeloop.stack import Service, Stack, StackError, down_recorded, port_is_free, services
+from lakeloop.stack import (
+    Service,
+    Stack,
+    StackError,
+    down_recorded,
+    find_lakefs,
+    port_is_free,
+    services,
+)
 from tests.utils.net import free_port
 
 
@@ -96,3 +106,37 @@ def test_down_leaves_alone_a_recorded_pid_now_used_by_another_program(settings: 
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_lakefs_binary_on_path_is_preferred_and_set_up_unattended(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    binary = tmp_path / "bin" / "lakefs"
+    binary.parent.mkdir()
+    binary.write_text("#!/bin/sh\nexit 0\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{binary.parent}:{os.environ['PATH']}")
+    found, note = find_lakefs(settings)
+    assert found == str(binary)
+    assert note == f"lakeFS: {binary}"
+    [lakefs] = [s for s in services(settings, lakefs_binary=found) if s.name == "lakefs"]
+    assert lakefs.argv[:2] == [str(binary), "run"]
+    assert lakefs.env["LAKEFS_INSTALLATION_ACCESS_KEY_ID"] == settings.lakefs.access_key_id
+    assert lakefs.env["LAKEFS_INSTALLATION_SECRET_ACCESS_KEY"] == settings.lakefs_secret()
+    assert lakefs.env["LAKEFS_LISTEN_ADDRESS"].startswith("127.0.0.1:")
+    assert "LAKEFSACTION_LAKELOOP_WEBHOOK_SECRET" in lakefs.env
+
+
+def test_without_binary_or_download_the_builtin_server_runs_and_says_so(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no lakefs anywhere on it
+    monkeypatch.setattr(sys, "exec_prefix", str(tmp_path))  # nor beside this Python
+    monkeypatch.setenv("HOME", str(tmp_path))  # nor in ~/.lakefs/bin
+    offline = load_settings(state_dir=settings.state_dir, lakefs={"download": False})
+    found, note = find_lakefs(offline)
+    assert found is None
+    assert "built-in lakeFS-compatible server" in note
+    assert "download disabled" in note
+    [lakefs] = [s for s in services(offline, lakefs_binary=None) if s.name == "lakefs"]
+    assert lakefs.argv[1:3] == ["-m", "lakeloop.lakefs_local"]
