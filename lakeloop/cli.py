@@ -118,12 +118,28 @@ def ingest(
         dataset_version=spec.version,
     )
     if not published.merged:
-        console.print(f"[red]blocked:[/red] {published.rejection}")
+        console.print("[red]blocked by the pre-merge data checks[/red]")
+        for line in _rejection_lines(published.rejection):
+            console.print(line, highlight=False)
         console.print(
             f"{settings.lakefs.branch} is unchanged; the batch stays on branch "
             f"[bold]{published.ingest_branch}[/bold] for inspection"
         )
         raise typer.Exit(1)
+
+
+def _rejection_lines(reason: str) -> list[str]:
+    """lakeFS's error ends with the hook's answer, "data checks failed on <paths>: a; b; c":
+    one failed check per line, lakeFS's own preamble dimmed above them."""
+    preamble, marker, answer = reason.partition("data checks failed on ")
+    if not marker:
+        return [reason]
+    where, _, checks = answer.partition(": ")
+    return [
+        f"[dim]{preamble.strip()}[/dim]",
+        f"{marker}{where}:",
+        *(f"  - {check}" for check in checks.split("; ")),
+    ]
 
 
 def _batch_name(path: Path) -> str:
@@ -317,9 +333,18 @@ def data_log(
         table.add_column(column)
     for commit in commits:
         when = datetime.fromtimestamp(commit.creation_date, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        metadata = ", ".join(f"{k}={v}" for k, v in sorted((commit.metadata or {}).items()))
-        table.add_row(commit.id[:12], when, commit.message, metadata[:120])
+        table.add_row(commit.id[:12], when, commit.message, _lineage(commit.metadata or {}))
     console.print(table)
+
+
+def _lineage(metadata: dict[str, str]) -> str:
+    """Commit metadata for a table cell: the long column list left out, digests shortened."""
+    shown = {
+        key: value[:12] if key.startswith("sha256") else value
+        for key, value in sorted(metadata.items())
+        if key != "columns"
+    }
+    return ", ".join(f"{key}={value}" for key, value in shown.items())
 
 
 @data_app.command("diff")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Response, get, post
+from litestar import Litestar, MediaType, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers import BaseRouteHandler
@@ -132,8 +132,10 @@ def create_gateway(settings: Settings) -> Litestar:
         guards=[require_token],
         sync_to_thread=True,
     )
-    def validate_merge(data: events.LakeFSWebhook) -> Response[Verdict]:
-        """Check the tables a merge would bring (lakeFS pre-merge hook); non-2xx blocks it."""
+    def validate_merge(data: events.LakeFSWebhook) -> Response[str]:
+        """Check the tables a merge would bring (lakeFS pre-merge hook); non-2xx blocks it.
+
+        The answer is one line of text: lakeFS puts it into the error the merging client sees."""
         verdict = check_merge(lakefs, settings, validator.get, data)
         logger.info(
             "pre-merge %s -> %s/%s: %s",
@@ -143,7 +145,9 @@ def create_gateway(settings: Settings) -> Litestar:
             verdict.detail,
         )
         return Response(
-            verdict, status_code=HTTP_200_OK if verdict.passed else HTTP_400_BAD_REQUEST
+            verdict.detail,
+            media_type=MediaType.TEXT,
+            status_code=HTTP_200_OK if verdict.passed else HTTP_400_BAD_REQUEST,
         )
 
     @get("/healthz", operation_id="gatewayHealth")

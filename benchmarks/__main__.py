@@ -1,0 +1,28 @@
+"""``make bench``: every benchmark, one after another, each printing its figures side by side.
+
+Benchmarks are not tests: they measure and print, they do not pass or fail on timing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BENCHMARKS = [
+    "benchmarks.lakefs_io",  # lakeFS ingest and read-back through the SDK vs a plain file copy
+]
+
+
+def main() -> int:
+    failed = []
+    for module in BENCHMARKS:
+        print(f"\n=== {module} ===", flush=True)
+        if subprocess.run([sys.executable, "-m", module], check=False).returncode != 0:
+            failed.append(module)
+    if failed:
+        print(f"\nbenchmarks that did not finish: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
