@@ -63,13 +63,36 @@ def log_and_register(
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def score_champion(
+    settings: Settings, trained: model.TrainedModel, spec: DatasetSpec
+) -> tracking.ChampionScore | None:
+    """The current champion's metrics on the new model's holdout (None before the first one)."""
+    current = tracking.champion(tracking.connect(settings), settings)
+    if current is None:
+        return None
+    champion_model = tracking.load_version(settings, version=current.version)
+    metrics = model.score(champion_model, trained.holdout, spec)
+    return tracking.ChampionScore(version=str(current.version), metrics=metrics)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def gate_and_promote(
-    settings: Settings, trained: model.TrainedModel, logged: tracking.LoggedModel
+    settings: Settings,
+    trained: model.TrainedModel,
+    logged: tracking.LoggedModel,
+    champion: tracking.ChampionScore | None,
 ) -> list[str]:
-    """Promote when the model meets the absolute thresholds; returns the reasons it did not."""
-    failures = model.threshold_failures(trained.metrics, settings.training)
-    if not failures:
-        tracking.promote(tracking.connect(settings), settings, version=logged.version)
+    """Promote when the model meets the thresholds and is no worse than the champion on the same
+    holdout; returns the reasons it was not promoted."""
+    failures = model.gate_failures(
+        trained.metrics,
+        settings.training,
+        champion=champion.metrics if champion else None,
+        champion_name=f"champion v{champion.version}" if champion else "the champion",
+    )
+    tracking.record_decision(
+        tracking.connect(settings), settings, logged=logged, reasons=failures, champion=champion
+    )
     return failures
 
 
@@ -105,7 +128,8 @@ def train_on_commit(repository: str, commit_id: str, reason: str = "manual") -> 
         spec=spec,
         validation=validation,
     )
-    failures = gate_and_promote(settings, trained, logged)
+    champion = score_champion(settings, trained, spec)
+    failures = gate_and_promote(settings, trained, logged, champion)
     verdict = "promoted to champion" if not failures else "not promoted: " + "; ".join(failures)
     logger.info(
         "version %s (MAE %.0f, RMSE %.0f, R² %.3f on %d holdout rows) %s",

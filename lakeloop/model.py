@@ -101,6 +101,8 @@ class TrainedModel:
     train_rows: int
     holdout_rows: int
     input_example: pd.DataFrame
+    holdout: pd.DataFrame
+    """The holdout rows (features and target): a challenger and the champion are judged on them."""
 
 
 def train(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) -> TrainedModel:
@@ -121,14 +123,38 @@ def train(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) ->
         train_rows=len(train_rows),
         holdout_rows=len(test_rows),
         input_example=test_rows[spec.feature_names].head(3),
+        holdout=test_rows[spec.columns],
     )
 
 
-def threshold_failures(metrics: dict[str, float], training: TrainingSettings) -> list[str]:
-    """Reasons the model fails the absolute quality bar; empty when it passes."""
+def score(model: Any, holdout: pd.DataFrame, spec: DatasetSpec) -> dict[str, float]:
+    """Metrics of any fitted model on a holdout (used to score the champion on new data)."""
+    predicted = np.asarray(model.predict(holdout[spec.feature_names]), dtype=float)
+    return regression_metrics(holdout[spec.target.name].to_numpy(), predicted)
+
+
+def gate_failures(
+    metrics: dict[str, float],
+    training: TrainingSettings,
+    *,
+    champion: dict[str, float] | None = None,
+    champion_name: str = "the champion",
+) -> list[str]:
+    """Reasons a new model must not be promoted; empty when it may. It must meet the absolute
+    thresholds and, when there is a champion, be no worse than it (within the tolerance) on the
+    same holdout."""
     reasons = []
     if metrics["mae"] > training.max_mae:
-        reasons.append(f"MAE {metrics['mae']:,.0f} > {training.max_mae:,.0f}")
+        reasons.append(f"MAE {metrics['mae']:,.0f} > threshold {training.max_mae:,.0f}")
     if metrics["rmse"] > training.max_rmse:
-        reasons.append(f"RMSE {metrics['rmse']:,.0f} > {training.max_rmse:,.0f}")
+        reasons.append(f"RMSE {metrics['rmse']:,.0f} > threshold {training.max_rmse:,.0f}")
+    if champion is not None:
+        allowed = 1.0 + training.champion_tolerance
+        for name in ("mae", "rmse"):
+            if metrics[name] > champion[name] * allowed:
+                reasons.append(
+                    f"{name.upper()} {metrics[name]:,.0f} worse than {champion_name}'s "
+                    f"{champion[name]:,.0f} on the same holdout "
+                    f"(tolerance {training.champion_tolerance:.0%})"
+                )
     return reasons

@@ -111,6 +111,9 @@ class TrainingSettings(BaseModel):
     """A model whose holdout MAE exceeds this is never promoted (target units)."""
     max_rmse: Annotated[float, Field(gt=0)] = 70_000.0
     """A model whose holdout RMSE exceeds this is never promoted (target units)."""
+    champion_tolerance: Annotated[float, Field(ge=0, le=1)] = 0.02
+    """A challenger may be this much worse (relative MAE and RMSE) than the champion on the same
+    holdout and still be promoted: fresher data is worth a hair of noise."""
     holdout_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.2
     """Share of rows held out for evaluation, chosen by a hash of each row (deterministic)."""
     n_estimators: Annotated[int, Field(ge=1)] = 300

@@ -23,6 +23,10 @@ TAG_COMMIT = "lakefs.commit_id"
 TAG_VALIDATION = "validation.outcome"
 TAG_CODE_VERSION = "lakeloop.code_version"
 TAG_DATASET = "dataset"
+TAG_GATE = "gate.decision"
+TAG_GATE_REASONS = "gate.reasons"
+TAG_PREVIOUS = "previous_champion"
+CHALLENGER_ALIAS = "challenger"
 
 # MLflow stores sklearn models with skops, which loads only types named as trusted: ours and
 # XGBoost's, nothing arbitrary (unlike pickle).
@@ -73,6 +77,14 @@ def run_for_commit(client: MlflowClient, settings: Settings, *, commit_id: str) 
 class LoggedModel:
     run_id: str
     version: str
+
+
+@dataclass(frozen=True)
+class ChampionScore:
+    """The current champion scored on a challenger's holdout."""
+
+    version: str
+    metrics: dict[str, float]
 
 
 def log_trained(
@@ -128,8 +140,34 @@ def champion(client: MlflowClient, settings: Settings) -> ModelVersion | None:
         raise
 
 
-def promote(client: MlflowClient, settings: Settings, *, version: str) -> None:
-    """Point the champion alias at ``version``."""
-    client.set_registered_model_alias(
-        settings.mlflow.model_name, settings.mlflow.champion_alias, version
+def load_version(settings: Settings, *, version: str) -> Any:
+    """The fitted pipeline of a registered version (skops, with only our trusted types)."""
+    uri = f"models:/{settings.mlflow.model_name}/{version}"
+    return mlflow.sklearn.load_model(uri)
+
+
+def record_decision(
+    client: MlflowClient,
+    settings: Settings,
+    *,
+    logged: LoggedModel,
+    reasons: list[str],
+    champion: ChampionScore | None,
+) -> None:
+    """Write the gate's decision on the version (and the champion's scores on the run), then
+    promote: one alias move. A rejected version stays registered as ``challenger`` with its reason;
+    a promoted one records the champion it replaced, for rollback."""
+    name = settings.mlflow.model_name
+    if champion is not None:
+        for metric, value in champion.metrics.items():
+            client.log_metric(logged.run_id, f"champion_{metric}", value)
+    client.set_model_version_tag(
+        name, logged.version, TAG_GATE, "rejected" if reasons else "promoted"
     )
+    client.set_model_version_tag(name, logged.version, TAG_GATE_REASONS, "; ".join(reasons) or "-")
+    if reasons:
+        client.set_registered_model_alias(name, CHALLENGER_ALIAS, logged.version)
+        return
+    if champion is not None:
+        client.set_model_version_tag(name, logged.version, TAG_PREVIOUS, champion.version)
+    client.set_registered_model_alias(name, settings.mlflow.champion_alias, logged.version)

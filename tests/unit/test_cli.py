@@ -10,7 +10,8 @@ from lakeloop.cli import _batch_name, _rejection_lines
 def test_blocked_merge_lists_one_failed_check_per_line() -> None:
     reason = (
         "pre-merge hook aborted, run id 'r1': hook run id '0000_0000' failed on action "
-        "'lakeloop-data-checks' hook 'lakeloop_validate': webhook request failed (status code: 400): "
+        "'lakeloop-data-checks' hook 'lakeloop_validate': "
+        "webhook request failed (status code: 400): "
         "data checks failed on data/b/bad.parquet: median_income: column values to be between "
         "(12 rows); missing column households"
     )

@@ -9,9 +9,10 @@ import pytest
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import (
     TrainedModel,
+    gate_failures,
     holdout_mask,
     regression_metrics,
-    threshold_failures,
+    score,
     train,
 )
 from lakeloop.settings import TrainingSettings
@@ -71,13 +72,28 @@ def test_too_little_data_is_refused_with_counts(
         train(market_batch.head(5), spec, TrainingSettings(n_estimators=5))
 
 
-def test_threshold_failures_name_each_metric() -> None:
+def test_gate_names_each_threshold_missed() -> None:
     gate = TrainingSettings(max_mae=100, max_rmse=200)
-    assert threshold_failures({"mae": 50, "rmse": 150}, gate) == []
-    failures = threshold_failures({"mae": 150, "rmse": 250}, gate)
+    assert gate_failures({"mae": 50, "rmse": 150}, gate) == []
+    failures = gate_failures({"mae": 150, "rmse": 250}, gate)
     assert len(failures) == 2
-    assert failures[0].startswith("MAE")
-    assert failures[1].startswith("RMSE")
+    assert failures[0].startswith("MAE 150 > threshold")
+    assert failures[1].startswith("RMSE 250 > threshold")
+
+
+def test_gate_refuses_a_challenger_worse_than_the_champion_beyond_tolerance() -> None:
+    gate = TrainingSettings(max_mae=1000, max_rmse=1000, champion_tolerance=0.05)
+    champion = {"mae": 100.0, "rmse": 150.0}
+    assert gate_failures({"mae": 104, "rmse": 157}, gate, champion=champion) == []
+    [reason] = gate_failures({"mae": 106, "rmse": 150}, gate, champion=champion, champion_name="v3")
+    assert reason.startswith("MAE 106 worse than v3's 100 on the same holdout")
+
+
+def test_champion_is_scored_on_the_challengers_holdout(
+    tiny_model: TrainedModel, spec: DatasetSpec
+) -> None:
+    assert score(tiny_model.pipeline, tiny_model.holdout, spec) == pytest.approx(tiny_model.metrics)
+    assert len(tiny_model.holdout) == tiny_model.holdout_rows
 
 
 def _record(**changes: object) -> dict[str, object]:
