@@ -9,9 +9,10 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from lakeloop import lakefs_client, model, tracking
+from lakeloop import evaluation, lakefs_client, model, tracking
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings, load_settings
 from validation.checks import ValidationResult, validate_frame
@@ -46,20 +47,12 @@ def log_and_register(
     settings: Settings,
     trained: model.TrainedModel,
     *,
-    repository: str,
-    commit_id: str,
     spec: DatasetSpec,
-    validation: ValidationResult,
+    frame: pd.DataFrame,
+    lineage: tracking.Lineage,
 ) -> tracking.LoggedModel:
     tracking.connect(settings)
-    return tracking.log_trained(
-        settings,
-        trained,
-        repository=repository,
-        commit_id=commit_id,
-        dataset=f"{spec.name}@v{spec.version}",
-        validation=validation.outcome,
-    )
+    return tracking.log_trained(settings, trained, spec=spec, training_data=frame, lineage=lineage)
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -120,26 +113,28 @@ def train_on_commit(repository: str, commit_id: str, reason: str = "manual") -> 
         raise ValueError(f"data at {commit_id} failed validation: {validation.outcome}")
 
     trained = fit(frame, spec, settings)
-    logged = log_and_register(
-        settings,
-        trained,
+    lineage = tracking.Lineage(
         repository=repository,
         commit_id=commit_id,
-        spec=spec,
-        validation=validation,
+        validation=validation.outcome,
+        trigger=tracking.trigger_kind(reason),
+        dataset=f"{spec.name}@v{spec.version}",
     )
+    logged = log_and_register(settings, trained, spec=spec, frame=frame, lineage=lineage)
     champion = score_champion(settings, trained, spec)
     failures = gate_and_promote(settings, trained, logged, champion)
-    verdict = "promoted to champion" if not failures else "not promoted: " + "; ".join(failures)
-    logger.info(
-        "version %s (MAE %.0f, RMSE %.0f, R² %.3f on %d holdout rows) %s",
-        logged.version,
-        trained.metrics["mae"],
-        trained.metrics["rmse"],
-        trained.metrics["r2"],
-        trained.holdout_rows,
-        verdict,
+    summary = evaluation.summary_markdown(
+        model_name=settings.mlflow.model_name,
+        version=logged.version,
+        run_id=logged.run_id,
+        metrics=trained.metrics,
+        holdout_rows=trained.holdout_rows,
+        lineage=lineage.tags(),
+        champion=(champion.version, champion.metrics) if champion else None,
+        gate_failures=failures,
     )
+    create_markdown_artifact(summary, key="training-summary", description=f"train-{commit_id:.8}")
+    logger.info("%s", summary.splitlines()[0])
     return {
         "status": "promoted" if not failures else "registered",
         "version": logged.version,

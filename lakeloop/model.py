@@ -103,6 +103,8 @@ class TrainedModel:
     input_example: pd.DataFrame
     holdout: pd.DataFrame
     """The holdout rows (features and target): a challenger and the champion are judged on them."""
+    predicted: np.ndarray
+    """This model's predictions for the holdout rows, in order."""
 
 
 def train(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) -> TrainedModel:
@@ -124,6 +126,7 @@ def train(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) ->
         holdout_rows=len(test_rows),
         input_example=test_rows[spec.feature_names].head(3),
         holdout=test_rows[spec.columns],
+        predicted=predicted,
     )
 
 

@@ -8,12 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.dataset_source_registry import register_dataset_source
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 import lakeloop
+from lakeloop import evaluation
+from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TrainedModel
 from lakeloop.settings import Settings
 
@@ -23,6 +29,7 @@ TAG_COMMIT = "lakefs.commit_id"
 TAG_VALIDATION = "validation.outcome"
 TAG_CODE_VERSION = "lakeloop.code_version"
 TAG_DATASET = "dataset"
+TAG_TRIGGER = "lakeloop.trigger"
 TAG_GATE = "gate.decision"
 TAG_GATE_REASONS = "gate.reasons"
 TAG_PREVIOUS = "previous_champion"
@@ -87,27 +94,55 @@ class ChampionScore:
     metrics: dict[str, float]
 
 
+def trigger_kind(reason: str) -> str:
+    """What started a training run, from the flow's ``reason`` parameter."""
+    if reason.startswith("lakefs."):
+        return "commit"
+    return "drift" if "drift" in reason else "manual"
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a model's data came from and why it was trained."""
+
+    repository: str
+    commit_id: str
+    validation: str
+    trigger: str
+    """``commit``, ``drift`` or ``manual``."""
+    dataset: str
+    """Dataset description name and version."""
+
+    def tags(self) -> dict[str, str]:
+        return {
+            TAG_REPOSITORY: self.repository,
+            TAG_COMMIT: self.commit_id,
+            TAG_VALIDATION: self.validation,
+            TAG_TRIGGER: self.trigger,
+            TAG_DATASET: self.dataset,
+            TAG_CODE_VERSION: code_version(),
+        }
+
+    def data_uri(self, settings: Settings) -> str:
+        return f"lakefs://{self.repository}/{self.commit_id}/{settings.lakefs.data_prefix}"
+
+
 def log_trained(
     settings: Settings,
     trained: TrainedModel,
     *,
-    repository: str,
-    commit_id: str,
-    dataset: str,
-    validation: str,
+    spec: DatasetSpec,
+    training_data: pd.DataFrame,
+    lineage: Lineage,
 ) -> LoggedModel:
-    """Log one training run (parameters, metrics, lineage, the model) and register the model."""
+    """Log one training run (parameters, metrics overall and per segment, plots, the training data
+    as a dataset input at its lakeFS URI, lineage tags, the model) and register the model with the
+    same lineage tags."""
+    register_lakefs_source()
     mlflow.set_experiment(settings.mlflow.experiment)
-    with mlflow.start_run(run_name=f"train-{commit_id:.8}") as run:
-        mlflow.set_tags(
-            {
-                TAG_REPOSITORY: repository,
-                TAG_COMMIT: commit_id,
-                TAG_VALIDATION: validation,
-                TAG_CODE_VERSION: code_version(),
-                TAG_DATASET: dataset,
-            }
-        )
+    tags = lineage.tags()
+    with mlflow.start_run(run_name=f"train-{lineage.commit_id:.8}") as run:
+        mlflow.set_tags(tags)
         mlflow.log_params(
             {
                 **settings.training.model_dump(),
@@ -115,7 +150,16 @@ def log_trained(
                 "holdout_rows": trained.holdout_rows,
             }
         )
-        mlflow.log_metrics(trained.metrics)
+        mlflow.log_metrics(trained.metrics | evaluation.segment_metrics(trained, spec))
+        for name, figure in evaluation.figures(trained, spec).items():
+            mlflow.log_figure(figure, f"evaluation/{name}")
+        dataset = from_pandas(
+            training_data,
+            source=LakeFSDatasetSource(lineage.data_uri(settings)),
+            targets=spec.target.name,
+            name=f"{lineage.repository}@{lineage.commit_id:.12}",
+        )
+        mlflow.log_input(dataset, context="training")
         example = trained.input_example
         info = mlflow.sklearn.log_model(
             trained.pipeline,
@@ -125,7 +169,47 @@ def log_trained(
             registered_model_name=settings.mlflow.model_name,
             skops_trusted_types=TRUSTED_MODEL_TYPES,
         )
-    return LoggedModel(run_id=run.info.run_id, version=str(info.registered_model_version))
+    version = str(info.registered_model_version)
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.mlflow.model_name, version, key, value)
+    return LoggedModel(run_id=run.info.run_id, version=version)
+
+
+class LakeFSDatasetSource(DatasetSource):
+    """An MLflow dataset source that is a lakeFS URI (``lakefs://repo/commit/prefix``), so a run's
+    training data points at the exact commit it was read from."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    @staticmethod
+    def _get_source_type() -> str:
+        return "lakefs"
+
+    def load(self, **_: Any) -> Any:
+        raise NotImplementedError("read it with lakeloop.lakefs_client.read_table at the commit")
+
+    @staticmethod
+    def _can_resolve(raw_source: Any) -> bool:
+        return isinstance(raw_source, str) and raw_source.startswith("lakefs://")
+
+    @classmethod
+    def _resolve(cls, raw_source: Any) -> LakeFSDatasetSource:
+        return cls(str(raw_source))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uri": self.uri}
+
+    @classmethod
+    def from_dict(cls, source_dict: dict[Any, Any]) -> LakeFSDatasetSource:
+        return cls(str(source_dict["uri"]))
+
+
+def register_lakefs_source() -> None:
+    """Teach MLflow the ``lakefs`` dataset source type (at run time, never at import)."""
+    # MLflow registers the class itself; its type hint says an instance.
+    register_dataset_source(LakeFSDatasetSource)  # type: ignore[arg-type]
 
 
 def champion(client: MlflowClient, settings: Settings) -> ModelVersion | None:
@@ -171,3 +255,18 @@ def record_decision(
     if champion is not None:
         client.set_model_version_tag(name, logged.version, TAG_PREVIOUS, champion.version)
     client.set_registered_model_alias(name, settings.mlflow.champion_alias, logged.version)
+
+
+def rollback(client: MlflowClient, settings: Settings) -> tuple[str, str]:
+    """Point the champion alias back at the champion the current one replaced; returns
+    (replaced version, restored version)."""
+    name = settings.mlflow.model_name
+    current = champion(client, settings)
+    if current is None:
+        raise LookupError(f"{name} has no champion to roll back")
+    previous = (current.tags or {}).get(TAG_PREVIOUS)
+    if not previous:
+        raise LookupError(f"{name} champion v{current.version} records no previous champion")
+    client.set_registered_model_alias(name, settings.mlflow.champion_alias, previous)
+    client.set_model_version_tag(name, current.version, TAG_GATE, "rolled back")
+    return str(current.version), previous

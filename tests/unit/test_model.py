@@ -109,3 +109,36 @@ def _record(**changes: object) -> dict[str, object]:
         "ocean_proximity": "<1H OCEAN",
     }
     return base | changes
+
+
+def test_retraining_the_same_data_gives_the_same_metrics(
+    market_batch: pd.DataFrame, spec: DatasetSpec
+) -> None:
+    settings = TrainingSettings(n_estimators=30)
+    first = train(market_batch, spec, settings)
+    again = train(market_batch.sample(frac=1.0, random_state=1), spec, settings)
+    assert again.metrics == first.metrics
+
+
+def test_more_rooms_per_household_never_lowers_the_price_much(tiny_model: TrainedModel) -> None:
+    """Direction: a bigger house in the same district is not predicted cheaper (beyond noise)."""
+    smaller = _record(total_rooms=1500.0)
+    bigger = _record(total_rooms=3500.0)
+    low, high = tiny_model.pipeline.predict(pd.DataFrame([smaller, bigger]))
+    assert high >= low * 0.95
+
+
+def test_predictions_stay_within_plausible_prices(
+    tiny_model: TrainedModel, market_batch: pd.DataFrame, spec: DatasetSpec
+) -> None:
+    predicted = tiny_model.pipeline.predict(market_batch[spec.feature_names])
+    assert predicted.min() > 0
+    assert predicted.max() < 1_000_000
+
+
+def test_column_order_does_not_change_predictions(
+    tiny_model: TrainedModel, market_batch: pd.DataFrame, spec: DatasetSpec
+) -> None:
+    features = market_batch[spec.feature_names].head(50)
+    shuffled = features[list(reversed(spec.feature_names))]
+    assert (tiny_model.pipeline.predict(features) == tiny_model.pipeline.predict(shuffled)).all()

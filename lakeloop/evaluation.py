@@ -1,0 +1,124 @@
+"""How a trained model is described: metrics per segment and the pictures a reviewer looks at.
+
+Segments come from the dataset description (every categorical feature, and price bands of the
+target), so nothing here names a column.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from lakeloop.dataset import DatasetSpec
+from lakeloop.model import TrainedModel, regression_metrics
+
+PRICE_BANDS = 4  # quartiles of the holdout's target
+MIN_SEGMENT_ROWS = 20  # fewer rows make a metric that is mostly noise
+
+
+def metric_key(*parts: str) -> str:
+    """An MLflow-safe metric name (letters, digits, ``_ - . /`` and spaces only)."""
+    return ".".join(re.sub(r"[^A-Za-z0-9_\-. /]", "_", part) for part in parts)
+
+
+def segment_metrics(trained: TrainedModel, spec: DatasetSpec) -> dict[str, float]:
+    """MAE and RMSE per category of each categorical feature and per target band."""
+    holdout = trained.holdout.reset_index(drop=True)
+    actual = holdout[spec.target.name].to_numpy()
+    segments: dict[str, pd.Series] = {
+        name: holdout[name].astype("string").fillna("missing") for name in spec.categorical_features
+    }
+    bands = pd.qcut(holdout[spec.target.name], PRICE_BANDS, labels=False, duplicates="drop")
+    segments["target_band"] = ("q" + (bands + 1).astype("string")).fillna("missing")
+    metrics = {}
+    for feature, labels in segments.items():
+        for label in sorted(labels.unique()):
+            rows = (labels == label).to_numpy()
+            if rows.sum() < MIN_SEGMENT_ROWS:
+                continue
+            scores = regression_metrics(actual[rows], trained.predicted[rows])
+            for name in ("mae", "rmse"):
+                metrics[metric_key(name, feature, str(label))] = scores[name]
+    return metrics
+
+
+def figures(trained: TrainedModel, spec: DatasetSpec) -> dict[str, Figure]:
+    """Predicted versus actual, residuals, and feature importance, keyed by file name."""
+    actual = trained.holdout[spec.target.name].to_numpy()
+    return {
+        "predicted_vs_actual.png": _predicted_vs_actual(actual, trained.predicted, spec),
+        "residuals.png": _residuals(actual, trained.predicted, spec),
+        "feature_importance.png": _importance(trained, spec),
+    }
+
+
+def _predicted_vs_actual(actual: np.ndarray, predicted: np.ndarray, spec: DatasetSpec) -> Figure:
+    figure = Figure(figsize=(5, 5))
+    axes = figure.subplots()
+    axes.scatter(actual, predicted, s=4, alpha=0.4)
+    low, high = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
+    axes.plot([low, high], [low, high], color="black", linewidth=1)
+    axes.set(xlabel=f"actual {spec.target.name}", ylabel="predicted", title="Holdout")
+    figure.tight_layout()
+    return figure
+
+
+def _residuals(actual: np.ndarray, predicted: np.ndarray, spec: DatasetSpec) -> Figure:
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    axes.scatter(predicted, actual - predicted, s=4, alpha=0.4)
+    axes.axhline(0, color="black", linewidth=1)
+    axes.set(xlabel=f"predicted {spec.target.name}", ylabel="actual - predicted", title="Residuals")
+    figure.tight_layout()
+    return figure
+
+
+def _importance(trained: TrainedModel, spec: DatasetSpec) -> Figure:
+    booster = trained.pipeline.named_steps["regress"].get_booster()
+    gains = booster.get_score(importance_type="gain")
+    ordered = sorted(spec.feature_names, key=lambda name: gains.get(name, 0.0))
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    axes.barh(ordered, [gains.get(name, 0.0) for name in ordered])
+    axes.set(xlabel="total gain", title="Feature importance")
+    figure.tight_layout()
+    return figure
+
+
+def summary_markdown(
+    *,
+    model_name: str,
+    version: str,
+    run_id: str,
+    metrics: dict[str, float],
+    holdout_rows: int,
+    lineage: dict[str, str],
+    champion: tuple[str, dict[str, float]] | None,
+    gate_failures: list[str],
+) -> str:
+    """The training run in a few lines of Markdown (a Prefect artifact): decision, metrics next to
+    the champion's on the same holdout, lineage."""
+    decision = (
+        "**promoted to champion**"
+        if not gate_failures
+        else "**not promoted**: " + "; ".join(gate_failures)
+    )
+    lines = [
+        f"{model_name} v{version} {decision}",
+        "",
+        "| metric | this model | " + (f"champion v{champion[0]} |" if champion else "champion |"),
+        "|---|---:|---:|",
+    ]
+    for name in ("mae", "rmse", "r2", "mape"):
+        theirs = f"{champion[1][name]:,.3f}" if champion else "-"
+        lines.append(f"| {name.upper()} | {metrics[name]:,.3f} | {theirs} |")
+    lines += [
+        "",
+        f"Holdout: {holdout_rows} rows. MLflow run `{run_id}`.",
+        "",
+        *(f"- {key}: `{value}`" for key, value in sorted(lineage.items())),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""Training runs, lineage and the promotion gate against a real MLflow server on loopback,
+through the training flow's own steps (called without Prefect)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.train import gate_and_promote, score_champion
+from lakeloop import market, tracking
+from lakeloop.dataset import DatasetSpec
+from lakeloop.model import TrainedModel, train
+from lakeloop.settings import Settings, TrainingSettings, load_settings
+from lakeloop.stack import Stack, services
+from tests.utils.net import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    configured = load_settings(
+        state_dir=tmp_path_factory.mktemp("registry") / "state",
+        mlflow={"port": free_port()},
+        training={"max_mae": 90_000, "max_rmse": 120_000},
+    )
+    stack = Stack(configured)
+    [mlflow_server] = [s for s in services(configured) if s.name == "mlflow"]
+    stack.wait(stack.start(mlflow_server))
+    try:
+        yield configured
+    finally:
+        stack.down()
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings) -> MlflowClient:
+    return tracking.connect(settings)
+
+
+@pytest.fixture(scope="module")
+def data() -> pd.DataFrame:
+    return market.generate_batch(rows=3000, seed=21)
+
+
+def _lineage(commit: str) -> tracking.Lineage:
+    return tracking.Lineage(
+        repository="housing",
+        commit_id=commit,
+        validation="passed",
+        trigger=tracking.trigger_kind("lakefs.post-merge"),
+        dataset="california_housing@v1",
+    )
+
+
+def _train_and_judge(
+    settings: Settings, spec: DatasetSpec, frame: pd.DataFrame, *, commit: str, trees: int
+) -> tuple[TrainedModel, tracking.LoggedModel, list[str]]:
+    trained = train(frame, spec, TrainingSettings(n_estimators=trees))
+    logged = tracking.log_trained(
+        settings, trained, spec=spec, training_data=frame, lineage=_lineage(commit)
+    )
+    champion = score_champion.fn(settings, trained, spec)
+    return trained, logged, gate_and_promote.fn(settings, trained, logged, champion)
+
+
+def test_first_model_is_promoted_with_lineage_on_run_and_version(
+    settings: Settings, client: MlflowClient, spec: DatasetSpec, data: pd.DataFrame
+) -> None:
+    _, logged, failures = _train_and_judge(settings, spec, data, commit="a" * 64, trees=60)
+    assert failures == []
+    champion = tracking.champion(client, settings)
+    assert champion is not None
+    assert champion.version == logged.version
+    assert champion.tags[tracking.TAG_COMMIT] == "a" * 64
+    assert champion.tags[tracking.TAG_GATE] == "promoted"
+    run = client.get_run(logged.run_id)
+    assert run.data.tags[tracking.TAG_TRIGGER] == "commit"
+    assert run.data.tags[tracking.TAG_VALIDATION] == "passed"
+    assert {"mae", "rmse", "mse", "r2", "mape"} <= set(run.data.metrics)
+    assert any(key.startswith("mae.ocean_proximity.") for key in run.data.metrics)
+    assert any(key.startswith("mae.target_band.") for key in run.data.metrics)
+    [dataset_input] = run.inputs.dataset_inputs
+    assert f"lakefs://housing/{'a' * 64}/data/" in dataset_input.dataset.source
+    artifacts = {a.path for a in client.list_artifacts(logged.run_id, "evaluation")}
+    assert {
+        "evaluation/residuals.png",
+        "evaluation/predicted_vs_actual.png",
+        "evaluation/feature_importance.png",
+    } <= artifacts
+
+
+def test_worse_challenger_stays_registered_with_its_reason(
+    settings: Settings, client: MlflowClient, spec: DatasetSpec, data: pd.DataFrame
+) -> None:
+    before = tracking.champion(client, settings)
+    assert before is not None
+    # Two trees on the same data: within the absolute thresholds' reach, far behind the champion.
+    _, logged, failures = _train_and_judge(settings, spec, data, commit="b" * 64, trees=2)
+    assert failures
+    assert all("worse than champion" in reason or "threshold" in reason for reason in failures)
+    assert tracking.champion(client, settings).version == before.version
+    rejected = client.get_model_version(settings.mlflow.model_name, logged.version)
+    assert rejected.tags[tracking.TAG_GATE] == "rejected"
+    assert (
+        "worse than champion" in rejected.tags[tracking.TAG_GATE_REASONS]
+        or "threshold" in (rejected.tags[tracking.TAG_GATE_REASONS])
+    )
+    challenger = client.get_model_version_by_alias(
+        settings.mlflow.model_name, tracking.CHALLENGER_ALIAS
+    )
+    assert challenger.version == logged.version
+    assert "champion_mae" in client.get_run(logged.run_id).data.metrics
+
+
+def test_better_model_is_promoted_and_rollback_restores_the_previous(
+    settings: Settings, client: MlflowClient, spec: DatasetSpec, data: pd.DataFrame
+) -> None:
+    before = tracking.champion(client, settings)
+    assert before is not None
+    more = pd.concat([data, market.generate_batch(rows=6000, seed=22)], ignore_index=True)
+    _, logged, failures = _train_and_judge(settings, spec, more, commit="c" * 64, trees=200)
+    assert failures == []
+    promoted = tracking.champion(client, settings)
+    assert promoted.version == logged.version
+    assert promoted.tags[tracking.TAG_PREVIOUS] == before.version
+    assert tracking.rollback(client, settings) == (logged.version, before.version)
+    assert tracking.champion(client, settings).version == before.version
