@@ -5,6 +5,7 @@ The flow only sequences steps; each task calls a plain function from the core pa
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pandas as pd
@@ -12,7 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from lakeloop import evaluation, lakefs_client, model, tracking
+from lakeloop import evaluation, lakefs_client, loop, model, tracking
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings, load_settings
 from validation.checks import ValidationResult, validate_frame
@@ -89,6 +90,34 @@ def gate_and_promote(
     return failures
 
 
+@task(cache_policy=NO_CACHE)
+def verify_deployment(
+    settings: Settings,
+    trained: model.TrainedModel,
+    logged: tracking.LoggedModel,
+    champion: tracking.ChampionScore | None,
+) -> None:
+    """The API must serve the new champion and answer a smoke prediction in time; otherwise the
+    alias goes back to the previous champion and the run fails loudly."""
+    records = json.loads(trained.input_example.to_json(orient="records"))
+    try:
+        loop.verify_served(
+            settings,
+            version=logged.version,
+            records=records,
+            timeout=settings.api.deploy_timeout_seconds,
+        )
+    except loop.LoopError as error:
+        previous = champion.version if champion else None
+        tracking.restore_champion(
+            tracking.connect(settings), settings, failed=logged.version, previous=previous
+        )
+        raise RuntimeError(
+            f"version {logged.version} was promoted but not served ({error}); "
+            f"champion restored to {previous or 'none'}"
+        ) from error
+
+
 @flow(name="train", flow_run_name="train-{commit_id:.8}", log_prints=True)
 def train_on_commit(repository: str, commit_id: str, reason: str = "manual") -> dict[str, Any]:
     """Validate the data at a lakeFS commit, train XGBoost, register it, promote it if good."""
@@ -123,6 +152,8 @@ def train_on_commit(repository: str, commit_id: str, reason: str = "manual") -> 
     logged = log_and_register(settings, trained, spec=spec, frame=frame, lineage=lineage)
     champion = score_champion(settings, trained, spec)
     failures = gate_and_promote(settings, trained, logged, champion)
+    if not failures and settings.api.verify_deploy:
+        verify_deployment(settings, trained, logged, champion)
     summary = evaluation.summary_markdown(
         model_name=settings.mlflow.model_name,
         version=logged.version,

@@ -129,6 +129,27 @@ def wait_until_served(
     return result
 
 
+def verify_served(
+    settings: Settings, *, version: str, records: list[dict[str, Any]], timeout: float
+) -> None:
+    """Check that the API switched to ``version`` and answers a smoke prediction with it;
+    raise :class:`LoopError` saying which part failed."""
+
+    def switched() -> bool:
+        model = served_model(settings)
+        return bool(model and model["version"] == version)
+
+    poll(
+        switched, what=f"the API at {settings.api_url} to serve version {version}", timeout=timeout
+    )
+    try:
+        answer = predict(settings, records)
+    except httpx.HTTPError as error:
+        raise LoopError(f"smoke prediction against version {version} failed: {error}") from error
+    if answer["model"]["version"] != version or len(answer["predictions"]) != len(records):
+        raise LoopError(f"smoke prediction was not answered by version {version}: {answer}")
+
+
 def predict(settings: Settings, records: list[dict[str, Any]]) -> dict[str, Any]:
     """POST records to the prediction API."""
     response = httpx.post(f"{settings.api_url}/v1/predict", json={"records": records}, timeout=30.0)

@@ -102,6 +102,12 @@ class ApiSettings(BaseModel):
     """How often the API asks the registry whether the champion changed."""
     max_batch: Annotated[int, Field(ge=1)] = 1000
     """Largest number of records accepted in one request."""
+    public_url: str | None = None
+    """URL the training flow checks after a promotion. Unset: ``http://{host}:{port}``."""
+    verify_deploy: bool = True
+    """After a promotion, check the API serves the new version (else move the alias back)."""
+    deploy_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    """How long the API may take to switch to a new champion."""
 
 
 class TrainingSettings(BaseModel):
@@ -173,7 +179,7 @@ class Settings(BaseSettings):
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.api.host}:{self.api.port}"
+        return self.api.public_url or f"http://{self.api.host}:{self.api.port}"
 
     def lakefs_secret(self) -> str:
         """The lakeFS secret key (configured, else the one stored for the local stack)."""

@@ -257,6 +257,19 @@ def record_decision(
     client.set_registered_model_alias(name, settings.mlflow.champion_alias, logged.version)
 
 
+def restore_champion(
+    client: MlflowClient, settings: Settings, *, failed: str, previous: str | None
+) -> None:
+    """Undo a promotion whose deployment failed: the alias goes back (or away, if there was no
+    champion before) and the version says why."""
+    name = settings.mlflow.model_name
+    if previous is None:
+        client.delete_registered_model_alias(name, settings.mlflow.champion_alias)
+    else:
+        client.set_registered_model_alias(name, settings.mlflow.champion_alias, previous)
+    client.set_model_version_tag(name, failed, TAG_GATE, "rolled back: deployment check failed")
+
+
 def rollback(client: MlflowClient, settings: Settings) -> tuple[str, str]:
     """Point the champion alias back at the champion the current one replaced; returns
     (replaced version, restored version)."""

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.train import gate_and_promote, score_champion
+from flows.train import gate_and_promote, score_champion, verify_deployment
 from lakeloop import market, tracking
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TrainedModel, train
@@ -129,3 +129,28 @@ def test_better_model_is_promoted_and_rollback_restores_the_previous(
     assert promoted.tags[tracking.TAG_PREVIOUS] == before.version
     assert tracking.rollback(client, settings) == (logged.version, before.version)
     assert tracking.champion(client, settings).version == before.version
+
+
+def test_promotion_the_api_never_serves_is_undone(
+    settings: Settings, client: MlflowClient, spec: DatasetSpec, data: pd.DataFrame
+) -> None:
+    before = tracking.champion(client, settings)
+    assert before is not None
+    unreachable = load_settings(
+        state_dir=settings.state_dir,
+        mlflow=settings.mlflow.model_dump(),
+        training=settings.training.model_dump(),
+        api={"port": free_port(), "deploy_timeout_seconds": 1.0},
+    )
+    more = pd.concat([data, market.generate_batch(rows=9000, seed=23)], ignore_index=True)
+    trained, logged, failures = _train_and_judge(
+        unreachable, spec, more, commit="d" * 64, trees=250
+    )
+    assert failures == []
+    assert tracking.champion(client, settings).version == logged.version
+    champion = tracking.ChampionScore(version=before.version, metrics={})
+    with pytest.raises(RuntimeError, match=f"champion restored to {before.version}"):
+        verify_deployment.fn(unreachable, trained, logged, champion)
+    assert tracking.champion(client, settings).version == before.version
+    failed = client.get_model_version(settings.mlflow.model_name, logged.version)
+    assert failed.tags[tracking.TAG_GATE].startswith("rolled back")
