@@ -67,15 +67,21 @@ def build_pipeline(spec: DatasetSpec, training: TrainingSettings) -> Pipeline:
         enable_categorical=True,
         random_state=training.seed,
         n_jobs=0,  # let XGBoost use every core it sees
+        early_stopping_rounds=training.early_stopping_rounds,
     )
     return Pipeline([("encode", feature_encoder(spec)), ("regress", regressor)])
 
 
-def holdout_mask(frame: pd.DataFrame, spec: DatasetSpec, *, fraction: float) -> np.ndarray:
-    """True for holdout rows: a function of each row's content, so the same data splits the same
-    way on every run and every machine, whatever order the files were read in."""
+def row_buckets(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """Each row's bucket in [0, 1000): a hash of its content, so the same data splits the same way
+    on every run and every machine, whatever order the files were read in."""
     hashes = pd.util.hash_pandas_object(frame[spec.columns], index=False).to_numpy()
-    return (hashes % _HASH_BUCKETS) < int(fraction * _HASH_BUCKETS)
+    return hashes % _HASH_BUCKETS
+
+
+def holdout_mask(frame: pd.DataFrame, spec: DatasetSpec, *, fraction: float) -> np.ndarray:
+    """True for holdout rows (the lowest buckets)."""
+    return row_buckets(frame, spec) < int(fraction * _HASH_BUCKETS)
 
 
 def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -110,19 +116,35 @@ class TrainedModel:
 def train(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) -> TrainedModel:
     """Fit on the training rows and evaluate on the deterministic holdout."""
     rows = frame.dropna(subset=[spec.target.name])
-    holdout = holdout_mask(rows, spec, fraction=training.holdout_fraction)
-    train_rows, test_rows = rows[~holdout], rows[holdout]
-    if len(train_rows) < 10 or len(test_rows) < 2:
+    buckets = row_buckets(rows, spec)
+    holdout_end = int(training.holdout_fraction * _HASH_BUCKETS)
+    validation_end = holdout_end + int(training.validation_fraction * _HASH_BUCKETS)
+    test_rows = rows[buckets < holdout_end]
+    # Early stopping watches its own slice of the training data, never the holdout.
+    stop_rows = rows[(buckets >= holdout_end) & (buckets < validation_end)]
+    fit_rows = rows[buckets >= validation_end]
+    if len(fit_rows) < 10 or len(test_rows) < 2 or len(stop_rows) < 2:
         raise ValueError(
-            f"too few rows to train: {len(train_rows)} for training, {len(test_rows)} for holdout"
+            f"too few rows to train: {len(fit_rows)} to fit, {len(stop_rows)} for early stopping, "
+            f"{len(test_rows)} for the holdout (from {len(rows)} rows with a target)"
         )
+    if rows[spec.target.name].nunique() < 2:
+        raise ValueError(f"the target {spec.target.name} has a single value: nothing to learn")
     pipeline = build_pipeline(spec, training)
-    pipeline.fit(train_rows[spec.feature_names], train_rows[spec.target.name].to_numpy())
+    encoder = pipeline.named_steps["encode"]
+    pipeline.fit(
+        fit_rows[spec.feature_names],
+        fit_rows[spec.target.name].to_numpy(),
+        regress__eval_set=[
+            (encoder.transform(stop_rows[spec.feature_names]), stop_rows[spec.target.name])
+        ],
+        regress__verbose=False,
+    )
     predicted = pipeline.predict(test_rows[spec.feature_names])
     return TrainedModel(
         pipeline=pipeline,
         metrics=regression_metrics(test_rows[spec.target.name].to_numpy(), predicted),
-        train_rows=len(train_rows),
+        train_rows=len(fit_rows) + len(stop_rows),
         holdout_rows=len(test_rows),
         input_example=test_rows[spec.feature_names].head(3),
         holdout=test_rows[spec.columns],

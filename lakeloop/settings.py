@@ -123,7 +123,11 @@ class TrainingSettings(BaseModel):
     holdout_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.2
     """Share of rows held out for evaluation, chosen by a hash of each row (deterministic)."""
     n_estimators: Annotated[int, Field(ge=1)] = 300
-    """Boosting rounds."""
+    """Most boosting rounds; early stopping usually ends sooner."""
+    early_stopping_rounds: Annotated[int, Field(ge=1)] | None = 30
+    """Stop when the early-stopping slice has not improved for this many rounds (unset: never)."""
+    validation_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.1
+    """Share of rows (by row hash, apart from the holdout) that early stopping watches."""
     max_depth: Annotated[int, Field(ge=1)] = 6
     """Tree depth."""
     learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.1

@@ -142,3 +142,16 @@ def test_column_order_does_not_change_predictions(
     features = market_batch[spec.feature_names].head(50)
     shuffled = features[list(reversed(spec.feature_names))]
     assert (tiny_model.pipeline.predict(features) == tiny_model.pipeline.predict(shuffled)).all()
+
+
+def test_a_constant_target_is_refused(market_batch: pd.DataFrame, spec: DatasetSpec) -> None:
+    flat = market_batch.assign(**{spec.target.name: 250_000.0})
+    with pytest.raises(ValueError, match="has a single value"):
+        train(flat, spec, TrainingSettings(n_estimators=5))
+
+
+def test_early_stopping_ends_before_the_round_limit(
+    market_batch: pd.DataFrame, spec: DatasetSpec
+) -> None:
+    trained = train(market_batch, spec, TrainingSettings(n_estimators=2000, learning_rate=0.3))
+    assert trained.pipeline.named_steps["regress"].best_iteration < 1999
