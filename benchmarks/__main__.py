@@ -11,6 +11,7 @@ import sys
 BENCHMARKS = [
     "benchmarks.lakefs_io",  # lakeFS ingest and read-back through the SDK vs a plain file copy
     "benchmarks.training",  # training time and peak memory at 20k, 200k, 1M rows
+    "benchmarks.validation",  # warm Great Expectations vs the same checks in plain pandas
 ]
 
 

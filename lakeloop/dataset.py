@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -33,6 +33,18 @@ class Feature(BaseModel):
     """Known values (categorical features); others are treated as unknown, not rejected."""
     nullable: bool = False
     """Whether a missing value is valid input."""
+    max_missing: float | None = Field(default=None, ge=0, le=1)
+    """Largest share of missing values a batch may carry (0.02 = 2 %); unset means 0 for a
+    non-nullable feature and no limit for a nullable one."""
+    mostly: float = Field(default=1.0, gt=0, le=1)
+    """Share of rows that must lie within the bounds or categories (1 = every row)."""
+
+    @property
+    def missing_budget(self) -> float:
+        """The share of missing values a batch may carry."""
+        if self.max_missing is not None:
+            return self.max_missing
+        return 1.0 if self.nullable else 0.0
 
     @model_validator(mode="after")
     def _check_kind(self) -> Feature:
@@ -42,6 +54,10 @@ class Feature(BaseModel):
             raise ValueError(f"numeric feature {self.name!r} cannot have categories")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"feature {self.name!r} has min > max")
+        if self.max_missing and not self.nullable:
+            raise ValueError(
+                f"feature {self.name!r} allows missing values (max_missing) but is not nullable"
+            )
         return self
 
 
@@ -57,6 +73,67 @@ class Target(BaseModel):
     max: float | None = None
 
 
+class Check(BaseModel):
+    """What every domain rule shares: how bad breaking it is, and how many rows must keep it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    severity: Literal["failure", "warning"] = "failure"
+    """``failure`` blocks the batch; ``warning`` is reported and lets it through."""
+    mostly: float = Field(default=1.0, gt=0, le=1)
+    """Share of rows that must keep the rule (1 = every row)."""
+    description: str = ""
+    """The rule in the analyst's words, shown in reports."""
+
+    def columns_used(self) -> tuple[str, ...]:
+        """Columns the rule reads (all of them when it names none)."""
+        raise NotImplementedError
+
+
+class LessOrEqual(Check):
+    """Column ``left`` is at most column ``right`` on every row (rows missing either skip)."""
+
+    rule: Literal["less_or_equal"]
+    left: str
+    right: str
+
+    def columns_used(self) -> tuple[str, ...]:
+        return (self.left, self.right)
+
+
+class Unique(Check):
+    """No two rows share the same values of ``columns`` (the whole record when omitted)."""
+
+    rule: Literal["unique"]
+    columns: tuple[str, ...] | None = Field(default=None, min_length=1)
+
+    def columns_used(self) -> tuple[str, ...]:
+        return self.columns or ()
+
+
+class Between(Check):
+    """Values of ``column`` lie within [min, max]; usually a ``warning`` band inside the bounds."""
+
+    rule: Literal["between"]
+    column: str
+    min: float | None = None
+    max: float | None = None
+
+    def columns_used(self) -> tuple[str, ...]:
+        return (self.column,)
+
+    @model_validator(mode="after")
+    def _check_range(self) -> Between:
+        if self.min is None and self.max is None:
+            raise ValueError(f"between rule on {self.column!r} needs min or max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"between rule on {self.column!r} has min > max")
+        return self
+
+
+DomainCheck = Annotated[LessOrEqual | Unique | Between, Field(discriminator="rule")]
+
+
 class DatasetSpec(BaseModel):
     """A table lakeloop can validate, train on and serve."""
 
@@ -67,6 +144,10 @@ class DatasetSpec(BaseModel):
     description: str = ""
     target: Target
     features: tuple[Feature, ...] = Field(min_length=1)
+    min_rows: int = Field(default=1, ge=0)
+    """Fewest rows a batch may have."""
+    checks: tuple[DomainCheck, ...] = ()
+    """Domain rules beyond each column's own type, bounds and categories."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> DatasetSpec:
@@ -74,6 +155,18 @@ class DatasetSpec(BaseModel):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"column names appear twice: {', '.join(duplicates)}")
+        return self
+
+    @model_validator(mode="after")
+    def _checks_name_known_columns(self) -> DatasetSpec:
+        numeric = {*self.numeric_features, self.target.name}
+        for check in self.checks:
+            unknown = sorted(set(check.columns_used()) - set(self.columns))
+            if unknown:
+                raise ValueError(f"{check.rule} rule names unknown columns: {', '.join(unknown)}")
+            # Comparing text columns would fail on every batch, not just bad ones.
+            if not isinstance(check, Unique) and not set(check.columns_used()) <= numeric:
+                raise ValueError(f"{check.rule} rule needs numeric columns")
         return self
 
     @cached_property

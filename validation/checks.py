@@ -1,130 +1,239 @@
 """Data checks with Great Expectations, built from the dataset description.
 
-The suite is derived from the description (columns, types, bounds, categories, nullability), so a
-new table needs a YAML file, not a new suite.
+The suite is derived from the description (columns, types, bounds, categories, missing-value
+budgets, row-count floor, domain rules), so a new table needs a YAML file, not a new suite. One
+:class:`Validator` serves the three gates: the lakeFS pre-merge hook, the training flow and
+``lakeloop validate``. Nothing here names a column of a particular table.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import pandas as pd
 
-from lakeloop.dataset import DatasetSpec
+from lakeloop.dataset import Between, DatasetSpec, Feature, LessOrEqual, Unique
+from validation.results import Finding, ValidationResult, finding_from, summarise
 
-# Share of rows allowed outside a feature's bounds before the batch is refused; the census data
-# itself has a few odd block groups, and one odd row must not stop a release.
-BOUNDS_MOSTLY = 0.99
+# Type names Great Expectations resolves for pandas: numpy dtypes, pandas extension dtypes and,
+# for object columns (where it checks value by value), the Python types.
+NUMERIC_TYPES = [
+    "int",
+    "float",
+    *(f"int{bits}" for bits in (8, 16, 32, 64)),
+    *(f"uint{bits}" for bits in (8, 16, 32, 64)),
+    *(f"float{bits}" for bits in (16, 32, 64)),
+    *(f"Int{bits}Dtype" for bits in (8, 16, 32, 64)),
+    "Float32Dtype",
+    "Float64Dtype",
+]
+TEXT_TYPES = ["str", "StringDtype", "CategoricalDtype"]
 
-
-@dataclass(frozen=True)
-class ValidationResult:
-    """Outcome of checking one table."""
-
-    success: bool
-    rows: int
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def outcome(self) -> str:
-        return "passed" if self.success else "failed: " + "; ".join(self.failures)
+__all__ = [
+    "Finding",
+    "ValidationResult",
+    "Validator",
+    "expectations_for",
+    "validate_frame",
+]
 
 
 def expectations_for(spec: DatasetSpec) -> list[Any]:
-    """The Great Expectations suite content the description implies."""
+    """The Great Expectations suite the description implies (each carries ``meta.allowed``)."""
     import great_expectations as gx  # noqa: PLC0415 - 2-3 s import, paid only by who validates
 
     expect = gx.expectations
-    suite: list[Any] = [expect.ExpectTableRowCountToBeBetween(min_value=1)]
+    suite: list[Any] = [
+        expect.ExpectTableRowCountToBeBetween(
+            min_value=spec.min_rows, meta={"allowed": f"at least {spec.min_rows} rows"}
+        ),
+        expect.ExpectTableColumnsToMatchSet(
+            column_set=list(spec.columns),
+            exact_match=True,
+            meta={"allowed": "exactly the described columns: " + ", ".join(spec.columns)},
+        ),
+    ]
     for column in spec.columns:
-        suite.append(expect.ExpectColumnToExist(column=column))
-    suite.append(expect.ExpectColumnValuesToNotBeNull(column=spec.target.name))
-    suite.append(
-        expect.ExpectColumnValuesToBeBetween(
-            column=spec.target.name, min_value=spec.target.min, max_value=spec.target.max
-        )
-    )
+        suite.append(expect.ExpectColumnToExist(column=column, meta={"allowed": "present"}))
+    suite += _target_expectations(spec)
     for feature in spec.features:
-        if not feature.nullable:
-            suite.append(expect.ExpectColumnValuesToNotBeNull(column=feature.name))
-        if feature.type == "categorical":
-            suite.append(
-                expect.ExpectColumnValuesToBeInSet(
-                    column=feature.name, value_set=list(feature.categories), mostly=BOUNDS_MOSTLY
-                )
-            )
-        elif feature.min is not None or feature.max is not None:
-            suite.append(
-                expect.ExpectColumnValuesToBeBetween(
-                    column=feature.name,
-                    min_value=feature.min,
-                    max_value=feature.max,
-                    mostly=BOUNDS_MOSTLY,
-                )
-            )
+        suite += _feature_expectations(feature)
+    for check in spec.checks:
+        suite.append(_domain_expectation(check, columns=spec.columns))
     return suite
+
+
+def _target_expectations(spec: DatasetSpec) -> list[Any]:
+    import great_expectations as gx  # noqa: PLC0415 - already imported by the caller
+
+    expect = gx.expectations
+    target = spec.target
+    suite = [
+        _type_expectation(target.name, numeric=True),
+        expect.ExpectColumnValuesToNotBeNull(
+            column=target.name, meta={"allowed": "no missing values"}
+        ),
+    ]
+    if target.min is not None or target.max is not None:
+        suite.append(
+            expect.ExpectColumnValuesToBeBetween(
+                column=target.name,
+                min_value=target.min,
+                max_value=target.max,
+                meta={"allowed": _range(target.min, target.max)},
+            )
+        )
+    return suite
+
+
+def _feature_expectations(feature: Feature) -> list[Any]:
+    import great_expectations as gx  # noqa: PLC0415 - already imported by the caller
+
+    expect = gx.expectations
+    suite = [_type_expectation(feature.name, numeric=feature.type == "numeric")]
+    budget = feature.missing_budget
+    if budget < 1:
+        allowed = "no missing values" if budget == 0 else f"at most {budget:.1%} missing"
+        suite.append(
+            expect.ExpectColumnValuesToNotBeNull(
+                column=feature.name, mostly=1 - budget, meta={"allowed": allowed}
+            )
+        )
+    tolerance = _mostly(feature.mostly)
+    if feature.type == "categorical":
+        suite.append(
+            expect.ExpectColumnValuesToBeInSet(
+                column=feature.name,
+                value_set=list(feature.categories),
+                mostly=feature.mostly,
+                meta={"allowed": "one of " + ", ".join(feature.categories) + tolerance},
+            )
+        )
+    elif feature.min is not None or feature.max is not None:
+        suite.append(
+            expect.ExpectColumnValuesToBeBetween(
+                column=feature.name,
+                min_value=feature.min,
+                max_value=feature.max,
+                mostly=feature.mostly,
+                meta={"allowed": _range(feature.min, feature.max) + tolerance},
+            )
+        )
+    return suite
+
+
+def _type_expectation(column: str, *, numeric: bool) -> Any:
+    import great_expectations as gx  # noqa: PLC0415 - already imported by the caller
+
+    # In-type-list checks the dtype, and on object columns every value, so a stray string in a
+    # numeric column is caught even though pandas stored the column as "object".
+    return gx.expectations.ExpectColumnValuesToBeInTypeList(
+        column=column,
+        type_list=NUMERIC_TYPES if numeric else TEXT_TYPES,
+        meta={"allowed": "numbers" if numeric else "text"},
+    )
+
+
+def _domain_expectation(check: LessOrEqual | Unique | Between, *, columns: list[str]) -> Any:
+    import great_expectations as gx  # noqa: PLC0415 - already imported by the caller
+
+    expect = gx.expectations
+    severity = "critical" if check.severity == "failure" else "warning"
+    tolerance = _mostly(check.mostly)
+    common: dict[str, Any] = {"mostly": check.mostly, "severity": severity}
+    if check.description:
+        common["notes"] = check.description
+    if isinstance(check, LessOrEqual):
+        # GX phrases it the other way round: A >= B.
+        return expect.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A=check.right,
+            column_B=check.left,
+            or_equal=True,
+            ignore_row_if="either_value_is_missing",
+            meta={"allowed": f"{check.left} <= {check.right}{tolerance}"},
+            **common,
+        )
+    if isinstance(check, Unique):
+        keys = list(check.columns or columns)
+        return expect.ExpectCompoundColumnsToBeUnique(
+            column_list=keys,
+            meta={"allowed": "no duplicate records" + tolerance},
+            **common,
+        )
+    return expect.ExpectColumnValuesToBeBetween(
+        column=check.column,
+        min_value=check.min,
+        max_value=check.max,
+        meta={"allowed": _range(check.min, check.max) + tolerance},
+        **common,
+    )
+
+
+def _range(low: float | None, high: float | None) -> str:
+    if low is None:
+        return f"at most {high:g}"
+    if high is None:
+        return f"at least {low:g}"
+    return f"{low:g} to {high:g}"
+
+
+def _mostly(share: float) -> str:
+    return "" if share >= 1 else f" in at least {share:.1%} of rows"
 
 
 class Validator:
     """A warm Great Expectations context with the description's suite, ready to check frames.
 
-    Setting one up costs 2-3 s (mostly the import); a check then costs milliseconds, so
-    long-lived processes (the gateway's pre-merge hook) build one and keep it.
+    Setting one up costs 2-3 s (mostly the import); a check then costs milliseconds to a few
+    tenths of a second, so long-lived processes (the gateway's pre-merge hook) build one and
+    keep it. Safe to share between threads.
     """
 
     def __init__(self, spec: DatasetSpec) -> None:
         import great_expectations as gx  # noqa: PLC0415 - heavy, paid only by who validates
+        from great_expectations.data_context.types.base import (  # noqa: PLC0415
+            ProgressBarsConfig,
+        )
 
         self.spec = spec
         context = gx.get_context(mode="ephemeral")
+        # Progress bars would spam the gateway's and the flow's logs on every batch.
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
         asset = context.data_sources.add_pandas("lakeloop").add_dataframe_asset(spec.name)
         self._batches = asset.add_batch_definition_whole_dataframe("batch")
-        self._suite = context.suites.add(
-            gx.ExpectationSuite(
-                name=f"{spec.name}-v{spec.version}", expectations=expectations_for(spec)
-            )
+        self.suite = context.suites.add(
+            gx.ExpectationSuite(name=suite_name(spec), expectations=expectations_for(spec))
         )
         # One context is not safe for concurrent validations; hooks may arrive together.
         self._lock = threading.Lock()
 
     def validate(self, frame: pd.DataFrame) -> ValidationResult:
-        """Check ``frame`` against the suite; failures are described one per line."""
+        """Check ``frame`` against the suite; findings say what broke, failures first."""
         with self._lock:
             batch = self._batches.get_batch(batch_parameters={"dataframe": frame})
-            result = batch.validate(self._suite)
-        failed = [
-            (check.expectation_config, check.result)
-            for check in result.results
-            if not check.success and check.expectation_config is not None
-        ]
-        # A missing column fails every expectation on it; name the cause once.
-        missing = {
-            config.kwargs["column"]
-            for config, _ in failed
-            if config.type == "expect_column_to_exist"
-        }
-        failures = [f"missing column {name}" for name in sorted(missing)] + [
-            describe_failure(config, outcome)
-            for config, outcome in failed
-            if config.kwargs.get("column") not in missing
-        ]
-        return ValidationResult(success=bool(result.success), rows=len(frame), failures=failures)
+            result = batch.validate(self.suite, result_format="SUMMARY")
+        raw = result.to_json_dict()
+        findings = summarise([finding_from(check, rows=len(frame)) for check in result.results])
+        return ValidationResult(
+            success=not any(finding.severity == "failure" for finding in findings),
+            rows=len(frame),
+            findings=findings,
+            raw=raw,
+        )
+
+
+def suite_name(spec: DatasetSpec) -> str:
+    """The suite's name: the dataset and its description's version."""
+    return f"{spec.name}-v{spec.version}"
+
+
+@lru_cache(maxsize=4)
+def _warm_validator(spec: DatasetSpec) -> Validator:
+    return Validator(spec)
 
 
 def validate_frame(frame: pd.DataFrame, spec: DatasetSpec) -> ValidationResult:
-    """One-off check of ``frame`` (builds a fresh :class:`Validator`)."""
-    return Validator(spec).validate(frame)
-
-
-def describe_failure(config: Any, result: dict[str, Any]) -> str:
-    """One readable line for a failed expectation."""
-    column = config.kwargs.get("column")
-    what = config.type.removeprefix("expect_").replace("_", " ")
-    where = f"{column}: " if column else ""
-    unexpected = result.get("unexpected_count")
-    detail = f" ({unexpected} rows)" if unexpected else ""
-    if result.get("observed_value") is not None and not unexpected:
-        detail = f" (observed {result['observed_value']})"
-    return f"{where}{what}{detail}"
+    """Check ``frame`` with a warm :class:`Validator` for ``spec`` (built on first use)."""
+    return _warm_validator(spec).validate(frame)

@@ -1,0 +1,56 @@
+"""Every batch of the bad-data corpus is refused by the right expectation; good data passes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lakeloop import market
+from lakeloop.dataset import DatasetSpec
+from tests.utils.bad_batches import BAD_BATCHES, Builder
+from validation.checks import Validator, validate_frame
+
+REAL_TABLE = Path(__file__).resolve().parents[3] / "shared/datasets/california_housing/housing.csv"
+
+
+@pytest.fixture(scope="module")
+def validator(spec: DatasetSpec) -> Validator:
+    return Validator(spec)
+
+
+@pytest.fixture(scope="module")
+def good() -> pd.DataFrame:
+    return market.generate_batch(rows=2_000, seed=42)
+
+
+def test_baseline_batches_pass(validator: Validator) -> None:
+    for rows, seed in [(1, 0), (500, 1), (3_000, 7), (20_000, 3)]:
+        result = validator.validate(market.generate_batch(rows=rows, seed=seed))
+        assert result.success, result.outcome
+        assert result.failures == []
+
+
+@pytest.mark.skipif(not REAL_TABLE.exists(), reason="the census table is not on this machine")
+def test_the_real_census_table_passes_every_failure_rule(spec: DatasetSpec) -> None:
+    result = validate_frame(pd.read_csv(REAL_TABLE), spec)
+    assert result.success, result.outcome
+
+
+@pytest.mark.parametrize(("name", "case"), BAD_BATCHES.items(), ids=list(BAD_BATCHES))
+def test_bad_batch_is_refused_by_the_right_expectation(
+    validator: Validator, good: pd.DataFrame, name: str, case: tuple[Builder, str]
+) -> None:
+    build, expected = case
+    result = validator.validate(build(good.copy()))
+    assert any(expected in line for line in result.failures), (name, result.failures)
+
+
+def test_corpus_covers_the_issue_list() -> None:
+    assert len(BAD_BATCHES) >= 12
+
+
+def test_the_corrupt_market_scenario_is_refused(validator: Validator) -> None:
+    corrupt = market.generate_batch(rows=2_000, seed=5, scenario=market.Scenario.preset("corrupt"))
+    assert not validator.validate(corrupt).success

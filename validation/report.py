@@ -1,0 +1,80 @@
+"""Stored reports of a validation run: the result JSON, a markdown table and GX Data Docs.
+
+Kept apart from :meth:`Validator.validate` so the pre-merge hook pays only for the check; the
+training flow and ``lakeloop validate`` call :func:`write_report` when they want files.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lakeloop.dataset import DatasetSpec
+from validation.checks import suite_name
+from validation.results import ValidationResult
+
+SITE = "lakeloop"
+"""Name of the Data Docs site built in the report folder."""
+
+
+def write_report(result: ValidationResult, folder: Path, *, spec: DatasetSpec) -> dict[str, Path]:
+    """Store ``result`` in ``folder``: JSON, markdown and Great Expectations' HTML Data Docs.
+
+    Returns the written files by kind: ``json``, ``markdown``, ``data_docs`` (the site's index
+    page) and ``html`` (the page of this validation run).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {
+        "json": folder / "validation.json",
+        "markdown": folder / "validation.md",
+    }
+    written["json"].write_text(json.dumps(result.to_json(), indent=2, default=str))
+    written["markdown"].write_text(result.to_markdown())
+    docs = folder / "data_docs"
+    written["data_docs"] = build_data_docs(result.raw, docs, spec=spec)
+    written["html"] = _run_page(docs)
+    return written
+
+
+def build_data_docs(raw: dict[str, Any], folder: Path, *, spec: DatasetSpec) -> Path:
+    """Build a Great Expectations Data Docs site for one validation result; returns index.html.
+
+    A throwaway ephemeral context with a filesystem site is enough: the result is put in its
+    validation store and GX's own site builder renders the pages and copies its static assets.
+    """
+    import great_expectations as gx  # noqa: PLC0415 - heavy, paid only by who writes reports
+    from great_expectations.core import ExpectationSuiteValidationResult  # noqa: PLC0415
+    from great_expectations.core.run_identifier import RunIdentifier  # noqa: PLC0415
+    from great_expectations.data_context.types.resource_identifiers import (  # noqa: PLC0415
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
+
+    context = gx.get_context(mode="ephemeral")
+    context.add_data_docs_site(
+        SITE,
+        {
+            "class_name": "SiteBuilder",
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(folder.resolve()),
+            },
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    key = ValidationResultIdentifier(
+        expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite_name(spec)),
+        run_id=RunIdentifier(run_name="lakeloop-validate", run_time=datetime.now(UTC)),
+        batch_identifier=spec.name,
+    )
+    context.validation_results_store.set(key, ExpectationSuiteValidationResult(**raw))
+    context.build_data_docs(site_names=[SITE])
+    return folder / "index.html"
+
+
+def _run_page(docs: Path) -> Path:
+    # The site builder nests the page as validations/<suite>/<run>/<time>/<batch>.html.
+    pages = sorted((docs / "validations").rglob("*.html"))
+    return pages[-1] if pages else docs / "index.html"

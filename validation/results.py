@@ -1,0 +1,239 @@
+"""What a validation found, in words: findings, the result of one run, and their renderings.
+
+Great Expectations answers with one record per expectation; this module turns the broken ones
+into :class:`Finding` objects a data owner can act on, naming each cause once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+EXAMPLES = 3
+"""How many offending values a finding quotes."""
+COLUMN_EXISTS = "expect_column_to_exist"
+COLUMN_TYPES = "expect_column_values_to_be_in_type_list"
+COLUMN_SET = "expect_table_columns_to_match_set"
+PAIR = "expect_column_pair_values_a_to_be_greater_than_b"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One broken expectation, in words a data owner can act on."""
+
+    expectation: str
+    """Great Expectations' name for it, e.g. ``expect_column_values_to_be_between``."""
+    column: str | None
+    """The column, ``"a, b"`` for a pair or compound key, ``None`` for the table."""
+    severity: str
+    """``failure`` (blocks) or ``warning`` (reported only)."""
+    observed: str
+    """What the batch holds: the observed value, or how many rows break it and a few of them."""
+    allowed: str
+    """What the description allows."""
+    unexpected_count: int | None
+
+    @property
+    def line(self) -> str:
+        """One readable line: column, expectation, what was seen and what is allowed."""
+        if self.expectation == "expect_column_to_exist":
+            return f"missing column {self.column} ({self.expectation})"
+        phrase = self.expectation.removeprefix("expect_").replace("_", " ")
+        where = self.column or "table"
+        return f"{where}: {self.expectation} ({phrase}): {self.observed}; allowed {self.allowed}"
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Outcome of checking one table."""
+
+    success: bool
+    """No failure-severity finding."""
+    rows: int
+    findings: list[Finding]
+    """Failures first, then warnings."""
+    raw: dict[str, Any]
+    """Great Expectations' own result (``to_json_dict()``), for Data Docs and audits."""
+
+    @property
+    def failures(self) -> list[str]:
+        """One readable line per failure-severity finding."""
+        return [finding.line for finding in self.findings if finding.severity == "failure"]
+
+    @property
+    def warnings(self) -> list[str]:
+        """One readable line per warning-severity finding."""
+        return [finding.line for finding in self.findings if finding.severity == "warning"]
+
+    @property
+    def outcome(self) -> str:
+        """``passed``, ``passed with N warnings`` or ``failed: <failures>``."""
+        if not self.success:
+            return "failed: " + "; ".join(self.failures)
+        if self.warnings:
+            return f"passed with {len(self.warnings)} warnings"
+        return "passed"
+
+    def to_markdown(self) -> str:
+        """A table of findings (column, expectation, observed, allowed, severity) and a summary."""
+        lines = [
+            f"**Data checks {self.outcome.split(':')[0]}** on {self.rows} rows: "
+            f"{len(self.failures)} failures, {len(self.warnings)} warnings."
+        ]
+        if self.findings:
+            lines += [
+                "",
+                "| column | expectation | observed | allowed | severity |",
+                "|---|---|---|---|---|",
+            ]
+            lines += [
+                "| "
+                + " | ".join(
+                    _cell(value)
+                    for value in (
+                        finding.column or "(table)",
+                        finding.expectation,
+                        finding.observed,
+                        finding.allowed,
+                        finding.severity,
+                    )
+                )
+                + " |"
+                for finding in self.findings
+            ]
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict[str, Any]:
+        """Summary, findings and Great Expectations' raw result, ready for ``json.dumps``."""
+        return {
+            "success": self.success,
+            "outcome": self.outcome,
+            "rows": self.rows,
+            "failures": self.failures,
+            "warnings": self.warnings,
+            "findings": [asdict(finding) for finding in self.findings],
+            "raw": self.raw,
+        }
+
+
+def _cell(value: str) -> str:
+    # A pipe or a newline would break the markdown table.
+    return value.replace("|", "\\|").replace("\n", " ")
+
+
+def finding_from(check: Any, *, rows: int) -> Finding | None:
+    """The finding for one Great Expectations ``ExpectationValidationResult`` (None if it held)."""
+    if check.success or check.expectation_config is None:
+        return None
+    config = check.expectation_config
+    outcome: dict[str, Any] = dict(check.result or {})
+    return Finding(
+        expectation=config.type,
+        column=", ".join(columns_of(config.kwargs)) or None,
+        severity="warning" if str(_value(config.severity)) in {"warning", "info"} else "failure",
+        observed=_observed(config, outcome, error=_error(check.exception_info), rows=rows),
+        allowed=str((config.meta or {}).get("allowed", "")),
+        unexpected_count=outcome.get("unexpected_count"),
+    )
+
+
+def summarise(findings: list[Finding | None]) -> list[Finding]:
+    """Name each cause once, failures first.
+
+    A missing column or a column of the wrong type breaks every other expectation on it;
+    repeating those would bury the cause, so only the column-level finding is kept.
+    """
+    found = [finding for finding in findings if finding is not None]
+    missing = {f.column for f in found if f.expectation == COLUMN_EXISTS}
+    mistyped = {f.column for f in found if f.expectation == COLUMN_TYPES} - missing
+    kept = [
+        finding for finding in found if not _caused_by(finding, missing=missing, mistyped=mistyped)
+    ]
+    return sorted(kept, key=_reading_order)
+
+
+def _reading_order(finding: Finding) -> tuple[bool, bool, str, str]:
+    # Failures before warnings, table-level before columns; GX returns results in no set order.
+    return (
+        finding.severity != "failure",
+        finding.column is not None,
+        finding.column or "",
+        finding.expectation,
+    )
+
+
+def _caused_by(finding: Finding, *, missing: set[str | None], mistyped: set[str | None]) -> bool:
+    if finding.expectation == COLUMN_EXISTS:
+        return False
+    if finding.expectation == COLUMN_SET:
+        # Only unexpected columns are news here; missing ones have their own finding.
+        return "unexpected" not in finding.observed
+    touched = set((finding.column or "").split(", "))
+    if touched & missing:
+        return True
+    return finding.expectation != COLUMN_TYPES and bool(touched & mistyped)
+
+
+def columns_of(kwargs: dict[str, Any]) -> list[str]:
+    """The columns an expectation reads, from its kwargs."""
+    if "column" in kwargs:
+        return [kwargs["column"]]
+    if "column_A" in kwargs:
+        # Our rules say left <= right; GX says A >= B with A = right, B = left.
+        return [kwargs["column_B"], kwargs["column_A"]]
+    return list(kwargs.get("column_list", []))
+
+
+def _observed(config: Any, outcome: dict[str, Any], *, error: str | None, rows: int) -> str:
+    if error is not None:
+        return f"could not be checked: {error}"
+    if config.type == COLUMN_EXISTS:
+        return "missing"
+    if config.type == COLUMN_SET:
+        mismatched = (outcome.get("details") or {}).get("mismatched") or {}
+        unexpected = mismatched.get("unexpected") or []
+        # Missing columns get their own finding; this one is about columns nobody described.
+        return "unexpected " + ", ".join(unexpected) if unexpected else "missing columns"
+    count = outcome.get("unexpected_count")
+    if count is None:
+        return f"observed {outcome.get('observed_value')}"
+    share = count / rows if rows else 0.0
+    examples = _examples(config.type, outcome.get("partial_unexpected_list") or [])
+    return f"{count} of {rows} rows ({share:.2%})" + (f", e.g. {examples}" if examples else "")
+
+
+def _examples(expectation: str, values: list[Any]) -> str:
+    shown = []
+    for value in values[:EXAMPLES]:
+        if isinstance(value, dict):
+            return ""  # whole duplicated records: too long to quote, the count says enough
+        if expectation == PAIR and isinstance(value, list | tuple):
+            shown.append(f"{_show(value[1])} > {_show(value[0])}")
+        else:
+            shown.append(_show(value))
+    return ", ".join(shown)
+
+
+def _show(value: Any) -> str:
+    # numpy scalars repr as np.float64(1.0); a reader wants 1.
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _error(exception_info: Any) -> str | None:
+    """The first exception message in GX's exception info (flat or keyed by metric)."""
+    if not isinstance(exception_info, dict):
+        return None
+    infos = [exception_info, *(v for v in exception_info.values() if isinstance(v, dict))]
+    for info in infos:
+        if info.get("raised_exception") and info.get("exception_message"):
+            return str(info["exception_message"])
+    return None
+
+
+def _value(severity: Any) -> Any:
+    return getattr(severity, "value", severity)
