@@ -6,6 +6,7 @@ The flow only sequences steps; each task calls a plain function from the core pa
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -17,6 +18,7 @@ from lakeloop import evaluation, lakefs_client, loop, model, tracking
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings, load_settings
 from validation.checks import ValidationResult, validate_frame
+from validation.report import write_report
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -34,8 +36,20 @@ def read_commit(settings: Settings, repository: str, commit_id: str) -> pd.DataF
 
 
 @task(cache_policy=NO_CACHE)
-def validate(frame: pd.DataFrame, spec: DatasetSpec) -> ValidationResult:
-    return validate_frame(frame, spec)
+def validate(
+    settings: Settings, frame: pd.DataFrame, spec: DatasetSpec, commit_id: str
+) -> tuple[ValidationResult, Path]:
+    """Check the data and store the report (JSON, markdown, Data Docs) beside the state."""
+    result = validate_frame(frame, spec)
+    folder = settings.state_dir / "validation" / commit_id
+    write_report(result, folder, spec=spec)
+    return result, folder
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def record_refused_data(settings: Settings, lineage: tracking.Lineage, report: Path) -> str:
+    tracking.connect(settings)
+    return tracking.log_refused_data(settings, lineage=lineage, report=report)
 
 
 @task(cache_policy=NO_CACHE)
@@ -51,9 +65,12 @@ def log_and_register(
     spec: DatasetSpec,
     frame: pd.DataFrame,
     lineage: tracking.Lineage,
+    report: Path,
 ) -> tracking.LoggedModel:
     tracking.connect(settings)
-    return tracking.log_trained(settings, trained, spec=spec, training_data=frame, lineage=lineage)
+    return tracking.log_trained(
+        settings, trained, spec=spec, training_data=frame, lineage=lineage, report=report
+    )
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -137,11 +154,10 @@ def train_on_commit(repository: str, commit_id: str, reason: str = "manual") -> 
         )
         return {"status": "skipped", "reason": "no data"}
 
-    validation = validate(frame, spec)
-    if not validation.success:
-        raise ValueError(f"data at {commit_id} failed validation: {validation.outcome}")
-
-    trained = fit(frame, spec, settings)
+    validation, report = validate(settings, frame, spec, commit_id)
+    create_markdown_artifact(
+        validation.to_markdown(), key="validation", description=f"data checks on {commit_id:.12}"
+    )
     lineage = tracking.Lineage(
         repository=repository,
         commit_id=commit_id,
@@ -149,7 +165,18 @@ def train_on_commit(repository: str, commit_id: str, reason: str = "manual") -> 
         trigger=tracking.trigger_kind(reason),
         dataset=f"{spec.name}@v{spec.version}",
     )
-    logged = log_and_register(settings, trained, spec=spec, frame=frame, lineage=lineage)
+    if not validation.success:
+        run_id = record_refused_data(settings, lineage, report)
+        refused = "\n".join(f"- {line}" for line in validation.failures)
+        raise ValueError(
+            f"data at {commit_id} failed the checks; nothing trained (MLflow run {run_id}):\n"
+            f"{refused}"
+        )
+
+    trained = fit(frame, spec, settings)
+    logged = log_and_register(
+        settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
+    )
     champion = score_champion(settings, trained, spec)
     failures = gate_and_promote(settings, trained, logged, champion)
     if not failures and settings.api.verify_deploy:

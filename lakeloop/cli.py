@@ -16,7 +16,14 @@ from rich.table import Table
 
 from lakeloop import lakefs_client, loop, market
 from lakeloop.dataset import DatasetSpec, load_spec
-from lakeloop.ingest import SourceError, SourceTable, find_sources, inspect_source, write_parquet
+from lakeloop.ingest import (
+    SourceError,
+    SourceTable,
+    find_sources,
+    inspect_source,
+    read_source,
+    write_parquet,
+)
 from lakeloop.settings import Settings, load_settings
 from lakeloop.stack import Stack, StackError, down_recorded
 
@@ -125,6 +132,33 @@ def ingest(
             f"{settings.lakefs.branch} is unchanged; the batch stays on branch "
             f"[bold]{published.ingest_branch}[/bold] for inspection"
         )
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(
+    path: Annotated[Path, typer.Argument(help="A CSV or Parquet file, or a directory of them.")],
+    report: Annotated[
+        Path | None, typer.Option(help="Folder for the report (JSON, markdown, Data Docs HTML).")
+    ] = None,
+) -> None:
+    """Run the data checks on a local file before ingesting it (the same checks as the gates)."""
+    from validation.checks import validate_frame  # noqa: PLC0415 - Great Expectations: 2-3 s
+    from validation.report import write_report  # noqa: PLC0415
+
+    settings = _settings()
+    spec = load_spec(settings.dataset)
+    try:
+        frames = [read_source(found) for found in find_sources(path)]
+    except SourceError as error:
+        console.print(f"[red]cannot read:[/red] {error}")
+        raise typer.Exit(2) from error
+    result = validate_frame(pd.concat(frames, ignore_index=True), spec)
+    console.print(result.to_markdown(), highlight=False)
+    if report is not None:
+        written = write_report(result, report, spec=spec)
+        console.print(f"report: {written['html']}")
+    if not result.success:
         raise typer.Exit(1)
 
 

@@ -105,6 +105,15 @@ def _csv_shape(path: Path) -> tuple[list[str], int]:
     return header, rows
 
 
+def read_source(path: Path) -> pd.DataFrame:
+    """Load a source file after :func:`inspect_source` accepted it (same parsing as downstream)."""
+    inspect_source(path)
+    try:
+        return pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
+    except Exception as error:  # pandas and pyarrow raise many types for a bad file
+        raise SourceError(f"{path}: cannot be read ({error})") from error
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

@@ -134,6 +134,7 @@ def log_trained(
     spec: DatasetSpec,
     training_data: pd.DataFrame,
     lineage: Lineage,
+    report: Path | None = None,
 ) -> LoggedModel:
     """Log one training run (parameters, metrics overall and per segment, plots, the training data
     as a dataset input at its lakeFS URI, lineage tags, the model) and register the model with the
@@ -160,6 +161,8 @@ def log_trained(
             name=f"{lineage.repository}@{lineage.commit_id:.12}",
         )
         mlflow.log_input(dataset, context="training")
+        if report is not None:
+            mlflow.log_artifacts(str(report), artifact_path="validation")
         example = trained.input_example
         info = mlflow.sklearn.log_model(
             trained.pipeline,
@@ -174,6 +177,17 @@ def log_trained(
     for key, value in tags.items():
         client.set_model_version_tag(settings.mlflow.model_name, version, key, value)
     return LoggedModel(run_id=run.info.run_id, version=version)
+
+
+def log_refused_data(settings: Settings, *, lineage: Lineage, report: Path) -> str:
+    """A run (status FAILED, no model) that shows why the data at a commit was refused: the
+    lineage tags and the validation report with its Data Docs. Returns the run id."""
+    mlflow.set_experiment(settings.mlflow.experiment)
+    with mlflow.start_run(run_name=f"refused-{lineage.commit_id:.8}") as run:
+        mlflow.set_tags(lineage.tags())
+        mlflow.log_artifacts(str(report), artifact_path="validation")
+        mlflow.end_run(status="FAILED")
+    return str(run.info.run_id)
 
 
 class LakeFSDatasetSource(DatasetSource):

@@ -16,9 +16,10 @@ import pytest
 
 from lakeloop import lakefs_client, market
 from lakeloop.gateway import create_gateway
-from lakeloop.ingest import SourceTable, inspect_source, write_parquet
+from lakeloop.ingest import SourceTable, file_sha256, inspect_source, write_parquet
 from lakeloop.lakefs_local import create_app as create_lakefs
 from lakeloop.settings import Settings, load_settings
+from tests.utils.bad_batches import BAD_BATCHES, Builder
 from tests.utils.fake_prefect import FakePrefectEvents
 from tests.utils.net import free_port, serve_in_thread
 
@@ -166,3 +167,23 @@ def _eventually(read: Callable[[], list[str]], timeout: float = 10.0) -> list[st
         if values or time.monotonic() > deadline:
             return list(values)
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize(("name", "case"), BAD_BATCHES.items(), ids=list(BAD_BATCHES))
+def test_each_bad_batch_is_blocked_at_the_pre_merge_gate(
+    loop: Loop, name: str, case: tuple[Builder, str]
+) -> None:
+    """The bad-data corpus through lakeFS: the right check named, main untouched, no training."""
+    build, expected = case
+    before, relayed_before = loop.main_head(), len(loop.prefect.events)
+    path = loop.folder / f"{name.replace(' ', '-')}.csv"
+    # CSV, not Parquet: some damage (text in a numeric column) cannot be written as Parquet.
+    build(market.generate_batch(rows=2000, seed=42)).to_csv(path, index=False)
+    table = SourceTable(
+        path=path, rows=2000, columns=(), size=path.stat().st_size, sha256=file_sha256(path)
+    )
+    published = loop.publish(table, name.replace(" ", "-"))
+    assert not published.merged
+    assert expected in published.rejection
+    assert loop.main_head() == before
+    assert len(loop.prefect.events) == relayed_before

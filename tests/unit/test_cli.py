@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lakeloop.cli import _batch_name, _rejection_lines
+from typer.testing import CliRunner
+
+from lakeloop import market
+from lakeloop.cli import _batch_name, _rejection_lines, app
+from lakeloop.settings import Settings
 
 
 def test_blocked_merge_lists_one_failed_check_per_line() -> None:
@@ -32,3 +36,21 @@ def test_other_refusals_are_shown_whole() -> None:
 def test_batch_names_are_safe_for_lakefs_branch_names() -> None:
     assert _batch_name(Path("Sales 2026/11 (final).csv")) == "11--final"
     assert _batch_name(Path("...csv")) == "batch"
+
+
+def test_validate_passes_a_good_file_and_names_what_is_wrong_with_a_bad_one(
+    settings: Settings, tmp_path: Path
+) -> None:
+    good, bad = tmp_path / "good.parquet", tmp_path / "bad.csv"
+    market.generate_batch(rows=500, seed=1).to_parquet(good, index=False)
+    damaged = market.generate_batch(rows=500, seed=2)
+    damaged.loc[:49, "median_income"] = -1.0
+    damaged.to_csv(bad, index=False)
+    runner = CliRunner()
+    passed = runner.invoke(app, ["validate", str(good)])
+    assert passed.exit_code == 0, passed.output
+    failed = runner.invoke(app, ["validate", str(bad), "--report", str(tmp_path / "report")])
+    assert failed.exit_code == 1
+    assert "median_income" in failed.output
+    assert "expect_column_values_to_be_between" in failed.output
+    assert (tmp_path / "report" / "data_docs" / "index.html").exists()
