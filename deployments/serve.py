@@ -6,10 +6,15 @@ default; on a cluster the same deployments come from ``prefect.yaml`` with work 
 
 from __future__ import annotations
 
-from prefect import serve
-from prefect.events import DeploymentEventTrigger
+import contextlib
 
-from flows.train import train_on_commit
+from prefect import serve
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.events import DeploymentEventTrigger
+from prefect.exceptions import ObjectAlreadyExists
+
+from flows.train import promotion_lock, train_on_commit
 from lakeloop.settings import Settings, load_settings
 
 # lakeFS event types that mean "the production branch has new data".
@@ -34,8 +39,17 @@ def training_trigger(settings: Settings) -> DeploymentEventTrigger:
     )
 
 
+def ensure_promotion_lock(settings: Settings) -> None:
+    """Create the one-slot limit that serialises promotions (idempotent). On a team server the
+    same is `prefect gcl create lakeloop-promote-<model> --limit 1`."""
+    limit = GlobalConcurrencyLimitCreate(name=promotion_lock(settings), limit=1)
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_global_concurrency_limit(limit)
+
+
 def main() -> None:
     settings = load_settings()
+    ensure_promotion_lock(settings)
     _, deployment_name = settings.prefect.train_deployment.split("/")
     training = train_on_commit.to_deployment(
         name=deployment_name,

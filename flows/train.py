@@ -13,6 +13,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 
 from lakeloop import evaluation, lakefs_client, loop, model, tracking
 from lakeloop.dataset import DatasetSpec, load_spec
@@ -135,6 +136,11 @@ def verify_deployment(
         ) from error
 
 
+def promotion_lock(settings: Settings) -> str:
+    """Name of the Prefect global concurrency limit that serialises promotions of one model."""
+    return f"lakeloop-promote-{settings.mlflow.model_name}"
+
+
 @flow(name="train", flow_run_name="train-{commit_id:.8}", log_prints=True)
 def train_on_commit(repository: str, commit_id: str, reason: str = "manual") -> dict[str, Any]:
     """Validate the data at a lakeFS commit, train XGBoost, register it, promote it if good."""
@@ -177,10 +183,13 @@ def train_on_commit(repository: str, commit_id: str, reason: str = "manual") -> 
     logged = log_and_register(
         settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
     )
-    champion = score_champion(settings, trained, spec)
-    failures = gate_and_promote(settings, trained, logged, champion)
-    if not failures and settings.api.verify_deploy:
-        verify_deployment(settings, trained, logged, champion)
+    # One promotion at a time per registered model: a later run judges against the champion
+    # the earlier one left (a global concurrency limit with one slot, see deployments/serve.py).
+    with concurrency(promotion_lock(settings), occupy=1, strict=True):
+        champion = score_champion(settings, trained, spec)
+        failures = gate_and_promote(settings, trained, logged, champion)
+        if not failures and settings.api.verify_deploy:
+            verify_deployment(settings, trained, logged, champion)
     summary = evaluation.summary_markdown(
         model_name=settings.mlflow.model_name,
         version=logged.version,

@@ -21,6 +21,7 @@ from lakeloop.gateway import TOKEN_HEADER
 from lakeloop.ingest import write_parquet
 from lakeloop.settings import Settings, load_settings
 from lakeloop.stack import port_is_free
+from tests.utils.bad_batches import BAD_BATCHES
 from tests.utils.net import free_port
 
 pytestmark = pytest.mark.e2e
@@ -233,6 +234,25 @@ def test_kept_stack_has_lineage_retrains_and_hot_swaps(
     )
     assert response.status_code == 422
     assert "median_income" in response.text
+
+    # Bad data committed straight to main (around the pre-merge hook): the flow's own gate refuses
+    # it, records why in MLflow, and neither the registry nor the served model moves.
+    negative_prices, expected = BAD_BATCHES["negative prices"]
+    main = lakefs.Repository(settings.lakefs.repository, client=client).branch("main")
+    raw = negative_prices(market.generate_batch(rows=1000, seed=8)).to_csv(index=False)
+    main.object("data/direct/negative-prices.csv").upload(data=raw, mode="w")
+    direct = main.commit(message="direct commit around the checks").get_commit().id
+    with pytest.raises(loop.LoopError, match="failed the checks"):
+        loop.wait_for_training(settings, commit_id=direct, timeout=300)
+    refused = mlflow_client.search_runs(
+        [mlflow_client.get_experiment_by_name(settings.mlflow.experiment).experiment_id],
+        filter_string=f"tags.`{tracking.TAG_COMMIT}` = '{direct}'",
+    )
+    assert [run.info.status for run in refused] == ["FAILED"]
+    assert expected.split(":")[0] in refused[0].data.tags[tracking.TAG_VALIDATION]
+    versions = mlflow_client.search_model_versions(f"name='{settings.mlflow.model_name}'")
+    assert sorted(v.version for v in versions) == ["1", "2"]
+    assert loop.served_model(settings)["version"] == "2"
 
     stopped = workspace.run("down", timeout=120)
     assert stopped.returncode == 0
