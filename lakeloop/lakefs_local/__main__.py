@@ -7,7 +7,9 @@ pair comes from ``LAKEFS_LOCAL_ACCESS_KEY_ID`` and ``LAKEFS_LOCAL_SECRET_ACCESS_
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -19,6 +21,8 @@ KEY_ID_ENV = "LAKEFS_LOCAL_ACCESS_KEY_ID"
 SECRET_ENV = "LAKEFS_LOCAL_SECRET_ACCESS_KEY"  # noqa: S105 (a variable name, not a secret)
 # Same variable real lakeFS reads for actions.env.prefix.
 ACTIONS_PREFIX_ENV = "LAKEFS_ACTIONS_ENV_PREFIX"
+# Benchmarks only: cProfile the whole server (main thread) and write the stats here on exit.
+PROFILE_ENV = "LAKEFS_LOCAL_PROFILE"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,8 +51,20 @@ def main(argv: list[str] | None = None) -> int:
         secret_access_key=secret,
         actions_env_prefix=os.environ.get(ACTIONS_PREFIX_ENV, DEFAULT_ENV_PREFIX),
     )
-    # Our middleware logs each request without credentials; uvicorn's access log would duplicate it.
-    serve(app, host=args.host, port=args.port, level=args.log_level, access_log=False)
+    profile_path = os.environ.get(PROFILE_ENV)
+    profiler = cProfile.Profile() if profile_path else None
+    if profiler:
+        # uvicorn re-raises SIGTERM after its shutdown; turn it into SystemExit so the stats
+        # below are written instead of the process dying on the default handler.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        profiler.enable()
+    try:
+        # Our middleware logs each request without credentials; uvicorn's would duplicate it.
+        serve(app, host=args.host, port=args.port, level=args.log_level, access_log=False)
+    finally:
+        if profiler and profile_path:
+            profiler.disable()
+            profiler.dump_stats(profile_path)  # read with: python -m pstats PATH
     return 0
 
 

@@ -66,9 +66,10 @@ class HookRecord:
     repository_id: str
     branch_id: str
     source_ref: str
-    commit: CommitRecord
+    commit: CommitRecord | None = None  # only commit and merge events carry one
     commit_id: str = ""
     pre_run_id: str = ""
+    tag_id: str = ""
 
 
 @dataclass
@@ -113,6 +114,10 @@ def parse_action(raw: bytes, *, source: str = "") -> Action:
         if event not in SUPPORTED_EVENTS:
             raise ActionError(f"parsing file {source}: event '{event}' is not supported")
         on[event] = list((spec or {}).get("branches") or []) or None
+        if on[event] and event.endswith("-tag"):  # lakeFS's validateEvent
+            raise ActionError(
+                f"parsing file {source}: 'branches' is not supported in tag event types"
+            )
     return Action(name=name, on=on, hooks=_parse_hooks(data.get("hooks") or [], source=source))
 
 
@@ -140,20 +145,22 @@ def parse_duration(text: str | None) -> float:
 
 def event_payload(action_name: str, hook_id: str, record: HookRecord) -> dict[str, Any]:
     """lakeFS's EventInfo (pkg/actions/event.go), with its omitempty fields left out when empty."""
+    commit = record.commit
     payload: dict[str, Any] = {
         "event_type": record.event_type,
         "event_time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "action_name": action_name,
         "hook_id": hook_id,
         "repository_id": record.repository_id,
-        "branch_id": record.branch_id,
+        "branch_id": record.branch_id,  # "" for tag events: lakeFS does not omit it
         "source_ref": record.source_ref,
+        "tag_id": record.tag_id,
         "commit_id": record.commit_id,
-        "commit_message": record.commit.message,
-        "committer": record.commit.committer,
-        "commit_metadata": record.commit.metadata,
+        "commit_message": commit.message if commit else "",
+        "committer": commit.committer if commit else "",
+        "commit_metadata": commit.metadata if commit else {},
     }
-    for omitempty in ("source_ref", "commit_id", "commit_metadata"):
+    for omitempty in ("source_ref", "tag_id", "commit_id", "commit_metadata"):
         if not payload[omitempty]:
             del payload[omitempty]
     return payload

@@ -16,8 +16,8 @@ import email.utils
 import hmac
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from litestar.datastructures import State, UploadFile
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.params import Parameter
+from litestar.response import Stream
 from litestar.types import (
     ASGIApp,
     HTTPResponseBodyEvent,
@@ -40,6 +41,7 @@ from litestar.types import (
 
 from lakeloop.lakefs_local.actions import DEFAULT_ENV_PREFIX, ActionsRunner, HookRecord
 from lakeloop.lakefs_local.store import (
+    BLOB_CHUNK,
     BadRequestError,
     CommitDraft,
     CommitRecord,
@@ -51,6 +53,7 @@ from lakeloop.lakefs_local.store import (
     RepositoryRecord,
     Store,
     paginate,
+    validate_path,
 )
 
 log = logging.getLogger("lakeloop.lakefs_local")
@@ -85,7 +88,8 @@ def _apply_with_hooks(
     source_ref: str,
 ) -> CommitRecord:
     """Run ``pre-<operation>`` hooks (a failure aborts, nothing applied), apply the prepared
-    commit, then fire ``post-<operation>`` hooks with the new commit, as lakeFS's graveler does."""
+    commit, then fire ``post-<operation>`` hooks with the new commit, as lakeFS's graveler does.
+    The caller holds the branch lock, so the branch cannot move under the hook's feet."""
     pre = HookRecord(
         f"pre-{operation}", repository, branch, source_ref=source_ref, commit=draft.commit
     )
@@ -103,6 +107,18 @@ def _apply_with_hooks(
         )
     )
     return result
+
+
+def _around_hooks(svc: Service, record: HookRecord, apply: Callable[[], None]) -> None:
+    """``pre-<event>`` hooks, the change, then ``post-<event>`` hooks (branch and tag events).
+
+    ``record`` is the pre-* record; the post-* one is the same with the event renamed and the
+    pre-run id attached, which is how lakeFS's graveler builds both.
+    """
+    pre_run_id = svc.actions.run_pre(record)
+    apply()
+    post_event = "post-" + record.event_type.removeprefix("pre-")
+    svc.actions.run_post(replace(record, event_type=post_event, pre_run_id=pre_run_id))
 
 
 def _json(model: Any, status_code: int = 200) -> Response[Any]:
@@ -294,8 +310,14 @@ def delete_repository(*, state: State, repository: str) -> None:
 @post("/repositories/{repository:str}/branches", sync_to_thread=True)
 def create_branch(*, state: State, repository: str, data: dict[str, Any]) -> Response[Any]:
     """Create a branch; lakeFS answers 201 with the commit id as text."""
+    svc = _service(state)
     body = _parse(models.BranchCreation, data)
-    commit_id = _service(state).store.create_branch(repository, body.name, body.source)
+    commit_id = svc.store.prepare_branch(repository, body.name, body.source)
+    # lakeFS's CreateBranch record: the source as given, the new branch, the resolved commit.
+    record = HookRecord(
+        "pre-create-branch", repository, body.name, source_ref=body.source, commit_id=commit_id
+    )
+    _around_hooks(svc, record, lambda: svc.store.insert_branch(repository, body.name, commit_id))
     return Response(commit_id, status_code=201, media_type="text/html")
 
 
@@ -325,8 +347,15 @@ def get_branch(*, state: State, repository: str, branch: str) -> Response[Any]:
 
 @delete("/repositories/{repository:str}/branches/{branch:str}", sync_to_thread=True)
 def delete_branch(*, state: State, repository: str, branch: str) -> None:
-    """Delete a branch."""
-    _service(state).store.delete_branch(repository, branch)
+    """Delete a branch, running pre/post-delete-branch hooks from its head commit."""
+    svc = _service(state)
+    with svc.store.branch_lock(repository, branch):
+        if svc.store.get_repository(repository).default_branch == branch:
+            raise BadRequestError(f"cannot delete repository default branch: {branch}")
+        head = svc.store.get_branch(repository, branch)
+        # lakeFS's DeleteBranch record: the branch and its head as source ref, no commit id.
+        record = HookRecord("pre-delete-branch", repository, branch, source_ref=head)
+        _around_hooks(svc, record, lambda: svc.store.delete_branch(repository, branch))
 
 
 @get("/repositories/{repository:str}/branches/{branch:str}/diff", sync_to_thread=True)
@@ -344,6 +373,58 @@ def diff_branch(
     return _json(_diff_list(diffs, after=after, amount=amount))
 
 
+# -- tags -------------------------------------------------------------------------------------
+
+
+@post("/repositories/{repository:str}/tags", sync_to_thread=True)
+def create_tag(*, state: State, repository: str, data: dict[str, Any]) -> Response[Any]:
+    """Create a tag on the commit a ref resolves to, running pre/post-create-tag hooks."""
+    svc = _service(state)
+    body = _parse(models.TagCreation, data)
+    force = bool(body.force)
+    commit_id = svc.store.prepare_tag(repository, body.id, body.ref, force=force)
+    # lakeFS's CreateTag record: no branch, the commit as source ref and commit id, the tag id.
+    record = HookRecord(
+        "pre-create-tag", repository, "", source_ref=commit_id, commit_id=commit_id, tag_id=body.id
+    )
+    _around_hooks(
+        svc, record, lambda: svc.store.insert_tag(repository, body.id, commit_id, force=force)
+    )
+    return _json(models.Ref(id=body.id, commit_id=commit_id), 201)
+
+
+@get("/repositories/{repository:str}/tags", sync_to_thread=True)
+def list_tags(
+    *,
+    state: State,
+    repository: str,
+    prefix: str = "",
+    after: str | None = None,
+    amount: int | None = None,
+) -> Response[Any]:
+    """List tags."""
+    page = _service(state).store.list_tags(repository, prefix=prefix, after=after, amount=amount)
+    results = [models.Ref(id=tag, commit_id=commit) for tag, commit in page.results]
+    return _json(models.RefList(pagination=_pagination(page), results=results))
+
+
+@get("/repositories/{repository:str}/tags/{tag:str}", sync_to_thread=True)
+def get_tag(*, state: State, repository: str, tag: str) -> Response[Any]:
+    """A tag and its commit."""
+    return _json(models.Ref(id=tag, commit_id=_service(state).store.get_tag(repository, tag)))
+
+
+@delete("/repositories/{repository:str}/tags/{tag:str}", sync_to_thread=True)
+def delete_tag(*, state: State, repository: str, tag: str) -> None:
+    """Delete a tag, running pre/post-delete-tag hooks."""
+    svc = _service(state)
+    commit_id = svc.store.get_tag(repository, tag)
+    record = HookRecord(
+        "pre-delete-tag", repository, "", source_ref=commit_id, commit_id=commit_id, tag_id=tag
+    )
+    _around_hooks(svc, record, lambda: svc.store.delete_tag(repository, tag))
+
+
 # -- objects ----------------------------------------------------------------------------------
 
 
@@ -355,31 +436,59 @@ async def upload_object(
     branch: str,
     object_path: str = Parameter(query="path"),
 ) -> Response[Any]:
-    """Upload raw bytes (what the high-level SDK sends) or a multipart ``content`` field."""
+    """Upload raw bytes (what the high-level SDK sends) or a multipart ``content`` field.
+
+    The body streams to a temporary file in 1 MiB pieces while it is hashed, so memory does not
+    grow with the object; the blob is fsync'd and in place before the staging row names it.
+    """
     svc = _service(state)
+    validate_path(object_path)  # refuse before reading a byte of the body
+    await anyio.to_thread.run_sync(svc.store.get_branch, repository, branch)
     content_type = request.headers.get("content-type", "application/octet-stream")
+    chunks: AsyncIterator[bytes]
     if content_type.startswith("multipart/form-data"):
-        form = await request.form()
-        upload = form.get("content")
+        upload = (await request.form()).get("content")
         if not isinstance(upload, UploadFile):
             raise BadRequestError("multipart upload needs a 'content' file field")
-        body, content_type = await upload.read(), upload.content_type
+        chunks, content_type = _upload_chunks(upload), upload.content_type
     else:
-        body = await request.body()
+        chunks = request.stream()
     metadata = {
         key[len(USER_METADATA_HEADER) :]: value
         for key, value in request.headers.items()
         if key.lower().startswith(USER_METADATA_HEADER)
     }
+    checksum, size = await _receive_blob(svc.store, chunks)
+    entry = Entry(checksum, size, int(time.time()), content_type, metadata)
     if_absent = request.headers.get("if-none-match") == "*"
 
-    def store_it() -> models.ObjectStats:
-        checksum, size = svc.store.ingest([body])
-        entry = Entry(checksum, size, int(time.time()), content_type, metadata)
+    def stage() -> models.ObjectStats:
         svc.store.put_object(repository, branch, object_path, entry, if_absent=if_absent)
         return _object_model(svc.store, repository, object_path, entry)
 
-    return _json(await anyio.to_thread.run_sync(store_it), 201)
+    return _json(await anyio.to_thread.run_sync(stage), 201)
+
+
+async def _upload_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(BLOB_CHUNK):
+        yield chunk
+
+
+async def _receive_blob(store: Store, chunks: AsyncIterator[bytes]) -> tuple[str, int]:
+    """Write an async byte stream into the content store; disk work runs off the event loop."""
+    writer = await anyio.to_thread.run_sync(store.blob_writer)
+    try:
+        pending = bytearray()
+        async for chunk in chunks:
+            pending += chunk
+            if len(pending) >= BLOB_CHUNK:  # batch small ASGI chunks: one thread hop per MiB
+                full, pending = pending, bytearray()
+                await anyio.to_thread.run_sync(writer.write, full)
+        if pending:
+            await anyio.to_thread.run_sync(writer.write, pending)
+        return await anyio.to_thread.run_sync(writer.finish)
+    finally:
+        await anyio.to_thread.run_sync(writer.close)
 
 
 @get("/repositories/{repository:str}/refs/{ref:str}/objects", sync_to_thread=True)
@@ -390,25 +499,38 @@ def get_object(
     repository: str,
     ref: str,
     object_path: str = Parameter(query="path"),
-) -> Response[Any]:
-    """Object bytes, honouring a single ``Range: bytes=`` header like lakeFS."""
+) -> Response[Any] | Stream:
+    """Object bytes streamed from disk, honouring a single ``Range: bytes=`` header like lakeFS."""
     store = _service(state).store
     entry = store.stat(repository, ref, object_path)
     headers = _object_headers(entry)
+    start, end, status = 0, entry.size - 1, 200
     byte_range = request.headers.get("range")
-    if not byte_range:
-        return Response(
-            store.read_blob(entry.checksum), headers=headers, media_type=entry.content_type
-        )
-    start, end = _parse_range(byte_range, entry.size)
-    if start >= entry.size or start > end:
-        error = models.Error(message="Requested Range Not Satisfiable")
-        return Response(
-            error.to_dict(), status_code=416, headers={"Content-Range": f"bytes */{entry.size}"}
-        )
-    headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
-    data = store.read_blob(entry.checksum, start, end - start + 1)
-    return Response(data, status_code=206, headers=headers, media_type=entry.content_type)
+    if byte_range:
+        start, end = _parse_range(byte_range, entry.size)
+        if start >= entry.size or start > end:
+            error = models.Error(message="Requested Range Not Satisfiable")
+            return Response(
+                error.to_dict(), status_code=416, headers={"Content-Range": f"bytes */{entry.size}"}
+            )
+        headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
+        status = 206
+    length = max(end - start + 1, 0)
+    headers["Content-Length"] = str(length)
+    chunks = _blob_chunks(store, entry.checksum, start, length)
+    return Stream(chunks, status_code=status, headers=headers, media_type=entry.content_type)
+
+
+def _blob_chunks(store: Store, checksum: str, start: int, length: int) -> Iterator[bytes]:
+    """Yield ``length`` bytes of a blob from ``start``, one MiB at a time."""
+    with store.open_blob(checksum) as source:
+        source.seek(start)
+        while length > 0:
+            chunk = source.read(min(BLOB_CHUNK, length))
+            if not chunk:
+                return
+            length -= len(chunk)
+            yield chunk
 
 
 @head("/repositories/{repository:str}/refs/{ref:str}/objects", sync_to_thread=True)
@@ -539,18 +661,19 @@ def commit(*, state: State, repository: str, branch: str, data: dict[str, Any]) 
     """Commit staged changes, running pre-commit hooks before and post-commit hooks after."""
     svc = _service(state)
     body = _parse(models.CommitCreation, data)
-    draft = svc.store.prepare_commit(
-        repository,
-        branch,
-        message=body.message,
-        metadata=body.metadata,
-        committer=svc.user_id,
-        allow_empty=bool(body.allow_empty),
-        date=body.var_date,
-    )
-    result = _apply_with_hooks(
-        svc, draft, operation="commit", repository=repository, branch=branch, source_ref=branch
-    )
+    with svc.store.branch_lock(repository, branch):
+        draft = svc.store.prepare_commit(
+            repository,
+            branch,
+            message=body.message,
+            metadata=body.metadata,
+            committer=svc.user_id,
+            allow_empty=bool(body.allow_empty),
+            date=body.var_date,
+        )
+        result = _apply_with_hooks(
+            svc, draft, operation="commit", repository=repository, branch=branch, source_ref=branch
+        )
     return _json(_commit_model(result), 201)
 
 
@@ -640,24 +763,27 @@ def merge_into_branch(
     """Merge a ref into a branch with a two-parent merge commit, running merge hooks."""
     svc = _service(state)
     body = _parse(models.Merge, data)
-    draft, source_commit = svc.store.prepare_merge(
-        repository,
-        source_ref,
-        destination_branch,
-        message=body.message,
-        metadata=body.metadata,
-        committer=svc.user_id,
-        strategy=body.strategy,
-        allow_empty=bool(body.allow_empty),
-    )
-    result = _apply_with_hooks(
-        svc,
-        draft,
-        operation="merge",
-        repository=repository,
-        branch=destination_branch,
-        source_ref=source_commit,
-    )
+    # Merges into one branch run one at a time, each against the destination's current head:
+    # a merge that finds the branch moved by another merge still succeeds without conflicts.
+    with svc.store.branch_lock(repository, destination_branch):
+        draft, source_commit = svc.store.prepare_merge(
+            repository,
+            source_ref,
+            destination_branch,
+            message=body.message,
+            metadata=body.metadata,
+            committer=svc.user_id,
+            strategy=body.strategy,
+            allow_empty=bool(body.allow_empty),
+        )
+        result = _apply_with_hooks(
+            svc,
+            draft,
+            operation="merge",
+            repository=repository,
+            branch=destination_branch,
+            source_ref=source_commit,
+        )
     return _json(models.MergeResult(reference=result.id))
 
 
@@ -842,6 +968,10 @@ ROUTES = [
     get_branch,
     delete_branch,
     diff_branch,
+    create_tag,
+    list_tags,
+    get_tag,
+    delete_tag,
     upload_object,
     get_object,
     head_object,

@@ -1,13 +1,23 @@
 """Persistent storage of the lakeFS-compatible local server.
 
 Object bytes live content-addressed (sha256) under ``<data_dir>/objects``; everything else
-(repositories, branches, staged changes, commits, trees, action runs) lives in one SQLite file.
-The model follows lakeFS: a branch points at a commit and carries a staging area of uncommitted
-changes (``None`` = tombstone); a commit holds its parents, metadata and a full tree snapshot
-(``path -> Entry``) identified by ``meta_range_id``; commit ids are sha256 of the commit content.
+(repositories, branches, tags, staged changes, commits, trees, action runs) lives in one SQLite
+file. The model follows lakeFS: a branch points at a commit and carries a staging area of
+uncommitted changes (``None`` = tombstone); a tag names a commit; a commit holds its parents,
+metadata and a full tree snapshot (``path -> Entry``) identified by ``meta_range_id``; commit ids
+are sha256 of the commit content.
 
-Writes are serialised with one lock; every call opens its own SQLite connection, so the store is
-safe to share between the server's worker threads.
+Durability: blob bytes are written to a temporary file, fsync'd, renamed into place and the
+directory fsync'd *before* any metadata row referencing them is written; SQLite runs in WAL mode
+with ``synchronous=FULL``, so every transaction that returned is on disk (a SIGKILL or a power
+loss after a commit answered cannot lose it). NORMAL would survive a process crash too (the WAL
+reaches the OS before the commit returns) but not a power cut; one extra fsync per metadata write
+is cheap next to the blob's own fsync, so we take FULL.
+
+Concurrency: metadata writes are serialised with one lock; commits and merges additionally hold a
+per-branch lock from computing the new tree through the pre-hook to moving the branch, so two
+operations on one branch never interleave (lakeFS's branch locker). Every call opens its own
+SQLite connection, so the store is safe to share between the server's worker threads.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS repositories (
@@ -42,6 +52,8 @@ CREATE TABLE IF NOT EXISTS commits (
     repo TEXT NOT NULL, id TEXT NOT NULL, parents TEXT NOT NULL, committer TEXT NOT NULL,
     message TEXT NOT NULL, creation_date INTEGER NOT NULL, meta_range_id TEXT NOT NULL,
     metadata TEXT NOT NULL, generation INTEGER NOT NULL, PRIMARY KEY (repo, id));
+CREATE TABLE IF NOT EXISTS tags (
+    repo TEXT NOT NULL, id TEXT NOT NULL, commit_id TEXT NOT NULL, PRIMARY KEY (repo, id));
 CREATE TABLE IF NOT EXISTS trees (id TEXT PRIMARY KEY, entries TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS action_runs (
     repo TEXT NOT NULL, run_id TEXT NOT NULL, branch TEXT NOT NULL, commit_id TEXT NOT NULL,
@@ -57,6 +69,11 @@ CREATE TABLE IF NOT EXISTS hook_runs (
 REPOSITORY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")
 BRANCH_ID = re.compile(r"^\w[-\w]*$")
 REF_MODIFIER = re.compile(r"([~^])(\d*)|(@)|(\$)")
+# lakeFS's ValidateTagID (git-like): no whitespace, control or ref-modifier characters.
+TAG_ID = re.compile(r"^(?!-)(?!.*\.\.)(?!.*\.lock$)[^\s\x00-\x1f\x7f~^:?*\[\\@]+(?<![/.])$")
+MAX_PATH_LENGTH = 1024  # lakeFS's catalog.MaxPathLength
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+BLOB_CHUNK = 1 << 20
 FIRST_COMMIT_MESSAGE = "Repository created"  # lakeFS's graveler.FirstCommitMsg
 DEFAULT_AMOUNT = 100
 MAX_AMOUNT = 1000
@@ -150,7 +167,11 @@ class CommitDraft:
     commit: CommitRecord
     tree: dict[str, Entry]
     expected_head: str
-    expected_staging_version: int
+    # A commit carries the staged rows it took: applying clears exactly those, so an upload that
+    # lands while the commit runs stays staged for the next commit (lakeFS seals its staging token
+    # the same way). A merge carries None and instead requires staging to be untouched.
+    staged: dict[str, Entry | None] | None = None
+    expected_staging_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -211,6 +232,17 @@ def _entry_from_json(raw: str | None) -> Entry | None:
     return None if raw is None else Entry(**json.loads(raw))
 
 
+def _overlay(committed: dict[str, Entry], staged: dict[str, Entry | None]) -> dict[str, Entry]:
+    """A committed tree with staged changes applied (``None`` removes a path)."""
+    view = dict(committed)
+    for path, entry in staged.items():
+        if entry is None:
+            view.pop(path, None)
+        else:
+            view[path] = entry
+    return view
+
+
 def clamp_amount(amount: int | None) -> int:
     """lakeFS's page size rules: default 100, at most 1000."""
     if amount is None or amount < 0:
@@ -228,6 +260,81 @@ def paginate(items: list[Any], *, key: Any, after: str | None, amount: int | Non
     return Page(page, has_more, next_offset, size)
 
 
+def _fsync_dir(directory: Path) -> None:
+    """Flush a directory entry (a rename or create inside it) to disk."""
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def validate_path(path: str) -> str:
+    """Refuse object paths that are empty, too long, absolute, or could leave the repository.
+
+    Real lakeFS (catalog.ValidatePath) checks only that a path is non-empty and at most 1024
+    bytes, so it stores ``../x`` as a plain key. We refuse such keys anyway: a path is a key, but
+    tools that later mirror a repository to disk (``lakectl local``, rclone, our own readers)
+    join keys onto a directory, and a ``..`` or absolute key then writes outside it.
+    """
+    if not path:
+        raise BadRequestError("path is required: invalid object path ''")
+    if len(path.encode()) > MAX_PATH_LENGTH:
+        raise BadRequestError(
+            f"invalid object path {path[:80]!r}...: longer than {MAX_PATH_LENGTH} bytes"
+        )
+    if "\x00" in path:
+        raise BadRequestError(f"invalid object path {path!r}: contains a NUL byte")
+    if path.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(path):
+        raise BadRequestError(f"invalid object path {path!r}: absolute paths are not allowed")
+    # Backslash too: on Windows it separates directories, so "..\\x" escapes just the same.
+    if ".." in re.split(r"[/\\]", path):
+        raise BadRequestError(f"invalid object path {path!r}: '..' segments are not allowed")
+    return path
+
+
+class BlobWriter:
+    """Streams bytes to a temporary file while hashing; ``finish`` makes the blob durable.
+
+    Memory stays at one chunk whatever the object size. Use as a context manager: leaving it
+    without ``finish`` (an error, a dropped client) removes the temporary file.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._digest = hashlib.sha256()
+        self.size = 0
+        handle, name = tempfile.mkstemp(dir=store.objects_dir, prefix=".upload-")
+        self._temp_path = Path(name)
+        self._file: BinaryIO = os.fdopen(handle, "wb")
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def write(self, chunk: bytes | bytearray) -> None:
+        """Append a chunk."""
+        self._digest.update(chunk)
+        self._file.write(chunk)
+        self.size += len(chunk)
+
+    def finish(self) -> tuple[str, int]:
+        """fsync, rename into the content store; return (sha256 hex, size)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())  # bytes on disk before any metadata can point at them
+        self._file.close()
+        checksum = self._store.place_blob(self._temp_path, self._digest.hexdigest())
+        return checksum, self.size
+
+    def close(self) -> None:
+        """Drop the temporary file if it was not placed."""
+        if not self._file.closed:
+            self._file.close()
+        self._temp_path.unlink(missing_ok=True)
+
+
 class Store:
     """Repositories, branches, commits and objects of the local server."""
 
@@ -237,7 +344,10 @@ class Store:
         self.objects_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.data_dir / "lakefs.sqlite3"
         self.write_lock = threading.RLock()
+        self._branch_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._branch_locks_guard = threading.Lock()
         self._tree_cache: dict[str, dict[str, Entry]] = {}
+        self._tree_cache_lock = threading.Lock()
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
@@ -247,13 +357,21 @@ class Store:
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         connection = sqlite3.connect(self.db_path, timeout=30)
-        # WAL + NORMAL: durable across process crashes, and much cheaper than a full sync per write.
-        connection.execute("PRAGMA synchronous=NORMAL")
+        # WAL + FULL: a transaction that returned survives a crash or power loss (module docstring).
+        connection.execute("PRAGMA synchronous=FULL")
         try:
             with connection:  # commits on success, rolls back on error
                 yield connection
         finally:
             connection.close()
+
+    @contextlib.contextmanager
+    def branch_lock(self, repo: str, branch: str) -> Iterator[None]:
+        """Hold the lock of one branch: commits and merges on it run one at a time."""
+        with self._branch_locks_guard:
+            lock = self._branch_locks.setdefault((repo, branch), threading.Lock())
+        with lock:
+            yield
 
     # -- blobs ----------------------------------------------------------------------------------
 
@@ -261,40 +379,39 @@ class Store:
         """Where the bytes with this sha256 live."""
         return self.objects_dir / checksum[:2] / checksum[2:]
 
+    def blob_writer(self) -> BlobWriter:
+        """A writer that streams bytes into the content store (see :class:`BlobWriter`)."""
+        return BlobWriter(self)
+
     def ingest(self, chunks: Iterable[bytes]) -> tuple[str, int]:
         """Store bytes content-addressed; return (sha256 hex, size)."""
-        digest = hashlib.sha256()
-        size = 0
-        handle, temp_name = tempfile.mkstemp(dir=self.objects_dir, prefix=".upload-")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                for chunk in chunks:
-                    digest.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
-            return self._place_blob(Path(temp_name), digest.hexdigest()), size
-        finally:
-            Path(temp_name).unlink(missing_ok=True)
+        with self.blob_writer() as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+            return writer.finish()
 
-    def ingest_file(self, temp_path: Path) -> tuple[str, int]:
-        """Move an already written temporary file into the content store."""
-        digest = hashlib.sha256()
-        with temp_path.open("rb") as source:
-            for chunk in iter(lambda: source.read(1 << 20), b""):
-                digest.update(chunk)
-        size = temp_path.stat().st_size
-        return self._place_blob(temp_path, digest.hexdigest()), size
-
-    def _place_blob(self, temp_path: Path, checksum: str) -> str:
+    def place_blob(self, temp_path: Path, checksum: str) -> str:
+        """Rename a fully written, fsync'd temp file to its content address, durably."""
         target = self.blob_path(checksum)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(temp_path, target)  # atomic: a reader never sees half a blob
+        if target.exists():
+            return checksum  # same bytes already stored: content addressing makes this a no-op
+        fresh_dir = not target.parent.exists()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp_path, target)  # atomic: a reader never sees half a blob
+        # The rename is only durable once the directory entry is: fsync the directory (and the
+        # parent when the shard directory itself is new).
+        _fsync_dir(target.parent)
+        if fresh_dir:
+            _fsync_dir(self.objects_dir)
         return checksum
+
+    def open_blob(self, checksum: str) -> BinaryIO:
+        """Open a blob for reading (the caller closes it)."""
+        return self.blob_path(checksum).open("rb")
 
     def read_blob(self, checksum: str, start: int = 0, length: int | None = None) -> bytes:
         """Read (part of) a blob."""
-        with self.blob_path(checksum).open("rb") as source:
+        with self.open_blob(checksum) as source:
             source.seek(start)
             return source.read() if length is None else source.read(length)
 
@@ -353,7 +470,7 @@ class Store:
         """Delete a repository and all its refs (blobs stay: they are content-addressed)."""
         self.get_repository(name)
         with self.write_lock, self._db() as db:
-            for table in ("branches", "staging", "commits", "action_runs", "hook_runs"):
+            for table in ("branches", "tags", "staging", "commits", "action_runs", "hook_runs"):
                 db.execute(f"DELETE FROM {table} WHERE repo = ?", (name,))  # noqa: S608
             db.execute("DELETE FROM repositories WHERE id = ?", (name,))
 
@@ -363,16 +480,27 @@ class Store:
 
     # -- branches and refs ----------------------------------------------------------------------
 
-    def create_branch(self, repo: str, name: str, source: str) -> str:
-        """Create a branch at the commit ``source`` resolves to; return that commit id."""
+    def prepare_branch(self, repo: str, name: str, source: str) -> str:
+        """Check a new branch can be created; return the commit id ``source`` resolves to."""
         if not BRANCH_ID.match(name):
             raise BadRequestError(f"branch name: invalid value: {name!r}")
-        with self.write_lock:
-            commit_id = self.resolve(repo, source).commit_id
-            with self._db() as db:
-                if self._branch_row(db, repo, name) is not None:
-                    raise ConflictError(f"branch {name!r} already exists: not unique")
-                db.execute("INSERT INTO branches VALUES (?, ?, ?, 0)", (repo, name, commit_id))
+        commit_id = self.resolve(repo, source).commit_id
+        with self._db() as db:
+            if self._branch_row(db, repo, name) is not None:
+                raise ConflictError(f"branch {name!r} already exists: not unique")
+        return commit_id
+
+    def insert_branch(self, repo: str, name: str, commit_id: str) -> None:
+        """Create a branch at a commit (checked again under the lock: a racer gets 409)."""
+        with self.write_lock, self._db() as db:
+            if self._branch_row(db, repo, name) is not None:
+                raise ConflictError(f"branch {name!r} already exists: not unique")
+            db.execute("INSERT INTO branches VALUES (?, ?, ?, 0)", (repo, name, commit_id))
+
+    def create_branch(self, repo: str, name: str, source: str) -> str:
+        """Create a branch at the commit ``source`` resolves to; return that commit id."""
+        commit_id = self.prepare_branch(repo, name, source)
+        self.insert_branch(repo, name, commit_id)
         return commit_id
 
     def get_branch(self, repo: str, name: str) -> str:
@@ -404,6 +532,58 @@ class Store:
         with self.write_lock, self._db() as db:
             db.execute("DELETE FROM branches WHERE repo = ? AND name = ?", (repo, name))
             db.execute("DELETE FROM staging WHERE repo = ? AND branch = ?", (repo, name))
+
+    # -- tags -------------------------------------------------------------------------------------
+
+    def prepare_tag(self, repo: str, tag_id: str, ref: str, *, force: bool = False) -> str:
+        """Check a tag can be created; return the commit id ``ref`` resolves to."""
+        if not TAG_ID.match(tag_id):
+            raise BadRequestError(f"tag id: invalid value: {tag_id!r}")
+        commit_id = self.resolve(repo, ref).commit_id
+        with self._db() as db:
+            if not force and self._tag_row(db, repo, tag_id) is not None:
+                raise ConflictError(f"tag {tag_id!r} already exists: not unique")
+        return commit_id
+
+    def insert_tag(self, repo: str, tag_id: str, commit_id: str, *, force: bool = False) -> None:
+        """Point a tag at a commit; tags are immutable unless ``force``."""
+        with self.write_lock, self._db() as db:
+            if not force and self._tag_row(db, repo, tag_id) is not None:
+                raise ConflictError(f"tag {tag_id!r} already exists: not unique")
+            db.execute("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", (repo, tag_id, commit_id))
+
+    def get_tag(self, repo: str, tag_id: str) -> str:
+        """Return the commit id a tag names."""
+        self.get_repository(repo)
+        with self._db() as db:
+            row = self._tag_row(db, repo, tag_id)
+        if row is None:
+            raise NotFoundError(f"tag not found: {tag_id} (repository {repo})")
+        return str(row[0])
+
+    def list_tags(
+        self, repo: str, *, prefix: str = "", after: str | None = None, amount: int | None = None
+    ) -> Page:
+        """List (tag id, commit id) pairs by id."""
+        self.get_repository(repo)
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT id, commit_id FROM tags WHERE repo = ? ORDER BY id", (repo,)
+            ).fetchall()
+        pairs = [(t, c) for t, c in rows if t.startswith(prefix or "")]
+        return paginate(pairs, key=lambda pair: pair[0], after=after, amount=amount)
+
+    def delete_tag(self, repo: str, tag_id: str) -> None:
+        """Delete a tag (its commit stays)."""
+        self.get_tag(repo, tag_id)
+        with self.write_lock, self._db() as db:
+            db.execute("DELETE FROM tags WHERE repo = ? AND id = ?", (repo, tag_id))
+
+    @staticmethod
+    def _tag_row(db: sqlite3.Connection, repo: str, tag_id: str) -> tuple[Any, ...] | None:
+        return db.execute(
+            "SELECT commit_id FROM tags WHERE repo = ? AND id = ?", (repo, tag_id)
+        ).fetchone()
 
     @staticmethod
     def _branch_row(db: sqlite3.Connection, repo: str, name: str) -> tuple[Any, ...] | None:
@@ -440,6 +620,9 @@ class Store:
             branch = self._branch_row(db, repo, base)
             if branch is not None:
                 return Resolved(branch[0], base, with_staging=True)
+            tag = self._tag_row(db, repo, base)
+            if tag is not None:
+                return Resolved(tag[0])
             if re.fullmatch(r"[0-9a-f]{6,64}", base):
                 rows = db.execute(
                     "SELECT id FROM commits WHERE repo = ? AND id LIKE ?", (repo, base + "%")
@@ -472,36 +655,37 @@ class Store:
         committed = self._tree(self.get_commit(repo, resolved.commit_id).meta_range_id)
         if not (resolved.with_staging and resolved.branch):
             return committed
-        view = dict(committed)
-        for path, entry in self._staging(repo, resolved.branch).items():
-            if entry is None:
-                view.pop(path, None)
-            else:
-                view[path] = entry
-        return view
+        return _overlay(committed, self._staging(repo, resolved.branch))
 
     def _tree(self, meta_range_id: str) -> dict[str, Entry]:
-        cached = self._tree_cache.get(meta_range_id)
+        with self._tree_cache_lock:
+            cached = self._tree_cache.get(meta_range_id)
         if cached is not None:
             return cached
         with self._db() as db:
             row = db.execute("SELECT entries FROM trees WHERE id = ?", (meta_range_id,)).fetchone()
         raw = json.loads(row[0]) if row else {}
         tree = {path: Entry(**value) for path, value in raw.items()}
-        if len(self._tree_cache) >= _TREE_CACHE_SIZE:
-            self._tree_cache.pop(next(iter(self._tree_cache)))
-        self._tree_cache[meta_range_id] = tree  # trees are immutable: caching is safe
+        with self._tree_cache_lock:
+            if len(self._tree_cache) >= _TREE_CACHE_SIZE:
+                self._tree_cache.pop(next(iter(self._tree_cache)))
+            self._tree_cache[meta_range_id] = tree  # trees are immutable: caching is safe
         return tree
 
     def _staging(self, repo: str, branch: str) -> dict[str, Entry | None]:
         with self._db() as db:
-            rows = db.execute(
-                "SELECT path, entry FROM staging WHERE repo = ? AND branch = ?", (repo, branch)
-            ).fetchall()
+            return self._staging_rows(db, repo, branch)
+
+    @staticmethod
+    def _staging_rows(db: sqlite3.Connection, repo: str, branch: str) -> dict[str, Entry | None]:
+        rows = db.execute(
+            "SELECT path, entry FROM staging WHERE repo = ? AND branch = ?", (repo, branch)
+        ).fetchall()
         return {path: _entry_from_json(raw) for path, raw in rows}
 
     def stat(self, repo: str, ref: str, path: str) -> Entry:
         """Return the entry of ``path`` at ``ref`` or raise NotFoundError."""
+        validate_path(path)
         entry = self.tree(repo, ref).get(path)
         if entry is None:
             raise NotFoundError(f"object not found: {path} (repository {repo}, ref {ref})")
@@ -537,8 +721,7 @@ class Store:
         self, repo: str, branch: str, path: str, entry: Entry, *, if_absent: bool = False
     ) -> Entry:
         """Stage ``entry`` at ``path`` on ``branch``."""
-        if not path:
-            raise BadRequestError("path is required")
+        validate_path(path)
         with self.write_lock:
             self.get_branch(repo, branch)
             if if_absent and path in self.tree(repo, branch):
@@ -548,6 +731,7 @@ class Store:
 
     def delete_object(self, repo: str, branch: str, path: str) -> None:
         """Stage the removal of ``path`` on ``branch``."""
+        validate_path(path)
         with self.write_lock:
             self.stat(repo, branch, path)
             self._stage(repo, branch, {path: None})
@@ -618,12 +802,12 @@ class Store:
             raise BadRequestError("commit message is required")
         with self._db() as db:
             self.get_branch(repo, branch)
-            head, staging_version = self._branch_state(db, repo, branch)
-        staged = self._staging(repo, branch)
+            head, _ = self._branch_state(db, repo, branch)
+            staged = self._staging_rows(db, repo, branch)  # same snapshot as the head
         if not staged and not allow_empty:
             raise BadRequestError("commit: no changes")
         parent = self.get_commit(repo, head)
-        tree = self.tree(repo, branch)
+        tree = _overlay(self._tree(parent.meta_range_id), staged)
         commit = self._build_commit(
             parents=[head],
             committer=committer,
@@ -633,30 +817,42 @@ class Store:
             creation_date=date or int(time.time()),
             generation=parent.generation + 1,
         )
-        return CommitDraft(repo, branch, commit, tree, head, staging_version)
+        return CommitDraft(repo, branch, commit, tree, head, staged=staged)
 
     def apply_commit(self, draft: CommitDraft) -> CommitRecord:
-        """Apply a commit draft: move the branch and clear its staging area."""
-        with self.write_lock:
-            self._check_unmoved(draft)
-            with self._db() as db:
-                self._insert_commit(db, draft.repo, draft.commit, draft.tree)
-                db.execute(
-                    "UPDATE branches SET commit_id = ?, staging_version = staging_version + 1 "
-                    "WHERE repo = ? AND name = ?",
-                    (draft.commit.id, draft.repo, draft.branch),
-                )
-                db.execute(
-                    "DELETE FROM staging WHERE repo = ? AND branch = ?", (draft.repo, draft.branch)
-                )
+        """Apply a draft in one transaction: add the commit, move the branch, clear its staging."""
+        with self.write_lock, self._db() as db:
+            self._check_unmoved(db, draft)
+            self._insert_commit(db, draft.repo, draft.commit, draft.tree)
+            db.execute(
+                "UPDATE branches SET commit_id = ?, staging_version = staging_version + 1 "
+                "WHERE repo = ? AND name = ?",
+                (draft.commit.id, draft.repo, draft.branch),
+            )
+            self._clear_staged(db, draft)
         return draft.commit
 
-    def _check_unmoved(self, draft: CommitDraft) -> None:
-        with self._db() as db:
-            row = self._branch_row(db, draft.repo, draft.branch)
+    @staticmethod
+    def _clear_staged(db: sqlite3.Connection, draft: CommitDraft) -> None:
+        if draft.staged is None:  # a merge: staging was checked empty
+            return
+        for path, entry in draft.staged.items():
+            # Only the row the commit took: a newer write to the same path stays staged.
+            db.execute(
+                "DELETE FROM staging WHERE repo = ? AND branch = ? AND path = ? AND entry IS ?",
+                (draft.repo, draft.branch, path, _entry_to_json(entry)),
+            )
+
+    def _check_unmoved(self, db: sqlite3.Connection, draft: CommitDraft) -> None:
+        row = self._branch_row(db, draft.repo, draft.branch)
         if row is None:
             raise NotFoundError(f"branch not found: {draft.branch} (repository {draft.repo})")
-        if tuple(row) != (draft.expected_head, draft.expected_staging_version):
+        head, staging_version = row
+        moved = head != draft.expected_head or (
+            draft.expected_staging_version is not None
+            and staging_version != draft.expected_staging_version
+        )
+        if moved:
             raise ConflictError(f"branch {draft.branch} changed during the operation; retry")
 
     def _build_commit(
@@ -842,7 +1038,10 @@ class Store:
             creation_date=int(time.time()),
             generation=generation + 1,
         )
-        return CommitDraft(repo, destination, commit, tree, head, staging_version), source.commit_id
+        draft = CommitDraft(
+            repo, destination, commit, tree, head, expected_staging_version=staging_version
+        )
+        return draft, source.commit_id
 
     def _merge_trees(
         self, repo: str, base: str, source: str, dest: str, *, strategy: str | None

@@ -1,128 +1,53 @@
-"""The lakeFS-compatible local server, driven over HTTP by the real ``lakefs`` SDK."""
+"""The local lakeFS server's own guarantees: durability, concurrency, hooks, store internals.
+
+What any lakeFS must do is in ``tests/conformance``; this file checks what only the local
+server can be asked (SIGKILL it, race it, look inside its store) and its hook plumbing.
+"""
 
 from __future__ import annotations
 
-import http.server
-import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import lakefs
 import pytest
-import uvicorn
-from lakefs.exceptions import (
-    ConflictException,
-    NotAuthorizedException,
-    NotFoundException,
-    ServerException,
+from lakefs.exceptions import BadRequestException, ServerException
+
+from lakeloop.lakefs_local.actions import ActionError, parse_action, parse_duration
+from lakeloop.lakefs_local.store import BadRequestError, Entry, Store, validate_path
+from lakeloop.lakefs_local.testing import (
+    LocalServerProcess,
+    LocalServerThread,
+    WebhookReceiver,
+    free_port,
 )
 
-from lakeloop.lakefs_local import create_app
-from lakeloop.lakefs_local.actions import parse_duration
-
-KEY_ID = "AKIALAKELOOPTEST"
-SECRET = "unit-test-secret-0123456789"
 HEADER_SECRET = "hook-shared-secret-42"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class RunningServer:
-    """A local server on a loopback port, in a background thread."""
-
-    data_dir: Path
-    port: int = field(default_factory=_free_port)
-    server: uvicorn.Server | None = None
-    thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> RunningServer:
-        app = create_app(data_dir=self.data_dir, access_key_id=KEY_ID, secret_access_key=SECRET)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        """Stop the server; a second call does nothing."""
-        if self.server is None or self.thread is None:
-            return
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.server = self.thread = None
-
-    def client(self, password: str = SECRET) -> lakefs.Client:
-        return lakefs.Client(host=self.url, username=KEY_ID, password=password)
-
-
-class Receiver:
-    """A tiny webhook receiver: records each POST, answers with a configurable status."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.status = 200
-        self.reply = b"ok"
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                receiver.calls.append(
-                    {"path": self.path, "headers": dict(self.headers), "json": json.loads(body)}
-                )
-                self.send_response(receiver.status)
-                self.send_header("content-length", str(len(receiver.reply)))
-                self.end_headers()
-                self.wfile.write(receiver.reply)
-
-            def log_message(self, *args: object) -> None:
-                """Keep test output quiet."""
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def wait_for(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while len(self.calls) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self.calls
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    running = RunningServer(tmp_path / "lakefs").start()
+def server(tmp_path: Path) -> Iterator[LocalServerThread]:
+    running = LocalServerThread(tmp_path / "lakefs").start()
     yield running
     running.stop()
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    hook_receiver = Receiver()
+def receiver() -> Iterator[WebhookReceiver]:
+    hook_receiver = WebhookReceiver()
     yield hook_receiver
-    hook_receiver.httpd.shutdown()
+    hook_receiver.close()
 
 
-def _repo(server: RunningServer) -> lakefs.Repository:
-    return lakefs.Repository("housing", client=server.client()).create(
+def _client(server: LocalServerThread | LocalServerProcess) -> lakefs.Client:
+    return lakefs.Client(host=server.url, username=server.key_id, password=server.secret)
+
+
+def _repo(server: LocalServerThread | LocalServerProcess) -> lakefs.Repository:
+    return lakefs.Repository("housing", client=_client(server)).create(
         storage_namespace="local://housing", default_branch="main", exist_ok=True
     )
 
@@ -131,224 +56,318 @@ def _read(repo: lakefs.Repository, ref: str, path: str) -> bytes:
     return repo.ref(ref).object(path).reader(mode="rb").read()  # type: ignore[return-value]
 
 
-def test_repository_create_is_idempotent_and_listed(server: RunningServer) -> None:
-    repo = _repo(server)
-    again = _repo(server)
-    assert again.properties.default_branch == "main"
-    assert repo.properties.storage_namespace == "local://housing"
-    assert [r.id for r in lakefs.repositories(client=server.client())] == ["housing"]
-    assert repo.branch("main").head.id == repo.branch("main").get_commit().id
-
-
-def test_upload_commit_metadata_and_time_travel(server: RunningServer) -> None:
-    repo = _repo(server)
-    branch = repo.branch("ingest-1").create(source_reference="main", exist_ok=True)
-    branch.object("data/a.parquet").upload(data=b"first", mode="wb")
-    branch.object("data/b.parquet").upload(data=b"second", mode="wb")
-    commit_ref = branch.commit(message="batch 1", metadata={"source": "unit"})
-
-    assert len(commit_ref.id) == 64
-    commit = repo.ref(commit_ref.id).get_commit()
-    assert commit.metadata == {"source": "unit"}
-    assert commit.message == "batch 1"
-    assert [c.message for c in branch.log()] == ["batch 1", "Repository created"]
-
-    branch.object("data/a.parquet").upload(data=b"rewritten", mode="wb")
-    branch.commit(message="batch 2")
-    assert _read(repo, commit_ref.id, "data/a.parquet") == b"first"
-    assert _read(repo, "ingest-1", "data/a.parquet") == b"rewritten"
-    stat = repo.ref(commit_ref.id).object("data/b.parquet").stat()
-    assert stat.size_bytes == len(b"second")
-
-
-def test_listing_prefix_and_pagination(server: RunningServer) -> None:
-    repo = _repo(server)
-    main = repo.branch("main")
-    for index in range(5):
-        main.object(f"data/part-{index}.parquet").upload(data=bytes([index]), mode="wb")
-    main.object("other/readme.txt").upload(data=b"x", mode="wb")
-
-    paths = [o.path for o in main.objects(prefix="data/", amount=2)]  # 3 pages of 2
-    assert paths == [f"data/part-{i}.parquet" for i in range(5)]
-    sdk = server.client().sdk_client.objects_api
-    page = sdk.list_objects("housing", "main", prefix="data/", amount=2)
-    assert page.pagination.has_more
-    assert page.pagination.next_offset == "data/part-1.parquet"
-    assert [o.path for o in main.objects(delimiter="/")] == ["data/", "other/"]
-
-
-def test_merge_applies_source_changes(server: RunningServer) -> None:
-    repo = _repo(server)
-    main = repo.branch("main")
-    main.object("data/base.parquet").upload(data=b"base", mode="wb")
-    main.commit(message="base")
-    ingest = repo.branch("ingest-2").create(source_reference="main")
-    ingest.object("data/new.parquet").upload(data=b"new rows", mode="wb")
-    ingest.commit(message="new batch")
-    main.object("docs/readme.md").upload(data=b"main-only", mode="wb")
-    main.commit(message="docs")
-
-    merge_id = ingest.merge_into(main, message="merge ingest-2", metadata={"by": "test"})
-
-    merged = repo.ref(merge_id).get_commit()
-    assert len(merged.parents) == 2
-    assert merged.metadata == {"by": "test"}
-    assert main.get_commit().id == merge_id
-    assert _read(repo, "main", "data/new.parquet") == b"new rows"
-    assert _read(repo, "main", "docs/readme.md") == b"main-only"
-    assert _read(repo, "main", "data/base.parquet") == b"base"
-
-
-def test_merge_conflict_is_409(server: RunningServer) -> None:
-    repo = _repo(server)
-    main = repo.branch("main")
-    main.object("data/x.parquet").upload(data=b"v0", mode="wb")
-    main.commit(message="v0")
-    side = repo.branch("side").create(source_reference="main")
-    side.object("data/x.parquet").upload(data=b"side", mode="wb")
-    side.commit(message="side edit")
-    main.object("data/x.parquet").upload(data=b"main", mode="wb")
-    head = main.commit(message="main edit").id
-
-    with pytest.raises(ConflictException) as caught:
-        side.merge_into(main)
-    assert "data/x.parquet" in caught.value.body["message"]
-    assert main.get_commit().id == head
-
-
-def test_errors_map_to_sdk_exceptions(server: RunningServer) -> None:
-    repo = _repo(server)
-    with pytest.raises(NotFoundException):
-        repo.branch("main").object("missing.parquet").stat()
-    with pytest.raises(NotFoundException):
-        repo.branch("main").object("missing.parquet").reader().read()
-    assert not repo.branch("main").object("missing.parquet").exists()
-    with pytest.raises(NotFoundException) as caught:
-        lakefs.Repository("nowhere", client=server.client()).branch("main").get_commit()
-    assert "nowhere" in caught.value.body["message"]
-    with pytest.raises(ConflictException):
-        repo.branch("main").create(source_reference="main")
-    bad = lakefs.Repository("housing", client=server.client(password="wrong-password"))
-    with pytest.raises(NotAuthorizedException):
-        bad.branch("main").get_commit()
-
-
-def test_data_survives_restart(server: RunningServer) -> None:
-    repo = _repo(server)
-    main = repo.branch("main")
-    main.object("data/keep.parquet").upload(data=b"durable", mode="wb")
-    commit_id = main.commit(message="keep", metadata={"n": "1"}).id
-    server.stop()
-
-    restarted = RunningServer(server.data_dir).start()
-    try:
-        repo2 = lakefs.Repository("housing", client=restarted.client())
-        assert _read(repo2, commit_id, "data/keep.parquet") == b"durable"
-        assert repo2.ref(commit_id).get_commit().metadata == {"n": "1"}
-        assert repo2.branch("main").get_commit().id == commit_id
-    finally:
-        restarted.stop()
-
-
 def _install_action(repo: lakefs.Repository, name: str, body: str) -> None:
     main = repo.branch("main")
     main.object(f"_lakefs_actions/{name}.yaml").upload(data=body, mode="w")
     main.commit(message=f"install {name}")
 
 
-def test_post_merge_webhook_payload(
-    server: RunningServer, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+def _webhook_action(
+    name: str, events: list[str], url: str, *, timeout: str = "5s", branches: str = ""
+) -> str:
+    """An action file; ``branches`` (a YAML list) keeps its own install commit from firing it."""
+    spec = f" {{branches: {branches}}}" if branches else ""
+    on = "".join(f"  {event}:{spec}\n" for event in events)
+    return f"""
+name: {name}
+on:
+{on}hooks:
+  - id: hook_{name.replace(" ", "_")}
+    type: webhook
+    properties:
+      url: {url}
+      timeout: {timeout}
+"""
+
+
+def _runs(server: LocalServerThread, repo: str = "housing") -> list[tuple[str, str]]:
+    results = _client(server).sdk_client.actions_api.list_repository_runs(repo).results
+    return [(r.event_type, r.status) for r in results]
+
+
+# -- durability --------------------------------------------------------------------------------
+
+
+def test_sigkill_after_commit_loses_nothing(tmp_path: Path) -> None:
+    payload = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and a bit: more than one write chunk
+    process = LocalServerProcess(tmp_path / "lakefs").start()
+    try:
+        main = _repo(process).branch("main")
+        main.object("data/batch.parquet").upload(data=payload, mode="wb")
+        commit_id = main.commit(message="batch", metadata={"rows": "1"}).id
+        repo_tag = _repo(process).tag("v1").create(commit_id)
+        assert repo_tag.id == "v1"
+    finally:
+        process.kill()  # SIGKILL straight after the 201: no shutdown, no checkpoint
+
+    restarted = LocalServerProcess(process.data_dir, port=free_port()).start()
+    try:
+        repo = lakefs.Repository("housing", client=_client(restarted))
+        assert _read(repo, commit_id, "data/batch.parquet") == payload
+        assert _read(repo, "v1", "data/batch.parquet") == payload
+        assert repo.ref(commit_id).get_commit().metadata == {"rows": "1"}
+        assert repo.branch("main").get_commit().id == commit_id
+    finally:
+        restarted.stop()
+
+
+def test_blobs_are_fsynced_before_the_row_that_names_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LAKEFSACTION_HOOK_SECRET", HEADER_SECRET)
+    store = Store(tmp_path)
+    events: list[str] = []
+    real_fsync = __import__("os").fsync
+    monkeypatch.setattr("os.fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    checksum, size = store.ingest([b"abc", b"def"])
+    assert (size, store.read_blob(checksum)) == (6, b"abcdef")
+    assert events.count("fsync") >= 2  # the file, then its directory entry
+    assert not list(store.objects_dir.glob(".upload-*"))  # no temp file left behind
+
+
+# -- concurrency -------------------------------------------------------------------------------
+
+
+def test_concurrent_merges_into_main_keep_every_file(server: LocalServerThread) -> None:
+    repo = _repo(server)
+    writers = 8
+
+    def ingest(index: int) -> str:
+        branch = repo.branch(f"ingest-{index}").create(source_reference="main")
+        branch.object(f"data/part-{index}.csv").upload(data=f"rows {index}".encode(), mode="wb")
+        branch.commit(message=f"batch {index}")
+        return branch.merge_into(repo.branch("main"), message=f"merge {index}")
+
+    with ThreadPoolExecutor(max_workers=writers) as pool:
+        merges = list(pool.map(ingest, range(writers)))
+
+    main = repo.branch("main")
+    paths = sorted(o.path for o in main.objects(prefix="data/"))
+    assert paths == sorted(f"data/part-{i}.csv" for i in range(writers))
+    log = list(main.log(first_parent=True, max_amount=writers + 1))
+    # Every merge is on main's first-parent line exactly once, and the line ends at the root.
+    assert sorted(c.id for c in log[:writers]) == sorted(merges)
+    assert log[writers].message == "Repository created"
+    for index in range(writers):
+        assert _read(repo, "main", f"data/part-{index}.csv") == f"rows {index}".encode()
+
+
+def test_concurrent_commits_on_one_branch_lose_no_write(server: LocalServerThread) -> None:
+    repo = _repo(server)
+    main = repo.branch("main")
+    barrier = threading.Barrier(2)
+
+    def upload_and_commit(index: int) -> str:
+        main.object(f"data/{index}.csv").upload(data=str(index).encode(), mode="wb")
+        barrier.wait()
+        try:
+            return main.commit(message=f"commit {index}").id
+        except BadRequestException as exc:  # the other commit took both files: "no changes"
+            return f"error: {exc.body['message']}"
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(upload_and_commit, range(2)))
+
+    landed = [o for o in outcomes if not o.startswith("error")]
+    assert landed, outcomes
+    assert all("no changes" in o for o in outcomes if o.startswith("error"))
+    assert list(main.uncommitted()) == []
+    assert {_read(repo, "main", f"data/{i}.csv") for i in range(2)} == {b"0", b"1"}
+
+
+def test_upload_during_a_commit_stays_staged(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.create_repository("housing", "local://housing", committer="admin")
+    first = Entry(*store.ingest([b"first"]), mtime=1)
+    store.put_object("housing", "main", "a.csv", first)
+    draft = store.prepare_commit("housing", "main", message="a", metadata=None, committer="t")
+    late = Entry(*store.ingest([b"late"]), mtime=2)
+    store.put_object("housing", "main", "a.csv", late)  # lands between prepare and apply
+    store.put_object("housing", "main", "b.csv", late)
+
+    store.apply_commit(draft)
+
+    assert store.stat("housing", draft.commit.id, "a.csv") == first
+    assert [d.path for d in store.diff_uncommitted("housing", "main")] == ["a.csv", "b.csv"]
+
+
+# -- path safety -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "",
+        "../x",
+        "a/../../x",
+        "a/..",
+        "/abs",
+        "\\\\host\\share",
+        "C:/x",
+        "a\\..\\x",
+        "a\x00b",
+        "p" * 1025,
+    ],
+)
+def test_unsafe_paths_are_refused(path: str) -> None:
+    with pytest.raises(BadRequestError) as caught:
+        validate_path(path)
+    assert repr(path)[:40].strip("'") in str(caught.value) or not path
+
+
+@pytest.mark.parametrize("path", ["a", "a/b.csv", "a/..b/c", "..data", "a/./b", "dir/"])
+def test_ordinary_paths_pass(path: str) -> None:
+    assert validate_path(path) == path
+
+
+def test_unsafe_path_is_400_naming_it(server: LocalServerThread) -> None:
+    main = _repo(server).branch("main")
+    for path in ("../../etc/passwd", "data/../../x"):
+        with pytest.raises(BadRequestException) as caught:
+            main.object(path).upload(data=b"x", mode="wb")
+        assert path in caught.value.body["message"]
+    assert list(main.uncommitted()) == []
+
+
+# -- hooks: branches and tags ------------------------------------------------------------------
+
+
+def test_tag_and_branch_hooks_carry_lakefs_fields(
+    server: LocalServerThread, receiver: WebhookReceiver
+) -> None:
+    repo = _repo(server)
+    events = ["pre-create-tag", "post-create-tag", "pre-create-branch", "post-create-branch"]
+    _install_action(
+        repo, "refs", _webhook_action("refs", [*events, "pre-delete-branch"], receiver.url)
+    )
+    head = repo.branch("main").get_commit().id
+
+    repo.tag("v1").create("main")
+    repo.branch("feature").create(source_reference="main")
+    repo.branch("feature").delete()
+
+    calls = {c["json"]["event_type"]: c["json"] for c in receiver.wait_for(5)}
+    assert set(calls) == {*events, "pre-delete-branch"}
+    tag = calls["pre-create-tag"]
+    assert (tag["tag_id"], tag["commit_id"], tag["source_ref"], tag["branch_id"]) == (
+        "v1",
+        head,
+        head,
+        "",
+    )
+    assert calls["post-create-tag"]["tag_id"] == "v1"
+    branch = calls["pre-create-branch"]
+    assert (branch["branch_id"], branch["source_ref"], branch["commit_id"]) == (
+        "feature",
+        "main",
+        head,
+    )
+    assert "tag_id" not in branch
+    deleted = calls["pre-delete-branch"]
+    assert (deleted["branch_id"], deleted["source_ref"]) == ("feature", head)
+    assert "commit_id" not in deleted
+
+
+def test_failing_pre_create_tag_hook_creates_no_tag(
+    server: LocalServerThread, receiver: WebhookReceiver
+) -> None:
+    receiver.status = 500
+    repo = _repo(server)
+    _install_action(repo, "guard", _webhook_action("guard", ["pre-create-tag"], receiver.url))
+    with pytest.raises(ServerException) as caught:
+        repo.tag("v1").create("main")
+    assert caught.value.status_code == 412
+    assert "pre-create-tag hook aborted" in caught.value.body["message"]
+    assert list(repo.tags()) == []
+
+
+def test_branches_filter_is_refused_on_tag_events() -> None:
+    with pytest.raises(ActionError, match="not supported in tag event types"):
+        parse_action(b"name: tags\non:\n  pre-create-tag:\n    branches: [main]\nhooks: []\n")
+
+
+# -- hooks: faults -----------------------------------------------------------------------------
+
+
+def test_pre_commit_hook_endpoint_down_blocks_the_commit(server: LocalServerThread) -> None:
+    repo = _repo(server)
+    dead_url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
+    action = _webhook_action("down", ["pre-commit"], dead_url, branches="[ingest]")
+    _install_action(repo, "down", action)
+    ingest = repo.branch("ingest").create(source_reference="main")
+    head = ingest.get_commit().id
+    ingest.object("data/x.csv").upload(data=b"x", mode="wb")
+
+    with pytest.raises(ServerException) as caught:
+        ingest.commit(message="blocked")
+    assert caught.value.status_code == 412
+    assert "pre-commit hook aborted" in caught.value.body["message"]
+    assert "Connection refused" in caught.value.body["message"]
+    assert ingest.get_commit().id == head
+    assert [d.path for d in ingest.uncommitted()] == ["data/x.csv"]  # staged data kept
+    assert _runs(server) == [("pre-commit", "failed")]
+
+
+def test_slow_pre_merge_hook_times_out_and_blocks(
+    server: LocalServerThread, receiver: WebhookReceiver
+) -> None:
+    receiver.delay_seconds = 3.0
     repo = _repo(server)
     _install_action(
-        repo,
-        "notify",
-        f"""
-name: notify on merge
-on:
-  post-merge:
-    branches: [main]
-hooks:
-  - id: notify_gateway
-    type: webhook
-    properties:
-      url: {receiver.url}/lakefs
-      timeout: 5s
-      query_params:
-        source: lakefs
-      headers:
-        X-Lakeloop-Secret: "{{{{ ENV.LAKEFSACTION_HOOK_SECRET }}}}"
-        X-Unprefixed: "{{{{ ENV.HOME }}}}"
-""",
+        repo, "slow", _webhook_action("slow", ["pre-merge"], receiver.url, timeout="500ms")
     )
-    ingest = repo.branch("ingest-3").create(source_reference="main")
-    ingest.object("data/new.parquet").upload(data=b"rows", mode="wb")
-    ingest.commit(message="batch")
-    merge_id = ingest.merge_into(repo.branch("main"), message="publish", metadata={"k": "v"})
+    head = repo.branch("main").get_commit().id
+    ingest = repo.branch("ingest").create(source_reference="main")
+    ingest.object("data/x.csv").upload(data=b"x", mode="wb")
+    ingest.commit(message="x")
 
-    call = receiver.wait_for(1)[0]
-    payload = call["json"]
-    assert payload["event_type"] == "post-merge"
-    assert payload["action_name"] == "notify on merge"
-    assert payload["hook_id"] == "notify_gateway"
-    assert payload["repository_id"] == "housing"
-    assert payload["branch_id"] == "main"
-    assert payload["commit_id"] == merge_id
-    assert payload["source_ref"] == merge_id
-    assert payload["commit_message"] == "publish"
-    assert payload["committer"] == "admin"
-    assert payload["commit_metadata"] == {"k": "v"}
-    assert payload["event_time"].endswith("Z")
-    assert call["headers"]["X-Lakeloop-Secret"] == HEADER_SECRET
-    assert call["headers"]["X-Unprefixed"] == ""  # outside LAKEFSACTION_: rendered empty
-    assert call["path"] == "/lakefs?source=lakefs"
-
-    runs = server.client().sdk_client.actions_api.list_repository_runs("housing")
-    assert [(r.event_type, r.status, r.commit_id) for r in runs.results] == [
-        ("post-merge", "completed", merge_id)
-    ]
-
-
-def test_failing_pre_merge_hook_blocks_merge(server: RunningServer, receiver: Receiver) -> None:
-    receiver.status, receiver.reply = 400, b"expectation failed: price_range"
-    repo = _repo(server)
-    _install_action(
-        repo,
-        "validate",
-        f"""
-name: validate batch
-on:
-  pre-merge:
-    branches: ["ma*"]
-hooks:
-  - id: great_expectations
-    type: webhook
-    properties:
-      url: {receiver.url}/validate
-""",
-    )
-    main_head = repo.branch("main").get_commit().id
-    ingest = repo.branch("ingest-4").create(source_reference="main")
-    ingest.object("data/bad.parquet").upload(data=b"bad rows", mode="wb")
-    source_commit = ingest.commit(message="bad batch").id
-
+    started = time.monotonic()
     with pytest.raises(ServerException) as caught:
         ingest.merge_into(repo.branch("main"))
     assert caught.value.status_code == 412
-    message = caught.value.body["message"]
-    assert "validate batch" in message
-    assert "great_expectations" in message
-    assert "price_range" in message
-    assert repo.branch("main").get_commit().id == main_head
-    payload = receiver.calls[0]["json"]
-    assert payload["event_type"] == "pre-merge"
-    assert payload["source_ref"] == source_commit
-    assert "commit_id" not in payload
+    assert time.monotonic() - started < 2.5  # the hook's timeout, not the receiver's delay
+    assert repo.branch("main").get_commit().id == head
+
+
+def test_failing_post_commit_hook_is_recorded_and_the_commit_stays(
+    server: LocalServerThread, receiver: WebhookReceiver
+) -> None:
+    receiver.status = 503
+    repo = _repo(server)
+    action = _webhook_action("after", ["post-commit"], receiver.url, branches="[ingest]")
+    _install_action(repo, "after", action)
+    main = repo.branch("ingest").create(source_reference="main")
+    main.object("data/x.csv").upload(data=b"x", mode="wb")
+    commit_id = main.commit(message="kept").id
+
+    receiver.wait_for(1)
+    deadline = time.monotonic() + 5
+    while _runs(server) != [("post-commit", "failed")] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _runs(server) == [("post-commit", "failed")]
+    assert main.get_commit().id == commit_id
+
+
+# -- hooks: secrets and filters ----------------------------------------------------------------
+
+
+def test_env_templates_render_only_prefixed_variables(
+    server: LocalServerThread, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAKEFSACTION_HOOK_SECRET", HEADER_SECRET)
+    repo = _repo(server)
+    action = _webhook_action("notify", ["post-commit"], receiver.url) + (
+        "      headers:\n"
+        '        X-Lakeloop-Secret: "{{ ENV.LAKEFSACTION_HOOK_SECRET }}"\n'
+        '        X-Unprefixed: "{{ ENV.HOME }}"\n'
+    )
+    _install_action(repo, "notify", action)
+    headers = receiver.wait_for(1)[0]["headers"]
+    assert headers["X-Lakeloop-Secret"] == HEADER_SECRET
+    assert headers["X-Unprefixed"] == ""  # outside LAKEFSACTION_: rendered empty
 
 
 def test_branch_filter_that_does_not_match_fires_nothing(
-    server: RunningServer, receiver: Receiver
+    server: LocalServerThread, receiver: WebhookReceiver
 ) -> None:
     repo = _repo(server)
     _install_action(
@@ -374,10 +393,20 @@ hooks:
     ingest.merge_into(repo.branch("main"))
     time.sleep(0.3)
     assert receiver.calls == []
-    assert server.client().sdk_client.actions_api.list_repository_runs("housing").results == []
+    assert _runs(server) == []
 
 
 def test_go_durations() -> None:
     assert parse_duration("1m30s") == 90
     assert parse_duration("500ms") == 0.5
     assert parse_duration(None) == 60
+
+
+def test_tag_ids_are_validated(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.create_repository("housing", "local://housing", committer="admin")
+    for bad in ("", "-x", "a..b", "v1~2", "has space", "x.lock"):
+        with pytest.raises(BadRequestError):
+            store.prepare_tag("housing", bad, "main")
+    store.insert_tag("housing", "v1.0/rc-1", store.get_branch("housing", "main"))
+    assert store.resolve("housing", "v1.0/rc-1").commit_id == store.get_branch("housing", "main")
