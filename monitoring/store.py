@@ -1,0 +1,151 @@
+"""Persist: the numbers to a Prometheus Pushgateway (for Grafana), every run to a JSON-lines
+history (for ``lakeloop`` to print and for the policy's cooldown), and Evidently's HTML report.
+
+Each function takes its folder or URL as a parameter: the entry point reads the settings.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+
+from monitoring.history import Decision, HistoryEntry
+from monitoring.parse import DriftSummary, QualitySummary
+
+JOB = "lakeloop_monitor"
+"""Pushgateway job name; each champion version is its own group under it."""
+HISTORY_FILE = "history.jsonl"
+REPORTS_DIR = "reports"
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(HistoryEntry)
+
+
+class HtmlReport(Protocol):
+    """What :func:`save_report` needs of an Evidently snapshot."""
+
+    def save_html(self, filename: str) -> None: ...
+
+
+def metrics_registry(
+    *,
+    drift: DriftSummary,
+    quality: QualitySummary | None,
+    decision: Decision | None,
+    now: datetime,
+) -> CollectorRegistry:
+    """A fresh registry holding one monitor run's numbers as gauges (a new registry per run, so
+    a feature that disappears from the description disappears from the push too)."""
+    registry = CollectorRegistry()
+
+    def gauge(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, documentation, labels, registry=registry)
+
+    gauge("lakeloop_drift_share", "Share of features Evidently found drifted.").set(
+        drift.drift_share
+    )
+    gauge("lakeloop_dataset_drift", "1 when Evidently calls the window drifted.").set(
+        int(drift.dataset_drift)
+    )
+    score = gauge(
+        "lakeloop_feature_drift_score",
+        "Drift score per feature: a p-value or a distance, as the method label says.",
+        ("feature", "method"),
+    )
+    drifted = gauge("lakeloop_feature_drifted", "1 when the feature drifted.", ("feature",))
+    for name, column in drift.per_feature.items():
+        score.labels(feature=name, method=column.method).set(column.score)
+        drifted.labels(feature=name).set(int(column.drifted))
+    if drift.prediction is not None:
+        gauge(
+            "lakeloop_prediction_drift_score", "Drift score of the predictions.", ("method",)
+        ).labels(method=drift.prediction.method).set(drift.prediction.score)
+    rows = gauge("lakeloop_monitor_window_rows", "Rows compared, per frame.", ("frame",))
+    rows.labels(frame="current").set(drift.rows_current)
+    rows.labels(frame="reference").set(drift.rows_reference)
+    if quality is not None:
+        gauge("lakeloop_quality_mae", "MAE on the window's rows with feedback.").set(quality.mae)
+        gauge("lakeloop_quality_rmse", "RMSE on the window's rows with feedback.").set(quality.rmse)
+        gauge("lakeloop_quality_rows", "Rows of the window with feedback.").set(quality.rows)
+    if decision is not None:
+        gauge("lakeloop_retrain_decision", "1 when the policy asked for a retrain.").set(
+            int(decision.retrain)
+        )
+    gauge("lakeloop_monitor_last_run_timestamp_seconds", "When the monitor last ran.").set(
+        now.timestamp()
+    )
+    return registry
+
+
+def push_metrics(
+    gateway_url: str,
+    registry: CollectorRegistry,
+    *,
+    champion_version: str,
+    job: str = JOB,
+    timeout: float = 10.0,
+) -> None:
+    """Replace the champion's group on the Pushgateway with ``registry`` (HTTP PUT)."""
+    push_to_gateway(
+        gateway_url,
+        job=job,
+        registry=registry,
+        grouping_key={"model_version": champion_version},
+        timeout=timeout,
+    )
+
+
+def save_report(
+    folder: Path,
+    report: HtmlReport,
+    *,
+    champion_version: str,
+    window_id: str,
+    kind: str = "drift",
+) -> Path:
+    """Save Evidently's HTML report under ``folder/reports/`` and return its path; the name
+    carries the champion and the window, so re-running a window overwrites its own report."""
+    directory = folder / REPORTS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{kind}-v{_safe(champion_version)}-{_safe(window_id)}.html"
+    report.save_html(str(path))
+    return path
+
+
+def append_history(folder: Path, entry: HistoryEntry) -> Path:
+    """Append one run to ``folder/history.jsonl`` and return the file's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / HISTORY_FILE
+    with path.open("ab") as handle:
+        handle.write(_ENCODER.encode(entry) + b"\n")
+    return path
+
+
+def read_history(folder: Path) -> list[HistoryEntry]:
+    """Every run recorded in ``folder/history.jsonl``, oldest first ([] when there is none)."""
+    path = folder / HISTORY_FILE
+    if not path.exists():
+        return []
+    lines = path.read_bytes().splitlines()
+    return [_DECODER.decode(line) for line in lines if line.strip()]
+
+
+def describe(entry: HistoryEntry) -> str:
+    """One line a person reads: when, which champion and window, the numbers, the decision."""
+    quality = "" if entry.quality is None else f" mae={entry.quality.mae:,.0f}"
+    verdict = "RETRAIN" if entry.decision.retrain else "ok"
+    return (
+        f"{entry.time:%Y-%m-%d %H:%M:%S} v{entry.champion_version} window={entry.window.id} "
+        f"rows={entry.drift.rows_current} drift_share={entry.drift.drift_share:.2f}{quality} "
+        f"{verdict}: {entry.decision.reason}"
+    )
+
+
+def _safe(text: str) -> str:
+    # Window ids hold ISO times ("2024-05-01T10:00:00+00:00"): keep file names portable.
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "_"
