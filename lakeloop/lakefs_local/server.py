@@ -15,9 +15,10 @@ import datetime as dt
 import email.utils
 import hmac
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,10 @@ SERVER_VERSION = "1.0.0-lakeloop-local"
 USER_METADATA_HEADER = "x-lakefs-meta-"  # what the SDK sends user metadata as (lakefs.object)
 # Reachable without credentials, as on lakeFS.
 PUBLIC_PATHS = frozenset({f"{API_PREFIX}/healthcheck", f"{API_PREFIX}/setup_lakefs"})
+# Benchmarks only: log where each upload's time goes (receive, hash+write, fsync+rename, stage).
+TIMING_ENV = "LAKEFS_LOCAL_TIMING"
+# Received MiB pieces that may wait for the hashing+writing thread (bounds upload memory).
+UPLOAD_QUEUE = 2
 
 
 @dataclass
@@ -458,7 +463,8 @@ async def upload_object(
         for key, value in request.headers.items()
         if key.lower().startswith(USER_METADATA_HEADER)
     }
-    checksum, size = await _receive_blob(svc.store, chunks)
+    timing = _UploadTiming() if os.environ.get(TIMING_ENV) else None
+    checksum, size = await _receive_blob(svc.store, chunks, timing)
     entry = Entry(checksum, size, int(time.time()), content_type, metadata)
     if_absent = request.headers.get("if-none-match") == "*"
 
@@ -466,7 +472,34 @@ async def upload_object(
         svc.store.put_object(repository, branch, object_path, entry, if_absent=if_absent)
         return _object_model(svc.store, repository, object_path, entry)
 
-    return _json(await anyio.to_thread.run_sync(stage), 201)
+    started = time.perf_counter()
+    stats = await anyio.to_thread.run_sync(stage)
+    if timing is not None:
+        timing.stage = time.perf_counter() - started
+        log.warning("upload timing %s: %s", object_path, timing.summary(size))
+    return _json(stats, 201)
+
+
+@dataclass
+class _UploadTiming:
+    """Seconds spent per phase of one upload (only with ``LAKEFS_LOCAL_TIMING`` set)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    chunks: int = 0
+    biggest: int = 0
+    write: float = 0.0  # hashing + write(2), in the worker thread
+    finish: float = 0.0  # fsync of the file, rename, fsync of the directory
+    received: float = 0.0  # wall time from the handler start to the last body byte
+    stage: float = 0.0  # the SQLite staging row (WAL commit, synchronous=FULL)
+
+    def summary(self, size: int) -> str:
+        mean = size // self.chunks if self.chunks else 0
+        return (
+            f"{size} B in {self.chunks} ASGI chunks (mean {mean} B, max {self.biggest} B); "
+            f"receive {self.received * 1e3:.1f} ms, hash+write {self.write * 1e3:.1f} ms, "
+            f"fsync+rename {self.finish * 1e3:.1f} ms, stage {self.stage * 1e3:.1f} ms, "
+            f"total {(time.perf_counter() - self.started) * 1e3:.1f} ms"
+        )
 
 
 async def _upload_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
@@ -474,19 +507,50 @@ async def _upload_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _receive_blob(store: Store, chunks: AsyncIterator[bytes]) -> tuple[str, int]:
-    """Write an async byte stream into the content store; disk work runs off the event loop."""
+async def _receive_blob(
+    store: Store, chunks: AsyncIterator[bytes], timing: _UploadTiming | None = None
+) -> tuple[str, int]:
+    """Write an async byte stream into the content store; disk work runs off the event loop.
+
+    Receiving and hashing+writing overlap: the event loop keeps reading the socket (uvicorn stops
+    reading while nobody consumes the body) while a worker thread hashes and writes the previous
+    MiB. At most ``UPLOAD_QUEUE`` full pieces wait between the two, so memory stays a few MiB
+    whatever the object size.
+    """
     writer = await anyio.to_thread.run_sync(store.blob_writer)
+    clock = time.perf_counter
+    send, receive = anyio.create_memory_object_stream[bytearray](UPLOAD_QUEUE)
+
+    async def drain() -> None:
+        async with receive:
+            async for data in receive:
+                started = clock()
+                await anyio.to_thread.run_sync(writer.write, data)
+                if timing is not None:
+                    timing.write += clock() - started
+
     try:
-        pending = bytearray()
-        async for chunk in chunks:
-            pending += chunk
-            if len(pending) >= BLOB_CHUNK:  # batch small ASGI chunks: one thread hop per MiB
-                full, pending = pending, bytearray()
-                await anyio.to_thread.run_sync(writer.write, full)
-        if pending:
-            await anyio.to_thread.run_sync(writer.write, pending)
-        return await anyio.to_thread.run_sync(writer.finish)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(drain)
+            async with send:
+                pending = bytearray()
+                async for chunk in chunks:
+                    if timing is not None:
+                        timing.chunks += 1
+                        timing.biggest = max(timing.biggest, len(chunk))
+                    pending += chunk
+                    if len(pending) >= BLOB_CHUNK:  # one thread hop per MiB, not per ASGI chunk
+                        full, pending = pending, bytearray()
+                        await send.send(full)
+                if pending:
+                    await send.send(pending)
+        started = clock()
+        if timing is not None:
+            timing.received = started - timing.started
+        result = await anyio.to_thread.run_sync(writer.finish)
+        if timing is not None:
+            timing.finish = clock() - started
+        return result
     finally:
         await anyio.to_thread.run_sync(writer.close)
 
