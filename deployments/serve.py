@@ -10,6 +10,7 @@ import contextlib
 
 from prefect import serve
 from prefect.client.orchestration import get_client
+from prefect.deployments.runner import RunnerDeployment
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.events import DeploymentEventTrigger
 from prefect.exceptions import ObjectAlreadyExists
@@ -51,7 +52,8 @@ def main() -> None:
     settings = load_settings()
     ensure_promotion_lock(settings)
     _, deployment_name = settings.prefect.train_deployment.split("/")
-    training = train_on_commit.to_deployment(
+    # `to_deployment` is typed sync-or-async; called from sync code it returns the deployment.
+    training: RunnerDeployment = train_on_commit.to_deployment(  # type: ignore[assignment]
         name=deployment_name,
         description="Validate, train, register and promote on a lakeFS commit.",
         triggers=[training_trigger(settings)],

@@ -3,12 +3,16 @@
 The model is an sklearn pipeline (encoder + XGBoost) so that the logged artefact accepts the raw
 records the API receives, category strings included: MLflow's pyfunc passes strings as ``str``,
 which XGBoost's categorical support rejects, so the encoding has to travel inside the model.
+
+With ``TrainingSettings.dask_scheduler`` set, the regressor is fitted with ``xgboost.dask`` on that
+cluster instead, and its booster is loaded into the same plain pipeline: what is logged, registered,
+gated and served does not depend on where it was fitted.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,8 +23,14 @@ from xgboost import XGBRegressor
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import TrainingSettings
 
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+    from distributed import Client
+
 # Holdout membership is decided per row from a hash of its content, in thousandths.
 _HASH_BUCKETS = 1000
+# How long a Dask fit waits for the cluster to have a worker (an autoscaled one may start at zero).
+_WORKER_WAIT_SECONDS = 60.0
 
 
 class FeatureEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
@@ -75,8 +85,12 @@ def build_pipeline(spec: DatasetSpec, training: TrainingSettings) -> Pipeline:
 def row_buckets(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
     """Each row's bucket in [0, 1000): a hash of its content, so the same data splits the same way
     on every run and every machine, whatever order the files were read in."""
-    hashes = pd.util.hash_pandas_object(frame[spec.columns], index=False).to_numpy()
-    return hashes % _HASH_BUCKETS
+    return _row_hashes(frame, spec) % _HASH_BUCKETS
+
+
+def _row_hashes(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """A 64-bit hash of each row's content (index ignored)."""
+    return pd.util.hash_pandas_object(frame[spec.columns], index=False).to_numpy()
 
 
 def holdout_mask(frame: pd.DataFrame, spec: DatasetSpec, *, fraction: float) -> np.ndarray:
@@ -131,15 +145,10 @@ def train(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) ->
     if rows[spec.target.name].nunique() < 2:
         raise ValueError(f"the target {spec.target.name} has a single value: nothing to learn")
     pipeline = build_pipeline(spec, training)
-    encoder = pipeline.named_steps["encode"]
-    pipeline.fit(
-        fit_rows[spec.feature_names],
-        fit_rows[spec.target.name].to_numpy(),
-        regress__eval_set=[
-            (encoder.transform(stop_rows[spec.feature_names]), stop_rows[spec.target.name])
-        ],
-        regress__verbose=False,
-    )
+    if training.dask_scheduler is None:
+        _fit_in_process(pipeline, fit_rows, stop_rows, spec)
+    else:
+        _fit_on_dask(pipeline, fit_rows, stop_rows, spec, scheduler=training.dask_scheduler)
     predicted = pipeline.predict(test_rows[spec.feature_names])
     return TrainedModel(
         pipeline=pipeline,
@@ -150,6 +159,84 @@ def train(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) ->
         holdout=test_rows[spec.columns],
         predicted=predicted,
     )
+
+
+def _fit_in_process(
+    pipeline: Pipeline, fit_rows: pd.DataFrame, stop_rows: pd.DataFrame, spec: DatasetSpec
+) -> None:
+    """Fit the pipeline here, early stopping on ``stop_rows``."""
+    encoder = pipeline.named_steps["encode"]
+    pipeline.fit(
+        fit_rows[spec.feature_names],
+        fit_rows[spec.target.name].to_numpy(),
+        regress__eval_set=[
+            (encoder.transform(stop_rows[spec.feature_names]), stop_rows[spec.target.name])
+        ],
+        regress__verbose=False,
+    )
+
+
+def _fit_on_dask(
+    pipeline: Pipeline,
+    fit_rows: pd.DataFrame,
+    stop_rows: pd.DataFrame,
+    spec: DatasetSpec,
+    *,
+    scheduler: str,
+) -> None:
+    """Fit the pipeline's regressor with ``xgboost.dask`` on the cluster at ``scheduler``, with the
+    same hyperparameters and early stopping, then load the booster into the pipeline's own plain
+    ``XGBRegressor``: the result is the same pipeline an in-process fit gives, so it logs and
+    serves without Dask."""
+    # Imported here: the API and in-process training never pay for importing Dask.
+    from distributed import Client  # noqa: PLC0415
+    from xgboost.dask import DaskXGBRegressor  # noqa: PLC0415
+
+    encoder, regressor = pipeline.named_steps["encode"], pipeline.named_steps["regress"]
+    # Not the process-wide default client: other code here may use Dask with its own. It is made
+    # current for this block only, because xgboost.dask looks the client up even when given one.
+    with Client(scheduler, set_as_default=False) as client, client.as_current():
+        client.wait_for_workers(1, timeout=_WORKER_WAIT_SECONDS)
+        fit_features, fit_target = _scatter_encoded(client, fit_rows, spec, encoder=encoder)
+        stop_features, stop_target = _scatter_encoded(client, stop_rows, spec, encoder=encoder)
+        dask_regressor = DaskXGBRegressor(**regressor.get_params())
+        dask_regressor.client = client
+        dask_regressor.fit(
+            fit_features, fit_target, eval_set=[(stop_features, stop_target)], verbose=False
+        )
+        booster = dask_regressor.get_booster()
+    # The booster carries best_iteration, so predict() stops where early stopping did.
+    regressor.load_model(bytearray(booster.save_raw("ubj")))
+
+
+def _scatter_encoded(
+    client: Client, rows: pd.DataFrame, spec: DatasetSpec, *, encoder: FeatureEncoder
+) -> tuple[dd.DataFrame, dd.Series]:
+    """Encode ``rows`` here and send one contiguous chunk to each worker, as a Dask DataFrame of
+    the features (categoricals with their fixed categories) and a Series of the target.
+
+    Encoding here means the workers need only pandas and XGBoost, not lakeloop. Rows are put in
+    the order of their content hash first, so the partitions (and so the model) do not depend on
+    the order the files were read in. Chunks are placed explicitly because the scheduler may put
+    every partition of a small graph on one worker.
+    """
+    import dask.dataframe as dd  # noqa: PLC0415 - see _fit_on_dask
+
+    content_order = np.argsort(_row_hashes(rows, spec), kind="stable")
+    ordered = rows.iloc[content_order]
+    encoded = encoder.transform(ordered[spec.feature_names]).assign(
+        **{spec.target.name: ordered[spec.target.name].to_numpy()}
+    )
+    encoded = encoded.reset_index(drop=True)
+    workers = sorted(client.nthreads())
+    bounds = np.linspace(0, len(encoded), num=len(workers) + 1).astype(int)
+    chunks = [
+        client.scatter(encoded.iloc[start:end], workers=[worker], hash=False)
+        for worker, start, end in zip(workers, bounds[:-1], bounds[1:], strict=True)
+        if end > start
+    ]
+    frame = dd.from_delayed(chunks, meta=encoded.iloc[:0], verify_meta=False)
+    return frame[spec.feature_names], frame[spec.target.name]
 
 
 def score(model: Any, holdout: pd.DataFrame, spec: DatasetSpec) -> dict[str, float]:
