@@ -10,8 +10,8 @@ import contextlib
 
 from prefect import serve
 from prefect.client.orchestration import get_client
-from prefect.deployments.runner import RunnerDeployment
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.exceptions import ObjectAlreadyExists
 
