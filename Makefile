@@ -42,5 +42,8 @@ format: install
 bench: install  ## benchmarks, figures printed side by side
 	$(BIN)/python -m benchmarks
 
+openapi: install  ## regenerate api/openapi.json after changing the API or the dataset description
+	$(BIN)/python -m api.openapi
+
 clean:
 	rm -rf .lakeloop .pytest_cache .ruff_cache .mypy_cache

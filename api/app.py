@@ -3,38 +3,153 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import hmac
+import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import msgspec
 from litestar import Litestar, Request, Response, get, post
-from litestar.exceptions import HTTPException, ValidationException
-from litestar.openapi import OpenAPIConfig
+from litestar.config.cors import CORSConfig
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.openapi.spec import OpenAPIMediaType, Reference, RequestBody
+from prometheus_client import CONTENT_TYPE_LATEST
 
 import lakeloop
-from api.predictor import ModelSlot, Predictor, follow_champion
-from api.schemas import Health, ModelInfo, ModelRef, PredictionResponse, request_type
+from api.metrics import ApiMetrics
+from api.prediction_log import (
+    FEEDBACK,
+    PREDICTIONS,
+    SegmentWriter,
+    feedback_table,
+    prediction_table,
+)
+from api.predictor import ModelSlot, Predictor, follow_champion, refresh
+from api.schemas import (
+    ErrorResponse,
+    Feedback,
+    FeedbackAccepted,
+    Health,
+    ModelInfo,
+    Prediction,
+    PredictionResponse,
+    Readiness,
+    ReloadResult,
+)
+from api.service import ApiError, PredictionService
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings
 
+logger = logging.getLogger(__name__)
 
-def _unprocessable(_: Request[Any, Any, Any], error: ValidationException) -> Response[Any]:
-    """Body validation errors are 422 with the offending field named, not Litestar's 400."""
-    return Response(
-        {"status_code": 422, "detail": error.detail, "errors": error.extra or []},
-        status_code=HTTP_422_UNPROCESSABLE_ENTITY,
+_SCHEMAS = "#/components/schemas/{name}"
+_ERRORS = {
+    400: ResponseSpec(ErrorResponse, generate_examples=False, description="The body is not JSON."),
+    413: ResponseSpec(
+        ErrorResponse,
+        generate_examples=False,
+        description="Body or batch over the configured limits.",
+    ),
+    422: ResponseSpec(
+        ErrorResponse, generate_examples=False, description="Every bad field, named."
+    ),
+    503: ResponseSpec(
+        ErrorResponse, generate_examples=False, description="No champion model loaded yet."
+    ),
+}
+
+
+def admin_token(settings: Settings) -> str:
+    """The reload endpoint's bearer token: configured, else generated into the state folder."""
+    if settings.api.admin_token is not None:
+        return settings.api.admin_token.get_secret_value()
+    return settings.stored_secret("api_admin_token")
+
+
+def _error_response(_: Request[Any, Any, Any], error: Exception) -> Response[ErrorResponse]:
+    """Every error answers the same shape: status, detail, field errors."""
+    if isinstance(error, ApiError):
+        body = error.response
+    elif isinstance(error, HTTPException):
+        body = ErrorResponse(status_code=error.status_code, detail=str(error.detail))
+    else:
+        body = ErrorResponse(status_code=500, detail="internal error")
+    headers = {"WWW-Authenticate": "Bearer"} if body.status_code == 401 else None
+    return Response(body, status_code=body.status_code, headers=headers)
+
+
+def _authorize(request: Request[Any, Any, Any], settings: Settings) -> None:
+    # Read per call, not at start-up: the deploy step may create the stored token first.
+    token = admin_token(settings)
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    # Constant-time comparison: the time taken says nothing about how much of the token matched.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        raise ApiError(401, "a valid `Authorization: Bearer <admin token>` header is required")
+
+
+def _request_bodies(service: PredictionService) -> tuple[dict[str, Any], dict[str, str]]:
+    """JSON schemas of the bodies this app decodes itself, and which path takes which."""
+    types = service.types
+    _, components = msgspec.json.schema_components(
+        [types.record, types.documented_batch, Feedback], ref_template=_SCHEMAS
     )
+    batch = components[types.documented_batch.__name__]
+    batch["description"] = "Send `records` or `columns`, not both."
+    batch["oneOf"] = [{"required": ["records"]}, {"required": ["columns"]}]
+    bodies = {
+        "/v1/predict": types.record.__name__,
+        "/v1/predict/batch": types.documented_batch.__name__,
+        "/v1/feedback": Feedback.__name__,
+    }
+    return components, bodies
 
 
-def _require(slot: ModelSlot) -> Predictor:
-    predictor = slot.current
-    if predictor is None:
-        detail = "no champion model yet: train one by committing data to lakeFS"
-        raise HTTPException(status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=detail)
-    return predictor
+def document_bodies(app: Litestar, service: PredictionService) -> None:
+    """Put the request bodies (decoded by the service, not by Litestar) into the OpenAPI
+    document, with their generated schemas."""
+    openapi = app.openapi_schema
+    components, bodies = _request_bodies(service)
+    schemas = openapi.components.schemas
+    schemas.update(components)  # type: ignore[arg-type] # plain JSON schema dicts render as-is
+    for path, name in bodies.items():
+        operation = openapi.paths[path].post  # type: ignore[index]
+        assert operation is not None
+        media = OpenAPIMediaType(schema=Reference(ref=_SCHEMAS.format(name=name)))
+        operation.request_body = RequestBody(content={"application/json": media}, required=True)
+
+
+def _readiness(slot: ModelSlot, *, following: bool) -> Response[Readiness]:
+    registry = "unknown"
+    if slot.last_check is not None:
+        registry = f"unreachable: {slot.last_error}" if slot.last_error else "ok"
+    elif not following:
+        registry = "not followed"
+    current = slot.current
+    if current is None:
+        detail = f"the registry is {registry}" if slot.last_error else "no champion model loaded"
+        body = Readiness(
+            status="not ready",
+            detail=detail,
+            registry=registry,
+            last_registry_check=slot.last_check,
+        )
+        return Response(body, status_code=503)
+    status = "degraded" if slot.last_error else "ready"
+    detail = f"serving version {current.version}"
+    if slot.last_error:
+        detail += "; the registry is unreachable, so a new champion will not be picked up"
+    body = Readiness(
+        status=status,
+        detail=detail,
+        model_version=current.version,
+        registry=registry,
+        last_registry_check=slot.last_check,
+    )
+    return Response(body)
 
 
 def create_app(
@@ -48,38 +163,171 @@ def create_app(
     ``follow_registry=False``; in production the slot follows the registry's champion."""
     spec = spec or load_spec(settings.dataset)
     slot = slot or ModelSlot()
-    request = request_type(spec, max_batch=settings.api.max_batch)
-    alias = settings.mlflow.champion_alias
+    metrics = ApiMetrics()
+    log, feedback_log = _logs(settings, spec, metrics)
+    service = PredictionService(
+        spec,
+        slot,
+        max_batch=settings.api.max_batch,
+        metrics=metrics,
+        log=log,
+        feedback_log=feedback_log,
+    )
 
-    # The handler's body type is generated from the dataset description at start-up.
-    async def predict(data: request) -> PredictionResponse:  # type: ignore[valid-type]
-        """Predict the target for one or more records."""
-        predictor = _require(slot)
-        records = msgspec.to_builtins(data.records)  # type: ignore[attr-defined]
-        return PredictionResponse(
-            predictions=predictor.predict(records),
-            model=ModelRef(name=predictor.name, version=predictor.version),
+    def swapped(predictor: Predictor) -> None:
+        metrics.swaps.inc()
+        metrics.served(predictor.version)
+
+    slot.on_swap = swapped
+    if slot.current is not None:
+        metrics.served(slot.current.version)
+    handlers = _handlers(settings, service, following=follow_registry)
+    known = frozenset(path for handler in handlers for path in handler.paths)
+
+    @asynccontextmanager
+    async def running(_: Litestar) -> AsyncIterator[None]:
+        for writer in (log, feedback_log):
+            if writer is not None:
+                writer.start()
+        watcher = None
+        if follow_registry:
+            watcher = asyncio.create_task(
+                follow_champion(settings, slot, example=service.example())
+            )
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            for writer in (log, feedback_log):
+                if writer is not None:
+                    await anyio.to_thread.run_sync(writer.stop)  # flushes what is queued
+
+    app = Litestar(
+        route_handlers=handlers,
+        lifespan=[running],
+        middleware=[metrics.middleware(known)],
+        exception_handlers={ApiError: _error_response, HTTPException: _error_response},
+        request_max_body_size=settings.api.max_body_bytes,
+        cors_config=CORSConfig(allow_origins=settings.api.cors_origins)
+        if settings.api.cors_origins
+        else None,
+        openapi_config=OpenAPIConfig(
+            title="lakeloop prediction API",
+            version=lakeloop.__version__,
+            description=(
+                f"Predicts `{spec.target.name}` from the features of `{spec.name}` "
+                f"(dataset description v{spec.version}). Every answer names the model version "
+                "and carries a prediction id to quote in `POST /v1/feedback`."
+            ),
+            path="/schema",
+            use_handler_docstrings=True,
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+    )
+    document_bodies(app, service)
+    app.state.service = service
+    return app
+
+
+def _logs(
+    settings: Settings, spec: DatasetSpec, metrics: ApiMetrics
+) -> tuple[SegmentWriter | None, SegmentWriter | None]:
+    if not settings.api.log_predictions:
+        return None, None
+    writers = []
+    for name, to_table in ((PREDICTIONS, prediction_table(spec)), (FEEDBACK, feedback_table)):
+        dropped = metrics.log_dropped.labels(name)
+        writers.append(
+            SegmentWriter(
+                settings.state_dir / name,
+                to_table,
+                max_rows=settings.api.log_queue_rows,
+                flush_rows=settings.api.log_flush_rows,
+                flush_seconds=settings.api.log_flush_seconds,
+                on_drop=dropped.inc,
+            )
+        )
+    return writers[0], writers[1]
+
+
+def _handlers(settings: Settings, service: PredictionService, *, following: bool) -> list[Any]:
+    slot = service.slot
+    metrics = service.metrics
+
+    @post(
+        "/v1/predict",
+        operation_id="predict",
+        summary="Predict one record",
+        status_code=200,
+        responses=_ERRORS,
+    )
+    async def predict(request: Request[Any, Any, Any]) -> Prediction:
+        """Predict the target for one record (the body is the record itself)."""
+        record = service.decode_record(await request.body())
+        return await service.answer_one(service.predictor(), record)
+
+    @post(
+        "/v1/predict/batch",
+        operation_id="predictBatch",
+        summary="Predict many records",
+        status_code=200,
+        responses=_ERRORS,
+    )
+    async def predict_batch(request: Request[Any, Any, Any]) -> PredictionResponse:
+        """Predict the target for many records, sent as `records` or as `columns`."""
+        records, columns = service.decode_batch(await request.body())
+        predictor = service.predictor()
+        if service.needs_thread(records, columns):
+            values, matrix = await anyio.to_thread.run_sync(
+                service.predict_batch, predictor, records, columns
+            )
+        else:
+            values, matrix = service.predict_batch(predictor, records, columns)
+        return service.answer_batch(
+            predictor, values, records=records, columns=columns, matrix=matrix
         )
 
-    predict.__annotations__["data"] = request
-    predict_route = post(
-        "/v1/predict", operation_id="predict", summary="Predict prices", status_code=200
-    )(predict)
-
-    @get("/v1/model", operation_id="getModel", summary="Served model")
+    @get(
+        "/v1/model", operation_id="getModel", summary="Served model", responses={503: _ERRORS[503]}
+    )
     async def model_info() -> ModelInfo:
-        """The model version being served and the lakeFS commit it was trained on."""
-        predictor = _require(slot)
-        return ModelInfo(
-            name=predictor.name,
-            version=predictor.version,
-            alias=alias,
-            run_id=predictor.run_id,
-            lakefs_repository=predictor.lakefs_repository,
-            lakefs_commit_id=predictor.lakefs_commit_id,
-            metrics=predictor.metrics,
-            loaded_at=predictor.loaded_at,
-        )
+        """The model version being served, its training metrics and the lakeFS commit it saw."""
+        predictor = service.predictor()
+        return _model_info(predictor, alias=settings.mlflow.champion_alias)
+
+    @post(
+        "/v1/feedback",
+        operation_id="sendFeedback",
+        summary="Report an actual value",
+        status_code=202,
+        responses={code: _ERRORS[code] for code in (400, 413, 422)},
+    )
+    async def feedback(request: Request[Any, Any, Any]) -> FeedbackAccepted:
+        """Report the real value for an earlier prediction id (stored for monitoring)."""
+        return service.feedback(await request.body())
+
+    @post(
+        "/v1/admin/reload",
+        operation_id="reloadModel",
+        summary="Check the registry now",
+        status_code=200,
+        responses={
+            401: ResponseSpec(
+                ErrorResponse, generate_examples=False, description="Missing or wrong admin token."
+            )
+        },
+    )
+    async def reload(request: Request[Any, Any, Any]) -> ReloadResult:
+        """Check the registry's champion now and swap it in if it moved (needs the admin token)."""
+        _authorize(request, settings)
+        previous = slot.current.version if slot.current else None
+        try:
+            changed = await refresh(settings, slot, example=service.example())
+        except Exception as error:
+            raise ApiError(503, f"cannot reach the registry: {slot.last_error or error}") from error
+        current = slot.current.version if slot.current else None
+        return ReloadResult(changed=changed, version=current, previous_version=previous)
 
     @get("/healthz", operation_id="health", summary="Liveness")
     async def healthz() -> Health:
@@ -87,35 +335,29 @@ def create_app(
         return Health(status="ok")
 
     @get("/readyz", operation_id="ready", summary="Readiness")
-    async def readyz() -> Response[Health]:
-        """Ready once a champion model is loaded."""
-        if slot.current is None:
-            detail = slot.last_error or "waiting for a champion model in the registry"
-            return Response(Health(status="not ready", detail=detail), status_code=503)
-        return Response(Health(status="ready", detail=f"serving version {slot.current.version}"))
+    async def readyz() -> Response[Readiness]:
+        """Ready (200) once a model is loaded, degraded (200) without the registry; else 503."""
+        return _readiness(slot, following=following)
 
-    lifespan: list[Callable[[Litestar], Any]] = []
-    if follow_registry:
+    @get("/metrics", operation_id="metrics", summary="Prometheus metrics", media_type="text/plain")
+    async def prometheus() -> Response[bytes]:
+        """Request, prediction, log and swap metrics in the Prometheus text format."""
+        for name, writer in ((PREDICTIONS, service.log), (FEEDBACK, service.feedback_log)):
+            if writer is not None:
+                metrics.log_queued.labels(name).set(writer.queued_rows)
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-        @asynccontextmanager
-        async def watch_registry(_: Litestar) -> AsyncIterator[None]:
-            watcher = asyncio.create_task(follow_champion(settings, slot))
-            try:
-                yield
-            finally:
-                watcher.cancel()
+    return [predict, predict_batch, model_info, feedback, reload, healthz, readyz, prometheus]
 
-        lifespan.append(watch_registry)
 
-    return Litestar(
-        route_handlers=[predict_route, model_info, healthz, readyz],
-        lifespan=lifespan,
-        exception_handlers={ValidationException: _unprocessable},
-        openapi_config=OpenAPIConfig(
-            title="lakeloop prediction API",
-            version=lakeloop.__version__,
-            description=f"Predicts `{spec.target.name}` from the features of `{spec.name}`.",
-            path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
-        ),
+def _model_info(predictor: Predictor, *, alias: str) -> ModelInfo:
+    return ModelInfo(
+        name=predictor.name,
+        version=predictor.version,
+        alias=alias,
+        run_id=predictor.run_id,
+        lakefs_repository=predictor.lakefs_repository,
+        lakefs_commit_id=predictor.lakefs_commit_id,
+        metrics=predictor.metrics,
+        loaded_at=predictor.loaded_at,
     )

@@ -1,11 +1,14 @@
 """Request and response schemas of the prediction API.
 
 The record schema is generated from the dataset description, so the OpenAPI document, the
-validation and the model all agree on one list of features with their bounds.
+validation and the model all agree on one list of features with their bounds. Requests are
+decoded strictly (a number sent as a string is a 422, not a silent coercion).
 """
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
@@ -13,8 +16,15 @@ from msgspec import Meta
 
 from lakeloop.dataset import DatasetSpec, Feature
 
+# JSON cannot carry NaN or infinity and msgspec refuses numbers beyond a double; bounding every
+# number by the largest finite double also refuses them when they arrive by another route.
+_FINITE = sys.float_info.max
+# Prediction ids are UUIDv7 strings (time-ordered); feedback must name one.
+UUID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
-def _field_type(feature: Feature) -> Any:
+
+def feature_type(feature: Feature) -> Any:
+    """The msgspec type of one feature's value: bounds, length limits, ``None`` when nullable."""
     if feature.type == "categorical":
         known = ", ".join(feature.categories)
         kind: Any = Annotated[
@@ -22,33 +32,92 @@ def _field_type(feature: Feature) -> Any:
             Meta(
                 min_length=1,
                 max_length=200,
-                description=f"{feature.description} Known values: {known}; others are unknown.",
+                description=(
+                    f"{feature.description} Known values: {known}. Any other value is accepted "
+                    "and treated as unknown (like a missing value), not rejected."
+                ),
                 examples=[feature.categories[0]],
             ),
         ]
     else:
-        kind = Annotated[
-            float, Meta(description=feature.description, ge=feature.min, le=feature.max)
-        ]
+        low = feature.min if feature.min is not None else -_FINITE
+        high = feature.max if feature.max is not None else _FINITE
+        kind = Annotated[float, Meta(description=feature.description, ge=low, le=high)]
     return kind | None if feature.nullable else kind
 
 
 def record_type(spec: DatasetSpec) -> type[msgspec.Struct]:
     """A msgspec struct with one required field per feature, bounds as constraints."""
-    fields = [(feature.name, _field_type(feature)) for feature in spec.features]
+    fields = [(feature.name, feature_type(feature)) for feature in spec.features]
     return msgspec.defstruct(
         "HouseFeatures", fields, forbid_unknown_fields=True, kw_only=True, module=__name__
     )
 
 
-def request_type(spec: DatasetSpec, *, max_batch: int) -> type[msgspec.Struct]:
-    """``{"records": [...]}`` with between 1 and ``max_batch`` records."""
-    record = record_type(spec)
+def columns_type(spec: DatasetSpec, *, max_batch: int | None) -> type[msgspec.Struct]:
+    """One list per feature, all of the same length (checked after decoding)."""
+    fields = [
+        (
+            feature.name,
+            Annotated[list[feature_type(feature)], Meta(min_length=1, max_length=max_batch)],  # type: ignore[misc]
+        )
+        for feature in spec.features
+    ]
     return msgspec.defstruct(
-        "PredictionRequest",
-        [("records", Annotated[list[record], Meta(min_length=1, max_length=max_batch)])],  # type: ignore[valid-type]
+        "HouseFeatureColumns", fields, forbid_unknown_fields=True, kw_only=True, module=__name__
+    )
+
+
+def batch_type(
+    spec: DatasetSpec, record: type[msgspec.Struct], *, max_batch: int | None
+) -> type[msgspec.Struct]:
+    """``{"records": [...]}`` or ``{"columns": {name: [...]}}``: exactly one of the two.
+
+    ``max_batch=None`` builds the type requests are decoded with: the batch limit is checked
+    after decoding so that it answers 413, while the documented type shows it as ``maxItems``.
+    """
+    records = Annotated[
+        list[record],  # type: ignore[valid-type]
+        Meta(min_length=1, max_length=max_batch, description="Records, one object each."),
+    ]
+    columns: Any = Annotated[
+        columns_type(spec, max_batch=max_batch),  # type: ignore[valid-type]
+        Meta(description="The same records as one array per feature (columnar)."),
+    ]
+    return msgspec.defstruct(
+        "BatchPredictionRequest",
+        [
+            ("records", records | msgspec.UnsetType, msgspec.UNSET),
+            ("columns", columns | msgspec.UnsetType, msgspec.UNSET),
+        ],
+        forbid_unknown_fields=True,
+        kw_only=True,
         module=__name__,
     )
+
+
+@dataclass(frozen=True)
+class RequestTypes:
+    """The generated request types: ``documented`` carry the batch limit for OpenAPI,
+    ``batch`` is what requests are decoded with."""
+
+    record: type[msgspec.Struct]
+    batch: type[msgspec.Struct]
+    documented_batch: type[msgspec.Struct]
+
+    @classmethod
+    def for_spec(cls, spec: DatasetSpec, *, max_batch: int) -> RequestTypes:
+        record = record_type(spec)
+        return cls(
+            record=record,
+            batch=batch_type(spec, record, max_batch=None),
+            documented_batch=batch_type(spec, record, max_batch=max_batch),
+        )
+
+
+def request_type(spec: DatasetSpec, *, max_batch: int) -> type[msgspec.Struct]:
+    """The documented batch request type (kept for callers of the first API version)."""
+    return RequestTypes.for_spec(spec, max_batch=max_batch).documented_batch
 
 
 class ModelRef(msgspec.Struct):
@@ -58,10 +127,20 @@ class ModelRef(msgspec.Struct):
     version: str
 
 
+class Prediction(msgspec.Struct):
+    """The prediction for one record."""
+
+    prediction: float
+    prediction_id: str
+    """Quote it in ``POST /v1/feedback`` when the real value is known (UUIDv7, time-ordered)."""
+    model: ModelRef
+
+
 class PredictionResponse(msgspec.Struct):
-    """One prediction per record, in request order."""
+    """One prediction and one prediction id per record, in request order."""
 
     predictions: list[float]
+    prediction_ids: list[str]
     model: ModelRef
 
 
@@ -79,5 +158,59 @@ class ModelInfo(msgspec.Struct):
 
 
 class Health(msgspec.Struct):
+    """Liveness."""
+
     status: str
     detail: str = ""
+
+
+class Readiness(msgspec.Struct):
+    """Whether the API can answer predictions, and how its registry link is doing."""
+
+    status: str
+    """``ready``, ``degraded`` (serving, but the registry is unreachable) or ``not ready``."""
+    detail: str
+    model_version: str | None = None
+    registry: str = "unknown"
+    """``ok``, ``unreachable: <error>`` or ``unknown`` before the first check."""
+    last_registry_check: str | None = None
+
+
+class Feedback(msgspec.Struct, forbid_unknown_fields=True):
+    """The real value of the target for an earlier prediction."""
+
+    prediction_id: Annotated[str, Meta(pattern=UUID_PATTERN, description="From a prediction.")]
+    actual: Annotated[float, Meta(ge=-_FINITE, le=_FINITE, description="The observed value.")]
+
+
+class FeedbackAccepted(msgspec.Struct):
+    """Feedback is stored beside the prediction log (ids are not checked against it)."""
+
+    prediction_id: str
+    status: str = "accepted"
+
+
+class ReloadResult(msgspec.Struct):
+    """Outcome of a forced registry check."""
+
+    changed: bool
+    version: str | None
+    previous_version: str | None
+
+
+class FieldError(msgspec.Struct):
+    """One problem with one field of the request."""
+
+    field: str
+    """The feature (or body field) at fault."""
+    location: str
+    """Where in the body: ``$.records[3].households``."""
+    message: str
+
+
+class ErrorResponse(msgspec.Struct):
+    """Every error answer."""
+
+    status_code: int
+    detail: str
+    errors: list[FieldError] = msgspec.field(default_factory=list)

@@ -13,6 +13,7 @@ BENCHMARKS = [
     "benchmarks.training",  # training time and peak memory at 20k, 200k, 1M rows
     "benchmarks.validation",  # warm Great Expectations vs the same checks in plain pandas
     "benchmarks.drift",  # the monitor step vs Evidently alone, 50k vs 20k rows
+    "benchmarks.api",  # lakeloop API vs mlflow models serve, single and batch, log on and off
 ]
 
 

@@ -132,15 +132,32 @@ def wait_until_served(
 def verify_served(
     settings: Settings, *, version: str, records: list[dict[str, Any]], timeout: float
 ) -> None:
-    """Check that the API switched to ``version`` and answers a smoke prediction with it;
-    raise :class:`LoopError` saying which part failed."""
+    """Ask the API to check the registry now, then check that it switched to ``version`` and
+    answers a smoke prediction with it; raise :class:`LoopError` saying which part failed."""
 
     def switched() -> bool:
         model = served_model(settings)
         return bool(model and model["version"] == version)
 
+    # The reload call makes the API check the registry now rather than at its next poll; it is
+    # best effort (polling gets there too), so a refusal or an unreachable API is not an error.
+    token = settings.api.admin_token
+    secret = token.get_secret_value() if token else settings.stored_secret("api_admin_token")
+    reload = ""
+    try:
+        reloaded = httpx.post(
+            f"{settings.api_url}/v1/admin/reload",
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=timeout,
+        )
+        if reloaded.status_code != 200:
+            reload = f"; reload answered {reloaded.status_code}"
+    except httpx.HTTPError as error:
+        reload = f"; reload failed: {error}"
     poll(
-        switched, what=f"the API at {settings.api_url} to serve version {version}", timeout=timeout
+        switched,
+        what=f"the API at {settings.api_url} to serve version {version}{reload}",
+        timeout=timeout,
     )
     try:
         answer = predict(settings, records)
@@ -151,8 +168,11 @@ def verify_served(
 
 
 def predict(settings: Settings, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """POST records to the prediction API."""
-    response = httpx.post(f"{settings.api_url}/v1/predict", json={"records": records}, timeout=30.0)
+    """POST records to the prediction API's batch endpoint; the answer has ``predictions``,
+    ``prediction_ids`` and ``model``."""
+    response = httpx.post(
+        f"{settings.api_url}/v1/predict/batch", json={"records": records}, timeout=30.0
+    )
     response.raise_for_status()
     result: dict[str, Any] = response.json()
     return result

@@ -108,6 +108,28 @@ class ApiSettings(BaseModel):
     """After a promotion, check the API serves the new version (else move the alias back)."""
     deploy_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
     """How long the API may take to switch to a new champion."""
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4_000_000
+    """Largest request body accepted (413 above); 1,000 records take about 250 kB."""
+    admin_token: SecretStr | None = None
+    """Bearer token of ``POST /v1/admin/reload``. Unset: generated once into the state folder."""
+    cors_origins: list[str] = []
+    """Origins allowed to call the API from a browser; empty: no CORS headers at all."""
+    log_predictions: bool = True
+    """Append every prediction to Parquet segments under ``<state_dir>/predictions/``."""
+    log_queue_rows: Annotated[int, Field(ge=1)] = 200_000
+    """Rows the in-memory log queue holds; beyond it rows are dropped (and counted), so a slow
+    disk never slows a request."""
+    log_flush_rows: Annotated[int, Field(ge=1)] = 50_000
+    """Write a segment as soon as this many rows are queued ..."""
+    log_flush_seconds: Annotated[float, Field(gt=0)] = 5.0
+    """... and at least this often while any are."""
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_token(self) -> ApiSettings:
+        token = self.admin_token
+        if token is not None and token.get_secret_value().lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("LAKELOOP_API__ADMIN_TOKEN is a placeholder value; set a real secret")
+        return self
 
 
 class TrainingSettings(BaseModel):
@@ -134,6 +156,9 @@ class TrainingSettings(BaseModel):
     """Shrinkage."""
     seed: int = 42
     """Seed for XGBoost."""
+    dask_scheduler: str | None = None
+    """Address of an existing Dask scheduler (``tcp://dask:8786``): training then fits with
+    ``xgboost.dask`` on its workers (``LAKELOOP_TRAINING__DASK_SCHEDULER``). Unset: in process."""
 
 
 class Settings(BaseSettings):

@@ -230,7 +230,7 @@ def test_kept_stack_has_lineage_retrains_and_hot_swaps(
     record = second_batch.drop(columns=["median_house_value", "median_income"]).head(1)
     response = httpx.post(
         f"{settings.api_url}/v1/predict",
-        json={"records": record.astype(object).where(record.notna(), None).to_dict("records")},
+        json=record.astype(object).where(record.notna(), None).to_dict("records")[0],
     )
     assert response.status_code == 422
     assert "median_income" in response.text

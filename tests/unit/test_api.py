@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from litestar.testing import TestClient
 
-from api.app import create_app
-from api.predictor import ModelSlot, Predictor
+import api.predictor
+from api import openapi
+from api.app import admin_token, create_app
+from api.coalesce import Coalescer
+from api.ids import prediction_ids
+from api.prediction_log import (
+    Entry,
+    SegmentWriter,
+    prediction_table,
+    read_feedback_log,
+    read_prediction_log,
+)
+from api.predictor import BoosterKernel, ModelSlot, Predictor, refresh
+from api.schemas import RequestTypes
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TrainedModel
-from lakeloop.settings import Settings
+from lakeloop.settings import Settings, load_settings
+
+UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def _with_api(settings: Settings, **changes: Any) -> Settings:
+    return settings.model_copy(update={"api": settings.api.model_copy(update=changes)})
 
 
 @pytest.fixture
@@ -26,78 +51,490 @@ def client(settings: Settings, slot: ModelSlot) -> Iterator[TestClient]:
         yield test_client
 
 
-def _records(frame: pd.DataFrame, spec: DatasetSpec) -> list[dict[str, object]]:
+def _records(frame: pd.DataFrame, spec: DatasetSpec) -> list[dict[str, Any]]:
     rows = frame[spec.feature_names]
     return rows.astype(object).where(rows.notna(), None).to_dict(orient="records")
 
 
-def test_predicts_a_batch_in_order_with_model_version(
-    client: TestClient, market_batch: pd.DataFrame, spec: DatasetSpec, tiny_model: TrainedModel
+@pytest.fixture
+def record(market_batch: pd.DataFrame, spec: DatasetSpec) -> dict[str, Any]:
+    return _records(market_batch.head(1), spec)[0]
+
+
+# Predictions -------------------------------------------------------------------------------
+
+
+def test_single_record_answers_prediction_id_and_model(
+    client: TestClient, record: dict[str, Any], spec: DatasetSpec, tiny_model: TrainedModel
 ) -> None:
-    records = _records(market_batch.head(4), spec)
-    response = client.post("/v1/predict", json={"records": records})
+    response = client.post("/v1/predict", json=record)
     assert response.status_code == 200
     body = response.json()
     assert body["model"] == {"name": "housing-price", "version": "3"}
-    expected = tiny_model.pipeline.predict(market_batch.head(4)[spec.feature_names])
-    assert body["predictions"] == pytest.approx(list(expected), rel=1e-5)
+    assert UUID7.match(body["prediction_id"])
+    expected = tiny_model.pipeline.predict(pd.DataFrame([record])[spec.feature_names])
+    assert body["prediction"] == pytest.approx(float(expected[0]), rel=1e-6)
 
 
-def test_missing_feature_is_422_naming_it(
-    client: TestClient, market_batch: pd.DataFrame, spec: DatasetSpec
+def test_batch_of_records_and_of_columns_agree_with_the_pipeline(
+    client: TestClient, market_batch: pd.DataFrame, spec: DatasetSpec, tiny_model: TrainedModel
 ) -> None:
-    record = _records(market_batch.head(1), spec)[0]
-    del record["median_income"]
-    response = client.post("/v1/predict", json={"records": [record]})
+    records = _records(market_batch.head(50), spec)
+    expected = list(tiny_model.pipeline.predict(market_batch.head(50)[spec.feature_names]))
+    by_records = client.post("/v1/predict/batch", json={"records": records}).json()
+    columns = {name: [r[name] for r in records] for name in spec.feature_names}
+    by_columns = client.post("/v1/predict/batch", json={"columns": columns}).json()
+    for body in (by_records, by_columns):
+        assert body["model"] == {"name": "housing-price", "version": "3"}
+        assert body["predictions"] == pytest.approx(expected, rel=1e-6)
+        ids = body["prediction_ids"]
+        assert len(set(ids)) == 50
+        assert ids == sorted(ids)  # UUIDv7: time-ordered, consecutive within a batch
+    assert by_records["prediction_ids"][-1] < by_columns["prediction_ids"][0]
+
+
+def test_unknown_category_is_treated_as_unknown_not_rejected(
+    client: TestClient, record: dict[str, Any]
+) -> None:
+    response = client.post("/v1/predict", json=record | {"ocean_proximity": "ON THE MOON"})
+    assert response.status_code == 200
+
+
+def test_nullable_feature_accepts_null(client: TestClient, record: dict[str, Any]) -> None:
+    assert client.post("/v1/predict", json=record | {"total_bedrooms": None}).status_code == 200
+
+
+@pytest.mark.parametrize("case", ["normal", "null", "unknown category"])
+def test_booster_kernel_matches_the_pipeline(
+    case: str, market_batch: pd.DataFrame, spec: DatasetSpec, tiny_model: TrainedModel
+) -> None:
+    """The hot path (float32 matrix → inplace_predict) gives the pipeline's predictions."""
+    frame = market_batch[spec.feature_names].head(300).copy()
+    if case == "null":
+        frame["total_bedrooms"] = np.nan
+    if case == "unknown category":
+        frame["ocean_proximity"] = "ATLANTIS"
+    kernel = BoosterKernel.of(tiny_model.pipeline)
+    assert kernel is not None
+    rows = _records(frame, spec)
+    columns = {name: [row[name] for row in rows] for name in spec.feature_names}
+    expected = tiny_model.pipeline.predict(frame)
+    np.testing.assert_allclose(
+        kernel.predict(kernel.matrix_from_columns(columns)), expected, rtol=1e-6
+    )
+    predictor = Predictor(model=tiny_model.pipeline, name="m", version="1")
+    single = [predictor.predict_columns({k: [v] for k, v in row.items()})[0] for row in rows[:20]]
+    np.testing.assert_allclose(single, expected[:20], rtol=1e-6)
+
+
+# Errors ------------------------------------------------------------------------------------
+
+
+def test_every_bad_field_is_named_in_one_422(client: TestClient, record: dict[str, Any]) -> None:
+    bad = dict(record) | {"households": -5, "longitude": "far west", "garden_size": 3}
+    del bad["median_income"]
+    response = client.post("/v1/predict", json=bad)
     assert response.status_code == 422
-    assert "median_income" in response.text
+    problems = {error["field"]: error["message"] for error in response.json()["errors"]}
+    assert set(problems) == {"households", "longitude", "garden_size", "median_income"}
+    assert "missing" in problems["median_income"]
+    assert ">= 1.0" in problems["households"]
 
 
-def test_out_of_bounds_value_is_422_naming_field(
-    client: TestClient, market_batch: pd.DataFrame, spec: DatasetSpec
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_422_naming_the_field(
+    client: TestClient, record: dict[str, Any], token: str
 ) -> None:
-    record = _records(market_batch.head(1), spec)[0] | {"households": -5}
-    response = client.post("/v1/predict", json={"records": [record]})
+    body = json.dumps(record | {"latitude": "PLACEHOLDER"}).replace('"PLACEHOLDER"', token)
+    response = client.post("/v1/predict", content=body)
     assert response.status_code == 422
-    assert "households" in response.text
+    [error] = response.json()["errors"]
+    assert error["field"] == "latitude"
+    assert "finite" in error["message"]
 
 
-def test_unknown_field_and_empty_batch_are_refused(
-    client: TestClient, market_batch: pd.DataFrame, spec: DatasetSpec
+def test_a_number_sent_as_a_string_is_refused(client: TestClient, record: dict[str, Any]) -> None:
+    response = client.post("/v1/predict", json=record | {"median_income": "3.5"})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "median_income"
+
+
+def test_batch_errors_name_the_record(client: TestClient, record: dict[str, Any]) -> None:
+    response = client.post(
+        "/v1/predict/batch", json={"records": [record, record | {"population": 0}]}
+    )
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error["location"] == "$.records[1].population"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"records": []},
+        {},
+        {"records": None},
+        {"records": [{}], "columns": {}},
+        {"rows": []},
+        [],
+        "text",
+    ],
+)
+def test_malformed_batches_are_422(client: TestClient, body: Any) -> None:
+    response = client.post("/v1/predict/batch", json=body)
+    assert response.status_code == 422
+    assert response.json()["errors"]
+
+
+def test_columns_of_different_lengths_are_422(
+    client: TestClient, record: dict[str, Any], spec: DatasetSpec
 ) -> None:
-    record = _records(market_batch.head(1), spec)[0] | {"garden_size": 3}
-    assert client.post("/v1/predict", json={"records": [record]}).status_code == 422
-    assert client.post("/v1/predict", json={"records": []}).status_code == 422
+    columns = {name: [record[name]] * 2 for name in spec.feature_names}
+    columns["population"] = columns["population"][:1]
+    response = client.post("/v1/predict/batch", json={"columns": columns})
+    assert response.status_code == 422
+    assert "length" in response.text
 
 
-def test_nullable_feature_accepts_null(
-    client: TestClient, market_batch: pd.DataFrame, spec: DatasetSpec
+def test_invalid_json_is_400(client: TestClient) -> None:
+    response = client.post("/v1/predict", content=b'{"longitude": ')
+    assert response.status_code == 400
+
+
+def test_over_the_batch_limit_is_413(
+    settings: Settings, slot: ModelSlot, record: dict[str, Any], spec: DatasetSpec
 ) -> None:
-    record = _records(market_batch.head(1), spec)[0] | {"total_bedrooms": None}
-    assert client.post("/v1/predict", json={"records": [record]}).status_code == 200
+    limited = _with_api(settings, max_batch=3)
+    with TestClient(create_app(limited, slot=slot, follow_registry=False)) as client:
+        assert client.post("/v1/predict/batch", json={"records": [record] * 3}).status_code == 200
+        assert client.post("/v1/predict/batch", json={"records": [record] * 4}).status_code == 413
+        columns = {name: [record[name]] * 4 for name in spec.feature_names}
+        assert client.post("/v1/predict/batch", json={"columns": columns}).status_code == 413
 
 
-def test_swapping_the_slot_changes_the_served_version(
-    client: TestClient, slot: ModelSlot, tiny_model: TrainedModel
+def test_over_the_body_limit_is_413(
+    settings: Settings, slot: ModelSlot, record: dict[str, Any]
 ) -> None:
-    assert client.get("/v1/model").json()["version"] == "3"
-    slot.current = Predictor(model=tiny_model.pipeline, name="housing-price", version="4")
-    assert client.get("/v1/model").json()["version"] == "4"
+    limited = _with_api(settings, max_body_bytes=2048)
+    with TestClient(create_app(limited, slot=slot, follow_registry=False)) as client:
+        response = client.post("/v1/predict/batch", json={"records": [record] * 50})
+        assert response.status_code == 413
 
 
-def test_not_ready_without_a_model(settings: Settings) -> None:
+def test_not_ready_without_a_model(settings: Settings, record: dict[str, Any]) -> None:
     with TestClient(create_app(settings, slot=ModelSlot(), follow_registry=False)) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 503
-        response = client.post("/v1/predict", json={"records": [{}]})
-        assert response.status_code in {422, 503}
+        response = client.post("/v1/predict", json=record)
+        assert response.status_code == 503
+        assert "train one" in response.json()["detail"]
+        assert client.post("/v1/predict", json={}).status_code == 422  # bad input still says so
         assert client.get("/v1/model").status_code == 503
 
 
-def test_openapi_documents_every_feature_with_bounds(client: TestClient, spec: DatasetSpec) -> None:
+# Swap, reload, readiness -------------------------------------------------------------------
+
+
+def test_swapping_the_slot_changes_the_served_version_and_counts(
+    client: TestClient, slot: ModelSlot, tiny_model: TrainedModel, record: dict[str, Any]
+) -> None:
+    assert client.get("/v1/model").json()["version"] == "3"
+    slot.swap(Predictor(model=tiny_model.pipeline, name="housing-price", version="4"))
+    assert client.get("/v1/model").json()["version"] == "4"
+    assert client.post("/v1/predict", json=record).json()["model"]["version"] == "4"
+    metrics = client.get("/metrics").text
+    assert "lakeloop_api_model_swaps_total 1.0" in metrics
+    assert 'lakeloop_api_model_info{model_version="4"} 1.0' in metrics
+
+
+class FakeRegistry:
+    """Stands in for ``load_champion``: serves a champion version, or fails like a dead MLflow."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.version: str | None = None
+        self.down = False
+        self.warmed_with: Any = None
+
+    def __call__(
+        self, settings: Settings, *, known_version: str | None, example: Any = None
+    ) -> Predictor | None:
+        if self.down:
+            raise ConnectionError("MLflow at 127.0.0.1:5000 refused the connection")
+        if self.version is None or self.version == known_version:
+            return None
+        self.warmed_with = example
+        predictor = Predictor(model=self.model, name="housing-price", version=self.version)
+        return predictor if example is None else predictor.warm(example)
+
+
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch, tiny_model: TrainedModel) -> FakeRegistry:
+    fake = FakeRegistry(tiny_model.pipeline)
+    monkeypatch.setattr(api.predictor, "load_champion", fake)
+    return fake
+
+
+def test_reload_needs_the_admin_token(
+    client: TestClient, settings: Settings, registry: FakeRegistry
+) -> None:
+    registry.version = "4"
+    assert client.post("/v1/admin/reload").status_code == 401
+    wrong = {"Authorization": "Bearer not-the-token"}
+    assert client.post("/v1/admin/reload", headers=wrong).status_code == 401
+    right = {"Authorization": f"Bearer {admin_token(settings)}"}
+    response = client.post("/v1/admin/reload", headers=right)
+    assert response.status_code == 200
+    assert response.json() == {"changed": True, "version": "4", "previous_version": "3"}
+    assert registry.warmed_with is not None  # warmed before the swap
+    assert client.get("/v1/model").json()["version"] == "4"
+
+
+def test_registry_outage_keeps_serving_and_shows_in_readyz(
+    client: TestClient, settings: Settings, registry: FakeRegistry, record: dict[str, Any]
+) -> None:
+    registry.down = True
+    headers = {"Authorization": f"Bearer {admin_token(settings)}"}
+    assert client.post("/v1/admin/reload", headers=headers).status_code == 503
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "degraded"
+    assert "refused" in ready.json()["registry"]
+    assert client.post("/v1/predict", json=record).status_code == 200
+    registry.down = False
+    assert client.post("/v1/admin/reload", headers=headers).json()["changed"] is False
+    assert client.get("/readyz").json()["status"] == "ready"
+
+
+def test_refresh_swaps_only_when_the_champion_moves(
+    settings: Settings, registry: FakeRegistry
+) -> None:
+    slot = ModelSlot()
+
+    async def checks() -> list[bool]:
+        first = await refresh(settings, slot)
+        registry.version = "7"
+        return [first, await refresh(settings, slot), await refresh(settings, slot)]
+
+    assert asyncio.run(checks()) == [False, True, False]
+    assert slot.current is not None
+    assert slot.current.version == "7"
+    assert slot.swaps == 1
+
+
+def test_placeholder_admin_token_is_refused(settings: Settings) -> None:
+    with pytest.raises(ValueError, match="ADMIN_TOKEN"):
+        load_settings(state_dir=settings.state_dir, api={"admin_token": "changeme"})
+
+
+# Metrics, CORS -----------------------------------------------------------------------------
+
+
+def test_metrics_count_requests_by_endpoint_and_predictions_by_version(
+    client: TestClient, record: dict[str, Any]
+) -> None:
+    client.post("/v1/predict", json=record)
+    client.post("/v1/predict/batch", json={"records": [record, record]})
+    client.post("/v1/predict", json={})
+    metrics = client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    assert (
+        'lakeloop_api_requests_total{endpoint="/v1/predict",method="POST",status="200"} 1.0' in text
+    )
+    assert (
+        'lakeloop_api_requests_total{endpoint="/v1/predict",method="POST",status="422"} 1.0' in text
+    )
+    assert 'lakeloop_api_predictions_total{model_version="3"} 3.0' in text
+    assert 'lakeloop_api_request_duration_seconds_count{endpoint="/v1/predict/batch"} 1.0' in text
+
+
+def test_no_cors_headers_unless_configured(client: TestClient, record: dict[str, Any]) -> None:
+    response = client.post("/v1/predict", json=record, headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in response.headers
+
+
+# Prediction log ----------------------------------------------------------------------------
+
+
+def test_every_prediction_and_feedback_lands_in_the_log_on_shutdown(
+    settings: Settings, slot: ModelSlot, record: dict[str, Any]
+) -> None:
+    with TestClient(create_app(settings, slot=slot, follow_registry=False)) as client:
+        single = client.post("/v1/predict", json=record | {"ocean_proximity": "MARS"}).json()
+        rows = [record, record | {"total_bedrooms": None}, record]
+        batch = client.post("/v1/predict/batch", json={"records": rows}).json()
+        feedback = {"prediction_id": single["prediction_id"], "actual": 250_000.0}
+        assert client.post("/v1/feedback", json=feedback).status_code == 202
+    logged = read_prediction_log(settings.state_dir)
+    assert list(logged["prediction_id"]) == [single["prediction_id"], *batch["prediction_ids"]]
+    assert set(logged["model_version"]) == {"3"}
+    assert logged["prediction"].iloc[0] == pytest.approx(single["prediction"])
+    assert logged["ocean_proximity"].iloc[0] == "MARS"  # logged as sent, unknown included
+    assert logged["median_income"].iloc[1] == pytest.approx(record["median_income"])
+    assert logged["total_bedrooms"].isna().tolist() == [False, False, True, False]
+    stored = read_feedback_log(settings.state_dir)
+    assert stored.to_dict("records")[0]["actual"] == 250_000.0
+
+
+def test_feedback_is_validated(client: TestClient) -> None:
+    assert client.post("/v1/feedback", json={"prediction_id": "x", "actual": 1}).status_code == 422
+    missing = client.post("/v1/feedback", json={"actual": 1})
+    assert missing.status_code == 422
+    assert missing.json()["errors"][0]["field"] == "prediction_id"
+
+
+def _entry(spec: DatasetSpec, record: dict[str, Any], rows: int, at: datetime) -> Entry:
+    return Entry(
+        at=at,
+        model_name="housing-price",
+        model_version="3",
+        prediction_ids=[f"id-{at.timestamp()}-{i}" for i in range(rows)],
+        predictions=np.arange(rows, dtype=float),
+        columns={name: [record[name]] * rows for name in spec.feature_names},
+    )
+
+
+def test_log_queue_overflow_drops_and_counts_never_blocks(
+    tmp_path: Path, spec: DatasetSpec, record: dict[str, Any]
+) -> None:
+    drops: list[int] = []
+    writer = SegmentWriter(
+        tmp_path / "predictions",
+        prediction_table(spec),
+        max_rows=5,
+        flush_rows=100,
+        flush_seconds=60,
+        on_drop=drops.append,
+    )
+    now = datetime.now(UTC)
+    assert writer.put(_entry(spec, record, 3, now))
+    assert not writer.put(_entry(spec, record, 3, now))  # the writer is not even running
+    assert writer.put(_entry(spec, record, 2, now))
+    assert (writer.dropped, drops) == (3, [3])
+    writer.stop()
+    assert len(read_prediction_log(tmp_path)) == 5
+
+
+def test_overflow_shows_in_metrics(
+    settings: Settings, slot: ModelSlot, record: dict[str, Any]
+) -> None:
+    small = _with_api(settings, log_queue_rows=2, log_flush_seconds=60.0)
+    with TestClient(create_app(small, slot=slot, follow_registry=False)) as client:
+        assert client.post("/v1/predict/batch", json={"records": [record] * 3}).status_code == 200
+        text = client.get("/metrics").text
+    assert 'lakeloop_api_prediction_log_dropped_rows_total{log="predictions"} 3.0' in text
+
+
+def test_reader_filters_by_time_and_keeps_the_most_recent(
+    tmp_path: Path, spec: DatasetSpec, record: dict[str, Any]
+) -> None:
+    writer = SegmentWriter(
+        tmp_path / "predictions",
+        prediction_table(spec),
+        max_rows=100,
+        flush_rows=100,
+        flush_seconds=60,
+    )
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    for minutes in (0, 1, 2):
+        writer.put(_entry(spec, record, 2, start + timedelta(minutes=minutes)))
+        writer.flush()
+    assert len(read_prediction_log(tmp_path)) == 6
+    recent = read_prediction_log(tmp_path, since=start + timedelta(seconds=30))
+    assert len(recent) == 4
+    assert read_prediction_log(tmp_path, limit=3)["predicted_at"].is_monotonic_increasing
+    assert read_prediction_log(tmp_path / "nothing-here").empty
+
+
+def test_logging_can_be_switched_off(
+    settings: Settings, slot: ModelSlot, record: dict[str, Any]
+) -> None:
+    quiet = _with_api(settings, log_predictions=False)
+    with TestClient(create_app(quiet, slot=slot, follow_registry=False)) as client:
+        assert client.post("/v1/predict", json=record).status_code == 200
+    assert read_prediction_log(settings.state_dir).empty
+
+
+# OpenAPI -----------------------------------------------------------------------------------
+
+
+def test_openapi_documents_every_operation_and_body(client: TestClient, spec: DatasetSpec) -> None:
     document = client.get("/schema/openapi.json").json()
     operations = {op["operationId"] for path in document["paths"].values() for op in path.values()}
-    assert {"predict", "getModel", "health", "ready"} <= operations
-    record = document["components"]["schemas"]["HouseFeatures"]
+    assert operations == {
+        "predict",
+        "predictBatch",
+        "getModel",
+        "sendFeedback",
+        "reloadModel",
+        "health",
+        "ready",
+        "metrics",
+    }
+    for path in document["paths"].values():
+        for operation in path.values():
+            assert operation.get("description"), operation["operationId"]
+    schemas = document["components"]["schemas"]
+    record = schemas["HouseFeatures"]
     assert set(record["required"]) == set(spec.feature_names)
+    assert record["properties"]["households"]["minimum"] == 1
+    assert "treated as unknown" in record["properties"]["ocean_proximity"]["description"]
+    body = document["paths"]["/v1/predict/batch"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["$ref"].endswith("BatchPredictionRequest")
     assert client.get("/schema/swagger").status_code == 200
+
+
+def test_committed_openapi_document_matches_the_code() -> None:
+    committed = json.loads(openapi.COMMITTED.read_text())
+    generated = json.loads(openapi.render(openapi.generate()))
+    assert committed == generated, (
+        f"api/openapi.json is out of date with the code: regenerate it with "
+        f"`{openapi.REGENERATE}` and commit the result"
+    )
+
+
+def test_prediction_ids_are_uuid7_consecutive_within_a_call() -> None:
+    first, second = prediction_ids(3), prediction_ids(2)
+    assert all(UUID7.match(value) for value in first + second)
+    assert first == sorted(first)
+    assert len(set(first + second)) == 5
+
+
+# Coalescing --------------------------------------------------------------------------------
+
+
+class CountingModel:
+    """A pandas-path model that records how many rows each call got (prediction = population)."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        self.calls.append(len(frame))
+        return frame["population"].to_numpy(dtype=float)
+
+
+def test_requests_arriving_together_share_one_model_call(
+    spec: DatasetSpec, record: dict[str, Any]
+) -> None:
+    """Concurrent single-record requests are predicted in one call per model version, each
+    with its own answer; a swap between them keeps each on the model it started with."""
+    service_types = RequestTypes.for_spec(spec, max_batch=10)
+    old, new = CountingModel(), CountingModel()
+    old_predictor = Predictor(model=old, name="m", version="1")
+    new_predictor = Predictor(model=new, name="m", version="2")
+    coalescer = Coalescer()
+
+    async def burst() -> list[float]:
+        requests = [
+            coalescer.predict(
+                old_predictor if index < 3 else new_predictor,
+                service_types.record(**(record | {"population": float(index + 1)})),
+            )
+            for index in range(5)
+        ]
+        return list(await asyncio.gather(*requests))
+
+    assert asyncio.run(burst()) == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert (old.calls, new.calls, coalescer.calls) == ([3], [2], 2)

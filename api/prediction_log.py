@@ -1,0 +1,289 @@
+"""Every prediction (and every reported actual value) on disk, without slowing a request.
+
+A request hands its rows to a bounded in-memory queue and returns; when the queue is full the
+rows are dropped and counted, never waited for. A background thread drains the queue into Parquet
+segments under ``<state_dir>/predictions/`` (and ``feedback/``), one file per flush, named by the
+time it was written so a reader can skip old files by name. Stopping flushes what is queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lakeloop.dataset import DatasetSpec
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions"
+FEEDBACK = "feedback"
+_STAMP = "%Y%m%dT%H%M%S%fZ"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What one request adds to the log: its rows, as records or as columns."""
+
+    at: datetime
+    model_name: str
+    model_version: str
+    prediction_ids: list[str]
+    predictions: np.ndarray
+    records: Sequence[Any] = ()
+    """Decoded records (objects with one attribute per feature) ..."""
+    columns: dict[str, list[Any]] | None = None
+    """... or one list per feature."""
+    matrix: np.ndarray | None = None
+    """The encoded matrix the model saw, when there is one: numbers are logged from it (so as
+    the float32 values the model used, not the decimal text that was sent)."""
+    matrix_names: tuple[str, ...] = ()
+
+    @property
+    def rows(self) -> int:
+        return len(self.prediction_ids)
+
+
+@dataclass(frozen=True)
+class FeedbackEntry:
+    at: datetime
+    prediction_id: str
+    actual: float
+
+    @property
+    def rows(self) -> int:
+        return 1
+
+
+class SegmentWriter:
+    """A bounded queue drained by a thread into Parquet segments in ``folder``."""
+
+    def __init__(
+        self,
+        folder: Path,
+        to_table: Callable[[list[Any]], pa.Table],
+        *,
+        max_rows: int,
+        flush_rows: int,
+        flush_seconds: float,
+        on_drop: Callable[[int], None] = lambda _: None,
+    ) -> None:
+        self.folder = folder
+        self.to_table = to_table
+        self.max_rows = max_rows
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.on_drop = on_drop
+        self.dropped = 0
+        self._queue: deque[Any] = deque()
+        self._queued_rows = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sequence = 0
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def put(self, entry: Any) -> bool:
+        """Queue an entry; False (and counted) when the queue is full. Never blocks on I/O."""
+        with self._lock:
+            if self._queued_rows + entry.rows > self.max_rows:
+                self.dropped += entry.rows
+                dropped = True
+            else:
+                self._queue.append(entry)
+                self._queued_rows += entry.rows
+                dropped = False
+        if dropped:
+            self.on_drop(entry.rows)
+        elif self._queued_rows >= self.flush_rows:
+            self._wake.set()
+        return not dropped
+
+    def start(self) -> None:
+        """Start the background writer."""
+        self._thread = threading.Thread(
+            target=self._run, name=f"log-{self.folder.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Flush everything queued and stop the writer."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+            self._thread = None
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:
+                # A failing write (a full disk) must not kill the writer; that flush's rows are
+                # lost and the log says so, rather than piling up in memory.
+                logger.exception("could not write a %s segment", self.folder.name)
+
+    def flush(self) -> Path | None:
+        """Write what is queued as one segment; the path, or ``None`` when nothing was queued."""
+        with self._lock:
+            entries = list(self._queue)
+            self._queue.clear()
+            self._queued_rows = 0
+        if not entries:
+            return None
+        self._sequence += 1
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime(_STAMP)
+        path = self.folder / f"{stamp}-{os.getpid()}-{self._sequence:06d}.parquet"
+        partial = path.with_suffix(".parquet.tmp")
+        pq.write_table(self.to_table(entries), partial)
+        partial.replace(path)  # readers never see half a file
+        return path
+
+
+def _extend(values: list[Any], entry: Entry, name: str, *, numeric: bool) -> None:
+    """Append one feature's values of a batch entry: numbers from the encoded matrix when there
+    is one (no per-value Python work), else as sent; category strings always as sent."""
+    if numeric and entry.matrix is not None:
+        values.extend(entry.matrix[:, entry.matrix_names.index(name)].tolist())
+    elif entry.columns is not None:
+        values.extend(entry.columns[name])
+    else:
+        values.extend([getattr(record, name) for record in entry.records])
+
+
+def _feature_columns(entries: list[Entry], spec: DatasetSpec) -> dict[str, list[Any]]:
+    """One list per feature over all entries, in row order. Runs of record-only entries (the
+    single-record requests, most of the traffic) are transposed in one go."""
+    columns: dict[str, list[Any]] = {name: [] for name in spec.feature_names}
+    numeric = {name: spec.feature(name).type == "numeric" for name in spec.feature_names}
+    rows: list[tuple[Any, ...]] = []
+
+    def transpose_rows() -> None:
+        # Decoded records are structs whose fields are the features in the description's order.
+        for values, column in zip(zip(*rows, strict=True), columns.values(), strict=True):
+            column.extend(values)
+        rows.clear()
+
+    for entry in entries:
+        if entry.matrix is None and entry.columns is None:
+            rows.extend(msgspec.structs.astuple(record) for record in entry.records)
+            continue
+        if rows:
+            transpose_rows()
+        for name, column in columns.items():
+            _extend(column, entry, name, numeric=numeric[name])
+    if rows:
+        transpose_rows()
+    return columns
+
+
+def prediction_table(spec: DatasetSpec) -> Callable[[list[Entry]], pa.Table]:
+    """Turns queued prediction entries into one Arrow table: ids, time, model, prediction and
+    every feature as sent (categories as strings, unknown ones included, for drift monitoring;
+    missing numbers as nulls)."""
+
+    def to_table(entries: list[Entry]) -> pa.Table:
+        features = _feature_columns(entries, spec)
+        counts = [entry.rows for entry in entries]
+        # Times are UTC; numpy's datetime64 wants them naive.
+        times = np.array([e.at.replace(tzinfo=None) for e in entries], dtype="datetime64[us]")
+
+        def repeated(values: list[str]) -> pa.Array:
+            return pa.array(
+                list(chain.from_iterable([v] * n for v, n in zip(values, counts, strict=True))),
+                pa.string(),
+            )
+
+        data: dict[str, Any] = {
+            "prediction_id": pa.array(
+                list(chain.from_iterable(e.prediction_ids for e in entries)), pa.string()
+            ),
+            "predicted_at": pa.array(np.repeat(times, counts)).cast(pa.timestamp("us", tz="UTC")),
+            "model_name": repeated([e.model_name for e in entries]),
+            "model_version": repeated([e.model_version for e in entries]),
+            "prediction": pa.array(np.concatenate([e.predictions for e in entries]), pa.float64()),
+        }
+        for feature in spec.features:
+            values = features[feature.name]
+            if feature.type == "numeric":  # None and NaN both become nulls
+                data[feature.name] = pa.array(np.array(values, dtype=np.float64), from_pandas=True)
+            else:
+                data[feature.name] = pa.array(values, pa.string())
+        return pa.table(data)
+
+    return to_table
+
+
+def feedback_table(entries: list[FeedbackEntry]) -> pa.Table:
+    """Queued feedback as one Arrow table."""
+    return pa.table(
+        {
+            "prediction_id": pa.array([e.prediction_id for e in entries], pa.string()),
+            "received_at": pa.array([e.at for e in entries], pa.timestamp("us", tz="UTC")),
+            "actual": pa.array([e.actual for e in entries], pa.float64()),
+        }
+    )
+
+
+def _segments(folder: Path, since: datetime | None) -> list[Path]:
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if since is None:
+        return files
+    # A segment is written after every row in it: one named before `since` holds nothing newer.
+    cutoff = since.astimezone(UTC).strftime(_STAMP)
+    return [path for path in files if path.name[: len(cutoff)] >= cutoff]
+
+
+def _read(
+    folder: Path, time_column: str, since: datetime | None, limit: int | None
+) -> pd.DataFrame:
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)  # every time in the log is UTC
+    files = _segments(folder, since)
+    if not files:
+        return pd.DataFrame()
+    frame = pd.concat([pq.read_table(path).to_pandas() for path in files], ignore_index=True)
+    if since is not None:
+        frame = frame[frame[time_column] >= pd.Timestamp(since).tz_convert(UTC)]
+    frame = frame.sort_values(time_column, kind="stable")
+    if limit is not None:
+        frame = frame.tail(limit)
+    return frame.reset_index(drop=True)
+
+
+def read_prediction_log(
+    state_dir: Path, since: datetime | None = None, limit: int | None = None
+) -> pd.DataFrame:
+    """Logged predictions at or after ``since`` (naive means UTC), oldest first; with ``limit``,
+    only the most recent ``limit`` of them. Columns: ``prediction_id``, ``predicted_at``,
+    ``model_name``, ``model_version``, ``prediction`` and every feature. Empty when none."""
+    return _read(state_dir / PREDICTIONS, "predicted_at", since, limit)
+
+
+def read_feedback_log(
+    state_dir: Path, since: datetime | None = None, limit: int | None = None
+) -> pd.DataFrame:
+    """Reported actual values (``prediction_id``, ``received_at``, ``actual``), like
+    :func:`read_prediction_log`; join the two on ``prediction_id``."""
+    return _read(state_dir / FEEDBACK, "received_at", since, limit)

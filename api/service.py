@@ -1,0 +1,260 @@
+"""What the prediction endpoints do, apart from HTTP: decode, predict, log.
+
+Bodies are decoded here with msgspec decoders built once from the dataset description (strict:
+a number sent as a string is refused). Only a body that fails is parsed a second time, leniently,
+to name every bad field.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from api.coalesce import Coalescer
+from api.errors import BadRequestError, RecordChecker, batch_errors, parse_lenient, single_errors
+from api.ids import prediction_ids
+from api.metrics import ApiMetrics
+from api.prediction_log import Entry, FeedbackEntry, SegmentWriter
+from api.predictor import ModelSlot, Predictor
+from api.schemas import (
+    ErrorResponse,
+    Feedback,
+    FeedbackAccepted,
+    FieldError,
+    ModelRef,
+    Prediction,
+    PredictionResponse,
+    RequestTypes,
+)
+from lakeloop.dataset import DatasetSpec
+
+NO_CHAMPION = (
+    "no champion model yet: train one by committing data to lakeFS (`lakeloop demo`, or "
+    "`lakeloop ingest <file>` with the stack up), or point the registry's champion alias at a "
+    "version"
+)
+_AT = re.compile(r" - at `(?P<location>[^`]+)`$")
+_MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
+# Batches this large are predicted in a worker thread (XGBoost releases the GIL), so a big batch
+# does not hold up single-record requests on the event loop.
+_THREAD_ROWS = 200
+
+
+class ApiError(Exception):
+    """An answer other than 2xx, with the body to send."""
+
+    def __init__(
+        self, status_code: int, detail: str, errors: list[FieldError] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.response = ErrorResponse(status_code=status_code, detail=detail, errors=errors or [])
+
+
+def msgspec_error(error: Exception) -> FieldError:
+    """A msgspec message (``Expected ... - at `$.x.y` ``) as a field error."""
+    message = str(error)
+    match = _AT.search(message)
+    location = match["location"] if match else "$"
+    field = re.sub(r"\[\d+\]", "", location).rsplit(".", 1)[-1].lstrip("$")
+    if missing := _MISSING.search(message):
+        field = missing["field"]
+        location = f"{location}.{field}"
+    return FieldError(field=field, location=location, message=_AT.sub("", message))
+
+
+class PredictionService:
+    """Decodes requests, asks the current predictor, queues the log rows."""
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        slot: ModelSlot,
+        *,
+        max_batch: int,
+        metrics: ApiMetrics,
+        log: SegmentWriter | None,
+        feedback_log: SegmentWriter | None,
+    ) -> None:
+        self.spec = spec
+        self.slot = slot
+        self.max_batch = max_batch
+        self.metrics = metrics
+        self.log = log
+        self.feedback_log = feedback_log
+        self.coalescer = Coalescer()
+        self.types = RequestTypes.for_spec(spec, max_batch=max_batch)
+        self.checker = RecordChecker(spec)
+        self._record = msgspec.json.Decoder(self.types.record)
+        self._batch = msgspec.json.Decoder(self.types.batch)
+        self._feedback = msgspec.json.Decoder(Feedback)
+
+    def predictor(self) -> Predictor:
+        """The model serving this request (it keeps it even if a swap happens meanwhile)."""
+        predictor = self.slot.current
+        if predictor is None:
+            raise ApiError(503, NO_CHAMPION)
+        return predictor
+
+    def example(self) -> Any:
+        """A valid record (midpoints of the bounds, first categories) to warm a new model with."""
+        values: dict[str, Any] = {}
+        for feature in self.spec.features:
+            if feature.type == "categorical":
+                values[feature.name] = feature.categories[0]
+            else:
+                low = feature.min if feature.min is not None else 0.0
+                high = feature.max if feature.max is not None else low
+                values[feature.name] = (low + high) / 2
+        return self.types.record(**values)
+
+    # Decoding ---------------------------------------------------------------------------
+    def decode_record(self, body: bytes) -> Any:
+        try:
+            return self._record.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            raise self._invalid(body, error, single_errors) from None
+
+    def decode_batch(self, body: bytes) -> tuple[list[Any] | None, dict[str, list[Any]] | None]:
+        """Records or columns, checked for the batch limit and equal column lengths."""
+        try:
+            batch = self._batch.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            raise self._invalid(body, error, batch_errors) from None
+        records, columns = batch.records, batch.columns  # type: ignore[attr-defined]
+        if (records is msgspec.UNSET) == (columns is msgspec.UNSET):
+            problem = FieldError(
+                field="records",
+                location="$",
+                message="send exactly one of `records` (objects) or `columns` (arrays)",
+            )
+            raise ApiError(422, "invalid request", [problem])
+        if records is not msgspec.UNSET:
+            self._check_size(len(records))
+            return records, None
+        by_name = {name: getattr(columns, name) for name in self.spec.feature_names}
+        lengths = {len(values) for values in by_name.values()}
+        if len(lengths) > 1:
+            problem = FieldError(
+                field="columns",
+                location="$.columns",
+                message=f"columns differ in length: {sorted(lengths)}",
+            )
+            raise ApiError(422, "invalid request", [problem])
+        self._check_size(lengths.pop())
+        return None, by_name
+
+    def _check_size(self, rows: int) -> None:
+        if rows > self.max_batch:
+            raise ApiError(
+                413, f"{rows} records is more than the limit of {self.max_batch} per request"
+            )
+
+    def _invalid(self, body: bytes, error: Exception, explain: Any) -> ApiError:
+        try:
+            raw = parse_lenient(body)
+        except BadRequestError as bad:
+            return ApiError(400, str(bad))
+        errors = explain(self.checker, raw) or [msgspec_error(error)]
+        return ApiError(422, f"invalid request: {len(errors)} problem(s)", errors)
+
+    # Predicting -------------------------------------------------------------------------
+    async def answer_one(self, predictor: Predictor, record: Any) -> Prediction:
+        """One prediction (computed together with others arriving at once), logged."""
+        value = await self.coalescer.predict(predictor, record)
+        [prediction_id] = prediction_ids(1)
+        self._logged(predictor, [prediction_id], np.array([value]), records=[record])
+        model = ModelRef(name=predictor.name, version=predictor.version)
+        return Prediction(prediction=float(value), prediction_id=prediction_id, model=model)
+
+    def predict_batch(
+        self, predictor: Predictor, records: list[Any] | None, columns: dict[str, list[Any]] | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions of a decoded batch, and the encoded matrix when the hot path made one
+        (the log takes the numbers from it)."""
+        kernel = predictor.kernel
+        if kernel is None:
+            if records is not None:
+                return predictor.predict_records(records), None
+            assert columns is not None  # decode_batch returns exactly one of the two
+            return predictor.predict_columns(columns), None
+        if records is not None:
+            matrix = kernel.matrix_from_records(records)
+        else:
+            assert columns is not None
+            matrix = kernel.matrix_from_columns(columns)
+        return kernel.predict(matrix), matrix
+
+    def answer_batch(
+        self,
+        predictor: Predictor,
+        values: np.ndarray,
+        *,
+        records: list[Any] | None,
+        columns: dict[str, list[Any]] | None,
+        matrix: np.ndarray | None = None,
+    ) -> PredictionResponse:
+        """The batch answer, logged."""
+        ids = prediction_ids(len(values))
+        self._logged(predictor, ids, values, records=records or (), columns=columns, matrix=matrix)
+        return PredictionResponse(
+            predictions=values.tolist(),
+            prediction_ids=ids,
+            model=ModelRef(name=predictor.name, version=predictor.version),
+        )
+
+    @staticmethod
+    def needs_thread(records: list[Any] | None, columns: dict[str, list[Any]] | None) -> bool:
+        rows = (
+            len(records) if records is not None else len(next(iter((columns or {}).values()), []))
+        )
+        return rows >= _THREAD_ROWS
+
+    def _logged(
+        self,
+        predictor: Predictor,
+        ids: list[str],
+        values: np.ndarray,
+        *,
+        records: Any = (),
+        columns: dict[str, list[Any]] | None = None,
+        matrix: np.ndarray | None = None,
+    ) -> None:
+        self.metrics.predictions.labels(predictor.version).inc(len(ids))
+        if self.log is None:
+            return
+        entry = Entry(
+            at=datetime.now(UTC),
+            model_name=predictor.name,
+            model_version=predictor.version,
+            prediction_ids=ids,
+            predictions=values,
+            records=records,
+            columns=columns,
+            matrix=matrix,
+            matrix_names=predictor.kernel.names if matrix is not None and predictor.kernel else (),
+        )
+        self.log.put(entry)
+
+    # Feedback ---------------------------------------------------------------------------
+    def feedback(self, body: bytes) -> FeedbackAccepted:
+        """Store the actual value reported for an earlier prediction."""
+        try:
+            reported = self._feedback.decode(body)
+        except msgspec.DecodeError as error:
+            try:
+                parse_lenient(body)
+            except BadRequestError as bad:
+                raise ApiError(400, str(bad)) from None
+            raise ApiError(422, "invalid feedback", [msgspec_error(error)]) from None
+        except msgspec.ValidationError as error:
+            raise ApiError(422, "invalid feedback", [msgspec_error(error)]) from None
+        if self.feedback_log is not None:
+            entry = FeedbackEntry(
+                at=datetime.now(UTC), prediction_id=reported.prediction_id, actual=reported.actual
+            )
+            self.feedback_log.put(entry)
+        return FeedbackAccepted(prediction_id=reported.prediction_id)
