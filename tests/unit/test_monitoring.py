@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
+from lakeloop.dataset import load_spec
 from lakeloop.events import event_id
 from monitoring.events import DRIFT_DETECTED, drift_event
 from monitoring.history import Decision, HistoryEntry, Window
@@ -35,17 +36,7 @@ from monitoring.store import (
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "evidently_drift.json"
-FEATURES = [
-    "longitude",
-    "latitude",
-    "housing_median_age",
-    "total_rooms",
-    "total_bedrooms",
-    "population",
-    "households",
-    "median_income",
-    "ocean_proximity",
-]
+FEATURES = load_spec().feature_names
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 POLICY = DriftPolicy()
 
