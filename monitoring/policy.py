@@ -32,6 +32,9 @@ class DriftPolicy(BaseModel):
     """Fewest rows a window (or its rows with feedback) needs before it may trigger anything."""
     cooldown: timedelta = timedelta(hours=1)
     """Least time between two retrain decisions, whatever the champion."""
+    prediction_drift: bool = True
+    """Retrain when the predictions themselves drifted, even if few features did: a shift in one
+    strong feature (incomes rise) moves prices while the drift share stays small."""
 
 
 def decide(
@@ -104,6 +107,8 @@ def _triggers(
         drifted = ", ".join(drift.drifted_features)
         fired.append(f"drift share {share:.2f} >= {threshold:.2f} ({drifted})")
 
+    _prediction_trigger(drift, policy, fired=fired, quiet=quiet)
+
     if quality is None:
         quiet.append("no feedback prices for the window")
         return fired, quiet
@@ -123,3 +128,23 @@ def _triggers(
     else:
         fired.append(f"{described} (>= +{limit:.0%})")
     return fired, quiet
+
+
+def _prediction_trigger(
+    drift: DriftSummary, policy: DriftPolicy, *, fired: list[str], quiet: list[str]
+) -> None:
+    """Prediction drift, when the policy watches it and both windows carried predictions."""
+    column = drift.prediction
+    if not policy.prediction_drift or column is None:
+        return
+    described = (
+        f"prediction drift ({column.method} {column.score:.3g}, threshold {column.threshold:g})"
+    )
+    if not column.drifted:
+        quiet.append(f"no {described}")
+    elif drift.rows_current < policy.min_rows:
+        quiet.append(
+            f"{described} but the window has only {drift.rows_current} rows (< {policy.min_rows})"
+        )
+    else:
+        fired.append(described)

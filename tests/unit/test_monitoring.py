@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client import generate_latest
 
@@ -314,6 +315,7 @@ def test_policy_defaults_and_validation() -> None:
         "mae_increase_threshold": 0.2,
         "min_rows": 500,
         "cooldown": timedelta(hours=1),
+        "prediction_drift": True,
     }
     with pytest.raises(ValueError, match="drift_share_threshold"):
         DriftPolicy(drift_share_threshold=0)
@@ -410,3 +412,38 @@ def test_drift_event_is_deterministic_and_carries_the_numbers() -> None:
     assert payload["per_feature"]["longitude"]["method"] == "Wasserstein distance (normed)"
     assert payload["report_path"] == build["report_path"]
     json.dumps(event)  # Prefect receives it as JSON
+
+
+def test_prediction_drift_alone_retrains_when_few_features_drift() -> None:
+    """An income-only shift drifts 1 of 9 features but moves the predictions."""
+    few = drift_summary(share=0.11)
+    shifted = msgspec.structs.replace(
+        few,
+        prediction=ColumnDrift(
+            score=0.4, method="Wasserstein distance (normed)", threshold=0.1, drifted=True
+        ),
+    )
+    now = datetime(2026, 11, 23, 12, tzinfo=UTC)
+    decision = decide(
+        drift=shifted,
+        quality=None,
+        baseline_quality=None,
+        history=[],
+        now=now,
+        policy=DriftPolicy(),
+        champion_version="3",
+        retrain_running=False,
+    )
+    assert decision.retrain
+    assert decision.reason.startswith("prediction drift (Wasserstein distance (normed) 0.4")
+    ignored = decide(
+        drift=shifted,
+        quality=None,
+        baseline_quality=None,
+        history=[],
+        now=now,
+        policy=DriftPolicy(prediction_drift=False),
+        champion_version="3",
+        retrain_running=False,
+    )
+    assert not ignored.retrain
