@@ -47,15 +47,19 @@ class RecordChecker:
             return str(error)
         return None
 
+    def missing(self, given: dict[str, Any], location: str) -> list[FieldError]:
+        """One error per feature absent from ``given`` (a record or a columnar batch)."""
+        return [
+            FieldError(field=name, location=f"{location}.{name}", message="required, missing")
+            for name in self.types
+            if name not in given
+        ]
+
     def record_errors(self, record: Any, location: str) -> list[FieldError]:
         """Missing, unknown and invalid fields of one record."""
         if not isinstance(record, dict):
             return [FieldError(field="", location=location, message="expected an object")]
-        errors = [
-            FieldError(field=name, location=f"{location}.{name}", message="required, missing")
-            for name in self.types
-            if name not in record
-        ]
+        errors = self.missing(record, location)
         for name, value in record.items():
             if name not in self.types:
                 message = "unknown field (not a feature of this dataset)"
@@ -71,11 +75,7 @@ class RecordChecker:
         """Missing, unknown and invalid columns of a columnar batch."""
         if not isinstance(columns, dict):
             return [FieldError(field="columns", location=location, message="expected an object")]
-        errors = [
-            FieldError(field=name, location=f"{location}.{name}", message="required, missing")
-            for name in self.types
-            if name not in columns
-        ]
+        errors = self.missing(columns, location)
         for name, values in columns.items():
             where = f"{location}.{name}"
             if name not in self.types:

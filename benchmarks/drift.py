@@ -20,6 +20,7 @@ import pandas as pd
 from evidently import Report
 from evidently.presets import DataDriftPreset
 
+from benchmarks.timing import best_of
 from lakeloop import market
 from lakeloop.dataset import DatasetSpec, load_spec
 from monitoring.check import check_window
@@ -37,16 +38,6 @@ def with_prediction(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     return frame.assign(prediction=frame["median_income"] * 40_000.0 + 50_000.0)[
         [*spec.feature_names, "prediction", spec.target.name]
     ]
-
-
-def best_of(run: Callable[[], object]) -> float:
-    """Fastest of ``REPEATS`` runs, in seconds."""
-    timings = []
-    for _ in range(REPEATS):
-        started = time.perf_counter()
-        run()
-        timings.append(time.perf_counter() - started)
-    return min(timings)
 
 
 @contextmanager
@@ -113,9 +104,9 @@ def main() -> None:
             return run
 
         evidently_alone()  # warm imports and caches once, for both sides
-        alone = best_of(evidently_alone)
-        step = best_of(whole_step(without_feedback))
-        step_feedback = best_of(whole_step(window))
+        alone = best_of(evidently_alone, repeats=REPEATS)
+        step = best_of(whole_step(without_feedback), repeats=REPEATS)
+        step_feedback = best_of(whole_step(window), repeats=REPEATS)
 
     pushed = "with a push to a local Pushgateway" if gateway_url else "no Pushgateway found"
     print(f"drift check: {WINDOW_ROWS:,}-row window vs {REFERENCE_ROWS:,} reference rows")

@@ -7,10 +7,10 @@ Run with ``python -m benchmarks.validation``. Prints figures side by side; never
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import pandas as pd
 
+from benchmarks.timing import best_of
 from lakeloop import market
 from lakeloop.dataset import Between, DatasetSpec, LessOrEqual, Unique, load_spec
 
@@ -54,16 +54,6 @@ def _rule_holds(frame: pd.DataFrame, check: LessOrEqual | Unique | Between) -> b
     return bool(kept >= check.mostly)
 
 
-def best_of(run: Callable[[], object]) -> float:
-    """Fastest of ``REPEATS`` runs, in seconds."""
-    timings = []
-    for _ in range(REPEATS):
-        started = time.perf_counter()
-        run()
-        timings.append(time.perf_counter() - started)
-    return min(timings)
-
-
 def main() -> None:
     """Print cold set-up time, then warm GX vs pandas per batch size."""
     spec = load_spec()
@@ -80,8 +70,8 @@ def main() -> None:
     for rows in SIZES:
         frame = market.generate_batch(rows=rows, seed=1)
         result = validator.validate(frame)
-        gx_seconds = best_of(lambda frame=frame: validator.validate(frame))
-        pandas_seconds = best_of(lambda frame=frame: pandas_checks(frame, spec))
+        gx_seconds = best_of(lambda frame=frame: validator.validate(frame), repeats=REPEATS)
+        pandas_seconds = best_of(lambda frame=frame: pandas_checks(frame, spec), repeats=REPEATS)
         print(
             f"{rows:>10,} {gx_seconds:>12.3f} {pandas_seconds:>11.3f} "
             f"{gx_seconds / pandas_seconds:>6.1f}x  GX {result.outcome}, "

@@ -13,8 +13,6 @@ from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.model import TrainedModel, train
 from lakeloop.settings import Settings, TrainingSettings, load_settings
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-
 
 @pytest.fixture(scope="session")
 def spec() -> DatasetSpec:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from lakeloop.lakefs_local.actions import DEFAULT_ENV_PREFIX
-from lakeloop.lakefs_local.server import create_app
+from lakeloop.lakefs_local.server import TIMING_ENV, create_app
 from lakeloop.serving import configure_logging, serve
 
 KEY_ID_ENV = "LAKEFS_LOCAL_ACCESS_KEY_ID"
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         access_key_id=key_id,
         secret_access_key=secret,
         actions_env_prefix=os.environ.get(ACTIONS_PREFIX_ENV, DEFAULT_ENV_PREFIX),
+        upload_timing=bool(os.environ.get(TIMING_ENV)),
     )
     profile_path = os.environ.get(PROFILE_ENV)
     profiler = cProfile.Profile() if profile_path else None

@@ -15,7 +15,6 @@ import datetime as dt
 import email.utils
 import hmac
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -77,6 +76,8 @@ class Service:
     store: Store
     actions: ActionsRunner
     user_id: str
+    upload_timing: bool = False
+    """Log per-phase upload timings (``LAKEFS_LOCAL_TIMING``), decided once at start-up."""
 
 
 def _service(state: State) -> Service:
@@ -463,7 +464,7 @@ async def upload_object(
         for key, value in request.headers.items()
         if key.lower().startswith(USER_METADATA_HEADER)
     }
-    timing = _UploadTiming() if os.environ.get(TIMING_ENV) else None
+    timing = _UploadTiming() if svc.upload_timing else None
     checksum, size = await _receive_blob(svc.store, chunks, timing)
     entry = Entry(checksum, size, int(time.time()), content_type, metadata)
     if_absent = request.headers.get("if-none-match") == "*"
@@ -1064,13 +1065,14 @@ def create_app(
     secret_access_key: str,
     actions_env_prefix: str = DEFAULT_ENV_PREFIX,
     user_id: str = "admin",
+    upload_timing: bool = False,
 ) -> Litestar:
     """Build the lakeFS-compatible app over ``data_dir`` with one access key pair."""
     if not access_key_id or not secret_access_key:
         raise ValueError("access_key_id and secret_access_key are required")
     store = Store(Path(data_dir))
     actions = ActionsRunner(store, env_prefix=actions_env_prefix)
-    service = Service(store=store, actions=actions, user_id=user_id)
+    service = Service(store=store, actions=actions, user_id=user_id, upload_timing=upload_timing)
     return Litestar(
         route_handlers=[Router(path=API_PREFIX, route_handlers=ROUTES)],
         middleware=[auth_and_log_middleware(access_key_id, secret_access_key)],

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
 from lakeloop import market
 from lakeloop.dataset import DatasetSpec
 from tests.utils.bad_batches import BAD_BATCHES, Builder
+from tests.utils.real_data import read_california
 from validation.checks import Validator, validate_frame
-
-REAL_TABLE = Path(__file__).resolve().parents[3] / "shared/datasets/california_housing/housing.csv"
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +29,8 @@ def test_baseline_batches_pass(validator: Validator) -> None:
         assert result.failures == []
 
 
-@pytest.mark.skipif(not REAL_TABLE.exists(), reason="the census table is not on this machine")
 def test_the_real_census_table_passes_every_failure_rule(spec: DatasetSpec) -> None:
-    result = validate_frame(pd.read_csv(REAL_TABLE), spec)
+    result = validate_frame(read_california(), spec)
     assert result.success, result.outcome
 
 

@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
+from lakeloop.dataset import load_spec
 from lakeloop.market import CLASSES, generate_batch
+from tests.utils.real_data import read_california
 
-REAL_CSV = Path(__file__).parents[2].parent / "shared/datasets/california_housing/housing.csv"
-TARGET = "median_house_value"
+SPEC = load_spec()
+TARGET = SPEC.target.name
 CAP = 500_001
-NUMERIC = [
-    "longitude",
-    "latitude",
-    "housing_median_age",
-    "total_rooms",
-    "total_bedrooms",
-    "population",
-    "households",
-    "median_income",
-    TARGET,
-]
+NUMERIC = [*SPEC.numeric_features, TARGET]
 
 
 @pytest.fixture(scope="module")
 def real() -> pd.DataFrame:
-    if not REAL_CSV.exists():
-        pytest.skip(f"real California housing data not found at {REAL_CSV}")
-    return pd.read_csv(REAL_CSV)
+    return read_california()
 
 
 @pytest.fixture(scope="module")
