@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo up down test test-fast lint format bench openapi clean
+.PHONY: install system-deps demo up down test test-fast lint format bench openapi clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "lakeloop needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -14,6 +14,14 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install lakeloop with its dev tools
+
+# Prometheus, the Pushgateway and docker-compose from Debian's packages: the observability tests
+# run them for real and the compose file is checked with `docker-compose config` (tests that need
+# one skip, naming it, when it is missing). Needs root or sudo; CI runs it before `make test`.
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway docker-compose
+system-deps:  ## install Prometheus, the Pushgateway and docker-compose (Debian/Ubuntu)
+	@command -v apt-get >/dev/null || { echo "system-deps needs apt-get; install $(SYSTEM_PACKAGES) by hand"; exit 1; }
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES)
 
 demo: install  ## start the stack, commit a batch, train, serve, predict, stop
 	$(BIN)/lakeloop demo

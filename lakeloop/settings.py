@@ -16,6 +16,8 @@ from typing import Annotated
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from monitoring.policy import DriftPolicy
+
 LOOPBACK = "127.0.0.1"
 # Values people paste from tutorials; refusing them beats running a server anyone can drive.
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "admin", "test"})
@@ -55,6 +57,9 @@ class PrefectSettings(BaseModel):
     """Port of the Prefect server lakeloop starts itself."""
     train_deployment: str = "train/train-on-commit"
     """``flow/deployment`` name the lakeFS event triggers."""
+    database_url: SecretStr | None = None
+    """Database of the Prefect server lakeloop starts (``postgresql+asyncpg://user:pw@host/db``).
+    Unset: SQLite in the state folder."""
 
 
 class MLflowSettings(BaseModel):
@@ -70,6 +75,11 @@ class MLflowSettings(BaseModel):
     """Registered model name."""
     champion_alias: str = "champion"
     """Registry alias the API serves."""
+    backend_store_uri: SecretStr | None = None
+    """Backend store of the MLflow server lakeloop starts (``postgresql://user:pw@host/db``).
+    Unset: SQLite in the state folder."""
+    artifacts_destination: str | None = None
+    """Where that server keeps artifacts (``s3://bucket/mlflow``). Unset: the state folder."""
 
 
 class GatewaySettings(BaseModel):
@@ -156,9 +166,39 @@ class TrainingSettings(BaseModel):
     """Shrinkage."""
     seed: int = 42
     """Seed for XGBoost."""
+    tune_trials: Annotated[int, Field(ge=1)] = 12
+    """Hyperparameter trials a tuning run (``--tune``) tries, each a nested MLflow run."""
     dask_scheduler: str | None = None
     """Address of an existing Dask scheduler (``tcp://dask:8786``): training then fits with
     ``xgboost.dask`` on its workers (``LAKELOOP_TRAINING__DASK_SCHEDULER``). Unset: in process."""
+
+
+class MonitoringSettings(BaseModel):
+    """The monitor flow: which predictions it compares, how often, and when it asks to retrain."""
+
+    interval_minutes: Annotated[float, Field(gt=0)] = 10.0
+    """How often the scheduled monitor deployment runs."""
+    window_rows: Annotated[int, Field(ge=1)] = 5_000
+    """The monitor looks at the champion's most recent predictions, at most this many."""
+    window_minutes: Annotated[float, Field(gt=0)] | None = None
+    """... and only those of the last this many minutes (unset: no time limit)."""
+    reference_rows: Annotated[int, Field(ge=1)] = 20_000
+    """Most rows of the champion's training data used as the reference (a seeded sample)."""
+    policy: DriftPolicy = DriftPolicy()
+    """When drift or rising error is worth a retrain (``LAKELOOP_MONITORING__POLICY__MIN_ROWS``)."""
+
+
+class ObservabilitySettings(BaseModel):
+    """Where metrics and annotations go (all optional: unset means not sent)."""
+
+    pushgateway_url: str | None = None
+    """Prometheus Pushgateway the flows push their results to (``http://127.0.0.1:9091``)."""
+    grafana_url: str | None = None
+    """Grafana that ``lakeloop grafana sync`` provisions and the flows annotate."""
+    grafana_token: SecretStr | None = None
+    """Grafana service-account token (Editor on the lakeloop folder)."""
+    prometheus_url: str = "http://prometheus:9090"
+    """Prometheus URL that the Grafana datasource points at (as Grafana reaches it)."""
 
 
 class Settings(BaseSettings):
@@ -181,6 +221,8 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     api: ApiSettings = ApiSettings()
     training: TrainingSettings = TrainingSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
