@@ -1,12 +1,16 @@
-"""Declares lakeloop's Prefect deployments with their event triggers and serves them.
+"""Declares lakeloop's Prefect deployments with their triggers and schedules, and serves them.
 
 ``python -m deployments.serve`` is the one long-lived process that runs flows in the embedded
-default; on a cluster the same deployments come from ``prefect.yaml`` with work pools.
+default; on a team server or a cluster the same deployments come from ``prefect.yaml`` with work
+pools. :func:`declared` is the one list both follow (a test holds ``prefect.yaml`` to it).
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
 from prefect import serve
 from prefect.client.orchestration import get_client
@@ -15,8 +19,11 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.exceptions import ObjectAlreadyExists
 
+from flows.monitor import monitor_champion
+from flows.retrain import retrain_on_drift
 from flows.train import promotion_lock, train_on_commit
 from lakeloop.settings import Settings, load_settings
+from monitoring.events import DRIFT_DETECTED
 
 # lakeFS event types that mean "the production branch has new data".
 TRAINING_EVENTS = ("lakefs.post-commit", "lakefs.post-merge")
@@ -40,6 +47,76 @@ def training_trigger(settings: Settings) -> DeploymentEventTrigger:
     )
 
 
+def retrain_trigger(settings: Settings) -> DeploymentEventTrigger:
+    """Retrain when the monitor reports drift on the served model."""
+    return DeploymentEventTrigger(
+        name="retrain-on-drift",
+        description="A drift event from the monitor retrains on the newest production commit.",
+        expect={DRIFT_DETECTED},
+        match={"prefect.resource.id": f"lakeloop.model.{settings.mlflow.model_name}"},
+        parameters={
+            "champion_version": "{{ event.payload.champion_version }}",
+            "window_id": "{{ event.payload.window_id }}",
+            "window_start": "{{ event.payload.window_start }}",
+            "window_end": "{{ event.payload.window_end }}",
+            "reason": "{{ event.event }}",
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One deployment as lakeloop declares it, before it is bound to serve() or a work pool."""
+
+    name: str
+    flow: Any
+    entrypoint: str
+    description: str
+    triggers: list[DeploymentEventTrigger] = field(default_factory=list)
+    interval: timedelta | None = None
+
+
+def declared(settings: Settings) -> list[Declared]:
+    """Every lakeloop deployment."""
+    _, train_name = settings.prefect.train_deployment.split("/")
+    return [
+        Declared(
+            name=train_name,
+            flow=train_on_commit,
+            entrypoint="flows/train.py:train_on_commit",
+            description="Validate, train, register and promote on a lakeFS commit.",
+            triggers=[training_trigger(settings)],
+        ),
+        Declared(
+            name="retrain-on-drift",
+            flow=retrain_on_drift,
+            entrypoint="flows/retrain.py:retrain_on_drift",
+            description="Add reported prices to lakeFS and retrain when the monitor finds drift.",
+            triggers=[retrain_trigger(settings)],
+        ),
+        Declared(
+            name="monitor-champion",
+            flow=monitor_champion,
+            entrypoint="flows/monitor.py:monitor_champion",
+            description="Compare the champion's live predictions with its training data.",
+            interval=timedelta(minutes=settings.monitoring.interval_minutes),
+        ),
+    ]
+
+
+def runner_deployment(deployment: Declared) -> RunnerDeployment:
+    """The deployment bound to this process, as ``serve()`` runs it."""
+    # `to_deployment` is typed sync-or-async; called from sync code it returns the deployment.
+    runner: RunnerDeployment = deployment.flow.to_deployment(
+        name=deployment.name,
+        description=deployment.description,
+        triggers=deployment.triggers,
+        interval=deployment.interval,
+        tags=["lakeloop"],
+    )
+    return runner
+
+
 def ensure_promotion_lock(settings: Settings) -> None:
     """Create the one-slot limit that serialises promotions (idempotent). On a team server the
     same is `prefect gcl create lakeloop-promote-<model> --limit 1`."""
@@ -51,15 +128,9 @@ def ensure_promotion_lock(settings: Settings) -> None:
 def main() -> None:
     settings = load_settings()
     ensure_promotion_lock(settings)
-    _, deployment_name = settings.prefect.train_deployment.split("/")
-    # `to_deployment` is typed sync-or-async; called from sync code it returns the deployment.
-    training: RunnerDeployment = train_on_commit.to_deployment(  # type: ignore[assignment]
-        name=deployment_name,
-        description="Validate, train, register and promote on a lakeFS commit.",
-        triggers=[training_trigger(settings)],
-        tags=["lakeloop"],
-    )
-    serve(training, limit=1)
+    # One flow run at a time: a laptop trains one model at once, and a monitor run waits for a
+    # training to finish instead of competing with it for the two cores.
+    serve(*(runner_deployment(d) for d in declared(settings)), limit=1)
 
 
 if __name__ == "__main__":

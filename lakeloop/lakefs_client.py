@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import resources
@@ -139,11 +139,12 @@ def publish(
     source: str,
     dataset_version: int,
     progress: Progress | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> Published:
     """Write-audit-publish: upload ``tables`` to a fresh ingest branch, commit them with their
-    lineage, and merge into the production branch. lakeFS runs the pre-merge data checks; when they
-    fail the merge is refused, the production branch is untouched, and the ingest branch stays with
-    the reason committed on it."""
+    lineage (plus ``metadata``), and merge into the production branch. lakeFS runs the pre-merge
+    data checks; when they fail the merge is refused, the production branch is untouched, and the
+    ingest branch stays with the reason committed on it."""
     repository = lakefs.Repository(settings.lakefs.repository, client=client)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     ingest = repository.branch(f"ingest-{name}-{stamp}").create(
@@ -155,7 +156,9 @@ def publish(
         path = str(folder / table.name)
         _upload_file(ingest.object(path), table, progress)
         paths.append(path)
-    metadata = lineage_metadata(tables, source=source, dataset_version=dataset_version)
+    metadata = lineage_metadata(tables, source=source, dataset_version=dataset_version) | dict(
+        metadata or {}
+    )
     rows = sum(table.rows for table in tables)
     ingest.commit(message=f"ingest {name}: {rows} rows", metadata=metadata)
     published = Published(ingest_branch=ingest.id, paths=paths, rows=rows, metadata=metadata)
@@ -229,12 +232,29 @@ def read_table(
     """Every table under the data prefix at ``ref`` (a commit id for reproducibility), in path
     order. Returns an empty frame when there is none."""
     reference = lakefs.Repository(repository, client=client).ref(ref)
-    paths = sorted(
+    paths = table_paths(reference, settings)
+    return _concat(_read_object_table(reference, path) for path in paths)
+
+
+def table_paths(reference: lakefs.Reference, settings: Settings) -> list[str]:
+    """Paths of the tables under the data prefix at ``reference``, sorted."""
+    return sorted(
         info.path
         for info in reference.objects(prefix=settings.lakefs.data_prefix)
         if info.path.endswith(TABLE_SUFFIXES)
     )
-    return _concat(_read_object_table(reference, path) for path in paths)
+
+
+def main_reference(client: lakefs.Client, settings: Settings) -> lakefs.Branch:
+    """The production branch of the configured repository."""
+    return lakefs.Repository(settings.lakefs.repository, client=client).branch(
+        settings.lakefs.branch
+    )
+
+
+def head_commit(client: lakefs.Client, settings: Settings) -> str:
+    """Id of the newest commit on the production branch."""
+    return str(main_reference(client, settings).get_commit().id)
 
 
 def read_changed_tables(

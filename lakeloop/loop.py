@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -21,6 +21,9 @@ class LoopError(RuntimeError):
     """A hop of the loop did not happen in time, or failed."""
 
 
+ACTIVE_STATES = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED")
+
+
 @dataclass(frozen=True)
 class FlowRun:
     id: str
@@ -28,31 +31,83 @@ class FlowRun:
     state: str
     state_message: str
     created: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, run: dict[str, Any]) -> FlowRun:
+        state = run.get("state") or {}
+        return cls(
+            id=run["id"],
+            name=run["name"],
+            state=state.get("type", "PENDING"),
+            state_message=state.get("message") or "",
+            created=run["created"],
+            parameters=run.get("parameters") or {},
+        )
+
+
+def flow_runs(settings: Settings, body: dict[str, Any]) -> list[FlowRun]:
+    """Prefect flow runs matching a ``/flow_runs/filter`` body, oldest first."""
+    response = httpx.post(
+        f"{settings.prefect_api_url}/flow_runs/filter",
+        json={"sort": "EXPECTED_START_TIME_ASC", **body},
+        timeout=10.0,
+    )
+    response.raise_for_status()
+    return [FlowRun.from_api(run) for run in response.json()]
 
 
 def training_runs(settings: Settings, *, commit_id: str) -> list[FlowRun]:
     """Prefect flow runs (named ``train-<commit:8>``) whose ``commit_id`` is this commit."""
-    body = {
-        "flow_runs": {"name": {"any_": [f"train-{commit_id:.8}"]}},
-        "sort": "EXPECTED_START_TIME_ASC",
-    }
-    response = httpx.post(f"{settings.prefect_api_url}/flow_runs/filter", json=body, timeout=10.0)
-    response.raise_for_status()
-    runs = []
-    for run in response.json():
-        if run.get("parameters", {}).get("commit_id") != commit_id:
-            continue
-        state = run.get("state") or {}
-        runs.append(
-            FlowRun(
-                id=run["id"],
-                name=run["name"],
-                state=state.get("type", "PENDING"),
-                state_message=state.get("message") or "",
-                created=run["created"],
-            )
-        )
-    return runs
+    runs = flow_runs(settings, {"flow_runs": {"name": {"any_": [f"train-{commit_id:.8}"]}}})
+    return [run for run in runs if run.parameters.get("commit_id") == commit_id]
+
+
+def runs_of_flow(settings: Settings, flow_name: str, *, active: bool = False) -> list[FlowRun]:
+    """Runs of the flow named ``flow_name`` (only unfinished ones with ``active``)."""
+    body: dict[str, Any] = {"flows": {"name": {"any_": [flow_name]}}}
+    if active:
+        body["flow_runs"] = {"state": {"type": {"any_": list(ACTIVE_STATES)}}}
+    return flow_runs(settings, body)
+
+
+def run_deployment(
+    settings: Settings,
+    name: str,
+    *,
+    parameters: dict[str, Any] | None = None,
+    timeout: float = 600.0,
+    on_state: Callable[[str], None] = lambda _: None,
+) -> FlowRun:
+    """Start a run of the deployment ``flow/deployment`` on the Prefect server and wait for it to
+    finish; raise :class:`LoopError` if it does not complete."""
+    api = settings.prefect_api_url
+    found = httpx.get(f"{api}/deployments/name/{name}", timeout=10.0)
+    if found.status_code == 404:
+        raise LoopError(f"no deployment {name} on the Prefect server at {api}; is the stack up?")
+    found.raise_for_status()
+    created = httpx.post(
+        f"{api}/deployments/{found.json()['id']}/create_flow_run",
+        json={"parameters": parameters or {}},
+        timeout=10.0,
+    )
+    created.raise_for_status()
+    run_id = created.json()["id"]
+    seen: list[str] = []
+
+    def finished() -> FlowRun | None:
+        response = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10.0)
+        response.raise_for_status()
+        run = FlowRun.from_api(response.json())
+        if not seen or seen[-1] != run.state:
+            seen.append(run.state)
+            on_state(f"flow run {run.name}: {run.state.lower()}")
+        return run if run.state in FINAL_STATES else None
+
+    run: FlowRun = poll(finished, what=f"a run of {name}", timeout=timeout)
+    if run.state != "COMPLETED":
+        raise LoopError(f"flow run {run.name} of {name} ended {run.state}: {run.state_message}")
+    return run
 
 
 def poll(

@@ -95,7 +95,7 @@ def check_window(
     if decision.retrain:
         event = drift_event(
             champion_version=champion_version,
-            window_id=window.id,
+            window=window,
             summary=drift,
             report_path=str(report_path),
             model_name=model_name,

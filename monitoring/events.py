@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from lakeloop.events import event_id
+from monitoring.history import Window
 from monitoring.parse import DriftSummary, QualitySummary
 
 DRIFT_DETECTED = "lakeloop.drift.detected"
@@ -21,7 +22,7 @@ DRIFT_DETECTED = "lakeloop.drift.detected"
 def drift_event(
     *,
     champion_version: str,
-    window_id: str,
+    window: Window,
     summary: DriftSummary,
     report_path: str | None,
     model_name: str,
@@ -29,21 +30,25 @@ def drift_event(
     reason: str = "",
     occurred: datetime | None = None,
 ) -> dict[str, Any]:
-    """The ``lakeloop.drift.detected`` event for this champion and window (not yet sent)."""
+    """The ``lakeloop.drift.detected`` event for this champion and window (not yet sent). The
+    payload names the window's bounds, so the retrain can fold the prices reported for it."""
     return {
-        "id": event_id(DRIFT_DETECTED, model_name, champion_version, window_id),
+        "id": event_id(DRIFT_DETECTED, model_name, champion_version, window.id),
         "occurred": (occurred or datetime.now(UTC)).isoformat(),
         "event": DRIFT_DETECTED,
         "resource": {
             "prefect.resource.id": f"lakeloop.model.{model_name}",
             "prefect.resource.name": model_name,
             "lakeloop.model_version": champion_version,
-            "lakeloop.window": window_id,
+            "lakeloop.window": window.id,
         },
         "payload": {
             "model_name": model_name,
             "champion_version": champion_version,
-            "window_id": window_id,
+            "window_id": window.id,
+            "window_start": None if window.start is None else window.start.isoformat(),
+            "window_end": None if window.end is None else window.end.isoformat(),
+            "window_rows": window.rows,
             "reason": reason,
             "report_path": report_path,
             "drift_share": summary.drift_share,

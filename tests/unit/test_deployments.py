@@ -4,28 +4,78 @@ they must not drift apart."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
+from prefect.utilities.callables import parameter_schema
 
-from deployments.serve import TRAINING_EVENTS, training_trigger
+from deployments.serve import TRAINING_EVENTS, declared, training_trigger
 from lakeloop.settings import Settings
+from monitoring.events import DRIFT_DETECTED
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_prefect_yaml_trigger_matches_the_served_one(settings: Settings) -> None:
-    project = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    [deployment] = [d for d in project["deployments"] if d["name"] == "train-on-commit"]
-    [declared] = deployment["triggers"]
-    served = training_trigger(settings)
-    assert set(declared["expect"]) == set(TRAINING_EVENTS) == set(served.expect)
-    assert declared["match"] == served.match.model_dump()
-    assert declared["parameters"] == served.parameters
-    assert deployment["entrypoint"] == "flows/train.py:train_on_commit"
+def _project() -> dict[str, Any]:
+    project: dict[str, Any] = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    return project
 
 
-def test_trigger_templates_the_flow_parameters(settings: Settings) -> None:
-    trigger = training_trigger(settings)
-    assert trigger.parameters is not None
-    assert set(trigger.parameters) == {"repository", "commit_id", "reason"}
-    assert "commit_id" in trigger.parameters["commit_id"]
+def test_prefect_yaml_declares_exactly_the_served_deployments(settings: Settings) -> None:
+    in_yaml = {d["name"]: d for d in _project()["deployments"]}
+    served = {d.name: d for d in declared(settings)}
+    assert set(in_yaml) == set(served)
+    for name, deployment in served.items():
+        written = in_yaml[name]
+        assert written["entrypoint"] == deployment.entrypoint
+        assert written["description"] == deployment.description
+        module, function = deployment.entrypoint.split(":")
+        assert deployment.flow.fn.__name__ == function
+        assert deployment.flow.fn.__module__ == module.removesuffix(".py").replace("/", ".")
+        triggers = written.get("triggers", [])
+        assert len(triggers) == len(deployment.triggers)
+        for declared_trigger, served_trigger in zip(triggers, deployment.triggers, strict=True):
+            assert declared_trigger["name"] == served_trigger.name
+            assert set(declared_trigger["expect"]) == set(served_trigger.expect)
+            assert declared_trigger["match"] == served_trigger.match.model_dump()
+            assert declared_trigger["parameters"] == served_trigger.parameters
+        intervals = [s["interval"] for s in written.get("schedules", [])]
+        expected = [] if deployment.interval is None else [deployment.interval.total_seconds()]
+        assert intervals == expected
+
+
+@pytest.mark.parametrize("deployment", ["train-on-commit", "retrain-on-drift", "monitor-champion"])
+def test_every_yaml_deployment_runs_on_a_work_pool(deployment: str) -> None:
+    [written] = [d for d in _project()["deployments"] if d["name"] == deployment]
+    assert written["work_pool"]["name"] == "lakeloop"
+
+
+def test_triggered_parameters_are_parameters_of_the_flow(settings: Settings) -> None:
+    """A templated parameter the flow does not take would fail every triggered run."""
+    for deployment in declared(settings):
+        accepted = set(parameter_schema(deployment.flow.fn).properties)
+        for trigger in deployment.triggers:
+            assert set(trigger.parameters or {}) <= accepted, deployment.name
+
+
+def test_training_trigger_follows_the_configured_repository_and_branch(
+    settings: Settings,
+) -> None:
+    moved = settings.model_copy(
+        update={"lakefs": settings.lakefs.model_copy(update={"repository": "r2", "branch": "b"})}
+    )
+    trigger = training_trigger(moved)
+    assert set(trigger.expect) == set(TRAINING_EVENTS)
+    assert trigger.match.model_dump() == {
+        "prefect.resource.id": "lakefs.repository.r2",
+        "lakefs.branch": "b",
+    }
+
+
+def test_drift_retrains_the_configured_model(settings: Settings) -> None:
+    [retrain] = [d for d in declared(settings) if d.name == "retrain-on-drift"]
+    [trigger] = retrain.triggers
+    assert set(trigger.expect) == {DRIFT_DETECTED}
+    model = settings.mlflow.model_name
+    assert trigger.match.model_dump() == {"prefect.resource.id": f"lakeloop.model.{model}"}

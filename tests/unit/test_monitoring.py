@@ -392,7 +392,7 @@ def test_drift_event_is_deterministic_and_carries_the_numbers() -> None:
     summary = drift_summary(share=4 / 9)
     build: dict[str, Any] = {
         "champion_version": "3",
-        "window_id": "w1",
+        "window": Window(id="w1", start=NOW - timedelta(hours=1), end=NOW, rows=600),
         "summary": summary,
         "report_path": "/state/monitoring/reports/drift-v3-w1.html",
         "model_name": "housing-price",
@@ -401,7 +401,7 @@ def test_drift_event_is_deterministic_and_carries_the_numbers() -> None:
     assert event["id"] == event_id(DRIFT_DETECTED, "housing-price", "3", "w1")
     assert uuid.UUID(event["id"]).version == 5
     assert drift_event(**build)["id"] == event["id"]
-    assert drift_event(**{**build, "window_id": "w2"})["id"] != event["id"]
+    assert drift_event(**{**build, "window": Window(id="w2")})["id"] != event["id"]
     assert event["event"] == "lakeloop.drift.detected"
     assert event["occurred"] == "2025-06-01T12:00:00+00:00"
     assert event["resource"]["prefect.resource.id"] == "lakeloop.model.housing-price"
@@ -411,6 +411,10 @@ def test_drift_event_is_deterministic_and_carries_the_numbers() -> None:
     assert payload["drifted_features"] == FEATURES[:4]
     assert payload["per_feature"]["longitude"]["method"] == "Wasserstein distance (normed)"
     assert payload["report_path"] == build["report_path"]
+    # The retrain reads the window back from these to fold in the prices reported for it.
+    assert payload["window_start"] == "2025-06-01T11:00:00+00:00"
+    assert payload["window_end"] == "2025-06-01T12:00:00+00:00"
+    assert payload["window_rows"] == 600
     json.dumps(event)  # Prefect receives it as JSON
 
 

@@ -1,0 +1,238 @@
+"""Monitor flow: the champion's live predictions against its own training data, and a drift event
+when the policy says the model should be retrained.
+
+The flow only sequences steps; the work is in :mod:`monitoring` (select, compute, parse, persist,
+decide) and the core package.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from lakeloop import events, lakefs_client, loop, tracking
+from lakeloop.dataset import DatasetSpec, load_spec
+from lakeloop.settings import Settings, load_settings
+from monitoring.check import CheckResult, check_window
+from monitoring.history import Window
+from monitoring.reference import cached_reference, reference_frame
+from monitoring.store import describe, log_to_mlflow
+from monitoring.window import champion_window
+
+RETRAIN_FLOW = "retrain"
+"""Name of the flow the drift event starts (flows/retrain.py); a running one blocks another."""
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The served model as the monitor needs it: what it was trained on and how well it did."""
+
+    version: str
+    repository: str
+    commit_id: str
+    holdout: dict[str, float]
+
+
+def monitoring_folder(settings: Settings) -> Path:
+    """Where the monitor keeps its history, reports and references."""
+    return settings.state_dir / "monitoring"
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def find_champion(settings: Settings) -> Champion | None:
+    client = tracking.connect(settings)
+    version = tracking.champion(client, settings)
+    if version is None:
+        return None
+    tags = version.tags or {}
+    run = client.get_run(str(version.run_id))
+    return Champion(
+        version=str(version.version),
+        repository=tags.get(tracking.TAG_REPOSITORY, settings.lakefs.repository),
+        commit_id=tags[tracking.TAG_COMMIT],
+        holdout={name: run.data.metrics[name] for name in ("mae", "rmse")},
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def read_window(
+    settings: Settings, spec: DatasetSpec, champion: Champion, rows: int, minutes: float | None
+) -> tuple[pd.DataFrame, Window]:
+    since = None if minutes is None else datetime.now(UTC) - timedelta(minutes=minutes)
+    return champion_window(
+        settings.state_dir, spec, model_version=champion.version, rows=rows, since=since
+    )
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def champion_reference(settings: Settings, spec: DatasetSpec, champion: Champion) -> pd.DataFrame:
+    """The champion's training data at its lakeFS commit, sampled, with its predictions."""
+
+    def build() -> pd.DataFrame:
+        data = lakefs_client.read_table(
+            lakefs_client.connect(settings),
+            settings,
+            repository=champion.repository,
+            ref=champion.commit_id,
+        )
+        tracking.connect(settings)
+        model = tracking.load_version(settings, version=champion.version)
+        return reference_frame(
+            data,
+            model,
+            spec,
+            rows=settings.monitoring.reference_rows,
+            seed=settings.training.seed,
+        )
+
+    return cached_reference(
+        monitoring_folder(settings), model_version=champion.version, build=build
+    )
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def retrain_running(settings: Settings, champion: Champion) -> bool:
+    """Whether a retrain started for this champion has not finished yet."""
+    active = loop.runs_of_flow(settings, RETRAIN_FLOW, active=True)
+    return any(run.parameters.get("champion_version") == champion.version for run in active)
+
+
+@task(cache_policy=NO_CACHE)
+def check(
+    settings: Settings,
+    spec: DatasetSpec,
+    champion: Champion,
+    *,
+    current: pd.DataFrame,
+    reference: pd.DataFrame,
+    window: Window,
+    running: bool,
+) -> CheckResult:
+    """Evidently, parse, persist and decide; the drift event goes to Prefect when it fires."""
+    return check_window(
+        current=current,
+        reference=reference,
+        spec=spec,
+        window=window,
+        champion_version=champion.version,
+        model_name=settings.mlflow.model_name,
+        folder=monitoring_folder(settings),
+        now=datetime.now(UTC),
+        policy=settings.monitoring.policy,
+        baseline_quality=champion.holdout,
+        retrain_running=running,
+        pushgateway_url=settings.observability.pushgateway_url,
+        send=functools.partial(
+            events.emit, settings.prefect_api_url, attempts=settings.gateway.delivery_attempts
+        ),
+    )
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def record_in_mlflow(settings: Settings, result: CheckResult) -> str:
+    tracking.connect(settings)
+    return log_to_mlflow(
+        result.entry,
+        experiment=f"{settings.mlflow.experiment}-monitoring",
+        model_name=settings.mlflow.model_name,
+    )
+
+
+def summary_markdown(result: CheckResult, *, run_id: str, settings: Settings) -> str:
+    """The Prefect artifact: the decision first, then the numbers and where the report is."""
+    entry = result.entry
+    drift = entry.drift
+    verdict = "**retrain requested**" if entry.decision.retrain else "no retrain"
+    lines = [
+        f"# Monitor: champion v{entry.champion_version} — {verdict}",
+        "",
+        f"{entry.decision.reason}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| window | `{entry.window.id}` ({drift.rows_current} predictions) |",
+        f"| reference | {drift.rows_reference} rows of the champion's training data |",
+        f"| drift share | {drift.drift_share:.0%} "
+        f"({', '.join(drift.drifted_features) or 'no feature'} drifted) |",
+    ]
+    if drift.prediction is not None:
+        lines.append(
+            f"| prediction drift | {drift.prediction.score:.3g} ({drift.prediction.method}, "
+            f"{'drifted' if drift.prediction.drifted else 'stable'}) |"
+        )
+    if entry.quality is not None:
+        lines.append(
+            f"| feedback | MAE {entry.quality.mae:,.0f} on {entry.quality.rows} reported prices |"
+        )
+    if entry.event_id:
+        lines.append(f"| event | `lakeloop.drift.detected` `{entry.event_id}` |")
+    lines += [
+        f"| Evidently report | `{result.report_path}` |",
+        f"| MLflow run | {settings.mlflow_tracking_uri}/#/experiments/runs/{run_id} "
+        f"(`evidently/` artifacts) |",
+    ]
+    return "\n".join(lines)
+
+
+@flow(name="monitor", log_prints=True)
+def monitor_champion(
+    window_rows: int | None = None, window_minutes: float | None = None
+) -> dict[str, Any]:
+    """Compare the champion's recent predictions with its training data; ask for a retrain when
+    drift or rising error passes the policy's thresholds."""
+    logger = get_run_logger()
+    settings = load_settings()
+    spec = load_spec(settings.dataset)
+    rows = window_rows or settings.monitoring.window_rows
+    minutes = window_minutes or settings.monitoring.window_minutes
+
+    champion = find_champion(settings)
+    if champion is None:
+        logger.info("no champion yet: nothing is served, so there is nothing to monitor")
+        return {"status": "skipped", "reason": "no champion"}
+    current, window = read_window(settings, spec, champion, rows, minutes)
+    needed = settings.monitoring.policy.min_rows
+    if window.rows < needed:
+        reason = (
+            f"{window.rows} logged predictions of champion v{champion.version}, fewer than the "
+            f"{needed} a check needs (LAKELOOP_MONITORING__POLICY__MIN_ROWS)"
+        )
+        logger.info("%s; nothing checked", reason)
+        return {"status": "skipped", "reason": reason, "champion_version": champion.version}
+
+    reference = champion_reference(settings, spec, champion)
+    result = check(
+        settings,
+        spec,
+        champion,
+        current=current,
+        reference=reference,
+        window=window,
+        running=retrain_running(settings, champion),
+    )
+    run_id = record_in_mlflow(settings, result)
+    create_markdown_artifact(
+        summary_markdown(result, run_id=run_id, settings=settings),
+        key="drift-report",
+        description=f"monitor of champion v{champion.version}",
+    )
+    logger.info("%s", describe(result.entry))
+    entry = result.entry
+    return {
+        "status": "retrain" if entry.decision.retrain else "ok",
+        "reason": entry.decision.reason,
+        "champion_version": champion.version,
+        "window": window.id,
+        "drift_share": entry.drift.drift_share,
+        "event_id": entry.event_id,
+        "report": str(result.report_path),
+        "mlflow_run_id": run_id,
+    }
