@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -27,9 +26,6 @@ from monitoring.reference import cached_reference, reference_frame
 from monitoring.store import describe, log_to_mlflow
 from monitoring.window import champion_window
 
-RETRAIN_FLOW = "retrain"
-"""Name of the flow the drift event starts (flows/retrain.py); a running one blocks another."""
-
 
 @dataclass(frozen=True)
 class Champion:
@@ -39,11 +35,6 @@ class Champion:
     repository: str
     commit_id: str
     holdout: dict[str, float]
-
-
-def monitoring_folder(settings: Settings) -> Path:
-    """Where the monitor keeps its history, reports and references."""
-    return settings.state_dir / "monitoring"
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -93,15 +84,13 @@ def champion_reference(settings: Settings, spec: DatasetSpec, champion: Champion
             seed=settings.training.seed,
         )
 
-    return cached_reference(
-        monitoring_folder(settings), model_version=champion.version, build=build
-    )
+    return cached_reference(settings.monitoring_dir, model_version=champion.version, build=build)
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def retrain_running(settings: Settings, champion: Champion) -> bool:
     """Whether a retrain started for this champion has not finished yet."""
-    active = loop.runs_of_flow(settings, RETRAIN_FLOW, active=True)
+    active = loop.runs_of_flow(settings, loop.RETRAIN_FLOW, active=True)
     return any(run.parameters.get("champion_version") == champion.version for run in active)
 
 
@@ -124,7 +113,7 @@ def check(
         window=window,
         champion_version=champion.version,
         model_name=settings.mlflow.model_name,
-        folder=monitoring_folder(settings),
+        folder=settings.monitoring_dir,
         now=datetime.now(UTC),
         policy=settings.monitoring.policy,
         baseline_quality=champion.holdout,

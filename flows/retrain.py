@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from flows.train import train_on_commit
-from lakeloop import lakefs_client
+from lakeloop import lakefs_client, loop
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.events import SKIP_TRAINING_KEY
 from lakeloop.ingest import inspect_source, write_parquet
@@ -60,7 +60,7 @@ def fold_feedback(
     if any(path.endswith(f"/{name}") for path in lakefs_client.table_paths(main, settings)):
         logger.info("the prices of window %s are already in lakeFS", window_id)
         return None
-    path = write_parquet(rows, settings.state_dir / "monitoring" / "feedback" / name)
+    path = write_parquet(rows, settings.monitoring_dir / "feedback" / name)
     return lakefs_client.publish(
         client,
         settings,
@@ -81,7 +81,7 @@ def newest_commit(settings: Settings) -> str:
     return lakefs_client.head_commit(lakefs_client.connect(settings), settings)
 
 
-@flow(name="retrain", flow_run_name="retrain-v{champion_version}", log_prints=True)
+@flow(name=loop.RETRAIN_FLOW, flow_run_name="retrain-v{champion_version}", log_prints=True)
 def retrain_on_drift(
     champion_version: str,
     window_id: str,

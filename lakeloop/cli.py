@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+import webbrowser
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import pandas as pd
 import typer
 from rich.console import Console
@@ -26,6 +29,8 @@ from lakeloop.ingest import (
 )
 from lakeloop.settings import Settings, load_settings
 from lakeloop.stack import Stack, StackError, down_recorded
+from monitoring.history import HistoryEntry
+from monitoring.store import describe, read_history
 
 app = typer.Typer(
     help="lakeloop: lakeFS commits trigger Prefect flows that train, register and serve models.",
@@ -240,9 +245,16 @@ def demo(
     keep: Annotated[bool, typer.Option(help="Leave the stack running after the demo.")] = False,
     rows: Annotated[int, typer.Option(min=200, help="Rows in the first batch.")] = 5000,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic market.")] = 1,
+    drift: Annotated[
+        bool, typer.Option(help="Then send stable and shifted traffic and watch it retrain.")
+    ] = True,
 ) -> None:
-    """Run the whole loop once: commit a batch to lakeFS, watch it train, get predictions."""
+    """Run the whole loop: commit a batch to lakeFS, watch it train, get predictions; then send
+    traffic, shift the market, and watch drift detected, retraining and the new champion."""
     logging.basicConfig(level=logging.WARNING)
+    # A demo shows the retrain every time it runs, so the cooldown since the last retrain (an
+    # hour by default) is a minute here unless set; the flows inherit it from this process.
+    os.environ.setdefault("LAKELOOP_MONITORING__POLICY__COOLDOWN", "PT1M")
     settings = _settings()
     spec = load_spec(settings.dataset)
     started = time.monotonic()
@@ -285,6 +297,8 @@ def demo(
                 served=served,
             )
         )
+        if drift:
+            _drift_act(settings, spec, champion=str(model["version"]), seed=seed)
         console.print(_urls(settings, title="where to look (while the stack runs)"))
     except (loop.LoopError, lakefs_client.LakeFSError) as error:
         console.print(f"[red]the loop did not close:[/red] {error}")
@@ -297,6 +311,119 @@ def demo(
             with console.status("stopping the stack"):
                 stack.down()
             console.print("stack stopped; `lakeloop demo --keep` or `lakeloop up` keeps it running")
+
+
+DEMO_TRAFFIC_ROWS = 1500
+SHIFTED_MARKET = market.Scenario(new_region_share=0.5, income_multiplier=1.2)
+"""What the demo's market turns into: half the sales new builds in a new region, incomes +20 %."""
+
+
+def _drift_act(settings: Settings, spec: DatasetSpec, *, champion: str, seed: int) -> None:
+    """Stable traffic (no retrain), then shifted traffic with its sale prices reported: the
+    monitor finds drift, Prefect starts the retrain, the API swaps in the new champion."""
+    console.rule("monitoring: live traffic against the champion's training data")
+    for label, scenario, traffic_seed in (
+        ("stable market", market.Scenario(), seed + 2000),
+        ("shifted market (new region, higher incomes)", SHIFTED_MARKET, seed + 3000),
+    ):
+        sales = market.generate_batch(rows=DEMO_TRAFFIC_ROWS, seed=traffic_seed, scenario=scenario)
+        sent = datetime.now(UTC)
+        with console.status(f"{label}: {len(sales)} predictions, then their sale prices"):
+            _, ids, _ = loop.send_traffic(settings, _records(sales[spec.feature_names]))
+            loop.report_prices(settings, ids, sales[spec.target.name].tolist())
+            loop.wait_for_logged(
+                settings, model_version=champion, since=sent, rows=len(ids), feedback_rows=len(ids)
+            )
+        checked = time.monotonic()
+        entry = _run_monitor(settings)
+        found = describe(entry) if entry else "the monitor checked nothing (see the flow run)"
+        console.log(f"{label}: {found}")
+        if entry is None or not entry.decision.retrain:
+            continue
+        with console.status("the drift event triggers a retrain") as status:
+            retrain = loop.wait_for_flow_run(
+                settings,
+                loop.RETRAIN_FLOW,
+                parameters={"window_id": entry.window.id},
+                on_state=lambda message: _log_state(status, message),
+            )
+            model = loop.served_model(settings) or {}
+            if model.get("version") == champion:
+                status.update("waiting for the API to serve the new champion")
+                model = loop.wait_for_new_champion(settings, replacing=champion, timeout=60)
+        since_event = (datetime.now(UTC) - entry.time).total_seconds()
+        console.log(
+            f"new champion v{model['version']} served {since_event:.1f} s after the drift event "
+            f"({time.monotonic() - checked:.1f} s after the monitor started; retrain run "
+            f"{retrain.name}, holdout MAE {model['metrics'].get('mae', 0):,.0f}); "
+            "`lakeloop report --open` shows why"
+        )
+        return
+    console.print("[yellow]no retrain happened[/yellow]: `lakeloop report` shows the decisions")
+
+
+def _run_monitor(settings: Settings, **parameters: Any) -> HistoryEntry | None:
+    """Run the monitor deployment now; its history entry, or None when it checked nothing."""
+    before = len(read_history(settings.monitoring_dir))
+    with console.status("running the monitor flow") as status:
+        run = loop.run_deployment(
+            settings,
+            loop.MONITOR_DEPLOYMENT,
+            parameters=parameters,
+            on_state=status.update,
+        )
+    entries = read_history(settings.monitoring_dir)
+    if len(entries) > before:
+        return entries[-1]
+    for line in loop.flow_run_logs(settings, run.id, limit=3):
+        console.log(line)
+    return None
+
+
+@app.command()
+def monitor(
+    rows: Annotated[
+        int | None, typer.Option(min=1, help="Most recent predictions to check.")
+    ] = None,
+    minutes: Annotated[
+        float | None, typer.Option(min=0, help="Only predictions of the last N minutes.")
+    ] = None,
+) -> None:
+    """Run the monitor now: drift and error of the champion's recent predictions, and a retrain
+    request when the policy says so."""
+    settings = _settings()
+    parameters = {"window_rows": rows, "window_minutes": minutes}
+    try:
+        entry = _run_monitor(settings, **{k: v for k, v in parameters.items() if v is not None})
+    except (loop.LoopError, httpx.HTTPError) as error:
+        console.print(f"[red]the monitor did not run:[/red] {error}")
+        raise typer.Exit(1) from error
+    if entry is None:
+        console.print("the monitor checked nothing (reason above)")
+        return
+    console.print(describe(entry))
+    console.print(f"report: {entry.report_path}")
+
+
+@app.command()
+def report(
+    last: Annotated[int, typer.Option(min=1, help="How many monitor runs to list.")] = 5,
+    open_report: Annotated[
+        bool, typer.Option("--open", help="Open the latest Evidently report in a browser.")
+    ] = False,
+) -> None:
+    """The monitor's latest decisions and where its Evidently reports are."""
+    settings = _settings()
+    entries = read_history(settings.monitoring_dir)
+    if not entries:
+        console.print("no monitor run yet; `lakeloop monitor` runs one")
+        raise typer.Exit(1)
+    for entry in entries[-last:]:
+        console.print(describe(entry))
+    latest = entries[-1].report_path
+    console.print(f"latest report: {latest}")
+    if open_report and latest:
+        webbrowser.open(Path(latest).resolve().as_uri())
 
 
 def _log_state(status: Any, message: str) -> None:

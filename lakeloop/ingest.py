@@ -123,6 +123,7 @@ def file_sha256(path: Path) -> str:
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
-    """Write a frame as a Parquet file for ingest (the demo's synthetic batches)."""
+    """Write a frame as a Parquet file for ingest (the demo's batches, a retrain's feedback)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)
     return path

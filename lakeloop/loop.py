@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -15,6 +16,9 @@ import httpx
 from lakeloop.settings import Settings
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+RETRAIN_FLOW = "retrain"
+"""Name of the flow a drift event starts (flows/retrain.py)."""
+MONITOR_DEPLOYMENT = "monitor/monitor-champion"
 
 
 class LoopError(RuntimeError):
@@ -231,3 +235,118 @@ def predict(settings: Settings, records: list[dict[str, Any]]) -> dict[str, Any]
     response.raise_for_status()
     result: dict[str, Any] = response.json()
     return result
+
+
+def send_traffic(
+    settings: Settings, records: list[dict[str, Any]], *, batch: int = 500
+) -> tuple[list[float], list[str], str]:
+    """POST ``records`` to the API in batches, as a client would; returns the predictions, their
+    ids and the version that answered the last batch."""
+    predictions: list[float] = []
+    ids: list[str] = []
+    version = ""
+    for start in range(0, len(records), batch):
+        answer = predict(settings, records[start : start + batch])
+        predictions += answer["predictions"]
+        ids += answer["prediction_ids"]
+        version = answer["model"]["version"]
+    return predictions, ids, version
+
+
+def report_prices(settings: Settings, prediction_ids: list[str], prices: list[float]) -> None:
+    """Report the sale price of each earlier prediction (``POST /v1/feedback``)."""
+    with httpx.Client(base_url=settings.api_url, timeout=10.0) as client:
+        for prediction_id, price in zip(prediction_ids, prices, strict=True):
+            response = client.post(
+                "/v1/feedback", json={"prediction_id": prediction_id, "actual": price}
+            )
+            response.raise_for_status()
+
+
+def wait_for_logged(
+    settings: Settings,
+    *,
+    model_version: str,
+    since: datetime,
+    rows: int,
+    feedback_rows: int = 0,
+    timeout: float = 60.0,
+) -> None:
+    """Wait until the API's logs hold at least ``rows`` predictions of this version and
+    ``feedback_rows`` reported prices made since ``since`` (both logs are written in segments
+    every few seconds)."""
+    from api.prediction_log import read_feedback_log, read_prediction_log  # noqa: PLC0415
+
+    def logged() -> bool:
+        log = read_prediction_log(settings.state_dir, since=since)
+        count = 0 if log.empty else int((log["model_version"] == model_version).sum())
+        reported = len(read_feedback_log(settings.state_dir, since=since))
+        return count >= rows and reported >= feedback_rows
+
+    poll(
+        logged,
+        what=f"{rows} logged predictions of v{model_version} and {feedback_rows} reported prices",
+        timeout=timeout,
+    )
+
+
+def wait_for_flow_run(
+    settings: Settings,
+    flow_name: str,
+    *,
+    parameters: dict[str, Any],
+    timeout: float = 600.0,
+    on_state: Callable[[str], None] = lambda _: None,
+) -> FlowRun:
+    """Wait for a run of ``flow_name`` whose parameters include ``parameters`` (one started by a
+    trigger, say) to finish; raise :class:`LoopError` if it did not complete."""
+    seen: list[str] = []
+
+    def finished() -> FlowRun | None:
+        runs = [
+            run
+            for run in runs_of_flow(settings, flow_name)
+            if parameters.items() <= run.parameters.items()
+        ]
+        if not runs:
+            return None
+        run = runs[-1]
+        if not seen or seen[-1] != run.state:
+            seen.append(run.state)
+            on_state(f"flow run {run.name}: {run.state.lower()}")
+        return run if run.state in FINAL_STATES else None
+
+    run: FlowRun = poll(finished, what=f"a {flow_name} run with {parameters}", timeout=timeout)
+    if run.state != "COMPLETED":
+        raise LoopError(f"flow run {run.name} ended {run.state}: {run.state_message}")
+    return run
+
+
+def wait_for_new_champion(
+    settings: Settings, *, replacing: str, timeout: float = 600.0
+) -> dict[str, Any]:
+    """Wait until the API serves a version other than ``replacing``."""
+
+    def swapped() -> dict[str, Any] | None:
+        model = served_model(settings)
+        return model if model and model["version"] != replacing else None
+
+    result: dict[str, Any] = poll(
+        swapped, what=f"the API to serve a new champion (replacing v{replacing})", timeout=timeout
+    )
+    return result
+
+
+def flow_run_logs(settings: Settings, run_id: str, *, limit: int = 20) -> list[str]:
+    """The last ``limit`` log messages of a flow run, oldest first."""
+    response = httpx.post(
+        f"{settings.prefect_api_url}/logs/filter",
+        json={
+            "logs": {"flow_run_id": {"any_": [run_id]}},
+            "sort": "TIMESTAMP_DESC",
+            "limit": limit,
+        },
+        timeout=10.0,
+    )
+    response.raise_for_status()
+    return [entry["message"] for entry in reversed(response.json())]

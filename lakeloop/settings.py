@@ -249,6 +249,11 @@ class Settings(BaseSettings):
         return self.mlflow.tracking_uri or f"http://{LOOPBACK}:{self.mlflow.port}"
 
     @property
+    def monitoring_dir(self) -> Path:
+        """The monitor's history, Evidently reports and references."""
+        return self.state_dir / "monitoring"
+
+    @property
     def api_url(self) -> str:
         return self.api.public_url or f"http://{self.api.host}:{self.api.port}"
 

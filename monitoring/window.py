@@ -33,7 +33,8 @@ def champion_window(
     log = _predictions_of(state_dir, model_version, since=since).tail(rows).reset_index(drop=True)
     if log.empty:
         return log, Window(id=f"v{model_version}/empty", rows=0)
-    start, end = log["predicted_at"].iloc[0], log["predicted_at"].iloc[-1]
+    start = log["predicted_at"].iloc[0].to_pydatetime()
+    end = log["predicted_at"].iloc[-1].to_pydatetime()
     frame = with_feedback(log, read_feedback_log(state_dir, since=start), spec=spec)
     window = Window(id=window_id(start, end, len(frame)), start=start, end=end, rows=len(frame))
     return frame, window
@@ -79,8 +80,8 @@ def labelled_rows(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     return labelled.drop_duplicates().reset_index(drop=True)
 
 
-def window_id(start: pd.Timestamp, end: pd.Timestamp, rows: int) -> str:
+def window_id(start: datetime, end: datetime, rows: int) -> str:
     """Natural key of a window: its first and last prediction times and its size."""
-    first = start.tz_convert(UTC).strftime(_ID_TIME)
-    last = end.tz_convert(UTC).strftime(_ID_TIME)
+    first = start.astimezone(UTC).strftime(_ID_TIME)
+    last = end.astimezone(UTC).strftime(_ID_TIME)
     return f"{first}--{last}--{rows}"

@@ -4,12 +4,9 @@ user would."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import lakefs
@@ -19,51 +16,17 @@ import pytest
 from lakeloop import lakefs_client, loop, market, tracking
 from lakeloop.gateway import TOKEN_HEADER
 from lakeloop.ingest import write_parquet
-from lakeloop.settings import Settings, load_settings
+from lakeloop.settings import Settings
 from lakeloop.stack import port_is_free
 from tests.utils.bad_batches import BAD_BATCHES
-from tests.utils.net import free_port
+from tests.utils.workspace import Workspace, new_workspace
 
 pytestmark = pytest.mark.e2e
-
-LAKELOOP = [sys.executable, "-m", "lakeloop"]
-
-
-@dataclass(frozen=True)
-class Workspace:
-    settings: Settings
-    env: dict[str, str]
-    ports: dict[str, int]
-
-    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*LAKELOOP, *args],
-            env=self.env,
-            cwd=self.settings.state_dir.parent,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
-    root = tmp_path_factory.mktemp("loop")
-    ports = {name: free_port() for name in ("lakefs", "mlflow", "prefect", "gateway", "api")}
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LAKELOOP_", "PREFECT_", "MLFLOW_"))
-    }
-    env["LAKELOOP_STATE_DIR"] = str(root / "state")
-    env["COLUMNS"] = "200"  # rich wraps tables to the terminal width
-    for name, port in ports.items():
-        env[f"LAKELOOP_{name.upper()}__PORT"] = str(port)
-    settings = load_settings(
-        state_dir=root / "state", **{name: {"port": port} for name, port in ports.items()}
-    )
-    workspace = Workspace(settings=settings, env=env, ports=ports)
+    workspace = new_workspace(tmp_path_factory.mktemp("loop"))
     yield workspace
     workspace.run("down", timeout=120)
 
@@ -96,7 +59,7 @@ def _state_processes(workspace: Workspace) -> str:
 
 @pytest.fixture(scope="module")
 def demo(workspace: Workspace) -> subprocess.CompletedProcess[str]:
-    return workspace.run("demo", "--rows", "4000")
+    return workspace.run("demo", "--rows", "4000", "--no-drift")
 
 
 def test_demo_serves_a_model_trained_from_a_lakefs_commit(
