@@ -163,7 +163,7 @@ def create_app(
     ``follow_registry=False``; in production the slot follows the registry's champion."""
     spec = spec or load_spec(settings.dataset)
     slot = slot or ModelSlot()
-    metrics = ApiMetrics()
+    metrics = ApiMetrics.for_target(spec.target)
     log, feedback_log = _logs(settings, spec, metrics)
     service = PredictionService(
         spec,

@@ -1,23 +1,115 @@
 """Prometheus metrics of one API instance, in their own registry (one per app, so tests and
-several apps in one process never share counters)."""
+several apps in one process never share counters).
+
+Every label takes a bounded set of values: endpoints are the app's own paths (anything else is
+``other``), error kinds come from a fixed table, model versions change only on a promotion.
+"""
 
 from __future__ import annotations
 
+import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import numpy as np
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+
+from lakeloop.dataset import Target
 
 # Latency buckets around what this API does: sub-millisecond to a second.
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# "Nice" steps per decade for the prediction buckets: fine enough that a quantile of house prices
+# between 50,000 and 500,000 USD lands in one of seven buckets, coarse enough to stay ~20 series.
+_NICE_STEPS = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
+_LINEAR_BUCKETS = 20
+# What an answer's status means, for the errors counter; any other 4xx is `client`, 5xx `internal`.
+ERROR_KINDS = {
+    400: "malformed",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    422: "validation",
+    503: "unavailable",
+}
+
+
+def error_kind(status: int) -> str | None:
+    """The error kind of an HTTP status (``None`` for a success or a redirect)."""
+    if status < 400:
+        return None
+    return ERROR_KINDS.get(status, "client" if status < 500 else "internal")
+
+
+def prediction_buckets(target: Target) -> tuple[float, ...]:
+    """Histogram bounds for predicted values, in the target's own units, from its bounds.
+
+    A positive range gets a geometric series of round numbers (prices spread over decades); a
+    range reaching zero or below gets even steps; a target without bounds gets Prometheus's
+    default buckets."""
+    low, high = target.min, target.max
+    if low is None or high is None or high <= low:
+        return Histogram.DEFAULT_BUCKETS[:-1]  # without +Inf, which the histogram adds itself
+    if low <= 0:
+        step = (high - low) / _LINEAR_BUCKETS
+        return tuple(low + step * index for index in range(1, _LINEAR_BUCKETS + 1))
+    bounds = [
+        float(f"{step:g}e{decade}")  # decimal, so 0.7 stays 0.7 and not 0.7000000000000001
+        for decade in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+        for step in _NICE_STEPS
+    ]
+    kept = [bound for bound in bounds if low <= bound < high]
+    return (*kept, high)
+
+
+class ValueHistogram:
+    """A label-free histogram that takes a whole batch of values in one numpy call.
+
+    ``prometheus_client``'s Histogram observes one value at a time (about 1 µs each, so a
+    1,000-record batch would pay a millisecond under a lock); this counts the batch with
+    ``searchsorted`` and exposes the same text format."""
+
+    def __init__(self, name: str, documentation: str, bounds: tuple[float, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = np.asarray(bounds, dtype=float)
+        self._counts = np.zeros(len(bounds) + 1, dtype=np.int64)  # the last is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, values: np.ndarray) -> None:
+        """Count finite ``values`` into their buckets (a bucket holds values <= its bound)."""
+        finite = values[np.isfinite(values)]
+        slots = np.searchsorted(self.bounds, finite, side="left")
+        counts = np.bincount(slots, minlength=len(self._counts))
+        with self._lock:
+            self._counts += counts
+            self._sum += float(finite.sum())
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts).tolist()
+            total = self._sum
+        bounds = [*(repr(float(bound)) for bound in self.bounds), "+Inf"]
+        yield HistogramMetricFamily(
+            self.name,
+            self.documentation,
+            buckets=list(zip(bounds, cumulative, strict=True)),
+            sum_value=total,
+        )
 
 
 class ApiMetrics:
-    """Request counts and latency by endpoint and status, predictions by model version, log
-    drops, model swaps."""
+    """Requests (rate, latency, in flight, errors by kind), predictions (by model version, and
+    the distribution of predicted values), the prediction log's queue and drops, model swaps."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, prediction_buckets: tuple[float, ...] = _BUCKETS, unit: str = "") -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "lakeloop_api_requests",
@@ -32,12 +124,30 @@ class ApiMetrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        self.in_flight = Gauge(
+            "lakeloop_api_requests_in_flight",
+            "HTTP requests being answered right now.",
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "lakeloop_api_errors",
+            "Answers with a 4xx or 5xx status, by endpoint and kind (validation, too_large, "
+            "unauthorized, unavailable = no champion or no registry, internal, ...).",
+            ["endpoint", "kind"],
+            registry=self.registry,
+        )
         self.predictions = Counter(
             "lakeloop_api_predictions",
             "Predictions made, by model version.",
             ["model_version"],
             registry=self.registry,
         )
+        self.predicted_values = ValueHistogram(
+            "lakeloop_api_predicted_value",
+            f"Distribution of predicted values{f' ({unit})' if unit else ''}.",
+            prediction_buckets,
+        )
+        self.registry.register(self.predicted_values)
         self.log_dropped = Counter(
             "lakeloop_api_prediction_log_dropped_rows",
             "Prediction log rows dropped because the log queue was full.",
@@ -62,18 +172,28 @@ class ApiMetrics:
             registry=self.registry,
         )
 
+    @classmethod
+    def for_target(cls, target: Target) -> ApiMetrics:
+        """Metrics whose prediction histogram suits this target's range and unit."""
+        return cls(prediction_buckets=prediction_buckets(target), unit=target.unit)
+
     def served(self, version: str) -> None:
         """Record that ``version`` is now served."""
         self.model_version.clear()
         self.model_version.labels(model_version=version).set(1)
+
+    def predicted(self, version: str, values: np.ndarray) -> None:
+        """Count predictions made by ``version`` and add their values to the distribution."""
+        self.predictions.labels(version).inc(len(values))
+        self.predicted_values.observe(values)
 
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
 
     def middleware(self, known_paths: frozenset[str]) -> Callable[[ASGIApp], ASGIApp]:
-        """ASGI middleware counting and timing every HTTP request. Unknown paths share one
-        label, so a scanner cannot blow up the number of series."""
+        """ASGI middleware counting, timing and classifying every HTTP request. Unknown paths
+        share one label, so a scanner cannot blow up the number of series."""
 
         def wrap(app: ASGIApp) -> ASGIApp:
             async def measured(scope: Scope, receive: Receive, send: Send) -> None:
@@ -81,21 +201,25 @@ class ApiMetrics:
                     await app(scope, receive, send)
                     return
                 started = time.perf_counter()
-                status = [500]
+                status = [500]  # what an exception escaping the app becomes
 
                 async def send_status(message: Message) -> None:
                     if message["type"] == "http.response.start":
                         status[0] = message["status"]
                     await send(message)
 
+                self.in_flight.inc()
                 try:
                     await app(scope, receive, send_status)
                 finally:
+                    self.in_flight.dec()
                     path = scope["path"]
                     endpoint = path if path in known_paths else "other"
                     method = scope["method"]  # type: ignore[typeddict-item] # HTTP scopes have one
                     self.requests.labels(endpoint, method, str(status[0])).inc()
                     self.latency.labels(endpoint).observe(time.perf_counter() - started)
+                    if kind := error_kind(status[0]):
+                        self.errors.labels(endpoint, kind).inc()
 
             return measured
 

@@ -223,7 +223,7 @@ class PredictionService:
         columns: dict[str, list[Any]] | None = None,
         matrix: np.ndarray | None = None,
     ) -> None:
-        self.metrics.predictions.labels(predictor.version).inc(len(ids))
+        self.metrics.predicted(predictor.version, values)
         if self.log is None:
             return
         entry = Entry(

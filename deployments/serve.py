@@ -22,6 +22,7 @@ from prefect.exceptions import ObjectAlreadyExists
 from flows.monitor import monitor_champion
 from flows.retrain import retrain_on_drift
 from flows.train import promotion_lock, train_on_commit
+from lakeloop.gateway import ALERT_FIRED
 from lakeloop.settings import Settings, load_settings
 from monitoring.events import DRIFT_DETECTED
 
@@ -64,6 +65,25 @@ def retrain_trigger(settings: Settings) -> DeploymentEventTrigger:
     )
 
 
+def alert_trigger(settings: Settings) -> DeploymentEventTrigger:
+    """Retrain when a Grafana alert labelled ``lakeloop_action=retrain`` fires for the model (the
+    gateway relays it as ``lakeloop.alert.fired``; see docs/observability.md)."""
+    return DeploymentEventTrigger(
+        name="retrain-on-alert",
+        description="A Grafana alert labelled lakeloop_action=retrain retrains the model.",
+        expect={ALERT_FIRED},
+        match={
+            "prefect.resource.id": f"lakeloop.model.{settings.mlflow.model_name}",
+            "lakeloop.alert.action": "retrain",
+        },
+        parameters={
+            "champion_version": "{{ event.payload.champion_version }}",
+            "window_id": "{{ event.payload.window_id }}",
+            "reason": "{{ event.event }}",
+        },
+    )
+
+
 @dataclass(frozen=True)
 class Declared:
     """One deployment as lakeloop declares it, before it is bound to serve() or a work pool."""
@@ -92,7 +112,7 @@ def declared(settings: Settings) -> list[Declared]:
             flow=retrain_on_drift,
             entrypoint="flows/retrain.py:retrain_on_drift",
             description="Add reported prices to lakeFS and retrain when the monitor finds drift.",
-            triggers=[retrain_trigger(settings)],
+            triggers=[retrain_trigger(settings), alert_trigger(settings)],
         ),
         Declared(
             name="monitor-champion",

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from lakeloop import events, lakefs_client, loop, tracking
+from lakeloop import events, grafana, lakefs_client, loop, tracking
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings, load_settings
 from monitoring.check import CheckResult, check_window
@@ -208,6 +208,12 @@ def monitor_champion(
         running=retrain_running(settings, champion),
     )
     run_id = record_in_mlflow(settings, result)
+    if result.entry.event_id:
+        grafana.annotate(
+            settings,
+            text=f"drift on v{champion.version}: {result.entry.decision.reason}",
+            tags=[grafana.DRIFT],
+        )
     create_markdown_artifact(
         summary_markdown(result, run_id=run_id, settings=settings),
         key="drift-report",

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from lakeloop import lakefs_client, loop, market
+from lakeloop import grafana, lakefs_client, loop, market
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.ingest import (
     SourceError,
@@ -235,11 +235,6 @@ def down() -> None:
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "no lakeloop stack was running")
 
 
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """JSON-ready records: missing values become null."""
-    return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
-
-
 @app.command()
 def demo(
     keep: Annotated[bool, typer.Option(help="Leave the stack running after the demo.")] = False,
@@ -285,7 +280,7 @@ def demo(
             model = loop.wait_until_served(settings, commit_id=published.commit_id)
         served = time.monotonic()
         sample = market.generate_batch(rows=5, seed=seed + 1000)
-        answer = loop.predict(settings, _records(sample[spec.feature_names]))
+        answer = loop.predict(settings, loop.json_records(sample[spec.feature_names]))
         console.print(_predictions(sample, answer, spec))
         console.print(
             _timings(
@@ -329,7 +324,7 @@ def _drift_act(settings: Settings, spec: DatasetSpec, *, champion: str, seed: in
         sales = market.generate_batch(rows=DEMO_TRAFFIC_ROWS, seed=traffic_seed, scenario=scenario)
         sent = datetime.now(UTC)
         with console.status(f"{label}: {len(sales)} predictions, then their sale prices"):
-            _, ids, _ = loop.send_traffic(settings, _records(sales[spec.feature_names]))
+            _, ids, _ = loop.send_traffic(settings, loop.json_records(sales[spec.feature_names]))
             loop.report_prices(settings, ids, sales[spec.target.name].tolist())
             loop.wait_for_logged(
                 settings, model_version=champion, since=sent, rows=len(ids), feedback_rows=len(ids)
@@ -487,6 +482,8 @@ def model_rollback() -> None:
         "the API follows within seconds"
     )
 
+
+app.add_typer(grafana.app, name="grafana")
 
 data_app = typer.Typer(help="Browse the versioned data in lakeFS.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

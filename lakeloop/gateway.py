@@ -1,7 +1,8 @@
-"""The gateway: receives lakeFS action webhooks and hands them to Prefect as events.
+"""The gateway: receives lakeFS action webhooks and Grafana alert notifications and hands them to
+Prefect as events.
 
-It answers 2xx only once Prefect accepted the event, so lakeFS records a failed hook run (and the
-operator sees it) instead of a trigger silently lost.
+It answers 2xx only once Prefect accepted the event, so lakeFS records a failed hook run (and
+Grafana retries the notification) instead of a trigger silently lost.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hmac
 import logging
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -21,6 +23,7 @@ from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_202_ACCEPTED,
     HTTP_400_BAD_REQUEST,
+    HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
@@ -33,6 +36,10 @@ from validation.checks import Validator
 logger = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-Lakeloop-Token"  # noqa: S105 - a header name, not a secret
+ALERT_FIRED = "lakeloop.alert.fired"
+"""Event emitted per firing Grafana alert; its resource is the model the alert is about."""
+ACTION_LABEL = "lakeloop_action"
+"""Alert label saying what lakeloop should do (``retrain``); a deployment trigger matches it."""
 
 
 class Relayed(msgspec.Struct):
@@ -59,6 +66,71 @@ class Health(msgspec.Struct):
     status: str
 
 
+class GrafanaAlert(msgspec.Struct, kw_only=True):
+    """One alert of a Grafana (unified alerting) webhook notification; Alertmanager's webhook
+    sends the same fields. Fields lakeloop does not read are ignored."""
+
+    status: str
+    """``firing`` or ``resolved``."""
+    labels: dict[str, str]
+    annotations: dict[str, str] = msgspec.field(default_factory=dict)
+    starts_at: datetime = msgspec.field(name="startsAt")
+    fingerprint: str
+    generator_url: str = msgspec.field(default="", name="generatorURL")
+    values: dict[str, float | None] | None = None
+
+
+class GrafanaNotification(msgspec.Struct, kw_only=True):
+    """The JSON body a Grafana webhook contact point POSTs."""
+
+    status: str
+    alerts: list[GrafanaAlert]
+    receiver: str = ""
+
+
+class AlertsRelayed(msgspec.Struct):
+    """What the gateway did with a notification: one event per firing alert."""
+
+    relayed: int
+    ignored: int
+    """Resolved alerts: nothing to do."""
+    event_ids: list[str]
+
+
+def alert_event(alert: GrafanaAlert, *, default_model: str, receiver: str) -> dict[str, Any]:
+    """The ``lakeloop.alert.fired`` event of one firing alert. Its id is a uuid5 of the alert's
+    fingerprint and start, so Grafana repeating the notification sends the same event; the
+    resource is the model named by the alert's ``model_name`` label (else ``default_model``)."""
+    model = alert.labels.get("model_name", default_model)
+    name = alert.labels.get("alertname", "")
+    started = alert.starts_at.isoformat()
+    return {
+        "id": events.event_id(ALERT_FIRED, alert.fingerprint, started),
+        "occurred": started,
+        "event": ALERT_FIRED,
+        "resource": {
+            "prefect.resource.id": f"lakeloop.model.{model}",
+            "prefect.resource.name": model,
+            "lakeloop.alert": name,
+            "lakeloop.alert.action": alert.labels.get(ACTION_LABEL, "notify"),
+            "lakeloop.alert.fingerprint": alert.fingerprint,
+        },
+        "payload": {
+            "model_name": model,
+            "alertname": name,
+            "champion_version": alert.labels.get("model_version", ""),
+            "window_id": f"alert-{alert.fingerprint}-{started}",
+            "starts_at": started,
+            "labels": alert.labels,
+            "annotations": alert.annotations,
+            "values": alert.values,
+            "generator_url": alert.generator_url,
+            "receiver": receiver,
+        },
+        "related": [],
+    }
+
+
 class WarmValidator:
     """Builds the Great Expectations validator once (2-3 s), on a thread at start-up, so the first
     pre-merge hook does not pay for it; callers wait for it if it is not ready yet."""
@@ -83,6 +155,7 @@ def create_gateway(settings: Settings) -> Litestar:
     secret = settings.webhook_secret().encode()
     prefect_api = settings.prefect_api_url
     attempts = settings.gateway.delivery_attempts
+    model_name = settings.mlflow.model_name
     validator = WarmValidator(load_spec(settings.dataset))
     lakefs = lakefs_client.connect(settings)
 
@@ -91,6 +164,23 @@ def create_gateway(settings: Settings) -> Litestar:
         token = connection.headers.get(TOKEN_HEADER, "").encode()
         if not hmac.compare_digest(token, secret):
             raise NotAuthorizedException(f"missing or wrong {TOKEN_HEADER} header")
+
+    def require_bearer(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        """The same secret as a Bearer token: what Grafana's webhook contact point can send."""
+        scheme, __, given = connection.headers.get("authorization", "").partition(" ")
+        # Constant-time: the time taken says nothing about how much of the secret matched.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), secret):
+            raise NotAuthorizedException(
+                "missing or wrong `Authorization: Bearer <webhook secret>` header"
+            )
+
+    def deliver(event: dict[str, Any]) -> None:
+        try:
+            events.emit(prefect_api, event, attempts=attempts)
+        except events.DeliveryError as error:
+            raise HTTPException(
+                status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(error)
+            ) from error
 
     @post(
         "/webhooks/lakefs",
@@ -107,12 +197,7 @@ def create_gateway(settings: Settings) -> Litestar:
                 relayed=False, event=data.event_type, commit_id=data.commit_id, detail=detail
             )
         event = events.lakefs_event(data)
-        try:
-            events.emit(prefect_api, event, attempts=attempts)
-        except events.DeliveryError as error:
-            raise HTTPException(
-                status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(error)
-            ) from error
+        deliver(event)
         logger.info(
             "relayed %s on %s/%s commit %s as event %s",
             event["event"],
@@ -150,15 +235,54 @@ def create_gateway(settings: Settings) -> Litestar:
             status_code=HTTP_200_OK if verdict.passed else HTTP_400_BAD_REQUEST,
         )
 
+    @post(
+        "/alerts/grafana",
+        operation_id="relayGrafanaAlerts",
+        status_code=HTTP_202_ACCEPTED,
+        guards=[require_bearer],
+        sync_to_thread=True,
+    )
+    def relay_grafana_alerts(body: bytes) -> AlertsRelayed:
+        """Relay each firing alert of a Grafana webhook notification to Prefect as a
+        ``lakeloop.alert.fired`` event; resolved alerts are acknowledged and ignored."""
+        notification = decode_notification(body)
+        firing = [alert for alert in notification.alerts if alert.status == "firing"]
+        relayed = []
+        for alert in firing:
+            event = alert_event(alert, default_model=model_name, receiver=notification.receiver)
+            deliver(event)
+            logger.info(
+                "relayed alert %s (%s) for %s as event %s",
+                event["resource"]["lakeloop.alert"],
+                alert.fingerprint,
+                event["resource"]["prefect.resource.id"],
+                event["id"],
+            )
+            relayed.append(event["id"])
+        return AlertsRelayed(
+            relayed=len(relayed), ignored=len(notification.alerts) - len(firing), event_ids=relayed
+        )
+
     @get("/healthz", operation_id="gatewayHealth")
     async def healthz() -> Health:
         """Liveness of the gateway process."""
         return Health(status="ok")
 
     return Litestar(
-        route_handlers=[relay_lakefs_webhook, validate_merge, healthz],
+        route_handlers=[relay_lakefs_webhook, validate_merge, relay_grafana_alerts, healthz],
         on_startup=[validator.warm_up],
     )
+
+
+def decode_notification(body: bytes) -> GrafanaNotification:
+    """The notification in ``body``, or a 422 naming what is wrong with it."""
+    try:
+        return msgspec.json.decode(body, type=GrafanaNotification)
+    except (msgspec.ValidationError, msgspec.DecodeError) as error:
+        raise HTTPException(
+            status_code=HTTP_422_UNPROCESSABLE_ENTITY,
+            detail=f"not a Grafana webhook notification: {error}",
+        ) from None
 
 
 def check_merge(

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import pandas as pd
 
 from lakeloop.settings import Settings
 
@@ -235,6 +236,14 @@ def predict(settings: Settings, records: list[dict[str, Any]]) -> dict[str, Any]
     response.raise_for_status()
     result: dict[str, Any] = response.json()
     return result
+
+
+def json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """A frame as JSON-ready records, as a client sends them: missing values become null."""
+    records: list[dict[str, Any]] = (
+        frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    )
+    return records
 
 
 def send_traffic(

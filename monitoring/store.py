@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Protocol
 
 import msgspec
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
+from prometheus_client import CollectorRegistry, Gauge
 
+from lakeloop.pushmetrics import replace_group
 from monitoring.history import Decision, HistoryEntry
 from monitoring.parse import DriftSummary, QualitySummary
 
@@ -91,10 +92,10 @@ def push_metrics(
     timeout: float = 10.0,
 ) -> None:
     """Replace the champion's group on the Pushgateway with ``registry`` (HTTP PUT)."""
-    push_to_gateway(
+    replace_group(
         gateway_url,
+        registry,
         job=job,
-        registry=registry,
         grouping_key={"model_version": champion_version},
         timeout=timeout,
     )

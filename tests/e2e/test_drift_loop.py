@@ -56,7 +56,7 @@ def _send(workspace: Workspace, scenario: market.Scenario, *, seed: int, prices:
     settings = workspace.settings
     target = load_spec(settings.dataset).target.name
     sales = market.generate_batch(rows=TRAFFIC_ROWS, seed=seed, scenario=scenario)
-    records = sales.drop(columns=[target]).astype(object).to_dict(orient="records")
+    records = loop.json_records(sales.drop(columns=[target]))
     sent = datetime.now(UTC)
     _, ids, version = loop.send_traffic(settings, records)
     actual = sales[target].to_numpy()

@@ -3,9 +3,6 @@ Pushgateway on loopback (when Debian's ``prometheus-pushgateway`` is installed).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +21,7 @@ from monitoring.history import Window
 from monitoring.parse import DriftSummary, parse_drift
 from monitoring.policy import DriftPolicy
 from monitoring.store import read_history
-from tests.utils.net import free_port
+from tests.utils import prometheus
 
 pytestmark = pytest.mark.integration
 
@@ -198,33 +195,8 @@ def test_undelivered_event_is_not_recorded_as_a_retrain(
 
 @pytest.fixture
 def pushgateway(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("prometheus-pushgateway")
-    if binary is None:
-        pytest.skip("install Debian's prometheus-pushgateway to run this test")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "pushgateway.log").open("w"),
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).is_success:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                pytest.fail(
-                    f"pushgateway did not start: {(tmp_path / 'pushgateway.log').read_text()}"
-                )
-            time.sleep(0.1)
+    with prometheus.pushgateway(tmp_path) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_numbers_reach_the_pushgateway(

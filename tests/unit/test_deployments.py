@@ -11,6 +11,7 @@ import yaml
 from prefect.utilities.callables import parameter_schema
 
 from deployments.serve import TRAINING_EVENTS, declared, training_trigger
+from lakeloop.gateway import ALERT_FIRED
 from lakeloop.settings import Settings
 from monitoring.events import DRIFT_DETECTED
 
@@ -75,7 +76,13 @@ def test_training_trigger_follows_the_configured_repository_and_branch(
 
 def test_drift_retrains_the_configured_model(settings: Settings) -> None:
     [retrain] = [d for d in declared(settings) if d.name == "retrain-on-drift"]
-    [trigger] = retrain.triggers
-    assert set(trigger.expect) == {DRIFT_DETECTED}
-    model = settings.mlflow.model_name
-    assert trigger.match.model_dump() == {"prefect.resource.id": f"lakeloop.model.{model}"}
+    drift, alert = retrain.triggers
+    model = f"lakeloop.model.{settings.mlflow.model_name}"
+    assert set(drift.expect) == {DRIFT_DETECTED}
+    assert drift.match.model_dump() == {"prefect.resource.id": model}
+    # Only alerts labelled for it retrain; any other alert is a notification.
+    assert set(alert.expect) == {ALERT_FIRED}
+    assert alert.match.model_dump() == {
+        "prefect.resource.id": model,
+        "lakeloop.alert.action": "retrain",
+    }

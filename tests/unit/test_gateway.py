@@ -125,3 +125,156 @@ def test_event_ids_differ_per_commit_and_type() -> None:
 def test_secret_is_checked_before_the_body_is_read(gateway: TestClient) -> None:
     response = gateway.post("/webhooks/lakefs", content=b"not json", headers={TOKEN_HEADER: "x"})
     assert response.status_code == 401
+
+
+# Grafana alerts ------------------------------------------------------------------------------
+
+
+def grafana_alert(status: str = "firing", **changes: object) -> dict[str, object]:
+    """One alert as Grafana's unified alerting webhook sends it."""
+    alert: dict[str, object] = {
+        "status": status,
+        "labels": {
+            "alertname": "LakeloopDriftAboveThreshold",
+            "lakeloop_action": "retrain",
+            "model_version": "3",
+            "severity": "warning",
+        },
+        "annotations": {"summary": "50% of the features drifted for champion v3"},
+        "startsAt": "2026-11-23T10:00:00.157076+01:00",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://grafana:3000/alerting/grafana/drift/view",
+        "fingerprint": "c6eadffa33fcdf37",
+        "silenceURL": "http://grafana:3000/alerting/silence/new",
+        "dashboardURL": "",
+        "panelURL": "",
+        "values": {"B": 0.5, "C": 1},
+    }
+    return alert | changes
+
+
+def notification(*alerts: dict[str, object]) -> dict[str, object]:
+    return {
+        "receiver": "lakeloop-gateway",
+        "status": "firing",
+        "orgId": 1,
+        "alerts": list(alerts),
+        "groupLabels": {"alertname": "LakeloopDriftAboveThreshold"},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://grafana:3000/",
+        "version": "1",
+        "groupKey": '{}:{alertname="LakeloopDriftAboveThreshold"}',
+        "truncatedAlerts": 0,
+        "title": "[FIRING:1] LakeloopDriftAboveThreshold",
+        "state": "alerting",
+        "message": "...",
+    }
+
+
+BEARER = {"Authorization": f"Bearer {SECRET}"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Bearer {SECRET}x"},
+        {"Authorization": f"Basic {SECRET}"},
+        {TOKEN_HEADER: SECRET},
+    ],
+)
+def test_alert_without_the_bearer_secret_is_refused(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str], headers: dict[str, str]
+) -> None:
+    response = gateway.post("/alerts/grafana", json=notification(grafana_alert()), headers=headers)
+    assert response.status_code == 401
+    assert prefect[0].events == []
+
+
+def test_each_firing_alert_becomes_one_event_for_the_model(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str]
+) -> None:
+    other = grafana_alert(
+        fingerprint="bc97ff14869b13e3",
+        labels={"alertname": "LakeloopApiServerErrors", "model_name": "other-model"},
+    )
+    response = gateway.post(
+        "/alerts/grafana", json=notification(grafana_alert(), other), headers=BEARER
+    )
+    assert response.status_code == 202
+    assert response.json()["relayed"] == 2
+    drift, errors = prefect[0].events
+    assert drift["event"] == errors["event"] == "lakeloop.alert.fired"
+    assert drift["resource"]["prefect.resource.id"] == "lakeloop.model.housing-price"
+    assert drift["resource"]["lakeloop.alert"] == "LakeloopDriftAboveThreshold"
+    assert drift["resource"]["lakeloop.alert.action"] == "retrain"
+    assert drift["payload"]["champion_version"] == "3"
+    assert drift["payload"]["values"] == {"B": 0.5, "C": 1}
+    assert drift["occurred"] == "2026-11-23T10:00:00.157076+01:00"
+    assert errors["resource"]["prefect.resource.id"] == "lakeloop.model.other-model"
+    assert errors["resource"]["lakeloop.alert.action"] == "notify"
+    assert response.json()["event_ids"] == [drift["id"], errors["id"]]
+    assert drift["id"] == event_id(
+        "lakeloop.alert.fired", "c6eadffa33fcdf37", "2026-11-23T10:00:00.157076+01:00"
+    )
+
+
+def test_resolved_alerts_are_acknowledged_not_relayed(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str]
+) -> None:
+    body = notification(grafana_alert("resolved", endsAt="2026-11-23T11:00:00Z"))
+    response = gateway.post("/alerts/grafana", json=body, headers=BEARER)
+    assert response.status_code == 202
+    assert response.json() == {"relayed": 0, "ignored": 1, "event_ids": []}
+    assert prefect[0].events == []
+
+
+def test_the_same_alert_twice_is_the_same_event_and_a_new_start_is_a_new_one(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str]
+) -> None:
+    for alert in (
+        grafana_alert(),
+        grafana_alert(),
+        grafana_alert(startsAt="2026-11-24T10:00:00Z"),
+    ):
+        assert gateway.post("/alerts/grafana", json=notification(alert), headers=BEARER).is_success
+    first, repeated, refired = (event["id"] for event in prefect[0].events)
+    assert first == repeated
+    assert refired != first
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (b"not json", "malformed"),
+        (b'{"status": "firing"}', "alerts"),
+        (b'{"status": "firing", "alerts": [{"status": "firing", "labels": {}}]}', "startsAt"),
+        (
+            b'{"status": "firing", "alerts": [{"status": "firing", "labels": {}, '
+            b'"startsAt": "yesterday", "fingerprint": "f"}]}',
+            "startsAt",
+        ),
+    ],
+)
+def test_malformed_notification_is_422_naming_the_problem(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str], body: bytes, named: str
+) -> None:
+    response = gateway.post("/alerts/grafana", content=body, headers=BEARER)
+    assert response.status_code == 422
+    assert named in response.json()["detail"]
+    assert prefect[0].events == []
+
+
+def test_prefect_down_makes_grafana_retry_the_alert(settings: Settings) -> None:
+    configured = load_settings(
+        state_dir=settings.state_dir,
+        prefect={"api_url": f"http://127.0.0.1:{free_port()}/api"},
+        gateway={"webhook_secret": SECRET, "delivery_attempts": 1},
+    )
+    with TestClient(create_gateway(configured)) as client:
+        response = client.post(
+            "/alerts/grafana", json=notification(grafana_alert()), headers=BEARER
+        )
+    assert response.status_code == 503

@@ -1,0 +1,193 @@
+"""Grafana as code: push the committed datasource and dashboards, and annotate what happened.
+
+The files under ``monitoring/grafana/`` are the source of truth, for Grafana's own file
+provisioning and for :func:`sync`, which pushes the same files over Grafana's HTTP API (with
+the ``grafana-client`` library) to a Grafana you cannot mount files into. Syncing twice changes
+nothing: the folder and datasource keep fixed uids and dashboards are saved with ``overwrite``.
+
+Annotations mark merges, promotions and drift on every lakeloop dashboard (they query them by
+tag). They are a courtesy to the people reading the dashboards: :func:`annotate` never fails
+the flow that calls it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import typer
+import yaml
+from grafana_client import GrafanaApi
+from grafana_client.client import GrafanaClientError
+
+from lakeloop.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+FOLDER_UID = "lakeloop"
+FOLDER_TITLE = "lakeloop"
+TAG = "lakeloop"
+"""Every lakeloop annotation carries this tag; the dashboards' annotation queries need it."""
+MERGE, PROMOTION, DRIFT = "merge", "promotion", "drift"
+"""The second tag of an annotation, one per dashboard annotation query."""
+DASHBOARDS = ("serving", "model-quality-drift", "pipeline")
+_NOT_FOUND = 404
+
+
+def _files() -> Any:
+    # Shipped next to the monitoring code, read the same way Grafana's provisioning reads them.
+    return resources.files("monitoring").joinpath("grafana")
+
+
+def datasource(settings: Settings) -> dict[str, Any]:
+    """The provisioned Prometheus datasource, pointed at ``observability.prometheus_url``."""
+    provisioned = yaml.safe_load(
+        _files().joinpath("provisioning", "datasources", "prometheus.yml").read_text()
+    )
+    [source] = provisioned["datasources"]
+    return source | {"url": settings.observability.prometheus_url}
+
+
+def dashboard(name: str) -> dict[str, Any]:
+    """One committed dashboard, as Grafana's JSON model."""
+    loaded: dict[str, Any] = json.loads(_files().joinpath("dashboards", f"{name}.json").read_text())
+    return loaded
+
+
+@dataclass(frozen=True)
+class Synced:
+    """What :func:`sync` wrote."""
+
+    folder_uid: str
+    datasource_uid: str
+    dashboards: list[str]
+    """Dashboard URLs as Grafana reports them."""
+
+
+class GrafanaNotConfiguredError(RuntimeError):
+    """No Grafana URL in the settings."""
+
+
+def connect(settings: Settings, *, timeout: float = 10.0) -> GrafanaApi | None:
+    """A client for the configured Grafana (service-account token as Bearer), else ``None``."""
+    observability = settings.observability
+    if observability.grafana_url is None:
+        return None
+    token = observability.grafana_token
+    return GrafanaApi.from_url(
+        observability.grafana_url,
+        credential=token.get_secret_value() if token is not None else None,
+        timeout=timeout,
+    )
+
+
+def sync(settings: Settings) -> Synced:
+    """Create or overwrite the lakeloop folder, the Prometheus datasource and the dashboards."""
+    grafana = connect(settings)
+    if grafana is None:
+        raise GrafanaNotConfiguredError("set LAKELOOP_OBSERVABILITY__GRAFANA_URL to sync Grafana")
+    grafana.health.check()  # fails early, naming the URL, when Grafana is not there
+    _ensure_folder(grafana)
+    source = datasource(settings)
+    _upsert_datasource(grafana, source)
+    urls = []
+    for name in DASHBOARDS:
+        saved = grafana.dashboard.update_dashboard(
+            {
+                "dashboard": dashboard(name) | {"id": None},
+                "folderUid": FOLDER_UID,
+                "overwrite": True,
+                "message": "lakeloop grafana sync",
+            }
+        )
+        urls.append(saved.get("url", name))
+    logger.info(
+        "Grafana at %s: folder %s, datasource %s -> %s, %d dashboards",
+        settings.observability.grafana_url,
+        FOLDER_UID,
+        source["uid"],
+        source["url"],
+        len(urls),
+    )
+    return Synced(folder_uid=FOLDER_UID, datasource_uid=source["uid"], dashboards=urls)
+
+
+def _ensure_folder(grafana: GrafanaApi) -> None:
+    try:
+        grafana.folder.get_folder(FOLDER_UID)
+    except GrafanaClientError as error:
+        if error.status_code != _NOT_FOUND:
+            raise
+        grafana.folder.create_folder(FOLDER_TITLE, uid=FOLDER_UID)
+
+
+def _upsert_datasource(grafana: GrafanaApi, source: dict[str, Any]) -> None:
+    try:
+        grafana.datasource.get_datasource_by_uid(source["uid"])
+    except GrafanaClientError as error:
+        if error.status_code != _NOT_FOUND:
+            raise
+        grafana.datasource.create_datasource(source)
+        return
+    grafana.datasource.update_datasource_by_uid(source["uid"], source)
+
+
+def annotate(
+    settings: Settings, *, text: str, tags: list[str], time: datetime | None = None
+) -> bool:
+    """Post an organisation-wide annotation tagged ``lakeloop`` and ``tags`` (e.g.
+    ``[PROMOTION]``), at ``time`` (now by default). Returns whether Grafana stored it; with no
+    Grafana configured, or when the call fails (logged as a warning), returns ``False``."""
+    grafana = connect(settings)
+    if grafana is None:
+        return False
+    at = time or datetime.now(UTC)
+    try:
+        grafana.annotations.add_annotation(
+            time_from=int(at.timestamp() * 1000), tags=[TAG, *tags], text=text
+        )
+    # Any failure (refused token, Grafana down, a timeout) must not fail the caller's flow.
+    except Exception as error:
+        logger.warning(
+            "annotation %r not stored in Grafana at %s: %s: %s",
+            text,
+            settings.observability.grafana_url,
+            type(error).__name__,
+            error,
+        )
+        return False
+    return True
+
+
+app = typer.Typer(help="Grafana: the lakeloop dashboards and datasource as code.")
+
+
+@app.callback()
+def grafana_commands() -> None:
+    """Grafana: the lakeloop dashboards and datasource as code (a group, even with one command)."""
+
+
+@app.command("sync")
+def sync_command() -> None:
+    """Push the Prometheus datasource and the lakeloop dashboards to the configured Grafana."""
+    settings = load_settings()
+    try:
+        synced = sync(settings)
+    except GrafanaNotConfiguredError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from error
+    # A refused token, a wrong URL, an invalid dashboard: say so in one line, no traceback.
+    except Exception as error:
+        url = settings.observability.grafana_url
+        typer.echo(f"cannot sync Grafana at {url}: {type(error).__name__}: {error}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(
+        f"datasource {synced.datasource_uid} and {len(synced.dashboards)} dashboards "
+        f"in folder {synced.folder_uid}:"
+    )
+    for url in synced.dashboards:
+        typer.echo(f"  {url}")

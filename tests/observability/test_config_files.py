@@ -1,0 +1,112 @@
+"""The committed Prometheus and Grafana files, checked without servers: promtool's own checks
+(and its unit tests of the alerts), and what every dashboard panel must have."""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+from typing import Any
+
+import pytest
+import yaml
+
+from lakeloop import grafana
+from tests.utils.prometheus import PROMETHEUS_CONFIG, PROMETHEUS_DIR, binary
+
+GRAFANA_DIR = PROMETHEUS_DIR.parents[1] / "monitoring" / "grafana"
+BUILTIN = "grafana"  # Grafana's own annotation datasource type
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [binary("promtool"), *args], capture_output=True, text=True, cwd=PROMETHEUS_DIR, check=False
+    )
+
+
+def test_promtool_accepts_the_config() -> None:
+    checked = promtool("check", "config", str(PROMETHEUS_CONFIG))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_promtool_accepts_the_rules() -> None:
+    files = sorted(str(path) for path in (PROMETHEUS_DIR / "rules").glob("*.yml"))
+    assert len(files) == 2
+    checked = promtool("check", "rules", *files)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_alerts_fire_on_their_unit_test_series() -> None:
+    tested = promtool("test", "rules", "tests/alerts_test.yml")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_every_alert_has_a_unit_test() -> None:
+    alerts = {
+        rule["alert"]
+        for group in yaml.safe_load((PROMETHEUS_DIR / "rules" / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    }
+    tests = yaml.safe_load((PROMETHEUS_DIR / "tests" / "alerts_test.yml").read_text())["tests"]
+    fired = {
+        case["alertname"]
+        for test in tests
+        for case in test["alert_rule_test"]
+        if case.get("exp_alerts")
+    }
+    assert fired == alerts
+
+
+def provisioned_datasource_uid() -> str:
+    provisioned = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
+    [source] = provisioned["datasources"]
+    return str(source["uid"])
+
+
+def test_dashboard_provider_puts_them_in_the_lakeloop_folder() -> None:
+    provider = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "dashboards" / "lakeloop.yml").read_text()
+    )
+    [lakeloop] = provider["providers"]
+    assert (lakeloop["folder"], lakeloop["folderUid"]) == (grafana.FOLDER_TITLE, grafana.FOLDER_UID)
+    files = sorted(path.stem for path in (GRAFANA_DIR / "dashboards").glob("*.json"))
+    assert files == sorted(grafana.DASHBOARDS)
+
+
+@pytest.mark.parametrize("name", grafana.DASHBOARDS)
+def test_every_panel_has_an_id_title_unit_and_the_one_datasource(name: str) -> None:
+    board = grafana.dashboard(name)
+    uid = provisioned_datasource_uid()
+    panels: list[dict[str, Any]] = board["panels"]
+    ids = Counter(panel["id"] for panel in panels)
+    assert [panel_id for panel_id, count in ids.items() if count > 1] == []
+    for panel in panels:
+        where = f"{name}: panel {panel['id']}"
+        assert panel["title"].strip(), where
+        unit = panel["fieldConfig"]["defaults"].get("unit", "")
+        assert unit not in {"", "none"}, f"{where} ({panel['title']}) has no unit"
+        assert panel["datasource"]["uid"] == uid, where
+        assert panel["targets"], where
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == uid, where
+            assert target["expr"].strip(), where
+    for variable in board["templating"]["list"]:
+        assert variable["datasource"]["uid"] == uid
+    assert len({board["uid"] for board in map(grafana.dashboard, grafana.DASHBOARDS)}) == 3
+
+
+@pytest.mark.parametrize("name", grafana.DASHBOARDS)
+def test_dashboards_show_lakeloop_annotations_by_tag(name: str) -> None:
+    queries = [
+        annotation["target"]
+        for annotation in grafana.dashboard(name)["annotations"]["list"]
+        if annotation["datasource"]["type"] == BUILTIN and "target" in annotation
+    ]
+    shown = {tuple(query["tags"]) for query in queries if query["type"] == "tags"}
+    assert shown == {
+        (grafana.TAG, grafana.MERGE),
+        (grafana.TAG, grafana.PROMOTION),
+        (grafana.TAG, grafana.DRIFT),
+    }
+    assert all(query["matchAny"] is False for query in queries)  # both tags, not either

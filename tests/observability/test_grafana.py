@@ -1,0 +1,154 @@
+"""``lakeloop.grafana`` over HTTP: against a stand-in speaking Grafana's API, and against a real
+Grafana when ``GRAFANA_URL`` (and ``GRAFANA_TOKEN``) name one."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from typer.testing import CliRunner
+
+from lakeloop import grafana
+from lakeloop.settings import Settings, load_settings
+from tests.utils.grafana_standin import GrafanaStandIn
+from tests.utils.net import free_port, serve_in_thread
+
+TOKEN = "glsa_standin_" + "x" * 24
+PROMETHEUS = "http://prometheus.internal:9090"
+
+
+def configured(settings: Settings, url: str | None, token: str | None = TOKEN) -> Settings:
+    observability: dict[str, object] = {"grafana_url": url, "prometheus_url": PROMETHEUS}
+    if token is not None:
+        observability["grafana_token"] = token
+    return load_settings(state_dir=settings.state_dir, observability=observability)
+
+
+@pytest.fixture
+def standin() -> Iterator[tuple[GrafanaStandIn, str]]:
+    fake = GrafanaStandIn(token=TOKEN)
+    with serve_in_thread(fake.app()) as url:
+        yield fake, url
+
+
+def test_sync_stores_datasource_and_dashboards_in_the_lakeloop_folder(
+    settings: Settings, standin: tuple[GrafanaStandIn, str]
+) -> None:
+    fake, url = standin
+    synced = grafana.sync(configured(settings, url))
+
+    assert fake.folders[grafana.FOLDER_UID]["title"] == "lakeloop"
+    [source] = fake.datasources.values()
+    assert (source["uid"], source["type"], source["url"]) == (
+        synced.datasource_uid,
+        "prometheus",
+        PROMETHEUS,
+    )
+    stored = {uid: saved["dashboard"]["title"] for uid, saved in fake.dashboards.items()}
+    assert set(stored) == {grafana.dashboard(name)["uid"] for name in grafana.DASHBOARDS}
+    assert {saved["folderUid"] for saved in fake.dashboards.values()} == {grafana.FOLDER_UID}
+    assert [url.split("/")[2] for url in synced.dashboards] == [
+        grafana.dashboard(name)["uid"] for name in grafana.DASHBOARDS
+    ]
+    assert set(fake.authorizations) == {f"Bearer {TOKEN}"}
+
+
+def test_sync_twice_overwrites_instead_of_duplicating(
+    settings: Settings, standin: tuple[GrafanaStandIn, str]
+) -> None:
+    fake, url = standin
+    grafana.sync(configured(settings, url))
+    moved = configured(settings, url).model_copy(deep=True)
+    moved.observability.prometheus_url = "http://elsewhere:9090"
+    grafana.sync(moved)
+    assert len(fake.folders) == 1
+    [source] = fake.datasources.values()
+    assert source["url"] == "http://elsewhere:9090"
+    assert len(fake.dashboards) == len(grafana.DASHBOARDS)
+    assert {saved["version"] for saved in fake.dashboards.values()} == {2}
+
+
+def test_annotation_is_stored_with_lakeloop_tags_and_time(
+    settings: Settings, standin: tuple[GrafanaStandIn, str]
+) -> None:
+    fake, url = standin
+    at = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    assert grafana.annotate(
+        configured(settings, url), text="v7 promoted", tags=[grafana.PROMOTION], time=at
+    )
+    [annotation] = fake.annotations
+    assert annotation["text"] == "v7 promoted"
+    assert annotation["tags"] == [grafana.TAG, grafana.PROMOTION]
+    assert annotation["time"] == int(at.timestamp() * 1000)
+    assert "dashboardUID" not in annotation  # organisation-wide: every dashboard shows it
+
+
+def test_annotate_without_grafana_does_nothing(settings: Settings) -> None:
+    assert not grafana.annotate(configured(settings, None), text="x", tags=[grafana.DRIFT])
+
+
+@pytest.mark.parametrize("problem", ["wrong token", "grafana down"])
+def test_annotate_failure_is_a_warning_never_an_exception_and_never_shows_the_token(
+    settings: Settings,
+    standin: tuple[GrafanaStandIn, str],
+    caplog: pytest.LogCaptureFixture,
+    problem: str,
+) -> None:
+    fake, url = standin
+    token = "glsa_wrong_" + "y" * 24
+    if problem == "grafana down":
+        url, token = f"http://127.0.0.1:{free_port()}", TOKEN
+    with caplog.at_level(logging.WARNING, logger="lakeloop.grafana"):
+        stored = grafana.annotate(
+            configured(settings, url, token), text="merge", tags=[grafana.MERGE]
+        )
+    assert not stored
+    assert fake.annotations == []
+    assert "not stored in Grafana" in caplog.text
+    assert token not in caplog.text
+
+
+def test_sync_without_grafana_says_which_setting(settings: Settings) -> None:
+    with pytest.raises(grafana.GrafanaNotConfiguredError, match="GRAFANA_URL"):
+        grafana.sync(configured(settings, None))
+
+
+def test_cli_sync_lists_the_dashboards(
+    settings: Settings, standin: tuple[GrafanaStandIn, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, url = standin
+    monkeypatch.setenv("LAKELOOP_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("LAKELOOP_OBSERVABILITY__GRAFANA_URL", url)
+    monkeypatch.setenv("LAKELOOP_OBSERVABILITY__GRAFANA_TOKEN", TOKEN)
+    result = CliRunner().invoke(grafana.app, ["sync"])
+    assert result.exit_code == 0, result.output
+    assert "3 dashboards in folder lakeloop" in result.output
+    assert TOKEN not in result.output
+    assert len(fake.dashboards) == 3
+
+    monkeypatch.setenv("LAKELOOP_OBSERVABILITY__GRAFANA_TOKEN", "glsa_wrong_" + "z" * 24)
+    refused = CliRunner().invoke(grafana.app, ["sync"])
+    assert refused.exit_code == 1
+    assert "cannot sync Grafana" in refused.output
+
+
+def test_against_a_real_grafana(settings: Settings) -> None:
+    url, token = os.environ.get("GRAFANA_URL"), os.environ.get("GRAFANA_TOKEN")
+    if not url:
+        pytest.skip("set GRAFANA_URL (and GRAFANA_TOKEN, an Editor service-account token)")
+    real = configured(settings, url, token)
+    synced = grafana.sync(real)
+    grafana.sync(real)  # idempotent against the real server too
+    client = grafana.connect(real)
+    assert client is not None
+    for name in grafana.DASHBOARDS:
+        stored = client.dashboard.get_dashboard(grafana.dashboard(name)["uid"])
+        assert stored["meta"]["folderUid"] == grafana.FOLDER_UID
+    assert client.datasource.get_datasource_by_uid(synced.datasource_uid)["url"] == PROMETHEUS
+    text = f"lakeloop test annotation {datetime.now(UTC).isoformat()}"
+    assert grafana.annotate(real, text=text, tags=[grafana.DRIFT])
+    found = client.annotations.find_annotations(tags=[grafana.TAG, grafana.DRIFT], limit=20)
+    assert text in [annotation["text"] for annotation in found]

@@ -1,0 +1,55 @@
+"""The real API process (``python -m api``) serving a real champion registered in a real MLflow
+server, started by the stack launcher on free loopback ports."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import httpx
+
+from lakeloop import market, tracking
+from lakeloop.dataset import DatasetSpec
+from lakeloop.model import train
+from lakeloop.settings import Settings, TrainingSettings
+from lakeloop.stack import Stack, services
+
+
+def register_champion(settings: Settings, spec: DatasetSpec, *, seed: int, commit: str) -> str:
+    """Train a small model, log and register it, make it the champion; returns its version."""
+    frame = market.generate_batch(rows=2000, seed=seed)
+    trained = train(frame, spec, TrainingSettings(n_estimators=30))
+    lineage = tracking.Lineage(
+        repository="housing",
+        commit_id=commit,
+        validation="passed",
+        trigger="manual",
+        dataset=f"{spec.name}@v{spec.version}",
+    )
+    client = tracking.connect(settings)  # also points MLflow's fluent API here
+    logged = tracking.log_trained(
+        settings, trained, spec=spec, training_data=frame, lineage=lineage
+    )
+    tracking.record_decision(client, settings, logged=logged, reasons=[], champion=None)
+    return logged.version
+
+
+def start_api_with_champion(
+    stack: Stack, spec: DatasetSpec, *, env: dict[str, str], seed: int = 31
+) -> str:
+    """Start MLflow, register a champion, start the API with ``env`` (its LAKELOOP_* settings)
+    and wait until it serves the champion; returns the API's URL. ``stack.down()`` stops both."""
+    settings = stack.settings
+    available = {service.name: service for service in services(settings)}
+    mlflow_server = stack.start(available["mlflow"])
+    stack.wait(mlflow_server)
+    register_champion(settings, spec, seed=seed, commit="1" * 64)
+    api = stack.start(dataclasses.replace(available["api"], env=env))
+    stack.wait(api)
+    url = f"http://127.0.0.1:{settings.api.port}"
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{url}/readyz", timeout=5).status_code != 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} never loaded the champion")
+        time.sleep(0.2)
+    return url
