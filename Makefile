@@ -4,6 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
+# tests/integration/test_postgres_stack.py runs the Prefect and MLflow servers on this PostgreSQL
+# (it creates and drops its own databases); `make test LAKELOOP_TEST_POSTGRES_URL=` skips it.
+LAKELOOP_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/postgres
+export LAKELOOP_TEST_POSTGRES_URL
+
 .PHONY: install system-deps demo up down test test-fast lint format bench openapi clean
 
 $(STAMP): pyproject.toml

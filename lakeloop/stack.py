@@ -67,9 +67,18 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     return True
 
 
+# Settings whose values carry a database password. Only the server that uses one gets it, in
+# the environment variable that server reads (see ``services``); every other child goes without.
+DATABASE_URL_VARIABLES = ("LAKELOOP_PREFECT__DATABASE_URL", "LAKELOOP_MLFLOW__BACKEND_STORE_URI")
+
+
 def child_env(settings: Settings) -> dict[str, str]:
     """Environment shared by every child: the caller's, plus where everything is."""
-    env = dict(os.environ)
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name.upper() not in DATABASE_URL_VARIABLES
+    }
     env.update(
         {
             "LAKELOOP_STATE_DIR": str(settings.state_dir),
@@ -89,62 +98,14 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 def services(settings: Settings, *, lakefs_binary: str | None = None) -> list[Service]:
     """The services the stack starts for these settings; configured endpoints are not started."""
-    state = settings.state_dir
     python = sys.executable
     started: list[Service] = []
     if settings.lakefs.endpoint is None:
         started.append(_lakefs_service(settings, lakefs_binary))
     if settings.mlflow.tracking_uri is None:
-        mlflow_dir = state / "mlflow"
-        started.append(
-            Service(
-                name="mlflow",
-                argv=[
-                    python,
-                    "-m",
-                    "mlflow",
-                    "server",
-                    "--backend-store-uri",
-                    f"sqlite:///{mlflow_dir / 'mlflow.db'}",
-                    "--artifacts-destination",
-                    str(mlflow_dir / "artifacts"),
-                    "--host",
-                    LOOPBACK,
-                    "--port",
-                    str(settings.mlflow.port),
-                    "--workers",
-                    "1",
-                ],
-                port=settings.mlflow.port,
-                health_url=f"{settings.mlflow_tracking_uri}/health",
-                hint="LAKELOOP_MLFLOW__PORT",
-            )
-        )
+        started.append(_mlflow_service(settings))
     if settings.prefect.api_url is None:
-        started.append(
-            Service(
-                name="prefect",
-                argv=[
-                    python,
-                    "-m",
-                    "prefect",
-                    "server",
-                    "start",
-                    "--host",
-                    LOOPBACK,
-                    "--port",
-                    str(settings.prefect.port),
-                ],
-                port=settings.prefect.port,
-                health_url=f"{settings.prefect_api_url}/health",
-                env={
-                    "PREFECT_SERVER_DATABASE_CONNECTION_URL": (
-                        f"sqlite+aiosqlite:///{state / 'prefect' / 'prefect.db'}"
-                    ),
-                },
-                hint="LAKELOOP_PREFECT__PORT",
-            )
-        )
+        started.append(_prefect_service(settings))
     started.append(
         Service(
             name="gateway",
@@ -164,6 +125,70 @@ def services(settings: Settings, *, lakefs_binary: str | None = None) -> list[Se
         )
     )
     return started
+
+
+def _mlflow_service(settings: Settings) -> Service:
+    """``mlflow server`` on the configured database and artifact store, else the state folder."""
+    mlflow_dir = settings.state_dir / "mlflow"
+    backend = settings.mlflow.backend_store_uri
+    return Service(
+        name="mlflow",
+        argv=[
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--artifacts-destination",
+            settings.mlflow.artifacts_destination or str(mlflow_dir / "artifacts"),
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(settings.mlflow.port),
+            "--workers",
+            "1",
+        ],
+        port=settings.mlflow.port,
+        health_url=f"{settings.mlflow_tracking_uri}/health",
+        # The backend URI may hold a password: it goes in the variable `mlflow server` reads for
+        # --backend-store-uri, never in argv, which stack.json records and `ps` shows to anyone.
+        env={
+            "MLFLOW_BACKEND_STORE_URI": (
+                backend.get_secret_value()
+                if backend is not None
+                else f"sqlite:///{mlflow_dir / 'mlflow.db'}"
+            ),
+        },
+        hint="LAKELOOP_MLFLOW__PORT",
+    )
+
+
+def _prefect_service(settings: Settings) -> Service:
+    """``prefect server start`` on the configured database, else SQLite in the state folder."""
+    database = settings.prefect.database_url
+    return Service(
+        name="prefect",
+        argv=[
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(settings.prefect.port),
+        ],
+        port=settings.prefect.port,
+        health_url=f"{settings.prefect_api_url}/health",
+        env={
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": (
+                database.get_secret_value()
+                if database is not None
+                else f"sqlite+aiosqlite:///{settings.state_dir / 'prefect' / 'prefect.db'}"
+            ),
+        },
+        hint="LAKELOOP_PREFECT__PORT",
+    )
 
 
 def _lakefs_service(settings: Settings, binary: str | None) -> Service:

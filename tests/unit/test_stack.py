@@ -17,6 +17,7 @@ from lakeloop.stack import (
     Service,
     Stack,
     StackError,
+    child_env,
     down_recorded,
     find_lakefs,
     port_is_free,
@@ -140,3 +141,42 @@ def test_without_binary_or_download_the_builtin_server_runs_and_says_so(
     assert "download disabled" in note
     [lakefs] = [s for s in services(offline, lakefs_binary=None) if s.name == "lakefs"]
     assert lakefs.argv[1:3] == ["-m", "lakeloop.lakefs_local"]
+
+
+def test_database_urls_reach_only_their_server_and_never_argv(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL-backed servers: each URL (password included) goes to its own server by
+    environment variable; no argv (recorded in stack.json, shown by `ps`) and no other child
+    gets it."""
+    prefect_url = "postgresql+asyncpg://prefect:pw-prefect-123@db:5432/prefect"
+    mlflow_url = "postgresql://mlflow:pw-mlflow-456@db:5432/mlflow"
+    monkeypatch.setenv("LAKELOOP_PREFECT__DATABASE_URL", prefect_url)
+    monkeypatch.setenv("LAKELOOP_MLFLOW__BACKEND_STORE_URI", mlflow_url)
+    configured = load_settings(
+        state_dir=settings.state_dir, mlflow={"artifacts_destination": "s3://models/mlflow"}
+    )
+    started = {service.name: service for service in services(configured)}
+    assert started["prefect"].env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == prefect_url
+    assert started["mlflow"].env["MLFLOW_BACKEND_STORE_URI"] == mlflow_url
+    mlflow_argv = started["mlflow"].argv
+    assert mlflow_argv[mlflow_argv.index("--artifacts-destination") + 1] == "s3://models/mlflow"
+    for service in started.values():
+        assert "pw-" not in " ".join(service.argv)
+        if service.name not in {"prefect", "mlflow"}:
+            assert "pw-" not in " ".join(service.env.values())
+    assert "pw-" not in " ".join(child_env(configured).values())
+
+
+def test_without_database_urls_the_servers_keep_their_state_in_the_state_folder(
+    settings: Settings,
+) -> None:
+    started = {service.name: service for service in services(settings)}
+    state = settings.state_dir
+    assert started["prefect"].env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == (
+        f"sqlite+aiosqlite:///{state / 'prefect' / 'prefect.db'}"
+    )
+    assert started["mlflow"].env["MLFLOW_BACKEND_STORE_URI"] == (
+        f"sqlite:///{state / 'mlflow' / 'mlflow.db'}"
+    )
+    assert str(state / "mlflow" / "artifacts") in started["mlflow"].argv

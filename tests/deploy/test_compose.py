@@ -1,0 +1,210 @@
+"""infra/docker-compose.yml: valid for docker-compose and the Compose specification, every
+lakeloop setting a real one, one list of variable names (infra/.env.example), no secret in the
+file, loopback by default, a health check and an ordered start for every long-lived service."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.deploy.names import unknown_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+COMPOSE_FILE = INFRA / "docker-compose.yml"
+ENV_EXAMPLE = INFRA / ".env.example"
+ACTIONS = ROOT / "deployments" / "lakefs_actions"
+
+# ${NAME}, ${NAME:-default}, ${NAME:?message}, ...; $$ is a literal dollar sign.
+VARIABLE = re.compile(r"(?<!\$)\$\{(?P<name>\w+)(?P<operator>:?[-?])?[^}]*\}")
+# One-shot jobs (create databases, buckets): they exit, so they have no health check.
+ONE_SHOT = {"postgres-init", "minio-init"}
+SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "_KEY", "CONNECTION_STRING", "STORE_URI")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def example_names() -> dict[str, str]:
+    """The variables infra/.env.example declares, with their (mostly empty) values."""
+    pairs = (
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
+def _variables() -> dict[str, str]:
+    """Every variable the compose file interpolates, with the strictest operator used on it."""
+    found: dict[str, str] = {}
+    for match in VARIABLE.finditer(COMPOSE_FILE.read_text()):
+        operator = match["operator"] or ""
+        if found.get(match["name"], "") != ":?":
+            found[match["name"]] = operator
+    return found
+
+
+def _filled_env_file(tmp_path: Path, example: dict[str, str]) -> Path:
+    """infra/.env.example with a throwaway value for every variable compose requires."""
+    required = {name for name, operator in _variables().items() if operator == ":?"}
+    lines = [
+        f"{name}={'unit-test-' + name.lower() if name in required and not value else value}"
+        for name, value in example.items()
+    ]
+    path = tmp_path / ".env"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _docker_compose() -> str:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed (`make system-deps` installs it)")
+    return binary
+
+
+def test_docker_compose_accepts_the_file_with_the_example_env_filled_in(
+    tmp_path: Path, example_names: dict[str, str]
+) -> None:
+    env_file = _filled_env_file(tmp_path, example_names)
+    rendered = subprocess.run(
+        [_docker_compose(), "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    config = yaml.safe_load(rendered.stdout)
+    assert "unit-test-postgres_password" in config["services"]["postgres"]["environment"].values()
+
+
+def test_docker_compose_refuses_to_start_with_a_secret_left_empty(tmp_path: Path) -> None:
+    """The example as it is (every secret empty) fails fast, naming a missing variable."""
+    rendered = subprocess.run(
+        [_docker_compose(), "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE_FILE), "config"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert rendered.returncode != 0
+    assert "set it in infra/.env" in rendered.stderr
+
+
+def test_the_file_follows_the_compose_specification(compose: dict[str, Any]) -> None:
+    """Against the compose-spec schema that check-jsonschema vendors and keeps current."""
+    vendored = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    schema = json.loads(vendored.read_text())
+    jsonschema.validate(compose, schema)
+
+
+def test_every_lakeloop_variable_is_a_setting(
+    compose: dict[str, Any], example_names: dict[str, str]
+) -> None:
+    in_services = {
+        name for service in compose["services"].values() for name in _environment(service)
+    }
+    assert unknown_settings(in_services) == []
+    assert unknown_settings(example_names) == []
+    assert unknown_settings(_variables()) == []
+
+
+def test_the_example_env_file_is_the_one_list_of_variables(example_names: dict[str, str]) -> None:
+    """Every variable compose reads is in infra/.env.example and every name there is used, so a
+    new secret cannot be forgotten in the example, nor an old one linger."""
+    used = set(_variables())
+    compose_own = {"COMPOSE_PROJECT_NAME"}  # read by compose itself, not by the file
+    assert sorted(used - set(example_names)) == []
+    assert sorted(set(example_names) - used - compose_own) == []
+
+
+def test_secrets_come_from_the_env_file_only(
+    compose: dict[str, Any], example_names: dict[str, str]
+) -> None:
+    """No secret value is written in the file, and the example gives none either."""
+    for name, service in compose["services"].items():
+        for key, value in _environment(service).items():
+            if any(word in key for word in SECRET_WORDS) and value is not None:
+                assert VARIABLE.search(str(value)), f"{name}: {key} is not from infra/.env"
+    for key, value in example_names.items():
+        if any(word in key for word in SECRET_WORDS) or key.endswith("_USER"):
+            assert value == "", f"infra/.env.example gives {key} a value"
+
+
+def test_ports_are_published_on_loopback_by_default(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("${PUBLISH_ADDRESS:-127.0.0.1}:"), f"{name}: {port}"
+
+
+def test_every_server_has_a_health_check_and_waits_for_what_it_needs(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        if name in ONE_SHOT:
+            assert service["restart"] == "no"
+            continue
+        assert "test" in service.get("healthcheck", {}), f"{name} has no health check"
+        for needed, condition in service.get("depends_on", {}).items():
+            wanted = "service_completed_successfully" if needed in ONE_SHOT else "service_healthy"
+            assert condition == {"condition": wanted}, f"{name} -> {needed}"
+
+
+def test_lakefs_gets_every_variable_the_action_files_read(compose: dict[str, Any]) -> None:
+    referenced = {
+        match
+        for action in ACTIONS.glob("*.yaml")
+        for match in re.findall(r"\{\{\s*ENV\.(\w+)\s*\}\}", action.read_text())
+    }
+    assert referenced, "the action files read no lakeFS environment variable any more?"
+    assert referenced <= set(_environment(compose["services"]["lakefs"]))
+
+
+def test_observability_is_provisioned_read_only_from_the_repository(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    mounts = [*services["prometheus"]["volumes"], *services["grafana"]["volumes"]]
+    from_repository = [mount for mount in mounts if mount.startswith(".")]
+    assert {mount.split(":")[0] for mount in from_repository} == {
+        "./prometheus",
+        "../monitoring/grafana/provisioning",
+        "../monitoring/grafana/dashboards",
+    }
+    assert all(mount.endswith(":ro") for mount in from_repository)
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+
+
+def test_lakeloop_services_run_the_image_built_from_this_repository(
+    compose: dict[str, Any],
+) -> None:
+    lakeloop = {
+        name: service
+        for name, service in compose["services"].items()
+        if "lakeloop" in str(service.get("image"))
+    }
+    assert set(lakeloop) == {"prefect", "mlflow", "gateway", "api", "worker"}
+    for service in lakeloop.values():
+        assert service["build"] == {"context": "..", "dockerfile": "Dockerfile"}
+        assert (INFRA / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
+
+
+def _environment(service: dict[str, Any]) -> dict[str, Any]:
+    environment = service.get("environment", {})
+    if isinstance(environment, list):
+        return dict(item.split("=", 1) if "=" in item else (item, None) for item in environment)
+    return dict(environment)
