@@ -186,7 +186,6 @@ def test_observability_is_provisioned_read_only_from_the_repository(
         "../monitoring/grafana/dashboards",
     }
     assert all(mount.endswith(":ro") for mount in from_repository)
-    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
 
 
 def test_lakeloop_services_run_the_image_built_from_this_repository(
@@ -208,3 +207,21 @@ def _environment(service: dict[str, Any]) -> dict[str, Any]:
     if isinstance(environment, list):
         return dict(item.split("=", 1) if "=" in item else (item, None) for item in environment)
     return dict(environment)
+
+
+def test_prometheus_in_compose_scrapes_the_services_by_name(compose: dict[str, Any]) -> None:
+    """The compose configuration is the tested one (infra/prometheus/prometheus.yml) with the
+    services' names as targets, nothing else."""
+    local = yaml.safe_load((INFRA / "prometheus" / "prometheus.yml").read_text())
+    inside = yaml.safe_load((INFRA / "prometheus" / "prometheus.compose.yml").read_text())
+    targets = {
+        job["job_name"]: job["static_configs"][0]["targets"] for job in inside["scrape_configs"]
+    }
+    assert targets == {"lakeloop_api": ["api:8000"], "pushgateway": ["pushgateway:9091"]}
+    for job in (*local["scrape_configs"], *inside["scrape_configs"]):
+        job["static_configs"] = None
+    assert inside == local
+    command = compose["services"]["prometheus"]["command"]
+    assert "--config.file=/etc/prometheus/prometheus.compose.yml" in command
+    for name in ("api", "pushgateway"):
+        assert name in compose["services"]
