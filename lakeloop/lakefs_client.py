@@ -48,7 +48,8 @@ def ensure_repository(client: lakefs.Client, settings: Settings) -> lakefs.Repos
     """Create the repository (idempotent) with the production branch as its default."""
     repository = lakefs.Repository(settings.lakefs.repository, client=client)
     return repository.create(
-        storage_namespace=f"local://{settings.lakefs.repository}",
+        storage_namespace=settings.lakefs.storage_namespace
+        or f"local://{settings.lakefs.repository}",
         default_branch=settings.lakefs.branch,
         exist_ok=True,
     )

@@ -41,6 +41,9 @@ class LakeFSSettings(BaseModel):
     """Repository that holds the dataset."""
     branch: str = "main"
     """Production branch: a commit or merge here triggers training."""
+    storage_namespace: str | None = None
+    """Where lakeFS stores a repository that ``lakeloop init`` creates (``s3://bucket/housing``);
+    unset: ``local://<repository>``, which only a lakeFS on local storage accepts."""
     download: bool = True
     """Without a ``lakefs`` binary, let the lakeFS SDK download one (needs GitHub); if that fails,
     use the built-in server."""

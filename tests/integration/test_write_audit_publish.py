@@ -187,3 +187,20 @@ def test_each_bad_batch_is_blocked_at_the_pre_merge_gate(
     assert expected in published.rejection
     assert loop.main_head() == before
     assert len(loop.prefect.events) == relayed_before
+
+
+def test_init_creates_the_repository_in_the_configured_storage_namespace(loop: Loop) -> None:
+    """A lakeFS on S3 refuses local:// namespaces: `lakeloop init` uses the configured one."""
+    other = load_settings(
+        state_dir=loop.settings.state_dir,
+        lakefs={
+            **loop.settings.lakefs.model_dump(),
+            "repository": "on-s3",
+            "storage_namespace": "s3://bucket/on-s3",
+        },
+    )
+    created = lakefs_client.ensure_repository(loop.client, other)
+    assert created.properties.storage_namespace == "s3://bucket/on-s3"
+    assert created.properties.default_branch == other.lakefs.branch
+    again = lakefs_client.ensure_repository(loop.client, other)  # idempotent
+    assert again.properties.storage_namespace == "s3://bucket/on-s3"
