@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -112,6 +113,21 @@ def test_demo_retrains_once_on_shift_and_serves_the_new_champion(
     shown = workspace.run("report")
     assert shown.returncode == 0
     assert "RETRAIN" in shown.stdout
+    # Each monitor run is an MLflow run with the numbers and Evidently's report, and a Prefect
+    # artifact a person finds in the UI.
+    experiment = client.get_experiment_by_name(f"{settings.mlflow.experiment}-monitoring")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    assert [run.data.tags["decision"] for run in runs] == ["none", "retrain"]
+    assert runs[1].data.metrics["drift_share"] == pytest.approx(shifted.drift.drift_share)
+    [report] = client.list_artifacts(runs[1].info.run_id, "evidently")
+    assert report.path.endswith(".html")
+    artifacts = httpx.post(
+        f"{settings.prefect_api_url}/artifacts/filter",
+        json={"artifacts": {"key": {"any_": ["drift-report"]}}},
+        timeout=10,
+    ).json()
+    assert any("retrain requested" in artifact["data"] for artifact in artifacts)
 
 
 def test_more_shift_inside_the_cooldown_retrains_nothing(
