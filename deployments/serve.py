@@ -20,6 +20,7 @@ from prefect.events import DeploymentEventTrigger
 from prefect.exceptions import ObjectAlreadyExists
 
 from flows.monitor import monitor_champion
+from flows.reconcile import reconcile_commits
 from flows.retrain import retrain_on_drift
 from flows.train import promotion_lock, train_on_commit
 from lakeloop.gateway import ALERT_FIRED
@@ -113,6 +114,13 @@ def declared(settings: Settings) -> list[Declared]:
             entrypoint="flows/retrain.py:retrain_on_drift",
             description="Add reported prices to lakeFS and retrain when the monitor finds drift.",
             triggers=[retrain_trigger(settings), alert_trigger(settings)],
+        ),
+        Declared(
+            name="reconcile-commits",
+            flow=reconcile_commits,
+            entrypoint="flows/reconcile.py:reconcile_commits",
+            description="Train production commits whose trigger was lost.",
+            interval=timedelta(minutes=30),
         ),
         Declared(
             name="monitor-champion",

@@ -1,8 +1,18 @@
 """The gateway: receives lakeFS action webhooks and Grafana alert notifications and hands them to
 Prefect as events.
 
-It answers 2xx only once Prefect accepted the event, so lakeFS records a failed hook run (and
-Grafana retries the notification) instead of a trigger silently lost.
+An accepted event is first written to a durable spool on disk (:mod:`lakeloop.spool`), then
+handed to Prefect; the gateway answers 2xx once the event is spooled, whether or not Prefect took
+it yet. Why not answer only once Prefect accepted, as it used to: lakeFS runs post-commit and
+post-merge hooks after the commit exists and only logs their failure (it never retries), so an
+error answer there loses the trigger just the same, only more loudly. With the spool the event
+survives Prefect being down or restarting, and the gateway itself restarting: a background loop
+retries with a bounded backoff until Prefect accepts, starting with what a previous process left.
+Event ids are deterministic, so a redelivery is harmless to Prefect's de-duplication.
+
+The gateway answers 503 only when it cannot store the event (the spool is full or the disk
+refuses the write): lakeFS then logs a failed hook and Grafana retries the notification.
+Pre-merge hooks stay synchronous: their answer is the data checks' verdict, nothing is spooled.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import httpx
 import msgspec
 from litestar import Litestar, MediaType, Response, get, post
 from litestar.connection import ASGIConnection
@@ -31,6 +42,7 @@ from lakeloop import events, lakefs_client
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.serving import serve
 from lakeloop.settings import Settings, load_settings
+from lakeloop.spool import Delivery, Redelivery, Sender, Spool, SpoolError
 from validation.checks import Validator
 
 logger = logging.getLogger(__name__)
@@ -40,16 +52,23 @@ ALERT_FIRED = "lakeloop.alert.fired"
 """Event emitted per firing Grafana alert; its resource is the model the alert is about."""
 ACTION_LABEL = "lakeloop_action"
 """Alert label saying what lakeloop should do (``retrain``); a deployment trigger matches it."""
+SEND_TIMEOUT_SECONDS = 5.0
+"""How long one attempt to hand an event to Prefect may take (a request waits for the first)."""
+# Prefect answers these when the event itself is malformed: retrying it can never succeed.
+MALFORMED_EVENT_STATUSES = frozenset({400, 413, 422})
 
 
 class Relayed(msgspec.Struct):
     """What the gateway did with a webhook."""
 
     relayed: bool
+    """The event was accepted: stored in the spool, and delivered to Prefect now or later."""
     event: str
     commit_id: str
     event_id: str | None = None
     detail: str = ""
+    delivered: bool = False
+    """Prefect already accepted the event; otherwise it waits in the spool for redelivery."""
 
 
 class Verdict(msgspec.Struct):
@@ -64,6 +83,8 @@ class Verdict(msgspec.Struct):
 
 class Health(msgspec.Struct):
     status: str
+    pending_events: int = 0
+    """Events spooled and not yet accepted by Prefect."""
 
 
 class GrafanaAlert(msgspec.Struct, kw_only=True):
@@ -92,9 +113,12 @@ class AlertsRelayed(msgspec.Struct):
     """What the gateway did with a notification: one event per firing alert."""
 
     relayed: int
+    """Firing alerts whose event was accepted (spooled, then delivered now or later)."""
     ignored: int
     """Resolved alerts: nothing to do."""
     event_ids: list[str]
+    delivered: int = 0
+    """Of the relayed events, those Prefect already accepted."""
 
 
 def alert_event(alert: GrafanaAlert, *, default_model: str, receiver: str) -> dict[str, Any]:
@@ -150,14 +174,51 @@ class WarmValidator:
             return self._validator
 
 
-def create_gateway(settings: Settings) -> Litestar:
-    """The gateway app for these settings."""
+def prefect_sender(api_url: str, *, timeout: float = SEND_TIMEOUT_SECONDS) -> Sender:
+    """One attempt to POST an event to the Prefect server's ``/events`` endpoint, classified:
+    delivered, retry later (unreachable, 5xx, auth or routing problems a fix of configuration
+    cures), or rejected (the event itself is malformed)."""
+    url = f"{api_url.rstrip('/')}/events"
+
+    def send(event: dict[str, Any]) -> Delivery:
+        try:
+            response = httpx.post(url, json=[event], timeout=timeout)
+        except httpx.HTTPError as error:
+            problem = f"{type(error).__name__}: {error}"
+        else:
+            if response.is_success:
+                return Delivery.DELIVERED
+            problem = f"HTTP {response.status_code}: {response.text[:200]}"
+            if response.status_code in MALFORMED_EVENT_STATUSES:
+                logger.error("Prefect at %s refused event %s: %s", url, event["id"], problem)
+                return Delivery.REJECTED
+        logger.warning("Prefect at %s did not accept event %s: %s", url, event["id"], problem)
+        return Delivery.RETRY
+
+    return send
+
+
+def create_gateway(
+    settings: Settings,
+    *,
+    spool: Spool | None = None,
+    first_retry_seconds: float = 0.5,
+    max_retry_seconds: float = 30.0,
+) -> Litestar:
+    """The gateway app for these settings. Events wait in ``spool`` (default: the one under
+    ``<state_dir>/spool``) until Prefect accepts them; the redelivery backoff runs from
+    ``first_retry_seconds`` up to ``max_retry_seconds``."""
     secret = settings.webhook_secret().encode()
-    prefect_api = settings.prefect_api_url
-    attempts = settings.gateway.delivery_attempts
     model_name = settings.mlflow.model_name
     validator = WarmValidator(load_spec(settings.dataset))
     lakefs = lakefs_client.connect(settings)
+    spooled = (spool or Spool(settings.state_dir / "spool")).open()
+    redelivery = Redelivery(
+        spooled,
+        prefect_sender(settings.prefect_api_url),
+        first_delay=first_retry_seconds,
+        max_delay=max_retry_seconds,
+    )
 
     def require_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         """Refuse a request without the shared secret before its body is even read."""
@@ -174,13 +235,18 @@ def create_gateway(settings: Settings) -> Litestar:
                 "missing or wrong `Authorization: Bearer <webhook secret>` header"
             )
 
-    def deliver(event: dict[str, Any]) -> None:
-        try:
-            events.emit(prefect_api, event, attempts=attempts)
-        except events.DeliveryError as error:
-            raise HTTPException(
-                status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(error)
-            ) from error
+    def accept(batch: list[dict[str, Any]]) -> list[bool]:
+        """Spool every event (503 if one cannot be stored), then try each once right away;
+        returns which Prefect accepted now (the others wait for the redelivery loop)."""
+        for event in batch:
+            try:
+                spooled.put(event)
+            except SpoolError as error:
+                logger.error("refusing event %s: %s", event["id"], error)
+                raise HTTPException(
+                    status_code=HTTP_503_SERVICE_UNAVAILABLE, detail=str(error)
+                ) from error
+        return [redelivery.deliver(event["id"]) for event in batch]
 
     @post(
         "/webhooks/lakefs",
@@ -197,17 +263,24 @@ def create_gateway(settings: Settings) -> Litestar:
                 relayed=False, event=data.event_type, commit_id=data.commit_id, detail=detail
             )
         event = events.lakefs_event(data)
-        deliver(event)
+        [delivered] = accept([event])
+        outcome = "delivered to Prefect" if delivered else "spooled; Prefect will get it later"
         logger.info(
-            "relayed %s on %s/%s commit %s as event %s",
+            "relayed %s on %s/%s commit %s as event %s: %s",
             event["event"],
             data.repository_id,
             data.branch_id,
             data.commit_id,
             event["id"],
+            outcome,
         )
         return Relayed(
-            relayed=True, event=event["event"], commit_id=data.commit_id, event_id=event["id"]
+            relayed=True,
+            event=event["event"],
+            commit_id=data.commit_id,
+            event_id=event["id"],
+            detail=outcome,
+            delivered=delivered,
         )
 
     @post(
@@ -247,30 +320,42 @@ def create_gateway(settings: Settings) -> Litestar:
         ``lakeloop.alert.fired`` event; resolved alerts are acknowledged and ignored."""
         notification = decode_notification(body)
         firing = [alert for alert in notification.alerts if alert.status == "firing"]
-        relayed = []
-        for alert in firing:
-            event = alert_event(alert, default_model=model_name, receiver=notification.receiver)
-            deliver(event)
+        batch = [
+            alert_event(alert, default_model=model_name, receiver=notification.receiver)
+            for alert in firing
+        ]
+        delivered = accept(batch)
+        for event, done in zip(batch, delivered, strict=True):
             logger.info(
-                "relayed alert %s (%s) for %s as event %s",
+                "relayed alert %s (%s) for %s as event %s: %s",
                 event["resource"]["lakeloop.alert"],
-                alert.fingerprint,
+                event["resource"]["lakeloop.alert.fingerprint"],
                 event["resource"]["prefect.resource.id"],
                 event["id"],
+                "delivered to Prefect" if done else "spooled; Prefect will get it later",
             )
-            relayed.append(event["id"])
         return AlertsRelayed(
-            relayed=len(relayed), ignored=len(notification.alerts) - len(firing), event_ids=relayed
+            relayed=len(batch),
+            ignored=len(notification.alerts) - len(firing),
+            event_ids=[event["id"] for event in batch],
+            delivered=sum(delivered),
         )
 
-    @get("/healthz", operation_id="gatewayHealth")
-    async def healthz() -> Health:
-        """Liveness of the gateway process."""
-        return Health(status="ok")
+    @get("/healthz", operation_id="gatewayHealth", sync_to_thread=True)
+    def healthz() -> Health:
+        """Liveness of the gateway process, and how many events wait for Prefect."""
+        pending, _ = spooled.usage()
+        return Health(status="ok", pending_events=pending)
+
+    def stop_redelivery() -> None:
+        """Stop retrying at shutdown; what is pending stays on disk for the next start."""
+        redelivery.stop()  # not passed bare: Litestar would hand it the app as the timeout
 
     return Litestar(
         route_handlers=[relay_lakefs_webhook, validate_merge, relay_grafana_alerts, healthz],
-        on_startup=[validator.warm_up],
+        # The redelivery thread drains what a previous process left as soon as it starts.
+        on_startup=[validator.warm_up, redelivery.start],
+        on_shutdown=[stop_redelivery],
     )
 
 

@@ -97,7 +97,8 @@ class GatewaySettings(BaseModel):
     webhook_secret: SecretStr | None = None
     """Shared secret lakeFS sends with each webhook. Unset: generated once into the state folder."""
     delivery_attempts: Annotated[int, Field(ge=1, le=20)] = 5
-    """Attempts to hand an event to Prefect before answering lakeFS with an error."""
+    """Attempts the monitor makes to hand a drift event to Prefect before its run fails (the
+    gateway spools lakeFS events on disk and redelivers them until Prefect accepts)."""
 
     @property
     def url(self) -> str:

@@ -1,19 +1,49 @@
-"""The webhook gateway: secret check, event shape, delivery only confirmed after Prefect accepts."""
+"""The webhook gateway: secret check, event shape, and no event lost: each accepted event is
+spooled on disk before the 2xx answer and delivered to Prefect (exactly once per id here) when
+Prefect is up, when it comes back, or when the gateway starts again."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from litestar import Litestar
 from litestar.testing import TestClient
 
 from lakeloop.events import event_id
 from lakeloop.gateway import TOKEN_HEADER, create_gateway
 from lakeloop.settings import Settings, load_settings
+from lakeloop.spool import Spool
 from tests.utils.fake_prefect import FakePrefectEvents
 from tests.utils.net import free_port, serve_in_thread
 
 SECRET = "s3cret-for-tests-0123456789abcdef"
+DEADLINE_SECONDS = 20.0
+
+
+def eventually(check: Callable[[], bool], *, what: str) -> None:
+    """Wait until ``check()`` holds; fail naming ``what`` after a generous deadline."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {DEADLINE_SECONDS} s: {what}")
+        time.sleep(0.05)
+
+
+def gateway_app(settings: Settings, prefect_api: str, *, spool: Spool | None = None) -> Litestar:
+    """The gateway on ``settings``' state folder, retrying fast so tests need not wait."""
+    configured = load_settings(
+        state_dir=settings.state_dir,
+        prefect={"api_url": prefect_api},
+        gateway={"webhook_secret": SECRET},
+    )
+    return create_gateway(configured, spool=spool, first_retry_seconds=0.05, max_retry_seconds=0.2)
+
+
+def pending_files(settings: Settings) -> list[Path]:
+    return sorted((settings.state_dir / "spool" / "pending").glob("*.json"))
 
 
 def hook(**changes: object) -> dict[str, object]:
@@ -43,12 +73,7 @@ def prefect() -> Iterator[tuple[FakePrefectEvents, str]]:
 
 @pytest.fixture
 def gateway(settings: Settings, prefect: tuple[FakePrefectEvents, str]) -> Iterator[TestClient]:
-    configured = load_settings(
-        state_dir=settings.state_dir,
-        prefect={"api_url": prefect[1]},
-        gateway={"webhook_secret": SECRET, "delivery_attempts": 3},
-    )
-    with TestClient(create_gateway(configured)) as client:
+    with TestClient(gateway_app(settings, prefect[1])) as client:
         yield client
 
 
@@ -76,25 +101,104 @@ def test_wrong_or_missing_secret_is_refused_and_nothing_emitted(
     assert prefect[0].events == []
 
 
-def test_prefect_refusing_then_accepting_is_retried(
-    gateway: TestClient, prefect: tuple[FakePrefectEvents, str]
+def test_prefect_refusing_then_accepting_is_retried_in_the_background(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str], settings: Settings
 ) -> None:
     prefect[0].failures_left = 2
     response = gateway.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
     assert response.status_code == 202
-    assert len(prefect[0].events) == 1
+    assert response.json()["delivered"] is False
+    eventually(lambda: not pending_files(settings), what="the spooled event delivered")
+    assert prefect[0].ids() == [response.json()["event_id"]]
 
 
-def test_prefect_down_is_503_so_lakefs_records_a_failed_hook(settings: Settings) -> None:
-    configured = load_settings(
-        state_dir=settings.state_dir,
-        prefect={"api_url": f"http://127.0.0.1:{free_port()}/api"},
-        gateway={"webhook_secret": SECRET, "delivery_attempts": 2},
-    )
-    with TestClient(create_gateway(configured)) as client:
+def test_prefect_down_webhook_is_spooled_answered_and_delivered_once_when_it_is_back(
+    settings: Settings,
+) -> None:
+    port = free_port()  # nothing listens: connection refused, as with Prefect stopped
+    fake = FakePrefectEvents()
+    with TestClient(gateway_app(settings, f"http://127.0.0.1:{port}/api")) as client:
         response = client.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
-    assert response.status_code == 503
-    assert "did not accept" in response.text
+        assert response.status_code == 202
+        answer = response.json()
+        assert answer["relayed"] is True
+        assert answer["delivered"] is False
+        # Spooled before the answer: the event is on disk, whole, under its id.
+        [spooled] = pending_files(settings)
+        assert spooled.stem == answer["event_id"]
+        assert client.get("/healthz").json()["pending_events"] == 1
+        with serve_in_thread(fake.app(), port=port):
+            eventually(lambda: not pending_files(settings), what="delivery once Prefect is back")
+            assert fake.ids() == [answer["event_id"]]
+            assert fake.events[0]["payload"]["commit_id"] == hook()["commit_id"]
+            assert client.get("/healthz").json()["pending_events"] == 0
+
+
+def test_pending_events_are_delivered_when_the_gateway_starts_again(settings: Settings) -> None:
+    port = free_port()
+    down = f"http://127.0.0.1:{port}/api"
+    with TestClient(gateway_app(settings, down)) as client:
+        merge = client.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
+        alert = client.post("/alerts/grafana", json=notification(grafana_alert()), headers=BEARER)
+    assert merge.status_code == alert.status_code == 202
+    expected = {merge.json()["event_id"], *alert.json()["event_ids"]}
+    assert {path.stem for path in pending_files(settings)} == expected  # survived the stop
+
+    fake = FakePrefectEvents()
+    with serve_in_thread(fake.app(), port=port), TestClient(gateway_app(settings, down)):
+        # No request to the new gateway: it drains the spool on start by itself.
+        eventually(lambda: not pending_files(settings), what="delivery on start")
+    assert sorted(fake.ids()) == sorted(expected)
+
+
+def test_a_repeated_webhook_while_prefect_is_down_is_one_event(settings: Settings) -> None:
+    port = free_port()
+    fake = FakePrefectEvents()
+    with TestClient(gateway_app(settings, f"http://127.0.0.1:{port}/api")) as client:
+        ids = {
+            client.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET}).json()[
+                "event_id"
+            ]
+            for _ in range(3)
+        }
+        assert len(ids) == 1
+        assert len(pending_files(settings)) == 1
+        with serve_in_thread(fake.app(), port=port):
+            eventually(lambda: not pending_files(settings), what="delivery once Prefect is back")
+    assert fake.ids() == list(ids)
+
+
+def test_a_full_spool_is_503_so_the_sender_sees_the_failure(settings: Settings) -> None:
+    spool = Spool(settings.state_dir / "spool", max_events=1)
+    down = f"http://127.0.0.1:{free_port()}/api"
+    with TestClient(gateway_app(settings, down, spool=spool)) as client:
+        first = client.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
+        other = hook(commit_id="d" * 64)
+        refused = client.post("/webhooks/lakefs", json=other, headers={TOKEN_HEADER: SECRET})
+        alert = client.post("/alerts/grafana", json=notification(grafana_alert()), headers=BEARER)
+        again = client.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
+    assert first.status_code == 202
+    assert refused.status_code == alert.status_code == 503
+    assert "spool" in refused.text
+    assert "full" in refused.text
+    assert again.status_code == 202  # the event already spooled takes no more room
+    assert [path.stem for path in pending_files(settings)] == [first.json()["event_id"]]
+
+
+def test_an_event_prefect_refuses_as_malformed_is_quarantined_not_retried_forever(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str], settings: Settings
+) -> None:
+    prefect[0].refuse_with = 422
+    response = gateway.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
+    assert response.status_code == 202
+    quarantine = settings.state_dir / "spool" / "quarantine"
+    eventually(lambda: any(quarantine.glob("*.json")), what="the refused event quarantined")
+    assert pending_files(settings) == []
+    prefect[0].refuse_with = None
+    ok = gateway.post(
+        "/webhooks/lakefs", json=hook(commit_id="e" * 64), headers={TOKEN_HEADER: SECRET}
+    )
+    assert ok.json()["delivered"] is True  # one poisoned event does not block the others
 
 
 def test_commit_marked_skip_training_is_acknowledged_not_relayed(
@@ -227,7 +331,7 @@ def test_resolved_alerts_are_acknowledged_not_relayed(
     body = notification(grafana_alert("resolved", endsAt="2026-11-23T11:00:00Z"))
     response = gateway.post("/alerts/grafana", json=body, headers=BEARER)
     assert response.status_code == 202
-    assert response.json() == {"relayed": 0, "ignored": 1, "event_ids": []}
+    assert response.json() == {"relayed": 0, "ignored": 1, "event_ids": [], "delivered": 0}
     assert prefect[0].events == []
 
 
@@ -267,14 +371,18 @@ def test_malformed_notification_is_422_naming_the_problem(
     assert prefect[0].events == []
 
 
-def test_prefect_down_makes_grafana_retry_the_alert(settings: Settings) -> None:
-    configured = load_settings(
-        state_dir=settings.state_dir,
-        prefect={"api_url": f"http://127.0.0.1:{free_port()}/api"},
-        gateway={"webhook_secret": SECRET, "delivery_attempts": 1},
-    )
-    with TestClient(create_gateway(configured)) as client:
+def test_prefect_down_an_alert_is_spooled_and_delivered_when_it_is_back(
+    settings: Settings,
+) -> None:
+    port = free_port()
+    fake = FakePrefectEvents()
+    with TestClient(gateway_app(settings, f"http://127.0.0.1:{port}/api")) as client:
         response = client.post(
             "/alerts/grafana", json=notification(grafana_alert()), headers=BEARER
         )
-    assert response.status_code == 503
+        assert response.status_code == 202
+        assert response.json()["delivered"] == 0
+        with serve_in_thread(fake.app(), port=port):
+            eventually(lambda: not pending_files(settings), what="delivery once Prefect is back")
+    assert fake.ids() == response.json()["event_ids"]
+    assert fake.events[0]["event"] == "lakeloop.alert.fired"
