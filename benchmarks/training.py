@@ -1,28 +1,40 @@
 """Training time and peak memory by data size, in process and on a two-worker local Dask cluster
-(``python -m benchmarks.training``).
+(``python -m benchmarks.training``), and where the training flow's time goes for one commit
+(``python -m benchmarks.training --steps``).
 
 Each (size, engine) pair runs in its own process, so peak memory belongs to that run alone. In
 process, the peak is the process's ``ru_maxrss``. On Dask it is the client process's (which also
 hosts the local scheduler) plus each worker process's ``VmHWM``: a sum of peaks, so an upper bound
 on what was resident at once. The cluster's start-up is not timed: training targets an existing
 cluster. Prints a table; asserts nothing.
+
+``--steps`` runs the training flow's own tasks (without Prefect: its trigger and process start
+are not in these figures) in a fresh interpreter against the lakeFS-compatible local server and an
+MLflow server, both started as processes on loopback. A first commit makes the champion; the
+second, timed, commit is what every later training does: its model is scored against that
+champion. ``log and register`` is broken down by wrapping the calls it makes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 SIZES = (20_000, 200_000, 1_000_000)
 ENGINES = ("process", "dask")
 DASK_WORKERS = 2
+STEP_ROWS = 20_000
 
 
 def measure(rows: int, *, engine: str) -> dict[str, float]:
@@ -79,6 +91,171 @@ def _peak_mb_of(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for process {pid}")
 
 
+def flow_steps(rows: int) -> dict[str, float]:
+    """Seconds per step of the training flow for a commit of ``rows`` new rows (see the module
+    docstring); runs in a fresh interpreter so the import of the flow is counted as a flow run
+    process would pay it."""
+    started = time.perf_counter()
+    from flows import train as flow  # noqa: PLC0415 - timed: a flow run process pays it
+
+    imported = time.perf_counter() - started
+    from lakeloop import lakefs_client, market, tracking  # noqa: PLC0415
+    from lakeloop.dataset import load_spec  # noqa: PLC0415
+    from lakeloop.ingest import inspect_source, write_parquet  # noqa: PLC0415
+    from lakeloop.settings import load_settings  # noqa: PLC0415
+    from lakeloop.stack import Stack, services  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="lakeloop-bench-train-") as scratch:
+        folder = Path(scratch)
+        settings = load_settings(
+            state_dir=folder / "state",
+            mlflow={"port": _free_port()},
+            lakefs={"port": _free_port()},
+            api={"verify_deploy": False},
+        )
+        stack = Stack(settings)
+        try:
+            for service in services(settings):
+                if service.name in {"lakefs", "mlflow"}:
+                    stack.wait(stack.start(service))
+            lakefs = lakefs_client.connect(settings)
+            lakefs_client.ensure_repository(lakefs, settings)
+            commits: list[str | None] = [
+                lakefs_client.publish(
+                    lakefs,
+                    settings,
+                    [inspect_source(write_parquet(batch, folder / f"batch-{seed}.parquet"))],
+                    name=f"bench-{seed}",
+                    source="benchmark",
+                    dataset_version=1,
+                ).commit_id
+                for seed in (1, 2)
+                for batch in [market.generate_batch(rows=rows, seed=seed)]
+            ]
+            champion_commit, timed_commit = commits
+            if champion_commit is None or timed_commit is None:
+                raise RuntimeError("lakeFS refused to merge a benchmark batch")
+            spec = load_spec(settings.dataset)
+            _train_commit(flow, settings, spec, champion_commit, timings={})
+            timings = {"import the flow module": imported}
+            with _log_and_register_breakdown(flow, tracking, timings):
+                _train_commit(flow, settings, spec, timed_commit, timings=timings)
+        finally:
+            stack.down()
+    return timings
+
+
+def _train_commit(
+    flow: Any, settings: Any, spec: Any, commit_id: str, *, timings: dict[str, float]
+) -> None:
+    """The training flow's steps for one commit, as ``train_on_commit`` sequences them."""
+    repository = settings.lakefs.repository
+
+    def step(name: str, task: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        result = task.fn(*args, **kwargs)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
+        return result
+
+    from lakeloop import tracking  # noqa: PLC0415
+
+    step("already trained?", flow.already_trained, settings, commit_id)
+    frame = step("read the commit", flow.read_commit, settings, repository, commit_id)
+    validation, report = step("validate (GX)", flow.validate, settings, frame, spec, commit_id)
+    lineage = tracking.Lineage(
+        repository=repository,
+        commit_id=commit_id,
+        validation=validation.outcome,
+        trigger="commit",
+        dataset=f"{spec.name}@v{spec.version}",
+    )
+    trained = step("fit", flow.fit, frame, spec, settings)
+    logged = step(
+        "log and register",
+        flow.log_and_register,
+        settings,
+        trained,
+        spec=spec,
+        frame=frame,
+        lineage=lineage,
+        report=report,
+    )
+    champion = step("score the champion", flow.score_champion, settings, trained, spec)
+    step("gate and promote", flow.gate_and_promote, settings, trained, logged, champion)
+
+
+# What ``log and register`` calls, timed by wrapping each where tracking looks it up.
+_LOGGING_PARTS = (
+    ("evaluation.segment_metrics", "  segment metrics"),
+    ("evaluation.figures", "  plots: draw"),
+    ("mlflow.log_figure", "  plots: render + upload"),
+    ("from_pandas", "  dataset input: digest + profile"),
+    ("mlflow.log_input", "  dataset input: log"),
+    ("mlflow.log_artifacts", "  validation report upload"),
+    ("infer_signature", "  model signature"),
+    ("mlflow.sklearn.log_model", "  log the model"),
+    ("register", "  register the version"),
+    ("abandon_incomplete", "  close earlier attempts"),
+)
+
+
+@contextlib.contextmanager
+def _log_and_register_breakdown(
+    flow: Any, tracking: Any, timings: dict[str, float]
+) -> Iterator[None]:
+    """Time the parts of ``log and register``; what they leave is the run's own requests."""
+    with contextlib.ExitStack() as patches:
+        for dotted, label in _LOGGING_PARTS:
+            *path, name = dotted.split(".")
+            owner = tracking
+            for part in path:
+                owner = getattr(owner, part)
+            timed = _timed(getattr(owner, name), label, timings)
+            patches.enter_context(mock.patch.object(owner, name, timed))
+        yield
+    parts = sum(timings.get(label, 0.0) for _, label in _LOGGING_PARTS)
+    timings["  run start, params, metrics, tags, end"] = timings["log and register"] - parts
+
+
+def _timed(function: Callable[..., Any], label: str, into: dict[str, float]) -> Any:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            into[label] = into.get(label, 0.0) + time.perf_counter() - started
+
+    return timed
+
+
+def _free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _print_steps(rows: int, timings: dict[str, float]) -> None:
+    print(f"training flow steps for a commit of {rows:,} rows (seconds, without Prefect):")
+    order = [
+        "import the flow module",
+        "already trained?",
+        "read the commit",
+        "validate (GX)",
+        "fit",
+        "log and register",
+        *(label for _, label in _LOGGING_PARTS),
+        "  run start, params, metrics, tags, end",
+        "score the champion",
+        "gate and promote",
+    ]
+    for name in order:
+        print(f"  {name:<42} {timings.get(name, 0.0):>6.2f}")
+    total = sum(timings[name] for name in order if not name.startswith("  "))
+    print(f"  {'total':<42} {total:>6.2f}", flush=True)
+
+
 def _run_child(rows: int, *, engine: str) -> dict[str, float]:
     """Measure one (size, engine) pair in a fresh interpreter; its last stdout line is JSON."""
     child = subprocess.run(
@@ -116,7 +293,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, help="measure one size (used by the parent run)")
     parser.add_argument("--engine", choices=ENGINES, default="process")
     parser.add_argument("--sizes", type=int, nargs="+", default=SIZES, help="row counts to run")
+    parser.add_argument(
+        "--steps", action="store_true", help=f"time the flow's steps on {STEP_ROWS:,} rows"
+    )
     args = parser.parse_args()
+    if args.steps:
+        _print_steps(args.rows or STEP_ROWS, flow_steps(args.rows or STEP_ROWS))
+        return
     if args.rows:
         print(json.dumps(measure(args.rows, engine=args.engine)))
         return

@@ -6,6 +6,7 @@ The flow only sequences steps; each task calls a plain function from the core pa
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import MissingContextError
 
 from lakeloop import evaluation, lakefs_client, loop, model, tracking
 from lakeloop.dataset import DatasetSpec, load_spec
@@ -54,7 +56,12 @@ def record_refused_data(settings: Settings, lineage: tracking.Lineage, report: P
 
 
 @task(cache_policy=NO_CACHE)
-def fit(frame: pd.DataFrame, spec: DatasetSpec, settings: Settings) -> model.TrainedModel:
+def fit(
+    frame: pd.DataFrame, spec: DatasetSpec, settings: Settings, *, tune: bool = False
+) -> model.TrainedModel:
+    """Train with the configured hyperparameters, or with the best of a seeded search."""
+    if tune:
+        return model.tune(frame, spec, settings.training)
     return model.train(frame, spec, settings.training)
 
 
@@ -68,7 +75,11 @@ def log_and_register(
     lineage: tracking.Lineage,
     report: Path,
 ) -> tracking.LoggedModel:
-    tracking.connect(settings)
+    """Log the run and register its version, after closing what an earlier attempt on the same
+    commit (this task's last try, or a failed flow run) left half done."""
+    client = tracking.connect(settings)
+    for done in tracking.abandon_incomplete(client, settings, commit_id=lineage.commit_id):
+        _logger().warning("earlier attempt on %s: %s", lineage.commit_id, done)
     return tracking.log_trained(
         settings, trained, spec=spec, training_data=frame, lineage=lineage, report=report
     )
@@ -136,14 +147,26 @@ def verify_deployment(
         ) from error
 
 
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The Prefect run logger; the module's own when a task is called without Prefect (tests)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
 def promotion_lock(settings: Settings) -> str:
     """Name of the Prefect global concurrency limit that serialises promotions of one model."""
     return f"lakeloop-promote-{settings.mlflow.model_name}"
 
 
 @flow(name="train", flow_run_name="train-{commit_id:.8}", log_prints=True)
-def train_on_commit(repository: str, commit_id: str, reason: str = "manual") -> dict[str, Any]:
-    """Validate the data at a lakeFS commit, train XGBoost, register it, promote it if good."""
+def train_on_commit(
+    repository: str, commit_id: str, reason: str = "manual", tune: bool = False
+) -> dict[str, Any]:
+    """Validate the data at a lakeFS commit, train XGBoost (with ``tune``, the best of
+    ``training.tune_trials`` hyperparameter trials, each a nested MLflow run), register it, and
+    promote it if good."""
     logger = get_run_logger()
     settings = load_settings()
     spec = load_spec(settings.dataset)
@@ -179,7 +202,7 @@ def train_on_commit(repository: str, commit_id: str, reason: str = "manual") -> 
             f"{refused}"
         )
 
-    trained = fit(frame, spec, settings)
+    trained = fit(frame, spec, settings, tune=tune)
     logged = log_and_register(
         settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
     )
@@ -199,6 +222,7 @@ def train_on_commit(repository: str, commit_id: str, reason: str = "manual") -> 
         lineage=lineage.tags(),
         champion=(champion.version, champion.metrics) if champion else None,
         gate_failures=failures,
+        trials=len(trained.trials),
     )
     create_markdown_artifact(summary, key="training-summary", description=f"train-{commit_id:.8}")
     logger.info("%s", summary.splitlines()[0])
@@ -208,4 +232,5 @@ def train_on_commit(repository: str, commit_id: str, reason: str = "manual") -> 
         "run_id": logged.run_id,
         "metrics": trained.metrics,
         "gate_failures": failures,
+        "params": trained.params,
     }

@@ -98,9 +98,10 @@ def summary_markdown(
     lineage: dict[str, str],
     champion: tuple[str, dict[str, float]] | None,
     gate_failures: list[str],
+    trials: int = 0,
 ) -> str:
     """The training run in a few lines of Markdown (a Prefect artifact): decision, metrics next to
-    the champion's on the same holdout, lineage."""
+    the champion's on the same holdout, how the hyperparameters were chosen, lineage."""
     decision = (
         "**promoted to champion**"
         if not gate_failures
@@ -118,6 +119,12 @@ def summary_markdown(
     lines += [
         "",
         f"Holdout: {holdout_rows} rows. MLflow run `{run_id}`.",
+        (
+            f"Hyperparameters: the best of {trials} trials on the early-stopping slice "
+            "(nested runs of that run)."
+            if trials
+            else "Hyperparameters: as configured (not tuned)."
+        ),
         "",
         *(f"- {key}: `{value}`" for key, value in sorted(lineage.items())),
     ]

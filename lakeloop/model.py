@@ -7,16 +7,22 @@ which XGBoost's categorical support rejects, so the encoding has to travel insid
 With ``TrainingSettings.dask_scheduler`` set, the regressor is fitted with ``xgboost.dask`` on that
 cluster instead, and its booster is loaded into the same plain pipeline: what is logged, registered,
 gated and served does not depend on where it was fitted.
+
+Rows are split three ways by a hash of their content: the holdout (judges the model and the gate),
+the early-stopping slice (stops boosting, and chooses among tuning trials), and the rows fitted on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import loguniform, randint, uniform
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.model_selection import ParameterSampler
 from sklearn.pipeline import Pipeline
 from xgboost import XGBRegressor
 
@@ -31,6 +37,27 @@ if TYPE_CHECKING:
 _HASH_BUCKETS = 1000
 # How long a Dask fit waits for the cluster to have a worker (an autoscaled one may start at zero).
 _WORKER_WAIT_SECONDS = 60.0
+
+# XGBoost's own defaults for the tuned hyperparameters the settings do not fix: stated, so every run
+# records the same six parameters whether it was tuned or not.
+_XGBOOST_DEFAULTS: dict[str, float] = {
+    "min_child_weight": 1.0,
+    "subsample": 1.0,
+    "colsample_bytree": 1.0,
+    "reg_lambda": 1.0,
+}
+
+# What ``--tune`` searches: ranges known to suit gradient-boosted trees on tabular data, log-uniform
+# where the effect is multiplicative (rates, weights, regularisation). The number of rounds is not
+# searched: early stopping chooses it for each trial.
+SEARCH_SPACE: dict[str, Any] = {
+    "max_depth": randint(3, 11),
+    "learning_rate": loguniform(0.02, 0.3),
+    "min_child_weight": loguniform(0.5, 20.0),
+    "subsample": uniform(0.6, 0.4),  # scipy's uniform(loc, scale): [0.6, 1.0]
+    "colsample_bytree": uniform(0.6, 0.4),
+    "reg_lambda": loguniform(0.1, 20.0),
+}
 
 
 class FeatureEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
@@ -67,17 +94,29 @@ def feature_encoder(spec: DatasetSpec) -> FeatureEncoder:
     )
 
 
-def build_pipeline(spec: DatasetSpec, training: TrainingSettings) -> Pipeline:
-    """An untrained encoder + XGBoost regressor pipeline."""
+def hyperparameters(training: TrainingSettings) -> dict[str, Any]:
+    """The hyperparameters an untuned training uses: the settings' depth and rate, XGBoost's
+    defaults for the rest of what tuning searches."""
+    return {
+        "max_depth": training.max_depth,
+        "learning_rate": training.learning_rate,
+        **_XGBOOST_DEFAULTS,
+    }
+
+
+def build_pipeline(
+    spec: DatasetSpec, training: TrainingSettings, params: Mapping[str, Any] | None = None
+) -> Pipeline:
+    """An untrained encoder + XGBoost regressor pipeline; ``params`` override the settings'
+    hyperparameters (a tuning trial's)."""
     regressor = XGBRegressor(
         n_estimators=training.n_estimators,
-        max_depth=training.max_depth,
-        learning_rate=training.learning_rate,
         tree_method="hist",
         enable_categorical=True,
         random_state=training.seed,
         n_jobs=0,  # let XGBoost use every core it sees
         early_stopping_rounds=training.early_stopping_rounds,
+        **(hyperparameters(training) | dict(params or {})),
     )
     return Pipeline([("encode", feature_encoder(spec)), ("regress", regressor)])
 
@@ -113,6 +152,58 @@ def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, f
 
 
 @dataclass(frozen=True)
+class Split:
+    """The rows of one training, three ways by content hash (see ``split_rows``)."""
+
+    fit: pd.DataFrame
+    stop: pd.DataFrame
+    """The early-stopping slice: stops boosting and chooses among tuning trials."""
+    holdout: pd.DataFrame
+    """Judges the final model only (metrics, the gate, the champion's score)."""
+
+
+def split_rows(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) -> Split:
+    """Split the rows with a target into fit / early-stopping / holdout rows by content hash, so
+    the same data splits the same way on every run; refuse data too small or flat to learn from.
+
+    Each part is in the order of its rows' hashes, not the order the files were read in: row
+    subsampling (a tuned ``subsample``) and Dask's partitions depend on row order, and the model
+    must not."""
+    rows = frame.dropna(subset=[spec.target.name])
+    hashes = _row_hashes(rows, spec)
+    content_order = np.argsort(hashes, kind="stable")
+    rows = rows.iloc[content_order]
+    buckets = hashes[content_order] % _HASH_BUCKETS
+    holdout_end = int(training.holdout_fraction * _HASH_BUCKETS)
+    validation_end = holdout_end + int(training.validation_fraction * _HASH_BUCKETS)
+    split = Split(
+        fit=rows[buckets >= validation_end],
+        stop=rows[(buckets >= holdout_end) & (buckets < validation_end)],
+        holdout=rows[buckets < holdout_end],
+    )
+    if len(split.fit) < 10 or len(split.holdout) < 2 or len(split.stop) < 2:
+        raise ValueError(
+            f"too few rows to train: {len(split.fit)} to fit, {len(split.stop)} for early "
+            f"stopping, {len(split.holdout)} for the holdout (from {len(rows)} rows with a target)"
+        )
+    if rows[spec.target.name].nunique() < 2:
+        raise ValueError(f"the target {spec.target.name} has a single value: nothing to learn")
+    return split
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One tuning candidate, fitted on the fit rows and scored on the early-stopping slice."""
+
+    number: int
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    """Scores on the early-stopping slice (never the holdout)."""
+    rounds: int
+    """Boosting rounds early stopping kept."""
+
+
+@dataclass(frozen=True)
 class TrainedModel:
     """A fitted pipeline with what is needed to log and judge it."""
 
@@ -125,39 +216,121 @@ class TrainedModel:
     """The holdout rows (features and target): a challenger and the champion are judged on them."""
     predicted: np.ndarray
     """This model's predictions for the holdout rows, in order."""
+    params: dict[str, Any]
+    """The hyperparameters it was fitted with (the settings', or the best tuning trial's)."""
+    trials: tuple[Trial, ...] = ()
+    """The tuning trials it was chosen from; empty when it was not tuned."""
 
 
-def train(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) -> TrainedModel:
+def train(
+    frame: pd.DataFrame,
+    spec: DatasetSpec,
+    training: TrainingSettings,
+    *,
+    params: Mapping[str, Any] | None = None,
+) -> TrainedModel:
     """Fit on the training rows and evaluate on the deterministic holdout."""
-    rows = frame.dropna(subset=[spec.target.name])
-    buckets = row_buckets(rows, spec)
-    holdout_end = int(training.holdout_fraction * _HASH_BUCKETS)
-    validation_end = holdout_end + int(training.validation_fraction * _HASH_BUCKETS)
-    test_rows = rows[buckets < holdout_end]
-    # Early stopping watches its own slice of the training data, never the holdout.
-    stop_rows = rows[(buckets >= holdout_end) & (buckets < validation_end)]
-    fit_rows = rows[buckets >= validation_end]
-    if len(fit_rows) < 10 or len(test_rows) < 2 or len(stop_rows) < 2:
-        raise ValueError(
-            f"too few rows to train: {len(fit_rows)} to fit, {len(stop_rows)} for early stopping, "
-            f"{len(test_rows)} for the holdout (from {len(rows)} rows with a target)"
+    rows = split_rows(frame, spec, training)
+    chosen = hyperparameters(training) | dict(params or {})
+    pipeline = fit_pipeline(rows, spec, training, params=chosen)
+    return evaluate(pipeline, rows, spec, params=chosen)
+
+
+def tune(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) -> TrainedModel:
+    """Try ``training.tune_trials`` hyperparameter sets and keep the model of the best one.
+
+    Trials are chosen on the early-stopping slice, never on the holdout: the holdout must stay an
+    unbiased judge for the gate and the champion comparison. Trial 0 is the untuned setting, so a
+    tuned model is never worse than an untuned one on the slice that chooses. The rest are a
+    seeded random search (scikit-learn's ``ParameterSampler``, already a dependency): with a
+    dozen trials a model-guided search such as Optuna's TPE would spend its first ten on random
+    samples anyway (its default ``n_startup_trials``), so it would add a dependency, and its
+    import to every flow, for two guided trials. Same data and settings: same trials, same choice.
+    The best trial's fitted pipeline is the final model (fitting it again would give the same).
+    """
+    rows = split_rows(frame, spec, training)
+    candidates = [hyperparameters(training), *_sampled_params(training)]
+    trials: list[Trial] = []
+    best: tuple[Trial, Pipeline] | None = None
+    for number, params in enumerate(candidates):
+        pipeline = fit_pipeline(rows, spec, training, params=params)
+        trial = Trial(
+            number=number,
+            params=params,
+            metrics=score(pipeline, rows.stop, spec),
+            rounds=kept_rounds(pipeline),
         )
-    if rows[spec.target.name].nunique() < 2:
-        raise ValueError(f"the target {spec.target.name} has a single value: nothing to learn")
-    pipeline = build_pipeline(spec, training)
+        trials.append(trial)
+        # Lowest RMSE (the objective early stopping watches); a tie keeps the earlier trial.
+        if best is None or trial.metrics["rmse"] < best[0].metrics["rmse"]:
+            best = (trial, pipeline)
+    assert best is not None  # tune_trials >= 1: trial 0 always runs
+    chosen, pipeline = best
+    return evaluate(pipeline, rows, spec, params=chosen.params, trials=tuple(trials))
+
+
+def kept_rounds(pipeline: Pipeline) -> int:
+    """Boosting rounds the fitted model predicts with: where early stopping stopped, else all."""
+    regressor = pipeline.named_steps["regress"]
+    try:
+        return int(regressor.best_iteration) + 1
+    except AttributeError:  # XGBoost defines best_iteration only when early stopping ran
+        return int(regressor.get_booster().num_boosted_rounds())
+
+
+def _sampled_params(training: TrainingSettings) -> list[dict[str, Any]]:
+    """``tune_trials - 1`` seeded draws from ``SEARCH_SPACE``, as plain Python numbers (four
+    significant digits: what a person reads in MLflow is what was fitted)."""
+    draws = ParameterSampler(
+        SEARCH_SPACE, n_iter=training.tune_trials - 1, random_state=training.seed
+    )
+    return [
+        {
+            name: int(value) if name == "max_depth" else float(f"{float(value):.4g}")
+            for name, value in sorted(draw.items())
+        }
+        for draw in draws
+    ]
+
+
+def fit_pipeline(
+    rows: Split,
+    spec: DatasetSpec,
+    training: TrainingSettings,
+    *,
+    params: Mapping[str, Any] | None = None,
+) -> Pipeline:
+    """A pipeline fitted on ``rows.fit``, early stopping on ``rows.stop``: in this process, or on
+    the Dask cluster the settings name."""
+    pipeline = build_pipeline(spec, training, params)
     if training.dask_scheduler is None:
-        _fit_in_process(pipeline, fit_rows, stop_rows, spec)
+        _fit_in_process(pipeline, rows.fit, rows.stop, spec)
     else:
-        _fit_on_dask(pipeline, fit_rows, stop_rows, spec, scheduler=training.dask_scheduler)
-    predicted = pipeline.predict(test_rows[spec.feature_names])
+        _fit_on_dask(pipeline, rows.fit, rows.stop, spec, scheduler=training.dask_scheduler)
+    return pipeline
+
+
+def evaluate(
+    pipeline: Pipeline,
+    rows: Split,
+    spec: DatasetSpec,
+    *,
+    params: Mapping[str, Any],
+    trials: tuple[Trial, ...] = (),
+) -> TrainedModel:
+    """The fitted pipeline judged on the holdout, with what logging and the gate need."""
+    holdout = rows.holdout
+    predicted = pipeline.predict(holdout[spec.feature_names])
     return TrainedModel(
         pipeline=pipeline,
-        metrics=regression_metrics(test_rows[spec.target.name].to_numpy(), predicted),
-        train_rows=len(fit_rows) + len(stop_rows),
-        holdout_rows=len(test_rows),
-        input_example=test_rows[spec.feature_names].head(3),
-        holdout=test_rows[spec.columns],
+        metrics=regression_metrics(holdout[spec.target.name].to_numpy(), predicted),
+        train_rows=len(rows.fit) + len(rows.stop),
+        holdout_rows=len(holdout),
+        input_example=holdout[spec.feature_names].head(3),
+        holdout=holdout[spec.columns],
         predicted=predicted,
+        params=dict(params),
+        trials=trials,
     )
 
 
@@ -215,17 +388,15 @@ def _scatter_encoded(
     """Encode ``rows`` here and send one contiguous chunk to each worker, as a Dask DataFrame of
     the features (categoricals with their fixed categories) and a Series of the target.
 
-    Encoding here means the workers need only pandas and XGBoost, not lakeloop. Rows are put in
-    the order of their content hash first, so the partitions (and so the model) do not depend on
-    the order the files were read in. Chunks are placed explicitly because the scheduler may put
+    Encoding here means the workers need only pandas and XGBoost, not lakeloop. ``rows`` come in
+    content order (``split_rows``), so the partitions (and so the model) do not depend on the
+    order the files were read in. Chunks are placed explicitly because the scheduler may put
     every partition of a small graph on one worker.
     """
     import dask.dataframe as dd  # noqa: PLC0415 - see _fit_on_dask
 
-    content_order = np.argsort(_row_hashes(rows, spec), kind="stable")
-    ordered = rows.iloc[content_order]
-    encoded = encoder.transform(ordered[spec.feature_names]).assign(
-        **{spec.target.name: ordered[spec.target.name].to_numpy()}
+    encoded = encoder.transform(rows[spec.feature_names]).assign(
+        **{spec.target.name: rows[spec.target.name].to_numpy()}
     )
     encoded = encoded.reset_index(drop=True)
     workers = sorted(client.nthreads())

@@ -1,8 +1,23 @@
-"""MLflow: runs with full lineage, the registry, and the champion alias."""
+"""MLflow: runs with full lineage, the registry, and the champion alias.
+
+A training attempt leaves the registry in one of a few clear states, whatever fails and when:
+
+- Every version is born ``gate.decision=pending`` with its lineage tags (one request creates both),
+  inside its run, which ends FINISHED only once the version exists.
+- The gate moves an alias first and writes its decision last, so ``pending`` always means "the gate
+  has not finished with this version".
+- The next attempt on the same commit (a task retry or a new flow run) first abandons what earlier
+  ones left: a pending version is released (an alias it holds goes back) and tagged ``abandoned``,
+  its run and any run still RUNNING are marked FAILED. A commit counts as trained only when a
+  FINISHED run's version was judged, so a half attempt never stops the commit training again.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import subprocess
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +27,7 @@ import pandas as pd
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import register_dataset_source
 from mlflow.data.pandas_dataset import from_pandas
+from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -20,7 +36,7 @@ from mlflow.tracking import MlflowClient
 import lakeloop
 from lakeloop import evaluation
 from lakeloop.dataset import DatasetSpec
-from lakeloop.model import TrainedModel
+from lakeloop.model import TrainedModel, Trial
 from lakeloop.settings import Settings
 
 # Tag names that carry lineage; the API and the flows read them back.
@@ -33,7 +49,12 @@ TAG_TRIGGER = "lakeloop.trigger"
 TAG_GATE = "gate.decision"
 TAG_GATE_REASONS = "gate.reasons"
 TAG_PREVIOUS = "previous_champion"
+TAG_TRIAL = "tuning.trial"
 CHALLENGER_ALIAS = "challenger"
+# Gate decisions that are not verdicts: the version was never judged, or its attempt failed first.
+GATE_PENDING = "pending"
+GATE_ABANDONED = "abandoned"
+ABANDONED_REASON = "its training attempt failed before the gate decided; the commit was retrained"
 
 # MLflow stores sklearn models with skops, which loads only types named as trusted: ours and
 # XGBoost's, nothing arbitrary (unlike pickle).
@@ -42,6 +63,17 @@ TRUSTED_MODEL_TYPES = [
     "xgboost.core.Booster",
     "xgboost.sklearn.XGBRegressor",
 ]
+
+
+# What a logged model needs to load and predict elsewhere (FeatureEncoder is lakeloop's). Stated,
+# not inferred: MLflow infers requirements by loading the model in a subprocess, which took most
+# of the logging time at 20k rows (4-12 s here), and its guess listed test tools and missed xgboost.
+MODEL_PACKAGES = ("lakeloop", "scikit-learn", "xgboost", "skops", "pandas", "numpy", "scipy")
+
+
+def model_requirements() -> list[str]:
+    """``MODEL_PACKAGES`` pinned to the versions this process trained with (MLflow adds itself)."""
+    return [f"{name}=={importlib.metadata.version(name)}" for name in MODEL_PACKAGES]
 
 
 def connect(settings: Settings) -> MlflowClient:
@@ -67,17 +99,86 @@ def code_version() -> str:
     return f"{lakeloop.__version__}+g{sha}"
 
 
-def run_for_commit(client: MlflowClient, settings: Settings, *, commit_id: str) -> Any | None:
-    """The finished training run for this lakeFS commit, if one exists (flows are idempotent)."""
-    experiment = client.get_experiment_by_name(settings.mlflow.experiment)
-    if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`{TAG_COMMIT}` = '{commit_id}' and attributes.status = 'FINISHED'",
-        max_results=1,
+class TrackingError(RuntimeError):
+    """MLflow failed at a step that leaves the registry changed; the message says which."""
+
+
+@contextlib.contextmanager
+def mlflow_step(settings: Settings, doing: str) -> Iterator[None]:
+    """Name the step and the server when an MLflow call in the block fails: the flow run's error
+    then says what was left undone, not only which request was refused."""
+    try:
+        yield
+    except MlflowException as error:
+        raise TrackingError(
+            f"MLflow at {settings.mlflow_tracking_uri} failed while {doing}: {error}"
+        ) from error
+
+
+def versions_of_commit(
+    client: MlflowClient, settings: Settings, *, commit_id: str
+) -> list[ModelVersion]:
+    """Every registered version trained on this lakeFS commit, oldest first."""
+    versions = client.search_model_versions(
+        f"name = '{settings.mlflow.model_name}' and tags.`{TAG_COMMIT}` = '{commit_id}'"
     )
-    return runs[0] if runs else None
+    return sorted(versions, key=lambda version: int(version.version))
+
+
+def is_judged(version: ModelVersion) -> bool:
+    """Whether the gate finished with this version (promoted, rejected, or since rolled back)."""
+    return (version.tags or {}).get(TAG_GATE) not in {None, GATE_PENDING, GATE_ABANDONED}
+
+
+def run_for_commit(client: MlflowClient, settings: Settings, *, commit_id: str) -> Run | None:
+    """The run that trained this lakeFS commit to the end (flows are idempotent on the commit):
+    FINISHED, with a registered version the gate judged. A failed run, or one whose version was
+    left pending or abandoned by a failed attempt, does not count, so the commit trains again."""
+    for version in versions_of_commit(client, settings, commit_id=commit_id):
+        if is_judged(version) and version.run_id:
+            run = client.get_run(version.run_id)
+            if run.info.status == "FINISHED":
+                return run
+    return None
+
+
+def abandon_incomplete(client: MlflowClient, settings: Settings, *, commit_id: str) -> list[str]:
+    """Close what earlier, failed attempts on this commit left open; returns what was done.
+
+    A pending version gives back any alias it holds (the champion alias returns to the version it
+    replaced, or goes) and is tagged ``abandoned`` with the reason; its run, and any run of the
+    commit still RUNNING (MLflow was unreachable when it should have been ended), become FAILED.
+    Two attempts on one commit at once are not expected (trigger events have deterministic ids);
+    if it happens, the one whose version is abandoned here refuses to promote it
+    (``record_decision``).
+    """
+    name = settings.mlflow.model_name
+    done = []
+    for found in versions_of_commit(client, settings, commit_id=commit_id):
+        if (found.tags or {}).get(TAG_GATE) != GATE_PENDING:
+            continue
+        version = client.get_model_version(name, found.version)  # search leaves aliases out
+        for alias in version.aliases or []:
+            if alias == settings.mlflow.champion_alias:
+                previous = (version.tags or {}).get(TAG_PREVIOUS)
+                _point_champion(client, settings, version=previous)
+            else:
+                client.delete_registered_model_alias(name, alias)
+        client.set_model_version_tag(name, version.version, TAG_GATE_REASONS, ABANDONED_REASON)
+        client.set_model_version_tag(name, version.version, TAG_GATE, GATE_ABANDONED)
+        done.append(f"version {version.version} abandoned")
+        if version.run_id:
+            client.set_terminated(version.run_id, "FAILED")
+            done.append(f"run {version.run_id} marked failed")
+    experiment = client.get_experiment_by_name(settings.mlflow.experiment)
+    if experiment is not None:
+        for run in client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{TAG_COMMIT}` = '{commit_id}' and attributes.status = 'RUNNING'",
+        ):
+            client.set_terminated(run.info.run_id, "FAILED")
+            done.append(f"run {run.info.run_id} marked failed")
+    return done
 
 
 @dataclass(frozen=True)
@@ -137,21 +238,27 @@ def log_trained(
     report: Path | None = None,
 ) -> LoggedModel:
     """Log one training run (parameters, metrics overall and per segment, plots, the training data
-    as a dataset input at its lakeFS URI, lineage tags, the model) and register the model with the
-    same lineage tags."""
+    as a dataset input at its lakeFS URI, lineage tags, tuning trials as nested runs, the model)
+    and register the model as a pending version with the same lineage tags.
+
+    The run ends FINISHED only after the version exists; if anything fails first it ends FAILED,
+    or, when MLflow cannot be told, stays RUNNING for the next attempt to mark failed."""
     register_lakefs_source()
     mlflow.set_experiment(settings.mlflow.experiment)
     tags = lineage.tags()
-    with mlflow.start_run(run_name=f"train-{lineage.commit_id:.8}") as run:
-        mlflow.set_tags(tags)
+    with _run_or_fail(f"train-{lineage.commit_id:.8}", tags=tags) as run:
         mlflow.log_params(
             {
                 **settings.training.model_dump(),
+                **trained.params,  # what was fitted: the settings', or the best trial's
                 "train_rows": trained.train_rows,
                 "holdout_rows": trained.holdout_rows,
+                **_tuning_params(trained.trials, chosen=trained.params),
             }
         )
         mlflow.log_metrics(trained.metrics | evaluation.segment_metrics(trained, spec))
+        if trained.trials:
+            log_trials(trained.trials, tags=tags)
         for name, figure in evaluation.figures(trained, spec).items():
             mlflow.log_figure(figure, f"evaluation/{name}")
         dataset = from_pandas(
@@ -169,14 +276,68 @@ def log_trained(
             name="model",
             signature=infer_signature(example, trained.pipeline.predict(example)),
             input_example=example,
-            registered_model_name=settings.mlflow.model_name,
+            pip_requirements=model_requirements(),
             skops_trusted_types=TRUSTED_MODEL_TYPES,
         )
-    version = str(info.registered_model_version)
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-    for key, value in tags.items():
-        client.set_model_version_tag(settings.mlflow.model_name, version, key, value)
+        version = register(settings, model_uri=info.model_uri, run_id=run.info.run_id, tags=tags)
     return LoggedModel(run_id=run.info.run_id, version=version)
+
+
+@contextlib.contextmanager
+def _run_or_fail(name: str, *, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that ends FINISHED when the block succeeds and FAILED when it raises.
+
+    Unlike ``with mlflow.start_run()``, a failure to end the run (MLflow is often what failed)
+    does not hide the block's own error: the run then stays RUNNING, and the next attempt on the
+    commit marks it failed (``abandon_incomplete``)."""
+    run = mlflow.start_run(run_name=name, tags=tags)
+    try:
+        yield run
+    except BaseException:
+        with contextlib.suppress(MlflowException):
+            mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run()
+
+
+def register(settings: Settings, *, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
+    """Register a logged model as a new version of the configured model; returns its number.
+
+    The version's lineage tags and ``gate.decision=pending`` travel in the request that creates
+    it, so no version ever exists without them."""
+    with mlflow_step(settings, f"registering the model of run {run_id}"):
+        version = mlflow.register_model(
+            model_uri, settings.mlflow.model_name, tags={**tags, TAG_GATE: GATE_PENDING}
+        )
+    return str(version.version)
+
+
+def _tuning_params(trials: Sequence[Trial], *, chosen: dict[str, object]) -> dict[str, object]:
+    """The parent run's record of a tuning: how many trials, and which one was kept."""
+    if not trials:
+        return {}
+    best = next(trial.number for trial in trials if trial.params == chosen)
+    return {"tuning.trials": len(trials), "tuning.best_trial": best}
+
+
+def log_trials(trials: Sequence[Trial], *, tags: dict[str, str]) -> list[str]:
+    """One nested run per tuning trial under the active run: its hyperparameters, its scores on
+    the early-stopping slice that chose among them (never the holdout), and the run's lineage.
+    Returns the nested runs' ids."""
+    run_ids = []
+    for trial in trials:
+        with mlflow.start_run(
+            run_name=f"trial-{trial.number:02d}",
+            nested=True,
+            tags={**tags, TAG_TRIAL: str(trial.number)},
+        ) as child:
+            mlflow.log_params(trial.params)
+            mlflow.log_metrics(
+                {f"early_stopping.{name}": value for name, value in trial.metrics.items()}
+                | {"rounds": float(trial.rounds)}
+            )
+        run_ids.append(child.info.run_id)
+    return run_ids
 
 
 def log_refused_data(settings: Settings, *, lineage: Lineage, report: Path) -> str:
@@ -252,23 +413,36 @@ def record_decision(
     reasons: list[str],
     champion: ChampionScore | None,
 ) -> None:
-    """Write the gate's decision on the version (and the champion's scores on the run), then
-    promote: one alias move. A rejected version stays registered as ``challenger`` with its reason;
-    a promoted one records the champion it replaced, for rollback."""
+    """Record the gate's verdict: the champion's scores on the run, the reasons on the version,
+    one alias move, then the decision. A rejected version stays registered as ``challenger`` with
+    its reason; a promoted one becomes champion and records the champion it replaced, for rollback.
+
+    The decision tag is written last: until then the version stays ``pending``, so an attempt cut
+    off half-way is recognisable (and undone by the next one, ``abandon_incomplete``). Every write
+    is idempotent, so a retry simply does it again."""
     name = settings.mlflow.model_name
-    if champion is not None:
-        for metric, value in champion.metrics.items():
-            client.log_metric(logged.run_id, f"champion_{metric}", value)
-    client.set_model_version_tag(
-        name, logged.version, TAG_GATE, "rejected" if reasons else "promoted"
-    )
-    client.set_model_version_tag(name, logged.version, TAG_GATE_REASONS, "; ".join(reasons) or "-")
-    if reasons:
-        client.set_registered_model_alias(name, CHALLENGER_ALIAS, logged.version)
-        return
-    if champion is not None:
-        client.set_model_version_tag(name, logged.version, TAG_PREVIOUS, champion.version)
-    client.set_registered_model_alias(name, settings.mlflow.champion_alias, logged.version)
+    with mlflow_step(settings, f"recording the gate decision on {name} v{logged.version}"):
+        current = client.get_model_version(name, logged.version)
+        if (current.tags or {}).get(TAG_GATE) == GATE_ABANDONED:
+            raise TrackingError(
+                f"{name} v{logged.version} was abandoned by a later attempt on its commit; "
+                "not promoting it"
+            )
+        if champion is not None:
+            for metric, value in champion.metrics.items():
+                client.log_metric(logged.run_id, f"champion_{metric}", value)
+        client.set_model_version_tag(
+            name, logged.version, TAG_GATE_REASONS, "; ".join(reasons) or "-"
+        )
+        if reasons:
+            client.set_registered_model_alias(name, CHALLENGER_ALIAS, logged.version)
+        else:
+            if champion is not None:
+                client.set_model_version_tag(name, logged.version, TAG_PREVIOUS, champion.version)
+            client.set_registered_model_alias(name, settings.mlflow.champion_alias, logged.version)
+        client.set_model_version_tag(
+            name, logged.version, TAG_GATE, "rejected" if reasons else "promoted"
+        )
 
 
 def restore_champion(
@@ -276,12 +450,19 @@ def restore_champion(
 ) -> None:
     """Undo a promotion whose deployment failed: the alias goes back (or away, if there was no
     champion before) and the version says why."""
-    name = settings.mlflow.model_name
-    if previous is None:
-        client.delete_registered_model_alias(name, settings.mlflow.champion_alias)
+    _point_champion(client, settings, version=previous)
+    client.set_model_version_tag(
+        settings.mlflow.model_name, failed, TAG_GATE, "rolled back: deployment check failed"
+    )
+
+
+def _point_champion(client: MlflowClient, settings: Settings, *, version: str | None) -> None:
+    """Point the champion alias at ``version``, or remove it when there is none."""
+    name, alias = settings.mlflow.model_name, settings.mlflow.champion_alias
+    if version is None:
+        client.delete_registered_model_alias(name, alias)
     else:
-        client.set_registered_model_alias(name, settings.mlflow.champion_alias, previous)
-    client.set_model_version_tag(name, failed, TAG_GATE, "rolled back: deployment check failed")
+        client.set_registered_model_alias(name, alias, version)
 
 
 def rollback(client: MlflowClient, settings: Settings) -> tuple[str, str]:

@@ -4,7 +4,9 @@ through the training flow's own steps (called without Prefect)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -91,6 +93,10 @@ def test_first_model_is_promoted_with_lineage_on_run_and_version(
         "evaluation/predicted_vs_actual.png",
         "evaluation/feature_importance.png",
     } <= artifacts
+    uri = f"models:/{settings.mlflow.model_name}/{logged.version}"
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text()
+    assert "lakeloop==" in requirements
+    assert "xgboost==" in requirements
 
 
 def test_worse_challenger_stays_registered_with_its_reason(
@@ -154,3 +160,23 @@ def test_promotion_the_api_never_serves_is_undone(
     assert tracking.champion(client, settings).version == before.version
     failed = client.get_model_version(settings.mlflow.model_name, logged.version)
     assert failed.tags[tracking.TAG_GATE].startswith("rolled back")
+
+
+def test_a_commit_counts_as_trained_only_once_the_gate_has_judged_its_version(
+    settings: Settings, client: MlflowClient, spec: DatasetSpec, data: pd.DataFrame
+) -> None:
+    commit = "f" * 64
+    trained = train(data, spec, TrainingSettings(n_estimators=20))
+    logged = tracking.log_trained(
+        settings, trained, spec=spec, training_data=data, lineage=_lineage(commit)
+    )
+    registered = client.get_model_version(settings.mlflow.model_name, logged.version)
+    assert registered.tags[tracking.TAG_GATE] == tracking.GATE_PENDING
+    assert registered.tags[tracking.TAG_COMMIT] == commit
+    assert client.get_run(logged.run_id).info.status == "FINISHED"
+    assert tracking.run_for_commit(client, settings, commit_id=commit) is None
+
+    gate_and_promote.fn(settings, trained, logged, score_champion.fn(settings, trained, spec))
+    judged = tracking.run_for_commit(client, settings, commit_id=commit)
+    assert judged is not None
+    assert judged.info.run_id == logged.run_id

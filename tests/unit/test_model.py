@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lakeloop import market
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import (
     TrainedModel,
@@ -13,7 +14,9 @@ from lakeloop.model import (
     holdout_mask,
     regression_metrics,
     score,
+    split_rows,
     train,
+    tune,
 )
 from lakeloop.settings import TrainingSettings
 
@@ -155,3 +158,55 @@ def test_early_stopping_ends_before_the_round_limit(
 ) -> None:
     trained = train(market_batch, spec, TrainingSettings(n_estimators=2000, learning_rate=0.3))
     assert trained.pipeline.named_steps["regress"].best_iteration < 1999
+
+
+# Small enough to tune in a few seconds, wide enough that the trials differ.
+TUNING = TrainingSettings(n_estimators=60, tune_trials=4)
+
+
+def test_tuning_is_deterministic_and_keeps_its_best_trial(
+    market_batch: pd.DataFrame, spec: DatasetSpec
+) -> None:
+    tuned = tune(market_batch, spec, TUNING)
+    again = tune(market_batch.sample(frac=1.0, random_state=2), spec, TUNING)
+    assert again.trials == tuned.trials
+    assert again.metrics == tuned.metrics
+    assert len(tuned.trials) == TUNING.tune_trials
+    assert (
+        len({tuple(sorted(trial.params.items())) for trial in tuned.trials}) == TUNING.tune_trials
+    )
+    best = min(tuned.trials, key=lambda trial: trial.metrics["rmse"])
+    assert tuned.params == best.params
+    # The kept model is the best trial's: refitting its parameters gives the same predictions.
+    refit = train(market_batch, spec, TUNING, params=best.params)
+    assert (refit.predicted == tuned.predicted).all()
+
+
+def test_tuning_starts_from_the_untuned_model(
+    market_batch: pd.DataFrame, spec: DatasetSpec
+) -> None:
+    """Trial 0 is exactly what training without tuning gives, so tuning never picks worse."""
+    [untuned_trial, *_] = tune(market_batch, spec, TUNING).trials
+    untuned = train(market_batch, spec, TUNING)
+    assert untuned_trial.params == untuned.params
+    stop_rows = split_rows(market_batch, spec, TUNING).stop
+    assert untuned_trial.metrics == score(untuned.pipeline, stop_rows, spec)
+
+
+def test_tuning_never_looks_at_the_holdout(market_batch: pd.DataFrame, spec: DatasetSpec) -> None:
+    """Swap every holdout row for different data: the trials and the choice are unchanged, only
+    the final model's holdout scores move."""
+    fraction = TUNING.holdout_fraction
+    other = market.generate_batch(rows=len(market_batch), seed=99)
+    swapped = pd.concat(
+        [
+            market_batch[~holdout_mask(market_batch, spec, fraction=fraction)],
+            other[holdout_mask(other, spec, fraction=fraction)],
+        ],
+        ignore_index=True,
+    )
+    tuned = tune(market_batch, spec, TUNING)
+    with_other_holdout = tune(swapped, spec, TUNING)
+    assert with_other_holdout.trials == tuned.trials
+    assert with_other_holdout.params == tuned.params
+    assert with_other_holdout.metrics != tuned.metrics

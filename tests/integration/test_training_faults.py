@@ -1,0 +1,222 @@
+"""MLflow dying in the middle of a training, for real: the MLflow server process is killed (SIGKILL,
+no clean shutdown) at a chosen step of the training flow's own tasks (called without Prefect),
+then started again on the same database and artifacts. The step must fail naming what it was
+doing, the registry must hold no half state, and training the same commit again must work."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
+
+from flows import train as train_flow
+from lakeloop import market, tracking
+from lakeloop.dataset import DatasetSpec
+from lakeloop.settings import Settings, load_settings
+from lakeloop.stack import Running, Stack, services
+from tests.utils.net import free_port
+
+pytestmark = pytest.mark.integration
+
+
+class MlflowServer:
+    """The local stack's MLflow server, which a test can kill and start again on the same store."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.stack = Stack(settings)
+        [self.service] = [s for s in services(settings) if s.name == "mlflow"]
+        self.running: Running | None = None
+
+    def start(self) -> None:
+        self.running = self.stack.start(self.service)
+        self.stack.wait(self.running)
+
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group, as a crash or an OOM kill would."""
+        assert self.running is not None
+        os.killpg(self.running.process.pid, signal.SIGKILL)
+        self.running.process.wait()
+        self.stack.running.remove(self.running)  # never signal that pid (group) again
+        self.running = None
+
+
+@dataclass(frozen=True)
+class Registry:
+    settings: Settings
+    server: MlflowServer
+    client: MlflowClient
+    report: Path
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, spec: DatasetSpec) -> Iterator[Registry]:
+    root = tmp_path_factory.mktemp("faults")
+    settings = load_settings(
+        state_dir=root / "state",
+        mlflow={"port": free_port()},
+        training={"max_mae": 90_000, "max_rmse": 120_000},
+    )
+    server = MlflowServer(settings)
+    with pytest.MonkeyPatch.context() as patch:
+        # A dead server fails the call at once instead of after MLflow's minutes of backoff;
+        # the flow's tasks add their own retries on top of MLflow's in production.
+        patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        patch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        server.start()
+        try:
+            client = tracking.connect(settings)
+            weak = settings.model_copy(
+                update={"training": settings.training.model_copy(update={"n_estimators": 15})}
+            )
+            report = tmp_path_factory.mktemp("validation-report")
+            _train_commit(weak, spec, _champion_data(), commit="0" * 64, report=report)
+            yield Registry(settings, server, client, report=report)
+        finally:
+            server.stack.down()
+
+
+def _champion_data() -> pd.DataFrame:
+    return market.generate_batch(rows=2000, seed=31)
+
+
+def _champion(registry: Registry) -> ModelVersion:
+    """The version the champion alias points at (there always is one here)."""
+    settings = registry.settings
+    return registry.client.get_model_version_by_alias(
+        settings.mlflow.model_name, settings.mlflow.champion_alias
+    )
+
+
+def _challenger_data() -> pd.DataFrame:
+    """Every challenger here trains on the same data, so each ties the last and is promoted."""
+    return market.generate_batch(rows=6000, seed=32)
+
+
+def _train_commit(
+    settings: Settings, spec: DatasetSpec, frame: pd.DataFrame, *, commit: str, report: Path
+) -> tracking.LoggedModel | None:
+    """The training flow's steps after validation, as ``train_on_commit`` sequences them;
+    ``None`` when the commit was already trained."""
+    if train_flow.already_trained.fn(settings, commit):
+        return None
+    lineage = tracking.Lineage(
+        repository="housing",
+        commit_id=commit,
+        validation="passed",
+        trigger="commit",
+        dataset=f"{spec.name}@v{spec.version}",
+    )
+    trained = train_flow.fit.fn(frame, spec, settings)
+    logged = train_flow.log_and_register.fn(
+        settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
+    )
+    champion = train_flow.score_champion.fn(settings, trained, spec)
+    train_flow.gate_and_promote.fn(settings, trained, logged, champion)
+    return logged
+
+
+def _kill_before(
+    server: MlflowServer, function: Callable[..., Any], *, when: Callable[..., bool]
+) -> Callable[..., Any]:
+    """``function``, except that the first call for which ``when(*args)`` holds kills the MLflow
+    server just before it runs."""
+    killed = False
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        nonlocal killed
+        if not killed and when(*args, **kwargs):
+            killed = True
+            server.kill()
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+def _always(*_: Any, **__: Any) -> bool:
+    return True
+
+
+def _promoted_tag(_client: Any, _name: str, _version: str, key: str, value: str) -> bool:
+    return key == tracking.TAG_GATE and value == "promoted"
+
+
+# Where the server dies, what the failed step must say, and what it leaves until the next attempt.
+KILL_POINTS = {
+    "before registration": (
+        (tracking, "register", _always),
+        "registering the model of run",
+    ),
+    "before the gate decision": (
+        (tracking, "record_decision", _always),
+        "recording the gate decision",
+    ),
+    "after the alias move, before the decision is written": (
+        (MlflowClient, "set_model_version_tag", _promoted_tag),
+        "recording the gate decision",
+    ),
+}
+
+
+@pytest.mark.parametrize("point", KILL_POINTS, ids=list(KILL_POINTS))
+def test_mlflow_killed_mid_training_leaves_no_half_state_and_the_commit_trains_again(
+    registry: Registry, spec: DatasetSpec, point: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, client, name = registry.settings, registry.client, registry.settings.mlflow.model_name
+    commit = f"{list(KILL_POINTS).index(point) + 1}" * 64
+    champion_before = _champion(registry)
+    (owner, attribute, when), message = KILL_POINTS[point]
+    killing = _kill_before(registry.server, getattr(owner, attribute), when=when)
+    monkeypatch.setattr(owner, attribute, killing)
+
+    with pytest.raises(tracking.TrackingError, match=message) as failure:
+        _train_commit(settings, spec, _challenger_data(), commit=commit, report=registry.report)
+    assert settings.mlflow_tracking_uri in str(failure.value)
+    monkeypatch.undo()
+    registry.server.start()
+
+    # What the dead server was left with: every version has a finished run (or, from an earlier
+    # test, says it was abandoned); the champion alias moved only where the gate had already
+    # decided to move it.
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.tags[tracking.TAG_GATE] != tracking.GATE_ABANDONED:
+            assert version.run_id, version
+            assert client.get_run(version.run_id).info.status == "FINISHED", version
+    experiment = client.get_experiment_by_name(settings.mlflow.experiment)
+    assert experiment is not None
+    [attempt] = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{tracking.TAG_COMMIT}` = '{commit}'"
+    )
+    half_versions = tracking.versions_of_commit(client, settings, commit_id=commit)
+    assert [v.tags[tracking.TAG_GATE] for v in half_versions] == (
+        [] if point == "before registration" else [tracking.GATE_PENDING]
+    )
+    if point.startswith("after the alias move"):
+        assert _champion(registry).version == half_versions[0].version
+    else:
+        assert _champion(registry).version == champion_before.version
+    assert train_flow.already_trained.fn(settings, commit) is None
+
+    # The same commit again: the half attempt is closed, a new version is judged and promoted
+    # against the champion the failed attempt found.
+    logged = _train_commit(
+        settings, spec, _challenger_data(), commit=commit, report=registry.report
+    )
+    assert logged is not None
+    assert client.get_run(attempt.info.run_id).info.status == "FAILED"
+    for half in half_versions:
+        closed = client.get_model_version(name, half.version)
+        assert closed.tags[tracking.TAG_GATE] == tracking.GATE_ABANDONED
+        assert closed.aliases == []
+    champion = _champion(registry)
+    assert champion.version == logged.version
+    assert champion.tags[tracking.TAG_GATE] == "promoted"
+    assert champion.tags[tracking.TAG_PREVIOUS] == champion_before.version
+    assert train_flow.already_trained.fn(settings, commit) == logged.run_id

@@ -1,0 +1,83 @@
+"""A tuned training against a real MLflow server on loopback, through the training flow's own
+steps (called without Prefect): one nested run per trial under the training run, and the
+registered version is the training run's model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from flows.train import fit, log_and_register
+from lakeloop import market, tracking
+from lakeloop.dataset import DatasetSpec
+from lakeloop.settings import Settings, load_settings
+from lakeloop.stack import Stack, services
+from tests.utils.net import free_port
+
+pytestmark = pytest.mark.integration
+
+TRIALS = 3
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    configured = load_settings(
+        state_dir=tmp_path_factory.mktemp("tuning") / "state",
+        mlflow={"port": free_port()},
+        training={"n_estimators": 40, "tune_trials": TRIALS},
+    )
+    stack = Stack(configured)
+    [mlflow_server] = [s for s in services(configured) if s.name == "mlflow"]
+    stack.wait(stack.start(mlflow_server))
+    try:
+        yield configured
+    finally:
+        stack.down()
+
+
+def test_tuned_training_logs_each_trial_under_the_run_and_registers_the_run_model(
+    settings: Settings, spec: DatasetSpec, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    client = tracking.connect(settings)
+    frame = market.generate_batch(rows=2000, seed=5)
+    lineage = tracking.Lineage(
+        repository="housing",
+        commit_id="e" * 64,
+        validation="passed",
+        trigger="manual",
+        dataset=f"{spec.name}@v{spec.version}",
+    )
+    trained = fit.fn(frame, spec, settings, tune=True)
+    report = tmp_path_factory.mktemp("report")
+    logged = log_and_register.fn(
+        settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
+    )
+
+    parent = client.get_run(logged.run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{logged.run_id}'",
+        order_by=[f"tags.`{tracking.TAG_TRIAL}` ASC"],
+    )
+    assert [child.data.tags[tracking.TAG_TRIAL] for child in children] == ["0", "1", "2"]
+    for child, trial in zip(children, trained.trials, strict=True):
+        assert child.info.status == "FINISHED"
+        assert child.data.params == {name: str(value) for name, value in trial.params.items()}
+        assert child.data.metrics["early_stopping.rmse"] == pytest.approx(trial.metrics["rmse"])
+        assert "rmse" not in child.data.metrics  # trials are never scored on the holdout
+        assert child.data.tags[tracking.TAG_COMMIT] == "e" * 64
+
+    best = min(trained.trials, key=lambda trial: trial.metrics["rmse"])
+    assert parent.data.params["tuning.trials"] == str(TRIALS)
+    assert parent.data.params["tuning.best_trial"] == str(best.number)
+    for name, value in best.params.items():
+        assert parent.data.params[name] == str(value)
+    assert parent.data.metrics["rmse"] == pytest.approx(trained.metrics["rmse"])
+
+    version = client.get_model_version(settings.mlflow.model_name, logged.version)
+    assert version.run_id == logged.run_id
+    registered = tracking.load_version(settings, version=logged.version)
+    features = frame[spec.feature_names].head(50)
+    assert np.allclose(registered.predict(features), trained.pipeline.predict(features))
