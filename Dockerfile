@@ -55,6 +55,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     LAKELOOP_STATE_DIR=/var/lib/lakeloop \
     PREFECT_HOME=/var/lib/lakeloop/prefect \
     MPLCONFIGDIR=/tmp/matplotlib \
+    OMP_WAIT_POLICY=PASSIVE \
     GX_ANALYTICS_ENABLED=false \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     LAKELOOP_API__HOST=0.0.0.0 \

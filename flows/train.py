@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import MissingContextError
 
-from lakeloop import evaluation, lakefs_client, loop, model, tracking
+from lakeloop import evaluation, grafana, lakefs_client, loop, model, pushmetrics, tracking
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings, load_settings
 from validation.checks import ValidationResult, validate_frame
@@ -25,9 +25,10 @@ from validation.report import write_report
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def already_trained(settings: Settings, commit_id: str) -> str | None:
-    """The run id that already trained on this commit, if any."""
-    run = tracking.run_for_commit(tracking.connect(settings), settings, commit_id=commit_id)
+def already_trained(settings: Settings, commit_id: str, *, tune: bool = False) -> str | None:
+    """The run id that already trained on this commit (tuned, with ``tune``), if any."""
+    client = tracking.connect(settings)
+    run = tracking.run_for_commit(client, settings, commit_id=commit_id, tuned=tune)
     return run.info.run_id if run else None
 
 
@@ -155,6 +156,50 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return logging.getLogger(__name__)
 
 
+@task(cache_policy=NO_CACHE)
+def report_validation(
+    settings: Settings, spec: DatasetSpec, commit_id: str, result: ValidationResult
+) -> None:
+    """Validation outcome to the Pushgateway (when configured; never fails the run)."""
+    pushmetrics.push_validation(
+        settings.observability.pushgateway_url,
+        dataset=spec.name,
+        commit_id=commit_id,
+        success=result.success,
+        failed_expectations=len(result.failures),
+        rows=result.rows,
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def report_training(
+    settings: Settings,
+    logged: tracking.LoggedModel,
+    metrics: dict[str, float],
+    *,
+    promoted: bool,
+    trigger: str,
+    commit_id: str,
+) -> None:
+    """The new version's holdout metrics and the gate's decision to the Pushgateway, and the
+    promotion as a Grafana annotation (each only when configured; neither fails the run)."""
+    pushmetrics.push_training(
+        settings.observability.pushgateway_url,
+        model_name=settings.mlflow.model_name,
+        version=logged.version,
+        metrics=metrics,
+        promoted=promoted,
+        trigger=trigger,
+    )
+    if promoted:
+        grafana.annotate(
+            settings,
+            text=f"{settings.mlflow.model_name} v{logged.version} promoted "
+            f"(trained on {commit_id:.12}, trigger {trigger})",
+            tags=[grafana.PROMOTION],
+        )
+
+
 def promotion_lock(settings: Settings) -> str:
     """Name of the Prefect global concurrency limit that serialises promotions of one model."""
     return f"lakeloop-promote-{settings.mlflow.model_name}"
@@ -171,8 +216,12 @@ def train_on_commit(
     settings = load_settings()
     spec = load_spec(settings.dataset)
     logger.info("training on %s@%s (%s)", repository, commit_id, reason)
+    if reason.startswith("lakefs."):
+        grafana.annotate(
+            settings, text=f"{reason} {repository}@{commit_id:.12}", tags=[grafana.MERGE]
+        )
 
-    if previous := already_trained(settings, commit_id):
+    if previous := already_trained(settings, commit_id, tune=tune):
         logger.info("commit %s already trained by run %s; nothing to do", commit_id, previous)
         return {"status": "skipped", "reason": "already trained", "run_id": previous}
 
@@ -184,6 +233,7 @@ def train_on_commit(
         return {"status": "skipped", "reason": "no data"}
 
     validation, report = validate(settings, frame, spec, commit_id)
+    report_validation(settings, spec, commit_id, validation)
     create_markdown_artifact(
         validation.to_markdown(), key="validation", description=f"data checks on {commit_id:.12}"
     )
@@ -213,6 +263,14 @@ def train_on_commit(
         failures = gate_and_promote(settings, trained, logged, champion)
         if not failures and settings.api.verify_deploy:
             verify_deployment(settings, trained, logged, champion)
+    report_training(
+        settings,
+        logged,
+        trained.metrics,
+        promoted=not failures,
+        trigger=lineage.trigger,
+        commit_id=commit_id,
+    )
     summary = evaluation.summary_markdown(
         model_name=settings.mlflow.model_name,
         version=logged.version,

@@ -401,6 +401,41 @@ def monitor(
 
 
 @app.command()
+def train(
+    commit: Annotated[
+        str | None,
+        typer.Argument(help="lakeFS commit id (default: the newest on the production branch)."),
+    ] = None,
+    tune: Annotated[
+        bool, typer.Option(help="Search hyperparameters first; each trial is a nested MLflow run.")
+    ] = False,
+) -> None:
+    """Train on a lakeFS commit now, through the training deployment: validate, train, register,
+    and promote if the gate agrees. A commit already trained (tuned, with --tune) is skipped."""
+    settings = _settings()
+    try:
+        commit_id = commit or lakefs_client.head_commit(lakefs_client.connect(settings), settings)
+        with console.status(f"training on {commit_id:.12}") as status:
+            run = loop.run_deployment(
+                settings,
+                settings.prefect.train_deployment,
+                parameters={
+                    "repository": settings.lakefs.repository,
+                    "commit_id": commit_id,
+                    "reason": "manual",
+                    "tune": tune,
+                },
+                timeout=3600,
+                on_state=lambda message: _log_state(status, message),
+            )
+    except (loop.LoopError, lakefs_client.LakeFSError, httpx.HTTPError) as error:
+        console.print(f"[red]training did not complete:[/red] {error}")
+        raise typer.Exit(1) from error
+    for line in loop.flow_run_logs(settings, run.id, limit=4):
+        console.print(line)
+
+
+@app.command()
 def report(
     last: Annotated[int, typer.Option(min=1, help="How many monitor runs to list.")] = 5,
     open_report: Annotated[

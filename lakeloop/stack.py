@@ -91,6 +91,10 @@ def child_env(settings: Settings) -> dict[str, str]:
             "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
             "GX_ANALYTICS_ENABLED": "false",
             "PYTHONUNBUFFERED": "1",
+            # XGBoost's OpenMP threads spin while they wait for a core; on a laptop whose cores
+            # are busy with the API and the servers, a 0.4 s fit took 2-30 s (benchmarks.training
+            # --steps). Passive waiting gives the cores back.
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         }
     )
     return env

@@ -50,6 +50,8 @@ TAG_GATE = "gate.decision"
 TAG_GATE_REASONS = "gate.reasons"
 TAG_PREVIOUS = "previous_champion"
 TAG_TRIAL = "tuning.trial"
+TUNING_TRIALS = "tuning.trials"
+"""Parameter of a run that searched hyperparameters: how many trials it tried."""
 CHALLENGER_ALIAS = "challenger"
 # Gate decisions that are not verdicts: the version was never judged, or its attempt failed first.
 GATE_PENDING = "pending"
@@ -130,14 +132,18 @@ def is_judged(version: ModelVersion) -> bool:
     return (version.tags or {}).get(TAG_GATE) not in {None, GATE_PENDING, GATE_ABANDONED}
 
 
-def run_for_commit(client: MlflowClient, settings: Settings, *, commit_id: str) -> Run | None:
+def run_for_commit(
+    client: MlflowClient, settings: Settings, *, commit_id: str, tuned: bool = False
+) -> Run | None:
     """The run that trained this lakeFS commit to the end (flows are idempotent on the commit):
-    FINISHED, with a registered version the gate judged. A failed run, or one whose version was
-    left pending or abandoned by a failed attempt, does not count, so the commit trains again."""
+    FINISHED, with a registered version the gate judged; with ``tuned``, only a run that searched
+    hyperparameters counts (asking to tune a commit trained without it trains it again). A failed
+    run, or one whose version was left pending or abandoned by a failed attempt, does not count,
+    so the commit trains again."""
     for version in versions_of_commit(client, settings, commit_id=commit_id):
         if is_judged(version) and version.run_id:
             run = client.get_run(version.run_id)
-            if run.info.status == "FINISHED":
+            if run.info.status == "FINISHED" and (not tuned or TUNING_TRIALS in run.data.params):
                 return run
     return None
 
@@ -195,11 +201,19 @@ class ChampionScore:
     metrics: dict[str, float]
 
 
+TRIGGER_KINDS = ("commit", "drift", "alert", "reconcile", "manual")
+
+
 def trigger_kind(reason: str) -> str:
-    """What started a training run, from the flow's ``reason`` parameter."""
+    """What started a training run (one of :data:`TRIGGER_KINDS`), from the flow's ``reason``:
+    a lakeFS event, a drift event, a Grafana alert, the reconcile flow, or a person."""
     if reason.startswith("lakefs."):
         return "commit"
-    return "drift" if "drift" in reason else "manual"
+    if "drift" in reason:
+        return "drift"
+    if reason.startswith("lakeloop.alert."):
+        return "alert"
+    return "reconcile" if reason == "reconcile" else "manual"
 
 
 @dataclass(frozen=True)
@@ -210,7 +224,7 @@ class Lineage:
     commit_id: str
     validation: str
     trigger: str
-    """``commit``, ``drift`` or ``manual``."""
+    """One of :data:`TRIGGER_KINDS`."""
     dataset: str
     """Dataset description name and version."""
 
@@ -317,7 +331,7 @@ def _tuning_params(trials: Sequence[Trial], *, chosen: dict[str, object]) -> dic
     if not trials:
         return {}
     best = next(trial.number for trial in trials if trial.params == chosen)
-    return {"tuning.trials": len(trials), "tuning.best_trial": best}
+    return {TUNING_TRIALS: len(trials), "tuning.best_trial": best}
 
 
 def log_trials(trials: Sequence[Trial], *, tags: dict[str, str]) -> list[str]:

@@ -216,6 +216,22 @@ def test_kept_stack_has_lineage_retrains_and_hot_swaps(
     assert sorted(v.version for v in versions) == ["1", "2"]
     assert loop.served_model(settings)["version"] == "2"
 
+    # `lakeloop train` by hand: the commit v2 trained on is already trained, so nothing runs;
+    # with --tune it trains again, each hyperparameter trial a nested run under the new one.
+    again = workspace.run("train", head)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "already trained" in again.stdout
+    tuned = workspace.run("train", head, "--tune")
+    assert tuned.returncode == 0, tuned.stdout + tuned.stderr
+    tuned_run = tracking.run_for_commit(mlflow_client, settings, commit_id=head, tuned=True)
+    assert tuned_run is not None
+    assert tuned_run.data.tags[tracking.TAG_TRIGGER] == "manual"
+    trials = mlflow_client.search_runs(
+        [tuned_run.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{tuned_run.info.run_id}'",
+    )
+    assert len(trials) == settings.training.tune_trials
+
     stopped = workspace.run("down", timeout=120)
     assert stopped.returncode == 0
     deadline = time.monotonic() + 20

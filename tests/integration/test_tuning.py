@@ -81,3 +81,39 @@ def test_tuned_training_logs_each_trial_under_the_run_and_registers_the_run_mode
     registered = tracking.load_version(settings, version=logged.version)
     features = frame[spec.feature_names].head(50)
     assert np.allclose(registered.predict(features), trained.pipeline.predict(features))
+
+
+def test_asking_to_tune_a_commit_trained_without_tuning_trains_it_again(
+    settings: Settings, spec: DatasetSpec, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Training is idempotent per commit, and per commit *and* tuning when asked to tune."""
+    client = tracking.connect(settings)
+    commit_id = "f" * 64
+    frame = market.generate_batch(rows=2000, seed=6)
+    lineage = tracking.Lineage(
+        repository="housing",
+        commit_id=commit_id,
+        validation="passed",
+        trigger="manual",
+        dataset=f"{spec.name}@v{spec.version}",
+    )
+    report = tmp_path_factory.mktemp("report")
+
+    def train_and_judge(*, tune: bool) -> tracking.LoggedModel:
+        trained = fit.fn(frame, spec, settings, tune=tune)
+        logged = log_and_register.fn(
+            settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
+        )
+        tracking.record_decision(client, settings, logged=logged, reasons=["test"], champion=None)
+        return logged
+
+    plain = train_and_judge(tune=False)
+    found = tracking.run_for_commit(client, settings, commit_id=commit_id)
+    assert found is not None
+    assert found.info.run_id == plain.run_id
+    assert tracking.run_for_commit(client, settings, commit_id=commit_id, tuned=True) is None
+
+    tuned = train_and_judge(tune=True)
+    found = tracking.run_for_commit(client, settings, commit_id=commit_id, tuned=True)
+    assert found is not None
+    assert found.info.run_id == tuned.run_id

@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from prefect.utilities.callables import parameter_schema
 
 from deployments.serve import TRAINING_EVENTS, declared, training_trigger
+from lakeloop import tracking
 from lakeloop.gateway import ALERT_FIRED
 from lakeloop.settings import Settings
 from monitoring.events import DRIFT_DETECTED
@@ -85,3 +87,19 @@ def test_drift_retrains_the_configured_model(settings: Settings) -> None:
         "prefect.resource.id": model,
         "lakeloop.alert.action": "retrain",
     }
+
+
+@pytest.mark.parametrize(
+    ("reason", "kind"),
+    [
+        *((event, "commit") for event in TRAINING_EVENTS),
+        (DRIFT_DETECTED, "drift"),
+        (ALERT_FIRED, "alert"),
+        ("reconcile", "reconcile"),
+        ("manual", "manual"),
+    ],
+)
+def test_each_trigger_is_recorded_as_its_kind(reason: str, kind: str) -> None:
+    """The lineage tag says why a model was trained, for every way a training starts."""
+    assert tracking.trigger_kind(reason) == kind
+    assert kind in tracking.TRIGGER_KINDS
