@@ -12,10 +12,11 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,8 @@ class Entry:
     predictions: np.ndarray
     records: Sequence[Any] = ()
     """Decoded records (objects with one attribute per feature) ..."""
-    columns: dict[str, list[Any]] | None = None
-    """... or one list per feature."""
+    columns: Mapping[str, Sequence[Any]] | None = None
+    """... or one sequence per feature."""
     matrix: np.ndarray | None = None
     """The encoded matrix the model saw, when there is one: numbers are logged from it (so as
     the float32 values the model used, not the decimal text that was sent)."""
@@ -156,46 +157,65 @@ class SegmentWriter:
         stamp = datetime.now(UTC).strftime(_STAMP)
         path = self.folder / f"{stamp}-{os.getpid()}-{self._sequence:06d}.parquet"
         partial = path.with_suffix(".parquet.tmp")
-        pq.write_table(self.to_table(entries), partial)
+        table = self.to_table(entries)
+        pq.write_table(table, partial, use_dictionary=_repeating_columns(table))
         partial.replace(path)  # readers never see half a file
         return path
 
 
-def _extend(values: list[Any], entry: Entry, name: str, *, numeric: bool) -> None:
-    """Append one feature's values of a batch entry: numbers from the encoded matrix when there
-    is one (no per-value Python work), else as sent; category strings always as sent."""
-    if numeric and entry.matrix is not None:
-        values.extend(entry.matrix[:, entry.matrix_names.index(name)].tolist())
-    elif entry.columns is not None:
-        values.extend(entry.columns[name])
-    else:
-        values.extend([getattr(record, name) for record in entry.records])
+def _repeating_columns(table: pa.Table) -> list[str]:
+    """The columns worth dictionary-encoding: strings that repeat (model, version, categories).
+    Numbers and prediction ids hardly ever do, and trying costs more than the rest of the write."""
+    return [
+        field.name
+        for field in table.schema
+        if pa.types.is_string(field.type) and field.name != "prediction_id"
+    ]
 
 
-def _feature_columns(entries: list[Entry], spec: DatasetSpec) -> dict[str, list[Any]]:
-    """One list per feature over all entries, in row order. Runs of record-only entries (the
-    single-record requests, most of the traffic) are transposed in one go."""
-    columns: dict[str, list[Any]] = {name: [] for name in spec.feature_names}
+def _feature_chunks(
+    entries: list[Entry], spec: DatasetSpec
+) -> dict[str, list[Sequence[Any] | np.ndarray]]:
+    """Per feature, the pieces its log column is made of, in row order; no Python work per row.
+
+    Numbers come from the encoded matrix when there is one (a float32 slice, kept as an array);
+    category strings as sent (unknown ones included), from the columns or the transposed records.
+    Runs of record-only entries (the single-record requests, most of the traffic) are transposed
+    in one go."""
+    chunks: dict[str, list[Sequence[Any] | np.ndarray]] = {name: [] for name in spec.feature_names}
     numeric = {name: spec.feature(name).type == "numeric" for name in spec.feature_names}
     rows: list[tuple[Any, ...]] = []
 
     def transpose_rows() -> None:
         # Decoded records are structs whose fields are the features in the description's order.
-        for values, column in zip(zip(*rows, strict=True), columns.values(), strict=True):
-            column.extend(values)
+        for values, pieces in zip(zip(*rows, strict=True), chunks.values(), strict=True):
+            pieces.append(values)
         rows.clear()
 
     for entry in entries:
         if entry.matrix is None and entry.columns is None:
-            rows.extend(msgspec.structs.astuple(record) for record in entry.records)
+            rows.extend(map(msgspec.structs.astuple, entry.records))
             continue
         if rows:
             transpose_rows()
-        for name, column in columns.items():
-            _extend(column, entry, name, numeric=numeric[name])
+        for name, pieces in chunks.items():
+            if numeric[name] and entry.matrix is not None:
+                pieces.append(entry.matrix[:, entry.matrix_names.index(name)])
+            elif entry.columns is not None:
+                pieces.append(entry.columns[name])
+            else:  # a batch of records: only its category columns are read from them
+                pieces.append(list(map(attrgetter(name), entry.records)))
     if rows:
         transpose_rows()
-    return columns
+    return chunks
+
+
+def _numbers(pieces: list[Sequence[Any] | np.ndarray]) -> pa.Array:
+    """One float64 column from arrays and sequences of numbers; None and NaN become nulls."""
+    if not pieces:
+        return pa.array([], pa.float64())
+    values = np.concatenate([np.asarray(piece, dtype=np.float64) for piece in pieces])
+    return pa.array(values, from_pandas=True)
 
 
 def prediction_table(spec: DatasetSpec) -> Callable[[list[Entry]], pa.Table]:
@@ -204,16 +224,16 @@ def prediction_table(spec: DatasetSpec) -> Callable[[list[Entry]], pa.Table]:
     missing numbers as nulls)."""
 
     def to_table(entries: list[Entry]) -> pa.Table:
-        features = _feature_columns(entries, spec)
+        features = _feature_chunks(entries, spec)
         counts = [entry.rows for entry in entries]
         # Times are UTC; numpy's datetime64 wants them naive.
         times = np.array([e.at.replace(tzinfo=None) for e in entries], dtype="datetime64[us]")
 
+        # Which entry each row came from, to repeat per-entry values (model name, version).
+        entry_of_row = pa.array(np.repeat(np.arange(len(entries), dtype=np.int32), counts))
+
         def repeated(values: list[str]) -> pa.Array:
-            return pa.array(
-                list(chain.from_iterable([v] * n for v, n in zip(values, counts, strict=True))),
-                pa.string(),
-            )
+            return pa.array(values, pa.string()).take(entry_of_row)
 
         data: dict[str, Any] = {
             "prediction_id": pa.array(
@@ -225,11 +245,11 @@ def prediction_table(spec: DatasetSpec) -> Callable[[list[Entry]], pa.Table]:
             "prediction": pa.array(np.concatenate([e.predictions for e in entries]), pa.float64()),
         }
         for feature in spec.features:
-            values = features[feature.name]
-            if feature.type == "numeric":  # None and NaN both become nulls
-                data[feature.name] = pa.array(np.array(values, dtype=np.float64), from_pandas=True)
+            pieces = features[feature.name]
+            if feature.type == "numeric":
+                data[feature.name] = _numbers(pieces)
             else:
-                data[feature.name] = pa.array(values, pa.string())
+                data[feature.name] = pa.array(list(chain.from_iterable(pieces)), pa.string())
         return pa.table(data)
 
     return to_table

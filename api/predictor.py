@@ -4,7 +4,9 @@ Hot path: decoded records become a float32 matrix in the booster's feature order
 turned into the codes the booster was trained with (read from the pipeline's ``FeatureEncoder``;
 unknown → NaN, which XGBoost routes like a missing value, exactly as the pipeline does), then
 ``Booster.inplace_predict``. No pandas on the way: a DataFrame per request costs more than the
-trees.
+trees. Nor a Python loop per row: records are read into columns by C-level ``map`` calls, a
+category column is mapped with its code table's ``dict.get``, and numpy converts each column in one
+call (``None`` — a null or an unknown category — becomes NaN in that conversion).
 
 Swapping is a single attribute assignment of a predictor that was loaded and warmed (one
 prediction) in a worker thread: a request in flight keeps the predictor it started with, the next
@@ -21,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
+from operator import attrgetter
 from typing import Any, Protocol
 
 import anyio
@@ -67,17 +70,14 @@ class BoosterKernel:
         # Without feature names there is no way to put request fields in the booster's order.
         return kernel if kernel.names else None
 
-    def _column(self, values: Sequence[Any], codes: dict[str, float] | None) -> Sequence[Any]:
-        if codes is None:
-            return values  # None becomes NaN in the float32 conversion
-        return [codes.get(value, math.nan) for value in values]  # type: ignore[arg-type]
-
     def matrix_from_columns(self, columns: Mapping[str, Sequence[Any]]) -> np.ndarray:
         """Rows by booster features, float32, from one sequence of values per feature name."""
         rows = len(columns[self.names[0]])
         matrix = np.empty((rows, len(self.names)), dtype=np.float32)
         for index, (name, codes) in enumerate(zip(self.names, self.codes, strict=True)):
-            matrix[:, index] = self._column(columns[name], codes)
+            values = columns[name]
+            # An unknown category (and a null) maps to None, which numpy turns into NaN.
+            matrix[:, index] = values if codes is None else list(map(codes.get, values))
         return matrix
 
     def matrix_from_records(self, records: Sequence[Any]) -> np.ndarray:
@@ -88,7 +88,9 @@ class BoosterKernel:
                 for name, codes in zip(self.names, self.codes, strict=True)
             ]
             return np.array([row], dtype=np.float32)
-        columns = {name: [getattr(record, name) for record in records] for name in self.names}
+        # C-level `map(attrgetter)` per feature: no Python loop per row, and no tuple per row
+        # for the garbage collector to visit.
+        columns = {name: list(map(attrgetter(name), records)) for name in self.names}
         return self.matrix_from_columns(columns)
 
     @staticmethod

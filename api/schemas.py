@@ -49,8 +49,12 @@ def feature_type(feature: Feature) -> Any:
 def record_type(spec: DatasetSpec) -> type[msgspec.Struct]:
     """A msgspec struct with one required field per feature, bounds as constraints."""
     fields = [(feature.name, feature_type(feature)) for feature in spec.features]
+    # Decoded requests hold only numbers, strings and lists of them, so they can never be part of
+    # a reference cycle: their structs stay out of the garbage collector's bookkeeping
+    # (``gc=False``), which a 1,000-record batch would otherwise pay for on every request, and
+    # again while the prediction log keeps the records alive across collections.
     return msgspec.defstruct(
-        "HouseFeatures", fields, forbid_unknown_fields=True, kw_only=True, module=__name__
+        "HouseFeatures", fields, forbid_unknown_fields=True, kw_only=True, gc=False, module=__name__
     )
 
 
@@ -64,7 +68,12 @@ def columns_type(spec: DatasetSpec, *, max_batch: int | None) -> type[msgspec.St
         for feature in spec.features
     ]
     return msgspec.defstruct(
-        "HouseFeatureColumns", fields, forbid_unknown_fields=True, kw_only=True, module=__name__
+        "HouseFeatureColumns",
+        fields,
+        forbid_unknown_fields=True,
+        kw_only=True,
+        gc=False,
+        module=__name__,
     )
 
 
@@ -92,6 +101,7 @@ def batch_type(
         ],
         forbid_unknown_fields=True,
         kw_only=True,
+        gc=False,
         module=__name__,
     )
 

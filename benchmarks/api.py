@@ -1,10 +1,15 @@
 """lakeloop's prediction API against ``mlflow models serve`` (``python -m benchmarks.api``).
 
 One registered model (default training settings), served side by side on loopback by
-``mlflow models serve --env-manager local`` and by ``python -m api`` (prediction logging on and
-off, the two taking turns in rounds), hit by the same load generator: a raw asyncio HTTP/1.1
-keep-alive client, cheap enough not to become the bottleneck on a small machine. Prints figures
-and ratios; asserts nothing. Other work on the machine moves the figures by tens of percent.
+``mlflow models serve --env-manager local`` and by ``python -m api`` (the same build twice, with
+``LAKELOOP_API__LOG_PREDICTIONS`` true and false), hit by the same load generator: a raw asyncio
+HTTP/1.1 keep-alive client, cheap enough not to become the bottleneck on a small machine.
+
+Ratios are taken round by round: in each round the two lakeloop servers and the booster called in
+this process (``inplace_predict`` on the same 1,000 rows, already encoded) are measured one after
+the other, and the ratio printed is the median of the rounds' ratios. Other work on a shared
+machine then weighs on both sides of a ratio alike; it still moves the absolute figures by tens
+of percent. Prints figures and ratios; asserts nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,10 @@ import httpx
 
 SINGLE_CONNECTIONS = (1, 16)
 BATCH_ROWS = 1000
+BATCH_FORMS = ("records", "columns")
+LOG_ON = "lakeloop (log on)"
+LOG_OFF = "lakeloop (log off)"
+BOOSTER = "booster in process"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +63,10 @@ class Measured:
     p50_ms: float
     p99_ms: float
     errors: int
+
+
+# Subject (a server, or the booster in process) -> figure -> one measurement per round.
+Rounds = dict[str, dict[str, list[Measured]]]
 
 
 async def _read_response(reader: asyncio.StreamReader) -> int:
@@ -183,27 +196,38 @@ def _records(frame: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def in_process_rows_per_s(pipeline: Any, frame: Any, *, repeats: int = 200) -> dict[str, float]:
-    """Rows per second of the booster alone on pre-encoded 1,000-row matrices, and of the
-    sklearn pipeline on a DataFrame (what a pandas-based server pays)."""
+def encoded_batch(pipeline: Any, batch: list[dict[str, Any]]) -> tuple[Any, Any]:
+    """The served model's kernel and the batch as the float32 matrix its booster takes."""
     from api.predictor import BoosterKernel  # noqa: PLC0415
 
     kernel = BoosterKernel.of(pipeline)
     assert kernel is not None
-    rows = frame.head(BATCH_ROWS)
-    records = _records(rows)
-    matrix = kernel.matrix_from_columns({name: [r[name] for r in records] for name in rows})
-    figures = {}
-    for name, call in (
-        ("booster", lambda: kernel.predict(matrix)),
-        ("pipeline", lambda: pipeline.predict(rows)),
-    ):
+    return kernel, kernel.matrix_from_columns({name: [r[name] for r in batch] for name in batch[0]})
+
+
+def measure_call(call: Callable[[], Any], *, seconds: float) -> Measured:
+    """The same figures for a function called in this process, back to back."""
+    call()
+    latencies = []
+    started = time.perf_counter()
+    while (now := time.perf_counter()) < started + seconds:
         call()
-        started = time.perf_counter()
-        for _ in range(repeats):
-            call()
-        figures[name] = BATCH_ROWS * repeats / (time.perf_counter() - started)
-    return figures
+        latencies.append(time.perf_counter() - now)
+    elapsed = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return Measured(
+        requests_per_s=len(ordered) / elapsed,
+        p50_ms=statistics.median(ordered) * 1000,
+        p99_ms=ordered[int(0.99 * (len(ordered) - 1))] * 1000,
+        errors=0,
+    )
+
+
+def pipeline_rows_per_s(pipeline: Any, frame: Any, *, seconds: float) -> float:
+    """Rows per second of the sklearn pipeline on a 1,000-row DataFrame (what a pandas-based
+    server pays for the model alone)."""
+    rows = frame.head(BATCH_ROWS)
+    return measure_call(lambda: pipeline.predict(rows), seconds=seconds).requests_per_s * len(rows)
 
 
 # Running and printing --------------------------------------------------------------------------
@@ -225,16 +249,16 @@ def _header(unit: str) -> str:
     )
 
 
-def run(*, seconds: float, rows: int) -> None:
+def run(*, seconds: float, rows: int, rounds: int) -> None:
     """Start everything, measure, print."""
     from lakeloop.settings import load_settings  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="lakeloop-bench-api-") as scratch:
         settings = load_settings(state_dir=Path(scratch) / "state", mlflow={"port": _free_port()})
-        _run_in(settings, seconds=seconds, rows=rows)
+        _run_in(settings, seconds=seconds, rows=rows, rounds=rounds)
 
 
-def _run_in(settings: Any, *, seconds: float, rows: int) -> None:
+def _run_in(settings: Any, *, seconds: float, rows: int, rounds: int) -> None:
     from lakeloop.stack import Stack, child_env, services  # noqa: PLC0415
 
     stack = Stack(settings)
@@ -251,12 +275,19 @@ def _run_in(settings: Any, *, seconds: float, rows: int) -> None:
         }
         record = _records(frame.head(1))[0]
         batch = _records(frame.head(BATCH_ROWS))
-        measure_all(settings, env, version=version, record=record, batch=batch, seconds=seconds)
-        booster = in_process_rows_per_s(pipeline, frame)
+        measure_all(
+            settings,
+            env,
+            version=version,
+            pipeline=pipeline,
+            record=record,
+            batch=batch,
+            seconds=seconds,
+            rounds=rounds,
+        )
         print(
-            f"\nin process, {BATCH_ROWS:,}-row batches: booster.inplace_predict "
-            f"{booster['booster']:,.0f} rows/s, sklearn pipeline on a DataFrame "
-            f"{booster['pipeline']:,.0f} rows/s"
+            f"\nin process, the sklearn pipeline on a {BATCH_ROWS:,}-row DataFrame: "
+            f"{pipeline_rows_per_s(pipeline, frame, seconds=seconds):,.0f} rows/s"
         )
     finally:
         stack.down()
@@ -267,14 +298,16 @@ def measure_all(
     env: dict[str, str],
     *,
     version: str,
+    pipeline: Any,
     record: dict[str, Any],
     batch: list[dict[str, Any]],
     seconds: float,
+    rounds: int,
 ) -> None:
-    """Measure MLflow, then lakeloop with logging on and off (taking turns)."""
+    """Measure MLflow, then lakeloop with logging on and off and the booster in process, in
+    rounds."""
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, Measured]] = {}
     mlflow_port = _free_port()
     mlflow_argv = [
         sys.executable, "-m", "mlflow", "models", "serve", "-m",
@@ -290,15 +323,21 @@ def measure_all(
     ):
         single = json.dumps({"dataframe_records": [record]}).encode()
         many = json.dumps({"dataframe_records": batch}).encode()
-        results["mlflow"] = _figures(mlflow_port, "/invocations", single, many, seconds=seconds)
+        mlflow = _figures(mlflow_port, "/invocations", single, many, seconds=seconds)
+    kernel, matrix = encoded_batch(pipeline, batch)
     with contextlib.ExitStack() as running:
-        ports = {
-            f"lakeloop (log {'on' if on else 'off'})": _start_api(running, env, logs, logging=on)
-            for on in (True, False)
-        }
-        print(f"measuring {', '.join(ports)} in alternating rounds ...", flush=True)
-        results |= _alternating(ports, record=record, batch=batch, seconds=seconds)
-    _print(results)
+        ports = {LOG_ON: _start_api(running, env, logs, logging=True)}
+        ports[LOG_OFF] = _start_api(running, env, logs, logging=False)
+        print(f"measuring {', '.join(ports)} and {BOOSTER} in {rounds} rounds ...", flush=True)
+        seen = _rounds(
+            ports,
+            booster=lambda: kernel.predict(matrix),
+            record=record,
+            batch=batch,
+            seconds=seconds,
+            rounds=rounds,
+        )
+    _print(mlflow, seen)
 
 
 def _start_api(
@@ -321,16 +360,18 @@ def _start_api(
     return port
 
 
-def _alternating(
+def _rounds(
     ports: dict[str, int],
     *,
+    booster: Callable[[], Any],
     record: dict[str, Any],
     batch: list[dict[str, Any]],
     seconds: float,
-    rounds: int = 3,
-) -> dict[str, dict[str, Measured]]:
-    """Each figure measured ``rounds`` times per server, the servers taking turns, and the
-    median round kept: other work on a shared machine then weighs on both sides alike."""
+    rounds: int,
+) -> Rounds:
+    """Every figure measured once per round for each lakeloop server (and, for batches, for the
+    booster in process), the subjects taking turns in an order that alternates between rounds,
+    so neither always runs first."""
     bodies = {
         "single": ("/v1/predict", json.dumps(record).encode()),
         "records": ("/v1/predict/batch", json.dumps({"records": batch}).encode()),
@@ -340,18 +381,21 @@ def _alternating(
         ),
     }
     figures = [(f"single c{c}", "single", c) for c in SINGLE_CONNECTIONS]
-    figures += [("records", "records", 1), ("columns", "columns", 1)]
-    results: dict[str, dict[str, Measured]] = {name: {} for name in ports}
-    for key, body, connections in figures:
-        path, payload = bodies[body]
-        rounds_seen: dict[str, list[Measured]] = {name: [] for name in ports}
-        for _ in range(rounds):
-            for name, port in ports.items():
-                target = Target(port, path, payload)
-                rounds_seen[name].append(measure(target, connections=connections, seconds=seconds))
-        for name, seen in rounds_seen.items():
-            results[name][key] = sorted(seen, key=lambda m: m.requests_per_s)[len(seen) // 2]
-    return results
+    figures += [(form, form, 1) for form in BATCH_FORMS]
+    seen: Rounds = {name: {key: [] for key, _, _ in figures} for name in ports}
+    seen[BOOSTER] = {form: [] for form in BATCH_FORMS}
+    for turn in range(rounds):
+        for key, body, connections in figures:
+            path, payload = bodies[body]
+            order: list[str] = list(ports) + ([BOOSTER] if key in BATCH_FORMS else [])
+            for name in order[::-1] if turn % 2 else order:
+                if name == BOOSTER:
+                    measured = measure_call(booster, seconds=seconds)
+                else:
+                    target = Target(ports[name], path, payload)
+                    measured = measure(target, connections=connections, seconds=seconds)
+                seen[name][key].append(measured)
+    return seen
 
 
 def _figures(
@@ -375,8 +419,35 @@ def _figures(
     return figures
 
 
-def _print(results: dict[str, dict[str, Measured]]) -> None:
-    mlflow = results["mlflow"]
+def _median(seen: list[Measured]) -> Measured:
+    """The round with the median throughput."""
+    return sorted(seen, key=lambda m: m.requests_per_s)[len(seen) // 2]
+
+
+def paired_ratio(
+    top: list[Measured], bottom: list[Measured], *, by_p50: bool = False
+) -> tuple[float, float, float]:
+    """Median, lowest and highest of the per-round ratios ``top / bottom`` of throughput, or with
+    ``by_p50`` of the speed of a typical request (``bottom.p50 / top.p50``), which bursts of other
+    work on the machine move less."""
+    ratios = sorted(
+        b.p50_ms / t.p50_ms if by_p50 else t.requests_per_s / b.requests_per_s
+        for t, b in zip(top, bottom, strict=True)
+    )
+    return statistics.median(ratios), ratios[0], ratios[-1]
+
+
+def _ratio(top: list[Measured], bottom: list[Measured], *, by_p50: bool = False) -> str:
+    middle, low, high = paired_ratio(top, bottom, by_p50=by_p50)
+    return f"{middle:>5.2f}x (rounds {low:.2f}-{high:.2f})"
+
+
+def _print(mlflow: dict[str, Measured], seen: Rounds) -> None:
+    results = {"mlflow": mlflow} | {
+        name: {key: _median(rounds) for key, rounds in figures.items()}
+        for name, figures in seen.items()
+        if name != BOOSTER
+    }
     for connections in SINGLE_CONNECTIONS:
         key = f"single c{connections}"
         print(f"\nsingle records, {connections} connection(s)")
@@ -390,9 +461,34 @@ def _print(results: dict[str, dict[str, Measured]]) -> None:
         print(_row(f"{name} records", figures["records"], baseline=baseline, rows=BATCH_ROWS))
         if "columns" in figures:
             print(_row(f"{name} columns", figures["columns"], baseline=baseline, rows=BATCH_ROWS))
-    on, off = results["lakeloop (log on)"], results["lakeloop (log off)"]
-    cost = 1 - on["single c16"].requests_per_s / off["single c16"].requests_per_s
-    print(f"\nprediction logging costs {cost:.1%} of single-record throughput at 16 connections")
+    for form in BATCH_FORMS:
+        print(
+            _row(
+                f"{BOOSTER} ({form})", _median(seen[BOOSTER][form]), baseline=None, rows=BATCH_ROWS
+            )
+        )
+    print(
+        f"\n{BATCH_ROWS:,}-record batches against {BOOSTER} on the same rows, median of the "
+        "rounds' ratios (goal >= 0.5x)"
+    )
+    print(f"  {'server, form':<34} {'rows/s':<27} p50 latency")
+    for name in (LOG_ON, LOG_OFF):
+        for form in BATCH_FORMS:
+            mine, booster = seen[name][form], seen[BOOSTER][form]
+            print(
+                f"  {name + ' ' + form:<34} {_ratio(mine, booster):<27} "
+                f"{_ratio(mine, booster, by_p50=True)}"
+            )
+    print(
+        "\nprediction logging: the same server with the log on / off, median of the rounds' "
+        "ratios (goal >= 0.90x: a cost under 10 %)"
+    )
+    print(f"  {'load':<34} {'throughput':<27} p50 latency")
+    loads = {f"single c{c}": f"single records, {c} connection(s)" for c in SINGLE_CONNECTIONS}
+    loads |= {form: f"{BATCH_ROWS:,}-record batches, {form}" for form in BATCH_FORMS}
+    for key, label in loads.items():
+        on, off = seen[LOG_ON][key], seen[LOG_OFF][key]
+        print(f"  {label:<34} {_ratio(on, off):<27} {_ratio(on, off, by_p50=True)}")
 
 
 def main() -> None:
@@ -401,9 +497,12 @@ def main() -> None:
         "--seconds", type=float, default=5.0, help="measured seconds per figure (and per round)"
     )
     parser.add_argument("--rows", type=int, default=20_000, help="rows the model is trained on")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds for the lakeloop figures and their ratios"
+    )
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    run(seconds=args.seconds, rows=args.rows)
+    run(seconds=args.seconds, rows=args.rows, rounds=args.rounds)
 
 
 if __name__ == "__main__":

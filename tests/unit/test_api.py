@@ -127,6 +127,51 @@ def test_booster_kernel_matches_the_pipeline(
     np.testing.assert_allclose(single, expected[:20], rtol=1e-6)
 
 
+def _awkward_rows(market_batch: pd.DataFrame, spec: DatasetSpec, rows: int) -> pd.DataFrame:
+    """``rows`` rows with what the hot path has to get right: nulls, unknown categories."""
+    frame = market_batch[spec.feature_names].head(rows).copy()
+    frame.loc[frame.index[::7], "total_bedrooms"] = np.nan
+    frame.loc[frame.index[3::11], "ocean_proximity"] = "ATLANTIS"
+    return frame
+
+
+def test_a_full_batch_equals_the_logged_pipeline_exactly(
+    client: TestClient, market_batch: pd.DataFrame, spec: DatasetSpec, tiny_model: TrainedModel
+) -> None:
+    """1,000 records (the batch limit) through the fast path, as records and as columns, give
+    bit for bit what the logged pipeline's ``predict`` gives on the same rows."""
+    frame = _awkward_rows(market_batch, spec, 1000)
+    expected = tiny_model.pipeline.predict(frame)
+    records = _records(frame, spec)
+    columns = {name: [r[name] for r in records] for name in spec.feature_names}
+    for body in ({"records": records}, {"columns": columns}):
+        response = client.post("/v1/predict/batch", json=body)
+        assert response.status_code == 200
+        served = np.asarray(response.json()["predictions"], dtype=expected.dtype)
+        np.testing.assert_array_equal(served, expected)
+
+
+def test_kernel_matrix_from_records_equals_from_columns(
+    market_batch: pd.DataFrame, spec: DatasetSpec, tiny_model: TrainedModel
+) -> None:
+    """Decoded structs transposed in C give the same matrix as columns, nulls and unknown
+    categories as NaN."""
+    frame = _awkward_rows(market_batch, spec, 40)
+    records = _records(frame, spec)
+    types = RequestTypes.for_spec(spec, max_batch=1000)
+    structs = [types.record(**record) for record in records]
+    kernel = BoosterKernel.of(tiny_model.pipeline)
+    assert kernel is not None
+    columns = kernel.matrix_from_columns(
+        {name: [r[name] for r in records] for name in spec.feature_names}
+    )
+    np.testing.assert_array_equal(kernel.matrix_from_records(structs), columns)
+    np.testing.assert_array_equal(kernel.matrix_from_records(structs[:1]), columns[:1])
+    unknown = kernel.names.index("ocean_proximity")
+    assert np.isnan(columns[3::11, unknown]).all()
+    assert not np.isnan(np.delete(columns[:, unknown], np.s_[3::11])).any()
+
+
 # Errors ------------------------------------------------------------------------------------
 
 
@@ -184,6 +229,33 @@ def test_malformed_batches_are_422(client: TestClient, body: Any) -> None:
     response = client.post("/v1/predict/batch", json=body)
     assert response.status_code == 422
     assert response.json()["errors"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("NaN", "finite"), ("Infinity", "finite"), ('"3.5"', "Expected `float`"), ("99.0", "<= 42.1")],
+)
+def test_a_bad_value_in_a_column_is_422_naming_its_row(
+    client: TestClient, record: dict[str, Any], spec: DatasetSpec, value: str, message: str
+) -> None:
+    columns = {name: [record[name]] * 3 for name in spec.feature_names}
+    columns["latitude"][2] = "PLACEHOLDER"
+    body = json.dumps({"columns": columns}).replace('"PLACEHOLDER"', value)
+    response = client.post("/v1/predict/batch", content=body)
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert (error["field"], error["location"]) == ("latitude", "$.columns.latitude[2]")
+    assert message in error["message"]
+
+
+def test_a_missing_column_is_422(
+    client: TestClient, record: dict[str, Any], spec: DatasetSpec
+) -> None:
+    columns = {name: [record[name]] * 2 for name in spec.feature_names if name != "households"}
+    response = client.post("/v1/predict/batch", json={"columns": columns})
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert (error["field"], error["message"]) == ("households", "required, missing")
 
 
 def test_columns_of_different_lengths_are_422(
@@ -362,17 +434,28 @@ def test_every_prediction_and_feedback_lands_in_the_log_on_shutdown(
 ) -> None:
     with TestClient(create_app(settings, slot=slot, follow_registry=False)) as client:
         single = client.post("/v1/predict", json=record | {"ocean_proximity": "MARS"}).json()
-        rows = [record, record | {"total_bedrooms": None}, record]
+        rows = [record, record | {"total_bedrooms": None}, record | {"ocean_proximity": "VENUS"}]
         batch = client.post("/v1/predict/batch", json={"records": rows}).json()
+        columns = {name: [row[name] for row in rows] for name in record}
+        by_columns = client.post("/v1/predict/batch", json={"columns": columns}).json()
         feedback = {"prediction_id": single["prediction_id"], "actual": 250_000.0}
         assert client.post("/v1/feedback", json=feedback).status_code == 202
     logged = read_prediction_log(settings.state_dir)
-    assert list(logged["prediction_id"]) == [single["prediction_id"], *batch["prediction_ids"]]
+    assert list(logged["prediction_id"]) == [
+        single["prediction_id"],
+        *batch["prediction_ids"],
+        *by_columns["prediction_ids"],
+    ]
     assert set(logged["model_version"]) == {"3"}
-    assert logged["prediction"].iloc[0] == pytest.approx(single["prediction"])
-    assert logged["ocean_proximity"].iloc[0] == "MARS"  # logged as sent, unknown included
-    assert logged["median_income"].iloc[1] == pytest.approx(record["median_income"])
-    assert logged["total_bedrooms"].isna().tolist() == [False, False, True, False]
+    assert logged["prediction"].tolist() == pytest.approx(
+        [single["prediction"], *batch["predictions"], *by_columns["predictions"]]
+    )
+    # Categories logged as sent, unknown ones included.
+    kinds = [record["ocean_proximity"]] * 2 + ["VENUS"]
+    assert logged["ocean_proximity"].tolist() == ["MARS", *kinds, *kinds]
+    assert logged["median_income"].iloc[1:].tolist() == pytest.approx([record["median_income"]] * 6)
+    nulls = [False, True, False]  # the second row of each batch
+    assert logged["total_bedrooms"].isna().tolist() == [False, *nulls, *nulls]
     stored = read_feedback_log(settings.state_dir)
     assert stored.to_dict("records")[0]["actual"] == 250_000.0
 
