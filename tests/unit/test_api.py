@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -577,11 +578,16 @@ def test_committed_openapi_document_matches_the_code() -> None:
     )
 
 
-def test_prediction_ids_are_uuid7_consecutive_within_a_call() -> None:
-    first, second = prediction_ids(3), prediction_ids(2)
+@pytest.mark.parametrize("count", [1, 3, 16, 17, 1000])
+def test_prediction_ids_are_uuid7_consecutive_within_a_call(count: int) -> None:
+    """Small calls are formatted one by one, batches as one array: the same ids either way."""
+    first, second = prediction_ids(count), prediction_ids(2)
+    assert len(first) == count
     assert all(UUID7.match(value) for value in first + second)
     assert first == sorted(first)
-    assert len(set(first + second)) == 5
+    values = [int(value.replace("-", ""), 16) for value in first]
+    assert all(later - earlier == 1 for earlier, later in itertools.pairwise(values))
+    assert len(set(first + second)) == count + 2
 
 
 # Coalescing --------------------------------------------------------------------------------
