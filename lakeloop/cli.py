@@ -370,8 +370,11 @@ def _run_monitor(settings: Settings, **parameters: Any) -> HistoryEntry | None:
     entries = read_history(settings.monitoring_dir)
     if len(entries) > before:
         return entries[-1]
+    # The flow's own log says why (no champion, too few predictions); Prefect ships logs in
+    # batches, so the last lines may not have arrived yet: the run's name finds them in the UI.
     for line in loop.flow_run_logs(settings, run.id, limit=3):
         console.log(line)
+    console.log(f"flow run {run.name}: {settings.prefect_api_url.removesuffix('/api')}")
     return None
 
 
@@ -394,7 +397,7 @@ def monitor(
         console.print(f"[red]the monitor did not run:[/red] {error}")
         raise typer.Exit(1) from error
     if entry is None:
-        console.print("the monitor checked nothing (reason above)")
+        console.print("the monitor checked nothing (its flow run says why)")
         return
     console.print(describe(entry))
     console.print(f"report: {entry.report_path}")
@@ -412,11 +415,18 @@ def train(
 ) -> None:
     """Train on a lakeFS commit now, through the training deployment: validate, train, register,
     and promote if the gate agrees. A commit already trained (tuned, with --tune) is skipped."""
+    from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
+
     settings = _settings()
     try:
         commit_id = commit or lakefs_client.head_commit(lakefs_client.connect(settings), settings)
+        client = tracking.connect(settings)
+        if done := tracking.run_for_commit(client, settings, commit_id=commit_id, tuned=tune):
+            console.print(f"{commit_id:.12} is already trained (MLflow run {done.info.run_id})")
+            console.print(_training_outcome(client, settings, done.info.run_id))
+            return
         with console.status(f"training on {commit_id:.12}") as status:
-            run = loop.run_deployment(
+            loop.run_deployment(
                 settings,
                 settings.prefect.train_deployment,
                 parameters={
@@ -428,11 +438,26 @@ def train(
                 timeout=3600,
                 on_state=lambda message: _log_state(status, message),
             )
+        trained = tracking.run_for_commit(client, settings, commit_id=commit_id, tuned=tune)
     except (loop.LoopError, lakefs_client.LakeFSError, httpx.HTTPError) as error:
         console.print(f"[red]training did not complete:[/red] {error}")
         raise typer.Exit(1) from error
-    for line in loop.flow_run_logs(settings, run.id, limit=4):
-        console.print(line)
+    if trained is not None:
+        console.print(_training_outcome(client, settings, trained.info.run_id))
+
+
+def _training_outcome(client: Any, settings: Settings, run_id: str) -> str:
+    """One line: the version a training run registered and what the gate decided."""
+    from lakeloop import tracking  # noqa: PLC0415
+
+    [version] = client.search_model_versions(
+        f"name='{settings.mlflow.model_name}' and run_id='{run_id}'"
+    )
+    tags = version.tags or {}
+    reasons = tags.get(tracking.TAG_GATE_REASONS, "-")
+    decision = tags.get(tracking.TAG_GATE, "?")
+    because = f": {reasons}" if reasons != "-" else ""
+    return f"{settings.mlflow.model_name} v{version.version}: {decision}{because}"
 
 
 @app.command()

@@ -218,11 +218,15 @@ def test_kept_stack_has_lineage_retrains_and_hot_swaps(
 
     # `lakeloop train` by hand: the commit v2 trained on is already trained, so nothing runs;
     # with --tune it trains again, each hyperparameter trial a nested run under the new one.
+    trains_before = _training_run_count(settings)
     again = workspace.run("train", head)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "already trained" in again.stdout
+    assert "housing-price v2: promoted" in again.stdout
+    assert _training_run_count(settings) == trains_before
     tuned = workspace.run("train", head, "--tune")
     assert tuned.returncode == 0, tuned.stdout + tuned.stderr
+    assert "housing-price v3: " in tuned.stdout
     tuned_run = tracking.run_for_commit(mlflow_client, settings, commit_id=head, tuned=True)
     assert tuned_run is not None
     assert tuned_run.data.tags[tracking.TAG_TRIGGER] == "manual"
