@@ -28,7 +28,7 @@ from api.prediction_log import (
     feedback_table,
     prediction_table,
 )
-from api.predictor import ModelSlot, Predictor, follow_champion, refresh
+from api.predictor import ModelLoadError, ModelSlot, Predictor, follow_champion, refresh
 from api.schemas import (
     ErrorResponse,
     Feedback,
@@ -122,32 +122,61 @@ def document_bodies(app: Litestar, service: PredictionService) -> None:
         operation.request_body = RequestBody(content={"application/json": media}, required=True)
 
 
-def _readiness(slot: ModelSlot, *, following: bool) -> Response[Readiness]:
+def _log_state(log: SegmentWriter | None) -> str:
+    if log is None:
+        return "off"
+    return f"failing: {log.last_error}" if log.failing else "ok"
+
+
+def _readiness(
+    slot: ModelSlot, *, following: bool, log: SegmentWriter | None = None
+) -> Response[Readiness]:
+    """Ready while a model answers: a registry outage, a champion that would not load and a
+    prediction log that cannot write make it ``degraded`` (still 200: serving matters more than
+    following the registry or logging, and taking the instance out of rotation would fix
+    neither); only having no model at all is 503."""
     registry = "unknown"
     if slot.last_check is not None:
         registry = f"unreachable: {slot.last_error}" if slot.last_error else "ok"
     elif not following:
         registry = "not followed"
+    failed = slot.failed_version
+    load_error = slot.load_error or None
+    prediction_log = _log_state(log)
     current = slot.current
     if current is None:
-        detail = f"the registry is {registry}" if slot.last_error else "no champion model loaded"
+        if slot.last_error:
+            detail = f"the registry is {registry}"
+        elif failed is not None:
+            detail = f"the champion, version {failed}, cannot be loaded: {slot.load_error}"
+        else:
+            detail = "no champion model loaded"
         body = Readiness(
             status="not ready",
             detail=detail,
             registry=registry,
             last_registry_check=slot.last_check,
+            failed_version=failed,
+            load_error=load_error,
+            prediction_log=prediction_log,
         )
         return Response(body, status_code=503)
-    status = "degraded" if slot.last_error else "ready"
-    detail = f"serving version {current.version}"
+    problems = []
     if slot.last_error:
-        detail += "; the registry is unreachable, so a new champion will not be picked up"
+        problems.append("the registry is unreachable, so a new champion will not be picked up")
+    if failed is not None:
+        problems.append(f"the champion, version {failed}, cannot be loaded: {slot.load_error}")
+    if log is not None and log.failing:
+        problems.append(f"predictions are not being logged: {log.last_error}")
     body = Readiness(
-        status=status,
-        detail=detail,
+        status="degraded" if problems else "ready",
+        detail="; ".join([f"serving version {current.version}", *problems]),
         model_version=current.version,
         registry=registry,
         last_registry_check=slot.last_check,
+        failed_version=failed,
+        load_error=load_error,
+        prediction_log=prediction_log,
     )
     return Response(body)
 
@@ -179,6 +208,7 @@ def create_app(
         metrics.served(predictor.version)
 
     slot.on_swap = swapped
+    slot.on_load_failure = lambda version: metrics.load_failures.labels(version).inc()
     if slot.current is not None:
         metrics.served(slot.current.version)
     handlers = _handlers(settings, service, following=follow_registry)
@@ -238,6 +268,12 @@ def _logs(
     writers = []
     for name, to_table in ((PREDICTIONS, prediction_table(spec)), (FEEDBACK, feedback_table)):
         dropped = metrics.log_dropped.labels(name)
+        write_errors, lost = metrics.log_write_errors.labels(name), metrics.log_lost.labels(name)
+
+        def failed(rows: int, write_errors: Any = write_errors, lost: Any = lost) -> None:
+            write_errors.inc()
+            lost.inc(rows)
+
         writers.append(
             SegmentWriter(
                 settings.state_dir / name,
@@ -246,6 +282,7 @@ def _logs(
                 flush_rows=settings.api.log_flush_rows,
                 flush_seconds=settings.api.log_flush_seconds,
                 on_drop=dropped.inc,
+                on_write_error=failed,
             )
         )
     return writers[0], writers[1]
@@ -323,7 +360,11 @@ def _handlers(settings: Settings, service: PredictionService, *, following: bool
         _authorize(request, settings)
         previous = slot.current.version if slot.current else None
         try:
-            changed = await refresh(settings, slot, example=service.example())
+            changed = await refresh(settings, slot, example=service.example(), force=True)
+        except ModelLoadError as error:
+            raise ApiError(
+                503, f"cannot load the champion, {error}; still serving {previous}"
+            ) from error
         except Exception as error:
             raise ApiError(503, f"cannot reach the registry: {slot.last_error or error}") from error
         current = slot.current.version if slot.current else None
@@ -336,8 +377,9 @@ def _handlers(settings: Settings, service: PredictionService, *, following: bool
 
     @get("/readyz", operation_id="ready", summary="Readiness")
     async def readyz() -> Response[Readiness]:
-        """Ready (200) once a model is loaded, degraded (200) without the registry; else 503."""
-        return _readiness(slot, following=following)
+        """Ready (200) once a model is loaded; degraded (200) while the registry is unreachable,
+        the champion will not load or the prediction log cannot write; 503 without a model."""
+        return _readiness(slot, following=following, log=service.log)
 
     @get("/metrics", operation_id="metrics", summary="Prometheus metrics", media_type="text/plain")
     async def prometheus() -> Response[bytes]:

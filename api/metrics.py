@@ -107,7 +107,8 @@ class ValueHistogram:
 
 class ApiMetrics:
     """Requests (rate, latency, in flight, errors by kind), predictions (by model version, and
-    the distribution of predicted values), the prediction log's queue and drops, model swaps."""
+    the distribution of predicted values), the prediction log's queue, drops and failed writes,
+    model swaps and failed model loads."""
 
     def __init__(self, *, prediction_buckets: tuple[float, ...] = _BUCKETS, unit: str = "") -> None:
         self.registry = CollectorRegistry()
@@ -154,6 +155,18 @@ class ApiMetrics:
             ["log"],
             registry=self.registry,
         )
+        self.log_write_errors = Counter(
+            "lakeloop_api_prediction_log_write_errors",
+            "Log segments that could not be written (a full disk, a missing folder).",
+            ["log"],
+            registry=self.registry,
+        )
+        self.log_lost = Counter(
+            "lakeloop_api_prediction_log_lost_rows",
+            "Log rows lost because their segment could not be written.",
+            ["log"],
+            registry=self.registry,
+        )
         self.log_queued = Gauge(
             "lakeloop_api_prediction_log_queued_rows",
             "Rows waiting in the log queue.",
@@ -163,6 +176,12 @@ class ApiMetrics:
         self.swaps = Counter(
             "lakeloop_api_model_swaps",
             "Model versions swapped in (the first load counts).",
+            registry=self.registry,
+        )
+        self.load_failures = Counter(
+            "lakeloop_api_model_load_failures",
+            "Attempts to load a champion version that failed (the previous version kept serving).",
+            ["model_version"],
             registry=self.registry,
         )
         self.model_version = Gauge(

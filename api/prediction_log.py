@@ -4,10 +4,16 @@ A request hands its rows to a bounded in-memory queue and returns; when the queu
 rows are dropped and counted, never waited for. A background thread drains the queue into Parquet
 segments under ``<state_dir>/predictions/`` (and ``feedback/``), one file per flush, named by the
 time it was written so a reader can skip old files by name. Stopping flushes what is queued.
+
+A segment that cannot be written (a full disk, a folder gone or unwritable) loses its rows: they
+are counted, the writer remembers the error until a write succeeds again (``/readyz`` shows it),
+and the thread goes on with the next flush. Keeping failed rows to retry would only move the loss
+to the bounded queue, and one bad entry would then fail every later flush too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -81,6 +87,7 @@ class SegmentWriter:
         flush_rows: int,
         flush_seconds: float,
         on_drop: Callable[[int], None] = lambda _: None,
+        on_write_error: Callable[[int], None] = lambda _: None,
     ) -> None:
         self.folder = folder
         self.to_table = to_table
@@ -88,7 +95,13 @@ class SegmentWriter:
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.on_drop = on_drop
+        self.on_write_error = on_write_error
+        """Called with the number of rows lost each time a segment cannot be written."""
         self.dropped = 0
+        self.write_errors = 0
+        self.lost_rows = 0
+        self.last_error = ""
+        """Why the last write failed; empty once a segment is written again."""
         self._queue: deque[Any] = deque()
         self._queued_rows = 0
         self._lock = threading.Lock()
@@ -133,19 +146,23 @@ class SegmentWriter:
             self._thread = None
         self.flush()
 
+    @property
+    def failing(self) -> bool:
+        """True from a failed write until the next successful one."""
+        return bool(self.last_error)
+
     def _run(self) -> None:
         while not self._stopping.is_set():
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
             try:
                 self.flush()
-            except Exception:
-                # A failing write (a full disk) must not kill the writer; that flush's rows are
-                # lost and the log says so, rather than piling up in memory.
-                logger.exception("could not write a %s segment", self.folder.name)
+            except Exception:  # flush counts its own failures; nothing else may kill the thread
+                logger.exception("the %s writer failed", self.folder.name)
 
     def flush(self) -> Path | None:
-        """Write what is queued as one segment; the path, or ``None`` when nothing was queued."""
+        """Write what is queued as one segment; the path, or ``None`` when nothing was queued
+        or the write failed (its rows are then lost and counted)."""
         with self._lock:
             entries = list(self._queue)
             self._queue.clear()
@@ -153,14 +170,31 @@ class SegmentWriter:
         if not entries:
             return None
         self._sequence += 1
-        self.folder.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime(_STAMP)
         path = self.folder / f"{stamp}-{os.getpid()}-{self._sequence:06d}.parquet"
         partial = path.with_suffix(".parquet.tmp")
-        table = self.to_table(entries)
-        pq.write_table(table, partial, use_dictionary=_repeating_columns(table))
-        partial.replace(path)  # readers never see half a file
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            table = self.to_table(entries)
+            pq.write_table(table, partial, use_dictionary=_repeating_columns(table))
+            partial.replace(path)  # readers never see half a file
+        except Exception as error:
+            self._lost(sum(entry.rows for entry in entries), error, partial)
+            return None
+        if self.last_error:
+            logger.warning("%s segments are written again", self.folder.name)
+            self.last_error = ""
         return path
+
+    def _lost(self, rows: int, error: Exception, partial: Path) -> None:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)  # a half-written file would only take more space
+        if not self.last_error:  # once per outage, not once per flush
+            logger.error("cannot write %s segments (%s); their rows are lost", self.folder, error)
+        self.last_error = f"{type(error).__name__}: {error}"
+        self.write_errors += 1
+        self.lost_rows += rows
+        self.on_write_error(rows)
 
 
 def _repeating_columns(table: pa.Table) -> list[str]:

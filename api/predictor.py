@@ -11,6 +11,12 @@ call (``None`` — a null or an unknown category — becomes NaN in that convers
 Swapping is a single attribute assignment of a predictor that was loaded and warmed (one
 prediction) in a worker thread: a request in flight keeps the predictor it started with, the next
 one gets the new one, and nothing is dropped.
+
+A champion that cannot be loaded (a corrupt or missing artifact, a model that will not predict)
+is never swapped in: the last good version keeps serving, the slot remembers the failed version
+and its error (``/readyz`` shows them, a metric counts the attempts), and polling retries that
+version only after a growing pause (a forced reload retries at once). When the alias moves to
+another version, that one is loaded as usual.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import asyncio
 import functools
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -160,6 +167,22 @@ def _as_dict(record: Any) -> dict[str, Any]:
     return {name: getattr(record, name) for name in record.__struct_fields__}
 
 
+class ModelLoadError(Exception):
+    """The registry named a champion version that could not be loaded (or would not predict)."""
+
+    def __init__(self, version: str, reason: str, *, retried: bool = True) -> None:
+        super().__init__(f"version {version}: {reason}")
+        self.version = version
+        self.reason = reason
+        self.retried = retried
+        """False when the version was skipped (it failed before and its pause is not over)."""
+
+
+# Pauses before polling retries a version that failed to load: doubling, within these bounds.
+_RETRY_FIRST_SECONDS = 5.0
+_RETRY_MAX_SECONDS = 300.0
+
+
 class ModelSlot:
     """Holds the current predictor; ``None`` until the first champion is loaded."""
 
@@ -169,7 +192,16 @@ class ModelSlot:
         """The last registry check's failure; empty when it succeeded."""
         self.last_check: str | None = None
         self.swaps = 0
+        self.failed_version: str | None = None
+        """The champion version that could not be loaded; ``None`` once the champion loads."""
+        self.load_error = ""
+        """Why ``failed_version`` could not be loaded."""
+        self.load_failures = 0
+        self.retry_at = 0.0
+        """Monotonic time before which polling does not try ``failed_version`` again."""
+        self.retry_pause = 0.0
         self.on_swap: Callable[[Predictor], None] = lambda _: None
+        self.on_load_failure: Callable[[str], None] = lambda _: None
         self._lock: asyncio.Lock | None = None
 
     def swap(self, predictor: Predictor) -> None:
@@ -177,6 +209,30 @@ class ModelSlot:
         self.current = predictor  # the atomic swap
         self.swaps += 1
         self.on_swap(predictor)
+
+    def load_failed(self, error: ModelLoadError) -> None:
+        """Remember a champion that could not be loaded and when to try it again."""
+        again = self.failed_version == error.version
+        self.failed_version = error.version
+        self.load_error = error.reason
+        self.load_failures += 1
+        pause = min(_RETRY_MAX_SECONDS, self.retry_pause * 2) if again else _RETRY_FIRST_SECONDS
+        self.retry_pause = pause
+        self.retry_at = time.monotonic() + pause
+        self.on_load_failure(error.version)
+
+    def load_succeeded(self) -> None:
+        """The champion is the served version: no failed load to report."""
+        self.failed_version = None
+        self.load_error = ""
+        self.retry_pause = 0.0
+        self.retry_at = 0.0
+
+    def skipped_version(self, *, force: bool) -> str | None:
+        """The failed version a poll should not load again yet (``None``: try whatever)."""
+        if force or self.failed_version is None or time.monotonic() >= self.retry_at:
+            return None
+        return self.failed_version
 
     @property
     def lock(self) -> asyncio.Lock:
@@ -187,50 +243,79 @@ class ModelSlot:
 
 
 def load_champion(
-    settings: Settings, *, known_version: str | None, example: Any = None
+    settings: Settings,
+    *,
+    known_version: str | None,
+    example: Any = None,
+    skip_version: str | None = None,
 ) -> Predictor | None:
     """Load (and warm with ``example``) the registry's champion if it is not ``known_version``;
-    ``None`` when unchanged or when there is no champion yet."""
+    ``None`` when unchanged or when there is no champion yet. Raises :class:`ModelLoadError`
+    when the champion's model cannot be loaded or does not predict (without trying when it is
+    ``skip_version``), anything else when the registry cannot be reached."""
     import mlflow.sklearn  # noqa: PLC0415 - heavy import, kept off the API's import path
 
     client = tracking.connect(settings)
     version = tracking.champion(client, settings)
     if version is None or version.version == known_version:
         return None
+    number = str(version.version)
+    if number == skip_version:
+        raise ModelLoadError(number, "failed before; not retried yet", retried=False)
     if not version.run_id:
-        raise LookupError(f"{settings.mlflow.model_name} version {version.version} has no run")
+        raise LookupError(f"{settings.mlflow.model_name} version {number} has no run")
     run = client.get_run(version.run_id)
-    model = mlflow.sklearn.load_model(f"models:/{settings.mlflow.model_name}/{version.version}")
-    predictor = Predictor(
-        model=model,
-        name=settings.mlflow.model_name,
-        version=str(version.version),
-        run_id=version.run_id,
-        lakefs_repository=run.data.tags.get(tracking.TAG_REPOSITORY, ""),
-        lakefs_commit_id=run.data.tags.get(tracking.TAG_COMMIT, ""),
-        metrics=dict(run.data.metrics),
-    )
-    if example is not None:
-        predictor.warm(example)
-    logger.info("loaded %s version %s", settings.mlflow.model_name, version.version)
+    try:
+        model = mlflow.sklearn.load_model(f"models:/{settings.mlflow.model_name}/{number}")
+        predictor = Predictor(
+            model=model,
+            name=settings.mlflow.model_name,
+            version=number,
+            run_id=version.run_id,
+            lakefs_repository=run.data.tags.get(tracking.TAG_REPOSITORY, ""),
+            lakefs_commit_id=run.data.tags.get(tracking.TAG_COMMIT, ""),
+            metrics=dict(run.data.metrics),
+        )
+        if example is not None:
+            predictor.warm(example)
+    except Exception as error:
+        # The registry answered: the artifact is what failed (corrupt, missing, or a model that
+        # does not take our records). Named apart from an outage so /readyz can say which.
+        raise ModelLoadError(number, f"{type(error).__name__}: {error}") from error
+    logger.info("loaded %s version %s", settings.mlflow.model_name, number)
     return predictor
 
 
-async def refresh(settings: Settings, slot: ModelSlot, *, example: Any = None) -> bool:
+async def refresh(
+    settings: Settings, slot: ModelSlot, *, example: Any = None, force: bool = False
+) -> bool:
     """Check the registry once; load, warm and swap in a new champion. True when it changed.
-    Raises when the registry cannot be reached (the loaded model keeps serving)."""
+    Raises when the registry cannot be reached or the champion cannot be loaded (the loaded
+    model keeps serving either way). ``force`` retries a failed version without waiting."""
     async with slot.lock:
         known = slot.current.version if slot.current else None
+        load = functools.partial(
+            load_champion,
+            settings,
+            known_version=known,
+            example=example,
+            skip_version=slot.skipped_version(force=force),
+        )
         try:
-            loaded = await anyio.to_thread.run_sync(
-                functools.partial(load_champion, settings, known_version=known, example=example)
-            )
+            loaded = await anyio.to_thread.run_sync(load)
+        except ModelLoadError as error:
+            slot.last_error = ""  # the registry answered
+            if error.retried:
+                slot.load_failed(error)
+                logger.error("cannot load the champion, %s; still serving %s", error, known)
+            raise
         except Exception as error:
             slot.last_error = f"{type(error).__name__}: {error}"
             raise
         finally:
             slot.last_check = datetime.now(UTC).isoformat()
         slot.last_error = ""
+        slot.load_succeeded()
         if loaded is None:
             return False
         slot.swap(loaded)
@@ -242,6 +327,8 @@ async def follow_champion(settings: Settings, slot: ModelSlot, *, example: Any =
     while True:
         try:
             await refresh(settings, slot, example=example)
+        except ModelLoadError:
+            pass  # logged once per attempt by refresh; /readyz and the metrics show it
         except Exception:
             logger.warning("cannot check the champion: %s", slot.last_error)
         await asyncio.sleep(settings.api.champion_poll_seconds)

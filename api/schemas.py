@@ -175,15 +175,22 @@ class Health(msgspec.Struct):
 
 
 class Readiness(msgspec.Struct):
-    """Whether the API can answer predictions, and how its registry link is doing."""
+    """Whether the API can answer predictions, and what needs attention while it does."""
 
     status: str
-    """``ready``, ``degraded`` (serving, but the registry is unreachable) or ``not ready``."""
+    """``ready``; ``degraded`` (serving, with status 200, but the registry is unreachable, the
+    champion failed to load, or the prediction log cannot write); ``not ready`` (503, no model)."""
     detail: str
     model_version: str | None = None
     registry: str = "unknown"
     """``ok``, ``unreachable: <error>`` or ``unknown`` before the first check."""
     last_registry_check: str | None = None
+    failed_version: str | None = None
+    """The champion version that could not be loaded (the previous one keeps serving)."""
+    load_error: str | None = None
+    """Why ``failed_version`` could not be loaded."""
+    prediction_log: str = "off"
+    """``ok``, ``failing: <error>`` (predictions are answered but not logged) or ``off``."""
 
 
 class Feedback(msgspec.Struct, forbid_unknown_fields=True):

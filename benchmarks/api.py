@@ -69,7 +69,7 @@ class Measured:
 Rounds = dict[str, dict[str, list[Measured]]]
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
+async def read_response(reader: asyncio.StreamReader) -> int:
     """Read one response (Content-Length or chunked); returns its status code."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -94,7 +94,7 @@ async def _connection(target: Target, deadline: float, latencies: list[float]) -
         while time.perf_counter() < deadline:
             started = time.perf_counter()
             writer.write(request)
-            status = await _read_response(reader)
+            status = await read_response(reader)
             latencies.append(time.perf_counter() - started)
             errors += status >= 300
     finally:
@@ -128,7 +128,8 @@ def measure(target: Target, *, connections: int, seconds: float) -> Measured:
 # The model and the servers ---------------------------------------------------------------------
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -149,9 +150,11 @@ def _wait(url: str, process: subprocess.Popen[bytes], *, timeout: float = 180.0)
 
 
 @contextmanager
-def _process(
+def server_process(
     argv: list[str], *, env: dict[str, str], log: Path, ready_url: str
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """A server started from ``argv`` (output appended to ``log``) once ``ready_url`` answers
+    200; stopped on exit."""
     from lakeloop.stack import stop_processes  # noqa: PLC0415
 
     with log.open("ab") as output:
@@ -165,14 +168,17 @@ def _process(
         stop_processes([(argv[0], process.pid)])
 
 
-def register_model(settings: Any, *, rows: int) -> tuple[str, Any, Any]:
-    """Train with the default settings, register, make champion; (version, pipeline, frame)."""
+def register_model(
+    settings: Any, *, rows: int, seed: int = 3, promote: bool = True
+) -> tuple[str, Any, Any]:
+    """Train with the default settings, register, make champion (unless not ``promote``);
+    (version, pipeline, frame)."""
     from lakeloop import market, tracking  # noqa: PLC0415
     from lakeloop.dataset import load_spec  # noqa: PLC0415
     from lakeloop.model import train  # noqa: PLC0415
 
     spec = load_spec()
-    frame = market.generate_batch(rows=rows, seed=3)
+    frame = market.generate_batch(rows=rows, seed=seed)
     trained = train(frame, spec, settings.training)
     client = tracking.connect(settings)
     lineage = tracking.Lineage(
@@ -185,11 +191,13 @@ def register_model(settings: Any, *, rows: int) -> tuple[str, Any, Any]:
     logged = tracking.log_trained(
         settings, trained, spec=spec, training_data=frame, lineage=lineage
     )
-    tracking.record_decision(client, settings, logged=logged, reasons=[], champion=None)
+    if promote:
+        tracking.record_decision(client, settings, logged=logged, reasons=[], champion=None)
     return logged.version, trained.pipeline, frame[spec.feature_names]
 
 
-def _records(frame: Any) -> list[dict[str, Any]]:
+def records_of(frame: Any) -> list[dict[str, Any]]:
+    """A DataFrame's rows as JSON-ready dicts (missing values as ``None``)."""
     rows: list[dict[str, Any]] = (
         frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
     )
@@ -254,7 +262,7 @@ def run(*, seconds: float, rows: int, rounds: int) -> None:
     from lakeloop.settings import load_settings  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="lakeloop-bench-api-") as scratch:
-        settings = load_settings(state_dir=Path(scratch) / "state", mlflow={"port": _free_port()})
+        settings = load_settings(state_dir=Path(scratch) / "state", mlflow={"port": free_port()})
         _run_in(settings, seconds=seconds, rows=rows, rounds=rounds)
 
 
@@ -273,8 +281,8 @@ def _run_in(settings: Any, *, seconds: float, rows: int, rounds: int) -> None:
             "LAKELOOP_MLFLOW__PORT": str(settings.mlflow.port),
             "PATH": path,
         }
-        record = _records(frame.head(1))[0]
-        batch = _records(frame.head(BATCH_ROWS))
+        record = records_of(frame.head(1))[0]
+        batch = records_of(frame.head(BATCH_ROWS))
         measure_all(
             settings,
             env,
@@ -308,14 +316,14 @@ def measure_all(
     rounds."""
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    mlflow_port = _free_port()
+    mlflow_port = free_port()
     mlflow_argv = [
         sys.executable, "-m", "mlflow", "models", "serve", "-m",
         f"models:/{settings.mlflow.model_name}/{version}", "--env-manager", "local",
         "-h", "127.0.0.1", "-p", str(mlflow_port),
     ]  # fmt: skip
     print("measuring mlflow models serve ...", flush=True)
-    with _process(
+    with server_process(
         mlflow_argv,
         env=env,
         log=logs / "mlflow-serve.log",
@@ -343,14 +351,14 @@ def measure_all(
 def _start_api(
     running: contextlib.ExitStack, env: dict[str, str], logs: Path, *, logging: bool
 ) -> int:
-    port = _free_port()
+    port = free_port()
     api_env = env | {
         "LAKELOOP_API__PORT": str(port),
         "LAKELOOP_API__LOG_PREDICTIONS": str(logging).lower(),
         "LAKELOOP_API__ADMIN_TOKEN": "bench-" + "k" * 26,
     }
     running.enter_context(
-        _process(
+        server_process(
             [sys.executable, "-m", "api"],
             env=api_env,
             log=logs / f"api-{port}.log",

@@ -23,12 +23,14 @@ from api.coalesce import Coalescer
 from api.ids import prediction_ids
 from api.prediction_log import (
     Entry,
+    FeedbackEntry,
     SegmentWriter,
+    feedback_table,
     prediction_table,
     read_feedback_log,
     read_prediction_log,
 )
-from api.predictor import BoosterKernel, ModelSlot, Predictor, refresh
+from api.predictor import BoosterKernel, ModelLoadError, ModelSlot, Predictor, refresh
 from api.schemas import RequestTypes
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TrainedModel
@@ -327,15 +329,27 @@ class FakeRegistry:
         self.model = model
         self.version: str | None = None
         self.down = False
+        self.corrupt: set[str] = set()
+        self.attempts = 0
         self.warmed_with: Any = None
 
     def __call__(
-        self, settings: Settings, *, known_version: str | None, example: Any = None
+        self,
+        settings: Settings,
+        *,
+        known_version: str | None,
+        example: Any = None,
+        skip_version: str | None = None,
     ) -> Predictor | None:
         if self.down:
             raise ConnectionError("MLflow at 127.0.0.1:5000 refused the connection")
         if self.version is None or self.version == known_version:
             return None
+        if self.version == skip_version:
+            raise ModelLoadError(self.version, "skipped", retried=False)
+        self.attempts += 1
+        if self.version in self.corrupt:
+            raise ModelLoadError(self.version, "ValueError: File is not a zip file")
         self.warmed_with = example
         predictor = Predictor(model=self.model, name="housing-price", version=self.version)
         return predictor if example is None else predictor.warm(example)
@@ -393,6 +407,92 @@ def test_refresh_swaps_only_when_the_champion_moves(
     assert slot.current is not None
     assert slot.current.version == "7"
     assert slot.swaps == 1
+
+
+def test_a_champion_that_will_not_load_keeps_the_last_good_one_serving(
+    client: TestClient, settings: Settings, registry: FakeRegistry, record: dict[str, Any]
+) -> None:
+    registry.version, registry.corrupt = "5", {"5"}
+    headers = {"Authorization": f"Bearer {admin_token(settings)}"}
+    refused = client.post("/v1/admin/reload", headers=headers)
+    assert refused.status_code == 503
+    assert "version 5" in refused.json()["detail"]
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() | {"last_registry_check": None} == {
+        "status": "degraded",
+        "detail": (
+            "serving version 3; the champion, version 5, cannot be loaded: "
+            "ValueError: File is not a zip file"
+        ),
+        "model_version": "3",
+        "registry": "ok",
+        "last_registry_check": None,
+        "failed_version": "5",
+        "load_error": "ValueError: File is not a zip file",
+        "prediction_log": "ok",
+    }
+    assert client.post("/v1/predict", json=record).json()["model"]["version"] == "3"
+    assert 'lakeloop_api_model_load_failures_total{model_version="5"} 1.0' in (
+        client.get("/metrics").text
+    )
+    registry.version = "6"
+    assert client.post("/v1/admin/reload", headers=headers).json()["version"] == "6"
+    assert client.get("/readyz").json()["status"] == "ready"
+
+
+def test_polling_pauses_before_retrying_a_version_that_failed(
+    settings: Settings, registry: FakeRegistry
+) -> None:
+    slot = ModelSlot()
+    registry.version, registry.corrupt = "5", {"5"}
+
+    async def polls() -> None:
+        for _ in range(3):
+            with pytest.raises(ModelLoadError):
+                await refresh(settings, slot)
+
+    asyncio.run(polls())
+    assert registry.attempts == 1  # the next two polls fell within the pause
+    assert slot.failed_version == "5"
+    assert slot.load_failures == 1
+    slot.retry_at = 0.0  # the pause is over
+    asyncio.run(polls())
+    assert registry.attempts == 2
+    assert slot.retry_pause == 10.0  # doubled for the same version
+    registry.corrupt.clear()
+    slot.retry_at = 0.0
+    assert asyncio.run(refresh(settings, slot)) is True
+    assert slot.failed_version is None
+
+
+def test_a_segment_that_cannot_be_written_is_counted_and_the_writer_recovers(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "predictions"
+    folder.write_text("a file where the folder should be")  # mkdir fails like a broken disk
+    lost: list[int] = []
+    writer = SegmentWriter(
+        folder,
+        feedback_table,
+        max_rows=100,
+        flush_rows=100,
+        flush_seconds=60,
+        on_write_error=lost.append,
+    )
+    entry = FeedbackEntry(at=datetime.now(UTC), prediction_id="p", actual=1.0)
+    writer.put(entry)
+    writer.put(entry)
+    assert writer.flush() is None
+    assert (lost, writer.lost_rows, writer.write_errors) == ([2], 2, 1)
+    assert writer.failing
+    assert "FileExistsError" in writer.last_error
+    folder.unlink()
+    writer.put(entry)
+    written = writer.flush()
+    assert written is not None
+    assert written.is_file()
+    assert not writer.failing
 
 
 def test_placeholder_admin_token_is_refused(settings: Settings) -> None:
