@@ -17,7 +17,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import MissingContextError
 
-from lakeloop import evaluation, grafana, lakefs_client, loop, model, pushmetrics, tracking
+from lakeloop import (
+    evaluation,
+    events,
+    grafana,
+    lakefs_client,
+    loop,
+    model,
+    pushmetrics,
+    tracking,
+)
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings, load_settings
 from validation.checks import ValidationResult, validate_frame
@@ -212,6 +221,12 @@ def train_on_commit(
     """Validate the data at a lakeFS commit, train XGBoost (with ``tune``, the best of
     ``training.tune_trials`` hyperparameter trials, each a nested MLflow run), register it, and
     promote it if good."""
+    # The ids name folders and MLflow tags: refuse what lakeFS itself would never produce.
+    if not events.REPOSITORY_ID.fullmatch(repository) or not events.COMMIT_ID.fullmatch(commit_id):
+        raise ValueError(
+            f"not a lakeFS repository and commit id: {repository!r}, {commit_id!r} "
+            "(a commit id is 64 hexadecimal digits)"
+        )
     logger = get_run_logger()
     settings = load_settings()
     spec = load_spec(settings.dataset)

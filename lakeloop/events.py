@@ -8,6 +8,7 @@ senders here check the answer and retry, and report failure to their caller.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -23,6 +24,16 @@ EVENT_NAMESPACE = uuid.UUID("6f6c1c1e-2a44-5b8e-9a57-6c616b656c6f")
 # Commit metadata key: a commit carrying it with "true" is not data (configuration, docs) and
 # does not trigger training. lakeloop's own action-install commit sets it.
 SKIP_TRAINING_KEY = "lakeloop.skip_training"
+
+# What lakeFS itself accepts as ids (repository and branch names as lakeFS validates them; commit
+# ids are sha256 hex). Anything else is refused, not escaped: these strings become event
+# resources, flow parameters and, for the commit, a folder name under the state folder.
+REPOSITORY_ID = re.compile(r"[a-z0-9][a-z0-9-]{2,62}")
+BRANCH_ID = re.compile(r"[A-Za-z0-9_][-A-Za-z0-9_]{0,255}")
+COMMIT_ID = re.compile(r"[0-9a-f]{64}")
+# A ref expression (branch, tag or commit, with ~ ^ @ $ modifiers): no control characters, no
+# spaces, no `..` (lakeFS refuses those in tag names too).
+REF = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][-A-Za-z0-9_./~^@$]{0,255}")
 
 
 class LakeFSWebhook(msgspec.Struct, kw_only=True):

@@ -13,6 +13,11 @@ Event ids are deterministic, so a redelivery is harmless to Prefect's de-duplica
 The gateway answers 503 only when it cannot store the event (the spool is full or the disk
 refuses the write): lakeFS then logs a failed hook and Grafana retries the notification.
 Pre-merge hooks stay synchronous: their answer is the data checks' verdict, nothing is spooled.
+
+Input is refused before anything is stored: a body over :data:`MAX_BODY_BYTES` with 413 (before
+it is read), a body that is not the expected JSON, an event type lakeloop does not relay, or an id
+lakeFS itself would never send (the ids become event resources, flow parameters and folder names)
+with 400 naming the field.
 """
 
 from __future__ import annotations
@@ -26,14 +31,16 @@ from typing import Any
 
 import httpx
 import msgspec
-from litestar import Litestar, MediaType, Response, get, post
+from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import BaseRouteHandler
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_202_ACCEPTED,
     HTTP_400_BAD_REQUEST,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
@@ -56,6 +63,12 @@ SEND_TIMEOUT_SECONDS = 5.0
 """How long one attempt to hand an event to Prefect may take (a request waits for the first)."""
 # Prefect answers these when the event itself is malformed: retrying it can never succeed.
 MALFORMED_EVENT_STATUSES = frozenset({400, 413, 422})
+MAX_BODY_BYTES = 1024 * 1024
+"""Largest request body the gateway reads. A lakeFS webhook is about 1 kB and a Grafana
+notification a few kB per alert; a larger body is refused with 413 from its Content-Length before
+any of it is read, or as soon as a streamed body passes the limit."""
+RELAYED_EVENT_TYPES = ("post-commit", "post-merge")
+"""lakeFS hook events relayed to Prefect (the training triggers); others are refused."""
 
 
 class Relayed(msgspec.Struct):
@@ -153,6 +166,73 @@ def alert_event(alert: GrafanaAlert, *, default_model: str, receiver: str) -> di
         },
         "related": [],
     }
+
+
+def webhook_problems(hook: events.LakeFSWebhook, *, relayed: bool) -> list[str]:
+    """What makes ``hook`` something lakeFS would never send (empty when it is well formed).
+    With ``relayed``, it must also be a relayed event type and name its commit."""
+    checks = [
+        ("repository_id", hook.repository_id, events.REPOSITORY_ID, "a lakeFS repository id"),
+        ("branch_id", hook.branch_id, events.BRANCH_ID, "a lakeFS branch id"),
+    ]
+    if hook.source_ref:
+        checks.append(("source_ref", hook.source_ref, events.REF, "a lakeFS ref"))
+    if relayed:
+        checks.append(
+            ("commit_id", hook.commit_id, events.COMMIT_ID, "a lakeFS commit id (64 hex)")
+        )
+    problems = [
+        f"{field} {_shown(value)} is not {what}"
+        for field, value, pattern, what in checks
+        if not pattern.fullmatch(value)
+    ]
+    if relayed and hook.event_type not in RELAYED_EVENT_TYPES:
+        problems.insert(
+            0,
+            f"event_type {_shown(hook.event_type)} is not relayed "
+            f"(only {', '.join(RELAYED_EVENT_TYPES)})",
+        )
+    return problems
+
+
+def _shown(value: str) -> str:
+    """A client's string quoted for an error message: escaped, and cut if long."""
+    return repr(value if len(value) <= 80 else f"{value[:80]}...")
+
+
+class MergeWebhook(events.LakeFSWebhook, kw_only=True):
+    """A lakeFS webhook with ids lakeFS could have sent; refused (400, naming the field) at
+    decoding otherwise, before the handler runs."""
+
+    def __post_init__(self) -> None:
+        _refuse(webhook_problems(self, relayed=False))
+
+
+class RelayedWebhook(events.LakeFSWebhook, kw_only=True):
+    """A lakeFS webhook the gateway relays: also a relayed event type, naming its commit."""
+
+    def __post_init__(self) -> None:
+        _refuse(webhook_problems(self, relayed=True))
+
+
+def _refuse(problems: list[str]) -> None:
+    # msgspec turns a ValueError here into a validation error, which Litestar answers with 400.
+    if problems:
+        logger.warning("refusing a lakeFS webhook: %s", "; ".join(problems))
+        raise ValueError(f"not a lakeFS webhook lakeloop accepts: {'; '.join(problems)}")
+
+
+def body_too_large(
+    _: Request[Any, Any, Any], __: RequestEntityTooLarge
+) -> Response[dict[str, Any]]:
+    """413 saying what the limit is."""
+    return Response(
+        {
+            "status_code": HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            "detail": f"request body larger than {MAX_BODY_BYTES} bytes; not read",
+        },
+        status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    )
 
 
 class WarmValidator:
@@ -255,7 +335,7 @@ def create_gateway(
         guards=[require_token],
         sync_to_thread=True,
     )
-    def relay_lakefs_webhook(data: events.LakeFSWebhook) -> Relayed:
+    def relay_lakefs_webhook(data: RelayedWebhook) -> Relayed:
         """Relay a lakeFS webhook to Prefect as an event with a deterministic id."""
         if data.commit_metadata.get(events.SKIP_TRAINING_KEY, "").lower() == "true":
             detail = f"commit metadata has {events.SKIP_TRAINING_KEY}=true"
@@ -290,7 +370,7 @@ def create_gateway(
         guards=[require_token],
         sync_to_thread=True,
     )
-    def validate_merge(data: events.LakeFSWebhook) -> Response[str]:
+    def validate_merge(data: MergeWebhook) -> Response[str]:
         """Check the tables a merge would bring (lakeFS pre-merge hook); non-2xx blocks it.
 
         The answer is one line of text: lakeFS puts it into the error the merging client sees."""
@@ -356,6 +436,8 @@ def create_gateway(
         # The redelivery thread drains what a previous process left as soon as it starts.
         on_startup=[validator.warm_up, redelivery.start],
         on_shutdown=[stop_redelivery],
+        request_max_body_size=MAX_BODY_BYTES,
+        exception_handlers={RequestEntityTooLarge: body_too_large},
     )
 
 

@@ -242,6 +242,17 @@ class Lineage:
         return f"lakefs://{self.repository}/{self.commit_id}/{settings.lakefs.data_prefix}"
 
 
+def use_experiment(settings: Settings) -> None:
+    """Make the configured experiment the active one, creating it if needed.
+
+    ``mlflow.set_experiment`` alone is not enough when two processes create the experiment at
+    the same moment (the first trainings on a new server): the one whose create is refused
+    returns the experiment without making it active (MLflow 3.17), and its run lands in
+    ``Default``. Setting it again by id makes it active in every case."""
+    experiment = mlflow.set_experiment(settings.mlflow.experiment)
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+
+
 def log_trained(
     settings: Settings,
     trained: TrainedModel,
@@ -258,7 +269,7 @@ def log_trained(
     The run ends FINISHED only after the version exists; if anything fails first it ends FAILED,
     or, when MLflow cannot be told, stays RUNNING for the next attempt to mark failed."""
     register_lakefs_source()
-    mlflow.set_experiment(settings.mlflow.experiment)
+    use_experiment(settings)
     tags = lineage.tags()
     with _run_or_fail(f"train-{lineage.commit_id:.8}", tags=tags) as run:
         mlflow.log_params(
@@ -357,7 +368,7 @@ def log_trials(trials: Sequence[Trial], *, tags: dict[str, str]) -> list[str]:
 def log_refused_data(settings: Settings, *, lineage: Lineage, report: Path) -> str:
     """A run (status FAILED, no model) that shows why the data at a commit was refused: the
     lineage tags and the validation report with its Data Docs. Returns the run id."""
-    mlflow.set_experiment(settings.mlflow.experiment)
+    use_experiment(settings)
     with mlflow.start_run(run_name=f"refused-{lineage.commit_id:.8}") as run:
         mlflow.set_tags(lineage.tags())
         mlflow.log_artifacts(str(report), artifact_path="validation")
@@ -442,6 +453,7 @@ def record_decision(
                 f"{name} v{logged.version} was abandoned by a later attempt on its commit; "
                 "not promoting it"
             )
+        _refuse_if_already_trained(client, settings, version=current, run_id=logged.run_id)
         if champion is not None:
             for metric, value in champion.metrics.items():
                 client.log_metric(logged.run_id, f"champion_{metric}", value)
@@ -457,6 +469,28 @@ def record_decision(
         client.set_model_version_tag(
             name, logged.version, TAG_GATE, "rejected" if reasons else "promoted"
         )
+
+
+def _refuse_if_already_trained(
+    client: MlflowClient, settings: Settings, *, version: ModelVersion, run_id: str
+) -> None:
+    """Two attempts on one commit at once (the same trigger twice before either finished) both
+    train; the gate runs one at a time (the flow's promotion lock), so the second to get here
+    finds the commit trained by the first. Its version is abandoned and its run marked failed
+    instead of judged, so the commit counts as trained once and is never promoted twice."""
+    commit_id = (version.tags or {}).get(TAG_COMMIT)
+    if not commit_id:
+        return
+    tuned = TUNING_TRIALS in client.get_run(run_id).data.params
+    earlier = run_for_commit(client, settings, commit_id=commit_id, tuned=tuned)
+    if earlier is None or earlier.info.run_id == run_id:
+        return  # nothing judged yet, or this very attempt (a retry after the decision)
+    name = settings.mlflow.model_name
+    reason = f"commit {commit_id} was trained meanwhile by run {earlier.info.run_id}"
+    client.set_model_version_tag(name, version.version, TAG_GATE_REASONS, reason)
+    client.set_model_version_tag(name, version.version, TAG_GATE, GATE_ABANDONED)
+    client.set_terminated(run_id, "FAILED")
+    raise TrackingError(f"{name} v{version.version} not judged: {reason}")
 
 
 def restore_champion(

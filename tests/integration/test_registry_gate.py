@@ -16,7 +16,7 @@ from lakeloop import market, tracking
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TrainedModel, train
 from lakeloop.settings import Settings, TrainingSettings, load_settings
-from lakeloop.stack import Stack, services
+from tests.utils.mlflow_server import mlflow_server
 from tests.utils.net import free_port
 
 pytestmark = pytest.mark.integration
@@ -29,13 +29,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         mlflow={"port": free_port()},
         training={"max_mae": 90_000, "max_rmse": 120_000},
     )
-    stack = Stack(configured)
-    [mlflow_server] = [s for s in services(configured) if s.name == "mlflow"]
-    stack.wait(stack.start(mlflow_server))
-    try:
+    with mlflow_server(configured):
         yield configured
-    finally:
-        stack.down()
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,12 @@ def test_prediction_log_write_failure_keeps_serving_and_recovers(
     labels = '_total{log="predictions"}'
     before = faulty.predict(record)
     assert before.status_code == 200
-    _eventually(folder.is_dir, what="the first segment is written")
+    first_id = before.json()["prediction_id"]
+    # The folder exists from start-up: wait for the segment holding this row, not for the folder.
+    _eventually(
+        lambda: first_id in _logged_ids(faulty.settings.state_dir),
+        what="the first prediction is written",
+    )
     aside = folder.with_name("predictions-aside")
     folder.rename(aside)
     folder.write_text("not a folder")  # mkdir: FileExistsError; open below it: NotADirectoryError

@@ -5,8 +5,6 @@ doing, the registry must hold no half state, and training the same commit again 
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,31 +19,10 @@ from flows import train as train_flow
 from lakeloop import market, tracking
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings, load_settings
-from lakeloop.stack import Running, Stack, services
+from tests.utils.mlflow_server import MlflowServer
 from tests.utils.net import free_port
 
 pytestmark = pytest.mark.integration
-
-
-class MlflowServer:
-    """The local stack's MLflow server, which a test can kill and start again on the same store."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.stack = Stack(settings)
-        [self.service] = [s for s in services(settings) if s.name == "mlflow"]
-        self.running: Running | None = None
-
-    def start(self) -> None:
-        self.running = self.stack.start(self.service)
-        self.stack.wait(self.running)
-
-    def kill(self) -> None:
-        """SIGKILL the server's whole process group, as a crash or an OOM kill would."""
-        assert self.running is not None
-        os.killpg(self.running.process.pid, signal.SIGKILL)
-        self.running.process.wait()
-        self.stack.running.remove(self.running)  # never signal that pid (group) again
-        self.running = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +57,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, spec: DatasetSpec) -> Ite
             _train_commit(weak, spec, _champion_data(), commit="0" * 64, report=report)
             yield Registry(settings, server, client, report=report)
         finally:
-            server.stack.down()
+            server.stop()
 
 
 def _champion_data() -> pd.DataFrame:

@@ -13,7 +13,7 @@ from flows.train import fit, log_and_register
 from lakeloop import market, tracking
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings, load_settings
-from lakeloop.stack import Stack, services
+from tests.utils.mlflow_server import mlflow_server
 from tests.utils.net import free_port
 
 pytestmark = pytest.mark.integration
@@ -28,13 +28,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         mlflow={"port": free_port()},
         training={"n_estimators": 40, "tune_trials": TRIALS},
     )
-    stack = Stack(configured)
-    [mlflow_server] = [s for s in services(configured) if s.name == "mlflow"]
-    stack.wait(stack.start(mlflow_server))
-    try:
+    with mlflow_server(configured):
         yield configured
-    finally:
-        stack.down()
 
 
 def test_tuned_training_logs_each_trial_under_the_run_and_registers_the_run_model(

@@ -11,6 +11,7 @@ import yaml
 from prefect.utilities.callables import parameter_schema
 
 from deployments.serve import TRAINING_EVENTS, declared, training_trigger
+from flows.train import train_on_commit
 from lakeloop import tracking
 from lakeloop.gateway import ALERT_FIRED
 from lakeloop.settings import Settings
@@ -103,3 +104,13 @@ def test_each_trigger_is_recorded_as_its_kind(reason: str, kind: str) -> None:
     """The lineage tag says why a model was trained, for every way a training starts."""
     assert tracking.trigger_kind(reason) == kind
     assert kind in tracking.TRIGGER_KINDS
+
+
+@pytest.mark.parametrize(
+    ("repository", "commit_id"),
+    [("housing", "../../etc"), ("housing", "a" * 63), ("../housing", "a" * 64), ("housing", "")],
+)
+def test_training_refuses_ids_lakefs_would_never_make(repository: str, commit_id: str) -> None:
+    """A hand-started run cannot aim the flow's folders outside the state folder."""
+    with pytest.raises(ValueError, match="not a lakeFS repository and commit id"):
+        train_on_commit.fn(repository, commit_id)

@@ -4,16 +4,19 @@ Prefect is up, when it comes back, or when the gateway starts again."""
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
 from lakeloop.events import event_id
-from lakeloop.gateway import TOKEN_HEADER, create_gateway
+from lakeloop.gateway import MAX_BODY_BYTES, TOKEN_HEADER, create_gateway
 from lakeloop.settings import Settings, load_settings
 from lakeloop.spool import Spool
 from tests.utils.fake_prefect import FakePrefectEvents
@@ -217,6 +220,161 @@ def test_malformed_body_is_rejected_naming_the_field(gateway: TestClient) -> Non
     response = gateway.post("/webhooks/lakefs", json=body, headers={TOKEN_HEADER: SECRET})
     assert response.status_code == 400
     assert "repository_id" in response.text
+
+
+# Hostile input: refused with a 4xx naming the problem, nothing spooled, nothing emitted -------
+
+
+def nothing_stored_or_sent(settings: Settings, prefect: FakePrefectEvents) -> None:
+    spool = settings.state_dir / "spool"
+    assert pending_files(settings) == []
+    assert list((spool / "quarantine").glob("*")) == []
+    assert prefect.requests == 0
+
+
+def as_json(body: dict[str, object]) -> bytes:
+    return json.dumps(body).encode()
+
+
+HOSTILE_WEBHOOKS = {
+    "not json": (b"{'event_type': post-merge", "malformed"),
+    "empty body": (b"", "data"),  # Litestar names the missing body `data`
+    "a list, not an object": (b"[]", "object"),
+    "missing field": (as_json({k: v for k, v in hook().items() if k != "branch_id"}), "branch_id"),
+    "commit id a number": (as_json(hook(commit_id=1234)), "commit_id"),
+    "metadata values not strings": (as_json(hook(commit_metadata={"rows": 5})), "commit_metadata"),
+    "unknown event type": (as_json(hook(event_type="post-delete-branch")), "event_type"),
+    "pre-merge to the relay": (as_json(hook(event_type="pre-merge")), "event_type"),
+    "no commit id": (as_json(hook(commit_id="")), "commit_id"),
+    "commit id escaping a folder": (as_json(hook(commit_id="../../../etc/passwd")), "commit_id"),
+    "commit id with NUL": (as_json(hook(commit_id="c0ffee" * 10 + "ab\x00d")), "commit_id"),
+    "repository escaping a folder": (as_json(hook(repository_id="../housing")), "repository_id"),
+    "repository with NUL": (as_json(hook(repository_id="hous\x00ing")), "repository_id"),
+    "branch with a slash": (as_json(hook(branch_id="main/../x")), "branch_id"),
+    "source ref escaping": (as_json(hook(source_ref="ingest/../../x")), "source_ref"),
+}
+
+
+@pytest.mark.parametrize(("body", "named"), HOSTILE_WEBHOOKS.values(), ids=list(HOSTILE_WEBHOOKS))
+def test_a_hostile_webhook_is_refused_naming_the_problem_and_nothing_is_stored_or_sent(
+    gateway: TestClient,
+    prefect: tuple[FakePrefectEvents, str],
+    settings: Settings,
+    body: bytes,
+    named: str,
+) -> None:
+    headers = {TOKEN_HEADER: SECRET, "Content-Type": "application/json"}
+    response = gateway.post("/webhooks/lakefs", content=body, headers=headers)
+    assert response.status_code == 400
+    assert named in response.text
+    nothing_stored_or_sent(settings, prefect[0])
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"repository_id": "../housing"}, "repository_id"),
+        ({"branch_id": "main\x00"}, "branch_id"),
+        ({"source_ref": "../../ingest"}, "source_ref"),
+    ],
+)
+def test_a_pre_merge_hook_with_hostile_ids_is_refused_before_any_lakefs_read(
+    gateway: TestClient,
+    prefect: tuple[FakePrefectEvents, str],
+    settings: Settings,
+    changes: dict[str, str],
+    named: str,
+) -> None:
+    body = hook(event_type="pre-merge", **changes)
+    response = gateway.post("/webhooks/lakefs/validate", json=body, headers={TOKEN_HEADER: SECRET})
+    assert response.status_code == 400
+    assert named in response.text
+    nothing_stored_or_sent(settings, prefect[0])
+
+
+def raw_post(url: str, path: str, head: dict[str, str], first_bytes: bytes) -> tuple[int, str]:
+    """POST over a plain socket: the request line, ``head``, then only ``first_bytes`` of the
+    body (never the rest); returns the status and body the server answered with anyway."""
+    address = httpx.URL(url)
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {address.host}",
+        *(f"{k}: {v}" for k, v in head.items()),
+    ]
+    with socket.create_connection(
+        (address.host, address.port or 80), timeout=DEADLINE_SECONDS
+    ) as conn:
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + first_bytes)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+            chunk = conn.recv(65536)  # a timeout here fails the test: no answer without the body
+            if not chunk:
+                break
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2].decode()
+
+
+def _length(answer: bytes) -> int:
+    for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+@pytest.mark.parametrize(
+    ("path", "auth"),
+    [
+        ("/webhooks/lakefs", {TOKEN_HEADER: SECRET}),
+        ("/alerts/grafana", {"Authorization": f"Bearer {SECRET}"}),
+    ],
+    ids=["lakefs", "grafana"],
+)
+def test_an_oversized_body_is_413_before_it_is_read(
+    prefect: tuple[FakePrefectEvents, str], settings: Settings, path: str, auth: dict[str, str]
+) -> None:
+    """A 100 MB Content-Length is refused at once: the answer comes although only 16 bytes of the
+    body were ever sent (had the gateway tried to read it all, the socket would time out)."""
+    with serve_in_thread(gateway_app(settings, prefect[1])) as url:
+        head = {**auth, "Content-Type": "application/json", "Content-Length": str(100 * 2**20)}
+        status, body = raw_post(url, path, head, b'{"event_type": "')
+    assert status == 413
+    assert f"larger than {MAX_BODY_BYTES} bytes" in body
+    nothing_stored_or_sent(settings, prefect[0])
+
+
+def test_a_streamed_body_is_413_as_soon_as_it_passes_the_limit(
+    prefect: tuple[FakePrefectEvents, str], settings: Settings
+) -> None:
+    """No Content-Length (chunked): the gateway counts while reading and stops past the limit,
+    without waiting for the end of a body that never ends."""
+    chunk = b"x" * 65536
+    stream = b"".join(
+        b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(MAX_BODY_BYTES // len(chunk) + 2)
+    )
+    with serve_in_thread(gateway_app(settings, prefect[1])) as url:
+        head = {
+            TOKEN_HEADER: SECRET,
+            "Content-Type": "application/json",
+            "Transfer-Encoding": "chunked",
+        }
+        status, body = raw_post(url, "/webhooks/lakefs", head, stream)  # no final 0-chunk
+    assert status == 413
+    assert f"larger than {MAX_BODY_BYTES} bytes" in body
+    nothing_stored_or_sent(settings, prefect[0])
+
+
+def test_a_body_just_under_the_limit_is_read(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str]
+) -> None:
+    """The limit refuses only what is over it: a webhook padded to just under it is relayed."""
+    body = hook()
+    padding = MAX_BODY_BYTES - len(as_json(body)) - 100
+    body["commit_message"] = "x" * padding
+    response = gateway.post("/webhooks/lakefs", json=body, headers={TOKEN_HEADER: SECRET})
+    assert response.status_code == 202
+    assert len(prefect[0].events) == 1
 
 
 def test_event_ids_differ_per_commit_and_type() -> None:

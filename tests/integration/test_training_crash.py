@@ -1,0 +1,249 @@
+"""The training process itself dying mid-training, for real: the training flow's own steps (its
+tasks' plain functions, as ``train_on_commit`` sequences them) run in a child process against a
+real MLflow server; the child pauses at each step boundary and tells the parent through a pipe,
+and the parent SIGKILLs it at the chosen one (no clean-up code in the child can run). The champion
+must be the one before (or one the next attempt puts back), the registry must hold nothing that
+passes for trained, and training the same commit again must work and promote normally.
+
+The pauses are wrappers the child installs around the tracking functions it calls; nothing in the
+product code knows about them."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
+
+from flows import train as train_flow
+from lakeloop import market, tracking
+from lakeloop.dataset import DatasetSpec, load_spec
+from lakeloop.settings import Settings, load_settings
+from tests.utils.mlflow_server import mlflow_server
+from tests.utils.net import free_port
+
+pytestmark = pytest.mark.integration
+
+DEADLINE_SECONDS = 300.0
+"""How long the parent waits for the child to reach the next pause (spawn + training + logging)."""
+
+# Step boundaries the child pauses at, in the order it reaches them.
+RUN_STARTED = "the MLflow run started, before registration"
+REGISTERED = "the version registered (pending), before the gate"
+ALIAS_MOVED = "the champion alias moved, before the decision tag is written"
+FINISHED = "the gate decided"
+KILL_POINTS = (RUN_STARTED, REGISTERED, ALIAS_MOVED)
+
+Pause = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Registry:
+    settings: Settings
+    client: MlflowClient
+    report: Path
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, spec: DatasetSpec) -> Iterator[Registry]:
+    root = tmp_path_factory.mktemp("crash")
+    settings = load_settings(
+        state_dir=root / "state",
+        mlflow={"port": free_port()},
+        training={"max_mae": 90_000, "max_rmse": 120_000},
+    )
+    with mlflow_server(settings):
+        client = tracking.connect(settings)
+        weak = settings.model_copy(
+            update={"training": settings.training.model_copy(update={"n_estimators": 15})}
+        )
+        report = tmp_path_factory.mktemp("validation-report")
+        champion_data = market.generate_batch(rows=2000, seed=31)
+        train_commit(weak, spec, champion_data, commit="0" * 64, report=report)
+        yield Registry(settings, client, report=report)
+
+
+def challenger_data() -> pd.DataFrame:
+    """Every challenger here trains on the same data, so each ties the last and is promoted."""
+    return market.generate_batch(rows=6000, seed=32)
+
+
+def _no_pause(_point: str) -> None:
+    return None
+
+
+def train_commit(
+    settings: Settings,
+    spec: DatasetSpec,
+    frame: pd.DataFrame,
+    *,
+    commit: str,
+    report: Path,
+    pause: Pause = _no_pause,
+) -> tracking.LoggedModel | None:
+    """The training flow's steps after validation, as ``train_on_commit`` sequences them, calling
+    ``pause`` at each step boundary; ``None`` when the commit was already trained."""
+    if train_flow.already_trained.fn(settings, commit):
+        return None
+    lineage = tracking.Lineage(
+        repository="housing",
+        commit_id=commit,
+        validation="passed",
+        trigger="commit",
+        dataset=f"{spec.name}@v{spec.version}",
+    )
+    trained = train_flow.fit.fn(frame, spec, settings)
+    logged = train_flow.log_and_register.fn(
+        settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
+    )
+    pause(REGISTERED)
+    champion = train_flow.score_champion.fn(settings, trained, spec)
+    train_flow.gate_and_promote.fn(settings, trained, logged, champion)
+    pause(FINISHED)
+    return logged
+
+
+def attempt_in_child(settings: Settings, commit: str, report: Path, pipe: Connection) -> None:
+    """The child process: train ``commit``, announcing each step boundary on ``pipe`` and going on
+    only when the parent answers (the parent kills it instead at the point under test)."""
+
+    def pause(point: str) -> None:
+        pipe.send(point)
+        pipe.recv()
+
+    register = tracking.register
+    set_tag = MlflowClient.set_model_version_tag
+
+    def register_after_pause(*args: Any, **kwargs: Any) -> Any:
+        pause(RUN_STARTED)  # log_trained calls this inside its active run
+        return register(*args, **kwargs)
+
+    def set_tag_after_pause(
+        client: MlflowClient, name: str, version: str, key: str, value: str
+    ) -> Any:
+        if key == tracking.TAG_GATE and value == "promoted":
+            pause(ALIAS_MOVED)  # record_decision writes this last, after the alias move
+        return set_tag(client, name, version, key, value)
+
+    tracking.register = register_after_pause  # type: ignore[assignment]
+    MlflowClient.set_model_version_tag = set_tag_after_pause  # type: ignore[assignment,method-assign]
+    spec = load_spec(settings.dataset)
+    train_commit(settings, spec, challenger_data(), commit=commit, report=report, pause=pause)
+
+
+def run_and_kill_at(settings: Settings, *, commit: str, report: Path, point: str) -> list[str]:
+    """Start an attempt on ``commit`` in a child process, let it pass every pause before
+    ``point``, and SIGKILL it there. Returns the pauses it reached."""
+    context = multiprocessing.get_context("spawn")
+    parent_end, child_end = context.Pipe()
+    child = context.Process(
+        target=attempt_in_child, args=(settings, commit, report, child_end), daemon=True
+    )
+    child.start()
+    child_end.close()
+    reached: list[str] = []
+    try:
+        while True:
+            if not parent_end.poll(DEADLINE_SECONDS):
+                pytest.fail(f"the child did not reach the next pause within {DEADLINE_SECONDS} s")
+            try:
+                reached.append(parent_end.recv())
+            except EOFError:
+                pytest.fail(f"the child ended before {point!r} (exit code {child.exitcode})")
+            if reached[-1] == point:
+                _before_kill(settings, point)
+                child.kill()  # SIGKILL: no finally, no atexit, no end_run
+                child.join(timeout=30)
+                assert child.exitcode == -9
+                return reached
+            parent_end.send("go on")
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join(timeout=30)
+        parent_end.close()
+
+
+def _before_kill(settings: Settings, point: str) -> None:
+    """At the alias-move pause, check that the child really is between the move and the tag."""
+    if point != ALIAS_MOVED:
+        return
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    champion = tracking.champion(client, settings)
+    assert champion is not None
+    assert champion.tags[tracking.TAG_GATE] == tracking.GATE_PENDING
+
+
+def champion_of(registry: Registry) -> ModelVersion:
+    """The version the champion alias points at (there always is one here)."""
+    champion = tracking.champion(registry.client, registry.settings)
+    assert champion is not None
+    return champion
+
+
+@pytest.mark.parametrize("point", KILL_POINTS, ids=["run-started", "registered", "alias-moved"])
+def test_training_process_killed_at_a_step_leaves_no_half_state_and_the_commit_trains_again(
+    registry: Registry, spec: DatasetSpec, point: str
+) -> None:
+    settings, client, name = registry.settings, registry.client, registry.settings.mlflow.model_name
+    commit = f"{KILL_POINTS.index(point) + 1}" * 64
+    champion_before = champion_of(registry)
+
+    reached = run_and_kill_at(settings, commit=commit, report=registry.report, point=point)
+    assert reached == [RUN_STARTED, REGISTERED, ALIAS_MOVED][: KILL_POINTS.index(point) + 1]
+
+    # What the dead process left: no version without a finished run (except those an earlier
+    # attempt abandoned); the attempt's run still RUNNING if it died inside it; a pending version
+    # if it died after registering; nothing that counts as trained.
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.tags[tracking.TAG_GATE] != tracking.GATE_ABANDONED:
+            assert version.run_id, version
+            assert client.get_run(version.run_id).info.status == "FINISHED", version
+    experiment = client.get_experiment_by_name(settings.mlflow.experiment)
+    assert experiment is not None
+    [attempt] = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{tracking.TAG_COMMIT}` = '{commit}'"
+    )
+    assert attempt.info.status == ("RUNNING" if point == RUN_STARTED else "FINISHED")
+    half_versions = tracking.versions_of_commit(client, settings, commit_id=commit)
+    assert [v.tags[tracking.TAG_GATE] for v in half_versions] == (
+        [] if point == RUN_STARTED else [tracking.GATE_PENDING]
+    )
+    assert tracking.run_for_commit(client, settings, commit_id=commit) is None
+    if point == ALIAS_MOVED:
+        # The gate had decided to promote and moved the alias; only its decision tag is missing.
+        # The version stays pending, so the next attempt on the commit puts the alias back on
+        # the champion it replaced (its previous_champion tag) before it judges anything.
+        assert champion_of(registry).version == half_versions[0].version
+        assert half_versions[0].tags[tracking.TAG_PREVIOUS] == champion_before.version
+    else:
+        assert champion_of(registry).version == champion_before.version
+
+    # The same commit again (here, in this process): the half attempt is closed, and a new
+    # version is judged against the champion from before the crash, and promoted.
+    logged = train_commit(settings, spec, challenger_data(), commit=commit, report=registry.report)
+    assert logged is not None
+    assert client.get_run(attempt.info.run_id).info.status == "FAILED"
+    for half in half_versions:
+        closed = client.get_model_version(name, half.version)
+        assert closed.tags[tracking.TAG_GATE] == tracking.GATE_ABANDONED
+        assert closed.aliases == []
+    champion = champion_of(registry)
+    assert champion.version == logged.version
+    assert champion.tags[tracking.TAG_GATE] == "promoted"
+    assert champion.tags[tracking.TAG_PREVIOUS] == champion_before.version
+    assert client.get_run(logged.run_id).info.status == "FINISHED"
+    found = tracking.run_for_commit(client, settings, commit_id=commit)
+    assert found is not None
+    assert found.info.run_id == logged.run_id
+    assert (
+        train_commit(settings, spec, challenger_data(), commit=commit, report=registry.report)
+        is None
+    )
