@@ -98,20 +98,38 @@ def run_deployment(
     )
     created.raise_for_status()
     run_id = created.json()["id"]
+
+    def latest() -> FlowRun:
+        response = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10.0)
+        response.raise_for_status()
+        return FlowRun.from_api(response.json())
+
+    return follow_run(latest, what=f"a run of {name}", timeout=timeout, on_state=on_state)
+
+
+def follow_run(
+    latest: Callable[[], FlowRun | None],
+    *,
+    what: str,
+    timeout: float,
+    on_state: Callable[[str], None] = lambda _: None,
+) -> FlowRun:
+    """Poll ``latest`` (the run to follow, or None while there is none yet) until the run is in a
+    final state, reporting each state change; raise :class:`LoopError` unless it completed."""
     seen: list[str] = []
 
     def finished() -> FlowRun | None:
-        response = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10.0)
-        response.raise_for_status()
-        run = FlowRun.from_api(response.json())
+        run = latest()
+        if run is None:
+            return None
         if not seen or seen[-1] != run.state:
             seen.append(run.state)
             on_state(f"flow run {run.name}: {run.state.lower()}")
         return run if run.state in FINAL_STATES else None
 
-    run: FlowRun = poll(finished, what=f"a run of {name}", timeout=timeout)
+    run: FlowRun = poll(finished, what=what, timeout=timeout)
     if run.state != "COMPLETED":
-        raise LoopError(f"flow run {run.name} of {name} ended {run.state}: {run.state_message}")
+        raise LoopError(f"flow run {run.name} ({what}) ended {run.state}: {run.state_message}")
     return run
 
 
@@ -148,24 +166,17 @@ def wait_for_training(
 ) -> FlowRun:
     """Wait until the event trigger created a training run for ``commit_id`` and it finished;
     raise if it did not complete."""
-    seen: list[str] = []
 
-    def finished() -> FlowRun | None:
+    def latest() -> FlowRun | None:
         runs = training_runs(settings, commit_id=commit_id)
-        if not runs:
-            return None
-        run = runs[-1]
-        if not seen or seen[-1] != run.state:
-            seen.append(run.state)
-            on_state(f"flow run {run.name}: {run.state.lower()}")
-        return run if run.state in FINAL_STATES else None
+        return runs[-1] if runs else None
 
-    run: FlowRun = poll(
-        finished, what=f"the training run of commit {commit_id:.8}", timeout=timeout
+    return follow_run(
+        latest,
+        what=f"the training run of commit {commit_id:.8}",
+        timeout=timeout,
+        on_state=on_state,
     )
-    if run.state != "COMPLETED":
-        raise LoopError(f"training run {run.name} ended {run.state}: {run.state_message}")
-    return run
 
 
 def served_model(settings: Settings) -> dict[str, Any] | None:
@@ -309,26 +320,15 @@ def wait_for_flow_run(
 ) -> FlowRun:
     """Wait for a run of ``flow_name`` whose parameters include ``parameters`` (one started by a
     trigger, say) to finish; raise :class:`LoopError` if it did not complete."""
-    seen: list[str] = []
 
-    def finished() -> FlowRun | None:
-        runs = [
-            run
-            for run in runs_of_flow(settings, flow_name)
-            if parameters.items() <= run.parameters.items()
-        ]
-        if not runs:
-            return None
-        run = runs[-1]
-        if not seen or seen[-1] != run.state:
-            seen.append(run.state)
-            on_state(f"flow run {run.name}: {run.state.lower()}")
-        return run if run.state in FINAL_STATES else None
+    def latest() -> FlowRun | None:
+        runs = runs_of_flow(settings, flow_name)
+        matching = [run for run in runs if parameters.items() <= run.parameters.items()]
+        return matching[-1] if matching else None
 
-    run: FlowRun = poll(finished, what=f"a {flow_name} run with {parameters}", timeout=timeout)
-    if run.state != "COMPLETED":
-        raise LoopError(f"flow run {run.name} ended {run.state}: {run.state_message}")
-    return run
+    return follow_run(
+        latest, what=f"a {flow_name} run with {parameters}", timeout=timeout, on_state=on_state
+    )
 
 
 def wait_for_new_champion(
