@@ -17,16 +17,15 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
-from mlflow.tracking import MlflowClient
 from schemathesis import GenerationMode
 from schemathesis.core.result import Err, Ok
 
 from api.prediction_log import read_prediction_log
 from lakeloop import market, tracking
-from lakeloop.dataset import DatasetSpec, load_spec
-from lakeloop.model import train
-from lakeloop.settings import Settings, TrainingSettings, load_settings
+from lakeloop.dataset import load_spec
+from lakeloop.settings import Settings, load_settings
 from lakeloop.stack import Running, Stack, services, stop_processes
+from tests.utils.api_server import register_champion
 from tests.utils.load import PredictLoad
 from tests.utils.net import free_port
 
@@ -46,25 +45,6 @@ class Served:
     """Successful predictions made by the tests so far (the log must hold as many rows)."""
 
 
-def _register(settings: Settings, spec: DatasetSpec, *, seed: int, commit: str) -> str:
-    """Train a small model, log and register it, make it the champion; returns its version."""
-    frame = market.generate_batch(rows=2000, seed=seed)
-    trained = train(frame, spec, TrainingSettings(n_estimators=30))
-    lineage = tracking.Lineage(
-        repository="housing",
-        commit_id=commit,
-        validation="passed",
-        trigger="manual",
-        dataset=f"{spec.name}@v{spec.version}",
-    )
-    client: MlflowClient = tracking.connect(settings)  # also points MLflow's fluent API here
-    logged = tracking.log_trained(
-        settings, trained, spec=spec, training_data=frame, lineage=lineage
-    )
-    tracking.record_decision(client, settings, logged=logged, reasons=[], champion=None)
-    return logged.version
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     configured = load_settings(
@@ -82,7 +62,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     mlflow_server = stack.start(available["mlflow"])
     try:
         stack.wait(mlflow_server)
-        _register(configured, load_spec(), seed=31, commit="1" * 64)
+        register_champion(configured, load_spec(), seed=31, commit="1" * 64)
         env = {
             "LAKELOOP_API__PORT": str(configured.api.port),
             "LAKELOOP_MLFLOW__PORT": str(configured.mlflow.port),
@@ -161,7 +141,7 @@ def test_hot_swap_under_concurrent_load_drops_no_request(
 ) -> None:
     with PredictLoad(served.url, record, workers=8) as load:
         time.sleep(1.0)
-        version = _register(served.settings, load_spec(), seed=32, commit="2" * 64)
+        version = register_champion(served.settings, load_spec(), seed=32, commit="2" * 64)
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         reloaded = httpx.post(f"{served.url}/v1/admin/reload", headers=headers, timeout=60)
         assert reloaded.json() == {"changed": True, "version": version, "previous_version": "1"}

@@ -29,6 +29,7 @@ from lakeloop.settings import Settings, TrainingSettings, load_settings
 from lakeloop.stack import Stack
 from tests.utils.api_server import register_champion, start_api_with_champion
 from tests.utils.net import free_port
+from tests.utils.training import lineage as model_lineage
 
 pytestmark = pytest.mark.integration
 
@@ -163,13 +164,7 @@ def _register_unpromoted(settings: Settings, *, seed: int) -> str:
     spec = load_spec()
     frame = market.generate_batch(rows=2000, seed=seed)
     trained = train(frame, spec, TrainingSettings(n_estimators=30))
-    lineage = tracking.Lineage(
-        repository="housing",
-        commit_id="c" * 64,
-        validation="passed",
-        trigger="manual",
-        dataset=f"{spec.name}@v{spec.version}",
-    )
+    lineage = model_lineage(spec, "c" * 64)
     tracking.connect(settings)
     return tracking.log_trained(
         settings, trained, spec=spec, training_data=frame, lineage=lineage

@@ -22,12 +22,12 @@ import pytest
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from flows import train as train_flow
 from lakeloop import market, tracking
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings, load_settings
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.net import free_port
+from tests.utils.training import REGISTERED, train_commit
 
 pytestmark = pytest.mark.integration
 
@@ -36,9 +36,7 @@ DEADLINE_SECONDS = 300.0
 
 # Step boundaries the child pauses at, in the order it reaches them.
 RUN_STARTED = "the MLflow run started, before registration"
-REGISTERED = "the version registered (pending), before the gate"
 ALIAS_MOVED = "the champion alias moved, before the decision tag is written"
-FINISHED = "the gate decided"
 KILL_POINTS = (RUN_STARTED, REGISTERED, ALIAS_MOVED)
 
 Pause = Callable[[str], None]
@@ -73,41 +71,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory, spec: DatasetSpec) -> Ite
 def challenger_data() -> pd.DataFrame:
     """Every challenger here trains on the same data, so each ties the last and is promoted."""
     return market.generate_batch(rows=6000, seed=32)
-
-
-def _no_pause(_point: str) -> None:
-    return None
-
-
-def train_commit(
-    settings: Settings,
-    spec: DatasetSpec,
-    frame: pd.DataFrame,
-    *,
-    commit: str,
-    report: Path,
-    pause: Pause = _no_pause,
-) -> tracking.LoggedModel | None:
-    """The training flow's steps after validation, as ``train_on_commit`` sequences them, calling
-    ``pause`` at each step boundary; ``None`` when the commit was already trained."""
-    if train_flow.already_trained.fn(settings, commit):
-        return None
-    lineage = tracking.Lineage(
-        repository="housing",
-        commit_id=commit,
-        validation="passed",
-        trigger="commit",
-        dataset=f"{spec.name}@v{spec.version}",
-    )
-    trained = train_flow.fit.fn(frame, spec, settings)
-    logged = train_flow.log_and_register.fn(
-        settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
-    )
-    pause(REGISTERED)
-    champion = train_flow.score_champion.fn(settings, trained, spec)
-    train_flow.gate_and_promote.fn(settings, trained, logged, champion)
-    pause(FINISHED)
-    return logged
 
 
 def attempt_in_child(settings: Settings, commit: str, report: Path, pipe: Connection) -> None:

@@ -21,6 +21,7 @@ from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings, load_settings
 from tests.utils.mlflow_server import MlflowServer
 from tests.utils.net import free_port
+from tests.utils.training import train_commit
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +55,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, spec: DatasetSpec) -> Ite
                 update={"training": settings.training.model_copy(update={"n_estimators": 15})}
             )
             report = tmp_path_factory.mktemp("validation-report")
-            _train_commit(weak, spec, _champion_data(), commit="0" * 64, report=report)
+            train_commit(weak, spec, _champion_data(), commit="0" * 64, report=report)
             yield Registry(settings, server, client, report=report)
         finally:
             server.stop()
@@ -75,29 +76,6 @@ def _champion(registry: Registry) -> ModelVersion:
 def _challenger_data() -> pd.DataFrame:
     """Every challenger here trains on the same data, so each ties the last and is promoted."""
     return market.generate_batch(rows=6000, seed=32)
-
-
-def _train_commit(
-    settings: Settings, spec: DatasetSpec, frame: pd.DataFrame, *, commit: str, report: Path
-) -> tracking.LoggedModel | None:
-    """The training flow's steps after validation, as ``train_on_commit`` sequences them;
-    ``None`` when the commit was already trained."""
-    if train_flow.already_trained.fn(settings, commit):
-        return None
-    lineage = tracking.Lineage(
-        repository="housing",
-        commit_id=commit,
-        validation="passed",
-        trigger="commit",
-        dataset=f"{spec.name}@v{spec.version}",
-    )
-    trained = train_flow.fit.fn(frame, spec, settings)
-    logged = train_flow.log_and_register.fn(
-        settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
-    )
-    champion = train_flow.score_champion.fn(settings, trained, spec)
-    train_flow.gate_and_promote.fn(settings, trained, logged, champion)
-    return logged
 
 
 def _kill_before(
@@ -154,7 +132,7 @@ def test_mlflow_killed_mid_training_leaves_no_half_state_and_the_commit_trains_a
     monkeypatch.setattr(owner, attribute, killing)
 
     with pytest.raises(tracking.TrackingError, match=message) as failure:
-        _train_commit(settings, spec, _challenger_data(), commit=commit, report=registry.report)
+        train_commit(settings, spec, _challenger_data(), commit=commit, report=registry.report)
     assert settings.mlflow_tracking_uri in str(failure.value)
     monkeypatch.undo()
     registry.server.start()
@@ -183,9 +161,7 @@ def test_mlflow_killed_mid_training_leaves_no_half_state_and_the_commit_trains_a
 
     # The same commit again: the half attempt is closed, a new version is judged and promoted
     # against the champion the failed attempt found.
-    logged = _train_commit(
-        settings, spec, _challenger_data(), commit=commit, report=registry.report
-    )
+    logged = train_commit(settings, spec, _challenger_data(), commit=commit, report=registry.report)
     assert logged is not None
     assert client.get_run(attempt.info.run_id).info.status == "FAILED"
     for half in half_versions:

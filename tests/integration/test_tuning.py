@@ -15,6 +15,7 @@ from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings, load_settings
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.net import free_port
+from tests.utils.training import lineage as model_lineage
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +38,7 @@ def test_tuned_training_logs_each_trial_under_the_run_and_registers_the_run_mode
 ) -> None:
     client = tracking.connect(settings)
     frame = market.generate_batch(rows=2000, seed=5)
-    lineage = tracking.Lineage(
-        repository="housing",
-        commit_id="e" * 64,
-        validation="passed",
-        trigger="manual",
-        dataset=f"{spec.name}@v{spec.version}",
-    )
+    lineage = model_lineage(spec, "e" * 64)
     trained = fit.fn(frame, spec, settings, tune=True)
     report = tmp_path_factory.mktemp("report")
     logged = log_and_register.fn(
@@ -85,13 +80,7 @@ def test_asking_to_tune_a_commit_trained_without_tuning_trains_it_again(
     client = tracking.connect(settings)
     commit_id = "f" * 64
     frame = market.generate_batch(rows=2000, seed=6)
-    lineage = tracking.Lineage(
-        repository="housing",
-        commit_id=commit_id,
-        validation="passed",
-        trigger="manual",
-        dataset=f"{spec.name}@v{spec.version}",
-    )
+    lineage = model_lineage(spec, commit_id)
     report = tmp_path_factory.mktemp("report")
 
     def train_and_judge(*, tune: bool) -> tracking.LoggedModel:

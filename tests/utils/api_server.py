@@ -13,19 +13,14 @@ from lakeloop.dataset import DatasetSpec
 from lakeloop.model import train
 from lakeloop.settings import Settings, TrainingSettings
 from lakeloop.stack import Stack, services
+from tests.utils.training import lineage as model_lineage
 
 
 def register_champion(settings: Settings, spec: DatasetSpec, *, seed: int, commit: str) -> str:
     """Train a small model, log and register it, make it the champion; returns its version."""
     frame = market.generate_batch(rows=2000, seed=seed)
     trained = train(frame, spec, TrainingSettings(n_estimators=30))
-    lineage = tracking.Lineage(
-        repository="housing",
-        commit_id=commit,
-        validation="passed",
-        trigger="manual",
-        dataset=f"{spec.name}@v{spec.version}",
-    )
+    lineage = model_lineage(spec, commit)
     client = tracking.connect(settings)  # also points MLflow's fluent API here
     logged = tracking.log_trained(
         settings, trained, spec=spec, training_data=frame, lineage=lineage
