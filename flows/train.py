@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import MissingContextError
 
 from lakeloop import (
+    datagate,
     evaluation,
     events,
     grafana,
@@ -29,7 +31,7 @@ from lakeloop import (
 )
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings, load_settings
-from validation.checks import ValidationResult, validate_frame
+from validation.checks import ValidationResult
 from validation.report import write_report
 
 
@@ -42,21 +44,61 @@ def already_trained(settings: Settings, commit_id: str, *, tune: bool = False) -
 
 
 @task(retries=3, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def read_commit(settings: Settings, repository: str, commit_id: str) -> pd.DataFrame:
-    """Every table under the data prefix, exactly as it was at this commit."""
+def read_commit(
+    settings: Settings, repository: str, commit_id: str
+) -> dict[str, lakefs_client.StoredTable]:
+    """Every table under the data prefix, exactly as it was at this commit, by path."""
     client = lakefs_client.connect(settings)
-    return lakefs_client.read_table(client, settings, repository=repository, ref=commit_id)
+    return lakefs_client.read_tables(client, settings, repository=repository, ref=commit_id)
 
 
 @task(cache_policy=NO_CACHE)
 def validate(
-    settings: Settings, frame: pd.DataFrame, spec: DatasetSpec, commit_id: str
+    settings: Settings,
+    tables: dict[str, lakefs_client.StoredTable],
+    spec: DatasetSpec,
+    commit_id: str,
 ) -> tuple[ValidationResult, Path]:
-    """Check the data and store the report (JSON, markdown, Data Docs) beside the state."""
-    result = validate_frame(frame, spec)
+    """The data gate's verdict on the commit (each table on its own, the history rules across
+    them: what the pre-merge hook judged), with its report (JSON, markdown, Data Docs)."""
+    verdict = datagate.for_settings(settings, spec).judge_stored(tables)
     folder = settings.state_dir / "validation" / commit_id
-    write_report(result, folder, spec=spec)
-    return result, folder
+    write_report(verdict.result, folder, spec=spec)
+    return verdict.result, folder
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def record_blocked(
+    settings: Settings, repository: str, commit_id: str, result: ValidationResult
+) -> tracking.Blocked:
+    """Training is stopped until the data is repaired: say so on the registered model (the API's
+    /readyz, its metrics and `lakeloop status` read it there)."""
+    client = tracking.connect(settings)
+    current = tracking.champion(client, settings)
+    behind = None
+    if current is not None and current.tags.get(tracking.TAG_COMMIT):
+        behind = lakefs_client.commits_since(
+            lakefs_client.connect(settings),
+            repository=repository,
+            ref=commit_id,
+            ancestor=current.tags[tracking.TAG_COMMIT],
+        )
+    blocked = tracking.Blocked(
+        commit_id=commit_id,
+        since=datetime.now(UTC).isoformat(timespec="seconds"),
+        tables=result.failing_tables,
+        reason="\n".join(result.failures),
+        commits_behind=behind,
+    )
+    tracking.record_blocked(client, settings, blocked)
+    return blocked
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def clear_blocked(settings: Settings) -> None:
+    """The data passed the checks: training is no longer blocked."""
+    if tracking.clear_blocked(tracking.connect(settings), settings):
+        _logger().info("training is no longer blocked: the data passes the checks again")
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -209,6 +251,22 @@ def report_training(
         )
 
 
+def refusal(result: ValidationResult, blocked: tracking.Blocked) -> str:
+    """What failed, in which table, and how to repair it, for the run's error."""
+    lines = [f"- {line}" for line in result.failures]
+    behind = (
+        f"; the champion is {blocked.commits_behind} commits behind"
+        if blocked.commits_behind is not None
+        else ""
+    )
+    lines.append(
+        f"Training stays blocked until {', '.join(blocked.tables) or 'the data'} is repaired"
+        f"{behind}. Repair: `lakeloop data remove <path>` removes a table from "
+        "main through the same checks, and that commit trains."
+    )
+    return "\n".join(lines)
+
+
 def promotion_lock(settings: Settings) -> str:
     """Name of the Prefect global concurrency limit that serialises promotions of one model."""
     return f"lakeloop-promote-{settings.mlflow.model_name}"
@@ -240,14 +298,14 @@ def train_on_commit(
         logger.info("commit %s already trained by run %s; nothing to do", commit_id, previous)
         return {"status": "skipped", "reason": "already trained", "run_id": previous}
 
-    frame: pd.DataFrame = read_commit(settings, repository, commit_id)
-    if frame.empty:
+    tables = read_commit(settings, repository, commit_id)
+    if not tables:
         logger.info(
             "no tables under %s at %s; nothing to train", settings.lakefs.data_prefix, commit_id
         )
         return {"status": "skipped", "reason": "no data"}
 
-    validation, report = validate(settings, frame, spec, commit_id)
+    validation, report = validate(settings, tables, spec, commit_id)
     report_validation(settings, spec, commit_id, validation)
     create_markdown_artifact(
         validation.to_markdown(), key="validation", description=f"data checks on {commit_id:.12}"
@@ -261,11 +319,13 @@ def train_on_commit(
     )
     if not validation.success:
         run_id = record_refused_data(settings, lineage, report)
-        refused = "\n".join(f"- {line}" for line in validation.failures)
+        blocked = record_blocked(settings, repository, commit_id, validation)
         raise ValueError(
             f"data at {commit_id} failed the checks; nothing trained (MLflow run {run_id}):\n"
-            f"{refused}"
+            + refusal(validation, blocked)
         )
+    clear_blocked(settings)
+    frame = pd.concat([table.load() for table in tables.values()], ignore_index=True)
 
     trained = fit(frame, spec, settings, tune=tune)
     logged = log_and_register(

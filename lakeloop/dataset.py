@@ -84,6 +84,10 @@ class Check(BaseModel):
     """Share of rows that must keep the rule (1 = every row)."""
     description: str = ""
     """The rule in the analyst's words, shown in reports."""
+    scope: Literal["batch", "history"] = "batch"
+    """Where the rule must hold: within each batch (table) on its own, or across every table on
+    the production branch. Only ``unique`` can span the history (the other rules hold row by
+    row); it does by default, so a batch sent twice under two names is refused."""
 
     def columns_used(self) -> tuple[str, ...]:
         """Columns the rule reads (all of them when it names none)."""
@@ -100,12 +104,18 @@ class LessOrEqual(Check):
     def columns_used(self) -> tuple[str, ...]:
         return (self.left, self.right)
 
+    @model_validator(mode="after")
+    def _row_rule_scope(self) -> LessOrEqual:
+        _refuse_history_scope(self)
+        return self
+
 
 class Unique(Check):
     """No two rows share the same values of ``columns`` (the whole record when omitted)."""
 
     rule: Literal["unique"]
     columns: tuple[str, ...] | None = Field(default=None, min_length=1)
+    scope: Literal["batch", "history"] = "history"
 
     def columns_used(self) -> tuple[str, ...]:
         return self.columns or ()
@@ -124,11 +134,22 @@ class Between(Check):
 
     @model_validator(mode="after")
     def _check_range(self) -> Between:
+        _refuse_history_scope(self)
         if self.min is None and self.max is None:
             raise ValueError(f"between rule on {self.column!r} needs min or max")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"between rule on {self.column!r} has min > max")
         return self
+
+
+def _refuse_history_scope(check: Check) -> None:
+    # A row rule holds or breaks row by row: every batch passing it is the whole history passing
+    # it, so "history" would promise a check that adds nothing.
+    if check.scope == "history":
+        raise ValueError(
+            f"{getattr(check, 'rule', 'this')} rule holds row by row: only unique can have "
+            "scope: history"
+        )
 
 
 DomainCheck = Annotated[LessOrEqual | Unique | Between, Field(discriminator="rule")]
@@ -168,6 +189,13 @@ class DatasetSpec(BaseModel):
             if not isinstance(check, Unique) and not set(check.columns_used()) <= numeric:
                 raise ValueError(f"{check.rule} rule needs numeric columns")
         return self
+
+    @cached_property
+    def history_checks(self) -> tuple[Unique, ...]:
+        """Rules that must hold across every table on the production branch, not just per batch."""
+        return tuple(
+            check for check in self.checks if isinstance(check, Unique) and check.scope == "history"
+        )
 
     @cached_property
     def feature_names(self) -> list[str]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +45,7 @@ from litestar.status_codes import (
 )
 
 from lakeloop import events, lakefs_client
+from lakeloop.datagate import DataGate
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.serving import serve
 from lakeloop.settings import Settings, load_settings
@@ -240,7 +240,7 @@ class WarmValidator:
     pre-merge hook does not pay for it; callers wait for it if it is not ready yet."""
 
     def __init__(self, spec: DatasetSpec) -> None:
-        self._spec = spec
+        self.spec = spec
         self._lock = threading.Lock()
         self._validator: Validator | None = None
 
@@ -250,7 +250,7 @@ class WarmValidator:
     def get(self) -> Validator:
         with self._lock:
             if self._validator is None:
-                self._validator = Validator(self._spec)
+                self._validator = Validator(self.spec)
             return self._validator
 
 
@@ -291,6 +291,12 @@ def create_gateway(
     secret = settings.webhook_secret().encode()
     model_name = settings.mlflow.model_name
     validator = WarmValidator(load_spec(settings.dataset))
+    gate = DataGate(
+        validator.spec,
+        validator.get,
+        prefix=settings.lakefs.data_prefix,
+        state_dir=settings.state_dir,
+    )
     lakefs = lakefs_client.connect(settings)
     spooled = (spool or Spool(settings.state_dir / "spool")).open()
     redelivery = Redelivery(
@@ -374,7 +380,7 @@ def create_gateway(
         """Check the tables a merge would bring (lakeFS pre-merge hook); non-2xx blocks it.
 
         The answer is one line of text: lakeFS puts it into the error the merging client sees."""
-        verdict = check_merge(lakefs, settings, validator.get, data)
+        verdict = check_merge(lakefs, gate, data)
         logger.info(
             "pre-merge %s -> %s/%s: %s",
             data.source_ref,
@@ -452,32 +458,27 @@ def decode_notification(body: bytes) -> GrafanaNotification:
         ) from None
 
 
-def check_merge(
-    client: Any, settings: Settings, validator: Callable[[], Validator], hook: events.LakeFSWebhook
-) -> Verdict:
-    """Validate what merging ``hook.source_ref`` into ``hook.branch_id`` would add or change."""
-    try:
-        paths, frame = lakefs_client.read_changed_tables(
-            client,
-            settings,
-            repository=hook.repository_id,
-            base=hook.branch_id,
-            head=hook.source_ref,
-        )
-    except lakefs_client.UnreadableTableError as error:
-        return Verdict(passed=False, tables=[], rows=0, failures=[str(error)], detail=str(error))
-    if not paths:
+def check_merge(client: Any, gate: DataGate, hook: events.LakeFSWebhook) -> Verdict:
+    """The data gate's verdict on the state merging ``hook.source_ref`` into ``hook.branch_id``
+    would produce: the tables it brings checked on their own, and the history rules across them
+    and everything already on the branch (the same verdict the training flow reaches on the merge
+    commit)."""
+    state = gate.judge_merge(
+        client, repository=hook.repository_id, base=hook.branch_id, head=hook.source_ref
+    )
+    result = state.result
+    if not state.changed and result.success:
         return Verdict(passed=True, tables=[], rows=0, failures=[], detail="no tables changed")
-    result = validator().validate(frame)
-    where = ", ".join(paths)
+    where = ", ".join(state.changed) or f"{hook.branch_id} after the merge"
     detail = (
-        f"data checks passed on {result.rows} rows of {where}"
+        f"data checks passed on {where} ({result.rows} rows in {len(result.tables)} tables "
+        "after the merge)"
         if result.success
         else f"data checks failed on {where}: {'; '.join(result.failures)}"
     )
     return Verdict(
         passed=result.success,
-        tables=paths,
+        tables=state.changed,
         rows=result.rows,
         failures=result.failures,
         detail=detail,

@@ -18,6 +18,7 @@ from typing import Any
 import lakefs
 import pandas as pd
 from lakefs.exceptions import LakeFSException, NotFoundException, ServerException
+from lakefs.models import ObjectInfo
 from lakefs.object import WriteableObject
 
 from lakeloop.events import SKIP_TRAINING_KEY
@@ -227,6 +228,37 @@ class UnreadableTableError(ValueError):
     """A stored table cannot be parsed; the message names its path and ref."""
 
 
+@dataclass(frozen=True)
+class StoredTable:
+    """One table read from lakeFS: its checksum and its frame, or why it could not be parsed."""
+
+    checksum: str
+    frame: pd.DataFrame | None
+    error: str = ""
+
+    def load(self) -> pd.DataFrame:
+        """The frame; :class:`UnreadableTableError` when it could not be parsed."""
+        if self.frame is None:
+            raise UnreadableTableError(self.error)
+        return self.frame
+
+
+def read_tables(
+    client: lakefs.Client, settings: Settings, *, repository: str, ref: str
+) -> dict[str, StoredTable]:
+    """Every table under the data prefix at ``ref`` (a commit id for reproducibility), by path in
+    ingest order; a table that cannot be parsed is kept with the reason, for the data gate to
+    name."""
+    reference = lakefs.Repository(repository, client=client).ref(ref)
+    tables = {}
+    for path, checksum in stored_tables(reference, prefix=settings.lakefs.data_prefix).items():
+        try:
+            tables[path] = StoredTable(checksum, read_object_table(reference, path))
+        except UnreadableTableError as error:
+            tables[path] = StoredTable(checksum, None, str(error))
+    return tables
+
+
 def read_table(
     client: lakefs.Client, settings: Settings, *, repository: str, ref: str
 ) -> pd.DataFrame:
@@ -234,16 +266,35 @@ def read_table(
     order. Returns an empty frame when there is none."""
     reference = lakefs.Repository(repository, client=client).ref(ref)
     paths = table_paths(reference, settings)
-    return _concat(_read_object_table(reference, path) for path in paths)
+    return _concat(read_object_table(reference, path) for path in paths)
 
 
 def table_paths(reference: lakefs.Reference, settings: Settings) -> list[str]:
     """Paths of the tables under the data prefix at ``reference``, sorted."""
-    return sorted(
-        info.path
-        for info in reference.objects(prefix=settings.lakefs.data_prefix)
-        if info.path.endswith(TABLE_SUFFIXES)
-    )
+    return list(stored_tables(reference, prefix=settings.lakefs.data_prefix))
+
+
+def stored_tables(reference: lakefs.Reference, *, prefix: str) -> dict[str, str]:
+    """The tables under ``prefix`` at ``reference``: path → lakeFS checksum (the stored object's
+    content identity), in path order, which is the order batches were ingested in."""
+    found = {
+        info.path: info.checksum
+        for info in reference.objects(prefix=prefix)
+        if isinstance(info, ObjectInfo) and info.path.endswith(TABLE_SUFFIXES)
+    }
+    return dict(sorted(found.items()))
+
+
+def table_changes(
+    repository: lakefs.Repository, *, base: str, head: str, prefix: str
+) -> dict[str, str]:
+    """Tables under ``prefix`` that merging ``head`` into ``base`` would add, change or remove
+    (lakeFS's three-dot diff): path → ``added``, ``changed`` or ``removed``."""
+    return {
+        change.path: change.type
+        for change in repository.ref(base).diff(head, prefix=prefix)
+        if change.path.endswith(TABLE_SUFFIXES)
+    }
 
 
 def main_reference(client: lakefs.Client, settings: Settings) -> lakefs.Branch:
@@ -258,29 +309,25 @@ def head_commit(client: lakefs.Client, settings: Settings) -> str:
     return str(main_reference(client, settings).get_commit().id)
 
 
-def read_changed_tables(
-    client: lakefs.Client, settings: Settings, *, repository: str, base: str, head: str
-) -> tuple[list[str], pd.DataFrame]:
-    """The tables under the data prefix that ``head`` adds or changes relative to ``base`` (what a
-    merge of ``head`` into ``base`` would bring), with their paths."""
-    repo = lakefs.Repository(repository, client=client)
-    paths = sorted(
-        change.path
-        for change in repo.ref(base).diff(head, prefix=settings.lakefs.data_prefix)
-        if change.type in {"added", "changed"} and change.path.endswith(TABLE_SUFFIXES)
-    )
-    reference = repo.ref(head)
-    return paths, _concat(_read_object_table(reference, path) for path in paths)
+def read_object_table(reference: lakefs.Reference, path: str) -> pd.DataFrame:
+    """One stored table at ``reference``; :class:`UnreadableTableError` when it cannot be parsed."""
+    return parse_table(read_bytes(reference, path), path=path, ref=reference.id)
 
 
-def _read_object_table(reference: lakefs.Reference, path: str) -> pd.DataFrame:
+def read_bytes(reference: lakefs.Reference, path: str) -> bytes:
+    """The stored bytes of one object at ``reference``."""
     with reference.object(path).reader(mode="rb") as handle:
         content = handle.read()
-    raw = io.BytesIO(content if isinstance(content, bytes) else content.encode())
+    return content if isinstance(content, bytes) else content.encode()
+
+
+def parse_table(content: bytes, *, path: str, ref: str) -> pd.DataFrame:
+    """A stored table's bytes as a frame (Parquet or CSV by its suffix), parsed as ingest does."""
+    raw = io.BytesIO(content)
     try:
         return pd.read_parquet(raw) if path.endswith(".parquet") else pd.read_csv(raw)
     except Exception as error:  # pandas and pyarrow raise many types for a bad file
-        raise UnreadableTableError(f"cannot read {path} at {reference.id}: {error}") from error
+        raise UnreadableTableError(f"cannot read {path} at {ref:.12}: {error}") from error
 
 
 def _concat(frames: Iterator[pd.DataFrame]) -> pd.DataFrame:
@@ -294,6 +341,23 @@ def commit_log(client: lakefs.Client, settings: Settings, *, ref: str, limit: in
     return list(repository.ref(ref).log(max_amount=limit))
 
 
+def commits_since(
+    client: lakefs.Client, *, repository: str, ref: str, ancestor: str, limit: int = 1000
+) -> int | None:
+    """How many commits on ``ref``'s first-parent line (the production branch's own history:
+    merges and direct commits, not the ingest branches' commits) come after ``ancestor``; None
+    when ``ancestor`` is not among the newest ``limit``."""
+    log = (
+        lakefs.Repository(repository, client=client)
+        .ref(ref)
+        .log(max_amount=limit, first_parent=True)
+    )
+    for count, commit in enumerate(log):
+        if commit.id == ancestor:
+            return count
+    return None
+
+
 def diff_refs(client: lakefs.Client, settings: Settings, *, left: str, right: str) -> list[Any]:
     """What ``right`` adds, changes or removes relative to ``left`` (lakeFS three-dot diff)."""
     repository = lakefs.Repository(settings.lakefs.repository, client=client)
@@ -303,4 +367,4 @@ def diff_refs(client: lakefs.Client, settings: Settings, *, left: str, right: st
 def read_object(client: lakefs.Client, settings: Settings, *, ref: str, path: str) -> pd.DataFrame:
     """One stored table at ``ref``."""
     reference = lakefs.Repository(settings.lakefs.repository, client=client).ref(ref)
-    return _read_object_table(reference, path)
+    return read_object_table(reference, path)

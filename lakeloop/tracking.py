@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import subprocess
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -374,6 +375,80 @@ def log_refused_data(settings: Settings, *, lineage: Lineage, report: Path) -> s
         mlflow.log_artifacts(str(report), artifact_path="validation")
         mlflow.end_run(status="FAILED")
     return str(run.info.run_id)
+
+
+TAG_BLOCKED = "lakeloop.training_blocked"
+"""Registered-model tag present while the data on the production branch fails the training gate:
+JSON saying since which commit, why, which tables, and how far the champion lags behind."""
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """Training is stopped: the newest commit's data fails the checks, so the champion is stale."""
+
+    commit_id: str
+    """The newest commit refused."""
+    since: str
+    """When training was first refused (ISO 8601, UTC); kept while later commits are refused."""
+    tables: list[str]
+    """Stored tables that break a rule (what a repair would remove)."""
+    reason: str
+    """The failed checks, one per line."""
+    commits_behind: int | None = None
+    """Commits on the production branch newer than the champion's (None: no champion, or its
+    commit is out of reach)."""
+
+    @property
+    def summary(self) -> str:
+        behind = "" if self.commits_behind is None else f"{self.commits_behind} commits behind; "
+        tables = ", ".join(self.tables) or "the data"
+        return (
+            f"training blocked since {self.since} ({behind}newest refused commit "
+            f"{self.commit_id:.12}): {tables} fail the data checks; repair with "
+            "`lakeloop data remove <path>`"
+        )
+
+
+def record_blocked(client: MlflowClient, settings: Settings, blocked: Blocked) -> None:
+    """Say on the registered model that training is blocked (creating the model if no version was
+    ever registered); an earlier record keeps its ``since``."""
+    name = settings.mlflow.model_name
+    earlier = training_blocked(client, settings)
+    if earlier is not None:
+        blocked = replace(blocked, since=earlier.since)
+    with mlflow_step(settings, f"recording that training of {name} is blocked"):
+        try:
+            client.get_registered_model(name)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            client.create_registered_model(name)
+        client.set_registered_model_tag(name, TAG_BLOCKED, json.dumps(asdict(blocked)))
+
+
+def clear_blocked(client: MlflowClient, settings: Settings) -> bool:
+    """Training passed the data checks again; True when a block was lifted."""
+    if training_blocked(client, settings) is None:
+        return False
+    client.delete_registered_model_tag(settings.mlflow.model_name, TAG_BLOCKED)
+    return True
+
+
+def training_blocked(client: MlflowClient, settings: Settings) -> Blocked | None:
+    """The block recorded on the registered model, if training is blocked."""
+    try:
+        model = client.get_registered_model(settings.mlflow.model_name)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    stored = (model.tags or {}).get(TAG_BLOCKED)
+    if not stored:
+        return None
+    try:
+        return Blocked(**json.loads(stored))
+    except (TypeError, ValueError):
+        return Blocked(commit_id="", since="", tables=[], reason=stored)
 
 
 class LakeFSDatasetSource(DatasetSource):

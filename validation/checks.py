@@ -230,10 +230,11 @@ def suite_name(spec: DatasetSpec) -> str:
 
 
 @lru_cache(maxsize=4)
-def _warm_validator(spec: DatasetSpec) -> Validator:
+def warm_validator(spec: DatasetSpec) -> Validator:
+    """This process's :class:`Validator` for ``spec`` (built on first use, then kept)."""
     return Validator(spec)
 
 
 def validate_frame(frame: pd.DataFrame, spec: DatasetSpec) -> ValidationResult:
     """Check ``frame`` with a warm :class:`Validator` for ``spec`` (built on first use)."""
-    return _warm_validator(spec).validate(frame)
+    return warm_validator(spec).validate(frame)

@@ -33,15 +33,20 @@ def write_report(result: ValidationResult, folder: Path, *, spec: DatasetSpec) -
     written["json"].write_text(json.dumps(result.to_json(), indent=2, default=str))
     written["markdown"].write_text(result.to_markdown())
     docs = folder / "data_docs"
-    written["data_docs"] = build_data_docs(result.raw, docs, spec=spec)
-    written["html"] = _run_page(docs)
+    # A result over several stored tables has one GX result per table: one page each, named by
+    # the table; the page shown first is the first table that failed (else the last one).
+    raws = result.tables or {spec.name: result.raw}
+    written["data_docs"] = build_data_docs(raws, docs, spec=spec)
+    first = (result.failing_tables or list(raws)[-1:] or [spec.name])[0]
+    written["html"] = _run_page(docs, batch=_batch_name(first))
     return written
 
 
-def build_data_docs(raw: dict[str, Any], folder: Path, *, spec: DatasetSpec) -> Path:
-    """Build a Great Expectations Data Docs site for one validation result; returns index.html.
+def build_data_docs(raws: dict[str, dict[str, Any]], folder: Path, *, spec: DatasetSpec) -> Path:
+    """Build a Great Expectations Data Docs site with one page per validation result (by the
+    table it judged); returns index.html.
 
-    A throwaway ephemeral context with a filesystem site is enough: the result is put in its
+    A throwaway ephemeral context with a filesystem site is enough: the results are put in its
     validation store and GX's own site builder renders the pages and copies its static assets.
     """
     import great_expectations as gx  # noqa: PLC0415 - heavy, paid only by who writes reports
@@ -64,17 +69,27 @@ def build_data_docs(raw: dict[str, Any], folder: Path, *, spec: DatasetSpec) -> 
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         },
     )
-    key = ValidationResultIdentifier(
-        expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite_name(spec)),
-        run_id=RunIdentifier(run_name="lakeloop-validate", run_time=datetime.now(UTC)),
-        batch_identifier=spec.name,
-    )
-    context.validation_results_store.set(key, ExpectationSuiteValidationResult(**raw))
+    run_id = RunIdentifier(run_name="lakeloop-validate", run_time=datetime.now(UTC))
+    for table, raw in raws.items():
+        if not raw:
+            continue  # a table that could not be parsed has no GX result, only its finding
+        key = ValidationResultIdentifier(
+            expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite_name(spec)),
+            run_id=run_id,
+            batch_identifier=_batch_name(table),
+        )
+        context.validation_results_store.set(key, ExpectationSuiteValidationResult(**raw))
     context.build_data_docs(site_names=[SITE])
     return folder / "index.html"
 
 
-def _run_page(docs: Path) -> Path:
+def _batch_name(table: str) -> str:
+    # A path becomes a file name in the site: keep it readable and flat.
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in table)
+
+
+def _run_page(docs: Path, *, batch: str) -> Path:
     # The site builder nests the page as validations/<suite>/<run>/<time>/<batch>.html.
     pages = sorted((docs / "validations").rglob("*.html"))
-    return pages[-1] if pages else docs / "index.html"
+    named = [page for page in pages if page.stem == batch]
+    return (named or pages or [docs / "index.html"])[-1]

@@ -6,7 +6,7 @@ into :class:`Finding` objects a data owner can act on, naming each cause once.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 EXAMPLES = 3
@@ -32,15 +32,25 @@ class Finding:
     allowed: str
     """What the description allows."""
     unexpected_count: int | None
+    table: str | None = None
+    """The stored table it was found in, when a result judges several (a lakeFS path)."""
+    scope: str = "batch"
+    """``batch`` (the table on its own) or ``history`` (across every table on the branch)."""
 
     @property
     def line(self) -> str:
-        """One readable line: column, expectation, what was seen and what is allowed."""
+        """One readable line: table, column, expectation, what was seen and what is allowed."""
+        within = f"{self.table}: " if self.table else ""
         if self.expectation == "expect_column_to_exist":
-            return f"missing column {self.column} ({self.expectation})"
+            return f"{within}missing column {self.column} ({self.expectation})"
         phrase = self.expectation.removeprefix("expect_").replace("_", " ")
+        if self.scope == "history":
+            phrase += " across the history"
         where = self.column or "table"
-        return f"{where}: {self.expectation} ({phrase}): {self.observed}; allowed {self.allowed}"
+        return (
+            f"{within}{where}: {self.expectation} ({phrase}): {self.observed}; "
+            f"allowed {self.allowed}"
+        )
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,9 @@ class ValidationResult:
     """Failures first, then warnings."""
     raw: dict[str, Any]
     """Great Expectations' own result (``to_json_dict()``), for Data Docs and audits."""
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """When the result judges several stored tables: Great Expectations' result of each, by path
+    (``raw`` is then empty)."""
 
     @property
     def failures(self) -> list[str]:
@@ -66,6 +79,12 @@ class ValidationResult:
         return [finding.line for finding in self.findings if finding.severity == "warning"]
 
     @property
+    def failing_tables(self) -> list[str]:
+        """Stored tables named by a failure, in order (when the result judges several)."""
+        named = (f.table for f in self.findings if f.severity == "failure" and f.table)
+        return list(dict.fromkeys(named))
+
+    @property
     def outcome(self) -> str:
         """``passed``, ``passed with N warnings`` or ``failed: <failures>``."""
         if not self.success:
@@ -75,27 +94,31 @@ class ValidationResult:
         return "passed"
 
     def to_markdown(self) -> str:
-        """A table of findings (column, expectation, observed, allowed, severity) and a summary."""
+        """A table of findings (table, column, expectation, observed, allowed, severity, scope)
+        and a summary."""
+        where = f" in {len(self.tables)} tables" if self.tables else ""
         lines = [
-            f"**Data checks {self.outcome.split(':')[0]}** on {self.rows} rows: "
+            f"**Data checks {self.outcome.split(':')[0]}** on {self.rows} rows{where}: "
             f"{len(self.failures)} failures, {len(self.warnings)} warnings."
         ]
         if self.findings:
             lines += [
                 "",
-                "| column | expectation | observed | allowed | severity |",
-                "|---|---|---|---|---|",
+                "| table | column | expectation | observed | allowed | severity | scope |",
+                "|---|---|---|---|---|---|---|",
             ]
             lines += [
                 "| "
                 + " | ".join(
                     _cell(value)
                     for value in (
+                        finding.table or "(this batch)",
                         finding.column or "(table)",
                         finding.expectation,
                         finding.observed,
                         finding.allowed,
                         finding.severity,
+                        "across the history" if finding.scope == "history" else "within a batch",
                     )
                 )
                 + " |"
@@ -113,7 +136,40 @@ class ValidationResult:
             "warnings": self.warnings,
             "findings": [asdict(finding) for finding in self.findings],
             "raw": self.raw,
+            "tables": self.tables,
         }
+
+    @classmethod
+    def from_json(cls, stored: dict[str, Any]) -> ValidationResult:
+        """The result :meth:`to_json` stored."""
+        return cls(
+            success=stored["success"],
+            rows=stored["rows"],
+            findings=[Finding(**finding) for finding in stored["findings"]],
+            raw=stored["raw"],
+            tables=stored.get("tables") or {},
+        )
+
+    def in_table(self, path: str) -> ValidationResult:
+        """The same result with each finding naming the stored table ``path``."""
+        return replace(self, findings=[replace(f, table=path) for f in self.findings])
+
+
+def combine(
+    parts: dict[str, ValidationResult], *, history: list[Finding] | None = None
+) -> ValidationResult:
+    """One result for several stored tables, each judged on its own (``parts``, by path), plus
+    the findings of rules that span them (``history``): it passes only when every part passes
+    and no history rule failed."""
+    findings = [finding for path, part in parts.items() for finding in part.in_table(path).findings]
+    findings += history or []
+    return ValidationResult(
+        success=not any(finding.severity == "failure" for finding in findings),
+        rows=sum(part.rows for part in parts.values()),
+        findings=sorted(findings, key=lambda f: (f.severity != "failure", f.table or "")),
+        raw={},
+        tables={path: part.raw for path, part in parts.items()},
+    )
 
 
 def _cell(value: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from flows.train import validate
 from lakeloop import market
+from lakeloop.lakefs_client import StoredTable
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings
 from tests.utils.bad_batches import BAD_BATCHES, Builder
@@ -23,9 +24,12 @@ def test_each_bad_batch_is_refused_at_the_flow_gate_with_a_report(
 ) -> None:
     build, expected = case
     frame = build(market.generate_batch(rows=2000, seed=42))
-    result, report = validate.fn(settings, frame, spec, f"commit-{name.replace(' ', '-')}")
+    path = f"data/{name.replace(' ', '-')}/batch.parquet"
+    tables = {path: StoredTable(checksum=f"checksum-{name}", frame=frame)}
+    result, report = validate.fn(settings, tables, spec, f"commit-{name.replace(' ', '-')}")
     assert not result.success
     assert any(expected in line for line in result.failures)
+    assert result.failing_tables == [path]
     stored = json.loads((report / "validation.json").read_text())
     assert stored["success"] is False
     assert Path(report / "data_docs" / "index.html").exists()
