@@ -24,3 +24,14 @@ def read_california() -> pd.DataFrame:
     if not CALIFORNIA_CSV.exists():
         pytest.skip(f"real California housing data not found at {CALIFORNIA_CSV}")
     return pd.read_csv(CALIFORNIA_CSV)
+
+
+AMES_CSV = CALIFORNIA_CSV.parents[1] / "ames_housing" / "AmesHousing.csv"
+
+
+def read_ames() -> pd.DataFrame:
+    """The raw Ames house-sales table (ids, sale dates, coded categories, gaps), or a skip naming
+    the path it was looked for at."""
+    if not AMES_CSV.exists():
+        pytest.skip(f"Ames housing data not found at {AMES_CSV}")
+    return pd.read_csv(AMES_CSV)
