@@ -144,11 +144,18 @@ def _readiness(
     load_error = slot.load_error or None
     prediction_log = _log_state(log)
     current = slot.current
+    blocked = slot.blocked
+    training = "unknown" if slot.last_check is None else "ok"
+    if blocked is not None:
+        training = f"blocked: {blocked.summary}"
+    behind = blocked.commits_behind if blocked else None
     if current is None:
         if slot.last_error:
             detail = f"the registry is {registry}"
         elif failed is not None:
             detail = f"the champion, version {failed}, cannot be loaded: {slot.load_error}"
+        elif blocked is not None:
+            detail = f"no champion model loaded; {blocked.summary}"
         else:
             detail = "no champion model loaded"
         body = Readiness(
@@ -159,6 +166,7 @@ def _readiness(
             failed_version=failed,
             load_error=load_error,
             prediction_log=prediction_log,
+            training=training,
         )
         return Response(body, status_code=503)
     problems = []
@@ -168,6 +176,8 @@ def _readiness(
         problems.append(f"the champion, version {failed}, cannot be loaded: {slot.load_error}")
     if log is not None and log.failing:
         problems.append(f"predictions are not being logged: {log.last_error}")
+    if blocked is not None:
+        problems.append(f"the champion is stale: {blocked.summary}")
     body = Readiness(
         status="degraded" if problems else "ready",
         detail="; ".join([f"serving version {current.version}", *problems]),
@@ -177,6 +187,8 @@ def _readiness(
         failed_version=failed,
         load_error=load_error,
         prediction_log=prediction_log,
+        training=training,
+        champion_commits_behind=behind,
     )
     return Response(body)
 
@@ -387,6 +399,7 @@ def _handlers(settings: Settings, service: PredictionService, *, following: bool
         for name, writer in ((PREDICTIONS, service.log), (FEEDBACK, service.feedback_log)):
             if writer is not None:
                 metrics.log_queued.labels(name).set(writer.queued_rows)
+        metrics.blocked(slot.blocked)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return [predict, predict_batch, model_info, feedback, reload, healthz, readyz, prometheus]

@@ -11,6 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,6 +19,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
 from lakeloop.dataset import Target
+
+if TYPE_CHECKING:
+    from lakeloop.tracking import Blocked
 
 # Latency buckets around what this API does: sub-millisecond to a second.
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -190,6 +194,24 @@ class ApiMetrics:
             ["model_version"],
             registry=self.registry,
         )
+
+        self.training_blocked = Gauge(
+            "lakeloop_training_blocked",
+            "1 while the data on the production branch fails the checks, so no model can train and "
+            "the served champion is stale (as the registry said at the API's last check).",
+            registry=self.registry,
+        )
+        self.commits_behind = Gauge(
+            "lakeloop_champion_commits_behind",
+            "While training is blocked: commits on the production branch newer than the "
+            "champion's (0 otherwise, or when unknown).",
+            registry=self.registry,
+        )
+
+    def blocked(self, blocked: Blocked | None) -> None:
+        """Record whether training is blocked and how far the champion lags behind."""
+        self.training_blocked.set(0 if blocked is None else 1)
+        self.commits_behind.set((blocked.commits_behind or 0) if blocked else 0)
 
     @classmethod
     def for_target(cls, target: Target) -> ApiMetrics:

@@ -200,6 +200,9 @@ class ModelSlot:
         self.retry_at = 0.0
         """Monotonic time before which polling does not try ``failed_version`` again."""
         self.retry_pause = 0.0
+        self.blocked: tracking.Blocked | None = None
+        """Training is blocked (the data on the production branch fails the checks), as the
+        registry said at the last check: the served champion is stale."""
         self.on_swap: Callable[[Predictor], None] = lambda _: None
         self.on_load_failure: Callable[[str], None] = lambda _: None
         self._lock: asyncio.Lock | None = None
@@ -286,6 +289,11 @@ def load_champion(
     return predictor
 
 
+def training_blocked(settings: Settings) -> tracking.Blocked | None:
+    """Whether the registry says training is blocked."""
+    return tracking.training_blocked(tracking.connect(settings), settings)
+
+
 async def refresh(
     settings: Settings, slot: ModelSlot, *, example: Any = None, force: bool = False
 ) -> bool:
@@ -302,6 +310,7 @@ async def refresh(
             skip_version=slot.skipped_version(force=force),
         )
         try:
+            slot.blocked = await anyio.to_thread.run_sync(training_blocked, settings)
             loaded = await anyio.to_thread.run_sync(load)
         except ModelLoadError as error:
             slot.last_error = ""  # the registry answered

@@ -191,6 +191,11 @@ class Readiness(msgspec.Struct):
     """Why ``failed_version`` could not be loaded."""
     prediction_log: str = "off"
     """``ok``, ``failing: <error>`` (predictions are answered but not logged) or ``off``."""
+    training: str = "unknown"
+    """``ok``, or ``blocked: <why>`` while the data on the production branch fails the checks, so
+    no new model can train and the served champion is stale; ``unknown`` before the first check."""
+    champion_commits_behind: int | None = None
+    """While training is blocked: commits on the production branch newer than the champion's."""
 
 
 class Feedback(msgspec.Struct, forbid_unknown_fields=True):

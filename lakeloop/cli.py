@@ -112,22 +112,39 @@ def init() -> None:
 def ingest(
     path: Annotated[Path, typer.Argument(help="A CSV or Parquet file, or a directory of them.")],
     name: Annotated[str | None, typer.Option(help="Batch name (default: the file name).")] = None,
+    skip_existing: Annotated[
+        bool,
+        typer.Option(
+            "--skip-existing",
+            help="Merge a batch that partly repeats main without the rows main already holds.",
+        ),
+    ] = False,
 ) -> None:
     """Write-audit-publish a batch: upload to an ingest branch, commit, merge into main if the data
-    checks pass. A merge into main triggers training."""
+    checks pass. A merge into main triggers training. A file main already holds (same content,
+    any name) is not merged again."""
     settings = _settings()
     spec = load_spec(settings.dataset)
     try:
         tables = [inspect_source(found) for found in find_sources(path)]
+        tables, skipped = _lakefs_call(
+            settings,
+            lambda client: _without_existing(
+                settings, spec, client, tables, skip_existing=skip_existing
+            ),
+        )
     except SourceError as error:
         console.print(f"[red]cannot ingest:[/red] {error}")
         raise typer.Exit(2) from error
+    if not tables:
+        return
     published = _publish(
         settings,
         tables,
         name=name or _batch_name(path),
         source=str(path),
         dataset_version=spec.version,
+        metadata=skipped,
     )
     if not published.merged:
         console.print("[red]blocked by the pre-merge data checks[/red]")
@@ -167,6 +184,66 @@ def validate(
         raise typer.Exit(1)
 
 
+def _without_existing(
+    settings: Settings,
+    spec: DatasetSpec,
+    client: Any,
+    tables: list[SourceTable],
+    *,
+    skip_existing: bool,
+) -> tuple[list[SourceTable], dict[str, str]]:
+    """The tables still to publish: a file main already holds (the same bytes, or every row) is
+    left out, saying where it is; one that partly repeats main is refused (exit 1, nothing
+    published) unless ``skip_existing``, which publishes only its new rows and records how many
+    were skipped in the commit metadata."""
+    from lakeloop import datagate  # noqa: PLC0415 - Great Expectations, only if a table is new
+
+    gate = datagate.for_settings(settings, spec)
+    where = f"{settings.lakefs.repository}/{settings.lakefs.branch}"
+    remaining, refused, skipped = [], [], {}
+    for table in tables:
+        frame = read_source(table.path)
+        found = datagate.overlap(
+            gate,
+            client,
+            repository=settings.lakefs.repository,
+            ref=settings.lakefs.branch,
+            source=table,
+            frame=frame,
+        )
+        if found.same_as is not None:
+            commit = f" (commit {found.commit_id:.12})" if found.commit_id else ""
+            console.print(
+                f"{table.path}: already on {settings.lakefs.branch} as {found.same_as}{commit}"
+            )
+        elif found.already_there:
+            console.print(f"{table.path}: every one of its {found.rows} rows is already on {where}")
+        elif found.present_rows and not skip_existing:
+            refused.append(
+                f"{table.path}: {found.present_rows} of its {found.rows} rows are already on "
+                f"{where}; remove them, or ingest with --skip-existing to merge only the "
+                f"{len(frame) - found.present_rows} new rows"
+            )
+        elif found.present_rows:
+            new_rows = frame[~found.present]
+            fresh = settings.state_dir / "ingest" / f"{table.path.stem}-new-rows.parquet"
+            remaining.append(inspect_source(write_parquet(new_rows, fresh)))
+            skipped[f"skipped_existing:{table.name}"] = str(found.present_rows)
+            skipped[f"source_sha256:{table.name}"] = table.sha256
+            console.print(
+                f"{table.path}: skipping {found.present_rows} rows already on {where}; "
+                f"merging its {len(new_rows)} new rows"
+            )
+        else:
+            remaining.append(table)
+    if refused:
+        console.print("[red]not ingested: rows already on main[/red]")
+        for line in refused:
+            console.print(f"  - {line}", highlight=False)
+        raise typer.Exit(1)
+    return remaining, skipped
+
+
 def _rejection_lines(reason: str) -> list[str]:
     """lakeFS's error ends with the hook's answer, "data checks failed on <paths>: a; b; c":
     one failed check per line, lakeFS's own preamble dimmed above them."""
@@ -188,7 +265,13 @@ def _batch_name(path: Path) -> str:
 
 
 def _publish(
-    settings: Settings, tables: list[SourceTable], *, name: str, source: str, dataset_version: int
+    settings: Settings,
+    tables: list[SourceTable],
+    *,
+    name: str,
+    source: str,
+    dataset_version: int,
+    metadata: dict[str, str] | None = None,
 ) -> lakefs_client.Published:
     """Run write-audit-publish with a progress bar, and say what happened."""
     total = sum(table.size for table in tables)
@@ -213,6 +296,7 @@ def _publish(
                 source=source,
                 dataset_version=dataset_version,
                 progress=lakefs_client.Progress(total=total, report=report),
+                metadata=metadata,
             )
         except lakefs_client.LakeFSError as error:
             console.print(
@@ -522,6 +606,43 @@ def _timings(
     return table
 
 
+@app.command()
+def status() -> None:
+    """The champion, what the API serves, and whether training is blocked (exit 1 while it is:
+    the data on main fails the checks, so the champion is stale)."""
+    from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
+
+    settings = _settings()
+    try:
+        client = tracking.connect(settings)
+        current = tracking.champion(client, settings)
+        blocked = tracking.training_blocked(client, settings)
+    except Exception as error:  # MLflow raises several types for a server it cannot reach
+        console.print(
+            f"[red]cannot read the registry at {settings.mlflow_tracking_uri}:[/red] {error}"
+        )
+        raise typer.Exit(1) from error
+    try:
+        served = loop.served_model(settings)
+        serving = f"v{served['version']}" if served else "no model"
+    except httpx.HTTPError as error:
+        serving = f"API not reachable at {settings.api_url} ({type(error).__name__})"
+    table = Table(title=f"{settings.mlflow.model_name}", show_header=False)
+    commit = (current.tags or {}).get(tracking.TAG_COMMIT, "") if current else ""
+    table.add_row(
+        "champion", f"v{current.version} (lakeFS commit {commit:.12})" if current else "none"
+    )
+    table.add_row("API serves", serving)
+    table.add_row("training", "[red]blocked[/red]" if blocked else "ok")
+    console.print(table)
+    if blocked is None:
+        return
+    console.print(f"[red]{blocked.summary}[/red]", highlight=False)
+    for line in blocked.reason.splitlines():
+        console.print(f"  - {line}", highlight=False)
+    raise typer.Exit(1)
+
+
 model_app = typer.Typer(help="The registered model and its champion.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
@@ -600,6 +721,31 @@ def data_diff(
         console.print(f"no differences between {left} and {right}")
     for change in changes:
         console.print(f"{change.type:>8}  {change.path}")
+
+
+@data_app.command("remove")
+def data_remove(
+    paths: Annotated[list[str], typer.Argument(help="Stored tables, e.g. data/…/batch.csv.")],
+) -> None:
+    """Remove tables from main through the same checks (a commit that trains): the repair when
+    main holds data the training gate refuses."""
+    settings = _settings()
+    try:
+        published = _lakefs_call(
+            settings, lambda client: lakefs_client.remove_tables(client, settings, paths)
+        )
+    except ValueError as error:
+        console.print(f"[red]cannot remove:[/red] {error}")
+        raise typer.Exit(2) from error
+    if not published.merged:
+        console.print("[red]blocked by the pre-merge data checks[/red]")
+        for line in _rejection_lines(published.rejection):
+            console.print(line, highlight=False)
+        raise typer.Exit(1)
+    console.log(
+        f"removed {', '.join(paths)} from {settings.lakefs.repository}/{settings.lakefs.branch}: "
+        f"commit {published.commit_id:.12} (it trains like any merge)"
+    )
 
 
 @data_app.command("show")

@@ -31,9 +31,15 @@ import pandas as pd
 
 from lakeloop import lakefs_client
 from lakeloop.dataset import DatasetSpec
+from lakeloop.ingest import SourceTable
 from lakeloop.settings import Settings
 from validation.checks import Validator, warm_validator
-from validation.history import all_fingerprints, history_findings
+from validation.history import (
+    RECORD,
+    all_fingerprints,
+    history_findings,
+    record_fingerprints,
+)
 from validation.results import Finding, ValidationResult, combine
 
 Load = Callable[[], pd.DataFrame]
@@ -206,6 +212,65 @@ class DataGate:
 
 def _loader(reference: lakefs.Reference, path: str) -> Load:
     return lambda: lakefs_client.read_object_table(reference, path)
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """How much of a local table ``main`` already holds (idempotent ingest)."""
+
+    rows: int
+    """Rows of the local table that have a fingerprint (all but wholly empty ones)."""
+    present: np.ndarray
+    """Per row: the same record is already on the production branch."""
+    same_as: str | None = None
+    """The stored table with the very same bytes, if any."""
+    commit_id: str | None = None
+    """The commit that added ``same_as``."""
+
+    @property
+    def present_rows(self) -> int:
+        return int(self.present.sum())
+
+    @property
+    def already_there(self) -> bool:
+        """Nothing new: the same file, or every row of it, is already stored."""
+        return self.same_as is not None or (self.rows > 0 and self.present_rows == self.rows)
+
+
+def overlap(
+    gate: DataGate,
+    client: lakefs.Client,
+    *,
+    repository: str,
+    ref: str,
+    source: SourceTable,
+    frame: pd.DataFrame,
+) -> Overlap:
+    """What of ``source`` (read as ``frame``) the tables at ``ref`` already hold: the same bytes
+    under any name, or the same records. Uses the kept table checks' fingerprints; a table not
+    seen before is checked now (and kept)."""
+    repo = lakefs.Repository(repository, client=client)
+    reference = repo.ref(ref)
+    stored = lakefs_client.stored_tables(reference, prefix=gate.prefix)
+    digests = {source.sha256, source.md5} - {""}
+    same = next((path for path, checksum in stored.items() if checksum in digests), None)
+    if same is not None:
+        return Overlap(
+            rows=len(frame),
+            present=np.ones(len(frame), dtype=bool),
+            same_as=same,
+            commit_id=lakefs_client.commit_adding(reference, same),
+        )
+    known = [
+        gate.stored_check(checksum, _loader(reference, path))[0].fingerprints.get(RECORD)
+        for path, checksum in stored.items()
+    ]
+    held = np.concatenate([keys for keys in known if keys is not None] or [_EMPTY])
+    records, kept = record_fingerprints(frame, gate.spec)
+    return Overlap(rows=int(kept.sum()), present=np.isin(records, held) & kept)
+
+
+_EMPTY = np.empty(0, dtype=np.uint64)
 
 
 @lru_cache(maxsize=4)

@@ -34,6 +34,9 @@ class SourceTable:
     columns: tuple[str, ...]
     size: int
     sha256: str
+    md5: str = ""
+    """Digests of the file's bytes: lakeFS's checksum of a stored object is one of them (SHA-256
+    on the built-in server, MD5 on lakeFS's local and S3 block stores for a single-part upload)."""
 
     @property
     def name(self) -> str:
@@ -69,8 +72,9 @@ def inspect_source(path: Path) -> SourceTable:
         raise SourceError(f"{path}: duplicate column names: {', '.join(duplicates)}")
     if rows == 0:
         raise SourceError(f"{path}: the file has a header but no rows")
+    sha256, md5 = file_digests(path)
     return SourceTable(
-        path=path, rows=rows, columns=tuple(columns), size=size, sha256=file_sha256(path)
+        path=path, rows=rows, columns=tuple(columns), size=size, sha256=sha256, md5=md5
     )
 
 
@@ -115,11 +119,17 @@ def read_source(path: Path) -> pd.DataFrame:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    return file_digests(path)[0]
+
+
+def file_digests(path: Path) -> tuple[str, str]:
+    """SHA-256 and MD5 of a file's bytes, in one read."""
+    sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+            sha256.update(chunk)
+            md5.update(chunk)
+    return sha256.hexdigest(), md5.hexdigest()
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> Path:

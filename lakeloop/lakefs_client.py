@@ -164,17 +164,54 @@ def publish(
     rows = sum(table.rows for table in tables)
     ingest.commit(message=f"ingest {name}: {rows} rows", metadata=metadata)
     published = Published(ingest_branch=ingest.id, paths=paths, rows=rows, metadata=metadata)
+    return _merge(repository, ingest, settings, published, message=f"publish {name}")
+
+
+def _merge(
+    repository: lakefs.Repository,
+    branch: lakefs.Branch,
+    settings: Settings,
+    published: Published,
+    *,
+    message: str,
+) -> Published:
+    """Merge ``branch`` into the production branch; a refusal by the pre-merge checks is
+    recorded on ``branch`` and returned as the rejection."""
     try:
-        merge_commit = ingest.merge_into(
-            repository.branch(settings.lakefs.branch), message=f"publish {name}", metadata=metadata
+        merge_commit = branch.merge_into(
+            repository.branch(settings.lakefs.branch), message=message, metadata=published.metadata
         )
     except ServerException as error:
         if error.status_code != HOOK_BLOCKED:
             raise
         reason = str(error.body.get("message") or error)
-        _record_rejection(ingest, reason)
+        _record_rejection(branch, reason)
         return replace(published, rejection=reason)
     return replace(published, commit_id=merge_commit)
+
+
+def remove_tables(client: lakefs.Client, settings: Settings, paths: list[str]) -> Published:
+    """Remove stored tables from the production branch the way data reaches it: a branch that
+    deletes them, merged through the same pre-merge checks (which judge what the branch will
+    hold), so the merge triggers training like any other. Raises :class:`ValueError` naming a
+    path that is not a table on the production branch."""
+    repository = lakefs.Repository(settings.lakefs.repository, client=client)
+    main = repository.branch(settings.lakefs.branch)
+    stored = stored_tables(main, prefix=settings.lakefs.data_prefix)
+    unknown = [path for path in paths if path not in stored]
+    if unknown:
+        raise ValueError(
+            f"not a table on {settings.lakefs.repository}/{settings.lakefs.branch}: "
+            f"{', '.join(unknown)} (`lakeloop data log` and `data show` list what is there)"
+        )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    branch = repository.branch(f"remove-{stamp}").create(source_reference=settings.lakefs.branch)
+    for path in paths:
+        branch.object(path).delete()
+    metadata = {"lakeloop.kind": "remove", "removed": ",".join(paths)}
+    branch.commit(message=f"remove {', '.join(paths)}", metadata=metadata)
+    published = Published(ingest_branch=branch.id, paths=paths, rows=0, metadata=metadata)
+    return _merge(repository, branch, settings, published, message=f"remove {len(paths)} table(s)")
 
 
 def lineage_metadata(
@@ -339,6 +376,13 @@ def commit_log(client: lakefs.Client, settings: Settings, *, ref: str, limit: in
     """The newest ``limit`` commits reachable from ``ref``."""
     repository = lakefs.Repository(settings.lakefs.repository, client=client)
     return list(repository.ref(ref).log(max_amount=limit))
+
+
+def commit_adding(reference: lakefs.Reference, path: str) -> str | None:
+    """The newest commit reachable from ``reference`` that wrote ``path``."""
+    for commit in reference.log(max_amount=1, objects=[path]):
+        return str(commit.id)
+    return None
 
 
 def commits_since(

@@ -41,15 +41,18 @@ def key_name(columns: Sequence[str]) -> str:
 def fingerprints(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
     """One unsigned 64-bit hash per row of ``columns`` (missing columns count as missing values);
     rows whose values are all missing get no fingerprint (they are dropped)."""
+    hashes, kept = row_fingerprints(frame, columns)
+    return hashes[kept]
+
+
+def row_fingerprints(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, in order: the hash of ``columns``, and whether the row has any value there."""
     present = [column for column in columns if column in frame.columns]
     if not present or frame.empty:
-        return np.empty(0, dtype=np.uint64)
+        return np.zeros(len(frame), dtype=np.uint64), np.zeros(len(frame), dtype=bool)
     keys = pd.DataFrame({column: _comparable(frame[column]) for column in present})
-    keys = keys[keys.notna().any(axis=1)]
-    if keys.empty:
-        return np.empty(0, dtype=np.uint64)
     hashed = pd.util.hash_pandas_object(keys, index=False, categorize=False)
-    return np.asarray(hashed, dtype=np.uint64)
+    return np.asarray(hashed, dtype=np.uint64), keys.notna().any(axis=1).to_numpy()
 
 
 def _comparable(column: pd.Series) -> pd.Series:
@@ -61,9 +64,10 @@ def _comparable(column: pd.Series) -> pd.Series:
     return values.where(values.notna(), None)
 
 
-def record_fingerprints(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
-    """Fingerprints of whole records: what "the same row" means for idempotent ingest."""
-    return fingerprints(frame, spec.columns)
+def record_fingerprints(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the fingerprint of the whole record (what "the same row" means for idempotent
+    ingest), and whether the row has any value."""
+    return row_fingerprints(frame, spec.columns)
 
 
 def wanted_keys(spec: DatasetSpec) -> dict[str, tuple[str, ...]]:

@@ -32,6 +32,7 @@ from api.prediction_log import (
 )
 from api.predictor import BoosterKernel, ModelLoadError, ModelSlot, Predictor, refresh
 from api.schemas import RequestTypes
+from lakeloop import tracking
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TrainedModel
 from lakeloop.settings import Settings, load_settings
@@ -332,6 +333,13 @@ class FakeRegistry:
         self.corrupt: set[str] = set()
         self.attempts = 0
         self.warmed_with: Any = None
+        self.blocked: tracking.Blocked | None = None
+
+    def training_blocked(self, settings: Settings) -> tracking.Blocked | None:
+        """Stands in for ``training_blocked``: the registered model's block record."""
+        if self.down:
+            raise ConnectionError("MLflow at 127.0.0.1:5000 refused the connection")
+        return self.blocked
 
     def __call__(
         self,
@@ -359,7 +367,40 @@ class FakeRegistry:
 def registry(monkeypatch: pytest.MonkeyPatch, tiny_model: TrainedModel) -> FakeRegistry:
     fake = FakeRegistry(tiny_model.pipeline)
     monkeypatch.setattr(api.predictor, "load_champion", fake)
+    monkeypatch.setattr(api.predictor, "training_blocked", fake.training_blocked)
     return fake
+
+
+def test_blocked_training_shows_the_stale_champion_in_readyz_and_metrics(
+    client: TestClient, settings: Settings, registry: FakeRegistry
+) -> None:
+    headers = {"Authorization": f"Bearer {admin_token(settings)}"}
+    client.post("/v1/admin/reload", headers=headers)
+    assert client.get("/readyz").json()["training"] == "ok"
+    assert "lakeloop_training_blocked 0.0" in client.get("/metrics").text
+    registry.blocked = tracking.Blocked(
+        commit_id="ab" * 32,
+        since="2026-11-29T10:00:00+00:00",
+        tables=["data/2-again/again.csv"],
+        reason="data/2-again/again.csv: expect_compound_columns_to_be_unique ...",
+        commits_behind=3,
+    )
+    client.post("/v1/admin/reload", headers=headers)
+    ready = client.get("/readyz")
+    assert ready.status_code == 200  # still serving: taking it out of rotation fixes nothing
+    body = ready.json()
+    assert body["status"] == "degraded"
+    assert body["champion_commits_behind"] == 3
+    assert "data/2-again/again.csv" in body["training"]
+    assert "3 commits behind" in body["detail"]
+    assert "lakeloop data remove" in body["detail"]
+    metrics = client.get("/metrics").text
+    assert "lakeloop_training_blocked 1.0" in metrics
+    assert "lakeloop_champion_commits_behind 3.0" in metrics
+    registry.blocked = None
+    client.post("/v1/admin/reload", headers=headers)
+    assert client.get("/readyz").json()["status"] == "ready"
+    assert "lakeloop_training_blocked 0.0" in client.get("/metrics").text
 
 
 def test_reload_needs_the_admin_token(
@@ -431,6 +472,8 @@ def test_a_champion_that_will_not_load_keeps_the_last_good_one_serving(
         "failed_version": "5",
         "load_error": "ValueError: File is not a zip file",
         "prediction_log": "ok",
+        "training": "ok",
+        "champion_commits_behind": None,
     }
     assert client.post("/v1/predict", json=record).json()["model"]["version"] == "3"
     assert 'lakeloop_api_model_load_failures_total{model_version="5"} 1.0' in (
