@@ -157,11 +157,12 @@ def _train_commit(
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
         return result
 
-    from lakeloop import tracking  # noqa: PLC0415
+    from lakeloop import lakefs_client, tracking  # noqa: PLC0415
 
     step("already trained?", flow.already_trained, settings, commit_id)
-    frame = step("read the commit", flow.read_commit, settings, repository, commit_id)
-    validation, report = step("validate (GX)", flow.validate, settings, frame, spec, commit_id)
+    tables = step("read the commit", flow.read_commit, settings, repository, commit_id)
+    validation, report = step("validate (GX)", flow.validate, settings, tables, spec, commit_id)
+    frame = lakefs_client.training_frame(tables)
     lineage = tracking.Lineage(
         repository=repository,
         commit_id=commit_id,

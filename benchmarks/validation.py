@@ -79,5 +79,36 @@ def main() -> None:
         )
 
 
+def history_verdicts() -> None:
+    """The pre-merge verdict on main + one new batch as main's history grows: with every old
+    table's check kept (what the gateway and the training flow do) it costs the new batch's GX
+    check plus comparing fingerprints, side by side with checking every table again."""
+    from lakeloop.datagate import DataGate  # noqa: PLC0415
+    from validation.checks import warm_validator  # noqa: PLC0415
+
+    spec = load_spec()
+    gate = DataGate(spec, lambda: warm_validator(spec), prefix="data/", state_dir=None)
+    batch_rows = 20_000
+    print(f"{'tables on main':>15} {'kept checks (s)':>16} {'all again (s)':>14} {'ratio':>7}")
+    for history in (1, 10, 50):
+        frames = [market.generate_batch(rows=batch_rows, seed=seed) for seed in range(history + 1)]
+        checks = {f"data/{i:03d}/batch.parquet": gate.check_table(f) for i, f in enumerate(frames)}
+        new_path = max(checks)
+        kept = {path: check for path, check in checks.items() if path != new_path}
+
+        def with_kept(
+            kept: dict = kept, new: pd.DataFrame = frames[-1], path: str = new_path
+        ) -> None:
+            gate.judge({**kept, path: gate.check_table(new)})
+
+        def all_again(frames: list = frames) -> None:
+            gate.judge({f"data/{i:03d}/b": gate.check_table(f) for i, f in enumerate(frames)})
+
+        fast = best_of(with_kept, repeats=REPEATS)
+        slow = best_of(all_again, repeats=1)
+        print(f"{history:>15} {fast:>16.3f} {slow:>14.3f} {slow / fast:>6.1f}x")
+
+
 if __name__ == "__main__":
     main()
+    history_verdicts()

@@ -325,7 +325,7 @@ def train_on_commit(
             + refusal(validation, blocked)
         )
     clear_blocked(settings)
-    frame = pd.concat([table.load() for table in tables.values()], ignore_index=True)
+    frame = lakefs_client.training_frame(tables)
 
     trained = fit(frame, spec, settings, tune=tune)
     logged = log_and_register(

@@ -296,6 +296,12 @@ def read_tables(
     return tables
 
 
+def training_frame(tables: Mapping[str, StoredTable]) -> pd.DataFrame:
+    """The tables read by :func:`read_tables` as one frame, in path order (after the data gate
+    passed them, so every one is readable)."""
+    return _concat(table.load() for table in tables.values())
+
+
 def read_table(
     client: lakefs.Client, settings: Settings, *, repository: str, ref: str
 ) -> pd.DataFrame:

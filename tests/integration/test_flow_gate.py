@@ -10,8 +10,8 @@ import pytest
 
 from flows.train import validate
 from lakeloop import market
-from lakeloop.lakefs_client import StoredTable
 from lakeloop.dataset import DatasetSpec
+from lakeloop.lakefs_client import StoredTable
 from lakeloop.settings import Settings
 from tests.utils.bad_batches import BAD_BATCHES, Builder
 

@@ -51,8 +51,8 @@ class Trainer:
         settings, spec = self.settings, self.spec
         if previous := train_flow.already_trained.fn(settings, commit_id):
             return {"status": "skipped", "reason": "already trained", "run_id": previous}
-        frame = train_flow.read_commit.fn(settings, repository, commit_id)
-        result, report = train_flow.validate.fn(settings, frame, spec, commit_id)
+        tables = train_flow.read_commit.fn(settings, repository, commit_id)
+        result, report = train_flow.validate.fn(settings, tables, spec, commit_id)
         lineage = tracking.Lineage(
             repository=repository,
             commit_id=commit_id,
@@ -63,6 +63,7 @@ class Trainer:
         if not result.success:
             train_flow.record_refused_data.fn(settings, lineage, report)
             raise ValueError(f"data at {commit_id} failed the checks")
+        frame = lakefs_client.training_frame(tables)
         trained = train_flow.fit.fn(frame, spec, settings)
         logged = train_flow.log_and_register.fn(
             settings, trained, spec=spec, frame=frame, lineage=lineage, report=report

@@ -1,0 +1,158 @@
+"""A re-sent batch cannot stop the loop, and a loop stopped around the hook says so and is repaired.
+
+Every real part on loopback (lakeFS API server, gateway, Prefect server with its trigger, MLflow,
+the API), driven through the `lakeloop` command as a user would:
+
+1. a good file is ingested and served as v1;
+2. the same file under another name is not merged again (`already on main as …`), and main stays
+   trainable;
+3. a batch that partly repeats main is refused with the count, then merged without the known rows
+   (`--skip-existing`), and trains and is judged;
+4. a repeat committed straight to main (around the pre-merge hook) fails its training naming both
+   tables, and the stale champion shows in `/readyz`, the metrics and `lakeloop status`;
+5. `lakeloop data remove` repairs main through the same hooks, and that commit trains.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import httpx
+import lakefs
+import pandas as pd
+import pytest
+
+from lakeloop import lakefs_client, loop, market, tracking
+from lakeloop.settings import Settings
+from tests.utils.workspace import Workspace, new_workspace
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    workspace = new_workspace(tmp_path_factory.mktemp("stopped"))
+    started = workspace.run("up")
+    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+    yield workspace
+    workspace.run("down", timeout=120)
+
+
+def _ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def _head(settings: Settings) -> str:
+    return lakefs_client.head_commit(lakefs_client.connect(settings), settings)
+
+
+def _training_runs(settings: Settings) -> int:
+    return len(loop.runs_of_flow(settings, "train"))
+
+
+def _readyz(settings: Settings) -> dict[str, object]:
+    answer: dict[str, object] = httpx.get(f"{settings.api_url}/readyz", timeout=5).json()
+    return answer
+
+
+def test_a_resent_batch_cannot_stop_the_loop_and_a_stopped_loop_is_loud(
+    workspace: Workspace,
+) -> None:
+    settings = workspace.settings
+    folder = settings.state_dir.parent
+    good_rows = market.generate_batch(rows=2000, seed=21)
+    good = folder / "good.csv"
+    good_rows.to_csv(good, index=False)
+
+    # 1. The first batch trains and is served.
+    merged = _ok(workspace.run("ingest", str(good)))
+    first = _head(settings)
+    assert first[:12] in merged
+    loop.wait_for_training(settings, commit_id=first, timeout=300)
+    assert loop.wait_until_served(settings, commit_id=first, timeout=60)["version"] == "1"
+
+    # 2. The same file re-sent under another name, as an export job's retry does: not merged.
+    again = folder / "again.csv"
+    shutil.copy(good, again)
+    runs = _training_runs(settings)
+    resent = _ok(workspace.run("ingest", str(again)))
+    assert "already on main as data/" in resent
+    assert "good.csv" in resent
+    assert f"(commit {first[:12]})" in resent
+    assert _head(settings) == first
+    assert _training_runs(settings) == runs
+
+    # 3. A batch that partly repeats main: refused with the count, nothing merged ...
+    fresh_rows = market.generate_batch(rows=1500, seed=22)
+    mixed = folder / "mixed.parquet"
+    pd.concat([good_rows.head(300), fresh_rows], ignore_index=True).to_parquet(mixed, index=False)
+    refused = workspace.run("ingest", str(mixed))
+    assert refused.returncode == 1
+    assert "300 of its 1800 rows are already on" in refused.stdout
+    assert "--skip-existing" in refused.stdout
+    assert _head(settings) == first
+    # ... or merged without the known rows when asked; that commit trains and is judged.
+    skipped = _ok(workspace.run("ingest", str(mixed), "--skip-existing"))
+    assert "skipping 300 rows" in skipped
+    second = _head(settings)
+    assert second != first
+    commit = lakefs.Repository(settings.lakefs.repository, client=lakefs_client.connect(settings))
+    metadata = commit.ref(second).get_commit().metadata
+    assert metadata["skipped_existing:mixed.parquet"] == "300"
+    assert metadata["rows"] == "1500"
+    loop.wait_for_training(settings, commit_id=second, timeout=300)
+    mlflow = tracking.connect(settings)
+    [judged] = tracking.versions_of_commit(mlflow, settings, commit_id=second)
+    assert judged.tags[tracking.TAG_GATE] in {"promoted", "rejected"}
+    served = loop.served_model(settings)
+    assert served is not None
+    assert _readyz(settings)["training"] == "ok"
+
+    # 4. A repeat committed straight to main, around the pre-merge hook: training fails naming
+    # both tables, and the stale champion is shown where users look.
+    main = commit.branch(settings.lakefs.branch)
+    main.object("data/direct/repeat.csv").upload(data=good_rows.head(500).to_csv(index=False))
+    broken = main.commit(message="a repeat around the checks").get_commit().id
+    with pytest.raises(loop.LoopError, match="failed the checks") as failed:
+        loop.wait_for_training(settings, commit_id=broken, timeout=300)
+    assert "data/direct/repeat.csv" in str(failed.value)
+    assert "good.csv" in str(failed.value)
+    assert "across the history" in str(failed.value)
+    loop.poll(
+        lambda: str(_readyz(settings)["training"]).startswith("blocked"),
+        what="/readyz to show that training is blocked",
+        timeout=30,
+    )
+    ready = _readyz(settings)
+    assert ready["status"] == "degraded"
+    # The champion is the second batch's model if the gate promoted it, else the first's.
+    promoted = judged.tags[tracking.TAG_GATE] == "promoted"
+    assert ready["champion_commits_behind"] == (1 if promoted else 2)
+    assert "data/direct/repeat.csv" in str(ready["training"])
+    metrics = httpx.get(f"{settings.api_url}/metrics", timeout=5).text
+    assert "lakeloop_training_blocked 1.0" in metrics
+    status = workspace.run("status")
+    assert status.returncode == 1
+    assert "blocked" in status.stdout
+    assert "data/direct/repeat.csv" in status.stdout
+    assert served == loop.served_model(settings)  # nothing new served
+
+    # 5. The repair goes through the same hooks and its commit trains.
+    repaired = _ok(workspace.run("data", "remove", "data/direct/repeat.csv"))
+    assert "removed data/direct/repeat.csv" in repaired
+    fixed = _head(settings)
+    assert fixed[:12] in repaired
+    loop.wait_for_training(settings, commit_id=fixed, timeout=300)
+    assert "data/direct/repeat.csv" not in lakefs_client.table_paths(commit.ref(fixed), settings)
+    loop.poll(
+        lambda: _readyz(settings)["training"] == "ok",
+        what="/readyz to show training unblocked",
+        timeout=30,
+    )
+    assert _ok(workspace.run("status"))
+    unknown = workspace.run("data", "remove", "data/no/such.csv")
+    assert unknown.returncode == 2
+    assert "not a table on" in unknown.stdout
