@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from flows.train import train_on_commit
-from lakeloop import lakefs_client, loop
+from lakeloop import datagate, lakefs_client, loop
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.events import SKIP_TRAINING_KEY
 from lakeloop.ingest import inspect_source, write_parquet
@@ -60,7 +60,23 @@ def fold_feedback(
     if any(path.endswith(f"/{name}") for path in lakefs_client.table_paths(main, settings)):
         logger.info("the prices of window %s are already in lakeFS", window_id)
         return None
+    # A sale main already holds (a house predicted and sold again at the same price) is not news,
+    # and would break the history's uniqueness rule for the whole window: leave it out.
     path = write_parquet(rows, settings.monitoring_dir / "feedback" / name)
+    known = datagate.overlap(
+        datagate.for_settings(settings, spec),
+        client,
+        repository=settings.lakefs.repository,
+        ref=settings.lakefs.branch,
+        source=inspect_source(path),
+        frame=rows,
+    )
+    if known.present_rows:
+        logger.info("%d reported sales are already on main; folding the others", known.present_rows)
+        rows = rows[~known.present]
+        if rows.empty:
+            return None
+        path = write_parquet(rows, path)
     return lakefs_client.publish(
         client,
         settings,
@@ -72,6 +88,7 @@ def fold_feedback(
             SKIP_TRAINING_KEY: "true",
             "lakeloop.trigger": "drift",
             "lakeloop.window": window_id,
+            "skipped_existing": str(known.present_rows),
         },
     )
 

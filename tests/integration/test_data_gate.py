@@ -58,21 +58,24 @@ class Repo:
         branch = f"case-{next(_counter)}"
         self.repository().branch(branch).create(source_reference="main")
         commit = self.commit_to(branch, tables)
-        hook = events.LakeFSWebhook(
-            event_type="pre-merge",
-            event_time="2026-11-29T00:00:00Z",
-            action_name="lakeloop",
-            hook_id="lakeloop_validate",
-            repository_id=self.settings.lakefs.repository,
-            branch_id="main",
-            source_ref=branch,
-        )
-        pre_merge = check_merge(self.client, self.gate("pre-merge"), hook)
+        pre_merge = check_merge(self.client, self.gate("pre-merge"), self.hook("main", branch))
         stored = lakefs_client.read_tables(
             self.client, self.settings, repository=self.settings.lakefs.repository, ref=commit
         )
         training = self.gate(f"training-{branch}").judge_stored(stored)
         return pre_merge, training
+
+    def hook(self, target: str, source: str) -> events.LakeFSWebhook:
+        """The pre-merge webhook lakeFS sends when ``source`` is merged into ``target``."""
+        return events.LakeFSWebhook(
+            event_type="pre-merge",
+            event_time="2026-11-29T00:00:00Z",
+            action_name="lakeloop",
+            hook_id="lakeloop_validate",
+            repository_id=self.settings.lakefs.repository,
+            branch_id=target,
+            source_ref=source,
+        )
 
     def gate(self, name: str) -> datagate.DataGate:
         from validation.checks import warm_validator  # noqa: PLC0415 - GX import
@@ -200,16 +203,7 @@ def test_a_removal_that_repairs_main_passes_both_gates(repo: Repo) -> None:
     repair = repository.branch("repair")
     repair.object(repeat).delete()
     repair.commit(message="remove the repeat")
-    hook = events.LakeFSWebhook(
-        event_type="pre-merge",
-        event_time="2026-11-29T00:00:00Z",
-        action_name="lakeloop",
-        hook_id="lakeloop_validate",
-        repository_id=repo.settings.lakefs.repository,
-        branch_id="broken",
-        source_ref="repair",
-    )
-    verdict = check_merge(repo.client, repo.gate("pre-merge"), hook)
+    verdict = check_merge(repo.client, repo.gate("pre-merge"), repo.hook("broken", "repair"))
     assert verdict.passed, verdict.detail
     after = lakefs_client.read_tables(
         repo.client, repo.settings, repository=repo.settings.lakefs.repository, ref="repair"
