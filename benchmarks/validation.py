@@ -87,7 +87,7 @@ def history_verdicts() -> None:
     from validation.checks import warm_validator  # noqa: PLC0415
 
     spec = load_spec()
-    gate = DataGate(spec, lambda: warm_validator(spec), prefix="data/", state_dir=None)
+    gate = DataGate(spec, warm_validator, prefix="data/", state_dir=None)
     batch_rows = 20_000
     print(f"{'tables on main':>15} {'kept checks (s)':>16} {'all again (s)':>14} {'ratio':>7}")
     for history in (1, 10, 50):

@@ -84,6 +84,7 @@ def fold_feedback(
         name=f"feedback-v{champion_version}",
         source=f"prices reported for champion v{champion_version}'s predictions, {window_id}",
         dataset_version=spec.version,
+        description=spec.to_yaml(),
         metadata={
             SKIP_TRAINING_KEY: "true",
             "lakeloop.trigger": "drift",

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import lakefs
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -52,19 +53,55 @@ def read_commit(
     return lakefs_client.read_tables(client, settings, repository=repository, ref=commit_id)
 
 
+@task(retries=3, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def ingested_under(
+    settings: Settings, spec: DatasetSpec, repository: str, commit_id: str, paths: list[str]
+) -> dict[str, DatasetSpec]:
+    """The description each table was ingested with (the current one where none was stored)."""
+    reference = lakefs.Repository(repository, client=lakefs_client.connect(settings)).ref(commit_id)
+    described = datagate.for_settings(settings, spec).ingested_under(reference)
+    return {path: described(path) for path in paths}
+
+
 @task(cache_policy=NO_CACHE)
 def validate(
     settings: Settings,
     tables: dict[str, lakefs_client.StoredTable],
     spec: DatasetSpec,
     commit_id: str,
+    ingested: dict[str, DatasetSpec] | None = None,
 ) -> tuple[ValidationResult, Path]:
-    """The data gate's verdict on the commit (each table on its own, the history rules across
-    them: what the pre-merge hook judged), with its report (JSON, markdown, Data Docs)."""
-    verdict = datagate.for_settings(settings, spec).judge_stored(tables)
+    """The data gate's verdict on the commit (each table by the description it was ingested with,
+    the history rules across them: what the pre-merge hook judged), with its report (JSON,
+    markdown, Data Docs)."""
+    described = ingested or {}
+    verdict = datagate.for_settings(settings, spec).judge_stored(
+        tables, lambda path: described.get(path, spec)
+    )
     folder = settings.state_dir / "validation" / commit_id
     write_report(verdict.result, folder, spec=spec)
     return verdict.result, folder
+
+
+@task(cache_policy=NO_CACHE)
+def training_frame(
+    settings: Settings,
+    spec: DatasetSpec,
+    tables: dict[str, lakefs_client.StoredTable],
+    ingested: dict[str, DatasetSpec],
+) -> pd.DataFrame:
+    """The tables as training data under the current description (lakeloop.evolution's rules);
+    tables it cannot use are named in the log, and no usable row at all fails the run."""
+    gate = datagate.for_settings(settings, spec)
+    frame, left_out = gate.training_frame(tables, lambda path: ingested.get(path, spec))
+    for path, why in left_out.items():
+        _logger().warning("%s is left out of training under %s: %s", path, spec.label, why)
+    if frame.empty:
+        raise ValueError(
+            f"no table on this commit can train under {spec.label}: "
+            + "; ".join(f"{path}: {why}" for path, why in left_out.items())
+        )
+    return frame
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -305,7 +342,8 @@ def train_on_commit(
         )
         return {"status": "skipped", "reason": "no data"}
 
-    validation, report = validate(settings, tables, spec, commit_id)
+    ingested = ingested_under(settings, spec, repository, commit_id, list(tables))
+    validation, report = validate(settings, tables, spec, commit_id, ingested)
     report_validation(settings, spec, commit_id, validation)
     create_markdown_artifact(
         validation.to_markdown(), key="validation", description=f"data checks on {commit_id:.12}"
@@ -315,7 +353,8 @@ def train_on_commit(
         commit_id=commit_id,
         validation=validation.outcome,
         trigger=tracking.trigger_kind(reason),
-        dataset=f"{spec.name}@v{spec.version}",
+        dataset=spec.label,
+        dataset_digest=spec.digest,
     )
     if not validation.success:
         run_id = record_refused_data(settings, lineage, report)
@@ -325,7 +364,7 @@ def train_on_commit(
             + refusal(validation, blocked)
         )
     clear_blocked(settings)
-    frame = lakefs_client.training_frame(tables)
+    frame = training_frame(settings, spec, tables, ingested)
 
     trained = fit(frame, spec, settings, tune=tune)
     logged = log_and_register(

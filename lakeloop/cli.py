@@ -145,6 +145,7 @@ def ingest(
         source=str(path),
         dataset_version=spec.version,
         metadata=skipped,
+        description=spec.to_yaml(),
     )
     if not published.merged:
         console.print("[red]blocked by the pre-merge data checks[/red]")
@@ -272,6 +273,7 @@ def _publish(
     source: str,
     dataset_version: int,
     metadata: dict[str, str] | None = None,
+    description: str | None = None,
 ) -> lakefs_client.Published:
     """Run write-audit-publish with a progress bar, and say what happened."""
     total = sum(table.size for table in tables)
@@ -297,6 +299,7 @@ def _publish(
                 dataset_version=dataset_version,
                 progress=lakefs_client.Progress(total=total, report=report),
                 metadata=metadata,
+                description=description,
             )
         except lakefs_client.LakeFSError as error:
             console.print(
@@ -352,6 +355,7 @@ def demo(
             name=f"demo-seed{seed}",
             source=f"lakeloop synthetic market, seed {seed}",
             dataset_version=spec.version,
+            description=spec.to_yaml(),
         )
         if published.commit_id is None:
             raise loop.LoopError(f"the demo batch was blocked: {published.rejection}")

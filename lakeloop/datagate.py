@@ -21,7 +21,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,8 +29,8 @@ import lakefs
 import numpy as np
 import pandas as pd
 
-from lakeloop import lakefs_client
-from lakeloop.dataset import DatasetSpec
+from lakeloop import evolution, lakefs_client
+from lakeloop.dataset import DatasetSpec, parse_spec
 from lakeloop.ingest import SourceTable
 from lakeloop.settings import Settings
 from validation.checks import Validator, warm_validator
@@ -45,6 +45,9 @@ from validation.results import Finding, ValidationResult, combine
 Load = Callable[[], pd.DataFrame]
 """Reads a stored table; raises :class:`lakefs_client.UnreadableTableError` when it cannot."""
 UNREADABLE = "expect_table_to_be_readable"
+LEFT_OUT = "expect_table_to_train_under_the_description"
+"""Pseudo-expectation (a warning) of a table ingested under a description whose data cannot train
+under the current one (a required feature added, a type changed)."""
 """Pseudo-expectation of a stored table that cannot be parsed."""
 
 
@@ -56,11 +59,6 @@ class TableCheck:
     fingerprints: dict[str, np.ndarray]
 
 
-def spec_digest(spec: DatasetSpec) -> str:
-    """A short digest of the description: checks made under another description are not reused."""
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
-
-
 class TableChecks:
     """Table checks by lakeFS checksum: in memory, and on disk under ``folder`` when given (the
     gateway and every training run share it on one machine)."""
@@ -70,12 +68,12 @@ class TableChecks:
         self._memory: dict[str, TableCheck] = {}
         self._lock = threading.Lock()
 
-    def get(self, checksum: str) -> TableCheck | None:
+    def get(self, key: str) -> TableCheck | None:
         with self._lock:
-            found = self._memory.get(checksum)
+            found = self._memory.get(key)
         if found is not None or self.folder is None:
             return found
-        result_file, keys_file = self._files(checksum)
+        result_file, keys_file = self._files(key)
         try:
             result = ValidationResult.from_json(json.loads(result_file.read_text()))
             with np.load(keys_file) as stored:
@@ -84,16 +82,16 @@ class TableChecks:
             return None  # not kept yet, or a half-written entry: check the table again
         found = TableCheck(result=result, fingerprints=keys)
         with self._lock:
-            self._memory[checksum] = found
+            self._memory[key] = found
         return found
 
-    def put(self, checksum: str, check: TableCheck) -> None:
+    def put(self, key: str, check: TableCheck) -> None:
         with self._lock:
-            self._memory[checksum] = check
+            self._memory[key] = check
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        result_file, keys_file = self._files(checksum)
+        result_file, keys_file = self._files(key)
         # Written aside and renamed: a reader never sees half a file.
         keys_temp = keys_file.with_suffix(".tmp.npz")
         np.savez(keys_temp, **check.fingerprints)  # type: ignore[arg-type]
@@ -102,9 +100,9 @@ class TableChecks:
         result_temp.write_text(json.dumps(check.result.to_json(), default=str))
         result_temp.replace(result_file)
 
-    def _files(self, checksum: str) -> tuple[Path, Path]:
+    def _files(self, key: str) -> tuple[Path, Path]:
         assert self.folder is not None
-        safe = hashlib.sha256(checksum.encode()).hexdigest()[:32]
+        safe = hashlib.sha256(key.encode()).hexdigest()[:32]
         return self.folder / f"{safe}.json", self.folder / f"{safe}.npz"
 
 
@@ -124,13 +122,24 @@ class StateVerdict:
         return self.result.success
 
 
+@dataclass(frozen=True)
+class Stored:
+    """A stored table as the gate sees it: its content identity, how to read it, and the
+    description it was ingested with."""
+
+    checksum: str
+    load: Load
+    ingested: DatasetSpec
+
+
 class DataGate:
-    """Judges states of the data for one description."""
+    """Judges states of the data under the current description: each table by the description it
+    was ingested with, the history rules across the tables that can train under the current one."""
 
     def __init__(
         self,
         spec: DatasetSpec,
-        validator: Callable[[], Validator],
+        validator: Callable[[DatasetSpec], Validator],
         *,
         prefix: str,
         state_dir: Path | None,
@@ -138,28 +147,88 @@ class DataGate:
         self.spec = spec
         self.prefix = prefix
         self._validator = validator
-        folder = state_dir / "validation" / "tables" / spec_digest(spec) if state_dir else None
+        folder = state_dir / "validation" / "tables" / spec.digest if state_dir else None
         self.checks = TableChecks(folder)
+        self._descriptions: dict[str, DatasetSpec] = {}
 
-    def check_table(self, frame: pd.DataFrame) -> TableCheck:
-        """Judge one table on its own and take its fingerprints."""
-        return TableCheck(
-            result=self._validator().validate(frame),
-            fingerprints=all_fingerprints(frame, self.spec),
-        )
+    def check_table(
+        self, frame: pd.DataFrame, *, ingested: DatasetSpec | None = None
+    ) -> TableCheck:
+        """Judge one table on its own, by the description it was ingested with (the current one
+        by default), and take its fingerprints as training data under the current one. A table
+        that cannot train under the current description says so in a warning and has none."""
+        ingested = ingested or self.spec
+        result = self._validator(ingested).validate(frame)
+        change = evolution.compare(ingested, self.spec)
+        if change.excludes_older_tables:
+            left_out = Finding(
+                expectation=LEFT_OUT,
+                column=None,
+                severity="warning",
+                observed=(
+                    f"ingested under {ingested.name} v{ingested.version}: "
+                    f"{change.exclusion_reason()}"
+                ),
+                allowed=f"what {self.spec.name} v{self.spec.version} can train on",
+                unexpected_count=None,
+            )
+            return TableCheck(
+                result=replace(result, findings=[*result.findings, left_out]), fingerprints={}
+            )
+        adapted = evolution.adapt(frame, ingested=ingested, current=self.spec)
+        return TableCheck(result=result, fingerprints=all_fingerprints(adapted, self.spec))
 
-    def stored_check(self, checksum: str, load: Load) -> tuple[TableCheck, bool]:
-        """The check of a stored table: kept from before, or made now from ``load()`` (the frame)
-        and kept; True when made now. A table ``load`` cannot parse fails with the reason."""
-        kept = self.checks.get(checksum)
+    def stored_check(self, table: Stored) -> tuple[TableCheck, bool]:
+        """The check of a stored table: kept from before, or made now (and kept); True when made
+        now. A table that cannot be parsed fails with the reason."""
+        key = f"{table.checksum}|{table.ingested.digest}"
+        kept = self.checks.get(key)
         if kept is not None:
             return kept, False
         try:
-            check = self.check_table(load())
+            check = self.check_table(table.load(), ingested=table.ingested)
         except lakefs_client.UnreadableTableError as error:
             check = unreadable(str(error))
-        self.checks.put(checksum, check)
+        self.checks.put(key, check)
         return check, True
+
+    def ingested_under(self, reference: lakefs.Reference) -> Callable[[str], DatasetSpec]:
+        """For a table path at ``reference``: the description its batch was ingested with (the
+        ``_description.yaml`` beside it), else the current one (data committed around
+        ``lakeloop ingest``, or before descriptions were stored)."""
+        stored = lakefs_client.stored_descriptions(
+            reference, prefix=self.prefix, name=evolution.DESCRIPTION_FILE
+        )
+
+        def description(path: str) -> DatasetSpec:
+            folder = path.rsplit("/", 1)[0]
+            checksum = stored.get(folder)
+            if checksum is None:
+                return self.spec
+            if checksum not in self._descriptions:
+                where = f"{folder}/{evolution.DESCRIPTION_FILE}"
+                text = lakefs_client.read_bytes(reference, where)
+                self._descriptions[checksum] = parse_spec(text, source=where)
+            return self._descriptions[checksum]
+
+        return description
+
+    def training_frame(
+        self,
+        tables: Mapping[str, lakefs_client.StoredTable],
+        ingested: Callable[[str], DatasetSpec],
+    ) -> tuple[pd.DataFrame, dict[str, str]]:
+        """The tables as one frame under the current description (see :mod:`lakeloop.evolution`),
+        and the tables left out with the reason (after the gate passed them: all are readable)."""
+        frames, left_out = [], {}
+        for path, table in tables.items():
+            change = evolution.compare(ingested(path), self.spec)
+            if change.excludes_older_tables:
+                left_out[path] = change.exclusion_reason()
+                continue
+            frames.append(evolution.adapt(table.load(), ingested=ingested(path), current=self.spec))
+        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return frame, left_out
 
     def judge(self, checks: Mapping[str, TableCheck]) -> ValidationResult:
         """The verdict on a state made of ``checks`` (path → check, in ingest order)."""
@@ -169,20 +238,29 @@ class DataGate:
         return combine({path: check.result for path, check in checks.items()}, history=history)
 
     def judge_tables(
-        self, tables: Mapping[str, tuple[str, Load]], *, changed: list[str] | None = None
+        self, tables: Mapping[str, Stored], *, changed: list[str] | None = None
     ) -> StateVerdict:
-        """The verdict on a state given as path → (lakeFS checksum, how to read the table)."""
+        """The verdict on a state given as path → stored table."""
         checks, checked = {}, []
-        for path, (checksum, load) in sorted(tables.items()):
-            checks[path], fresh = self.stored_check(checksum, load)
+        for path, table in sorted(tables.items()):
+            checks[path], fresh = self.stored_check(table)
             if fresh:
                 checked.append(path)
         return StateVerdict(result=self.judge(checks), checked=checked, changed=changed or [])
 
-    def judge_stored(self, tables: Mapping[str, lakefs_client.StoredTable]) -> StateVerdict:
-        """The verdict on tables already read (the training flow reads them to train anyway)."""
+    def judge_stored(
+        self,
+        tables: Mapping[str, lakefs_client.StoredTable],
+        ingested: Callable[[str], DatasetSpec] | None = None,
+    ) -> StateVerdict:
+        """The verdict on tables already read (the training flow reads them to train anyway);
+        ``ingested`` says each one's description (default: the current one)."""
+        described = ingested or (lambda _: self.spec)
         return self.judge_tables(
-            {path: (table.checksum, table.load) for path, table in tables.items()}
+            {
+                path: Stored(table.checksum, table.load, described(path))
+                for path, table in tables.items()
+            }
         )
 
     def judge_merge(
@@ -192,18 +270,20 @@ class DataGate:
         tables with what ``head`` adds, changes and removes since their merge base. Tables whose
         checks are kept are not read."""
         repo = lakefs.Repository(repository, client=client)
+        in_base = self.ingested_under(repo.ref(base))
         tables = {
-            path: (checksum, _loader(repo.ref(base), path))
+            path: Stored(checksum, _loader(repo.ref(base), path), in_base(path))
             for path, checksum in self._tables(repo, base).items()
         }
         changes = lakefs_client.table_changes(repo, base=base, head=head, prefix=self.prefix)
         changed = sorted(path for path, kind in changes.items() if kind != "removed")
         at_head = self._tables(repo, head) if changed else {}
+        in_head = self.ingested_under(repo.ref(head)) if changed else in_base
         for path, kind in changes.items():
             if kind == "removed":
                 tables.pop(path, None)
             elif path in at_head:
-                tables[path] = (at_head[path], _loader(repo.ref(head), path))
+                tables[path] = Stored(at_head[path], _loader(repo.ref(head), path), in_head(path))
         return self.judge_tables(tables, changed=changed)
 
     def _tables(self, repo: lakefs.Repository, ref: str) -> dict[str, str]:
@@ -261,8 +341,11 @@ def overlap(
             same_as=same,
             commit_id=lakefs_client.commit_adding(reference, same),
         )
+    ingested = gate.ingested_under(reference)
     known = [
-        gate.stored_check(checksum, _loader(reference, path))[0].fingerprints.get(RECORD)
+        gate.stored_check(Stored(checksum, _loader(reference, path), ingested(path)))[
+            0
+        ].fingerprints.get(RECORD)
         for path, checksum in stored.items()
     ]
     held = np.concatenate([keys for keys in known if keys is not None] or [_EMPTY])
@@ -275,7 +358,7 @@ _EMPTY = np.empty(0, dtype=np.uint64)
 
 @lru_cache(maxsize=4)
 def _gate(spec: DatasetSpec, prefix: str, state_dir: Path) -> DataGate:
-    return DataGate(spec, lambda: warm_validator(spec), prefix=prefix, state_dir=state_dir)
+    return DataGate(spec, warm_validator, prefix=prefix, state_dir=state_dir)
 
 
 def for_settings(settings: Settings, spec: DatasetSpec) -> DataGate:

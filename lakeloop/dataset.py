@@ -6,6 +6,7 @@ team's own table needs a YAML file, not code.
 
 from __future__ import annotations
 
+import hashlib
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -214,8 +215,31 @@ class DatasetSpec(BaseModel):
         """Feature columns followed by the target, the order batches are written in."""
         return [*self.feature_names, self.target.name]
 
+    @cached_property
+    def digest(self) -> str:
+        """A short digest of the description's content: equal digests judge tables and build
+        training data the same way."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """``name@vN`` (what lineage tags and reports show)."""
+        return f"{self.name}@v{self.version}"
+
+    def to_yaml(self) -> str:
+        """The description as YAML: stored beside each ingested batch and with each model."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
     def feature(self, name: str) -> Feature:
         return next(feature for feature in self.features if feature.name == name)
+
+
+def parse_spec(text: str | bytes, *, source: str) -> DatasetSpec:
+    """A description from its YAML text; ``ValueError`` naming ``source`` when it is not one."""
+    try:
+        return DatasetSpec.model_validate(yaml.safe_load(text))
+    except Exception as error:
+        raise ValueError(f"invalid dataset description {source}: {error}") from error
 
 
 def load_spec(path: Path | None = None) -> DatasetSpec:
@@ -229,7 +253,4 @@ def load_spec(path: Path | None = None) -> DatasetSpec:
         except OSError as error:
             raise ValueError(f"cannot read dataset description {path}: {error}") from error
         source = str(path)
-    try:
-        return DatasetSpec.model_validate(yaml.safe_load(text))
-    except Exception as error:
-        raise ValueError(f"invalid dataset description {source}: {error}") from error
+    return parse_spec(text, source=source)

@@ -50,7 +50,7 @@ from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.serving import serve
 from lakeloop.settings import Settings, load_settings
 from lakeloop.spool import Delivery, Redelivery, Sender, Spool, SpoolError
-from validation.checks import Validator
+from validation.checks import Validator, warm_validator
 
 logger = logging.getLogger(__name__)
 
@@ -236,22 +236,20 @@ def body_too_large(
 
 
 class WarmValidator:
-    """Builds the Great Expectations validator once (2-3 s), on a thread at start-up, so the first
-    pre-merge hook does not pay for it; callers wait for it if it is not ready yet."""
+    """Builds the Great Expectations validator of the current description once (2-3 s), on a
+    thread at start-up, so the first pre-merge hook does not pay for it; callers wait for it if it
+    is not ready yet. Tables ingested under an older description get one for it on first use."""
 
     def __init__(self, spec: DatasetSpec) -> None:
         self.spec = spec
         self._lock = threading.Lock()
-        self._validator: Validator | None = None
 
     def warm_up(self) -> None:
         threading.Thread(target=self.get, name="warm-validator", daemon=True).start()
 
-    def get(self) -> Validator:
+    def get(self, spec: DatasetSpec | None = None) -> Validator:
         with self._lock:
-            if self._validator is None:
-                self._validator = Validator(self.spec)
-            return self._validator
+            return warm_validator(spec or self.spec)
 
 
 def prefect_sender(api_url: str, *, timeout: float = SEND_TIMEOUT_SECONDS) -> Sender:

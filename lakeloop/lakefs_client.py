@@ -26,6 +26,8 @@ from lakeloop.ingest import SourceTable
 from lakeloop.settings import Settings
 
 ACTIONS_DIR = "_lakefs_actions/"
+DESCRIPTION_FILE = "_description.yaml"
+"""The dataset description a batch was ingested with, stored beside its tables."""
 REJECTION_PATH = "_lakeloop/rejection.json"
 TABLE_SUFFIXES = (".parquet", ".csv")
 _CHUNK = 1 << 20
@@ -142,8 +144,10 @@ def publish(
     dataset_version: int,
     progress: Progress | None = None,
     metadata: Mapping[str, str] | None = None,
+    description: str | None = None,
 ) -> Published:
-    """Write-audit-publish: upload ``tables`` to a fresh ingest branch, commit them with their
+    """Write-audit-publish: upload ``tables`` to a fresh ingest branch (with ``description``, the
+    dataset description's YAML they were written under, beside them), commit them with their
     lineage (plus ``metadata``), and merge into the production branch. lakeFS runs the pre-merge
     data checks; when they fail the merge is refused, the production branch is untouched, and the
     ingest branch stays with the reason committed on it."""
@@ -158,6 +162,11 @@ def publish(
         path = str(folder / table.name)
         _upload_file(ingest.object(path), table, progress)
         paths.append(path)
+    if description is not None:
+        # Each batch is judged by the description it was ingested with, also after it changed.
+        ingest.object(str(folder / DESCRIPTION_FILE)).upload(
+            data=description, mode="w", content_type="application/x-yaml"
+        )
     metadata = lineage_metadata(tables, source=source, dataset_version=dataset_version) | dict(
         metadata or {}
     )
@@ -326,6 +335,16 @@ def stored_tables(reference: lakefs.Reference, *, prefix: str) -> dict[str, str]
         if isinstance(info, ObjectInfo) and info.path.endswith(TABLE_SUFFIXES)
     }
     return dict(sorted(found.items()))
+
+
+def stored_descriptions(reference: lakefs.Reference, *, prefix: str, name: str) -> dict[str, str]:
+    """Folders under ``prefix`` at ``reference`` that hold a file called ``name`` (a batch's
+    description): folder → the file's checksum."""
+    return {
+        info.path.rsplit("/", 1)[0]: info.checksum
+        for info in reference.objects(prefix=prefix)
+        if isinstance(info, ObjectInfo) and info.path.rsplit("/", 1)[-1] == name
+    }
 
 
 def table_changes(

@@ -46,6 +46,9 @@ TAG_COMMIT = "lakefs.commit_id"
 TAG_VALIDATION = "validation.outcome"
 TAG_CODE_VERSION = "lakeloop.code_version"
 TAG_DATASET = "dataset"
+TAG_DATASET_DIGEST = "dataset.digest"
+DESCRIPTION_ARTIFACT = "dataset/description.yaml"
+"""The dataset description a model was trained under, stored with its run."""
 TAG_TRIGGER = "lakeloop.trigger"
 TAG_GATE = "gate.decision"
 TAG_GATE_REASONS = "gate.reasons"
@@ -227,7 +230,9 @@ class Lineage:
     trigger: str
     """One of :data:`TRIGGER_KINDS`."""
     dataset: str
-    """Dataset description name and version."""
+    """Dataset description name and version (``name@vN``)."""
+    dataset_digest: str = ""
+    """Digest of the description's content (two edits of one version differ)."""
 
     def tags(self) -> dict[str, str]:
         return {
@@ -236,6 +241,7 @@ class Lineage:
             TAG_VALIDATION: self.validation,
             TAG_TRIGGER: self.trigger,
             TAG_DATASET: self.dataset,
+            TAG_DATASET_DIGEST: self.dataset_digest,
             TAG_CODE_VERSION: code_version(),
         }
 
@@ -296,6 +302,7 @@ def log_trained(
         mlflow.log_input(dataset, context="training")
         if report is not None:
             mlflow.log_artifacts(str(report), artifact_path="validation")
+        mlflow.log_text(spec.to_yaml(), DESCRIPTION_ARTIFACT)
         example = trained.input_example
         info = mlflow.sklearn.log_model(
             trained.pipeline,

@@ -82,7 +82,7 @@ class Repo:
 
         return datagate.DataGate(
             self.spec,
-            lambda: warm_validator(self.spec),
+            warm_validator,
             prefix=self.settings.lakefs.data_prefix,
             state_dir=self.root / name,
         )
