@@ -1,0 +1,213 @@
+"""Changing the dataset description does not stop the loop: history ingested under the old
+description stays judged by it, and the training set is built under the new one by the stated
+rules (lakeloop.evolution), for a dropped, an added nullable and an added required feature.
+
+Real parts: the lakeFS-compatible server over HTTP with the official SDK, write-audit-publish
+storing each batch's description, real Great Expectations."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lakefs
+import numpy as np
+import pandas as pd
+import pytest
+
+from lakeloop import datagate, events, evolution, lakefs_client, market
+from lakeloop.dataset import DatasetSpec, load_spec
+from lakeloop.gateway import check_merge
+from lakeloop.ingest import inspect_source, write_parquet
+from lakeloop.lakefs_local import create_app as create_lakefs
+from lakeloop.settings import Settings, load_settings
+from tests.utils.net import free_port, serve_in_thread
+from validation.checks import warm_validator
+
+pytestmark = pytest.mark.integration
+
+LAKEFS_SECRET = "description-change-secret-0123456789"
+V1 = load_spec()
+_names = itertools.count()
+
+
+def changed(**edit: Any) -> DatasetSpec:
+    """The shipped description as version 2 with ``edit`` applied to its fields."""
+    raw = V1.model_dump(mode="json")
+    raw["version"] = 2
+    if drop := edit.get("drop"):
+        raw["features"] = [f for f in raw["features"] if f["name"] != drop]
+        raw["checks"] = [
+            c for c in raw["checks"] if drop not in (c.get("left"), c.get("right"), c.get("column"))
+        ]
+    if add := edit.get("add"):
+        raw["features"].append(add)
+    if target := edit.get("target"):
+        old = raw["target"]["name"]
+        raw["target"]["name"] = target
+        for check in raw["checks"]:
+            if check.get("column") == old:
+                check["column"] = target
+    return DatasetSpec.model_validate(raw)
+
+
+DROPPED = changed(drop="total_bedrooms")
+ADDED_NULLABLE = changed(add={"name": "year_built", "type": "numeric", "nullable": True})
+ADDED_REQUIRED = changed(add={"name": "year_built", "type": "numeric", "min": 1800, "max": 2100})
+
+
+def under(spec: DatasetSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """A batch written under ``spec``: its columns, new ones filled with plausible values."""
+    shaped = frame.copy()
+    if "year_built" in spec.columns:
+        shaped["year_built"] = np.arange(len(shaped)) % 100 + 1920
+    return shaped[spec.columns]
+
+
+@dataclass(frozen=True)
+class Repo:
+    settings: Settings
+    client: lakefs.Client
+    root: Path
+
+    def publish(self, frame: pd.DataFrame, spec: DatasetSpec) -> str:
+        name = f"batch-{next(_names)}"
+        table = inspect_source(write_parquet(frame, self.root / f"{name}.parquet"))
+        published = lakefs_client.publish(
+            self.client,
+            self.settings,
+            [table],
+            name=name,
+            source="test",
+            dataset_version=spec.version,
+            description=spec.to_yaml(),
+        )
+        assert published.commit_id is not None
+        return published.commit_id
+
+    def gate(self, current: DatasetSpec, name: str) -> datagate.DataGate:
+        return datagate.DataGate(
+            current,
+            warm_validator,
+            prefix=self.settings.lakefs.data_prefix,
+            state_dir=self.root / name,
+        )
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[Repo]:
+    port = free_port()
+    settings = load_settings(
+        state_dir=tmp_path / "state", lakefs={"port": port, "secret_access_key": LAKEFS_SECRET}
+    )
+    app = create_lakefs(
+        data_dir=tmp_path / "lakefs",
+        access_key_id=settings.lakefs.access_key_id,
+        secret_access_key=LAKEFS_SECRET,
+    )
+    with serve_in_thread(app, port=port):
+        client = lakefs_client.connect(settings)
+        lakefs_client.ensure_repository(client, settings)
+        found = Repo(settings=settings, client=client, root=tmp_path)
+        # History on main under version 1: two batches.
+        found.publish(market.generate_batch(rows=600, seed=1), V1)
+        found.publish(market.generate_batch(rows=400, seed=2), V1)
+        yield found
+
+
+def _verdicts(repo: Repo, current: DatasetSpec, batch: pd.DataFrame) -> dict[str, Any]:
+    """Pre-merge verdict on a batch under ``current``, then (after it merged) the training
+    verdict and the training frame of main, both under ``current``."""
+    repository = lakefs.Repository(repo.settings.lakefs.repository, client=repo.client)
+    branch = repository.branch(f"incoming-{next(_names)}").create(source_reference="main")
+    folder = "data/9999-incoming"
+    branch.object(f"{folder}/batch.parquet").upload(data=batch.to_parquet(index=False), mode="wb")
+    branch.object(f"{folder}/{evolution.DESCRIPTION_FILE}").upload(data=current.to_yaml(), mode="w")
+    branch.commit(message="a batch under the new description")
+    hook = events.LakeFSWebhook(
+        event_type="pre-merge",
+        event_time="2026-11-29T00:00:00Z",
+        action_name="lakeloop",
+        hook_id="lakeloop_validate",
+        repository_id=repo.settings.lakefs.repository,
+        branch_id="main",
+        source_ref=branch.id,
+    )
+    pre_merge = check_merge(repo.client, repo.gate(current, "pre-merge"), hook)
+    merged = branch.merge_into(repository.branch("main"))
+    gate = repo.gate(current, "training")
+    tables = lakefs_client.read_tables(
+        repo.client, repo.settings, repository=repo.settings.lakefs.repository, ref=merged
+    )
+    ingested = gate.ingested_under(repository.ref(merged))
+    training = gate.judge_stored(tables, ingested)
+    frame, left_out = gate.training_frame(tables, ingested)
+    return {"pre_merge": pre_merge, "training": training, "frame": frame, "left_out": left_out}
+
+
+def test_a_dropped_feature_is_dropped_from_the_history(repo: Repo) -> None:
+    batch = under(DROPPED, market.generate_batch(rows=300, seed=3))
+    found = _verdicts(repo, DROPPED, batch)
+    assert found["pre_merge"].passed, found["pre_merge"].detail
+    assert found["training"].passed, found["training"].result.failures
+    frame = found["frame"]
+    assert list(frame.columns) == DROPPED.columns
+    assert len(frame) == 1300
+    assert found["left_out"] == {}
+    # Judged by today's description alone, the old tables would be refused for the column.
+    today_only = repo.gate(DROPPED, "today-only").judge_stored(
+        lakefs_client.read_tables(
+            repo.client, repo.settings, repository=repo.settings.lakefs.repository, ref="main"
+        )
+    )
+    assert not today_only.passed
+    assert any("unexpected total_bedrooms" in line for line in today_only.result.failures)
+
+
+def test_an_added_nullable_feature_is_missing_in_the_history(repo: Repo) -> None:
+    batch = under(ADDED_NULLABLE, market.generate_batch(rows=300, seed=4))
+    found = _verdicts(repo, ADDED_NULLABLE, batch)
+    assert found["pre_merge"].passed, found["pre_merge"].detail
+    assert found["training"].passed, found["training"].result.failures
+    frame = found["frame"]
+    assert list(frame.columns) == ADDED_NULLABLE.columns
+    assert len(frame) == 1300
+    assert frame["year_built"].isna().sum() == 1000
+    assert frame["year_built"].notna().sum() == 300
+
+
+def test_an_added_required_feature_leaves_the_history_out_and_says_so(repo: Repo) -> None:
+    batch = under(ADDED_REQUIRED, market.generate_batch(rows=300, seed=5))
+    found = _verdicts(repo, ADDED_REQUIRED, batch)
+    assert found["pre_merge"].passed, found["pre_merge"].detail
+    assert found["training"].passed, found["training"].result.failures
+    assert len(found["frame"]) == 300
+    assert found["frame"]["year_built"].notna().all()
+    assert len(found["left_out"]) == 2
+    assert all("year_built" in why for why in found["left_out"].values())
+    # The report says which tables were left out, as warnings.
+    warnings = found["training"].result.warnings
+    assert sum("expect_table_to_train_under_the_description" in w for w in warnings) == 2
+
+
+def test_a_repeat_across_descriptions_is_still_caught(repo: Repo) -> None:
+    """Rows sent again under the new description (the dropped column gone) repeat the history."""
+    again = under(DROPPED, market.generate_batch(rows=600, seed=1))
+    found = _verdicts(repo, DROPPED, again)
+    assert not found["pre_merge"].passed
+    assert any("across the history" in line for line in found["pre_merge"].failures)
+    assert sorted(found["pre_merge"].failures) == sorted(found["training"].result.failures)
+
+
+def test_the_changes_are_named() -> None:
+    assert evolution.compare(V1, DROPPED).lines() == [
+        "dropped: total_bedrooms (dropped from older tables)"
+    ]
+    assert evolution.compare(V1, ADDED_REQUIRED).excludes_older_tables
+    assert not evolution.compare(V1, ADDED_NULLABLE).excludes_older_tables
+    renamed = evolution.compare(V1, changed(target="price"))
+    assert renamed.target_renamed
+    assert renamed.lines()[0].startswith("target renamed: median_house_value -> price")
