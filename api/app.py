@@ -415,4 +415,6 @@ def _model_info(predictor: Predictor, *, alias: str) -> ModelInfo:
         lakefs_commit_id=predictor.lakefs_commit_id,
         metrics=predictor.metrics,
         loaded_at=predictor.loaded_at,
+        dataset=predictor.dataset,
+        dataset_digest=predictor.dataset_digest,
     )

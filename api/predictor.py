@@ -133,6 +133,9 @@ class Predictor:
     lakefs_commit_id: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    dataset: str = ""
+    """The dataset description it was trained under (``name@vN``; empty if not recorded)."""
+    dataset_digest: str = ""
 
     @cached_property
     def kernel(self) -> BoosterKernel | None:
@@ -278,6 +281,8 @@ def load_champion(
             lakefs_repository=run.data.tags.get(tracking.TAG_REPOSITORY, ""),
             lakefs_commit_id=run.data.tags.get(tracking.TAG_COMMIT, ""),
             metrics=dict(run.data.metrics),
+            dataset=run.data.tags.get(tracking.TAG_DATASET, ""),
+            dataset_digest=run.data.tags.get(tracking.TAG_DATASET_DIGEST, ""),
         )
         if example is not None:
             predictor.warm(example)

@@ -165,6 +165,10 @@ class ModelInfo(msgspec.Struct):
     lakefs_commit_id: str
     metrics: dict[str, float]
     loaded_at: str
+    dataset: str = ""
+    """The dataset description the model was trained under (``name@vN``)."""
+    dataset_digest: str = ""
+    """Digest of that description's content."""
 
 
 class Health(msgspec.Struct):

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from lakeloop import grafana, lakefs_client, loop, market
+from lakeloop import datagate, evolution, grafana, lakefs_client, loop, market
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.ingest import (
     SourceError,
@@ -88,11 +88,49 @@ def _prepare_repository(settings: Settings) -> None:
 
 @app.command()
 def up() -> None:
-    """Start the local stack and leave it running (stop it with `lakeloop down`)."""
+    """Start the local stack and leave it running (stop it with `lakeloop down`). When the dataset
+    description changed, says what happens to the data on main first, and stops again without
+    changing anything if the change cannot work (a renamed target, no trainable row left)."""
     settings = _settings()
-    _start(settings)
+    spec = load_spec(settings.dataset)
+    stack = _start(settings)
+    impact = _history_impact(settings, spec)
+    if impact is not None and _print_impact(impact, quiet_when_unchanged=True):
+        stack.down()
+        console.print("[red]stack stopped; nothing on main or in the registry changed[/red]")
+        raise typer.Exit(2)
     _prepare_repository(settings)
     console.print(_urls(settings))
+
+
+def _history_impact(settings: Settings, spec: DatasetSpec) -> datagate.Impact | None:
+    """What the data on main becomes under ``spec``; None when there is no repository yet."""
+    client = lakefs_client.connect(settings)
+    gate = datagate.for_settings(settings, spec)
+    try:
+        return datagate.impact(
+            gate, client, repository=settings.lakefs.repository, ref=settings.lakefs.branch
+        )
+    except lakefs_client.NotFoundError:
+        return None
+
+
+def _print_impact(impact: datagate.Impact, *, quiet_when_unchanged: bool = False) -> bool:
+    """Print what happens to each table; True when the description must be refused."""
+    label = impact.spec.label
+    unchanged = all(t.ingested == label and t.fate == "as it is" for t in impact.tables)
+    if unchanged and quiet_when_unchanged:
+        return False
+    table = Table(title=f"the data on main under {label}")
+    for column in ("table", "ingested under", "rows", "under the description"):
+        table.add_column(column)
+    for fate in impact.tables:
+        table.add_row(fate.path, fate.ingested, str(fate.rows), fate.fate)
+    console.print(table)
+    console.print(f"{impact.trainable_rows} of {impact.rows} rows can train under {label}")
+    for refusal in impact.refusals:
+        console.print(f"[red]refused:[/red] {refusal}", highlight=False)
+    return bool(impact.refusals)
 
 
 @app.command()
@@ -651,6 +689,52 @@ model_app = typer.Typer(help="The registered model and its champion.", no_args_i
 app.add_typer(model_app, name="model")
 
 
+@model_app.command("show")
+def model_show(
+    version: Annotated[
+        str | None, typer.Argument(help="A version (default: the champion).")
+    ] = None,
+) -> None:
+    """A registered version's lineage: lakeFS commit, dataset description (version and digest),
+    gate decision, trigger, code version, holdout metrics."""
+    from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
+
+    settings = _settings()
+    name = settings.mlflow.model_name
+    try:
+        client = tracking.connect(settings)
+        found = (
+            client.get_model_version(name, version)
+            if version
+            else tracking.champion(client, settings)
+        )
+        run = client.get_run(found.run_id) if found is not None and found.run_id else None
+    except Exception as error:  # MLflow raises several types for a missing version or server
+        console.print(f"[red]cannot read {name} {version or 'champion'}:[/red] {error}")
+        raise typer.Exit(1) from error
+    if found is None or run is None:
+        console.print(f"{name} has no champion yet")
+        raise typer.Exit(1)
+    tags = {**run.data.tags, **(found.tags or {})}
+    table = Table(title=f"{name} v{found.version}", show_header=False)
+    rows = {
+        "aliases": ", ".join(found.aliases or []) or "-",
+        "lakeFS": f"{tags.get(tracking.TAG_REPOSITORY, '?')}@{tags.get(tracking.TAG_COMMIT, '?')}",
+        "dataset description": tags.get(tracking.TAG_DATASET, "not recorded"),
+        "description digest": tags.get(tracking.TAG_DATASET_DIGEST) or "not recorded",
+        "gate": f"{tags.get(tracking.TAG_GATE, '?')} ({tags.get(tracking.TAG_GATE_REASONS, '-')})",
+        "trigger": tags.get(tracking.TAG_TRIGGER, "?"),
+        "code version": tags.get(tracking.TAG_CODE_VERSION, "?"),
+        "run": found.run_id or "-",
+    }
+    for key in ("mae", "rmse", "r2"):
+        if key in run.data.metrics:
+            rows[f"holdout {key.upper()}"] = f"{run.data.metrics[key]:,.3f}"
+    for key, value in rows.items():
+        table.add_row(key, value)
+    console.print(table)
+
+
 @model_app.command("rollback")
 def model_rollback() -> None:
     """Give the champion alias back to the version the current champion replaced."""
@@ -669,6 +753,61 @@ def model_rollback() -> None:
 
 
 app.add_typer(grafana.app, name="grafana")
+
+dataset_app = typer.Typer(help="The dataset description and its changes.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("diff")
+def dataset_diff(
+    old: Annotated[Path, typer.Argument(help="The description in use (YAML).")],
+    new: Annotated[Path, typer.Argument(help="The description you would switch to (YAML).")],
+) -> None:
+    """What changes from OLD to NEW, and (with the stack up) what it does to the data on main and
+    the champion; exit 1 when NEW would be refused."""
+    try:
+        before, after = load_spec(old), load_spec(new)
+    except ValueError as error:
+        console.print(f"[red]cannot compare:[/red] {error}")
+        raise typer.Exit(2) from error
+    change = evolution.compare(before, after)
+    console.print(f"{before.label} -> {after.label}")
+    for line in change.lines():
+        console.print(f"  - {line}", highlight=False)
+    refused = change.target_renamed
+    settings = _settings()
+    try:
+        impact = _history_impact(settings, after)
+    except lakefs_client.LakeFSError as error:
+        console.print(
+            f"[dim]lakeFS at {settings.lakefs_endpoint} not reachable ({error}): the "
+            "data on main was not assessed[/dim]"
+        )
+        impact = None
+    if impact is not None:
+        refused = _print_impact(impact) or refused
+        _print_champion(settings, after)
+    if refused:
+        raise typer.Exit(1)
+
+
+def _print_champion(settings: Settings, spec: DatasetSpec) -> None:
+    """Which description the champion was trained under, beside ``spec``."""
+    from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
+
+    try:
+        client = tracking.connect(settings)
+        current = tracking.champion(client, settings)
+    except Exception:  # MLflow raises several types for a server it cannot reach
+        return
+    if current is None:
+        return
+    trained = (current.tags or {}).get(tracking.TAG_DATASET, "an unrecorded description")
+    console.print(
+        f"champion v{current.version} was trained under {trained}; a model trained under "
+        f"{spec.label} replaces it only through the usual gate"
+    )
+
 
 data_app = typer.Typer(help="Browse the versioned data in lakeFS.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

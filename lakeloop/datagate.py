@@ -356,6 +356,75 @@ def overlap(
 _EMPTY = np.empty(0, dtype=np.uint64)
 
 
+@dataclass(frozen=True)
+class TableFate:
+    """What a description change does to one stored table."""
+
+    path: str
+    ingested: str
+    """The description it was ingested with (``name@vN``)."""
+    rows: int
+    fate: str
+    """``as it is``, ``adapted: …`` (columns dropped or added as missing) or ``left out: …``."""
+
+    @property
+    def trainable(self) -> bool:
+        return not self.fate.startswith("left out")
+
+
+@dataclass(frozen=True)
+class Impact:
+    """What the production branch's history becomes under a description."""
+
+    spec: DatasetSpec
+    tables: list[TableFate]
+
+    @property
+    def rows(self) -> int:
+        return sum(table.rows for table in self.tables)
+
+    @property
+    def trainable_rows(self) -> int:
+        return sum(table.rows for table in self.tables if table.trainable)
+
+    @property
+    def refusals(self) -> list[str]:
+        """Why the description cannot be used with this history (empty when it can)."""
+        found = []
+        renamed = sorted({t.ingested for t in self.tables if "target is" in t.fate})
+        if renamed:
+            found.append(
+                f"the target is {self.spec.target.name}, but tables ingested under "
+                f"{', '.join(renamed)} have another target: a target cannot be renamed"
+            )
+        if self.tables and self.trainable_rows == 0:
+            found.append(
+                f"no row on main can train under {self.spec.label} "
+                f"({self.rows} rows, every table left out)"
+            )
+        return found
+
+
+def impact(gate: DataGate, client: lakefs.Client, *, repository: str, ref: str) -> Impact:
+    """What each table at ``ref`` becomes under the gate's description (reading only tables whose
+    check under it is not kept yet)."""
+    reference = lakefs.Repository(repository, client=client).ref(ref)
+    ingested = gate.ingested_under(reference)
+    fates = []
+    for path, checksum in lakefs_client.stored_tables(reference, prefix=gate.prefix).items():
+        old = ingested(path)
+        check, _ = gate.stored_check(Stored(checksum, _loader(reference, path), old))
+        change = evolution.compare(old, gate.spec)
+        if change.excludes_older_tables:
+            fate = f"left out: {change.exclusion_reason()}"
+        elif change.same_columns:
+            fate = "as it is"
+        else:
+            fate = "adapted: " + "; ".join(change.lines())
+        fates.append(TableFate(path=path, ingested=old.label, rows=check.result.rows, fate=fate))
+    return Impact(spec=gate.spec, tables=fates)
+
+
 @lru_cache(maxsize=4)
 def _gate(spec: DatasetSpec, prefix: str, state_dir: Path) -> DataGate:
     return DataGate(spec, warm_validator, prefix=prefix, state_dir=state_dir)

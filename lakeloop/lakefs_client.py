@@ -34,8 +34,9 @@ _CHUNK = 1 << 20
 # lakeFS answers 412 Precondition Failed when a pre-* hook blocks an operation.
 HOOK_BLOCKED = 412
 
-# What callers catch: every error the lakeFS SDK raises.
+# What callers catch: every error the lakeFS SDK raises; a missing repository or ref.
 LakeFSError = LakeFSException
+NotFoundError = NotFoundException
 
 
 def connect(settings: Settings) -> lakefs.Client:

@@ -23,8 +23,10 @@ import httpx
 import lakefs
 import pandas as pd
 import pytest
+import yaml
 
 from lakeloop import lakefs_client, loop, market, tracking
+from lakeloop.dataset import load_spec
 from lakeloop.settings import Settings
 from tests.utils.workspace import Workspace, new_workspace
 
@@ -156,3 +158,45 @@ def test_a_resent_batch_cannot_stop_the_loop_and_a_stopped_loop_is_loud(
     unknown = workspace.run("data", "remove", "data/no/such.csv")
     assert unknown.returncode == 2
     assert "not a table on" in unknown.stdout
+
+
+def test_models_record_their_description_and_a_change_is_assessed_first(
+    workspace: Workspace,
+) -> None:
+    """Lineage names the description each model was trained under; `lakeloop dataset diff` says
+    what a new description would do to main's tables before anything runs, and refuses a
+    renamed target."""
+    settings = workspace.settings
+    spec = load_spec()
+    shown = _ok(workspace.run("model", "show"))
+    assert spec.label in shown
+    assert spec.digest in shown
+    served = loop.served_model(settings)
+    assert served is not None
+    assert served["dataset"] == spec.label
+    assert served["dataset_digest"] == spec.digest
+
+    folder = settings.state_dir.parent
+    current = folder / "current.yaml"
+    current.write_text(spec.to_yaml())
+    raw = spec.model_dump(mode="json")
+    raw["version"] = 2
+    raw["features"] = [f for f in raw["features"] if f["name"] != "total_bedrooms"]
+    raw["checks"] = [c for c in raw["checks"] if c.get("left") != "total_bedrooms"]
+    dropped = folder / "dropped.yaml"
+    dropped.write_text(yaml.safe_dump(raw))
+    before = _head(settings)
+    diff = _ok(workspace.run("dataset", "diff", str(current), str(dropped)))
+    assert "dropped: total_bedrooms (dropped from older tables)" in diff
+    assert "adapted" in diff
+    assert "can train under california_housing@v2" in diff
+
+    raw["target"]["name"] = "price"
+    raw["checks"] = [c for c in raw["checks"] if c.get("column") != "median_house_value"]
+    renamed = folder / "renamed.yaml"
+    renamed.write_text(yaml.safe_dump(raw))
+    refused = workspace.run("dataset", "diff", str(current), str(renamed))
+    assert refused.returncode == 1
+    assert "target renamed: median_house_value -> price" in refused.stdout
+    assert "a target cannot be renamed" in refused.stdout
+    assert _head(settings) == before  # assessing changes nothing on main
