@@ -792,21 +792,32 @@ def dataset_diff(
 
 
 def _print_champion(settings: Settings, spec: DatasetSpec) -> None:
-    """Which description the champion was trained under, beside ``spec``."""
+    """Which description the champion was trained under, and whether an API started with
+    ``spec`` can serve it (the API's request schema follows the configured description)."""
     from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
     try:
-        client = tracking.connect(settings)
-        current = tracking.champion(client, settings)
+        current = tracking.champion(tracking.connect(settings), settings)
+        trained = tracking.description_of(current) if current is not None else None
     except Exception:  # MLflow raises several types for a server it cannot reach
         return
     if current is None:
         return
-    trained = (current.tags or {}).get(tracking.TAG_DATASET, "an unrecorded description")
+    label = trained.label if trained else "an unrecorded description"
     console.print(
-        f"champion v{current.version} was trained under {trained}; a model trained under "
+        f"champion v{current.version} was trained under {label}; a model trained under "
         f"{spec.label} replaces it only through the usual gate"
     )
+    missing = [
+        name for name in (trained.feature_names if trained else []) if name not in spec.columns
+    ]
+    if missing:
+        console.print(
+            f"[yellow]an API started with {spec.label} cannot serve champion v{current.version}: "
+            f"it needs {', '.join(missing)}, which {spec.label} does not describe; keep the API on "
+            f"{label} until a model trained under {spec.label} is champion[/yellow]",
+            highlight=False,
+        )
 
 
 data_app = typer.Typer(help="Browse the versioned data in lakeFS.", no_args_is_help=True)

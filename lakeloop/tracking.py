@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 
 import lakeloop
 from lakeloop import evaluation
-from lakeloop.dataset import DatasetSpec
+from lakeloop.dataset import DatasetSpec, parse_spec
 from lakeloop.model import TrainedModel, Trial
 from lakeloop.settings import Settings
 
@@ -504,6 +504,16 @@ def champion(client: MlflowClient, settings: Settings) -> ModelVersion | None:
         if error.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
             return None
         raise
+
+
+def description_of(version: ModelVersion) -> DatasetSpec | None:
+    """The dataset description a version was trained under (None when its run did not store
+    one: versions trained before descriptions were recorded)."""
+    try:
+        text = mlflow.artifacts.load_text(f"runs:/{version.run_id}/{DESCRIPTION_ARTIFACT}")
+    except (MlflowException, OSError):
+        return None
+    return parse_spec(text, source=f"run {version.run_id}")
 
 
 def load_version(settings: Settings, *, version: str) -> Any:

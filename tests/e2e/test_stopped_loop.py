@@ -190,6 +190,9 @@ def test_models_record_their_description_and_a_change_is_assessed_first(
     assert "dropped: total_bedrooms (dropped from older tables)" in diff
     assert "adapted" in diff
     assert "can train under california_housing@v2" in diff
+    assert f"was trained under {spec.label}" in diff
+    assert "cannot serve champion" in diff
+    assert "it needs total_bedrooms" in diff
 
     raw["target"]["name"] = "price"
     raw["checks"] = [c for c in raw["checks"] if c.get("column") != "median_house_value"]
