@@ -60,21 +60,29 @@ def _readyz(settings: Settings) -> dict[str, object]:
     return answer
 
 
+GOOD_ROWS = market.generate_batch(rows=2000, seed=21)
+
+
+@pytest.fixture(scope="module")
+def first(workspace: Workspace) -> str:
+    """1. The first batch, ingested from good.csv, trains and is served; its commit."""
+    settings = workspace.settings
+    GOOD_ROWS.to_csv(settings.state_dir.parent / "good.csv", index=False)
+    merged = _ok(workspace.run("ingest", str(settings.state_dir.parent / "good.csv")))
+    commit = _head(settings)
+    assert commit[:12] in merged
+    loop.wait_for_training(settings, commit_id=commit, timeout=300)
+    assert loop.wait_until_served(settings, commit_id=commit, timeout=60)["version"] == "1"
+    return commit
+
+
 def test_a_resent_batch_cannot_stop_the_loop_and_a_stopped_loop_is_loud(
-    workspace: Workspace,
+    workspace: Workspace, first: str
 ) -> None:
     settings = workspace.settings
     folder = settings.state_dir.parent
-    good_rows = market.generate_batch(rows=2000, seed=21)
+    good_rows = GOOD_ROWS
     good = folder / "good.csv"
-    good_rows.to_csv(good, index=False)
-
-    # 1. The first batch trains and is served.
-    merged = _ok(workspace.run("ingest", str(good)))
-    first = _head(settings)
-    assert first[:12] in merged
-    loop.wait_for_training(settings, commit_id=first, timeout=300)
-    assert loop.wait_until_served(settings, commit_id=first, timeout=60)["version"] == "1"
 
     # 2. The same file re-sent under another name, as an export job's retry does: not merged.
     again = folder / "again.csv"
@@ -161,7 +169,7 @@ def test_a_resent_batch_cannot_stop_the_loop_and_a_stopped_loop_is_loud(
 
 
 def test_models_record_their_description_and_a_change_is_assessed_first(
-    workspace: Workspace,
+    workspace: Workspace, first: str
 ) -> None:
     """Lineage names the description each model was trained under; `lakeloop dataset diff` says
     what a new description would do to main's tables before anything runs, and refuses a
