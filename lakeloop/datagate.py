@@ -5,14 +5,16 @@ tables, the flow the whole history), so a rule spanning tables, such as "no dupl
 passed the first and failed the second, after the point of no return. Both now ask this module
 the same question about the same state:
 
-- every stored table passes the batch checks on its own (Great Expectations, the description's
-  suite), and
-- the history rules hold across all of them (:mod:`validation.history`).
+- every stored table passes the batch checks on its own (Great Expectations, the suite of the
+  description it was ingested with, stored beside it: :mod:`lakeloop.evolution`), and
+- the history rules of the current description hold across all the tables that can train under
+  it (:mod:`validation.history`).
 
 The pre-merge hook asks it of the state the merge would produce (the branch's tables with the
 merge's changes applied), the training flow of the commit it trains. A table's check and its row
-fingerprints are kept by the table's lakeFS checksum (its content identity) under the state folder,
-so judging a new state checks only the tables it has not seen, and never re-reads the others.
+fingerprints are kept by the table's lakeFS checksum (its content identity) and its description,
+under the state folder, so judging a new state checks only the tables it has not seen, and never
+re-reads the others.
 """
 
 from __future__ import annotations
@@ -45,10 +47,10 @@ from validation.results import Finding, ValidationResult, combine
 Load = Callable[[], pd.DataFrame]
 """Reads a stored table; raises :class:`lakefs_client.UnreadableTableError` when it cannot."""
 UNREADABLE = "expect_table_to_be_readable"
+"""Pseudo-expectation of a stored table that cannot be parsed."""
 LEFT_OUT = "expect_table_to_train_under_the_description"
 """Pseudo-expectation (a warning) of a table ingested under a description whose data cannot train
 under the current one (a required feature added, a type changed)."""
-"""Pseudo-expectation of a stored table that cannot be parsed."""
 
 
 @dataclass(frozen=True)

@@ -211,3 +211,34 @@ def test_the_changes_are_named() -> None:
     renamed = evolution.compare(V1, changed(target="price"))
     assert renamed.target_renamed
     assert renamed.lines()[0].startswith("target renamed: median_house_value -> price")
+
+
+def test_what_up_and_dataset_diff_refuse(repo: Repo) -> None:
+    """A renamed target, or a change that leaves no row to train on, is refused with what would
+    break; a change history survives is not; assessing writes nothing to main."""
+    repository = lakefs.Repository(repo.settings.lakefs.repository, client=repo.client)
+    before = repository.branch("main").get_commit().id
+
+    def assessed(spec: DatasetSpec) -> datagate.Impact:
+        return datagate.impact(
+            repo.gate(spec, f"assess-{next(_names)}"),
+            repo.client,
+            repository=repo.settings.lakefs.repository,
+            ref="main",
+        )
+
+    kept = assessed(DROPPED)
+    assert kept.refusals == []
+    assert kept.trainable_rows == kept.rows == 1000
+    assert all(fate.fate.startswith("adapted: dropped: total_bedrooms") for fate in kept.tables)
+    assert {fate.ingested for fate in kept.tables} == {V1.label}
+
+    none_left = assessed(ADDED_REQUIRED)
+    assert none_left.trainable_rows == 0
+    assert none_left.refusals == [
+        "no row on main can train under california_housing@v2 (1000 rows, every table left out)"
+    ]
+
+    renamed = assessed(changed(target="price"))
+    assert any("a target cannot be renamed" in refusal for refusal in renamed.refusals)
+    assert repository.branch("main").get_commit().id == before
