@@ -244,12 +244,36 @@ class WarmValidator:
         self.spec = spec
         self._lock = threading.Lock()
 
-    def warm_up(self) -> None:
-        threading.Thread(target=self.get, name="warm-validator", daemon=True).start()
-
     def get(self, spec: DatasetSpec | None = None) -> Validator:
         with self._lock:
             return warm_validator(spec or self.spec)
+
+
+def warm_up(validator: WarmValidator, gate: DataGate, client: Any, settings: Settings) -> None:
+    """On a thread: build the validator, then judge the production branch once, so the first
+    pre-merge hook finds every table's check kept. After an upgrade or a description change the
+    history is read here, not inside the hook's timeout (50 s)."""
+
+    def run() -> None:
+        validator.get()
+        try:
+            state = gate.judge_merge(
+                client,
+                repository=settings.lakefs.repository,
+                base=settings.lakefs.branch,
+                head=settings.lakefs.branch,
+            )
+        except Exception as error:  # lakeFS not up yet, no repository: the hook checks then
+            logger.info("did not judge %s at start-up: %s", settings.lakefs.branch, error)
+            return
+        logger.info(
+            "judged %s at start-up: %d tables checked now, %s",
+            settings.lakefs.branch,
+            len(state.checked),
+            "passes" if state.passed else "fails: " + "; ".join(state.result.failures),
+        )
+
+    threading.Thread(target=run, name="warm-gate", daemon=True).start()
 
 
 def prefect_sender(api_url: str, *, timeout: float = SEND_TIMEOUT_SECONDS) -> Sender:
@@ -438,7 +462,7 @@ def create_gateway(
     return Litestar(
         route_handlers=[relay_lakefs_webhook, validate_merge, relay_grafana_alerts, healthz],
         # The redelivery thread drains what a previous process left as soon as it starts.
-        on_startup=[validator.warm_up, redelivery.start],
+        on_startup=[lambda: warm_up(validator, gate, lakefs, settings), redelivery.start],
         on_shutdown=[stop_redelivery],
         request_max_body_size=MAX_BODY_BYTES,
         exception_handlers={RequestEntityTooLarge: body_too_large},

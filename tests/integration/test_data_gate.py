@@ -18,7 +18,7 @@ import lakefs
 import pandas as pd
 import pytest
 
-from lakeloop import datagate, events, lakefs_client, market
+from lakeloop import datagate, events, lakefs_client, loop, market
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.gateway import Verdict, check_merge
 from lakeloop.lakefs_local import create_app as create_lakefs
@@ -221,3 +221,27 @@ def test_table_checks_are_kept_by_checksum_not_redone(repo: Repo) -> None:
     )
     assert gate.judge_stored(stored).checked == list(stored)
     assert gate.judge_stored(stored).checked == []
+
+
+def test_the_gateway_judges_main_at_start_up(repo: Repo) -> None:
+    """So the first pre-merge hook after a start (an upgrade, a new description) finds every
+    table's check kept instead of reading the history inside lakeFS's hook timeout."""
+    from lakeloop.gateway import WarmValidator, warm_up  # noqa: PLC0415
+
+    gate = repo.gate("warm")
+    on_main = lakefs_client.stored_tables(
+        repo.repository().ref("main"), prefix=repo.settings.lakefs.data_prefix
+    )
+    warm_up(WarmValidator(repo.spec), gate, repo.client, repo.settings)
+    kept = repo.root / "warm"
+    loop.poll(
+        lambda: len(list(kept.rglob("*.json"))) == len(on_main),
+        what="a kept check of every table on main",
+        timeout=60,
+    )
+    assert (
+        gate.judge_merge(
+            repo.client, repository=repo.settings.lakefs.repository, base="main", head="main"
+        ).checked
+        == []
+    )
