@@ -18,13 +18,12 @@ import lakefs
 import pandas as pd
 import pytest
 
-from lakeloop import datagate, events, lakefs_client, loop, market
+from lakeloop import datagate, lakefs_client, loop, market
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.gateway import Verdict, check_merge
-from lakeloop.lakefs_local import create_app as create_lakefs
-from lakeloop.settings import Settings, load_settings
+from lakeloop.settings import Settings
 from tests.utils.bad_batches import BAD_BATCHES
-from tests.utils.net import free_port, serve_in_thread
+from tests.utils.local_lakefs import local_repository, pre_merge_hook
 
 pytestmark = pytest.mark.integration
 
@@ -58,24 +57,16 @@ class Repo:
         branch = f"case-{next(_counter)}"
         self.repository().branch(branch).create(source_reference="main")
         commit = self.commit_to(branch, tables)
-        pre_merge = check_merge(self.client, self.gate("pre-merge"), self.hook("main", branch))
+        pre_merge = check_merge(
+            self.client,
+            self.gate("pre-merge"),
+            pre_merge_hook(self.settings, target="main", source=branch),
+        )
         stored = lakefs_client.read_tables(
             self.client, self.settings, repository=self.settings.lakefs.repository, ref=commit
         )
         training = self.gate(f"training-{branch}").judge_stored(stored)
         return pre_merge, training
-
-    def hook(self, target: str, source: str) -> events.LakeFSWebhook:
-        """The pre-merge webhook lakeFS sends when ``source`` is merged into ``target``."""
-        return events.LakeFSWebhook(
-            event_type="pre-merge",
-            event_time="2026-11-29T00:00:00Z",
-            action_name="lakeloop",
-            hook_id="lakeloop_validate",
-            repository_id=self.settings.lakefs.repository,
-            branch_id=target,
-            source_ref=source,
-        )
 
     def gate(self, name: str) -> datagate.DataGate:
         from validation.checks import warm_validator  # noqa: PLC0415 - GX import
@@ -105,18 +96,7 @@ BASE = market.generate_batch(rows=1500, seed=1)
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
     root = tmp_path_factory.mktemp("gate")
-    port = free_port()
-    settings = load_settings(
-        state_dir=root / "state", lakefs={"port": port, "secret_access_key": LAKEFS_SECRET}
-    )
-    app = create_lakefs(
-        data_dir=root / "lakefs",
-        access_key_id=settings.lakefs.access_key_id,
-        secret_access_key=LAKEFS_SECRET,
-    )
-    with serve_in_thread(app, port=port):
-        client = lakefs_client.connect(settings)
-        lakefs_client.ensure_repository(client, settings)
+    with local_repository(root, secret=LAKEFS_SECRET) as (settings, client):
         found = Repo(settings=settings, client=client, spec=load_spec(), root=root)
         # main holds one good batch, committed directly (no hooks are installed here).
         found.commit_to("main", {"base.parquet": BASE})
@@ -203,7 +183,11 @@ def test_a_removal_that_repairs_main_passes_both_gates(repo: Repo) -> None:
     repair = repository.branch("repair")
     repair.object(repeat).delete()
     repair.commit(message="remove the repeat")
-    verdict = check_merge(repo.client, repo.gate("pre-merge"), repo.hook("broken", "repair"))
+    verdict = check_merge(
+        repo.client,
+        repo.gate("pre-merge"),
+        pre_merge_hook(repo.settings, target="broken", source="repair"),
+    )
     assert verdict.passed, verdict.detail
     after = lakefs_client.read_tables(
         repo.client, repo.settings, repository=repo.settings.lakefs.repository, ref="repair"

@@ -18,13 +18,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lakeloop import datagate, events, evolution, lakefs_client, market
+from lakeloop import datagate, evolution, lakefs_client, market
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.gateway import check_merge
 from lakeloop.ingest import inspect_source, write_parquet
-from lakeloop.lakefs_local import create_app as create_lakefs
-from lakeloop.settings import Settings, load_settings
-from tests.utils.net import free_port, serve_in_thread
+from lakeloop.settings import Settings
+from tests.utils.local_lakefs import local_repository, pre_merge_hook
 from validation.checks import warm_validator
 
 pytestmark = pytest.mark.integration
@@ -99,18 +98,7 @@ class Repo:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[Repo]:
-    port = free_port()
-    settings = load_settings(
-        state_dir=tmp_path / "state", lakefs={"port": port, "secret_access_key": LAKEFS_SECRET}
-    )
-    app = create_lakefs(
-        data_dir=tmp_path / "lakefs",
-        access_key_id=settings.lakefs.access_key_id,
-        secret_access_key=LAKEFS_SECRET,
-    )
-    with serve_in_thread(app, port=port):
-        client = lakefs_client.connect(settings)
-        lakefs_client.ensure_repository(client, settings)
+    with local_repository(tmp_path, secret=LAKEFS_SECRET) as (settings, client):
         found = Repo(settings=settings, client=client, root=tmp_path)
         # History on main under version 1: two batches.
         found.publish(market.generate_batch(rows=600, seed=1), V1)
@@ -127,15 +115,7 @@ def _verdicts(repo: Repo, current: DatasetSpec, batch: pd.DataFrame) -> dict[str
     branch.object(f"{folder}/batch.parquet").upload(data=batch.to_parquet(index=False), mode="wb")
     branch.object(f"{folder}/{evolution.DESCRIPTION_FILE}").upload(data=current.to_yaml(), mode="w")
     branch.commit(message="a batch under the new description")
-    hook = events.LakeFSWebhook(
-        event_type="pre-merge",
-        event_time="2026-11-29T00:00:00Z",
-        action_name="lakeloop",
-        hook_id="lakeloop_validate",
-        repository_id=repo.settings.lakefs.repository,
-        branch_id="main",
-        source_ref=branch.id,
-    )
+    hook = pre_merge_hook(repo.settings, target="main", source=branch.id)
     pre_merge = check_merge(repo.client, repo.gate(current, "pre-merge"), hook)
     merged = branch.merge_into(repository.branch("main"))
     gate = repo.gate(current, "training")
@@ -148,12 +128,18 @@ def _verdicts(repo: Repo, current: DatasetSpec, batch: pd.DataFrame) -> dict[str
     return {"pre_merge": pre_merge, "training": training, "frame": frame, "left_out": left_out}
 
 
+def _both_pass(found: dict[str, Any]) -> pd.DataFrame:
+    """Both gates pass the batch under the new description; the training frame."""
+    assert found["pre_merge"].passed, found["pre_merge"].detail
+    assert found["training"].passed, found["training"].result.failures
+    frame: pd.DataFrame = found["frame"]
+    return frame
+
+
 def test_a_dropped_feature_is_dropped_from_the_history(repo: Repo) -> None:
     batch = under(DROPPED, market.generate_batch(rows=300, seed=3))
     found = _verdicts(repo, DROPPED, batch)
-    assert found["pre_merge"].passed, found["pre_merge"].detail
-    assert found["training"].passed, found["training"].result.failures
-    frame = found["frame"]
+    frame = _both_pass(found)
     assert list(frame.columns) == DROPPED.columns
     assert len(frame) == 1300
     assert found["left_out"] == {}
@@ -170,9 +156,7 @@ def test_a_dropped_feature_is_dropped_from_the_history(repo: Repo) -> None:
 def test_an_added_nullable_feature_is_missing_in_the_history(repo: Repo) -> None:
     batch = under(ADDED_NULLABLE, market.generate_batch(rows=300, seed=4))
     found = _verdicts(repo, ADDED_NULLABLE, batch)
-    assert found["pre_merge"].passed, found["pre_merge"].detail
-    assert found["training"].passed, found["training"].result.failures
-    frame = found["frame"]
+    frame = _both_pass(found)
     assert list(frame.columns) == ADDED_NULLABLE.columns
     assert len(frame) == 1300
     assert frame["year_built"].isna().sum() == 1000
@@ -182,10 +166,9 @@ def test_an_added_nullable_feature_is_missing_in_the_history(repo: Repo) -> None
 def test_an_added_required_feature_leaves_the_history_out_and_says_so(repo: Repo) -> None:
     batch = under(ADDED_REQUIRED, market.generate_batch(rows=300, seed=5))
     found = _verdicts(repo, ADDED_REQUIRED, batch)
-    assert found["pre_merge"].passed, found["pre_merge"].detail
-    assert found["training"].passed, found["training"].result.failures
-    assert len(found["frame"]) == 300
-    assert found["frame"]["year_built"].notna().all()
+    frame = _both_pass(found)
+    assert len(frame) == 300
+    assert frame["year_built"].notna().all()
     assert len(found["left_out"]) == 2
     assert all("year_built" in why for why in found["left_out"].values())
     # The report says which tables were left out, as warnings.
