@@ -157,12 +157,17 @@ def _train_commit(
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
         return result
 
-    from lakeloop import lakefs_client, tracking  # noqa: PLC0415
+    from lakeloop import tracking  # noqa: PLC0415
 
     step("already trained?", flow.already_trained, settings, commit_id)
     tables = step("read the commit", flow.read_commit, settings, repository, commit_id)
-    validation, report = step("validate (GX)", flow.validate, settings, tables, spec, commit_id)
-    frame = lakefs_client.training_frame(tables)
+    ingested = step(
+        "descriptions", flow.ingested_under, settings, spec, repository, commit_id, list(tables)
+    )
+    validation, report = step(
+        "validate (GX)", flow.validate, settings, tables, spec, commit_id, ingested
+    )
+    frame = step("training frame", flow.training_frame, settings, spec, tables, ingested)
     lineage = tracking.Lineage(
         repository=repository,
         commit_id=commit_id,

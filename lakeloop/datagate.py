@@ -198,13 +198,26 @@ class DataGate:
         """For a table path at ``reference``: the description its batch was ingested with (the
         ``_description.yaml`` beside it), else the current one (data committed around
         ``lakeloop ingest``, or before descriptions were stored)."""
-        stored = lakefs_client.stored_descriptions(
-            reference, prefix=self.prefix, name=evolution.DESCRIPTION_FILE
+        return self._described(reference)[1]
+
+    def stored(self, reference: lakefs.Reference) -> dict[str, Stored]:
+        """Every table at ``reference`` as the gate sees it, from one listing (path order)."""
+        tables, ingested = self._described(reference)
+        return {
+            path: Stored(checksum, _loader(reference, path), ingested(path))
+            for path, checksum in tables.items()
+        }
+
+    def _described(
+        self, reference: lakefs.Reference
+    ) -> tuple[dict[str, str], Callable[[str], DatasetSpec]]:
+        tables, descriptions = lakefs_client.stored_data(
+            reference, prefix=self.prefix, beside=evolution.DESCRIPTION_FILE
         )
 
         def description(path: str) -> DatasetSpec:
             folder = path.rsplit("/", 1)[0]
-            checksum = stored.get(folder)
+            checksum = descriptions.get(folder)
             if checksum is None:
                 return self.spec
             if checksum not in self._descriptions:
@@ -213,7 +226,7 @@ class DataGate:
                 self._descriptions[checksum] = parse_spec(text, source=where)
             return self._descriptions[checksum]
 
-        return description
+        return tables, description
 
     def training_frame(
         self,
@@ -272,24 +285,16 @@ class DataGate:
         tables with what ``head`` adds, changes and removes since their merge base. Tables whose
         checks are kept are not read."""
         repo = lakefs.Repository(repository, client=client)
-        in_base = self.ingested_under(repo.ref(base))
-        tables = {
-            path: Stored(checksum, _loader(repo.ref(base), path), in_base(path))
-            for path, checksum in self._tables(repo, base).items()
-        }
+        tables = self.stored(repo.ref(base))
         changes = lakefs_client.table_changes(repo, base=base, head=head, prefix=self.prefix)
         changed = sorted(path for path, kind in changes.items() if kind != "removed")
-        at_head = self._tables(repo, head) if changed else {}
-        in_head = self.ingested_under(repo.ref(head)) if changed else in_base
+        at_head = self.stored(repo.ref(head)) if changed else {}
         for path, kind in changes.items():
             if kind == "removed":
                 tables.pop(path, None)
             elif path in at_head:
-                tables[path] = Stored(at_head[path], _loader(repo.ref(head), path), in_head(path))
+                tables[path] = at_head[path]
         return self.judge_tables(tables, changed=changed)
-
-    def _tables(self, repo: lakefs.Repository, ref: str) -> dict[str, str]:
-        return lakefs_client.stored_tables(repo.ref(ref), prefix=self.prefix)
 
 
 def _loader(reference: lakefs.Reference, path: str) -> Load:
@@ -333,9 +338,9 @@ def overlap(
     seen before is checked now (and kept)."""
     repo = lakefs.Repository(repository, client=client)
     reference = repo.ref(ref)
-    stored = lakefs_client.stored_tables(reference, prefix=gate.prefix)
+    stored = gate.stored(reference)
     digests = {source.sha256, source.md5} - {""}
-    same = next((path for path, checksum in stored.items() if checksum in digests), None)
+    same = next((path for path, table in stored.items() if table.checksum in digests), None)
     if same is not None:
         return Overlap(
             rows=len(frame),
@@ -343,13 +348,7 @@ def overlap(
             same_as=same,
             commit_id=lakefs_client.commit_adding(reference, same),
         )
-    ingested = gate.ingested_under(reference)
-    known = [
-        gate.stored_check(Stored(checksum, _loader(reference, path), ingested(path)))[
-            0
-        ].fingerprints.get(RECORD)
-        for path, checksum in stored.items()
-    ]
+    known = [gate.stored_check(table)[0].fingerprints.get(RECORD) for table in stored.values()]
     held = np.concatenate([keys for keys in known if keys is not None] or [_EMPTY])
     records, kept = record_fingerprints(frame, gate.spec)
     return Overlap(rows=int(kept.sum()), present=np.isin(records, held) & kept)
@@ -411,11 +410,10 @@ def impact(gate: DataGate, client: lakefs.Client, *, repository: str, ref: str) 
     """What each table at ``ref`` becomes under the gate's description (reading only tables whose
     check under it is not kept yet)."""
     reference = lakefs.Repository(repository, client=client).ref(ref)
-    ingested = gate.ingested_under(reference)
     fates = []
-    for path, checksum in lakefs_client.stored_tables(reference, prefix=gate.prefix).items():
-        old = ingested(path)
-        check, _ = gate.stored_check(Stored(checksum, _loader(reference, path), old))
+    for path, table in gate.stored(reference).items():
+        old = table.ingested
+        check, _ = gate.stored_check(table)
         change = evolution.compare(old, gate.spec)
         if change.excludes_older_tables:
             fate = f"left out: {change.exclusion_reason()}"

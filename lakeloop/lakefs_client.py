@@ -306,12 +306,6 @@ def read_tables(
     return tables
 
 
-def training_frame(tables: Mapping[str, StoredTable]) -> pd.DataFrame:
-    """The tables read by :func:`read_tables` as one frame, in path order (after the data gate
-    passed them, so every one is readable)."""
-    return _concat(table.load() for table in tables.values())
-
-
 def read_table(
     client: lakefs.Client, settings: Settings, *, repository: str, ref: str
 ) -> pd.DataFrame:
@@ -330,22 +324,24 @@ def table_paths(reference: lakefs.Reference, settings: Settings) -> list[str]:
 def stored_tables(reference: lakefs.Reference, *, prefix: str) -> dict[str, str]:
     """The tables under ``prefix`` at ``reference``: path → lakeFS checksum (the stored object's
     content identity), in path order, which is the order batches were ingested in."""
-    found = {
-        info.path: info.checksum
-        for info in reference.objects(prefix=prefix)
-        if isinstance(info, ObjectInfo) and info.path.endswith(TABLE_SUFFIXES)
-    }
-    return dict(sorted(found.items()))
+    return stored_data(reference, prefix=prefix, beside="")[0]
 
 
-def stored_descriptions(reference: lakefs.Reference, *, prefix: str, name: str) -> dict[str, str]:
-    """Folders under ``prefix`` at ``reference`` that hold a file called ``name`` (a batch's
-    description): folder → the file's checksum."""
-    return {
-        info.path.rsplit("/", 1)[0]: info.checksum
-        for info in reference.objects(prefix=prefix)
-        if isinstance(info, ObjectInfo) and info.path.rsplit("/", 1)[-1] == name
-    }
+def stored_data(
+    reference: lakefs.Reference, *, prefix: str, beside: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """One listing under ``prefix`` at ``reference``: the tables (path → checksum, in path order)
+    and the folders holding a file named ``beside`` (folder → that file's checksum)."""
+    tables, found = {}, {}
+    for info in reference.objects(prefix=prefix):
+        if not isinstance(info, ObjectInfo):
+            continue
+        folder, _, name = info.path.rpartition("/")
+        if info.path.endswith(TABLE_SUFFIXES):
+            tables[info.path] = info.checksum
+        elif beside and name == beside:
+            found[folder] = info.checksum
+    return dict(sorted(tables.items())), found
 
 
 def table_changes(

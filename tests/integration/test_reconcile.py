@@ -52,7 +52,8 @@ class Trainer:
         if previous := train_flow.already_trained.fn(settings, commit_id):
             return {"status": "skipped", "reason": "already trained", "run_id": previous}
         tables = train_flow.read_commit.fn(settings, repository, commit_id)
-        result, report = train_flow.validate.fn(settings, tables, spec, commit_id)
+        ingested = train_flow.ingested_under.fn(settings, spec, repository, commit_id, list(tables))
+        result, report = train_flow.validate.fn(settings, tables, spec, commit_id, ingested)
         lineage = tracking.Lineage(
             repository=repository,
             commit_id=commit_id,
@@ -63,7 +64,7 @@ class Trainer:
         if not result.success:
             train_flow.record_refused_data.fn(settings, lineage, report)
             raise ValueError(f"data at {commit_id} failed the checks")
-        frame = lakefs_client.training_frame(tables)
+        frame = train_flow.training_frame.fn(settings, spec, tables, ingested)
         trained = train_flow.fit.fn(frame, spec, settings)
         logged = train_flow.log_and_register.fn(
             settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
