@@ -1,0 +1,83 @@
+"""Description changes on a table they were not written for: raw Ames house sales (parcel ids,
+coded categories, gaps), alongside the California tests in tests/integration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lakeloop import evolution
+from lakeloop.dataset import DatasetSpec
+from tests.utils.real_data import read_ames
+
+
+def ames(version: int, *features: dict[str, Any]) -> DatasetSpec:
+    return DatasetSpec.model_validate(
+        {
+            "name": "ames",
+            "version": version,
+            "target": {"name": "price"},
+            "features": [
+                {"name": "living_area", "type": "numeric"},
+                {"name": "neighborhood", "type": "categorical", "categories": ["NAmes"]},
+                *features,
+            ],
+        }
+    )
+
+
+FRONTAGE = {"name": "lot_frontage", "type": "numeric", "nullable": True}
+V1 = ames(1, FRONTAGE)
+
+
+@pytest.fixture(scope="module")
+def sales() -> pd.DataFrame:
+    raw = read_ames().rename(
+        columns={
+            "Gr Liv Area": "living_area",
+            "Neighborhood": "neighborhood",
+            "Lot Frontage": "lot_frontage",
+            "Year Built": "year_built",
+            "SalePrice": "price",
+        }
+    )
+    return raw[V1.columns].head(500)
+
+
+def test_dropping_a_gappy_column_drops_it_from_older_tables(sales: pd.DataFrame) -> None:
+    assert sales["lot_frontage"].isna().any()  # the raw table's gaps
+    current = ames(2)
+    change = evolution.compare(V1, current)
+    assert change.dropped == ("lot_frontage",)
+    assert not change.excludes_older_tables
+    adapted = evolution.adapt(sales, ingested=V1, current=current)
+    assert list(adapted.columns) == current.columns
+    pd.testing.assert_series_equal(adapted["price"], sales["price"])
+
+
+def test_an_added_nullable_code_is_missing_in_older_tables(sales: pd.DataFrame) -> None:
+    zoning = {"name": "zoning", "type": "categorical", "categories": ["RL", "RM"], "nullable": True}
+    current = ames(2, FRONTAGE, zoning)
+    adapted = evolution.adapt(sales, ingested=V1, current=current)
+    assert list(adapted.columns) == current.columns
+    assert adapted["zoning"].isna().all()
+    assert np.array_equal(adapted["lot_frontage"].isna(), sales["lot_frontage"].isna())
+
+
+def test_an_added_required_year_or_a_retyped_code_leaves_older_tables_out() -> None:
+    required = evolution.compare(V1, ames(2, FRONTAGE, {"name": "year_built", "type": "numeric"}))
+    assert required.excludes_older_tables
+    assert "year_built" in required.exclusion_reason()
+    # A code first described as a number, then as a category (as ZIP codes often are).
+    as_code = {
+        "name": "lot_frontage",
+        "type": "categorical",
+        "categories": ["60"],
+        "nullable": True,
+    }
+    retyped = evolution.compare(V1, ames(2, as_code))
+    assert retyped.retyped == ("lot_frontage",)
+    assert "type of lot_frontage changed" in retyped.exclusion_reason()
