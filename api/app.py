@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
@@ -40,7 +41,7 @@ from api.schemas import (
     Readiness,
     ReloadResult,
 )
-from api.service import ApiError, PredictionService
+from api.service import ApiError, PredictionService, RequestSchema
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings
 
@@ -91,9 +92,9 @@ def _authorize(request: Request[Any, Any, Any], settings: Settings) -> None:
         raise ApiError(401, "a valid `Authorization: Bearer <admin token>` header is required")
 
 
-def _request_bodies(service: PredictionService) -> tuple[dict[str, Any], dict[str, str]]:
+def _request_bodies(schema: RequestSchema) -> tuple[dict[str, Any], dict[str, str]]:
     """JSON schemas of the bodies this app decodes itself, and which path takes which."""
-    types = service.types
+    types = schema.types
     _, components = msgspec.json.schema_components(
         [types.record, types.documented_batch, Feedback], ref_template=_SCHEMAS
     )
@@ -108,11 +109,25 @@ def _request_bodies(service: PredictionService) -> tuple[dict[str, Any], dict[st
     return components, bodies
 
 
-def document_bodies(app: Litestar, service: PredictionService) -> None:
+def _description(spec: DatasetSpec) -> str:
+    return (
+        f"Predicts `{spec.target.name}` from the features of `{spec.name}` under dataset "
+        f"description v{spec.version}, the one the served model was trained under (the request "
+        "schema swaps with the model). Every answer names the model version and carries a "
+        "prediction id to quote in `POST /v1/feedback`."
+    )
+
+
+def document_bodies(app: Litestar, schema: RequestSchema) -> None:
     """Put the request bodies (decoded by the service, not by Litestar) into the OpenAPI
-    document, with their generated schemas."""
+    document, with the schemas generated from the served model's description; called again
+    when a model trained under another description is swapped in."""
     openapi = app.openapi_schema
-    components, bodies = _request_bodies(service)
+    openapi.info.description = _description(schema.spec)
+    # Litestar renders the document to a dict once and serves that copy from then on
+    # (`OpenAPIPlugin.provide_openapi_schema`); forget it so the next request renders this one.
+    app.plugins.get(OpenAPIPlugin)._openapi_schema = None
+    components, bodies = _request_bodies(schema)
     schemas = openapi.components.schemas
     schemas.update(components)  # type: ignore[arg-type] # plain JSON schema dicts render as-is
     for path, name in bodies.items():
@@ -218,8 +233,8 @@ def create_app(
     def swapped(predictor: Predictor) -> None:
         metrics.swaps.inc()
         metrics.served(predictor.version)
+        document_bodies(app, service.schema(predictor))
 
-    slot.on_swap = swapped
     slot.on_load_failure = lambda version: metrics.load_failures.labels(version).inc()
     if slot.current is not None:
         metrics.served(slot.current.version)
@@ -233,9 +248,7 @@ def create_app(
                 writer.start()
         watcher = None
         if follow_registry:
-            watcher = asyncio.create_task(
-                follow_champion(settings, slot, example=service.example())
-            )
+            watcher = asyncio.create_task(follow_champion(settings, slot, example=service.example))
         try:
             yield
         finally:
@@ -257,17 +270,14 @@ def create_app(
         openapi_config=OpenAPIConfig(
             title="lakeloop prediction API",
             version=lakeloop.__version__,
-            description=(
-                f"Predicts `{spec.target.name}` from the features of `{spec.name}` "
-                f"(dataset description v{spec.version}). Every answer names the model version "
-                "and carries a prediction id to quote in `POST /v1/feedback`."
-            ),
+            description=_description(spec),
             path="/schema",
             use_handler_docstrings=True,
             render_plugins=[SwaggerRenderPlugin()],
         ),
     )
-    document_bodies(app, service)
+    slot.on_swap = swapped
+    document_bodies(app, service.schema(slot.current))
     app.state.service = service
     return app
 
@@ -313,8 +323,10 @@ def _handlers(settings: Settings, service: PredictionService, *, following: bool
     )
     async def predict(request: Request[Any, Any, Any]) -> Prediction:
         """Predict the target for one record (the body is the record itself)."""
-        record = service.decode_record(await request.body())
-        return await service.answer_one(service.predictor(), record)
+        body = await request.body()
+        predictor, schema = service.served()
+        record = schema.decode_record(body)
+        return await service.answer_one(service.loaded(predictor), record)
 
     @post(
         "/v1/predict/batch",
@@ -325,8 +337,10 @@ def _handlers(settings: Settings, service: PredictionService, *, following: bool
     )
     async def predict_batch(request: Request[Any, Any, Any]) -> PredictionResponse:
         """Predict the target for many records, sent as `records` or as `columns`."""
-        records, columns = service.decode_batch(await request.body())
-        predictor = service.predictor()
+        body = await request.body()
+        served, schema = service.served()
+        records, columns = schema.decode_batch(body)
+        predictor = service.loaded(served)
         if service.needs_thread(records, columns):
             values, matrix = await anyio.to_thread.run_sync(
                 service.predict_batch, predictor, records, columns
@@ -372,7 +386,7 @@ def _handlers(settings: Settings, service: PredictionService, *, following: bool
         _authorize(request, settings)
         previous = slot.current.version if slot.current else None
         try:
-            changed = await refresh(settings, slot, example=service.example(), force=True)
+            changed = await refresh(settings, slot, example=service.example, force=True)
         except ModelLoadError as error:
             raise ApiError(
                 503, f"cannot load the champion, {error}; still serving {previous}"

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain
+from itertools import chain, groupby
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,9 @@ class Entry:
     """The encoded matrix the model saw, when there is one: numbers are logged from it (so as
     the float32 values the model used, not the decimal text that was sent)."""
     matrix_names: tuple[str, ...] = ()
+    spec: DatasetSpec | None = None
+    """The description the records were decoded under (the served model's), when it is not the
+    one the log was opened with."""
 
     @property
     def rows(self) -> int:
@@ -255,38 +258,50 @@ def _numbers(pieces: list[Sequence[Any] | np.ndarray]) -> pa.Array:
 def prediction_table(spec: DatasetSpec) -> Callable[[list[Entry]], pa.Table]:
     """Turns queued prediction entries into one Arrow table: ids, time, model, prediction and
     every feature as sent (categories as strings, unknown ones included, for drift monitoring;
-    missing numbers as nulls)."""
+    missing numbers as nulls). Entries decoded under another description than ``spec`` (a
+    champion trained under an older one) keep their own features: a feature one of them lacks
+    is null in its rows."""
 
     def to_table(entries: list[Entry]) -> pa.Table:
-        features = _feature_chunks(entries, spec)
-        counts = [entry.rows for entry in entries]
-        # Times are UTC; numpy's datetime64 wants them naive.
-        times = np.array([e.at.replace(tzinfo=None) for e in entries], dtype="datetime64[us]")
-
-        # Which entry each row came from, to repeat per-entry values (model name, version).
-        entry_of_row = pa.array(np.repeat(np.arange(len(entries), dtype=np.int32), counts))
-
-        def repeated(values: list[str]) -> pa.Array:
-            return pa.array(values, pa.string()).take(entry_of_row)
-
-        data: dict[str, Any] = {
-            "prediction_id": pa.array(
-                list(chain.from_iterable(e.prediction_ids for e in entries)), pa.string()
-            ),
-            "predicted_at": pa.array(np.repeat(times, counts)).cast(pa.timestamp("us", tz="UTC")),
-            "model_name": repeated([e.model_name for e in entries]),
-            "model_version": repeated([e.model_version for e in entries]),
-            "prediction": pa.array(np.concatenate([e.predictions for e in entries]), pa.float64()),
-        }
-        for feature in spec.features:
-            pieces = features[feature.name]
-            if feature.type == "numeric":
-                data[feature.name] = _numbers(pieces)
-            else:
-                data[feature.name] = pa.array(list(chain.from_iterable(pieces)), pa.string())
-        return pa.table(data)
+        # Runs of entries under one description (the service shares one object per description).
+        runs = [list(run) for _, run in groupby(entries, key=lambda entry: id(entry.spec))]
+        tables = [_entries_table(run, run[0].spec or spec) for run in runs]
+        if len(tables) == 1:
+            return tables[0]
+        return pa.concat_tables(tables, promote_options="default")
 
     return to_table
+
+
+def _entries_table(entries: list[Entry], spec: DatasetSpec) -> pa.Table:
+    """Entries decoded under ``spec`` as one Arrow table."""
+    features = _feature_chunks(entries, spec)
+    counts = [entry.rows for entry in entries]
+    # Times are UTC; numpy's datetime64 wants them naive.
+    times = np.array([e.at.replace(tzinfo=None) for e in entries], dtype="datetime64[us]")
+
+    # Which entry each row came from, to repeat per-entry values (model name, version).
+    entry_of_row = pa.array(np.repeat(np.arange(len(entries), dtype=np.int32), counts))
+
+    def repeated(values: list[str]) -> pa.Array:
+        return pa.array(values, pa.string()).take(entry_of_row)
+
+    data: dict[str, Any] = {
+        "prediction_id": pa.array(
+            list(chain.from_iterable(e.prediction_ids for e in entries)), pa.string()
+        ),
+        "predicted_at": pa.array(np.repeat(times, counts)).cast(pa.timestamp("us", tz="UTC")),
+        "model_name": repeated([e.model_name for e in entries]),
+        "model_version": repeated([e.model_version for e in entries]),
+        "prediction": pa.array(np.concatenate([e.predictions for e in entries]), pa.float64()),
+    }
+    for feature in spec.features:
+        pieces = features[feature.name]
+        if feature.type == "numeric":
+            data[feature.name] = _numbers(pieces)
+        else:
+            data[feature.name] = pa.array(list(chain.from_iterable(pieces)), pa.string())
+    return pa.table(data)
 
 
 def feedback_table(entries: list[FeedbackEntry]) -> pa.Table:

@@ -10,7 +10,8 @@ call (``None`` — a null or an unknown category — becomes NaN in that convers
 
 Swapping is a single attribute assignment of a predictor that was loaded and warmed (one
 prediction) in a worker thread: a request in flight keeps the predictor it started with, the next
-one gets the new one, and nothing is dropped.
+one gets the new one, and nothing is dropped. The predictor carries the dataset description it was
+trained under, so the request schema (``api.service.RequestSchema``) swaps with it.
 
 A champion that cannot be loaded (a corrupt or missing artifact, a model that will not predict)
 is never swapped in: the last good version keeps serving, the slot remembers the failed version
@@ -38,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from lakeloop import tracking
+from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -136,6 +138,9 @@ class Predictor:
     dataset: str = ""
     """The dataset description it was trained under (``name@vN``; empty if not recorded)."""
     dataset_digest: str = ""
+    spec: DatasetSpec | None = None
+    """That description itself, recorded with the model: its request schema. ``None`` for a
+    model that recorded none (the API then uses the configured description)."""
 
     @cached_property
     def kernel(self) -> BoosterKernel | None:
@@ -248,17 +253,22 @@ class ModelSlot:
         return self._lock
 
 
+# A valid record for a loaded predictor (under its own request schema), to warm it with.
+Example = Callable[[Predictor], Any]
+
+
 def load_champion(
     settings: Settings,
     *,
     known_version: str | None,
-    example: Any = None,
+    example: Example | None = None,
     skip_version: str | None = None,
 ) -> Predictor | None:
-    """Load (and warm with ``example``) the registry's champion if it is not ``known_version``;
-    ``None`` when unchanged or when there is no champion yet. Raises :class:`ModelLoadError`
-    when the champion's model cannot be loaded or does not predict (without trying when it is
-    ``skip_version``), anything else when the registry cannot be reached."""
+    """Load the registry's champion with the description it was trained under (and warm it with
+    ``example``'s record for it) if it is not ``known_version``; ``None`` when unchanged or when
+    there is no champion yet. Raises :class:`ModelLoadError` when the champion's model cannot be
+    loaded or does not predict (without trying when it is ``skip_version``), anything else when
+    the registry cannot be reached."""
     import mlflow.sklearn  # noqa: PLC0415 - heavy import, kept off the API's import path
 
     client = tracking.connect(settings)
@@ -283,9 +293,10 @@ def load_champion(
             metrics=dict(run.data.metrics),
             dataset=run.data.tags.get(tracking.TAG_DATASET, ""),
             dataset_digest=run.data.tags.get(tracking.TAG_DATASET_DIGEST, ""),
+            spec=tracking.description_of(version),
         )
         if example is not None:
-            predictor.warm(example)
+            predictor.warm(example(predictor))
     except Exception as error:
         # The registry answered: the artifact is what failed (corrupt, missing, or a model that
         # does not take our records). Named apart from an outage so /readyz can say which.
@@ -300,7 +311,7 @@ def training_blocked(settings: Settings) -> tracking.Blocked | None:
 
 
 async def refresh(
-    settings: Settings, slot: ModelSlot, *, example: Any = None, force: bool = False
+    settings: Settings, slot: ModelSlot, *, example: Example | None = None, force: bool = False
 ) -> bool:
     """Check the registry once; load, warm and swap in a new champion. True when it changed.
     Raises when the registry cannot be reached or the champion cannot be loaded (the loaded
@@ -336,7 +347,9 @@ async def refresh(
         return True
 
 
-async def follow_champion(settings: Settings, slot: ModelSlot, *, example: Any = None) -> None:
+async def follow_champion(
+    settings: Settings, slot: ModelSlot, *, example: Example | None = None
+) -> None:
     """Poll the registry forever and swap the slot's predictor when the champion moves."""
     while True:
         try:

@@ -1,7 +1,8 @@
 """What the prediction endpoints do, apart from HTTP: decode, predict, log.
 
-Bodies are decoded here with msgspec decoders built once from the dataset description (strict:
-a number sent as a string is refused). Only a body that fails is parsed a second time, leniently,
+Bodies are decoded here with msgspec decoders built once per dataset description (strict: a
+number sent as a string is refused): the description the served model was trained under, so the
+request schema swaps with the model. Only a body that fails is parsed a second time, leniently,
 to name every bad field.
 """
 
@@ -66,38 +67,19 @@ def msgspec_error(error: Exception) -> FieldError:
     return FieldError(field=field, location=location, message=_AT.sub("", message))
 
 
-class PredictionService:
-    """Decodes requests, asks the current predictor, queues the log rows."""
+class RequestSchema:
+    """How request bodies are decoded, checked and documented under one dataset description:
+    the generated msgspec types and decoders, the lenient checker that names every bad field,
+    and a valid example record. A served model brings its own (the description it was trained
+    under), so a swap changes the model and its request schema together."""
 
-    def __init__(
-        self,
-        spec: DatasetSpec,
-        slot: ModelSlot,
-        *,
-        max_batch: int,
-        metrics: ApiMetrics,
-        log: SegmentWriter | None,
-        feedback_log: SegmentWriter | None,
-    ) -> None:
+    def __init__(self, spec: DatasetSpec, *, max_batch: int) -> None:
         self.spec = spec
-        self.slot = slot
         self.max_batch = max_batch
-        self.metrics = metrics
-        self.log = log
-        self.feedback_log = feedback_log
-        self.coalescer = Coalescer()
         self.types = RequestTypes.for_spec(spec, max_batch=max_batch)
         self.checker = RecordChecker(spec)
         self._record = msgspec.json.Decoder(self.types.record)
         self._batch = msgspec.json.Decoder(self.types.batch)
-        self._feedback = msgspec.json.Decoder(Feedback)
-
-    def predictor(self) -> Predictor:
-        """The model serving this request (it keeps it even if a swap happens meanwhile)."""
-        predictor = self.slot.current
-        if predictor is None:
-            raise ApiError(503, NO_CHAMPION)
-        return predictor
 
     def example(self) -> Any:
         """A valid record (midpoints of the bounds, first categories) to warm a new model with."""
@@ -111,7 +93,6 @@ class PredictionService:
                 values[feature.name] = (low + high) / 2
         return self.types.record(**values)
 
-    # Decoding ---------------------------------------------------------------------------
     def decode_record(self, body: bytes) -> Any:
         try:
             return self._record.decode(body)
@@ -160,6 +141,63 @@ class PredictionService:
             return ApiError(400, str(bad))
         errors = explain(self.checker, raw) or [msgspec_error(error)]
         return ApiError(422, f"invalid request: {len(errors)} problem(s)", errors)
+
+
+class PredictionService:
+    """Decodes requests under the served model's description, asks that model, queues the log
+    rows."""
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        slot: ModelSlot,
+        *,
+        max_batch: int,
+        metrics: ApiMetrics,
+        log: SegmentWriter | None,
+        feedback_log: SegmentWriter | None,
+    ) -> None:
+        self.spec = spec
+        """The configured description: the request schema of a model that recorded none, and
+        of the API before its first model."""
+        self.slot = slot
+        self.max_batch = max_batch
+        self.metrics = metrics
+        self.log = log
+        self.feedback_log = feedback_log
+        self.coalescer = Coalescer()
+        self._schemas: dict[str, RequestSchema] = {}
+        self._feedback = msgspec.json.Decoder(Feedback)
+
+    def schema(self, predictor: Predictor | None) -> RequestSchema:
+        """The request schema of ``predictor``: the description it was trained under (built once
+        per description), else the configured one."""
+        spec = predictor.spec if predictor is not None and predictor.spec else self.spec
+        schema = self._schemas.get(spec.digest)
+        if schema is None:
+            schema = self._schemas[spec.digest] = RequestSchema(spec, max_batch=self.max_batch)
+        return schema
+
+    def served(self) -> tuple[Predictor | None, RequestSchema]:
+        """The model serving this request and its schema, taken together (the request keeps
+        both even if a swap happens meanwhile); the model is ``None`` before the first one."""
+        predictor = self.slot.current
+        return predictor, self.schema(predictor)
+
+    def predictor(self) -> Predictor:
+        """The model serving this request (it keeps it even if a swap happens meanwhile)."""
+        return self.loaded(self.slot.current)
+
+    @staticmethod
+    def loaded(predictor: Predictor | None) -> Predictor:
+        """``predictor``, or the 503 that says there is no champion yet."""
+        if predictor is None:
+            raise ApiError(503, NO_CHAMPION)
+        return predictor
+
+    def example(self, predictor: Predictor) -> Any:
+        """A valid record for ``predictor`` (to warm it before it is swapped in)."""
+        return self.schema(predictor).example()
 
     # Predicting -------------------------------------------------------------------------
     async def answer_one(self, predictor: Predictor, record: Any) -> Prediction:
@@ -236,6 +274,7 @@ class PredictionService:
             columns=columns,
             matrix=matrix,
             matrix_names=predictor.kernel.names if matrix is not None and predictor.kernel else (),
+            spec=self.schema(predictor).spec,
         )
         self.log.put(entry)
 

@@ -35,6 +35,8 @@ class Champion:
     repository: str
     commit_id: str
     holdout: dict[str, float]
+    spec: DatasetSpec
+    """The description it was trained under (its features are what the API logs for it)."""
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -50,6 +52,7 @@ def find_champion(settings: Settings) -> Champion | None:
         repository=tags.get(tracking.TAG_REPOSITORY, settings.lakefs.repository),
         commit_id=tags[tracking.TAG_COMMIT],
         holdout={name: run.data.metrics[name] for name in ("mae", "rmse")},
+        spec=tracking.description_of(version) or load_spec(settings.dataset),
     )
 
 
@@ -179,7 +182,6 @@ def monitor_champion(
     drift or rising error passes the policy's thresholds."""
     logger = get_run_logger()
     settings = load_settings()
-    spec = load_spec(settings.dataset)
     rows = window_rows or settings.monitoring.window_rows
     minutes = window_minutes or settings.monitoring.window_minutes
 
@@ -187,6 +189,8 @@ def monitor_champion(
     if champion is None:
         logger.info("no champion yet: nothing is served, so there is nothing to monitor")
         return {"status": "skipped", "reason": "no champion"}
+    # The champion is watched under its own description, which may be older than the file's.
+    spec = champion.spec
     current, window = read_window(settings, spec, champion, rows, minutes)
     needed = settings.monitoring.policy.min_rows
     if window.rows < needed:

@@ -792,8 +792,8 @@ def dataset_diff(
 
 
 def _print_champion(settings: Settings, spec: DatasetSpec) -> None:
-    """Which description the champion was trained under, and whether an API started with
-    ``spec`` can serve it (the API's request schema follows the configured description)."""
+    """Which description the champion was trained under, and what the API asks for while it
+    serves it (the request schema follows the served model, not the configured description)."""
     from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
     try:
@@ -806,18 +806,24 @@ def _print_champion(settings: Settings, spec: DatasetSpec) -> None:
     label = trained.label if trained else "an unrecorded description"
     console.print(
         f"champion v{current.version} was trained under {label}; a model trained under "
-        f"{spec.label} replaces it only through the usual gate"
+        f"{spec.label} replaces it only through the usual gate",
+        highlight=False,
     )
-    missing = [
-        name for name in (trained.feature_names if trained else []) if name not in spec.columns
-    ]
-    if missing:
-        console.print(
-            f"[yellow]an API started with {spec.label} cannot serve champion v{current.version}: "
-            f"it needs {', '.join(missing)}, which {spec.label} does not describe; keep the API on "
-            f"{label} until a model trained under {spec.label} is champion[/yellow]",
-            highlight=False,
-        )
+    if trained is None or trained.digest == spec.digest:
+        return
+    missing = [name for name in trained.feature_names if name not in spec.columns]
+    added = [name for name in spec.feature_names if name not in trained.columns]
+    asks = "".join(
+        f"; it {verb} {', '.join(names)}"
+        for verb, names in (("needs", missing), ("does not take", added))
+        if names
+    )
+    console.print(
+        f"the API keeps serving champion v{current.version} with the request schema of "
+        f"{label}{asks}, until a model trained under {spec.label} is champion: then the schema "
+        "swaps with the model",
+        highlight=False,
+    )
 
 
 data_app = typer.Typer(help="Browse the versioned data in lakeFS.", no_args_is_help=True)

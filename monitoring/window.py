@@ -74,9 +74,11 @@ def with_feedback(log: pd.DataFrame, feedback: pd.DataFrame, *, spec: DatasetSpe
 
 def labelled_rows(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     """The rows of a window whose price was reported, as a training table (features + target,
-    in the description's order, each record once): what a retrain adds to the data in lakeFS."""
+    in the description's order, each record once): what a retrain adds to the data in lakeFS.
+    A feature the served model's description did not have (``spec`` added it since) is missing
+    in these rows, as in any older table; the data checks decide whether that may train."""
     columns = [*spec.feature_names, spec.target.name]
-    labelled = frame.loc[frame[spec.target.name].notna(), columns]
+    labelled = frame.loc[frame[spec.target.name].notna()].reindex(columns=columns)
     return labelled.drop_duplicates().reset_index(drop=True)
 
 

@@ -199,7 +199,7 @@ def test_models_record_their_description_and_a_change_is_assessed_first(
     assert "adapted" in diff
     assert "can train under california_housing@v2" in diff
     assert f"was trained under {spec.label}" in diff
-    assert "cannot serve champion" in diff
+    assert "the API keeps serving champion v1 with the request schema of" in diff
     assert "it needs total_bedrooms" in diff
 
     raw["target"]["name"] = "price"

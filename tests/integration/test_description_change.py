@@ -19,39 +19,18 @@ import pandas as pd
 import pytest
 
 from lakeloop import datagate, evolution, lakefs_client, market
-from lakeloop.dataset import DatasetSpec, load_spec
+from lakeloop.dataset import DatasetSpec
 from lakeloop.gateway import check_merge
 from lakeloop.ingest import inspect_source, write_parquet
 from lakeloop.settings import Settings
+from tests.utils.descriptions import V1, changed
 from tests.utils.local_lakefs import local_repository, pre_merge_hook
 from validation.checks import warm_validator
 
 pytestmark = pytest.mark.integration
 
 LAKEFS_SECRET = "description-change-secret-0123456789"
-V1 = load_spec()
 _names = itertools.count()
-
-
-def changed(**edit: Any) -> DatasetSpec:
-    """The shipped description as version 2 with ``edit`` applied to its fields."""
-    raw = V1.model_dump(mode="json")
-    raw["version"] = 2
-    if drop := edit.get("drop"):
-        raw["features"] = [f for f in raw["features"] if f["name"] != drop]
-        raw["checks"] = [
-            c for c in raw["checks"] if drop not in (c.get("left"), c.get("right"), c.get("column"))
-        ]
-    if add := edit.get("add"):
-        raw["features"].append(add)
-    if target := edit.get("target"):
-        old = raw["target"]["name"]
-        raw["target"]["name"] = target
-        for check in raw["checks"]:
-            if check.get("column") == old:
-                check["column"] = target
-    return DatasetSpec.model_validate(raw)
-
 
 DROPPED = changed(drop="total_bedrooms")
 ADDED_NULLABLE = changed(add={"name": "year_built", "type": "numeric", "nullable": True})

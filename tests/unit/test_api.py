@@ -30,12 +30,13 @@ from api.prediction_log import (
     read_feedback_log,
     read_prediction_log,
 )
-from api.predictor import BoosterKernel, ModelLoadError, ModelSlot, Predictor, refresh
+from api.predictor import BoosterKernel, Example, ModelLoadError, ModelSlot, Predictor, refresh
 from api.schemas import RequestTypes
 from lakeloop import tracking
 from lakeloop.dataset import DatasetSpec
-from lakeloop.model import TrainedModel
-from lakeloop.settings import Settings, load_settings
+from lakeloop.model import TrainedModel, train
+from lakeloop.settings import Settings, TrainingSettings, load_settings
+from tests.utils.descriptions import changed
 
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -323,6 +324,60 @@ def test_swapping_the_slot_changes_the_served_version_and_counts(
     assert 'lakeloop_api_model_info{model_version="4"} 1.0' in metrics
 
 
+def test_the_request_schema_and_openapi_follow_the_served_model_through_a_swap(
+    settings: Settings,
+    tiny_model: TrainedModel,
+    market_batch: pd.DataFrame,
+    spec: DatasetSpec,
+    record: dict[str, Any],
+) -> None:
+    """The API is started with a description that drops `total_bedrooms` while the champion was
+    trained with it: requests valid for the champion keep working, under its schema, until a model
+    trained under the new description is swapped in; then the schema swaps with the model."""
+    dropped = changed(drop="total_bedrooms")
+    newer = train(market_batch[dropped.columns], dropped, TrainingSettings(n_estimators=20))
+    old = Predictor(model=tiny_model.pipeline, name="housing-price", version="3", spec=spec)
+    slot = ModelSlot(old)
+    without = {name: value for name, value in record.items() if name != "total_bedrooms"}
+
+    def documented(client: TestClient) -> tuple[set[str], str]:
+        document = client.get("/schema/openapi.json").json()
+        record_schema = document["components"]["schemas"]["HouseFeatures"]
+        return set(record_schema["properties"]), document["info"]["description"]
+
+    with TestClient(create_app(settings, spec=dropped, slot=slot, follow_registry=False)) as client:
+        assert client.post("/v1/predict", json=record).json()["model"]["version"] == "3"
+        columns = {name: [value, value] for name, value in record.items()}
+        batch = client.post("/v1/predict/batch", json={"columns": columns})
+        assert batch.status_code == 200
+        refused = client.post("/v1/predict", json=without)
+        assert refused.status_code == 422
+        assert [error["field"] for error in refused.json()["errors"]] == ["total_bedrooms"]
+        fields, description = documented(client)
+        assert "total_bedrooms" in fields
+        assert "description v1" in description
+        assert "total_bedrooms" in client.get("/schema/swagger").text
+
+        slot.swap(Predictor(model=newer.pipeline, name="housing-price", version="4", spec=dropped))
+        assert client.post("/v1/predict", json=without).json()["model"]["version"] == "4"
+        stale = client.post("/v1/predict", json=record)
+        assert stale.status_code == 422
+        assert stale.json()["errors"][0]["field"] == "total_bedrooms"
+        assert "unknown field" in stale.json()["errors"][0]["message"]
+        fields, description = documented(client)
+        assert fields == set(dropped.feature_names)
+        assert "description v2" in description
+        assert "total_bedrooms" not in client.get("/schema/swagger").text
+        batch = client.post("/v1/predict/batch", json={"records": [without, without]})
+        assert batch.json()["model"]["version"] == "4"
+
+    # The log keeps each model's own features: the dropped one is null in the new model's rows.
+    logged = read_prediction_log(settings.state_dir)
+    by_version = logged.groupby("model_version")["total_bedrooms"]
+    assert by_version.count().to_dict() == {"3": 3, "4": 0}
+    assert by_version.size().to_dict() == {"3": 3, "4": 3}
+
+
 class FakeRegistry:
     """Stands in for ``load_champion``: serves a champion version, or fails like a dead MLflow."""
 
@@ -333,6 +388,8 @@ class FakeRegistry:
         self.corrupt: set[str] = set()
         self.attempts = 0
         self.warmed_with: Any = None
+        self.spec: DatasetSpec | None = None
+        """The description the champion was recorded with (None: none recorded)."""
         self.blocked: tracking.Blocked | None = None
 
     def training_blocked(self, settings: Settings) -> tracking.Blocked | None:
@@ -346,7 +403,7 @@ class FakeRegistry:
         settings: Settings,
         *,
         known_version: str | None,
-        example: Any = None,
+        example: Example | None = None,
         skip_version: str | None = None,
     ) -> Predictor | None:
         if self.down:
@@ -358,9 +415,13 @@ class FakeRegistry:
         self.attempts += 1
         if self.version in self.corrupt:
             raise ModelLoadError(self.version, "ValueError: File is not a zip file")
-        self.warmed_with = example
-        predictor = Predictor(model=self.model, name="housing-price", version=self.version)
-        return predictor if example is None else predictor.warm(example)
+        predictor = Predictor(
+            model=self.model, name="housing-price", version=self.version, spec=self.spec
+        )
+        if example is None:
+            return predictor
+        self.warmed_with = example(predictor)
+        return predictor.warm(self.warmed_with)
 
 
 @pytest.fixture

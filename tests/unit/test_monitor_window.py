@@ -25,6 +25,7 @@ from lakeloop.dataset import DatasetSpec
 from monitoring.history import Window
 from monitoring.reference import cached_reference, reference_frame
 from monitoring.window import champion_window, labelled_rows, window_feedback
+from tests.utils.descriptions import changed
 
 START = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
 
@@ -157,6 +158,28 @@ def test_window_feedback_is_a_training_table_of_the_windows_reported_sales(
     assert list(rows.columns) == [*spec.feature_names, spec.target.name]
     assert rows[spec.target.name].tolist() == reported[:6]
     expected = sales[spec.feature_names].head(6).reset_index(drop=True)
+    pd.testing.assert_frame_equal(rows[spec.feature_names], expected, check_dtype=False)
+
+
+def test_a_window_logged_under_the_champions_older_description_folds_under_the_new_one(
+    logs: Logs, spec: DatasetSpec
+) -> None:
+    """The champion was trained (and its requests logged) before the description added a
+    nullable feature: its reported sales become training rows with that feature missing, as in
+    any older table, and rows logged under each description keep their own columns."""
+    added = changed(add={"name": "year_built", "type": "numeric", "nullable": True})
+    sales = _sales(6, 4)
+    ids = logs.predict(sales, version="3", at=START)
+    logs.report(ids, sales[spec.target.name].tolist(), at=START)
+
+    rows = window_feedback(
+        logs.state, added, model_version="3", start=START, end=START + timedelta(minutes=1)
+    )
+
+    assert list(rows.columns) == [*added.feature_names, added.target.name]
+    assert len(rows) == 6
+    assert rows["year_built"].isna().all()
+    expected = sales[spec.feature_names].reset_index(drop=True)
     pd.testing.assert_frame_equal(rows[spec.feature_names], expected, check_dtype=False)
 
 
