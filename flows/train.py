@@ -23,6 +23,7 @@ from lakeloop import (
     datagate,
     evaluation,
     events,
+    evolution,
     grafana,
     lakefs_client,
     loop,
@@ -178,13 +179,26 @@ def log_and_register(
 def score_champion(
     settings: Settings, trained: model.TrainedModel, spec: DatasetSpec
 ) -> tracking.ChampionScore | None:
-    """The current champion's metrics on the new model's holdout (None before the first one)."""
+    """The current champion's metrics on the new model's holdout (None before the first one).
+    A champion trained under another description is scored on the same rows as its requests
+    will reach it under this one: features this description no longer has are missing."""
     current = tracking.champion(tracking.connect(settings), settings)
     if current is None:
         return None
     champion_model = tracking.load_version(settings, version=current.version)
-    metrics = model.score(champion_model, trained.holdout, spec)
-    return tracking.ChampionScore(version=str(current.version), metrics=metrics)
+    trained_under = tracking.description_of(current) or spec
+    holdout, missing = evolution.as_trained_under(
+        trained.holdout, current=spec, trained=trained_under
+    )
+    metrics = model.score(champion_model, holdout, trained_under)
+    note = ""
+    if missing:
+        note = (
+            f"champion v{current.version} was trained under {trained_under.label} and scored "
+            f"with {', '.join(missing)} missing, as {spec.label} does not describe them"
+        )
+        _logger().warning("%s", note)
+    return tracking.ChampionScore(version=str(current.version), metrics=metrics, note=note)
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -393,6 +407,7 @@ def train_on_commit(
         holdout_rows=trained.holdout_rows,
         lineage=lineage.tags(),
         champion=(champion.version, champion.metrics) if champion else None,
+        champion_note=champion.note if champion else "",
         gate_failures=failures,
         trials=len(trained.trials),
     )

@@ -99,6 +99,7 @@ def summary_markdown(
     champion: tuple[str, dict[str, float]] | None,
     gate_failures: list[str],
     trials: int = 0,
+    champion_note: str = "",
 ) -> str:
     """The training run in a few lines of Markdown (a Prefect artifact): decision, metrics next to
     the champion's on the same holdout, how the hyperparameters were chosen, lineage."""
@@ -116,6 +117,8 @@ def summary_markdown(
     for name in ("mae", "rmse", "r2", "mape"):
         theirs = f"{champion[1][name]:,.3f}" if champion else "-"
         lines.append(f"| {name.upper()} | {metrics[name]:,.3f} | {theirs} |")
+    if champion_note:
+        lines += ["", f"Note: {champion_note}."]
     lines += [
         "",
         f"Holdout: {holdout_rows} rows. MLflow run `{run_id}`.",

@@ -121,3 +121,25 @@ def adapt(frame: pd.DataFrame, *, ingested: DatasetSpec, current: DatasetSpec) -
         if name not in adapted.columns:
             adapted[name] = np.nan if current.feature(name).type == "numeric" else None
     return adapted[current.columns]
+
+
+def as_trained_under(
+    frame: pd.DataFrame, *, current: DatasetSpec, trained: DatasetSpec
+) -> tuple[pd.DataFrame, list[str]]:
+    """Rows described by ``current`` as a model trained under ``trained`` receives them once
+    clients send what ``current`` describes: its features that ``current`` no longer has, or has
+    with another type, are missing (XGBoost routes them as it routes any missing value). Returns
+    the rows with ``trained``'s features and target, and the names of the features made missing."""
+    if trained is current or trained.digest == current.digest:
+        return frame, []
+    missing = [
+        feature.name
+        for feature in trained.features
+        if feature.name not in frame.columns
+        or feature.name not in current.columns
+        or current.feature(feature.name).type != feature.type
+    ]
+    rows = frame.drop(columns=[name for name in missing if name in frame.columns])
+    for name in missing:
+        rows[name] = np.nan if trained.feature(name).type == "numeric" else None
+    return rows[[*trained.feature_names, current.target.name]], missing

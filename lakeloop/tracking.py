@@ -203,6 +203,8 @@ class ChampionScore:
 
     version: str
     metrics: dict[str, float]
+    note: str = ""
+    """How the score was taken when the champion was trained under another description."""
 
 
 TRIGGER_KINDS = ("commit", "drift", "alert", "reconcile", "manual")

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lakeloop import evolution
+from lakeloop import evolution, model
 from lakeloop.dataset import DatasetSpec
+from lakeloop.settings import TrainingSettings
 from tests.utils.real_data import read_ames
 
 
@@ -81,3 +82,27 @@ def test_an_added_required_year_or_a_retyped_code_leaves_older_tables_out() -> N
     retyped = evolution.compare(V1, ames(2, as_code))
     assert retyped.retyped == ("lot_frontage",)
     assert "type of lot_frontage changed" in retyped.exclusion_reason()
+
+
+def test_a_champion_under_the_older_description_is_scored_on_the_new_rows(
+    sales: pd.DataFrame,
+) -> None:
+    """The gate compares a new model with the champion on the same holdout; when the champion was
+    trained with a feature the new description dropped, it is scored as its requests will reach
+    it: that feature missing, the new ones ignored."""
+    champion = model.train(sales, V1, TrainingSettings(n_estimators=20)).pipeline
+    zoning = {"name": "zoning", "type": "categorical", "categories": ["RL", "RM"], "nullable": True}
+    current = ames(2, zoning)
+    rows = evolution.adapt(sales, ingested=V1, current=current).assign(zoning="RL")
+
+    seen, missing = evolution.as_trained_under(rows, current=current, trained=V1)
+
+    assert missing == ["lot_frontage"]
+    assert list(seen.columns) == V1.columns
+    assert seen["lot_frontage"].isna().all()
+    scored = model.score(champion, seen, V1)
+    assert np.isfinite(scored["mae"])
+    assert scored["mae"] >= model.score(champion, sales, V1)["mae"] * 0.99
+    same, none = evolution.as_trained_under(sales, current=V1, trained=V1)
+    assert same is sales
+    assert none == []
