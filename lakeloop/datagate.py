@@ -31,7 +31,7 @@ import lakefs
 import numpy as np
 import pandas as pd
 
-from lakeloop import evolution, lakefs_client
+from lakeloop import evolution, lakefs_client, rowkeys
 from lakeloop.dataset import DatasetSpec, parse_spec
 from lakeloop.ingest import SourceTable
 from lakeloop.settings import Settings
@@ -241,8 +241,10 @@ class DataGate:
             if change.excludes_older_tables:
                 left_out[path] = change.exclusion_reason()
                 continue
-            frames.append(evolution.adapt(table.load(), ingested=ingested(path), current=self.spec))
-        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+            # Keyed as ingested: each row keeps its side of the training split (lakeloop.rowkeys).
+            stored = rowkeys.keyed(table.load(), ingested(path))
+            frames.append(evolution.adapt(stored, ingested=ingested(path), current=self.spec))
+        frame = pd.concat(frames) if frames else pd.DataFrame()
         return frame, left_out
 
     def judge(self, checks: Mapping[str, TableCheck]) -> ValidationResult:

@@ -8,8 +8,9 @@ With ``TrainingSettings.dask_scheduler`` set, the regressor is fitted with ``xgb
 cluster instead, and its booster is loaded into the same plain pipeline: what is logged, registered,
 gated and served does not depend on where it was fitted.
 
-Rows are split three ways by a hash of their content: the holdout (judges the model and the gate),
-the early-stopping slice (stops boosting, and chooses among tuning trials), and the rows fitted on.
+Rows are split three ways by a hash of their content as ingested (:mod:`lakeloop.rowkeys`): the
+holdout (judges the model and the gate), the early-stopping slice (stops boosting, and chooses among
+tuning trials), and the rows fitted on.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sklearn.model_selection import ParameterSampler
 from sklearn.pipeline import Pipeline
 from xgboost import XGBRegressor
 
+from lakeloop import rowkeys
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import TrainingSettings
 
@@ -122,14 +124,10 @@ def build_pipeline(
 
 
 def row_buckets(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
-    """Each row's bucket in [0, 1000): a hash of its content, so the same data splits the same way
-    on every run and every machine, whatever order the files were read in."""
-    return _row_hashes(frame, spec) % _HASH_BUCKETS
-
-
-def _row_hashes(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
-    """A 64-bit hash of each row's content (index ignored)."""
-    return pd.util.hash_pandas_object(frame[spec.columns], index=False).to_numpy()
+    """Each row's bucket in [0, 1000): its key (:mod:`lakeloop.rowkeys`, a hash of its content as
+    ingested), so the same data splits the same way on every run and every machine, whatever
+    order the files were read in and whatever the description became since."""
+    return rowkeys.keys(frame, spec) % _HASH_BUCKETS
 
 
 def holdout_mask(frame: pd.DataFrame, spec: DatasetSpec, *, fraction: float) -> np.ndarray:
@@ -170,7 +168,7 @@ def split_rows(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSetting
     subsampling (a tuned ``subsample``) and Dask's partitions depend on row order, and the model
     must not."""
     rows = frame.dropna(subset=[spec.target.name])
-    hashes = _row_hashes(rows, spec)
+    hashes = rowkeys.keys(rows, spec)
     content_order = np.argsort(hashes, kind="stable")
     rows = rows.iloc[content_order]
     buckets = hashes[content_order] % _HASH_BUCKETS

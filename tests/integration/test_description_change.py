@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lakeloop import datagate, evolution, lakefs_client, market
+from lakeloop import datagate, evolution, lakefs_client, market, rowkeys
 from lakeloop.dataset import DatasetSpec
 from lakeloop.gateway import check_merge
 from lakeloop.ingest import inspect_source, write_parquet
@@ -122,6 +122,13 @@ def test_a_dropped_feature_is_dropped_from_the_history(repo: Repo) -> None:
     assert list(frame.columns) == DROPPED.columns
     assert len(frame) == 1300
     assert found["left_out"] == {}
+    # Each row keeps the key it was ingested with, so older rows keep their side of the split.
+    assert frame.index.name == rowkeys.ROW_KEY
+    old_rows = lakefs_client.read_tables(
+        repo.client, repo.settings, repository=repo.settings.lakefs.repository, ref="main~1"
+    )
+    for table in old_rows.values():
+        assert set(rowkeys.content_hashes(table.load(), V1)) <= set(frame.index)
     # Judged by today's description alone, the old tables would be refused for the column.
     today_only = repo.gate(DROPPED, "today-only").judge_stored(
         lakefs_client.read_tables(

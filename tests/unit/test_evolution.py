@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lakeloop import evolution, model
+from lakeloop import evolution, model, rowkeys
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import TrainingSettings
 from tests.utils.real_data import read_ames
@@ -106,3 +106,26 @@ def test_a_champion_under_the_older_description_is_scored_on_the_new_rows(
     same, none = evolution.as_trained_under(sales, current=V1, trained=V1)
     assert same is sales
     assert none == []
+
+
+def test_older_rows_keep_their_side_of_the_split_when_the_description_changes(
+    sales: pd.DataFrame,
+) -> None:
+    """Rows are split by their key as ingested: dropping a column must not draw the holdout
+    again, or a challenger's holdout would hold rows the champion was fitted on."""
+    training = TrainingSettings()
+    before = model.split_rows(rowkeys.keyed(sales, V1), V1, training)
+    current = ames(2)
+    adapted = evolution.adapt(rowkeys.keyed(sales, V1), ingested=V1, current=current)
+
+    after = model.split_rows(adapted, current, training)
+
+    assert set(after.holdout.index) == set(before.holdout.index)
+    assert set(after.fit.index) == set(before.fit.index)
+    # Hashed again under the new description, the same rows would split another way.
+    rehashed = model.split_rows(adapted.reset_index(drop=True), current, training)
+
+    def held_out(split: model.Split) -> set[int]:
+        return set(rowkeys.content_hashes(split.holdout, current).tolist())
+
+    assert held_out(rehashed) != held_out(after)
