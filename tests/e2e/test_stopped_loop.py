@@ -199,8 +199,8 @@ def test_models_record_their_description_and_a_change_is_assessed_first(
     assert "adapted" in diff
     assert "can train under california_housing@v2" in diff
     assert f"was trained under {spec.label}" in diff
-    assert "the API keeps serving champion v1 with the request schema of" in diff
-    assert "it needs total_bedrooms" in diff
+    assert f"with the request schema of {spec.label}; it needs total_bedrooms" in diff
+    assert "then the schema swaps with the model" in diff
 
     raw["target"]["name"] = "price"
     raw["checks"] = [c for c in raw["checks"] if c.get("column") != "median_house_value"]
