@@ -823,6 +823,7 @@ def _print_champion(settings: Settings, spec: DatasetSpec) -> None:
         f"{label}{asks}, until a model trained under {spec.label} is champion: then the schema "
         "swaps with the model",
         highlight=False,
+        soft_wrap=True,  # one line per fact: scripts and people grep it
     )
 
 
