@@ -15,6 +15,7 @@ from litestar import Litestar, Request, Response, get, post
 from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
+from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import OpenAPIMediaType, Reference, RequestBody
@@ -143,6 +144,18 @@ def _log_state(log: SegmentWriter | None) -> str:
     return f"failing: {log.last_error}" if log.failing else "ok"
 
 
+def _why_no_model(slot: ModelSlot, registry: str) -> str:
+    """The first reason nothing is served."""
+    if slot.last_error:
+        return f"the registry is {registry}"
+    if slot.failed_version is not None:
+        return f"the champion, version {slot.failed_version}, cannot be loaded: {slot.load_error}"
+    for known in (slot.blocked, slot.refused):
+        if known is not None:
+            return f"no champion model loaded; {known.summary}"
+    return "no champion model loaded"
+
+
 def _readiness(
     slot: ModelSlot, *, following: bool, log: SegmentWriter | None = None
 ) -> Response[Readiness]:
@@ -165,23 +178,17 @@ def _readiness(
         training = f"blocked: {blocked.summary}"
     behind = blocked.commits_behind if blocked else None
     if current is None:
-        if slot.last_error:
-            detail = f"the registry is {registry}"
-        elif failed is not None:
-            detail = f"the champion, version {failed}, cannot be loaded: {slot.load_error}"
-        elif blocked is not None:
-            detail = f"no champion model loaded; {blocked.summary}"
-        else:
-            detail = "no champion model loaded"
         body = Readiness(
             status="not ready",
-            detail=detail,
+            detail=_why_no_model(slot, registry),
             registry=registry,
             last_registry_check=slot.last_check,
             failed_version=failed,
             load_error=load_error,
             prediction_log=prediction_log,
             training=training,
+            refused_version=slot.refused.version if slot.refused else None,
+            refused_reasons=slot.refused.reasons if slot.refused else None,
         )
         return Response(body, status_code=503)
     problems = []
@@ -264,6 +271,8 @@ def create_app(
         middleware=[metrics.middleware(known)],
         exception_handlers={ApiError: _error_response, HTTPException: _error_response},
         request_max_body_size=settings.api.max_body_bytes,
+        # A 500 must leave its traceback in the log (Litestar logs them only in debug mode).
+        logging_config=LoggingConfig(log_exceptions="always"),
         cors_config=CORSConfig(allow_origins=settings.api.cors_origins)
         if settings.api.cors_origins
         else None,

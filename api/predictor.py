@@ -211,6 +211,8 @@ class ModelSlot:
         self.blocked: tracking.Blocked | None = None
         """Training is blocked (the data on the production branch fails the checks), as the
         registry said at the last check: the served champion is stale."""
+        self.refused: tracking.Refused | None = None
+        """While nothing is served: the newest version, which the gate refused (why no model)."""
         self.on_swap: Callable[[Predictor], None] = lambda _: None
         self.on_load_failure: Callable[[str], None] = lambda _: None
         self._lock: asyncio.Lock | None = None
@@ -310,6 +312,11 @@ def training_blocked(settings: Settings) -> tracking.Blocked | None:
     return tracking.training_blocked(tracking.connect(settings), settings)
 
 
+def newest_refusal(settings: Settings) -> tracking.Refused | None:
+    """The newest version when the gate refused it."""
+    return tracking.newest_refusal(tracking.connect(settings), settings)
+
+
 async def refresh(
     settings: Settings, slot: ModelSlot, *, example: Example | None = None, force: bool = False
 ) -> bool:
@@ -341,8 +348,11 @@ async def refresh(
             slot.last_check = datetime.now(UTC).isoformat()
         slot.last_error = ""
         slot.load_succeeded()
+        if loaded is None and slot.current is None:
+            slot.refused = await anyio.to_thread.run_sync(newest_refusal, settings)
         if loaded is None:
             return False
+        slot.refused = None
         slot.swap(loaded)
         return True
 

@@ -200,6 +200,10 @@ class Readiness(msgspec.Struct):
     no new model can train and the served champion is stale; ``unknown`` before the first check."""
     champion_commits_behind: int | None = None
     """While training is blocked: commits on the production branch newer than the champion's."""
+    refused_version: str | None = None
+    """While no model is served: the newest version, trained and refused by the gate."""
+    refused_reasons: str | None = None
+    """Why the gate refused ``refused_version``."""
 
 
 class Feedback(msgspec.Struct, forbid_unknown_fields=True):

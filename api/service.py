@@ -33,8 +33,9 @@ from api.schemas import (
 )
 from lakeloop.dataset import DatasetSpec
 
+NO_CHAMPION_YET = "no champion model yet"
 NO_CHAMPION = (
-    "no champion model yet: train one by committing data to lakeFS (`lakeloop demo`, or "
+    f"{NO_CHAMPION_YET}: train one by committing data to lakeFS (`lakeloop demo`, or "
     "`lakeloop ingest <file>` with the stack up), or point the registry's champion alias at a "
     "version"
 )
@@ -188,11 +189,12 @@ class PredictionService:
         """The model serving this request (it keeps it even if a swap happens meanwhile)."""
         return self.loaded(self.slot.current)
 
-    @staticmethod
-    def loaded(predictor: Predictor | None) -> Predictor:
-        """``predictor``, or the 503 that says there is no champion yet."""
+    def loaded(self, predictor: Predictor | None) -> Predictor:
+        """``predictor``, or the 503 that says there is no champion yet, and why when a model
+        was trained and refused."""
         if predictor is None:
-            raise ApiError(503, NO_CHAMPION)
+            refused = self.slot.refused
+            raise ApiError(503, f"{NO_CHAMPION_YET}: {refused.summary}" if refused else NO_CHAMPION)
         return predictor
 
     def example(self, predictor: Predictor) -> Any:

@@ -187,7 +187,7 @@ def _train_commit(
         report=report,
     )
     champion = step("score the champion", flow.score_champion, settings, trained, spec)
-    step("gate and promote", flow.gate_and_promote, settings, trained, logged, champion)
+    step("gate and promote", flow.gate_and_promote, settings, trained, logged, champion, spec)
 
 
 # What ``log and register`` calls, timed by wrapping each where tracking looks it up.

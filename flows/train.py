@@ -207,12 +207,14 @@ def gate_and_promote(
     trained: model.TrainedModel,
     logged: tracking.LoggedModel,
     champion: tracking.ChampionScore | None,
+    spec: DatasetSpec,
 ) -> list[str]:
     """Promote when the model meets the thresholds and is no worse than the champion on the same
     holdout; returns the reasons it was not promoted."""
     failures = model.gate_failures(
         trained.metrics,
         settings.training,
+        bars=model.thresholds(spec, settings.training),
         champion=champion.metrics if champion else None,
         champion_name=f"champion v{champion.version}" if champion else "the champion",
     )
@@ -388,7 +390,7 @@ def train_on_commit(
     # the earlier one left (a global concurrency limit with one slot, see deployments/serve.py).
     with concurrency(promotion_lock(settings), occupy=1, strict=True):
         champion = score_champion(settings, trained, spec)
-        failures = gate_and_promote(settings, trained, logged, champion)
+        failures = gate_and_promote(settings, trained, logged, champion, spec)
         if not failures and settings.api.verify_deploy:
             verify_deployment(settings, trained, logged, champion)
     report_training(

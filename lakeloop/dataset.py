@@ -62,6 +62,21 @@ class Feature(BaseModel):
         return self
 
 
+class Thresholds(BaseModel):
+    """What a model must reach on its holdout before it may be served, in the target's units for
+    MAE and RMSE. All optional: without them a model must still clearly beat always predicting
+    the median, and a later model must be no worse than the champion."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_mae: float | None = Field(default=None, gt=0)
+    max_rmse: float | None = Field(default=None, gt=0)
+    min_r2: float | None = Field(default=None, le=1)
+    """Smallest R² (share of the target's variance explained)."""
+    max_mape: float | None = Field(default=None, gt=0)
+    """Largest mean absolute percentage error (0.2 = 20 %)."""
+
+
 class Target(BaseModel):
     """The column the model predicts."""
 
@@ -72,6 +87,8 @@ class Target(BaseModel):
     unit: str = ""
     min: float | None = None
     max: float | None = None
+    thresholds: Thresholds = Thresholds()
+    """The promotion gate's absolute bars for this target."""
 
 
 class Check(BaseModel):

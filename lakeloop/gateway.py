@@ -35,6 +35,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import BaseRouteHandler
+from litestar.logging.config import LoggingConfig
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_202_ACCEPTED,
@@ -466,6 +467,8 @@ def create_gateway(
         on_shutdown=[stop_redelivery],
         request_max_body_size=MAX_BODY_BYTES,
         exception_handlers={RequestEntityTooLarge: body_too_large},
+        # A 500 must leave its traceback in the log (Litestar logs them only in debug mode).
+        logging_config=LoggingConfig(log_exceptions="always"),
     )
 
 

@@ -28,7 +28,7 @@ from sklearn.pipeline import Pipeline
 from xgboost import XGBRegressor
 
 from lakeloop import rowkeys
-from lakeloop.dataset import DatasetSpec
+from lakeloop.dataset import DatasetSpec, Thresholds
 from lakeloop.settings import TrainingSettings
 
 if TYPE_CHECKING:
@@ -319,9 +319,14 @@ def evaluate(
     """The fitted pipeline judged on the holdout, with what logging and the gate need."""
     holdout = rows.holdout
     predicted = pipeline.predict(holdout[spec.feature_names])
+    actual = holdout[spec.target.name].to_numpy()
+    # The floor every model must clear: always predicting the median of the rows it learned from
+    # (the constant with the lowest absolute error, MAE being the gate's first measure).
+    median = float(np.median(pd.concat([rows.fit, rows.stop])[spec.target.name]))
+    baseline = {"baseline_mae": float(np.mean(np.abs(actual - median)))}
     return TrainedModel(
         pipeline=pipeline,
-        metrics=regression_metrics(holdout[spec.target.name].to_numpy(), predicted),
+        metrics=regression_metrics(actual, predicted) | baseline,
         train_rows=len(rows.fit) + len(rows.stop),
         holdout_rows=len(holdout),
         input_example=holdout[spec.feature_names].head(3),
@@ -414,21 +419,53 @@ def score(model: Any, holdout: pd.DataFrame, spec: DatasetSpec) -> dict[str, flo
     return regression_metrics(holdout[spec.target.name].to_numpy(), predicted)
 
 
+def thresholds(spec: DatasetSpec, training: TrainingSettings) -> Thresholds:
+    """The description's thresholds, with the deployment's overrides from the settings."""
+    overrides = {
+        name: value
+        for name in ("max_mae", "max_rmse")
+        if (value := getattr(training, name)) is not None
+    }
+    return spec.target.thresholds.model_copy(update=overrides)
+
+
+def _number(value: float) -> str:
+    """A metric as people read it: whole target units when large, three digits when small."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def gate_failures(
     metrics: dict[str, float],
     training: TrainingSettings,
     *,
+    bars: Thresholds,
     champion: dict[str, float] | None = None,
     champion_name: str = "the champion",
 ) -> list[str]:
-    """Reasons a new model must not be promoted; empty when it may. It must meet the absolute
-    thresholds and, when there is a champion, be no worse than it (within the tolerance) on the
-    same holdout."""
+    """Reasons a new model must not be promoted; empty when it may. It must clearly beat always
+    predicting the median (when the metrics carry that baseline), meet the thresholds ``bars``
+    (see :func:`thresholds`) and, when there is a champion, be no worse than it (within the
+    tolerance) on the same holdout."""
     reasons = []
-    if metrics["mae"] > training.max_mae:
-        reasons.append(f"MAE {metrics['mae']:,.0f} > threshold {training.max_mae:,.0f}")
-    if metrics["rmse"] > training.max_rmse:
-        reasons.append(f"RMSE {metrics['rmse']:,.0f} > threshold {training.max_rmse:,.0f}")
+    if "baseline_mae" in metrics:
+        allowed = metrics["baseline_mae"] * (1 - training.baseline_margin)
+        if metrics["mae"] > allowed:
+            reasons.append(
+                f"MAE {_number(metrics['mae'])} is not at least {training.baseline_margin:.0%} "
+                f"below {_number(metrics['baseline_mae'])}, the MAE of always predicting the "
+                "training median: the model has not learned enough from the features"
+            )
+    for name, limit, worse in (
+        ("mae", bars.max_mae, float.__gt__),
+        ("rmse", bars.max_rmse, float.__gt__),
+        ("mape", bars.max_mape, float.__gt__),
+        ("r2", bars.min_r2, float.__lt__),
+    ):
+        if limit is not None and worse(float(metrics[name]), float(limit)):
+            sign = ">" if name != "r2" else "<"
+            reasons.append(
+                f"{name.upper()} {_number(metrics[name])} {sign} threshold {_number(limit)}"
+            )
     if champion is not None:
         allowed = 1.0 + training.champion_tolerance
         for name in ("mae", "rmse"):

@@ -149,10 +149,13 @@ class ApiSettings(BaseModel):
 class TrainingSettings(BaseModel):
     """Model training and the promotion gate."""
 
-    max_mae: Annotated[float, Field(gt=0)] = 45_000.0
-    """A model whose holdout MAE exceeds this is never promoted (target units)."""
-    max_rmse: Annotated[float, Field(gt=0)] = 70_000.0
-    """A model whose holdout RMSE exceeds this is never promoted (target units)."""
+    max_mae: Annotated[float, Field(gt=0)] | None = None
+    """Overrides the description's ``target.thresholds.max_mae`` for this deployment."""
+    max_rmse: Annotated[float, Field(gt=0)] | None = None
+    """Overrides the description's ``target.thresholds.max_rmse`` for this deployment."""
+    baseline_margin: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    """A model's holdout MAE must be this much below always predicting the training rows'
+    median (0.1 = at least 10 % lower): no model worse than a constant is ever served."""
     champion_tolerance: Annotated[float, Field(ge=0, le=1)] = 0.02
     """A challenger may be this much worse (relative MAE and RMSE) than the champion on the same
     holdout and still be promoted: fresher data is worth a hair of noise."""

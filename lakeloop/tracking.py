@@ -460,6 +460,44 @@ def training_blocked(client: MlflowClient, settings: Settings) -> Blocked | None
         return Blocked(commit_id="", since="", tables=[], reason=stored)
 
 
+@dataclass(frozen=True)
+class Refused:
+    """The newest registered version, refused by the gate: why nothing new is served."""
+
+    version: str
+    commit_id: str
+    reasons: str
+
+    @property
+    def summary(self) -> str:
+        return (
+            f"version {self.version} (lakeFS commit {self.commit_id:.12}) was trained and refused "
+            f"by the gate: {self.reasons}; see `lakeloop model show {self.version}`"
+        )
+
+
+def newest_refusal(client: MlflowClient, settings: Settings) -> Refused | None:
+    """The newest registered version when the gate refused it; ``None`` otherwise."""
+    try:
+        [newest] = client.search_model_versions(
+            f"name='{settings.mlflow.model_name}'",
+            max_results=1,
+            order_by=["version_number DESC"],
+        ) or [None]
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    tags = (newest.tags or {}) if newest is not None else {}
+    if newest is None or tags.get(TAG_GATE) != "rejected":
+        return None
+    return Refused(
+        version=str(newest.version),
+        commit_id=tags.get(TAG_COMMIT, ""),
+        reasons=tags.get(TAG_GATE_REASONS, ""),
+    )
+
+
 class LakeFSDatasetSource(DatasetSource):
     """An MLflow dataset source that is a lakeFS URI (``lakefs://repo/commit/prefix``), so a run's
     training data points at the exact commit it was read from."""

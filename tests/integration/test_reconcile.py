@@ -70,7 +70,7 @@ class Trainer:
             settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
         )
         champion = train_flow.score_champion.fn(settings, trained, spec)
-        failures = train_flow.gate_and_promote.fn(settings, trained, logged, champion)
+        failures = train_flow.gate_and_promote.fn(settings, trained, logged, champion, spec)
         return {"status": "registered" if failures else "promoted", "version": logged.version}
 
     def trained(self) -> list[str]:

@@ -61,7 +61,7 @@ def _train_and_judge(
         settings, trained, spec=spec, training_data=frame, lineage=_lineage(commit)
     )
     champion = score_champion.fn(settings, trained, spec)
-    return trained, logged, gate_and_promote.fn(settings, trained, logged, champion)
+    return trained, logged, gate_and_promote.fn(settings, trained, logged, champion, spec)
 
 
 def test_first_model_is_promoted_with_lineage_on_run_and_version(
@@ -74,6 +74,7 @@ def test_first_model_is_promoted_with_lineage_on_run_and_version(
     assert champion.version == logged.version
     assert champion.tags[tracking.TAG_COMMIT] == "a" * 64
     assert champion.tags[tracking.TAG_GATE] == "promoted"
+    assert tracking.newest_refusal(client, settings) is None
     run = client.get_run(logged.run_id)
     assert run.data.tags[tracking.TAG_TRIGGER] == "commit"
     assert run.data.tags[tracking.TAG_VALIDATION] == "passed"
@@ -102,7 +103,14 @@ def test_worse_challenger_stays_registered_with_its_reason(
     # Two trees on the same data: within the absolute thresholds' reach, far behind the champion.
     _, logged, failures = _train_and_judge(settings, spec, data, commit="b" * 64, trees=2)
     assert failures
-    assert all("worse than champion" in reason or "threshold" in reason for reason in failures)
+    assert all(
+        "worse than champion" in reason or "threshold" in reason or "training median" in reason
+        for reason in failures
+    )
+    refused = tracking.newest_refusal(client, settings)
+    assert refused is not None
+    assert (refused.version, refused.commit_id) == (logged.version, "b" * 64)
+    assert refused.reasons == "; ".join(failures)
     assert tracking.champion(client, settings).version == before.version
     rejected = client.get_model_version(settings.mlflow.model_name, logged.version)
     assert rejected.tags[tracking.TAG_GATE] == "rejected"
@@ -171,7 +179,7 @@ def test_a_commit_counts_as_trained_only_once_the_gate_has_judged_its_version(
     assert client.get_run(logged.run_id).info.status == "FINISHED"
     assert tracking.run_for_commit(client, settings, commit_id=commit) is None
 
-    gate_and_promote.fn(settings, trained, logged, score_champion.fn(settings, trained, spec))
+    gate_and_promote.fn(settings, trained, logged, score_champion.fn(settings, trained, spec), spec)
     judged = tracking.run_for_commit(client, settings, commit_id=commit)
     assert judged is not None
     assert judged.info.run_id == logged.run_id

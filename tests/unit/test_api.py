@@ -390,7 +390,12 @@ class FakeRegistry:
         self.warmed_with: Any = None
         self.spec: DatasetSpec | None = None
         """The description the champion was recorded with (None: none recorded)."""
+        self.refused: tracking.Refused | None = None
         self.blocked: tracking.Blocked | None = None
+
+    def newest_refusal(self, settings: Settings) -> tracking.Refused | None:
+        """Stands in for ``newest_refusal``: the newest version, when the gate refused it."""
+        return self.refused
 
     def training_blocked(self, settings: Settings) -> tracking.Blocked | None:
         """Stands in for ``training_blocked``: the registered model's block record."""
@@ -429,7 +434,38 @@ def registry(monkeypatch: pytest.MonkeyPatch, tiny_model: TrainedModel) -> FakeR
     fake = FakeRegistry(tiny_model.pipeline)
     monkeypatch.setattr(api.predictor, "load_champion", fake)
     monkeypatch.setattr(api.predictor, "training_blocked", fake.training_blocked)
+    monkeypatch.setattr(api.predictor, "newest_refusal", fake.newest_refusal)
     return fake
+
+
+def test_a_trained_and_refused_model_is_named_where_the_user_looks(
+    settings: Settings, registry: FakeRegistry, record: dict[str, Any]
+) -> None:
+    """No champion because the gate refused the only model: the 503 and /readyz say which version
+    and why, instead of asking the user to train one."""
+    registry.refused = tracking.Refused(
+        version="1", commit_id="ab" * 32, reasons="MAE 69,035 > threshold 45,000"
+    )
+    headers = {"Authorization": f"Bearer {admin_token(settings)}"}
+    with TestClient(create_app(settings, slot=ModelSlot(), follow_registry=False)) as client:
+        assert client.post("/v1/admin/reload", headers=headers).json()["changed"] is False
+        answer = client.post("/v1/predict", json=record)
+        assert answer.status_code == 503
+        detail = answer.json()["detail"]
+        assert "version 1 (lakeFS commit abababababab) was trained and refused" in detail
+        assert "MAE 69,035 > threshold 45,000" in detail
+        assert "lakeloop model show 1" in detail
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["refused_version"] == "1"
+        assert ready.json()["refused_reasons"] == "MAE 69,035 > threshold 45,000"
+        assert "refused by the gate" in ready.json()["detail"]
+
+        registry.version = "2"  # a later model passes the gate
+        assert client.post("/v1/admin/reload", headers=headers).json()["version"] == "2"
+        ready = client.get("/readyz").json()
+        assert ready["status"] == "ready"
+        assert ready.get("refused_version") is None
 
 
 def test_blocked_training_shows_the_stale_champion_in_readyz_and_metrics(
@@ -535,6 +571,8 @@ def test_a_champion_that_will_not_load_keeps_the_last_good_one_serving(
         "prediction_log": "ok",
         "training": "ok",
         "champion_commits_behind": None,
+        "refused_version": None,
+        "refused_reasons": None,
     }
     assert client.post("/v1/predict", json=record).json()["model"]["version"] == "3"
     assert 'lakeloop_api_model_load_failures_total{model_version="5"} 1.0' in (
@@ -831,3 +869,22 @@ def test_requests_arriving_together_share_one_model_call(
 
     assert asyncio.run(burst()) == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert (old.calls, new.calls, coalescer.calls) == ([3], [2], 2)
+
+
+class _Broken:
+    def predict(self, frame: pd.DataFrame) -> Any:
+        raise RuntimeError("the model exploded")
+
+
+def test_an_unexpected_error_is_a_500_with_its_traceback_in_the_log(
+    settings: Settings, record: dict[str, Any], capfd: pytest.CaptureFixture[str]
+) -> None:
+    slot = ModelSlot(Predictor(model=_Broken(), name="housing-price", version="9"))
+    with TestClient(create_app(settings, slot=slot, follow_registry=False)) as client:
+        answer = client.post("/v1/predict", json=record)
+    assert answer.status_code == 500
+    assert "exploded" not in answer.text  # nothing internal leaks to the client
+    # Litestar's own logger writes the traceback to the process's stderr (the service log).
+    logged = capfd.readouterr().err
+    assert "Traceback" in logged
+    assert "RuntimeError: the model exploded" in logged

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from lakeloop import market
-from lakeloop.dataset import DatasetSpec
+from lakeloop.dataset import DatasetSpec, Thresholds
 from lakeloop.model import (
     TrainedModel,
     gate_failures,
@@ -15,6 +15,7 @@ from lakeloop.model import (
     regression_metrics,
     score,
     split_rows,
+    thresholds,
     train,
     tune,
 )
@@ -76,26 +77,61 @@ def test_too_little_data_is_refused_with_counts(
 
 
 def test_gate_names_each_threshold_missed() -> None:
-    gate = TrainingSettings(max_mae=100, max_rmse=200)
-    assert gate_failures({"mae": 50, "rmse": 150}, gate) == []
-    failures = gate_failures({"mae": 150, "rmse": 250}, gate)
-    assert len(failures) == 2
-    assert failures[0].startswith("MAE 150 > threshold")
-    assert failures[1].startswith("RMSE 250 > threshold")
+    bars = Thresholds(max_mae=100, max_rmse=200, min_r2=0.5, max_mape=0.3)
+    good = {"mae": 50, "rmse": 150, "r2": 0.7, "mape": 0.2}
+    assert gate_failures(good, TrainingSettings(), bars=bars) == []
+    failures = gate_failures(
+        {"mae": 150, "rmse": 250, "r2": 0.4, "mape": 0.35}, TrainingSettings(), bars=bars
+    )
+    assert failures == [
+        "MAE 150 > threshold 100",
+        "RMSE 250 > threshold 200",
+        "MAPE 0.35 > threshold 0.3",
+        "R2 0.4 < threshold 0.5",
+    ]
+
+
+def test_the_settings_override_the_descriptions_thresholds(spec: DatasetSpec) -> None:
+    assert thresholds(spec, TrainingSettings()) == spec.target.thresholds
+    overridden = thresholds(spec, TrainingSettings(max_mae=90_000))
+    assert overridden.max_mae == 90_000
+    assert overridden.max_rmse == spec.target.thresholds.max_rmse
 
 
 def test_gate_refuses_a_challenger_worse_than_the_champion_beyond_tolerance() -> None:
-    gate = TrainingSettings(max_mae=1000, max_rmse=1000, champion_tolerance=0.05)
+    gate = TrainingSettings(champion_tolerance=0.05)
+    bars = Thresholds(max_mae=1000, max_rmse=1000)
     champion = {"mae": 100.0, "rmse": 150.0}
-    assert gate_failures({"mae": 104, "rmse": 157}, gate, champion=champion) == []
-    [reason] = gate_failures({"mae": 106, "rmse": 150}, gate, champion=champion, champion_name="v3")
+    good = {"mae": 104, "rmse": 157, "r2": 0.9, "mape": 0.1}
+    assert gate_failures(good, gate, bars=bars, champion=champion) == []
+    worse = {"mae": 106, "rmse": 150, "r2": 0.9, "mape": 0.1}
+    [reason] = gate_failures(worse, gate, bars=bars, champion=champion, champion_name="v3")
     assert reason.startswith("MAE 106 worse than v3's 100 on the same holdout")
+
+
+def test_without_thresholds_a_model_must_clearly_beat_predicting_the_median(
+    market_batch: pd.DataFrame, spec: DatasetSpec
+) -> None:
+    """No hand-set bar: a model that learned from the features passes, one trained on features
+    that carry no signal (shuffled against the target) is refused, naming the baseline."""
+    gate, bars = TrainingSettings(n_estimators=40), Thresholds()
+    learned = train(market_batch, spec, gate)
+    assert learned.metrics["mae"] < learned.metrics["baseline_mae"] * 0.9
+    assert gate_failures(learned.metrics, gate, bars=bars) == []
+    noise = market_batch.assign(
+        **{spec.target.name: market_batch[spec.target.name].sample(frac=1, random_state=1).values}
+    )
+    guessed = train(noise, spec, gate)
+    [reason] = gate_failures(guessed.metrics, gate, bars=bars)
+    assert "the MAE of always predicting the training median" in reason
 
 
 def test_champion_is_scored_on_the_challengers_holdout(
     tiny_model: TrainedModel, spec: DatasetSpec
 ) -> None:
-    assert score(tiny_model.pipeline, tiny_model.holdout, spec) == pytest.approx(tiny_model.metrics)
+    scored = score(tiny_model.pipeline, tiny_model.holdout, spec)
+    assert scored == pytest.approx({name: tiny_model.metrics[name] for name in scored})
+    assert set(tiny_model.metrics) - set(scored) == {"baseline_mae"}
     assert len(tiny_model.holdout) == tiny_model.holdout_rows
 
 

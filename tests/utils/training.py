@@ -55,6 +55,6 @@ def train_commit(
     )
     pause(REGISTERED)
     champion = train_flow.score_champion.fn(settings, trained, spec)
-    train_flow.gate_and_promote.fn(settings, trained, logged, champion)
+    train_flow.gate_and_promote.fn(settings, trained, logged, champion, spec)
     pause(FINISHED)
     return logged
