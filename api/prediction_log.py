@@ -300,7 +300,10 @@ def _entries_table(entries: list[Entry], spec: DatasetSpec) -> pa.Table:
         if feature.type == "numeric":
             data[feature.name] = _numbers(pieces)
         else:
-            data[feature.name] = pa.array(list(chain.from_iterable(pieces)), pa.string())
+            values = list(chain.from_iterable(pieces))
+            if feature.codes == "integer":  # sent as JSON integers or strings: logged as text
+                values = [v if v is None or isinstance(v, str) else str(v) for v in values]
+            data[feature.name] = pa.array(values, pa.string())
     return pa.table(data)
 
 

@@ -59,9 +59,7 @@ class BoosterKernel:
         regressor = pipeline.named_steps["regress"]
         self.booster = regressor.get_booster()
         self.names: tuple[str, ...] = tuple(self.booster.feature_names or ())
-        tables = {
-            name: {c: float(i) for i, c in enumerate(known)} for name, known in encoder.categories
-        }
+        tables = {name: _code_table(known) for name, known in encoder.categories}
         self.codes: tuple[dict[str, float] | None, ...] = tuple(tables.get(n) for n in self.names)
         self.iteration_range = (0, _rounds_kept(regressor))
 
@@ -113,6 +111,16 @@ class BoosterKernel:
             self.booster.inplace_predict(matrix, iteration_range=self.iteration_range),
             dtype=np.float64,
         )
+
+
+def _code_table(known: Sequence[str]) -> dict[Any, float]:
+    """Category → the code the booster was trained with; an integer code answers to its JSON
+    integer as well as to its digits (``60`` and ``"60"``), as the encoder reads both."""
+    table: dict[Any, float] = {category: float(index) for index, category in enumerate(known)}
+    for category, index in list(table.items()):
+        if category.lstrip("-").isdigit() and str(int(category)) == category:
+            table[int(category)] = index
+    return table
 
 
 def _rounds_kept(regressor: Any) -> int:

@@ -27,18 +27,18 @@ def feature_type(feature: Feature) -> Any:
     """The msgspec type of one feature's value: bounds, length limits, ``None`` when nullable."""
     if feature.type == "categorical":
         known = ", ".join(feature.categories)
+        integer = feature.codes == "integer"
+        written = " Integer codes: send them as JSON integers or strings." if integer else ""
+        description = (
+            f"{feature.description} Known values: {known}.{written} Any other value is accepted "
+            "and treated as unknown (like a missing value), not rejected."
+        )
+        example: Any = int(feature.categories[0]) if integer else feature.categories[0]
         kind: Any = Annotated[
-            str,
-            Meta(
-                min_length=1,
-                max_length=200,
-                description=(
-                    f"{feature.description} Known values: {known}. Any other value is accepted "
-                    "and treated as unknown (like a missing value), not rejected."
-                ),
-                examples=[feature.categories[0]],
-            ),
+            str, Meta(min_length=1, max_length=200, description=description, examples=[example])
         ]
+        if integer:
+            kind = kind | Annotated[int, Meta(description=description, examples=[example])]
     else:
         low = feature.min if feature.min is not None else -_FINITE
         high = feature.max if feature.max is not None else _FINITE

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from lakeloop import evolution, lakefs_client, rowkeys
-from lakeloop.dataset import DatasetSpec, parse_spec
+from lakeloop.dataset import DatasetSpec, described, parse_spec
 from lakeloop.ingest import SourceTable
 from lakeloop.settings import Settings
 from validation.checks import Validator, warm_validator
@@ -160,6 +160,7 @@ class DataGate:
         by default), and take its fingerprints as training data under the current one. A table
         that cannot train under the current description says so in a warning and has none."""
         ingested = ingested or self.spec
+        frame = described(frame, ingested)  # codes stored as numbers or text fingerprint alike
         result = self._validator(ingested).validate(frame)
         change = evolution.compare(ingested, self.spec)
         if change.excludes_older_tables:

@@ -7,15 +7,18 @@ team's own table needs a YAML file, not code.
 from __future__ import annotations
 
 import hashlib
+import re
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 EXAMPLE = "california_housing.yaml"
+_INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
 
 
 class Feature(BaseModel):
@@ -32,6 +35,28 @@ class Feature(BaseModel):
     """Largest valid value (numeric features)."""
     categories: tuple[str, ...] = ()
     """Known values (categorical features); others are treated as unknown, not rejected."""
+    codes: Literal["text", "integer"] = "text"
+    """How a categorical's values are written: ``text`` (``"NAmes"``) or ``integer`` (class codes,
+    ZIP codes: ``60``, ``98178``). Listing the categories as YAML integers makes it ``integer``.
+    Integer codes are compared as their digits whether a table stores them as numbers or text,
+    and the API takes them as JSON integers or strings."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integer_codes(cls, data: Any) -> Any:
+        """Categories listed as integers are integer codes, kept as their digits."""
+        if not isinstance(data, dict):
+            return data
+        categories = data.get("categories") or ()
+        numbers = [c for c in categories if isinstance(c, int) and not isinstance(c, bool)]
+        if not numbers:
+            return data
+        return {
+            **data,
+            "categories": [str(c) if c in numbers else c for c in categories],
+            "codes": data.get("codes", "integer"),
+        }
+
     nullable: bool = False
     """Whether a missing value is valid input."""
     max_missing: float | None = Field(default=None, ge=0, le=1)
@@ -53,6 +78,15 @@ class Feature(BaseModel):
             raise ValueError(f"categorical feature {self.name!r} needs a list of categories")
         if self.type == "numeric" and self.categories:
             raise ValueError(f"numeric feature {self.name!r} cannot have categories")
+        if self.codes == "integer":
+            if self.type != "categorical":
+                raise ValueError(f"numeric feature {self.name!r} cannot have integer codes")
+            wrong = [c for c in self.categories if not _INTEGER.fullmatch(c)]
+            if wrong:
+                raise ValueError(
+                    f"categorical feature {self.name!r} has integer codes, but these categories "
+                    f"are not integers: {', '.join(wrong)}"
+                )
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"feature {self.name!r} has min > max")
         if self.max_missing and not self.nullable:
@@ -271,3 +305,40 @@ def load_spec(path: Path | None = None) -> DatasetSpec:
             raise ValueError(f"cannot read dataset description {path}: {error}") from error
         source = str(path)
     return parse_spec(text, source=source)
+
+
+def codes_as_text(values: pd.Series) -> pd.Series:
+    """A categorical column as the text its categories are listed in: codes a table stores as
+    numbers (an integer column, or floats because the column has gaps) become their integer's
+    digits, so ``60``, ``60.0`` and ``"60"`` are one category; text and missing values stay as
+    they are. A number that is not a whole number stays a number's text (an unknown category)."""
+    if pd.api.types.is_bool_dtype(values):
+        return values
+    if pd.api.types.is_numeric_dtype(values):
+        numbers = values.astype("Float64")
+        if bool((numbers.isna() | (numbers == numbers.round())).all()):
+            return numbers.astype("Int64").astype("string")
+        return values.astype("string")
+    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) != "string":
+        # Mixed text and numbers (records sent as JSON): numbers become their digits.
+        return values.map(_code_text, na_action="ignore").astype("string")
+    return values
+
+
+def _code_text(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return value if isinstance(value, str) else str(value)
+
+
+def described(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    """``frame`` with each categorical feature's values as text (:func:`codes_as_text`): what
+    validation, fingerprints and the model's encoder compare with the listed categories."""
+    changed = {}
+    for name in spec.categorical_features:
+        if name in frame.columns:
+            values = frame[name]
+            text = codes_as_text(values)
+            if text is not values:
+                changed[name] = text
+    return frame.assign(**changed) if changed else frame

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,9 +114,39 @@ def read_source(path: Path) -> pd.DataFrame:
     """Load a source file after :func:`inspect_source` accepted it (same parsing as downstream)."""
     inspect_source(path)
     try:
-        return pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
+        return pd.read_parquet(path) if path.suffix.lower() == ".parquet" else read_csv(path)
     except Exception as error:  # pandas and pyarrow raise many types for a bad file
         raise SourceError(f"{path}: cannot be read ({error})") from error
+
+
+_LEADING_ZERO = r"^-?0[0-9]"
+
+
+def read_csv(source: Path | bytes) -> pd.DataFrame:
+    """A CSV table as lakeloop reads it everywhere (ingest, the data gate, training): pandas'
+    types, except that a column of whole numbers written with leading zeros (ZIP codes such as
+    ``02134``, class codes such as ``020``) stays text, since as numbers it would lose the zeros
+    and no longer match its listed codes. Only such columns are read a second time, as text."""
+    frame = pd.read_csv(_csv_input(source))
+    whole = [name for name in frame.columns if _whole_numbers(frame[name])]
+    if not whole:
+        return frame
+    text = pd.read_csv(_csv_input(source), usecols=whole, dtype=str)
+    padded = [name for name in whole if text[name].str.match(_LEADING_ZERO).any()]
+    return frame.assign(**{name: text[name] for name in padded}) if padded else frame
+
+
+def _csv_input(source: Path | bytes) -> Path | io.BytesIO:
+    return io.BytesIO(source) if isinstance(source, bytes) else source
+
+
+def _whole_numbers(values: pd.Series) -> bool:
+    if pd.api.types.is_integer_dtype(values):
+        return True
+    if not pd.api.types.is_float_dtype(values):
+        return False
+    present = values.dropna()
+    return bool(len(present)) and bool((present == present.round()).all())
 
 
 def file_sha256(path: Path) -> str:

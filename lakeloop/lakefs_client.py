@@ -22,7 +22,7 @@ from lakefs.models import ObjectInfo
 from lakefs.object import WriteableObject
 
 from lakeloop.events import SKIP_TRAINING_KEY
-from lakeloop.ingest import SourceTable
+from lakeloop.ingest import SourceTable, read_csv
 from lakeloop.settings import Settings
 
 ACTIONS_DIR = "_lakefs_actions/"
@@ -382,9 +382,10 @@ def read_bytes(reference: lakefs.Reference, path: str) -> bytes:
 
 def parse_table(content: bytes, *, path: str, ref: str) -> pd.DataFrame:
     """A stored table's bytes as a frame (Parquet or CSV by its suffix), parsed as ingest does."""
-    raw = io.BytesIO(content)
     try:
-        return pd.read_parquet(raw) if path.endswith(".parquet") else pd.read_csv(raw)
+        if path.endswith(".parquet"):
+            return pd.read_parquet(io.BytesIO(content))
+        return read_csv(content)
     except Exception as error:  # pandas and pyarrow raise many types for a bad file
         raise UnreadableTableError(f"cannot read {path} at {ref:.12}: {error}") from error
 

@@ -28,7 +28,7 @@ from sklearn.pipeline import Pipeline
 from xgboost import XGBRegressor
 
 from lakeloop import rowkeys
-from lakeloop.dataset import DatasetSpec, Thresholds
+from lakeloop.dataset import DatasetSpec, Thresholds, codes_as_text
 from lakeloop.settings import TrainingSettings
 
 if TYPE_CHECKING:
@@ -83,7 +83,9 @@ class FeatureEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
         encoded = {name: pd.to_numeric(frame[name], errors="coerce") for name in self.numeric}
         for name, known in self.categories:
-            encoded[name] = pd.Categorical(frame[name].astype("string"), categories=list(known))
+            # Integer codes stored as numbers (60, 60.0) match their listed digits ("60").
+            text = codes_as_text(frame[name]).astype("string")
+            encoded[name] = pd.Categorical(text, categories=list(known))
         return pd.DataFrame(encoded, index=frame.index)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from lakeloop.dataset import Between, DatasetSpec, Feature, LessOrEqual, Unique
+from lakeloop.dataset import Between, DatasetSpec, Feature, LessOrEqual, Unique, described
 from validation.results import Finding, ValidationResult, finding_from, summarise
 
 # Type names Great Expectations resolves for pandas: numpy dtypes, pandas extension dtypes and,
@@ -211,6 +211,7 @@ class Validator:
 
     def validate(self, frame: pd.DataFrame) -> ValidationResult:
         """Check ``frame`` against the suite; findings say what broke, failures first."""
+        frame = described(frame, self.spec)  # category codes stored as numbers are compared as text
         with self._lock:
             batch = self._batches.get_batch(batch_parameters={"dataframe": frame})
             result = batch.validate(self.suite, result_format="SUMMARY")
