@@ -221,20 +221,35 @@ class DatasetSpec(BaseModel):
     """Fewest rows a batch may have."""
     checks: tuple[DomainCheck, ...] = ()
     """Domain rules beyond each column's own type, bounds and categories."""
+    ids: tuple[str, ...] = ()
+    """Columns that identify a row (an order number, a parcel id): stored with the data, part of
+    what makes a record unique, never features and not otherwise validated."""
+    ignore: tuple[str, ...] = ()
+    """Other columns a table carries (notes, columns not used yet): must be present, are kept in
+    the data, are neither validated nor features."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> DatasetSpec:
-        names = [feature.name for feature in self.features] + [self.target.name]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"column names appear twice: {', '.join(duplicates)}")
+        roles: dict[str, list[str]] = {}
+        for role, names in (
+            ("id", self.ids),
+            ("feature", self.feature_names),
+            ("target", [self.target.name]),
+            ("ignored", self.ignore),
+        ):
+            for name in names:
+                roles.setdefault(name, []).append(role)
+        twice = {name: found for name, found in roles.items() if len(found) > 1}
+        if twice:
+            named = "; ".join(f"{name} ({' and '.join(found)})" for name, found in twice.items())
+            raise ValueError(f"column names appear twice: {named}")
         return self
 
     @model_validator(mode="after")
     def _checks_name_known_columns(self) -> DatasetSpec:
         numeric = {*self.numeric_features, self.target.name}
         for check in self.checks:
-            unknown = sorted(set(check.columns_used()) - set(self.columns))
+            unknown = sorted(set(check.columns_used()) - set(self.record_columns))
             if unknown:
                 raise ValueError(f"{check.rule} rule names unknown columns: {', '.join(unknown)}")
             # Comparing text columns would fail on every batch, not just bad ones.
@@ -263,8 +278,19 @@ class DatasetSpec(BaseModel):
 
     @cached_property
     def columns(self) -> list[str]:
-        """Feature columns followed by the target, the order batches are written in."""
+        """Feature columns followed by the target: what the model reads and learns."""
         return [*self.feature_names, self.target.name]
+
+    @cached_property
+    def record_columns(self) -> list[str]:
+        """The id columns, the features and the target: what a record is (uniqueness, row keys,
+        the training data)."""
+        return [*self.ids, *self.columns]
+
+    @cached_property
+    def stored_columns(self) -> list[str]:
+        """Every column a table under this description has: the record and the ignored ones."""
+        return [*self.record_columns, *self.ignore]
 
     @cached_property
     def digest(self) -> str:

@@ -114,13 +114,14 @@ def compare(old: DatasetSpec, new: DatasetSpec) -> Change:
 def adapt(frame: pd.DataFrame, *, ingested: DatasetSpec, current: DatasetSpec) -> pd.DataFrame:
     """A table ingested under ``ingested`` as training data under ``current``: dropped features
     dropped, added nullable ones missing. Call only when :func:`compare` does not exclude it."""
-    if ingested is current or compare(ingested, current).same_columns:
+    if ingested is current or ingested.stored_columns == current.record_columns:
         return frame
-    adapted = frame.drop(columns=[c for c in frame.columns if c not in current.columns])
-    for name in current.columns:
+    adapted = frame.drop(columns=[c for c in frame.columns if c not in current.record_columns])
+    for name in current.record_columns:
         if name not in adapted.columns:
-            adapted[name] = np.nan if current.feature(name).type == "numeric" else None
-    return adapted[current.columns]
+            numeric = name in current.numeric_features
+            adapted[name] = np.nan if numeric else None
+    return adapted[current.record_columns]
 
 
 def as_trained_under(

@@ -32,5 +32,5 @@ def keys(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
 
 
 def content_hashes(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
-    """A 64-bit hash of each row's described columns (features and target; index ignored)."""
-    return pd.util.hash_pandas_object(frame[spec.columns], index=False).to_numpy()
+    """A 64-bit hash of each row's record (ids, features and target; index ignored)."""
+    return pd.util.hash_pandas_object(frame[spec.record_columns], index=False).to_numpy()

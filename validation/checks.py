@@ -50,18 +50,18 @@ def expectations_for(spec: DatasetSpec) -> list[Any]:
             min_value=spec.min_rows, meta={"allowed": f"at least {spec.min_rows} rows"}
         ),
         expect.ExpectTableColumnsToMatchSet(
-            column_set=list(spec.columns),
+            column_set=list(spec.stored_columns),
             exact_match=True,
-            meta={"allowed": "exactly the described columns: " + ", ".join(spec.columns)},
+            meta={"allowed": "exactly the described columns: " + ", ".join(spec.stored_columns)},
         ),
     ]
-    for column in spec.columns:
+    for column in spec.stored_columns:
         suite.append(expect.ExpectColumnToExist(column=column, meta={"allowed": "present"}))
     suite += _target_expectations(spec)
     for feature in spec.features:
         suite += _feature_expectations(feature)
     for check in spec.checks:
-        suite.append(_domain_expectation(check, columns=spec.columns))
+        suite.append(_domain_expectation(check, columns=spec.record_columns))
     return suite
 
 

@@ -30,7 +30,7 @@ RECORD = "record"
 
 def key_columns(check: Unique, spec: DatasetSpec) -> tuple[str, ...]:
     """The columns a uniqueness rule compares: its own, or every described column."""
-    return check.columns or tuple(spec.columns)
+    return check.columns or tuple(spec.record_columns)
 
 
 def key_name(columns: Sequence[str]) -> str:
@@ -67,12 +67,12 @@ def _comparable(column: pd.Series) -> pd.Series:
 def record_fingerprints(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the fingerprint of the whole record (what "the same row" means for idempotent
     ingest), and whether the row has any value."""
-    return row_fingerprints(frame, spec.columns)
+    return row_fingerprints(frame, spec.record_columns)
 
 
 def wanted_keys(spec: DatasetSpec) -> dict[str, tuple[str, ...]]:
     """Every fingerprint a stored table keeps: whole records, and each history rule's key."""
-    keys = {RECORD: tuple(spec.columns)}
+    keys = {RECORD: tuple(spec.record_columns)}
     for check in spec.history_checks:
         columns = key_columns(check, spec)
         keys[key_name(columns)] = columns

@@ -1,0 +1,106 @@
+"""A table as published, not cut down by hand: the raw Ames house-sales file (82 columns, two id
+columns, coded classes, gaps) described with its ids and the columns it does not use yet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from lakeloop import evolution, model, rowkeys
+from lakeloop.dataset import DatasetSpec
+from lakeloop.ingest import read_source
+from lakeloop.settings import TrainingSettings
+from tests.utils.real_data import read_ames
+from validation.checks import validate_frame
+from validation.history import record_fingerprints
+
+FEATURES = ["Neighborhood", "Fireplaces", "Foundation"]
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """The file as published, read the way lakeloop reads every CSV."""
+    path = tmp_path_factory.mktemp("ames") / "AmesHousing.csv"
+    read_ames().to_csv(path, index=False)
+    return read_source(Path(path))
+
+
+def describe(raw: pd.DataFrame, **changes: Any) -> DatasetSpec:
+    used = {"Order", "PID", "SalePrice", *FEATURES}
+    return DatasetSpec.model_validate(
+        {
+            "name": "ames_raw",
+            "version": 1,
+            "target": {"name": "SalePrice", "min": 1},
+            "ids": ["Order", "PID"],
+            "features": [
+                {
+                    "name": "Neighborhood",
+                    "type": "categorical",
+                    "categories": sorted(raw["Neighborhood"].unique()),
+                },
+                {"name": "Fireplaces", "type": "numeric", "min": 0, "max": 10},
+                {
+                    "name": "Foundation",
+                    "type": "categorical",
+                    "categories": sorted(raw["Foundation"].unique()),
+                },
+            ],
+            "ignore": [column for column in raw.columns if column not in used],
+        }
+        | changes
+    )
+
+
+def test_the_published_table_passes_with_its_ids_and_unused_columns_declared(
+    raw: pd.DataFrame,
+) -> None:
+    spec = describe(raw)
+    assert len(spec.stored_columns) == len(raw.columns) == 82
+    result = validate_frame(raw, spec)
+    assert result.success, result.failures
+    # Without the ids and the unused columns declared, the same file is refused naming them.
+    bare = describe(raw, ids=[], ignore=[])
+    refused = validate_frame(raw, bare)
+    assert not refused.success
+    assert any("PID" in line and "Order" in line for line in refused.failures)
+
+
+def test_a_declared_column_missing_from_a_table_is_named(raw: pd.DataFrame) -> None:
+    result = validate_frame(raw.drop(columns=["PID", "Misc Feature"]), describe(raw))
+    assert not result.success
+    text = "\n".join(result.failures)
+    assert "PID" in text
+    assert "Misc Feature" in text
+
+
+def test_a_column_declared_twice_is_refused_naming_both_roles(raw: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match=r"Fireplaces \(feature and ignored\)"):
+        describe(raw, ignore=["Fireplaces"])
+    with pytest.raises(ValueError, match=r"PID \(id and ignored\)"):
+        describe(raw, ignore=["PID"])
+
+
+def test_ids_make_the_record_and_train_nothing(raw: pd.DataFrame) -> None:
+    """A resent sale (same ids) is the same record; two sales alike in every feature and price
+    but with their own ids are not. The model learns from the features alone."""
+    spec = describe(raw)
+    rows = raw.head(200)
+    fingerprints, _ = record_fingerprints(rows, spec)
+    again, _ = record_fingerprints(rows.copy(), spec)
+    assert (fingerprints == again).all()
+    twin = rows.head(1).assign(Order=99_999, PID=1)
+    twin_print, _ = record_fingerprints(twin, spec)
+    assert twin_print[0] != fingerprints[0]
+
+    frame = evolution.adapt(rowkeys.keyed(raw, spec), ingested=spec, current=spec)
+    trained = model.train(frame, spec, TrainingSettings(n_estimators=20))
+    assert set(trained.pipeline.named_steps["regress"].get_booster().feature_names) == set(FEATURES)
+    # Under a later description that no longer ignores the unused columns (they were dropped from
+    # the export), older tables keep their ids for training and lose only the ignored columns.
+    later = describe(raw, version=2, ignore=[])
+    adapted = evolution.adapt(raw, ingested=spec, current=later)
+    assert list(adapted.columns) == later.record_columns
