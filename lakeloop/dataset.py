@@ -111,6 +111,49 @@ class Thresholds(BaseModel):
     """Largest mean absolute percentage error (0.2 = 20 %)."""
 
 
+class EventTime(BaseModel):
+    """When each row happened (a sale's date): one column with an optional ``strptime`` format
+    (ISO 8601 without one), or a ``year`` column with an optional ``month`` column. Never a
+    feature; with it every training split is by time (the holdout is the most recent rows)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    column: str | None = None
+    format: str | None = None
+    year: str | None = None
+    month: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> EventTime:
+        if (self.column is None) == (self.year is None):
+            raise ValueError("event_time needs either column (with an optional format) or year")
+        if self.column is None and self.format is not None:
+            raise ValueError("event_time format applies to column, not to year and month")
+        if self.year is None and self.month is not None:
+            raise ValueError("event_time month needs year")
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for c in (self.column, self.year, self.month) if c is not None]
+
+    def parse(self, frame: pd.DataFrame) -> pd.Series:
+        """Each row's time (UTC); missing where it does not parse."""
+        if self.column is not None:
+            values = frame[self.column]
+            if self.format is not None:
+                return pd.to_datetime(values, format=self.format, errors="coerce", utc=True)
+            return pd.to_datetime(values, format="ISO8601", errors="coerce", utc=True)
+        parts = pd.DataFrame(
+            {
+                "year": pd.to_numeric(frame[self.year], errors="coerce"),
+                "month": pd.to_numeric(frame[self.month], errors="coerce") if self.month else 1,
+                "day": 1,
+            }
+        )
+        return pd.to_datetime(parts, errors="coerce", utc=True)
+
+
 class Target(BaseModel):
     """The column the model predicts."""
 
@@ -227,12 +270,16 @@ class DatasetSpec(BaseModel):
     ignore: tuple[str, ...] = ()
     """Other columns a table carries (notes, columns not used yet): must be present, are kept in
     the data, are neither validated nor features."""
+    event_time: EventTime | None = None
+    """When each row happened: checked (parses, not in the future), never a feature; training
+    splits by it."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> DatasetSpec:
         roles: dict[str, list[str]] = {}
         for role, names in (
             ("id", self.ids),
+            ("event time", self.event_time.columns if self.event_time else []),
             ("feature", self.feature_names),
             ("target", [self.target.name]),
             ("ignored", self.ignore),
@@ -283,9 +330,10 @@ class DatasetSpec(BaseModel):
 
     @cached_property
     def record_columns(self) -> list[str]:
-        """The id columns, the features and the target: what a record is (uniqueness, row keys,
-        the training data)."""
-        return [*self.ids, *self.columns]
+        """The id columns, the event time, the features and the target: what a record is
+        (uniqueness, row keys, the training data)."""
+        times = self.event_time.columns if self.event_time else []
+        return [*self.ids, *times, *self.columns]
 
     @cached_property
     def stored_columns(self) -> list[str]:

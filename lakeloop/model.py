@@ -171,16 +171,19 @@ def split_rows(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSetting
     must not."""
     rows = frame.dropna(subset=[spec.target.name])
     hashes = rowkeys.keys(rows, spec)
-    content_order = np.argsort(hashes, kind="stable")
-    rows = rows.iloc[content_order]
-    buckets = hashes[content_order] % _HASH_BUCKETS
-    holdout_end = int(training.holdout_fraction * _HASH_BUCKETS)
-    validation_end = holdout_end + int(training.validation_fraction * _HASH_BUCKETS)
-    split = Split(
-        fit=rows[buckets >= validation_end],
-        stop=rows[(buckets >= holdout_end) & (buckets < validation_end)],
-        holdout=rows[buckets < holdout_end],
-    )
+    if spec.event_time is not None:
+        split = _split_by_time(rows, hashes, spec, training)
+    else:
+        content_order = np.argsort(hashes, kind="stable")
+        rows = rows.iloc[content_order]
+        buckets = hashes[content_order] % _HASH_BUCKETS
+        holdout_end = int(training.holdout_fraction * _HASH_BUCKETS)
+        validation_end = holdout_end + int(training.validation_fraction * _HASH_BUCKETS)
+        split = Split(
+            fit=rows[buckets >= validation_end],
+            stop=rows[(buckets >= holdout_end) & (buckets < validation_end)],
+            holdout=rows[buckets < holdout_end],
+        )
     if len(split.fit) < 10 or len(split.holdout) < 2 or len(split.stop) < 2:
         raise ValueError(
             f"too few rows to train: {len(split.fit)} to fit, {len(split.stop)} for early "
@@ -189,6 +192,27 @@ def split_rows(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSetting
     if rows[spec.target.name].nunique() < 2:
         raise ValueError(f"the target {spec.target.name} has a single value: nothing to learn")
     return split
+
+
+def _split_by_time(
+    rows: pd.DataFrame, hashes: np.ndarray, spec: DatasetSpec, training: TrainingSettings
+) -> Split:
+    """Dated rows split as the model is used: it learns from the past and is judged on the most
+    recent rows (the holdout), early stopping on the period just before them. Rows of one time
+    are ordered by their keys, so the split does not depend on the order files were read in."""
+    assert spec.event_time is not None
+    times = spec.event_time.parse(rows).to_numpy(dtype="datetime64[ns]")
+    order = np.lexsort((hashes, times))  # by time, then by key
+    rows = rows.iloc[order]
+    count = len(rows)
+    holdout = int(np.ceil(training.holdout_fraction * count))
+    stop = int(np.ceil(training.validation_fraction * count))
+    fit_end = max(count - holdout - stop, 0)
+    return Split(
+        fit=rows.iloc[:fit_end],
+        stop=rows.iloc[fit_end : count - holdout],
+        holdout=rows.iloc[count - holdout :],
+    )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import threading
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from lakeloop.dataset import Between, DatasetSpec, Feature, LessOrEqual, Unique, described
@@ -216,13 +217,61 @@ class Validator:
             batch = self._batches.get_batch(batch_parameters={"dataframe": frame})
             result = batch.validate(self.suite, result_format="SUMMARY")
         raw = result.to_json_dict()
-        findings = summarise([finding_from(check, rows=len(frame)) for check in result.results])
+        findings = summarise(
+            [
+                *(finding_from(check, rows=len(frame)) for check in result.results),
+                *event_time_findings(frame, self.spec, now=pd.Timestamp.now(tz="UTC")),
+            ]
+        )
         return ValidationResult(
             success=not any(finding.severity == "failure" for finding in findings),
             rows=len(frame),
             findings=findings,
             raw=raw,
         )
+
+
+EVENT_TIME = "expect_event_time_to_parse_and_not_be_in_the_future"
+
+
+def event_time_findings(
+    frame: pd.DataFrame, spec: DatasetSpec, *, now: pd.Timestamp
+) -> list[Finding]:
+    """Rows whose event time is missing, does not parse, or is after ``now``, named by row
+    number. Checked here, not by a Great Expectations expectation: the time is parsed exactly as
+    the training split parses it (its strftime expectation does not cover a year and month pair
+    or a time after now)."""
+    event = spec.event_time
+    if event is None or any(column not in frame.columns for column in event.columns):
+        return []  # a missing column is named by its own expectation
+    times = event.parse(frame)
+    written = f"format {event.format}" if event.format else "ISO 8601"
+    if event.column is None:
+        written = "a year" + (" and a month (1-12)" if event.month else "")
+    findings = []
+    for broken, what in (
+        (times.isna().to_numpy(), f"have no time in {written}"),
+        ((times > now).to_numpy(), f"are after now ({now:%Y-%m-%d %H:%M} UTC)"),
+    ):
+        count = int(broken.sum())
+        if not count:
+            continue
+        rows = np.flatnonzero(broken)[:5].tolist()
+        examples = frame.loc[frame.index[rows], event.columns].astype(str).agg(" ".join, axis=1)
+        findings.append(
+            Finding(
+                expectation=EVENT_TIME,
+                column=", ".join(event.columns),
+                severity="failure",
+                observed=(
+                    f"{count} rows {what}: rows {', '.join(map(str, rows))}"
+                    f"{' ...' if count > len(rows) else ''} ({', '.join(examples)})"
+                ),
+                allowed=f"a time in {written}, not in the future",
+                unexpected_count=count,
+            )
+        )
+    return findings
 
 
 def suite_name(spec: DatasetSpec) -> str:

@@ -104,3 +104,60 @@ def test_ids_make_the_record_and_train_nothing(raw: pd.DataFrame) -> None:
     later = describe(raw, version=2, ignore=[])
     adapted = evolution.adapt(raw, ingested=spec, current=later)
     assert list(adapted.columns) == later.record_columns
+
+
+SOLD = {"year": "Yr Sold", "month": "Mo Sold"}
+
+
+def dated(raw: pd.DataFrame) -> DatasetSpec:
+    plain = describe(raw)
+    return describe(
+        raw, event_time=SOLD, ignore=[c for c in plain.ignore if c not in SOLD.values()]
+    )
+
+
+def test_dated_sales_are_split_by_time_whatever_the_file_order(raw: pd.DataFrame) -> None:
+    """The model is judged as it is used: on the latest sales, having learned from older ones."""
+    spec = dated(raw)
+    assert validate_frame(raw, spec).success
+    training = TrainingSettings()
+    split = model.split_rows(raw, spec, training)
+    sold = {name: spec.event_time.parse(part) for name, part in vars(split).items()}  # type: ignore[union-attr]
+    assert sold["fit"].max() <= sold["stop"].min()
+    assert sold["stop"].max() <= sold["holdout"].min()  # no holdout sale older than a trained one
+    assert len(split.holdout) == round(len(raw) * training.holdout_fraction)
+    shuffled = model.split_rows(raw.sample(frac=1, random_state=3), spec, training)
+    assert set(shuffled.holdout["Order"]) == set(split.holdout["Order"])
+    assert set(shuffled.fit["Order"]) == set(split.fit["Order"])
+    trained = model.train(raw, spec, TrainingSettings(n_estimators=20))
+    assert "Yr Sold" not in trained.pipeline.named_steps["regress"].get_booster().feature_names
+
+
+def test_sale_times_that_do_not_parse_or_lie_ahead_are_refused_naming_rows(
+    raw: pd.DataFrame,
+) -> None:
+    spec = dated(raw)
+    bad = raw.head(100).copy()
+    bad.loc[bad.index[7], "Mo Sold"] = 13
+    ahead = pd.Timestamp.now().year + 2
+    bad.loc[bad.index[42], "Yr Sold"] = ahead
+    result = validate_frame(bad, spec)
+    assert not result.success
+    lines = "\n".join(result.failures)
+    assert "1 rows have no time in a year and a month (1-12): rows 7 (" in lines
+    assert "1 rows are after now" in lines
+    assert f"rows 42 ({ahead}" in lines
+
+
+def test_a_time_column_with_a_format(raw: pd.DataFrame) -> None:
+    frame = raw.head(50).assign(sold_at=lambda f: f["Yr Sold"].astype(str) + "/06/15")
+    spec = describe(raw, event_time={"column": "sold_at", "format": "%Y/%m/%d"})
+    frame = frame[spec.stored_columns]
+    assert validate_frame(frame, spec).success
+    frame.loc[frame.index[3], "sold_at"] = "15.06.2008"
+    [line] = validate_frame(frame, spec).failures
+    assert "have no time in format %Y/%m/%d: rows 3 (15.06.2008)" in line
+    with pytest.raises(ValueError, match="either column"):
+        describe(raw, event_time={"format": "%Y"})
+    with pytest.raises(ValueError, match=r"Yr Sold \(event time and ignored\)"):
+        describe(raw, event_time=SOLD)
