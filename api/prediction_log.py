@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lakeloop.dataset import DatasetSpec
+from lakeloop.dataset import DatasetSpec, attribute
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def _feature_chunks(
             elif entry.columns is not None:
                 pieces.append(entry.columns[name])
             else:  # a batch of records: only its category columns are read from them
-                pieces.append(list(map(attrgetter(name), entry.records)))
+                pieces.append(list(map(attrgetter(attribute(name)), entry.records)))
     if rows:
         transpose_rows()
     return chunks

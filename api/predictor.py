@@ -35,11 +35,12 @@ from operator import attrgetter
 from typing import Any, Protocol
 
 import anyio
+import msgspec
 import numpy as np
 import pandas as pd
 
 from lakeloop import tracking
-from lakeloop.dataset import DatasetSpec
+from lakeloop.dataset import DatasetSpec, attribute
 from lakeloop.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class BoosterKernel:
         regressor = pipeline.named_steps["regress"]
         self.booster = regressor.get_booster()
         self.names: tuple[str, ...] = tuple(self.booster.feature_names or ())
+        self.attributes = tuple(map(attribute, self.names))
+        """The names as attributes of decoded records (``Gr Liv Area`` → ``Gr_Liv_Area``)."""
         tables = {name: _code_table(known) for name, known in encoder.categories}
         self.codes: tuple[dict[str, float] | None, ...] = tuple(tables.get(n) for n in self.names)
         self.iteration_range = (0, _rounds_kept(regressor))
@@ -92,12 +95,15 @@ class BoosterKernel:
         if len(records) == 1:
             row = [
                 self._cell(records[0], name, codes)
-                for name, codes in zip(self.names, self.codes, strict=True)
+                for name, codes in zip(self.attributes, self.codes, strict=True)
             ]
             return np.array([row], dtype=np.float32)
         # C-level `map(attrgetter)` per feature: no Python loop per row, and no tuple per row
         # for the garbage collector to visit.
-        columns = {name: list(map(attrgetter(name), records)) for name in self.names}
+        columns = {
+            name: list(map(attrgetter(attr), records))
+            for name, attr in zip(self.names, self.attributes, strict=True)
+        }
         return self.matrix_from_columns(columns)
 
     @staticmethod
@@ -180,7 +186,8 @@ class Predictor:
 def _as_dict(record: Any) -> dict[str, Any]:
     if isinstance(record, dict):
         return record
-    return {name: getattr(record, name) for name in record.__struct_fields__}
+    # Keyed by the names as JSON writes them (the model's columns), not the attributes.
+    return dict(zip(record.__struct_encode_fields__, msgspec.structs.astuple(record), strict=True))
 
 
 class ModelLoadError(Exception):

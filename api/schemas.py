@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from lakeloop.dataset import DatasetSpec, Feature
+from lakeloop.dataset import DatasetSpec, Feature, attribute
 
 # JSON cannot carry NaN or infinity and msgspec refuses numbers beyond a double; bounding every
 # number by the largest finite double also refuses them when they arrive by another route.
@@ -48,21 +48,32 @@ def feature_type(feature: Feature) -> Any:
 
 def record_type(spec: DatasetSpec) -> type[msgspec.Struct]:
     """A msgspec struct with one required field per feature, bounds as constraints."""
-    fields = [(feature.name, feature_type(feature)) for feature in spec.features]
+    fields = [(attribute(feature.name), feature_type(feature)) for feature in spec.features]
     # Decoded requests hold only numbers, strings and lists of them, so they can never be part of
     # a reference cycle: their structs stay out of the garbage collector's bookkeeping
     # (``gc=False``), which a 1,000-record batch would otherwise pay for on every request, and
     # again while the prediction log keeps the records alive across collections.
     return msgspec.defstruct(
-        "HouseFeatures", fields, forbid_unknown_fields=True, kw_only=True, gc=False, module=__name__
+        "HouseFeatures",
+        fields,
+        forbid_unknown_fields=True,
+        kw_only=True,
+        gc=False,
+        module=__name__,
+        rename=_renames(spec),
     )
+
+
+def _renames(spec: DatasetSpec) -> dict[str, str]:
+    """Attribute → the feature's name as JSON writes it, where the two differ."""
+    return {attribute(n): n for n in spec.feature_names if attribute(n) != n}
 
 
 def columns_type(spec: DatasetSpec, *, max_batch: int | None) -> type[msgspec.Struct]:
     """One list per feature, all of the same length (checked after decoding)."""
     fields = [
         (
-            feature.name,
+            attribute(feature.name),
             Annotated[list[feature_type(feature)], Meta(min_length=1, max_length=max_batch)],  # type: ignore[misc]
         )
         for feature in spec.features
@@ -74,6 +85,7 @@ def columns_type(spec: DatasetSpec, *, max_batch: int | None) -> type[msgspec.St
         kw_only=True,
         gc=False,
         module=__name__,
+        rename=_renames(spec),
     )
 
 

@@ -31,7 +31,7 @@ from api.schemas import (
     PredictionResponse,
     RequestTypes,
 )
-from lakeloop.dataset import DatasetSpec
+from lakeloop.dataset import DatasetSpec, attribute
 
 NO_CHAMPION_YET = "no champion model yet"
 NO_CHAMPION = (
@@ -117,7 +117,7 @@ class RequestSchema:
         if records is not msgspec.UNSET:
             self._check_size(len(records))
             return records, None
-        by_name = {name: getattr(columns, name) for name in self.spec.feature_names}
+        by_name = {name: getattr(columns, attribute(name)) for name in self.spec.feature_names}
         lengths = {len(values) for values in by_name.values()}
         if len(lengths) > 1:
             problem = FieldError(

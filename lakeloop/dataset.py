@@ -26,7 +26,9 @@ class Feature(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\[\]<]+$")
+    """The column's name as tables and API requests write it (``Gr Liv Area`` is fine; XGBoost
+    refuses ``[``, ``]`` and ``<`` in feature names)."""
     type: Literal["numeric", "categorical"]
     description: str = ""
     min: float | None = None
@@ -293,6 +295,19 @@ class DatasetSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _distinct_attributes(self) -> DatasetSpec:
+        by_attribute: dict[str, list[str]] = {}
+        for name in self.feature_names:
+            by_attribute.setdefault(attribute(name), []).append(name)
+        clashes = [names for names in by_attribute.values() if len(names) > 1]
+        if clashes:
+            raise ValueError(
+                "feature names differ only in punctuation, which the API cannot tell apart: "
+                + "; ".join(" / ".join(names) for names in clashes)
+            )
+        return self
+
+    @model_validator(mode="after")
     def _checks_name_known_columns(self) -> DatasetSpec:
         numeric = {*self.numeric_features, self.target.name}
         for check in self.checks:
@@ -357,6 +372,13 @@ class DatasetSpec(BaseModel):
 
     def feature(self, name: str) -> Feature:
         return next(feature for feature in self.features if feature.name == name)
+
+
+def attribute(name: str) -> str:
+    """A feature's name as a Python identifier (decoded API records hold features as attributes;
+    the JSON keeps the name as written): other characters become ``_``, a leading digit gets one."""
+    safe = re.sub(r"\W", "_", name)
+    return f"_{safe}" if safe[0].isdigit() else safe
 
 
 def parse_spec(text: str | bytes, *, source: str) -> DatasetSpec:

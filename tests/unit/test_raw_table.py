@@ -8,16 +8,21 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from litestar.testing import TestClient
 
+from api.app import create_app
+from api.prediction_log import read_prediction_log
+from api.predictor import ModelSlot, Predictor
 from lakeloop import evolution, model, rowkeys
 from lakeloop.dataset import DatasetSpec
 from lakeloop.ingest import read_source
-from lakeloop.settings import TrainingSettings
+from lakeloop.settings import Settings, TrainingSettings
 from tests.utils.real_data import read_ames
 from validation.checks import validate_frame
 from validation.history import record_fingerprints
 
 FEATURES = ["Neighborhood", "Fireplaces", "Foundation"]
+CLASSES = [20, 30, 40, 45, 50, 60, 70, 75, 80, 85, 90, 120, 150, 160, 180, 190]
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +166,53 @@ def test_a_time_column_with_a_format(raw: pd.DataFrame) -> None:
         describe(raw, event_time={"format": "%Y"})
     with pytest.raises(ValueError, match=r"Yr Sold \(event time and ignored\)"):
         describe(raw, event_time=SOLD)
+
+
+def test_features_keep_their_published_names_through_training_and_the_api(
+    raw: pd.DataFrame, settings: Settings
+) -> None:
+    """`Gr Liv Area`, `MS SubClass`, `1st Flr SF`: no column renamed by hand, in training, in
+    the API's requests and errors, in its OpenAPI document and in the prediction log."""
+    named = [
+        {"name": "Gr Liv Area", "type": "numeric", "min": 0},
+        {"name": "1st Flr SF", "type": "numeric", "min": 0},
+        {"name": "MS SubClass", "type": "categorical", "categories": CLASSES},
+        {"name": "Lot Frontage", "type": "numeric", "nullable": True},
+    ]
+    used = {"Order", "PID", "SalePrice", *(feature["name"] for feature in named)}
+    spec = describe(
+        raw, features=named, ignore=[column for column in raw.columns if column not in used]
+    )
+    assert validate_frame(raw, spec).success
+    pipeline = model.train(raw, spec, TrainingSettings(n_estimators=20)).pipeline
+    record = {"Gr Liv Area": 1500, "1st Flr SF": 900, "MS SubClass": 60, "Lot Frontage": None}
+    expected = float(pipeline.predict(pd.DataFrame([record]))[0])
+    slot = ModelSlot(Predictor(model=pipeline, name="ames", version="1", spec=spec))
+    with TestClient(create_app(settings, spec=spec, slot=slot, follow_registry=False)) as client:
+        one = client.post("/v1/predict", json=record).json()
+        columns = {name: [value] * 2 for name, value in record.items()}
+        batch = client.post("/v1/predict/batch", json={"columns": columns}).json()
+        records = client.post("/v1/predict/batch", json={"records": [record] * 3}).json()
+        missing = client.post(
+            "/v1/predict", json={k: v for k, v in record.items() if k != "1st Flr SF"}
+        )
+        document = client.get("/schema/openapi.json").json()
+    assert one["prediction"] == pytest.approx(expected, rel=1e-6)
+    assert batch["predictions"] == pytest.approx([expected] * 2, rel=1e-6)
+    assert records["predictions"] == pytest.approx([expected] * 3, rel=1e-6)
+    assert missing.status_code == 422
+    assert [error["field"] for error in missing.json()["errors"]] == ["1st Flr SF"]
+    properties = document["components"]["schemas"]["HouseFeatures"]["properties"]
+    assert set(properties) == set(spec.feature_names)
+    logged = read_prediction_log(settings.state_dir)
+    assert logged["Gr Liv Area"].tolist() == [1500.0] * 6
+    assert logged["MS SubClass"].tolist() == ["60"] * 6
+
+
+def test_names_the_api_cannot_tell_apart_are_refused(raw: pd.DataFrame) -> None:
+    clash = [
+        {"name": "Lot Area", "type": "numeric"},
+        {"name": "Lot_Area", "type": "numeric"},
+    ]
+    with pytest.raises(ValueError, match="Lot Area / Lot_Area"):
+        describe(raw, features=clash, ignore=[])
