@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import webbrowser
 from datetime import UTC, datetime
@@ -756,6 +757,49 @@ app.add_typer(grafana.app, name="grafana")
 
 dataset_app = typer.Typer(help="The dataset description and its changes.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("init")
+def dataset_init(
+    path: Annotated[Path, typer.Argument(help="A CSV or Parquet table to describe.")],
+    target: Annotated[str, typer.Option(help="The column to predict.")],
+    output: Annotated[
+        Path | None, typer.Option(help="Where to write the YAML (default: <table name>.yaml).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="The dataset's name.")] = None,
+) -> None:
+    """Draft a dataset description from a table: ids, event time, features with their bounds,
+    categories and codes; what was inferred is written at the top for you to check."""
+    from lakeloop.draft import draft  # noqa: PLC0415 - only this command needs it
+
+    output = output or path.with_suffix(".yaml")
+    if output.exists():
+        console.print(f"[red]{output} exists:[/red] choose another --output (nothing written)")
+        raise typer.Exit(2)
+    try:
+        drafted = draft(read_source(path), target=target, name=name or _dataset_name(path))
+        drafted.spec  # noqa: B018 - the draft must load as a description before it is written
+    except (SourceError, ValueError) as error:
+        console.print(f"[red]cannot draft a description:[/red] {error}")
+        raise typer.Exit(2) from error
+    output.write_text(drafted.to_yaml())
+    spec = drafted.spec
+    console.print(
+        f"wrote {output}: {len(spec.features)} features, ids {', '.join(spec.ids) or 'none'}, "
+        f"event time {', '.join(spec.event_time.columns) if spec.event_time else 'none'}, "
+        f"{len(spec.ignore)} ignored",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for note in drafted.notes:
+        console.print(f"  - {note}", highlight=False, soft_wrap=True)
+    console.print(
+        f"check it, then: LAKELOOP_DATASET={output} lakeloop validate {path}", soft_wrap=True
+    )
+
+
+def _dataset_name(path: Path) -> str:
+    return re.sub(r"\W+", "_", path.stem).strip("_").lower() or "dataset"
 
 
 @dataset_app.command("diff")

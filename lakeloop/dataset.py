@@ -427,6 +427,13 @@ def _code_text(value: Any) -> Any:
     return value if isinstance(value, str) else str(value)
 
 
+def integer_codes_as_text(values: pd.Series) -> pd.Series:
+    """Integer codes as their canonical digits, however a table writes them: ``60``, ``60.0``,
+    ``"60"`` and ``"060"`` are all ``"60"``."""
+    text = codes_as_text(values)
+    return text.str.replace(r"^(-?)0+(?=\d)", r"\1", regex=True)
+
+
 def described(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     """``frame`` with each categorical feature's values as text (:func:`codes_as_text`): what
     validation, fingerprints and the model's encoder compare with the listed categories."""
@@ -434,6 +441,9 @@ def described(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
     for name in spec.categorical_features:
         if name in frame.columns:
             values = frame[name]
+            if spec.feature(name).codes == "integer":
+                changed[name] = integer_codes_as_text(values)
+                continue
             text = codes_as_text(values)
             if text is not values:
                 changed[name] = text
