@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -147,12 +148,34 @@ def record_refused_data(settings: Settings, lineage: tracking.Lineage, report: P
 
 @task(cache_policy=NO_CACHE)
 def fit(
-    frame: pd.DataFrame, spec: DatasetSpec, settings: Settings, *, tune: bool = False
+    frame: pd.DataFrame,
+    spec: DatasetSpec,
+    settings: Settings,
+    *,
+    tune: bool = False,
+    inherited: tuple[str, dict[str, Any]] | None = None,
 ) -> model.TrainedModel:
-    """Train with the configured hyperparameters, or with the best of a seeded search."""
+    """Train with the best of a seeded search, or with the hyperparameters a tuned champion hands
+    on (``inherited``: its version and them), or with the configured ones."""
     if tune:
         return model.tune(frame, spec, settings.training)
-    return model.train(frame, spec, settings.training)
+    if inherited is None:
+        return model.train(frame, spec, settings.training)
+    version, params = inherited
+    trained = model.train(frame, spec, settings.training, params=params)
+    return replace(trained, hyperparameters_from=f"champion v{version}")
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def champion_hyperparameters(settings: Settings) -> tuple[str, dict[str, Any]] | None:
+    """The champion's version and its tuned hyperparameters, which a training without a search
+    starts from (so new data can win against a tuned champion); ``None`` when it has none."""
+    client = tracking.connect(settings)
+    current = tracking.champion(client, settings)
+    if current is None:
+        return None
+    params = tracking.handed_on(client, current)
+    return None if params is None else (str(current.version), params)
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -382,7 +405,8 @@ def train_on_commit(
     clear_blocked(settings)
     frame = training_frame(settings, spec, tables, ingested)
 
-    trained = fit(frame, spec, settings, tune=tune)
+    inherited = None if tune else champion_hyperparameters(settings)
+    trained = fit(frame, spec, settings, tune=tune, inherited=inherited)
     logged = log_and_register(
         settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
     )
@@ -412,6 +436,7 @@ def train_on_commit(
         champion_note=champion.note if champion else "",
         gate_failures=failures,
         trials=len(trained.trials),
+        hyperparameters_from=trained.hyperparameters_from,
     )
     create_markdown_artifact(summary, key="training-summary", description=f"train-{commit_id:.8}")
     logger.info("%s", summary.splitlines()[0])

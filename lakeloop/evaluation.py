@@ -100,6 +100,7 @@ def summary_markdown(
     gate_failures: list[str],
     trials: int = 0,
     champion_note: str = "",
+    hyperparameters_from: str = "settings",
 ) -> str:
     """The training run in a few lines of Markdown (a Prefect artifact): decision, metrics next to
     the champion's on the same holdout, how the hyperparameters were chosen, lineage."""
@@ -126,6 +127,8 @@ def summary_markdown(
             f"Hyperparameters: the best of {trials} trials on the early-stopping slice "
             "(nested runs of that run)."
             if trials
+            else f"Hyperparameters: tuned, handed on by {hyperparameters_from}."
+            if hyperparameters_from.startswith("champion")
             else "Hyperparameters: as configured (not tuned)."
         ),
         "",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,6 +49,8 @@ _XGBOOST_DEFAULTS: dict[str, float] = {
     "colsample_bytree": 1.0,
     "reg_lambda": 1.0,
 }
+TUNABLE = ("max_depth", "learning_rate", *_XGBOOST_DEFAULTS)
+"""The hyperparameters a tuning chooses, and a tuned champion hands on."""
 
 # What ``--tune`` searches: ranges known to suit gradient-boosted trees on tabular data, log-uniform
 # where the effect is multiplicative (rates, weights, regularisation). The number of rounds is not
@@ -252,6 +254,8 @@ class TrainedModel:
     """The hyperparameters it was fitted with (the settings', or the best tuning trial's)."""
     trials: tuple[Trial, ...] = ()
     """The tuning trials it was chosen from; empty when it was not tuned."""
+    hyperparameters_from: str = "settings"
+    """``settings``, ``tuning``, or ``champion vN`` (which handed on its tuned hyperparameters)."""
 
 
 def train(
@@ -298,7 +302,8 @@ def tune(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) -> 
             best = (trial, pipeline)
     assert best is not None  # tune_trials >= 1: trial 0 always runs
     chosen, pipeline = best
-    return evaluate(pipeline, rows, spec, params=chosen.params, trials=tuple(trials))
+    tuned = evaluate(pipeline, rows, spec, params=chosen.params, trials=tuple(trials))
+    return replace(tuned, hyperparameters_from="tuning")
 
 
 def kept_rounds(pipeline: Pipeline) -> int:

@@ -37,7 +37,7 @@ from mlflow.tracking import MlflowClient
 import lakeloop
 from lakeloop import evaluation
 from lakeloop.dataset import DatasetSpec, parse_spec
-from lakeloop.model import TrainedModel, Trial
+from lakeloop.model import TUNABLE, TrainedModel, Trial
 from lakeloop.settings import Settings
 
 # Tag names that carry lineage; the API and the flows read them back.
@@ -54,6 +54,9 @@ TAG_GATE = "gate.decision"
 TAG_GATE_REASONS = "gate.reasons"
 TAG_PREVIOUS = "previous_champion"
 TAG_TRIAL = "tuning.trial"
+HYPERPARAMETERS_FROM = "hyperparameters.from"
+"""Parameter of a training run: where its hyperparameters came from (``settings``, ``tuning``, or
+``champion vN``, which handed on its own tuned ones)."""
 TUNING_TRIALS = "tuning.trials"
 """Parameter of a run that searched hyperparameters: how many trials it tried."""
 CHALLENGER_ALIAS = "challenger"
@@ -288,6 +291,7 @@ def log_trained(
                 "train_rows": trained.train_rows,
                 "holdout_rows": trained.holdout_rows,
                 **_tuning_params(trained.trials, chosen=trained.params),
+                HYPERPARAMETERS_FROM: trained.hyperparameters_from,
             }
         )
         mlflow.log_metrics(trained.metrics | evaluation.segment_metrics(trained, spec))
@@ -544,6 +548,19 @@ def champion(client: MlflowClient, settings: Settings) -> ModelVersion | None:
         if error.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
             return None
         raise
+
+
+def handed_on(client: MlflowClient, version: ModelVersion) -> dict[str, Any] | None:
+    """The hyperparameters a version hands on to the next training: its own when they were tuned
+    (or handed on to it in turn); ``None`` when it used the settings' (so do later trainings)."""
+    params = client.get_run(str(version.run_id)).data.params
+    if params.get(HYPERPARAMETERS_FROM, "settings") == "settings":
+        return None
+    return {
+        name: int(float(params[name])) if name == "max_depth" else float(params[name])
+        for name in TUNABLE
+        if name in params
+    }
 
 
 def description_of(version: ModelVersion) -> DatasetSpec | None:

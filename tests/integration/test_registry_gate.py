@@ -11,10 +11,16 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.train import gate_and_promote, score_champion, verify_deployment
+from flows.train import (
+    champion_hyperparameters,
+    fit,
+    gate_and_promote,
+    score_champion,
+    verify_deployment,
+)
 from lakeloop import market, tracking
 from lakeloop.dataset import DatasetSpec
-from lakeloop.model import TrainedModel, train
+from lakeloop.model import TUNABLE, TrainedModel, train, tune
 from lakeloop.settings import Settings, TrainingSettings, load_settings
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.net import free_port
@@ -183,3 +189,37 @@ def test_a_commit_counts_as_trained_only_once_the_gate_has_judged_its_version(
     judged = tracking.run_for_commit(client, settings, commit_id=commit)
     assert judged is not None
     assert judged.info.run_id == logged.run_id
+
+
+def test_a_tuned_champion_hands_its_hyperparameters_on_so_new_data_can_win(
+    settings: Settings, client: MlflowClient, spec: DatasetSpec, data: pd.DataFrame
+) -> None:
+    """An untuned training against a tuned champion would start behind it whatever its data;
+    it starts from the champion's hyperparameters instead, and says so in its run."""
+    name, alias = settings.mlflow.model_name, settings.mlflow.champion_alias
+    tuned = tune(data, spec, TrainingSettings(n_estimators=40, tune_trials=3))
+    assert tuned.hyperparameters_from == "tuning"
+    logged = tracking.log_trained(
+        settings, tuned, spec=spec, training_data=data, lineage=_lineage("e" * 64)
+    )
+    client.set_registered_model_alias(name, alias, logged.version)  # promoted by hand
+    inherited = champion_hyperparameters.fn(settings)
+    assert inherited is not None
+    assert inherited[0] == logged.version
+    assert inherited[1] == pytest.approx({key: tuned.params[key] for key in TUNABLE})
+
+    newer = market.generate_batch(rows=3000, seed=22)
+    trained = fit.fn(newer, spec, settings, inherited=inherited)
+    assert trained.hyperparameters_from == f"champion v{logged.version}"
+    assert {key: trained.params[key] for key in TUNABLE} == pytest.approx(inherited[1])
+    again = tracking.log_trained(
+        settings, trained, spec=spec, training_data=newer, lineage=_lineage("f" * 64)
+    )
+    run = client.get_run(again.run_id)
+    assert run.data.params[tracking.HYPERPARAMETERS_FROM] == f"champion v{logged.version}"
+    client.set_registered_model_alias(name, alias, again.version)
+    assert champion_hyperparameters.fn(settings) is not None  # handed on again
+
+    plain = _train_and_judge(settings, spec, data, commit="9" * 64, trees=30)[1]
+    client.set_registered_model_alias(name, alias, plain.version)
+    assert champion_hyperparameters.fn(settings) is None  # the settings' own: nothing to hand on
