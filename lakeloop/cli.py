@@ -690,6 +690,40 @@ model_app = typer.Typer(help="The registered model and its champion.", no_args_i
 app.add_typer(model_app, name="model")
 
 
+@model_app.command("list")
+def model_list(
+    last: Annotated[int, typer.Option(min=1, help="How many versions, newest first.")] = 20,
+) -> None:
+    """The registered versions: commit, trigger, description, holdout metrics, the gate's decision
+    and its reasons, aliases."""
+    from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
+
+    settings = _settings()
+    try:
+        rows = tracking.version_rows(tracking.connect(settings), settings, limit=last)
+    except Exception as error:  # MLflow raises several types for a server it cannot reach
+        console.print(f"[red]cannot read the registry:[/red] {error}")
+        raise typer.Exit(1) from error
+    if not rows:
+        console.print(f"{settings.mlflow.model_name} has no registered version yet")
+        return
+    table = Table(title=settings.mlflow.model_name)
+    for column in ("version", "commit", "trigger", "dataset", "MAE", "RMSE", "decision", "alias"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.version,
+            row.commit_id[:12],
+            row.trigger,
+            row.dataset,
+            "-" if row.mae is None else f"{row.mae:,.0f}",
+            "-" if row.rmse is None else f"{row.rmse:,.0f}",
+            row.decision + (f": {row.reasons}" if row.reasons else ""),
+            ", ".join(row.aliases),
+        )
+    console.print(table)
+
+
 @model_app.command("show")
 def model_show(
     version: Annotated[

@@ -550,6 +550,61 @@ def champion(client: MlflowClient, settings: Settings) -> ModelVersion | None:
         raise
 
 
+@dataclass(frozen=True)
+class VersionRow:
+    """One registered version as ``lakeloop model list`` shows it."""
+
+    version: str
+    commit_id: str
+    trigger: str
+    dataset: str
+    mae: float | None
+    rmse: float | None
+    decision: str
+    reasons: str
+    aliases: tuple[str, ...]
+
+
+def version_rows(client: MlflowClient, settings: Settings, *, limit: int = 20) -> list[VersionRow]:
+    """The newest ``limit`` registered versions, newest first, with their gate decisions."""
+    try:
+        found = client.search_model_versions(
+            f"name='{settings.mlflow.model_name}'",
+            max_results=limit,
+            order_by=["version_number DESC"],
+        )
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    # Searches do not fill in aliases; the registered model holds them (alias → version).
+    aliases: dict[str, list[str]] = {}
+    if found:
+        registered = client.get_registered_model(settings.mlflow.model_name)
+        for alias, number in (registered.aliases or {}).items():
+            aliases.setdefault(str(number), []).append(alias)
+    rows = []
+    for version in found:
+        tags = version.tags or {}
+        run = client.get_run(str(version.run_id)) if version.run_id else None
+        metrics = run.data.metrics if run else {}
+        run_tags = run.data.tags if run else {}
+        rows.append(
+            VersionRow(
+                version=str(version.version),
+                commit_id=tags.get(TAG_COMMIT, ""),
+                trigger=run_tags.get(TAG_TRIGGER, ""),
+                dataset=tags.get(TAG_DATASET, run_tags.get(TAG_DATASET, "")),
+                mae=metrics.get("mae"),
+                rmse=metrics.get("rmse"),
+                decision=tags.get(TAG_GATE, ""),
+                reasons=tags.get(TAG_GATE_REASONS, "") if tags.get(TAG_GATE_REASONS) != "-" else "",
+                aliases=tuple(sorted(aliases.get(str(version.version), []))),
+            )
+        )
+    return rows
+
+
 def handed_on(client: MlflowClient, version: ModelVersion) -> dict[str, Any] | None:
     """The hyperparameters a version hands on to the next training: its own when they were tuned
     (or handed on to it in turn); ``None`` when it used the settings' (so do later trainings)."""

@@ -10,6 +10,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
 
 from flows.train import (
     champion_hyperparameters,
@@ -19,6 +20,7 @@ from flows.train import (
     verify_deployment,
 )
 from lakeloop import market, tracking
+from lakeloop.cli import app
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TUNABLE, TrainedModel, train, tune
 from lakeloop.settings import Settings, TrainingSettings, load_settings
@@ -223,3 +225,27 @@ def test_a_tuned_champion_hands_its_hyperparameters_on_so_new_data_can_win(
     plain = _train_and_judge(settings, spec, data, commit="9" * 64, trees=30)[1]
     client.set_registered_model_alias(name, alias, plain.version)
     assert champion_hyperparameters.fn(settings) is None  # the settings' own: nothing to hand on
+
+
+def test_model_list_shows_every_version_with_its_decision(
+    settings: Settings, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = tracking.version_rows(client, settings)
+    numbers = [int(row.version) for row in rows]
+    assert numbers == sorted(numbers, reverse=True)
+    assert len(numbers) >= 3
+    assert sum(settings.mlflow.champion_alias in row.aliases for row in rows) == 1
+    rejected = [row for row in rows if row.decision == "rejected"]
+    assert rejected
+    assert all(row.reasons for row in rejected)
+    assert all(row.commit_id and row.mae is not None for row in rows)
+
+    monkeypatch.setenv("LAKELOOP_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("LAKELOOP_MLFLOW__PORT", str(settings.mlflow.port))
+    monkeypatch.setenv("COLUMNS", "250")
+    shown = CliRunner().invoke(app, ["model", "list"])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert any(line.split("│")[1].strip() == rejected[0].version for line in lines if "│" in line)
+    assert "rejected" in shown.output
+    assert settings.mlflow.champion_alias in shown.output
