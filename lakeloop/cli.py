@@ -158,10 +158,15 @@ def ingest(
             help="Merge a batch that partly repeats main without the rows main already holds.",
         ),
     ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(help="Follow the training the merge starts and print the gate's decision."),
+    ] = True,
 ) -> None:
     """Write-audit-publish a batch: upload to an ingest branch, commit, merge into main if the data
-    checks pass. A merge into main triggers training. A file main already holds (same content,
-    any name) is not merged again."""
+    checks pass. A merge into main triggers training, which this follows to the gate's decision
+    (`--no-wait` returns at the merge). A file main already holds (same content, any name) is not
+    merged again."""
     settings = _settings()
     spec = load_spec(settings.dataset)
     try:
@@ -195,6 +200,34 @@ def ingest(
             f"[bold]{published.ingest_branch}[/bold] for inspection"
         )
         raise typer.Exit(1)
+    if wait and published.commit_id is not None:
+        _follow_training(settings, published.commit_id)
+
+
+def _follow_training(settings: Settings, commit_id: str) -> None:
+    """Wait for the training a merge started and print the gate's decision; exit 1 when the
+    training failed (the merged data stays on main)."""
+    from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
+
+    try:
+        with console.status(f"training on {commit_id:.12}") as status:
+            loop.wait_for_training(
+                settings,
+                commit_id=commit_id,
+                timeout=settings.api.deploy_timeout_seconds + 900,
+                on_state=lambda message: _log_state(status, message),
+            )
+        client = tracking.connect(settings)
+        trained = tracking.run_for_commit(client, settings, commit_id=commit_id, tuned=False)
+    except loop.LoopError as error:
+        console.print(f"[red]training on {commit_id:.12} did not succeed:[/red] {error}")
+        console.print("the batch stays merged; `lakeloop status` says what is served")
+        raise typer.Exit(1) from error
+    except httpx.HTTPError as error:
+        console.print(f"[yellow]cannot follow the training ({error}); `lakeloop status`[/yellow]")
+        return
+    if trained is not None:
+        console.print(_training_outcome(client, settings, trained.info.run_id), highlight=False)
 
 
 @app.command()

@@ -119,6 +119,8 @@ def test_kept_stack_has_lineage_retrains_and_hot_swaps(
     assert ingested.returncode == 0, ingested.stdout + ingested.stderr
     head = _main_head(client, settings)
     assert head[:12] in ingested.stdout
+    # `ingest` followed the training it started to the gate's decision.
+    assert f"{settings.mlflow.model_name} v2: promoted" in ingested.stdout
     loop.wait_for_training(settings, commit_id=head, timeout=300)
     second = loop.wait_until_served(settings, commit_id=head, timeout=60)
     assert second["version"] == "2"
