@@ -275,6 +275,9 @@ class DatasetSpec(BaseModel):
     event_time: EventTime | None = None
     """When each row happened: checked (parses, not in the future), never a feature; training
     splits by it."""
+    group: str | None = None
+    """A column whose rows belong together (a parcel sold twice): they always fall on the same
+    side of every training split, so the holdout never judges a house the model learned."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> DatasetSpec:
@@ -292,6 +295,15 @@ class DatasetSpec(BaseModel):
         if twice:
             named = "; ".join(f"{name} ({' and '.join(found)})" for name, found in twice.items())
             raise ValueError(f"column names appear twice: {named}")
+        return self
+
+    @model_validator(mode="after")
+    def _group_is_kept(self) -> DatasetSpec:
+        if self.group is not None and self.group not in self.record_columns:
+            raise ValueError(
+                f"group {self.group!r} must be an id, the event time, a feature or the target "
+                "(ignored columns are not kept for training)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -186,7 +186,9 @@ def split_rows(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSetting
     else:
         content_order = np.argsort(hashes, kind="stable")
         rows = rows.iloc[content_order]
-        buckets = hashes[content_order] % _HASH_BUCKETS
+        # Rows of one group (one house sold twice) share a bucket: the group's, not their own.
+        units = _group_hashes(rows, spec) if spec.group else hashes[content_order]
+        buckets = units % _HASH_BUCKETS
         holdout_end = int(training.holdout_fraction * _HASH_BUCKETS)
         validation_end = holdout_end + int(training.validation_fraction * _HASH_BUCKETS)
         split = Split(
@@ -212,17 +214,37 @@ def _split_by_time(
     are ordered by their keys, so the split does not depend on the order files were read in."""
     assert spec.event_time is not None
     times = spec.event_time.parse(rows).to_numpy(dtype="datetime64[ns]")
-    order = np.lexsort((hashes, times))  # by time, then by key
-    rows = rows.iloc[order]
+    if spec.group:
+        # A group is as recent as its latest row, and is never cut in two.
+        groups = _group_hashes(rows, spec)
+        latest = pd.Series(times).groupby(groups).transform("max").to_numpy()
+        order = np.lexsort((hashes, groups, latest))
+    else:
+        groups = hashes
+        order = np.lexsort((hashes, times))  # by time, then by key
+    rows, groups = rows.iloc[order], groups[order]
     count = len(rows)
-    holdout = int(np.ceil(training.holdout_fraction * count))
-    stop = int(np.ceil(training.validation_fraction * count))
-    fit_end = max(count - holdout - stop, 0)
+    holdout_start = _group_start(groups, count - int(np.ceil(training.holdout_fraction * count)))
+    stop_rows = int(np.ceil(training.validation_fraction * count))
+    fit_end = _group_start(groups, max(holdout_start - stop_rows, 0))
     return Split(
         fit=rows.iloc[:fit_end],
-        stop=rows.iloc[fit_end : count - holdout],
-        holdout=rows.iloc[count - holdout :],
+        stop=rows.iloc[fit_end:holdout_start],
+        holdout=rows.iloc[holdout_start:],
     )
+
+
+def _group_hashes(rows: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
+    """Each row's group as a 64-bit hash of its ``group`` column's value."""
+    assert spec.group is not None
+    return pd.util.hash_pandas_object(rows[spec.group], index=False).to_numpy()
+
+
+def _group_start(groups: np.ndarray, position: int) -> int:
+    """``position`` moved back to where its group starts (rows of a group are adjacent)."""
+    while 0 < position < len(groups) and groups[position - 1] == groups[position]:
+        position -= 1
+    return position
 
 
 @dataclass(frozen=True)

@@ -216,3 +216,30 @@ def test_names_the_api_cannot_tell_apart_are_refused(raw: pd.DataFrame) -> None:
     ]
     with pytest.raises(ValueError, match="Lot Area / Lot_Area"):
         describe(raw, features=clash, ignore=[])
+
+
+def test_a_house_sold_twice_is_never_on_both_sides_of_a_split(raw: pd.DataFrame) -> None:
+    """Ames sells each parcel once; resell 300 of them a year later (new order numbers, new
+    prices): with `group: PID` a parcel is learned or judged, never both, by time or by hash."""
+    resold = raw.sample(300, random_state=5).assign(
+        Order=lambda f: f["Order"] + 10_000,
+        SalePrice=lambda f: f["SalePrice"] * 1.05,
+    )
+    resold["Yr Sold"] = resold["Yr Sold"].clip(upper=2009) + 1
+    sales = pd.concat([raw, resold], ignore_index=True)
+    training = TrainingSettings()
+
+    def straddling(split: model.Split) -> set[Any]:
+        learned = set(split.fit["PID"]) | set(split.stop["PID"])
+        return learned & set(split.holdout["PID"])
+
+    for spec in (dated(raw), describe(raw)):
+        assert straddling(model.split_rows(sales, spec, training))  # without a group, they do
+        grouped = spec.model_copy(update={"group": "PID"})
+        grouped = DatasetSpec.model_validate(grouped.model_dump())
+        split = model.split_rows(sales, grouped, training)
+        assert not straddling(split)
+        assert not set(split.fit["PID"]) & set(split.stop["PID"])
+        assert abs(len(split.holdout) - len(sales) * training.holdout_fraction) < 0.02 * len(sales)
+    with pytest.raises(ValueError, match="group 'Misc Feature' must be an id"):
+        describe(raw, group="Misc Feature")
