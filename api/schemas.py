@@ -48,45 +48,39 @@ def feature_type(feature: Feature) -> Any:
 
 def record_type(spec: DatasetSpec) -> type[msgspec.Struct]:
     """A msgspec struct with one required field per feature, bounds as constraints."""
-    fields = [(attribute(feature.name), feature_type(feature)) for feature in spec.features]
+    return _feature_struct("HouseFeatures", spec, feature_type)
+
+
+def _feature_struct(name: str, spec: DatasetSpec, kind: Any) -> type[msgspec.Struct]:
+    """A struct with one field per feature, of type ``kind(feature)``: attributes are
+    identifiers, the JSON keeps each feature's name as written, unknown fields are refused."""
+    fields = [(attribute(feature.name), kind(feature)) for feature in spec.features]
+    renames = {attribute(n): n for n in spec.feature_names if attribute(n) != n}
     # Decoded requests hold only numbers, strings and lists of them, so they can never be part of
     # a reference cycle: their structs stay out of the garbage collector's bookkeeping
     # (``gc=False``), which a 1,000-record batch would otherwise pay for on every request, and
     # again while the prediction log keeps the records alive across collections.
     return msgspec.defstruct(
-        "HouseFeatures",
+        name,
         fields,
         forbid_unknown_fields=True,
         kw_only=True,
         gc=False,
         module=__name__,
-        rename=_renames(spec),
+        rename=renames,
     )
-
-
-def _renames(spec: DatasetSpec) -> dict[str, str]:
-    """Attribute → the feature's name as JSON writes it, where the two differ."""
-    return {attribute(n): n for n in spec.feature_names if attribute(n) != n}
 
 
 def columns_type(spec: DatasetSpec, *, max_batch: int | None) -> type[msgspec.Struct]:
     """One list per feature, all of the same length (checked after decoding)."""
-    fields = [
-        (
-            attribute(feature.name),
-            Annotated[list[feature_type(feature)], Meta(min_length=1, max_length=max_batch)],  # type: ignore[misc]
-        )
-        for feature in spec.features
-    ]
-    return msgspec.defstruct(
-        "HouseFeatureColumns",
-        fields,
-        forbid_unknown_fields=True,
-        kw_only=True,
-        gc=False,
-        module=__name__,
-        rename=_renames(spec),
-    )
+
+    def column(feature: Feature) -> Any:
+        return Annotated[
+            list[feature_type(feature)],  # type: ignore[misc]
+            Meta(min_length=1, max_length=max_batch),
+        ]
+
+    return _feature_struct("HouseFeatureColumns", spec, column)
 
 
 def batch_type(

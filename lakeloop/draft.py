@@ -29,6 +29,9 @@ MAX_CATEGORIES = 200
 """A text column with more distinct values is free text: ignored, not a categorical."""
 MAX_CODES = 60
 """An integer column named like a code with at most this many values is a categorical."""
+NEW_VALUES = 0.99
+"""``mostly`` of a drafted categorical: a value the drafting table did not show (a rare quality
+grade, a new neighbourhood) passes in up to 1 % of a batch's rows, as an unknown category."""
 
 
 @dataclass
@@ -98,7 +101,8 @@ def draft(frame: pd.DataFrame, *, target: str, name: str) -> Draft:
     notes.append(
         "numeric bounds are what the table holds, widened by half its range (0 kept as the "
         "floor of a column that never goes below it); categories are those seen: add the ones "
-        "you expect"
+        "you expect (a value not seen yet passes in up to 1 % of a batch's rows, mostly: 0.99, "
+        "and the model treats it as unknown)"
     )
     notes.append(
         "no target.thresholds: the gate serves a model that beats always predicting the median "
@@ -154,7 +158,13 @@ def _feature(values: pd.Series, name: str) -> tuple[dict[str, Any] | None, str]:
     missing = _missing(values)
     codes = _integer_codes(present, name)
     if codes:
-        feature = {"name": name, "type": "categorical", "categories": codes, **missing}
+        feature = {
+            "name": name,
+            "type": "categorical",
+            "categories": codes,
+            "mostly": NEW_VALUES,
+            **missing,
+        }
         return feature, f"integer codes ({len(codes)} values; named like a code)"
     if pd.api.types.is_numeric_dtype(values):
         return {"name": name, "type": "numeric", **_bounds(present), **missing}, ""
@@ -162,7 +172,13 @@ def _feature(values: pd.Series, name: str) -> tuple[dict[str, Any] | None, str]:
     distinct = text.nunique()
     if distinct > MAX_CATEGORIES:
         return None, f"free text ({distinct:,} distinct values)"
-    feature = {"name": name, "type": "categorical", "categories": sorted(text.unique()), **missing}
+    feature = {
+        "name": name,
+        "type": "categorical",
+        "categories": sorted(text.unique()),
+        "mostly": NEW_VALUES,
+        **missing,
+    }
     return feature, ""
 
 
