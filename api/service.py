@@ -87,11 +87,12 @@ class RequestSchema:
         values: dict[str, Any] = {}
         for feature in self.spec.features:
             if feature.type == "categorical":
-                values[feature.name] = feature.categories[0]
+                value: Any = feature.categories[0]
             else:
                 low = feature.min if feature.min is not None else 0.0
                 high = feature.max if feature.max is not None else low
-                values[feature.name] = (low + high) / 2
+                value = (low + high) / 2
+            values[attribute(feature.name)] = value  # the record's attribute, not the JSON name
         return self.types.record(**values)
 
     def decode_record(self, body: bytes) -> Any:

@@ -188,7 +188,10 @@ def test_features_keep_their_published_names_through_training_and_the_api(
     record = {"Gr Liv Area": 1500, "1st Flr SF": 900, "MS SubClass": 60, "Lot Frontage": None}
     expected = float(pipeline.predict(pd.DataFrame([record]))[0])
     slot = ModelSlot(Predictor(model=pipeline, name="ames", version="1", spec=spec))
-    with TestClient(create_app(settings, spec=spec, slot=slot, follow_registry=False)) as client:
+    app = create_app(settings, spec=spec, slot=slot, follow_registry=False)
+    # The record a new champion is warmed with before it is swapped in (by the registry watcher).
+    slot.current.warm(app.state.service.example(slot.current))  # type: ignore[union-attr]
+    with TestClient(app) as client:
         one = client.post("/v1/predict", json=record).json()
         columns = {name: [value] * 2 for name, value in record.items()}
         batch = client.post("/v1/predict/batch", json={"columns": columns}).json()
