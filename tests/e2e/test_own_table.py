@@ -107,8 +107,9 @@ def test_a_raw_public_table_reaches_a_served_model_and_newer_sales_can_win(
     assert (served["version"], served["dataset"]) == ("1", spec.label)
 
     second = _ok(workspace.run("ingest", str(folder / "sales-2009-2010.csv")))
-    decision = next(line for line in second.splitlines() if " v2: " in line)
-    assert decision.endswith("promoted") or "worse than champion v1" in decision
+    # Trained on both exports, judged on the newest sales against v1 (which never saw them):
+    # the newer data wins (deterministic: seeded training, content-keyed rows).
+    assert f"{settings.mlflow.model_name} v2: promoted" in second
     client = tracking.connect(settings)
     run = client.get_run(client.get_model_version(settings.mlflow.model_name, "2").run_id)
     assert run.data.params["train_rows"] != run.data.params["holdout_rows"]
