@@ -482,23 +482,11 @@ class Refused:
 
 def newest_refusal(client: MlflowClient, settings: Settings) -> Refused | None:
     """The newest registered version when the gate refused it; ``None`` otherwise."""
-    try:
-        [newest] = client.search_model_versions(
-            f"name='{settings.mlflow.model_name}'",
-            max_results=1,
-            order_by=["version_number DESC"],
-        ) or [None]
-    except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    tags = (newest.tags or {}) if newest is not None else {}
-    if newest is None or tags.get(TAG_GATE) != "rejected":
+    newest = version_rows(client, settings, limit=1)
+    if not newest or newest[0].decision != "rejected":
         return None
     return Refused(
-        version=str(newest.version),
-        commit_id=tags.get(TAG_COMMIT, ""),
-        reasons=tags.get(TAG_GATE_REASONS, ""),
+        version=newest[0].version, commit_id=newest[0].commit_id, reasons=newest[0].reasons
     )
 
 
