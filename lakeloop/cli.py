@@ -803,6 +803,47 @@ def model_show(
     console.print(table)
 
 
+@model_app.command("promote")
+def model_promote(
+    version: Annotated[str, typer.Argument(help="The version to serve.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Override the gate's decision (needs --reason).")
+    ] = False,
+    reason: Annotated[str, typer.Option(help="Why, recorded on the version with your name.")] = "",
+) -> None:
+    """Make a version the champion over the gate's decision, recording who and why;
+    `lakeloop model rollback` undoes it."""
+    import getpass  # noqa: PLC0415
+
+    from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
+
+    if not force or not reason.strip():
+        console.print(
+            "[red]promoting over the gate needs --force and --reason TEXT[/red] (the reason is "
+            "recorded on the version with your name); the gate judges new versions on its own"
+        )
+        raise typer.Exit(2)
+    settings = _settings()
+    by = getpass.getuser()
+    try:
+        previous = tracking.promote_by_hand(
+            tracking.connect(settings), settings, version=version, reason=reason, by=by
+        )
+    except LookupError as error:
+        console.print(f"[red]not promoted:[/red] {error}")
+        raise typer.Exit(1) from error
+    except Exception as error:  # MLflow raises several types for a missing version or server
+        console.print(f"[red]cannot promote {settings.mlflow.model_name} v{version}:[/red] {error}")
+        raise typer.Exit(1) from error
+    console.print(
+        f"{settings.mlflow.model_name}: champion is v{version} (was "
+        f"{'v' + previous if previous else 'none'}), promoted by hand by {by}: {reason}; "
+        "the API follows within seconds, `lakeloop model rollback` undoes it",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @model_app.command("rollback")
 def model_rollback() -> None:
     """Give the champion alias back to the version the current champion replaced."""

@@ -705,6 +705,30 @@ def _point_champion(client: MlflowClient, settings: Settings, *, version: str | 
         client.set_registered_model_alias(name, alias, version)
 
 
+TAG_OVERRIDE = "gate.override"
+"""Who promoted a version by hand over the gate's decision, and why."""
+PROMOTED_BY_HAND = "promoted by hand"
+
+
+def promote_by_hand(
+    client: MlflowClient, settings: Settings, *, version: str, reason: str, by: str
+) -> str | None:
+    """Make ``version`` the champion over the gate's decision, recording who did it and why (its
+    gate reasons stay), and the champion it replaces so that ``rollback`` can undo it. Returns
+    that previous champion's version."""
+    name = settings.mlflow.model_name
+    target = client.get_model_version(name, version)  # raises for a version that does not exist
+    current = champion(client, settings)
+    if current is not None and str(current.version) == str(target.version):
+        raise LookupError(f"{name} v{version} is already the champion")
+    if current is not None:
+        client.set_model_version_tag(name, version, TAG_PREVIOUS, str(current.version))
+    client.set_model_version_tag(name, version, TAG_OVERRIDE, f"{by}: {reason}")
+    client.set_registered_model_alias(name, settings.mlflow.champion_alias, version)
+    client.set_model_version_tag(name, version, TAG_GATE, PROMOTED_BY_HAND)
+    return str(current.version) if current is not None else None
+
+
 def rollback(client: MlflowClient, settings: Settings) -> tuple[str, str]:
     """Point the champion alias back at the champion the current one replaced; returns
     (replaced version, restored version)."""

@@ -249,3 +249,46 @@ def test_model_list_shows_every_version_with_its_decision(
     assert any(line.split("│")[1].strip() == rejected[0].version for line in lines if "│" in line)
     assert "rejected" in shown.output
     assert settings.mlflow.champion_alias in shown.output
+
+
+def test_a_refused_version_promoted_by_hand_records_who_and_why_and_rolls_back(
+    settings: Settings, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAKELOOP_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("LAKELOOP_MLFLOW__PORT", str(settings.mlflow.port))
+    runner = CliRunner()
+    alias = settings.mlflow.champion_alias
+    rejected = next(
+        row
+        for row in tracking.version_rows(client, settings)
+        if row.decision == "rejected" and alias not in row.aliases
+    )
+    before = tracking.champion(client, settings)
+    assert before is not None
+
+    unforced = runner.invoke(app, ["model", "promote", rejected.version])
+    assert unforced.exit_code == 2
+    assert "--force and --reason" in unforced.output
+    assert tracking.champion(client, settings).version == before.version
+
+    reason = "holdout too small to trust; checked by hand"
+    forced = runner.invoke(
+        app, ["model", "promote", rejected.version, "--force", "--reason", reason]
+    )
+    assert forced.exit_code == 0, forced.output
+    promoted = tracking.champion(client, settings)
+    assert promoted.version == rejected.version
+    tags = promoted.tags
+    assert tags[tracking.TAG_GATE] == tracking.PROMOTED_BY_HAND
+    assert tags[tracking.TAG_OVERRIDE].endswith(f": {reason}")
+    assert tags[tracking.TAG_GATE_REASONS] == rejected.reasons  # the gate's own verdict stays
+    assert tags[tracking.TAG_PREVIOUS] == before.version
+    again = runner.invoke(
+        app, ["model", "promote", rejected.version, "--force", "--reason", reason]
+    )
+    assert again.exit_code == 1
+    assert "already the champion" in again.output
+
+    rolled = runner.invoke(app, ["model", "rollback"])
+    assert rolled.exit_code == 0, rolled.output
+    assert tracking.champion(client, settings).version == before.version
