@@ -167,6 +167,12 @@ def fit(
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def tuning_due(settings: Settings) -> bool:
+    """Whether the settings' tuning policy asks this training to search hyperparameters."""
+    return tracking.tuning_due(tracking.connect(settings), settings)
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def champion_hyperparameters(settings: Settings) -> tuple[str, dict[str, Any]] | None:
     """The champion's version and its tuned hyperparameters, which a training without a search
     starts from (so new data can win against a tuned champion); ``None`` when it has none."""
@@ -405,6 +411,7 @@ def train_on_commit(
     clear_blocked(settings)
     frame = training_frame(settings, spec, tables, ingested)
 
+    tune = tune or tuning_due(settings)
     inherited = None if tune else champion_hyperparameters(settings)
     trained = fit(frame, spec, settings, tune=tune, inherited=inherited)
     logged = log_and_register(

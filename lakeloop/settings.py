@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -175,6 +175,12 @@ class TrainingSettings(BaseModel):
     """Seed for XGBoost."""
     tune_trials: Annotated[int, Field(ge=1)] = 12
     """Hyperparameter trials a tuning run (``--tune``) tries, each a nested MLflow run."""
+    tune_policy: Literal["on_request", "every_n_versions", "always"] = "on_request"
+    """When a training searches hyperparameters on its own: only when asked (``--tune``); when
+    none of the newest ``tune_every`` registered versions was tuned (the first model included);
+    or every time. Between searches, a tuned champion hands its hyperparameters on."""
+    tune_every: Annotated[int, Field(ge=1)] = 10
+    """For ``every_n_versions``: how many registered versions may pass without a search."""
     dask_scheduler: str | None = None
     """Address of an existing Dask scheduler (``tcp://dask:8786``): training then fits with
     ``xgboost.dask`` on its workers (``LAKELOOP_TRAINING__DASK_SCHEDULER``). Unset: in process."""

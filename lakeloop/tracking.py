@@ -551,6 +551,8 @@ class VersionRow:
     decision: str
     reasons: str
     aliases: tuple[str, ...]
+    tuned: bool = False
+    """Whether its training searched hyperparameters."""
 
 
 def version_rows(client: MlflowClient, settings: Settings, *, limit: int = 20) -> list[VersionRow]:
@@ -577,6 +579,7 @@ def version_rows(client: MlflowClient, settings: Settings, *, limit: int = 20) -
         run = client.get_run(str(version.run_id)) if version.run_id else None
         metrics = run.data.metrics if run else {}
         run_tags = run.data.tags if run else {}
+        tuned = run is not None and TUNING_TRIALS in run.data.params
         rows.append(
             VersionRow(
                 version=str(version.version),
@@ -588,9 +591,21 @@ def version_rows(client: MlflowClient, settings: Settings, *, limit: int = 20) -
                 decision=tags.get(TAG_GATE, ""),
                 reasons=tags.get(TAG_GATE_REASONS, "") if tags.get(TAG_GATE_REASONS) != "-" else "",
                 aliases=tuple(sorted(aliases.get(str(version.version), []))),
+                tuned=tuned,
             )
         )
     return rows
+
+
+def tuning_due(client: MlflowClient, settings: Settings) -> bool:
+    """Whether the tuning policy asks the next training to search hyperparameters on its own."""
+    policy = settings.training.tune_policy
+    if policy == "on_request":
+        return False
+    if policy == "always":
+        return True
+    newest = version_rows(client, settings, limit=settings.training.tune_every)
+    return not any(row.tuned for row in newest)
 
 
 def handed_on(client: MlflowClient, version: ModelVersion) -> dict[str, Any] | None:

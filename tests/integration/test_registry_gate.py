@@ -292,3 +292,22 @@ def test_a_refused_version_promoted_by_hand_records_who_and_why_and_rolls_back(
     rolled = runner.invoke(app, ["model", "rollback"])
     assert rolled.exit_code == 0, rolled.output
     assert tracking.champion(client, settings).version == before.version
+
+
+def test_the_tuning_policy_searches_when_no_recent_version_was_tuned(
+    settings: Settings, client: MlflowClient
+) -> None:
+    rows = tracking.version_rows(client, settings)
+    recent_tuned = next(index for index, row in enumerate(rows) if row.tuned)  # from the test above
+    assert recent_tuned > 0
+
+    def due(**training: object) -> bool:
+        changed = settings.model_copy(
+            update={"training": settings.training.model_copy(update=training)}
+        )
+        return tracking.tuning_due(client, changed)
+
+    assert not due(tune_policy="on_request")
+    assert due(tune_policy="always")
+    assert due(tune_policy="every_n_versions", tune_every=recent_tuned)  # none tuned among them
+    assert not due(tune_policy="every_n_versions", tune_every=recent_tuned + 1)
