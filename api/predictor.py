@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from lakeloop import tracking
-from lakeloop.dataset import DatasetSpec, attribute
+from lakeloop.dataset import DatasetSpec, attribute, is_integer_code
 from lakeloop.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def _code_table(known: Sequence[str]) -> dict[Any, float]:
     integer as well as to its digits (``60`` and ``"60"``), as the encoder reads both."""
     table: dict[Any, float] = {category: float(index) for index, category in enumerate(known)}
     for category, index in list(table.items()):
-        if category.lstrip("-").isdigit() and str(int(category)) == category:
+        if is_integer_code(category):
             table[int(category)] = index
     return table
 

@@ -83,7 +83,7 @@ class Feature(BaseModel):
         if self.codes == "integer":
             if self.type != "categorical":
                 raise ValueError(f"numeric feature {self.name!r} cannot have integer codes")
-            wrong = [c for c in self.categories if not _INTEGER.fullmatch(c)]
+            wrong = [c for c in self.categories if not is_integer_code(c)]
             if wrong:
                 raise ValueError(
                     f"categorical feature {self.name!r} has integer codes, but these categories "
@@ -437,6 +437,11 @@ def _code_text(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return value if isinstance(value, str) else str(value)
+
+
+def is_integer_code(category: str) -> bool:
+    """Whether a category is an integer's canonical digits (``60``; not ``060``, not ``6a``)."""
+    return _INTEGER.fullmatch(category) is not None
 
 
 def integer_codes_as_text(values: pd.Series) -> pd.Series:

@@ -15,7 +15,6 @@ tuning trials), and the rows fitted on.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,13 @@ from sklearn.pipeline import Pipeline
 from xgboost import XGBRegressor
 
 from lakeloop import rowkeys
-from lakeloop.dataset import DatasetSpec, Thresholds, codes_as_text, integer_codes_as_text
+from lakeloop.dataset import (
+    DatasetSpec,
+    Thresholds,
+    codes_as_text,
+    integer_codes_as_text,
+    is_integer_code,
+)
 from lakeloop.settings import TrainingSettings
 
 if TYPE_CHECKING:
@@ -88,15 +93,12 @@ class FeatureEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         for name, known in self.categories:
             # Integer codes stored as numbers or padded text (60, 60.0, "060") match their
             # listed digits ("60").
-            if known and all(_INTEGER_CODE.fullmatch(code) for code in known):
+            if known and all(map(is_integer_code, known)):
                 text = integer_codes_as_text(frame[name]).astype("string")
             else:
                 text = codes_as_text(frame[name]).astype("string")
             encoded[name] = pd.Categorical(text, categories=list(known))
         return pd.DataFrame(encoded, index=frame.index)
-
-
-_INTEGER_CODE = re.compile(r"-?(0|[1-9][0-9]*)")
 
 
 def feature_encoder(spec: DatasetSpec) -> FeatureEncoder:

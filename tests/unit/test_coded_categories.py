@@ -20,7 +20,7 @@ from lakeloop.dataset import DatasetSpec
 from lakeloop.ingest import read_csv, read_source
 from lakeloop.model import train
 from lakeloop.settings import Settings, TrainingSettings
-from tests.utils.real_data import read_ames
+from tests.utils.real_data import read_ames_as
 from validation.checks import validate_frame
 
 CLASSES = [20, 30, 40, 45, 50, 60, 70, 75, 80, 85, 90, 120, 150, 160, 180, 190]
@@ -47,15 +47,14 @@ SPEC = ames_spec()
 
 @pytest.fixture(scope="module")
 def sales() -> pd.DataFrame:
-    raw = read_ames().rename(
-        columns={
+    return read_ames_as(
+        {
             "Gr Liv Area": "living_area",
             "Overall Qual": "overall_quality",
             "MS SubClass": "building_class",
             "SalePrice": "price",
         }
-    )
-    return raw[SPEC.columns]
+    )[SPEC.columns]
 
 
 def test_categories_listed_as_integers_are_integer_codes_kept_as_digits() -> None:

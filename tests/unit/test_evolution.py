@@ -12,7 +12,7 @@ import pytest
 from lakeloop import evolution, model, rowkeys
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import TrainingSettings
-from tests.utils.real_data import read_ames
+from tests.utils.real_data import read_ames_as
 
 
 def ames(version: int, *features: dict[str, Any]) -> DatasetSpec:
@@ -36,8 +36,8 @@ V1 = ames(1, FRONTAGE)
 
 @pytest.fixture(scope="module")
 def sales() -> pd.DataFrame:
-    raw = read_ames().rename(
-        columns={
+    raw = read_ames_as(
+        {
             "Gr Liv Area": "living_area",
             "Neighborhood": "neighborhood",
             "Lot Frontage": "lot_frontage",

@@ -35,3 +35,8 @@ def read_ames() -> pd.DataFrame:
     if not AMES_CSV.exists():
         pytest.skip(f"Ames housing data not found at {AMES_CSV}")
     return pd.read_csv(AMES_CSV)
+
+
+def read_ames_as(names: dict[str, str]) -> pd.DataFrame:
+    """Those Ames columns only, renamed (raw name → the test's name)."""
+    return read_ames().rename(columns=names)[list(names.values())]
