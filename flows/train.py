@@ -24,7 +24,6 @@ from lakeloop import (
     datagate,
     evaluation,
     events,
-    evolution,
     grafana,
     lakefs_client,
     loop,
@@ -214,20 +213,10 @@ def score_champion(
     current = tracking.champion(tracking.connect(settings), settings)
     if current is None:
         return None
-    champion_model = tracking.load_version(settings, version=current.version)
-    trained_under = tracking.description_of(current) or spec
-    holdout, missing = evolution.as_trained_under(
-        trained.holdout, current=spec, trained=trained_under
-    )
-    metrics = model.score(champion_model, holdout, trained_under)
-    note = ""
-    if missing:
-        note = (
-            f"champion v{current.version} was trained under {trained_under.label} and scored "
-            f"with {', '.join(missing)} missing, as {spec.label} does not describe them"
-        )
-        _logger().warning("%s", note)
-    return tracking.ChampionScore(version=str(current.version), metrics=metrics, note=note)
+    scored = tracking.score_version(settings, current, trained.holdout, spec)
+    if scored.note:
+        _logger().warning("champion %s", scored.note)
+    return scored
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -356,11 +345,16 @@ def promotion_lock(settings: Settings) -> str:
 
 @flow(name="train", flow_run_name="train-{commit_id:.8}", log_prints=True)
 def train_on_commit(
-    repository: str, commit_id: str, reason: str = "manual", tune: bool = False
+    repository: str,
+    commit_id: str,
+    reason: str = "manual",
+    tune: bool = False,
+    again: bool = False,
 ) -> dict[str, Any]:
     """Validate the data at a lakeFS commit, train XGBoost (with ``tune``, the best of
     ``training.tune_trials`` hyperparameter trials, each a nested MLflow run), register it, and
-    promote it if good."""
+    promote it if good. A commit already trained is skipped unless ``again`` asks for a new,
+    recorded attempt (after the thresholds or the settings changed)."""
     # The ids name folders and MLflow tags: refuse what lakeFS itself would never produce.
     if not events.REPOSITORY_ID.fullmatch(repository) or not events.COMMIT_ID.fullmatch(commit_id):
         raise ValueError(
@@ -376,7 +370,7 @@ def train_on_commit(
             settings, text=f"{reason} {repository}@{commit_id:.12}", tags=[grafana.MERGE]
         )
 
-    if previous := already_trained(settings, commit_id, tune=tune):
+    if not again and (previous := already_trained(settings, commit_id, tune=tune)):
         logger.info("commit %s already trained by run %s; nothing to do", commit_id, previous)
         return {"status": "skipped", "reason": "already trained", "run_id": previous}
 
@@ -400,6 +394,7 @@ def train_on_commit(
         trigger=tracking.trigger_kind(reason),
         dataset=spec.label,
         dataset_digest=spec.digest,
+        again=again,
     )
     if not validation.success:
         run_id = record_refused_data(settings, lineage, report)

@@ -9,7 +9,7 @@ import time
 import webbrowser
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import pandas as pd
@@ -32,6 +32,9 @@ from lakeloop.settings import Settings, load_settings
 from lakeloop.stack import Stack, StackError, down_recorded
 from monitoring.history import HistoryEntry
 from monitoring.store import describe, read_history
+
+if TYPE_CHECKING:
+    from lakeloop.tracking import Rejudged
 
 app = typer.Typer(
     help="lakeloop: lakeFS commits trigger Prefect flows that train, register and serve models.",
@@ -572,18 +575,28 @@ def train(
     tune: Annotated[
         bool, typer.Option(help="Search hyperparameters first; each trial is a nested MLflow run.")
     ] = False,
+    again: Annotated[
+        bool,
+        typer.Option(
+            help="Train a commit that already trained once more (after the thresholds or the "
+            "settings changed): a new version, judged by the gate, recorded as a second attempt."
+        ),
+    ] = False,
 ) -> None:
     """Train on a lakeFS commit now, through the training deployment: validate, train, register,
-    and promote if the gate agrees. A commit already trained (tuned, with --tune) is skipped."""
+    and promote if the gate agrees. A commit already trained (tuned, with --tune) is skipped
+    unless --again asks for a new attempt."""
     from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
     settings = _settings()
     try:
         commit_id = commit or lakefs_client.head_commit(lakefs_client.connect(settings), settings)
         client = tracking.connect(settings)
-        if done := tracking.run_for_commit(client, settings, commit_id=commit_id, tuned=tune):
+        done = tracking.run_for_commit(client, settings, commit_id=commit_id, tuned=tune)
+        if done is not None and not again:
             console.print(f"{commit_id:.12} is already trained (MLflow run {done.info.run_id})")
             console.print(_training_outcome(client, settings, done.info.run_id))
+            console.print("`lakeloop train COMMIT --again` trains it once more as a new version")
             return
         with console.status(f"training on {commit_id:.12}") as status:
             loop.run_deployment(
@@ -594,6 +607,7 @@ def train(
                     "commit_id": commit_id,
                     "reason": "manual",
                     "tune": tune,
+                    "again": again,
                 },
                 timeout=3600,
                 on_state=lambda message: _log_state(status, message),
@@ -791,10 +805,14 @@ def model_show(
         "dataset description": tags.get(tracking.TAG_DATASET, "not recorded"),
         "description digest": tags.get(tracking.TAG_DATASET_DIGEST) or "not recorded",
         "gate": f"{tags.get(tracking.TAG_GATE, '?')} ({tags.get(tracking.TAG_GATE_REASONS, '-')})",
-        "trigger": tags.get(tracking.TAG_TRIGGER, "?"),
+        "trigger": tags.get(tracking.TAG_TRIGGER, "?")
+        + (" (a new attempt on its commit)" if tags.get(tracking.TAG_AGAIN) == "true" else ""),
         "code version": tags.get(tracking.TAG_CODE_VERSION, "?"),
         "run": found.run_id or "-",
     }
+    for label, tag in (("override", tracking.TAG_OVERRIDE), ("judged again", tracking.TAG_REQUEST)):
+        if tag in tags:
+            rows[label] = tags[tag]
     for key in ("mae", "rmse", "r2"):
         if key in run.data.metrics:
             rows[f"holdout {key.upper()}"] = f"{run.data.metrics[key]:,.3f}"
@@ -811,37 +829,75 @@ def model_promote(
     ] = False,
     reason: Annotated[str, typer.Option(help="Why, recorded on the version with your name.")] = "",
 ) -> None:
-    """Make a version the champion over the gate's decision, recording who and why;
-    `lakeloop model rollback` undoes it."""
+    """Judge a version again through the gate, against the current champion on the newest data
+    of the production branch, and serve it if it passes; --force --reason serves it over the
+    gate's decision. Both are recorded on the version; `lakeloop model rollback` undoes them."""
     import getpass  # noqa: PLC0415
 
     from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
-    if not force or not reason.strip():
+    if force and not reason.strip():
         console.print(
-            "[red]promoting over the gate needs --force and --reason TEXT[/red] (the reason is "
-            "recorded on the version with your name); the gate judges new versions on its own"
+            "[red]promoting over the gate needs --reason TEXT[/red] (the reason is recorded on "
+            "the version with your name)"
         )
         raise typer.Exit(2)
     settings = _settings()
     by = getpass.getuser()
+    client = tracking.connect(settings)
+    name = settings.mlflow.model_name
     try:
-        previous = tracking.promote_by_hand(
-            tracking.connect(settings), settings, version=version, reason=reason, by=by
-        )
+        if force:
+            previous = tracking.promote_by_hand(
+                client, settings, version=version, reason=reason, by=by
+            )
+            how = f"promoted by hand by {by}: {reason}"
+        else:
+            judged = _rejudge(client, settings, version=version)
+            previous = tracking.record_request(client, settings, judged, by=by)
+            console.print(f"{name} v{version} {judged.summary()}", highlight=False, soft_wrap=True)
+            if judged.reasons:
+                console.print(
+                    f"[red]not promoted[/red] (recorded on v{version}); `lakeloop model promote "
+                    f"{version} --force --reason TEXT` serves it over the gate's decision"
+                )
+                raise typer.Exit(1)
+            how = f"promoted through the gate at {by}'s request"
     except LookupError as error:
         console.print(f"[red]not promoted:[/red] {error}")
         raise typer.Exit(1) from error
-    except Exception as error:  # MLflow raises several types for a missing version or server
-        console.print(f"[red]cannot promote {settings.mlflow.model_name} v{version}:[/red] {error}")
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as error:  # MLflow and lakeFS raise several types for what is missing
+        console.print(f"[red]cannot promote {name} v{version}:[/red] {error}")
         raise typer.Exit(1) from error
     console.print(
-        f"{settings.mlflow.model_name}: champion is v{version} (was "
-        f"{'v' + previous if previous else 'none'}), promoted by hand by {by}: {reason}; "
+        f"{name}: champion is v{version} (was {'v' + previous if previous else 'none'}), {how}; "
         "the API follows within seconds, `lakeloop model rollback` undoes it",
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _rejudge(client: Any, settings: Settings, *, version: str) -> Rejudged:
+    """The gate's verdict on ``version`` on the production branch's newest data
+    (:func:`lakeloop.tracking.rejudge`)."""
+    import lakefs  # noqa: PLC0415
+
+    from lakeloop import model, tracking  # noqa: PLC0415
+
+    spec = load_spec(settings.dataset)
+    lakefs_api = lakefs_client.connect(settings)
+    commit_id = lakefs_client.head_commit(lakefs_api, settings)
+    reference = lakefs.Repository(settings.lakefs.repository, client=lakefs_api).ref(commit_id)
+    with console.status(f"judging v{version} on the data at {commit_id:.12}"):
+        frame, _ = datagate.for_settings(settings, spec).frame_at(reference)
+        if frame.empty:
+            raise LookupError(f"no table at {commit_id:.12} trains under {spec.label}")
+        rows = model.split_rows(frame, spec, settings.training)
+        return tracking.rejudge(
+            client, settings, version=version, rows=rows, spec=spec, commit_id=commit_id
+        )
 
 
 @model_app.command("rollback")

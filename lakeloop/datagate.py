@@ -229,9 +229,15 @@ class DataGate:
 
         return tables, description
 
+    def frame_at(self, reference: lakefs.Reference) -> tuple[pd.DataFrame, dict[str, str]]:
+        """Every table at ``reference`` as the training flow uses it there (see
+        :meth:`training_frame`), for judging a model on that commit's data again."""
+        stored = self.stored(reference)
+        return self.training_frame(stored, lambda path: stored[path].ingested)
+
     def training_frame(
         self,
-        tables: Mapping[str, lakefs_client.StoredTable],
+        tables: Mapping[str, lakefs_client.StoredTable] | Mapping[str, Stored],
         ingested: Callable[[str], DatasetSpec],
     ) -> tuple[pd.DataFrame, dict[str, str]]:
         """The tables as one frame under the current description (see :mod:`lakeloop.evolution`),

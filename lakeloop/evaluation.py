@@ -119,7 +119,7 @@ def summary_markdown(
         theirs = f"{champion[1][name]:,.3f}" if champion else "-"
         lines.append(f"| {name.upper()} | {metrics[name]:,.3f} | {theirs} |")
     if champion_note:
-        lines += ["", f"Note: {champion_note}."]
+        lines += ["", f"Note: champion {champion_note}."]
     lines += [
         "",
         f"Holdout: {holdout_rows} rows. MLflow run `{run_id}`.",

@@ -35,9 +35,9 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 import lakeloop
-from lakeloop import evaluation
+from lakeloop import evaluation, evolution, model
 from lakeloop.dataset import DatasetSpec, parse_spec
-from lakeloop.model import TUNABLE, TrainedModel, Trial
+from lakeloop.model import TUNABLE, Split, TrainedModel, Trial
 from lakeloop.settings import Settings
 
 # Tag names that carry lineage; the API and the flows read them back.
@@ -50,6 +50,9 @@ TAG_DATASET_DIGEST = "dataset.digest"
 DESCRIPTION_ARTIFACT = "dataset/description.yaml"
 """The dataset description a model was trained under, stored with its run."""
 TAG_TRIGGER = "lakeloop.trigger"
+TAG_AGAIN = "lakeloop.again"
+"""``true`` on a run (and its version) that trains a commit again on purpose
+(``lakeloop train COMMIT --again``): a new attempt, judged on its own, not a duplicate."""
 TAG_GATE = "gate.decision"
 TAG_GATE_REASONS = "gate.reasons"
 TAG_PREVIOUS = "previous_champion"
@@ -146,8 +149,8 @@ def run_for_commit(
     FINISHED, with a registered version the gate judged; with ``tuned``, only a run that searched
     hyperparameters counts (asking to tune a commit trained without it trains it again). A failed
     run, or one whose version was left pending or abandoned by a failed attempt, does not count,
-    so the commit trains again."""
-    for version in versions_of_commit(client, settings, commit_id=commit_id):
+    so the commit trains again. Of several (``--again``), the newest."""
+    for version in reversed(versions_of_commit(client, settings, commit_id=commit_id)):
         if is_judged(version) and version.run_id:
             run = client.get_run(version.run_id)
             if run.info.status == "FINISHED" and (not tuned or TUNING_TRIALS in run.data.params):
@@ -238,9 +241,12 @@ class Lineage:
     """Dataset description name and version (``name@vN``)."""
     dataset_digest: str = ""
     """Digest of the description's content (two edits of one version differ)."""
+    again: bool = False
+    """A deliberate new attempt on a commit that already trained (``TAG_AGAIN``)."""
 
     def tags(self) -> dict[str, str]:
-        return {
+        again = {TAG_AGAIN: "true"} if self.again else {}
+        return again | {
             TAG_REPOSITORY: self.repository,
             TAG_COMMIT: self.commit_id,
             TAG_VALIDATION: self.validation,
@@ -556,7 +562,8 @@ class VersionRow:
 
 
 def version_rows(client: MlflowClient, settings: Settings, *, limit: int = 20) -> list[VersionRow]:
-    """The newest ``limit`` registered versions, newest first, with their gate decisions."""
+    """The newest ``limit`` registered versions, newest first, with their gate decisions (a
+    deliberate new attempt on a commit shows its trigger as ``manual, again``)."""
     try:
         found = client.search_model_versions(
             f"name='{settings.mlflow.model_name}'",
@@ -584,7 +591,8 @@ def version_rows(client: MlflowClient, settings: Settings, *, limit: int = 20) -
             VersionRow(
                 version=str(version.version),
                 commit_id=tags.get(TAG_COMMIT, ""),
-                trigger=run_tags.get(TAG_TRIGGER, ""),
+                trigger=run_tags.get(TAG_TRIGGER, "")
+                + (", again" if tags.get(TAG_AGAIN) == "true" else ""),
                 dataset=tags.get(TAG_DATASET, run_tags.get(TAG_DATASET, "")),
                 mae=metrics.get("mae"),
                 rmse=metrics.get("rmse"),
@@ -637,6 +645,112 @@ def load_version(settings: Settings, *, version: str) -> Any:
     return mlflow.sklearn.load_model(uri)
 
 
+def score_version(
+    settings: Settings, version: ModelVersion, holdout: pd.DataFrame, spec: DatasetSpec
+) -> ChampionScore:
+    """A registered version's metrics on a holdout under the current description ``spec``. A
+    version trained under another description is scored on the rows as its requests reach it
+    under this one: features this description no longer has are missing (the score says so)."""
+    trained_under = description_of(version) or spec
+    rows, missing = evolution.as_trained_under(holdout, current=spec, trained=trained_under)
+    metrics = model.score(load_version(settings, version=version.version), rows, trained_under)
+    note = ""
+    if missing:
+        note = (
+            f"v{version.version} was trained under {trained_under.label} and scored "
+            f"with {', '.join(missing)} missing, as {spec.label} does not describe them"
+        )
+    return ChampionScore(version=str(version.version), metrics=metrics, note=note)
+
+
+TAG_REQUEST = "gate.request"
+"""Who asked the gate to judge a version again (``lakeloop model promote VERSION``), on which
+commit's holdout, and its verdict."""
+PROMOTED_ON_REQUEST = "promoted on request"
+
+
+@dataclass(frozen=True)
+class Rejudged:
+    """A registered version judged again by the gate, against the current champion, on the
+    holdout of one commit's data under the current description."""
+
+    version: str
+    commit_id: str
+    holdout_rows: int
+    score: ChampionScore
+    champion: ChampionScore | None
+    reasons: list[str]
+
+    def summary(self) -> str:
+        ours = f"MAE {self.score.metrics['mae']:,.4g}"
+        theirs = (
+            f" vs champion v{self.champion.version}'s {self.champion.metrics['mae']:,.4g}"
+            if self.champion
+            else ""
+        )
+        verdict = "; ".join(self.reasons) if self.reasons else "passes the gate"
+        return (
+            f"on the holdout of {self.commit_id:.12} ({self.holdout_rows} rows): "
+            f"{ours}{theirs}: {verdict}"
+        )
+
+
+def rejudge(
+    client: MlflowClient,
+    settings: Settings,
+    *,
+    version: str,
+    rows: Split,
+    spec: DatasetSpec,
+    commit_id: str,
+) -> Rejudged:
+    """Judge ``version`` as the gate judges a new model, on ``rows`` (the training split of
+    ``commit_id``'s data, normally the production branch's newest commit: the data both models
+    will meet): the thresholds, the baseline of always predicting that split's training median,
+    and no worse than the current champion on the same holdout. The split is by content hash or
+    by time, so its holdout rows are ones neither model trained on unless data was removed since
+    one of them was trained."""
+    name = settings.mlflow.model_name
+    target = client.get_model_version(name, version)  # raises for a version that does not exist
+    current = champion(client, settings)
+    if current is not None and str(current.version) == str(target.version):
+        raise LookupError(f"{name} v{version} is already the champion")
+    score = score_version(settings, target, rows.holdout, spec)
+    theirs = score_version(settings, current, rows.holdout, spec) if current else None
+    reasons = model.gate_failures(
+        score.metrics | {"baseline_mae": model.baseline_mae(rows, spec)},
+        settings.training,
+        bars=model.thresholds(spec, settings.training),
+        champion=theirs.metrics if theirs else None,
+        champion_name=f"champion v{theirs.version}" if theirs else "the champion",
+    )
+    return Rejudged(
+        version=str(target.version),
+        commit_id=commit_id,
+        holdout_rows=len(rows.holdout),
+        score=score,
+        champion=theirs,
+        reasons=reasons,
+    )
+
+
+def record_request(
+    client: MlflowClient, settings: Settings, judged: Rejudged, *, by: str
+) -> str | None:
+    """Record who asked and the verdict on the version; when it passed, make it the champion
+    (recording the one it replaces, for rollback). Returns that previous champion's version."""
+    name, version = settings.mlflow.model_name, judged.version
+    client.set_model_version_tag(name, version, TAG_REQUEST, f"{by}: {judged.summary()}")
+    if judged.reasons:
+        return None
+    current = champion(client, settings)
+    if current is not None:
+        client.set_model_version_tag(name, version, TAG_PREVIOUS, str(current.version))
+    client.set_registered_model_alias(name, settings.mlflow.champion_alias, version)
+    client.set_model_version_tag(name, version, TAG_GATE, PROMOTED_ON_REQUEST)
+    return str(current.version) if current is not None else None
+
+
 def record_decision(
     client: MlflowClient,
     settings: Settings,
@@ -686,8 +800,8 @@ def _refuse_if_already_trained(
     finds the commit trained by the first. Its version is abandoned and its run marked failed
     instead of judged, so the commit counts as trained once and is never promoted twice."""
     commit_id = (version.tags or {}).get(TAG_COMMIT)
-    if not commit_id:
-        return
+    if not commit_id or (version.tags or {}).get(TAG_AGAIN) == "true":
+        return  # a deliberate new attempt is judged on its own
     tuned = TUNING_TRIALS in client.get_run(run_id).data.params
     earlier = run_for_commit(client, settings, commit_id=commit_id, tuned=tuned)
     if earlier is None or earlier.info.run_id == run_id:

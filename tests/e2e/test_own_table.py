@@ -125,3 +125,50 @@ def test_a_raw_public_table_reaches_a_served_model_and_newer_sales_can_win(
     listed = _ok(workspace.run("model", "list"))
     assert "promoted" in listed
     assert spec.label in listed
+
+
+def test_a_version_judged_again_and_a_commit_trained_again_are_recorded(
+    workspace: Workspace,
+) -> None:
+    """After the thresholds or the settings change, a person asks again: `lakeloop model promote
+    VERSION` has the gate judge an older version against the champion on the newest data, and
+    `lakeloop train --again` trains the newest commit once more as a new version."""
+    settings = workspace.settings
+    name = settings.mlflow.model_name
+    client = tracking.connect(settings)
+    before = tracking.champion(client, settings)
+    assert before is not None
+    assert before.version == "2"  # from the test above
+
+    older = workspace.run("model", "promote", "1")
+    # v1 never saw the 2009-2010 sales it is judged on; the champion v2 learned from their past.
+    assert older.returncode == 1, older.stdout + older.stderr
+    assert "not promoted" in older.stdout
+    assert "worse than champion v2" in older.stdout
+    assert tracking.champion(client, settings).version == "2"
+    asked = client.get_model_version(name, "1").tags[tracking.TAG_REQUEST]
+    assert "worse than champion v2" in asked
+
+    retrained = _ok(workspace.run("train", "--again"))
+    assert f"{name} v3:" in retrained
+    third = client.get_model_version(name, "3")
+    assert third.tags[tracking.TAG_AGAIN] == "true"
+    assert third.tags[tracking.TAG_COMMIT] == before.tags[tracking.TAG_COMMIT]
+    assert third.tags[tracking.TAG_GATE] in {"promoted", "rejected"}
+    skipped = _ok(workspace.run("train"))
+    assert "is already trained" in skipped
+    assert "--again" in skipped
+
+    champion = tracking.champion(client, settings)
+    assert champion is not None
+    other = "2" if champion.version == "3" else "3"
+    # v2 and v3: the same commit, the same seeded training, so the same model: it passes.
+    passed = _ok(workspace.run("model", "promote", other))
+    assert f"champion is v{other}" in passed
+    promoted = tracking.champion(client, settings)
+    assert promoted.version == other
+    assert promoted.tags[tracking.TAG_GATE] == tracking.PROMOTED_ON_REQUEST
+    folder = Path(workspace.env["LAKELOOP_DATASET"]).parent
+    spec = load_spec(folder / "ames.yaml")
+    row = read_source(folder / "sales-2009-2010.csv").iloc[0].to_dict()
+    loop.verify_served(settings, version=other, records=[_record(spec, row)], timeout=60)

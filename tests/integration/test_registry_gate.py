@@ -4,6 +4,7 @@ through the training flow's own steps (called without Prefect)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -22,7 +23,7 @@ from flows.train import (
 from lakeloop import market, tracking
 from lakeloop.cli import app
 from lakeloop.dataset import DatasetSpec
-from lakeloop.model import TUNABLE, TrainedModel, train, tune
+from lakeloop.model import TUNABLE, TrainedModel, split_rows, train, tune
 from lakeloop.settings import Settings, TrainingSettings, load_settings
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.net import free_port
@@ -266,9 +267,13 @@ def test_a_refused_version_promoted_by_hand_records_who_and_why_and_rolls_back(
     before = tracking.champion(client, settings)
     assert before is not None
 
-    unforced = runner.invoke(app, ["model", "promote", rejected.version])
-    assert unforced.exit_code == 2
-    assert "--force and --reason" in unforced.output
+    unexplained = runner.invoke(app, ["model", "promote", rejected.version, "--force"])
+    assert unexplained.exit_code == 2
+    assert "needs --reason" in unexplained.output
+    # Without --force the gate judges it again on the newest data; no lakeFS here to read it.
+    unjudged = runner.invoke(app, ["model", "promote", rejected.version])
+    assert unjudged.exit_code == 1
+    assert f"cannot promote {settings.mlflow.model_name} v{rejected.version}" in unjudged.output
     assert tracking.champion(client, settings).version == before.version
 
     reason = "holdout too small to trust; checked by hand"
@@ -311,3 +316,93 @@ def test_the_tuning_policy_searches_when_no_recent_version_was_tuned(
     assert due(tune_policy="always")
     assert due(tune_policy="every_n_versions", tune_every=recent_tuned)  # none tuned among them
     assert not due(tune_policy="every_n_versions", tune_every=recent_tuned + 1)
+
+
+def test_a_commit_trained_again_on_purpose_is_a_new_judged_attempt(
+    settings: Settings, client: MlflowClient, spec: DatasetSpec, data: pd.DataFrame
+) -> None:
+    """`lakeloop train COMMIT --again`: a commit that already trained gets a second version,
+    judged by the gate like any other and marked as a new attempt; without --again the same
+    second attempt is abandoned as a duplicate (two triggers of one commit)."""
+    commit = "7" * 64
+    first = _train_and_judge(settings, spec, data, commit=commit, trees=30)[1]
+    trained = train(data, spec, TrainingSettings(n_estimators=30))
+
+    duplicate = tracking.log_trained(
+        settings, trained, spec=spec, training_data=data, lineage=_lineage(commit)
+    )
+    with pytest.raises(tracking.TrackingError, match="trained meanwhile"):
+        gate_and_promote.fn(
+            settings, trained, duplicate, score_champion.fn(settings, trained, spec), spec
+        )
+    name = settings.mlflow.model_name
+    assert client.get_model_version(name, duplicate.version).tags[tracking.TAG_GATE] == (
+        tracking.GATE_ABANDONED
+    )
+
+    again = tracking.log_trained(
+        settings,
+        trained,
+        spec=spec,
+        training_data=data,
+        lineage=replace(_lineage(commit), again=True),
+    )
+    gate_and_promote.fn(settings, trained, again, score_champion.fn(settings, trained, spec), spec)
+    judged = client.get_model_version(name, again.version)
+    assert judged.tags[tracking.TAG_AGAIN] == "true"
+    assert judged.tags[tracking.TAG_GATE] in {"promoted", "rejected"}
+    newest = tracking.run_for_commit(client, settings, commit_id=commit)
+    assert newest is not None
+    assert newest.info.run_id == again.run_id  # the newest judged attempt answers for the commit
+    rows = {row.version: row for row in tracking.version_rows(client, settings)}
+    assert rows[again.version].trigger == "commit, again"
+    assert rows[first.version].trigger == "commit"
+
+
+def test_promote_judges_a_version_again_on_the_same_holdout_as_the_champion(
+    settings: Settings, client: MlflowClient, spec: DatasetSpec, data: pd.DataFrame
+) -> None:
+    """`lakeloop model promote VERSION` without --force: the gate judges the version against the
+    current champion on one holdout; refused, nothing moves and the verdict is recorded; passed,
+    it becomes the champion, recording the one it replaced, and rollback undoes it."""
+    name = settings.mlflow.model_name
+    before = tracking.champion(client, settings)
+    assert before is not None
+    rows = split_rows(data, spec, settings.training)
+    weak = _train_and_judge(settings, spec, data, commit="6" * 64, trees=2)[1]
+
+    refused = tracking.rejudge(
+        client, settings, version=weak.version, rows=rows, spec=spec, commit_id="6" * 64
+    )
+    assert refused.champion is not None
+    assert refused.champion.version == before.version
+    assert refused.score.metrics["mae"] > refused.champion.metrics["mae"]
+    assert any(f"worse than champion v{before.version}" in reason for reason in refused.reasons)
+    assert tracking.record_request(client, settings, refused, by="ana") is None
+    assert tracking.champion(client, settings).version == before.version
+    recorded = client.get_model_version(name, weak.version).tags
+    assert recorded[tracking.TAG_REQUEST].startswith("ana: on the holdout of 666666666666")
+    assert "worse than champion" in recorded[tracking.TAG_REQUEST]
+    assert recorded[tracking.TAG_GATE] == "rejected"  # its own verdict stands
+
+    with pytest.raises(LookupError, match="already the champion"):
+        tracking.rejudge(
+            client, settings, version=before.version, rows=rows, spec=spec, commit_id="6" * 64
+        )
+
+    strong = train(data, spec, TrainingSettings(n_estimators=300, learning_rate=0.1))
+    candidate = tracking.log_trained(
+        settings, strong, spec=spec, training_data=data, lineage=_lineage("5" * 64)
+    )
+    passed = tracking.rejudge(
+        client, settings, version=candidate.version, rows=rows, spec=spec, commit_id="6" * 64
+    )
+    assert passed.reasons == [], passed.summary()
+    assert passed.score.metrics["mae"] == pytest.approx(strong.metrics["mae"])  # same holdout
+    assert tracking.record_request(client, settings, passed, by="ana") == before.version
+    promoted = tracking.champion(client, settings)
+    assert promoted.version == candidate.version
+    assert promoted.tags[tracking.TAG_GATE] == tracking.PROMOTED_ON_REQUEST
+    assert promoted.tags[tracking.TAG_PREVIOUS] == before.version
+    assert "passes the gate" in promoted.tags[tracking.TAG_REQUEST]
+    assert tracking.rollback(client, settings) == (candidate.version, before.version)
