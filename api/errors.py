@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from api.schemas import FieldError, feature_type
+from api.schemas import FieldError, context_type, feature_type
 from lakeloop.dataset import DatasetSpec
 
 # A 1,000-record batch with one bad column would otherwise answer a thousand errors.
@@ -36,13 +36,16 @@ class RecordChecker:
 
     def __init__(self, spec: DatasetSpec) -> None:
         self.types = {feature.name: feature_type(feature) for feature in spec.features}
+        """The features: each required."""
+        self.optional = {name: context_type(spec, name) for name in spec.context_columns}
+        """The id and event-time columns a record may carry."""
 
     def value_error(self, name: str, value: Any) -> str | None:
-        """Why ``value`` is not valid for feature ``name``; ``None`` when it is."""
+        """Why ``value`` is not valid for column ``name``; ``None`` when it is."""
         if isinstance(value, float) and not math.isfinite(value):
             return "must be a finite number (NaN and infinity are not numbers JSON can carry)"
         try:
-            msgspec.convert(value, self.types[name], strict=True)
+            msgspec.convert(value, self.types.get(name) or self.optional[name], strict=True)
         except msgspec.ValidationError as error:
             return str(error)
         return None
@@ -61,8 +64,8 @@ class RecordChecker:
             return [FieldError(field="", location=location, message="expected an object")]
         errors = self.missing(record, location)
         for name, value in record.items():
-            if name not in self.types:
-                message = "unknown field (not a feature of this dataset)"
+            if name not in self.types and name not in self.optional:
+                message = "unknown field (not a feature, id or event time of this dataset)"
             else:
                 message = self.value_error(name, value) or ""
             if message:
@@ -78,7 +81,7 @@ class RecordChecker:
         errors = self.missing(columns, location)
         for name, values in columns.items():
             where = f"{location}.{name}"
-            if name not in self.types:
+            if name not in self.types and name not in self.optional:
                 errors.append(FieldError(field=name, location=where, message="unknown field"))
             elif not isinstance(values, list) or not values:
                 errors.append(FieldError(field=name, location=where, message="expected an array"))

@@ -70,8 +70,10 @@ class Entry:
 @dataclass(frozen=True)
 class FeedbackEntry:
     at: datetime
-    prediction_id: str
+    prediction_id: str | None
     actual: float
+    ids: Mapping[str, Any] | None = None
+    """The record's own ids, when it is named by them instead of by ``prediction_id``."""
 
     @property
     def rows(self) -> int:
@@ -213,18 +215,21 @@ def _repeating_columns(table: pa.Table) -> list[str]:
 def _feature_chunks(
     entries: list[Entry], spec: DatasetSpec
 ) -> dict[str, list[Sequence[Any] | np.ndarray]]:
-    """Per feature, the pieces its log column is made of, in row order; no Python work per row.
+    """Per feature, then per id and event-time column, the pieces its log column is made of, in
+    row order; no Python work per row.
 
     Numbers come from the encoded matrix when there is one (a float32 slice, kept as an array);
     category strings as sent (unknown ones included), from the columns or the transposed records.
     Runs of record-only entries (the single-record requests, most of the traffic) are transposed
-    in one go."""
-    chunks: dict[str, list[Sequence[Any] | np.ndarray]] = {name: [] for name in spec.feature_names}
+    in one go. An id or time a request did not send is null."""
+    names = [*spec.feature_names, *spec.context_columns]
+    chunks: dict[str, list[Sequence[Any] | np.ndarray]] = {name: [] for name in names}
     numeric = {name: spec.feature(name).type == "numeric" for name in spec.feature_names}
     rows: list[tuple[Any, ...]] = []
 
     def transpose_rows() -> None:
-        # Decoded records are structs whose fields are the features in the description's order.
+        # Decoded records are structs whose fields are the features in the description's order,
+        # then the context columns (api.schemas).
         for values, pieces in zip(zip(*rows, strict=True), chunks.values(), strict=True):
             pieces.append(values)
         rows.clear()
@@ -236,10 +241,10 @@ def _feature_chunks(
         if rows:
             transpose_rows()
         for name, pieces in chunks.items():
-            if numeric[name] and entry.matrix is not None:
+            if numeric.get(name) and entry.matrix is not None:
                 pieces.append(entry.matrix[:, entry.matrix_names.index(name)])
             elif entry.columns is not None:
-                pieces.append(entry.columns[name])
+                pieces.append(entry.columns[name] if name in entry.columns else [None] * entry.rows)
             else:  # a batch of records: only its category columns are read from them
                 pieces.append(list(map(attrgetter(attribute(name)), entry.records)))
     if rows:
@@ -304,14 +309,26 @@ def _entries_table(entries: list[Entry], spec: DatasetSpec) -> pa.Table:
             if feature.codes == "integer":  # sent as JSON integers or strings: logged as text
                 values = [v if v is None or isinstance(v, str) else str(v) for v in values]
             data[feature.name] = pa.array(values, pa.string())
+    for name in spec.context_columns:  # ids and times as sent, as text (strings or integers)
+        sent = chain.from_iterable(features[name])
+        data[name] = pa.array([v if v is None else str(v) for v in sent], pa.string())
     return pa.table(data)
 
 
+def record_key(ids: Mapping[str, Any]) -> str:
+    """One text key for a record's ids (``PID=526301100``; several joined by ``&``, by name), as
+    feedback names a record and as the monitor finds its predictions."""
+    return "&".join(f"{name}={ids[name]}" for name in sorted(ids))
+
+
 def feedback_table(entries: list[FeedbackEntry]) -> pa.Table:
-    """Queued feedback as one Arrow table."""
+    """Queued feedback as one Arrow table: each report names a prediction id or a record key."""
     return pa.table(
         {
             "prediction_id": pa.array([e.prediction_id for e in entries], pa.string()),
+            "record_key": pa.array(
+                [record_key(e.ids) if e.ids else None for e in entries], pa.string()
+            ),
             "received_at": pa.array([e.at for e in entries], pa.timestamp("us", tz="UTC")),
             "actual": pa.array([e.actual for e in entries], pa.float64()),
         }
@@ -356,6 +373,8 @@ def read_prediction_log(
 def read_feedback_log(
     state_dir: Path, since: datetime | None = None, limit: int | None = None
 ) -> pd.DataFrame:
-    """Reported actual values (``prediction_id``, ``received_at``, ``actual``), like
-    :func:`read_prediction_log`; join the two on ``prediction_id``."""
+    """Reported actual values (``prediction_id`` or ``record_key``, ``received_at``,
+    ``actual``), like :func:`read_prediction_log`; join the two on ``prediction_id``, or on the
+    record's ids (:func:`record_key`). Segments written before ids existed have no
+    ``record_key``."""
     return _read(state_dir / FEEDBACK, "received_at", since, limit)

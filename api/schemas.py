@@ -46,16 +46,39 @@ def feature_type(feature: Feature) -> Any:
     return kind | None if feature.nullable else kind
 
 
+def context_type(spec: DatasetSpec, name: str) -> Any:
+    """The msgspec type of an id or event-time column (:attr:`DatasetSpec.context_columns`): an
+    optional JSON string or integer, never used to predict."""
+    if name in spec.ids:
+        description = (
+            "Optional: the record's own id, echoed in the answer and kept in the prediction log; "
+            "feedback may name the record by it instead of the prediction id."
+        )
+    else:
+        description = (
+            "Optional: when the record happened, as the dataset stores it; kept in the prediction "
+            "log (reported prices become training rows dated by it)."
+        )
+    text = Annotated[str, Meta(min_length=1, max_length=200, description=description)]
+    return text | Annotated[int, Meta(description=description)] | None
+
+
 def record_type(spec: DatasetSpec) -> type[msgspec.Struct]:
-    """A msgspec struct with one required field per feature, bounds as constraints."""
-    return _feature_struct("HouseFeatures", spec, feature_type)
+    """A msgspec struct with one required field per feature, bounds as constraints, and the
+    optional id and event-time columns."""
+    return _feature_struct(
+        "HouseFeatures", spec, feature_type, lambda name: context_type(spec, name)
+    )
 
 
-def _feature_struct(name: str, spec: DatasetSpec, kind: Any) -> type[msgspec.Struct]:
-    """A struct with one field per feature, of type ``kind(feature)``: attributes are
-    identifiers, the JSON keeps each feature's name as written, unknown fields are refused."""
-    fields = [(attribute(feature.name), kind(feature)) for feature in spec.features]
-    renames = {attribute(n): n for n in spec.feature_names if attribute(n) != n}
+def _feature_struct(name: str, spec: DatasetSpec, kind: Any, context: Any) -> type[msgspec.Struct]:
+    """A struct with one field per feature, of type ``kind(feature)``, then one optional field
+    per context column, of type ``context(name)`` (default ``None``): attributes are
+    identifiers, the JSON keeps each column's name as written, unknown fields are refused."""
+    fields: list[Any] = [(attribute(feature.name), kind(feature)) for feature in spec.features]
+    fields += [(attribute(column), context(column), None) for column in spec.context_columns]
+    named = [*spec.feature_names, *spec.context_columns]
+    renames = {attribute(n): n for n in named if attribute(n) != n}
     # Decoded requests hold only numbers, strings and lists of them, so they can never be part of
     # a reference cycle: their structs stay out of the garbage collector's bookkeeping
     # (``gc=False``), which a 1,000-record batch would otherwise pay for on every request, and
@@ -80,7 +103,11 @@ def columns_type(spec: DatasetSpec, *, max_batch: int | None) -> type[msgspec.St
             Meta(min_length=1, max_length=max_batch),
         ]
 
-    return _feature_struct("HouseFeatureColumns", spec, column)
+    def context(name: str) -> Any:
+        values: Any = list[context_type(spec, name)]  # type: ignore[misc]
+        return Annotated[values, Meta(min_length=1, max_length=max_batch)] | None
+
+    return _feature_struct("HouseFeatureColumns", spec, column, context)
 
 
 def batch_type(
@@ -143,21 +170,29 @@ class ModelRef(msgspec.Struct):
     version: str
 
 
-class Prediction(msgspec.Struct):
+RecordIds = dict[str, str | int]
+"""A record's own ids, by id column (``{"PID": 526301100}``)."""
+
+
+class Prediction(msgspec.Struct, omit_defaults=True):
     """The prediction for one record."""
 
     prediction: float
     prediction_id: str
     """Quote it in ``POST /v1/feedback`` when the real value is known (UUIDv7, time-ordered)."""
     model: ModelRef
+    ids: RecordIds | None = None
+    """The record's own ids, as sent (absent when it sent none)."""
 
 
-class PredictionResponse(msgspec.Struct):
+class PredictionResponse(msgspec.Struct, omit_defaults=True):
     """One prediction and one prediction id per record, in request order."""
 
     predictions: list[float]
     prediction_ids: list[str]
     model: ModelRef
+    ids: list[RecordIds] | None = None
+    """Each record's own ids, as sent, in request order (absent when none sent any)."""
 
 
 class ModelInfo(msgspec.Struct):
@@ -213,17 +248,32 @@ class Readiness(msgspec.Struct):
 
 
 class Feedback(msgspec.Struct, forbid_unknown_fields=True):
-    """The real value of the target for an earlier prediction."""
+    """The real value of the target for an earlier prediction, named by its prediction id or by
+    the record's own ids (exactly one of the two)."""
 
-    prediction_id: Annotated[str, Meta(pattern=UUID_PATTERN, description="From a prediction.")]
     actual: Annotated[float, Meta(ge=-_FINITE, le=_FINITE, description="The observed value.")]
+    prediction_id: (
+        Annotated[str, Meta(pattern=UUID_PATTERN, description="From a prediction.")] | None
+    ) = None
+    ids: (
+        Annotated[
+            RecordIds,
+            Meta(
+                min_length=1,
+                description="The record's own ids as sent with the prediction (the dataset's "
+                "id columns): every prediction of that record gets the value.",
+            ),
+        ]
+        | None
+    ) = None
 
 
-class FeedbackAccepted(msgspec.Struct):
+class FeedbackAccepted(msgspec.Struct, omit_defaults=True):
     """Feedback is stored beside the prediction log (ids are not checked against it)."""
 
-    prediction_id: str
-    status: str = "accepted"
+    status: str
+    prediction_id: str | None = None
+    ids: RecordIds | None = None
 
 
 class ReloadResult(msgspec.Struct):

@@ -29,6 +29,7 @@ from api.schemas import (
     ModelRef,
     Prediction,
     PredictionResponse,
+    RecordIds,
     RequestTypes,
 )
 from lakeloop.dataset import DatasetSpec, attribute
@@ -119,6 +120,9 @@ class RequestSchema:
             self._check_size(len(records))
             return records, None
         by_name = {name: getattr(columns, attribute(name)) for name in self.spec.feature_names}
+        for name in self.spec.context_columns:  # ids and times, when sent
+            if (values := getattr(columns, attribute(name))) is not None:
+                by_name[name] = values
         lengths = {len(values) for values in by_name.values()}
         if len(lengths) > 1:
             problem = FieldError(
@@ -129,6 +133,33 @@ class RequestSchema:
             raise ApiError(422, "invalid request", [problem])
         self._check_size(lengths.pop())
         return None, by_name
+
+    def ids_of(self, record: Any) -> RecordIds | None:
+        """The record's own ids as sent (``None`` when it sent none)."""
+        ids = {
+            name: value
+            for name in self.spec.ids
+            if (value := getattr(record, attribute(name))) is not None
+        }
+        return ids or None
+
+    def batch_ids(
+        self, records: list[Any] | None, columns: dict[str, list[Any]] | None
+    ) -> list[RecordIds] | None:
+        """Each record's own ids as sent, in order (``None`` when no record sent any)."""
+        if not self.spec.ids:
+            return None
+        if records is not None:
+            ids = [self.ids_of(record) or {} for record in records]
+        else:
+            given = columns or {}
+            sent = {name: given[name] for name in self.spec.ids if name in given}
+            rows = zip(*sent.values(), strict=True)
+            ids = [
+                {name: value for name, value in zip(sent, row, strict=True) if value is not None}
+                for row in rows
+            ]
+        return ids if any(ids) else None
 
     def _check_size(self, rows: int) -> None:
         if rows > self.max_batch:
@@ -209,7 +240,12 @@ class PredictionService:
         [prediction_id] = prediction_ids(1)
         self._logged(predictor, [prediction_id], np.array([value]), records=[record])
         model = ModelRef(name=predictor.name, version=predictor.version)
-        return Prediction(prediction=float(value), prediction_id=prediction_id, model=model)
+        return Prediction(
+            prediction=float(value),
+            prediction_id=prediction_id,
+            model=model,
+            ids=self.schema(predictor).ids_of(record),
+        )
 
     def predict_batch(
         self, predictor: Predictor, records: list[Any] | None, columns: dict[str, list[Any]] | None
@@ -245,6 +281,7 @@ class PredictionService:
             predictions=values.tolist(),
             prediction_ids=ids,
             model=ModelRef(name=predictor.name, version=predictor.version),
+            ids=self.schema(predictor).batch_ids(records, columns),
         )
 
     @staticmethod
@@ -283,7 +320,8 @@ class PredictionService:
 
     # Feedback ---------------------------------------------------------------------------
     def feedback(self, body: bytes) -> FeedbackAccepted:
-        """Store the actual value reported for an earlier prediction."""
+        """Store the actual value reported for an earlier prediction, named by its prediction id
+        or by the record's own ids (the served description's id columns)."""
         try:
             reported = self._feedback.decode(body)
         except msgspec.DecodeError as error:
@@ -294,9 +332,39 @@ class PredictionService:
             raise ApiError(422, "invalid feedback", [msgspec_error(error)]) from None
         except msgspec.ValidationError as error:
             raise ApiError(422, "invalid feedback", [msgspec_error(error)]) from None
+        if (reported.prediction_id is None) == (reported.ids is None):
+            problem = FieldError(
+                field="prediction_id",
+                location="$",
+                message="send exactly one of `prediction_id` or `ids` (the record's own ids)",
+            )
+            raise ApiError(422, "invalid feedback", [problem])
+        if reported.ids is not None:
+            self._check_ids(reported.ids)
         if self.feedback_log is not None:
             entry = FeedbackEntry(
-                at=datetime.now(UTC), prediction_id=reported.prediction_id, actual=reported.actual
+                at=datetime.now(UTC),
+                prediction_id=reported.prediction_id,
+                actual=reported.actual,
+                ids=reported.ids,
             )
             self.feedback_log.put(entry)
-        return FeedbackAccepted(prediction_id=reported.prediction_id)
+        return FeedbackAccepted(
+            status="accepted", prediction_id=reported.prediction_id, ids=reported.ids
+        )
+
+    def _check_ids(self, ids: RecordIds) -> None:
+        """Feedback's ids must be id columns of the served description."""
+        declared = self.served()[1].spec.ids
+        unknown = sorted(set(ids) - set(declared))
+        if unknown:
+            allowed = ", ".join(declared) if declared else "none: the dataset declares no `ids`"
+            problems = [
+                FieldError(
+                    field=name,
+                    location=f"$.ids.{name}",
+                    message=f"not an id column of the dataset (id columns: {allowed})",
+                )
+                for name in unknown
+            ]
+            raise ApiError(422, "invalid feedback", problems)

@@ -155,6 +155,18 @@ class EventTime(BaseModel):
         )
         return pd.to_datetime(parts, errors="coerce", utc=True)
 
+    def written(self, times: pd.Series) -> dict[str, pd.Series]:
+        """Times (UTC) written as this description stores them, by column: what ``parse`` reads
+        back (to the month, for a year and month pair)."""
+        times = pd.to_datetime(times, utc=True)
+        if self.column is not None:
+            return {self.column: times.dt.strftime(self.format or "%Y-%m-%dT%H:%M:%SZ")}
+        assert self.year is not None  # one of the two ways (checked at load)
+        written = {self.year: times.dt.year.astype("Int64")}
+        if self.month is not None:
+            written[self.month] = times.dt.month.astype("Int64")
+        return written
+
 
 class Target(BaseModel):
     """The column the model predicts."""
@@ -356,11 +368,17 @@ class DatasetSpec(BaseModel):
         return [*self.feature_names, self.target.name]
 
     @cached_property
+    def context_columns(self) -> list[str]:
+        """The id and event-time columns: never features, but a prediction request may carry
+        them (the API echoes the ids, the log keeps both, feedback can name a record by id)."""
+        times = self.event_time.columns if self.event_time else []
+        return [*self.ids, *times]
+
+    @cached_property
     def record_columns(self) -> list[str]:
         """The id columns, the event time, the features and the target: what a record is
         (uniqueness, row keys, the training data)."""
-        times = self.event_time.columns if self.event_time else []
-        return [*self.ids, *times, *self.columns]
+        return [*self.context_columns, *self.columns]
 
     @cached_property
     def stored_columns(self) -> list[str]:

@@ -8,6 +8,8 @@ frame feeds Evidently's drift (features, prediction) and quality (target vs pred
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,28 +60,74 @@ def _predictions_of(state_dir: Path, model_version: str, *, since: datetime | No
     return log if log.empty else log[log["model_version"] == model_version]
 
 
+REPORTED_AT = "reported_at"
+"""Column :func:`with_feedback` adds: when the price of a row was reported."""
+
+
 def with_feedback(log: pd.DataFrame, feedback: pd.DataFrame, *, spec: DatasetSpec) -> pd.DataFrame:
-    """``log`` with the reported price (the latest report per prediction id) as the target column;
-    missing where no price was reported. Reports for unknown ids are ignored."""
+    """``log`` with the reported price as the target column (missing where none was reported)
+    and when it was reported (:data:`REPORTED_AT`). A report names a prediction id or the
+    record's own ids; the latest report by prediction id wins, then the latest by ids (it prices
+    every logged prediction of that record). Reports for unknown ids are ignored."""
     target = spec.target.name
-    if feedback.empty:
-        return log.assign(**{target: float("nan")})
-    latest = (
-        feedback.sort_values("received_at", kind="stable")
-        .drop_duplicates("prediction_id", keep="last")
-        .set_index("prediction_id")["actual"]
-    )
-    return log.assign(**{target: log["prediction_id"].map(latest).astype("float64")})
+    actual = pd.Series(float("nan"), index=log.index)
+    reported = pd.Series(pd.NaT, index=log.index, dtype="datetime64[us, UTC]")
+    if not feedback.empty:
+        feedback = feedback.sort_values("received_at", kind="stable")
+        for keys, named in _feedback_keys(log, feedback, spec):
+            latest = named.drop_duplicates("key", keep="last").set_index("key")
+            missing = actual.isna()
+            actual = actual.where(~missing, keys.map(latest["actual"]))
+            reported = reported.where(~missing, keys.map(latest["received_at"]))
+    return log.assign(**{target: actual.astype("float64"), REPORTED_AT: reported})
+
+
+def _feedback_keys(
+    log: pd.DataFrame, feedback: pd.DataFrame, spec: DatasetSpec
+) -> Iterator[tuple[pd.Series, pd.DataFrame]]:
+    """Pairs of (each logged row's key, the reports by that key): prediction ids first, then
+    the record keys of each combination of id columns a report can name."""
+    by_id = feedback[feedback["prediction_id"].notna()]
+    yield log["prediction_id"], by_id.assign(key=by_id["prediction_id"])
+    if "record_key" not in feedback or not spec.ids:
+        return
+    by_record = feedback[feedback["record_key"].notna()]
+    if by_record.empty:
+        return
+    by_record = by_record.assign(key=by_record["record_key"])
+    for size in range(1, len(spec.ids) + 1):
+        for names in itertools.combinations(sorted(spec.ids), size):
+            if all(name in log for name in names):
+                parts = [f"{name}=" + log[name].astype("string") for name in names]
+                keys = parts[0]
+                for part in parts[1:]:
+                    keys = keys + "&" + part
+                yield keys.astype(object), by_record
 
 
 def labelled_rows(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
-    """The rows of a window whose price was reported, as a training table (features + target,
-    in the description's order, each record once): what a retrain adds to the data in lakeFS.
-    A feature the served model's description did not have (``spec`` added it since) is missing
-    in these rows, as in any older table; the data checks decide whether that may train."""
-    columns = [*spec.feature_names, spec.target.name]
-    labelled = frame.loc[frame[spec.target.name].notna()].reindex(columns=columns)
-    return labelled.drop_duplicates().reset_index(drop=True)
+    """The rows of a window whose price was reported, as a table stored under ``spec`` (every
+    stored column, each record once): what a retrain adds to the data in lakeFS. Ids are as the
+    requests sent them (missing where they sent none); the event time likewise, else the time
+    the price was reported (a sale is dated when its price becomes known); ignored columns are
+    empty. A feature the served model's description did not have (``spec`` added it since) is
+    missing in these rows, as in any older table; the data checks decide whether that may
+    train."""
+    labelled = frame.loc[frame[spec.target.name].notna()]
+    rows = labelled.reindex(columns=spec.stored_columns)
+    if spec.event_time is not None and REPORTED_AT in labelled:
+        undated = rows[spec.event_time.columns].isna().all(axis=1)
+        if undated.any():
+            dated = spec.event_time.written(labelled.loc[undated, REPORTED_AT])
+            for column, values in dated.items():
+                rows[column] = rows[column].astype(object)
+                rows.loc[undated, column] = values.astype(object)
+    for column in spec.context_columns:  # logged as text: numbers again where they all are
+        numbers = pd.to_numeric(rows[column], errors="coerce")
+        if numbers.notna().sum() == rows[column].notna().sum():
+            whole = numbers.dropna()
+            rows[column] = numbers.astype("Int64") if (whole == whole.round()).all() else numbers
+    return rows.drop_duplicates().reset_index(drop=True)
 
 
 def window_id(start: datetime, end: datetime, rows: int) -> str:

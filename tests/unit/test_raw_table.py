@@ -11,12 +11,13 @@ import pytest
 from litestar.testing import TestClient
 
 from api.app import create_app
-from api.prediction_log import read_prediction_log
+from api.prediction_log import read_feedback_log, read_prediction_log
 from api.predictor import ModelSlot, Predictor
 from lakeloop import evolution, model, rowkeys
 from lakeloop.dataset import DatasetSpec
 from lakeloop.ingest import read_source
 from lakeloop.settings import Settings, TrainingSettings
+from monitoring.window import labelled_rows, with_feedback
 from tests.utils.real_data import read_ames
 from validation.checks import validate_frame
 from validation.history import record_fingerprints
@@ -205,8 +206,9 @@ def test_features_keep_their_published_names_through_training_and_the_api(
     assert records["predictions"] == pytest.approx([expected] * 3, rel=1e-6)
     assert missing.status_code == 422
     assert [error["field"] for error in missing.json()["errors"]] == ["1st Flr SF"]
-    properties = document["components"]["schemas"]["HouseFeatures"]["properties"]
-    assert set(properties) == set(spec.feature_names)
+    documented = document["components"]["schemas"]["HouseFeatures"]
+    assert set(documented["properties"]) == {*spec.feature_names, "Order", "PID"}
+    assert set(documented["required"]) == set(spec.feature_names)  # ids are optional
     logged = read_prediction_log(settings.state_dir)
     assert logged["Gr Liv Area"].tolist() == [1500.0] * 6
     assert logged["MS SubClass"].tolist() == ["60"] * 6
@@ -246,3 +248,76 @@ def test_a_house_sold_twice_is_never_on_both_sides_of_a_split(raw: pd.DataFrame)
         assert abs(len(split.holdout) - len(sales) * training.holdout_fraction) < 0.02 * len(sales)
     with pytest.raises(ValueError, match="group 'Misc Feature' must be an id"):
         describe(raw, group="Misc Feature")
+
+
+def test_a_record_sent_with_its_own_ids_is_echoed_logged_and_priced_by_them(
+    raw: pd.DataFrame, settings: Settings
+) -> None:
+    """A client that knows its records (a parcel id) sends it with the features, gets it back,
+    and later reports the sale price by it, not by our prediction id; the priced rows become a
+    training table that passes the same checks as any batch (ids, sale month, every column)."""
+    spec = dated(raw)
+    pipeline = model.train(raw, spec, TrainingSettings(n_estimators=20)).pipeline
+    slot = ModelSlot(Predictor(model=pipeline, name="ames", version="1", spec=spec))
+    app = create_app(settings, spec=spec, slot=slot, follow_registry=False)
+    house = raw.iloc[0]
+    record: dict[str, Any] = {
+        "Neighborhood": house["Neighborhood"],
+        "Fireplaces": float(house["Fireplaces"]),
+        "Foundation": house["Foundation"],
+    }
+    with TestClient(app) as client:
+        bare = client.post("/v1/predict", json=record).json()
+        one = client.post("/v1/predict", json=record | {"PID": 526301100}).json()
+        dated_sale = client.post(
+            "/v1/predict", json=record | {"PID": 526350040, "Yr Sold": 2009, "Mo Sold": 5}
+        ).json()
+        batch = client.post(
+            "/v1/predict/batch",
+            json={
+                "columns": {name: [value] * 2 for name, value in record.items()}
+                | {"PID": ["0526301100", None]}
+            },
+        ).json()
+        wrong_type = client.post("/v1/predict", json=record | {"PID": [1]})
+        priced = client.post("/v1/feedback", json={"ids": {"PID": 526301100}, "actual": 215000})
+        priced_dated = client.post(
+            "/v1/feedback", json={"ids": {"PID": 526350040}, "actual": 105000}
+        )
+        by_prediction = client.post(
+            "/v1/feedback", json={"prediction_id": bare["prediction_id"], "actual": 172000}
+        )
+        unknown_id = client.post("/v1/feedback", json={"ids": {"Parcel": 1}, "actual": 1.0})
+        both = client.post(
+            "/v1/feedback",
+            json={"prediction_id": bare["prediction_id"], "ids": {"PID": 1}, "actual": 1.0},
+        )
+        neither = client.post("/v1/feedback", json={"actual": 1.0})
+    assert "ids" not in bare
+    assert one["ids"] == {"PID": 526301100}
+    assert one["prediction"] == pytest.approx(bare["prediction"])  # ids never predict
+    assert batch["ids"] == [{"PID": "0526301100"}, {}]
+    assert wrong_type.status_code == 422
+    assert wrong_type.json()["errors"][0]["field"] == "PID"
+    assert priced.status_code == priced_dated.status_code == by_prediction.status_code == 202
+    assert priced.json() == {"status": "accepted", "ids": {"PID": 526301100}}
+    assert unknown_id.status_code == 422
+    assert "not an id column of the dataset (id columns: Order, PID)" in unknown_id.text
+    assert both.status_code == neither.status_code == 422
+    assert "exactly one of `prediction_id` or `ids`" in neither.text
+
+    log = read_prediction_log(settings.state_dir)
+    assert log["PID"].tolist() == [None, "526301100", "526350040", "0526301100", None]
+    assert log["Yr Sold"].tolist() == [None, None, "2009", None, None]
+    joined = with_feedback(log, read_feedback_log(settings.state_dir), spec=spec)
+    assert joined["SalePrice"].tolist()[:3] == [172000.0, 215000.0, 105000.0]
+    assert joined["SalePrice"].isna().tolist()[3:] == [True, True]  # "0526301100" is another id
+
+    rows = labelled_rows(joined, spec)
+    assert list(rows.columns) == spec.stored_columns
+    assert rows["PID"].tolist() == [pd.NA, 526301100, 526350040]
+    assert (rows.loc[2, "Yr Sold"], rows.loc[2, "Mo Sold"]) == (2009, 5)  # as the request said
+    reported = read_feedback_log(settings.state_dir)["received_at"].iloc[0]
+    assert (rows.loc[1, "Yr Sold"], rows.loc[1, "Mo Sold"]) == (reported.year, reported.month)
+    result = validate_frame(rows, spec)
+    assert result.success, result.failures
