@@ -296,6 +296,7 @@ def test_a_record_sent_with_its_own_ids_is_echoed_logged_and_priced_by_them(
     assert "ids" not in bare
     assert one["ids"] == {"PID": 526301100}
     assert one["prediction"] == pytest.approx(bare["prediction"])  # ids never predict
+    assert dated_sale["ids"] == {"PID": 526350040}  # the sale's time is logged, not echoed
     assert batch["ids"] == [{"PID": "0526301100"}, {}]
     assert wrong_type.status_code == 422
     assert wrong_type.json()["errors"][0]["field"] == "PID"
