@@ -175,10 +175,13 @@ class TrainingSettings(BaseModel):
     """Seed for XGBoost."""
     tune_trials: Annotated[int, Field(ge=1)] = 12
     """Hyperparameter trials a tuning run (``--tune``) tries, each a nested MLflow run."""
-    tune_policy: Literal["on_request", "every_n_versions", "always"] = "on_request"
+    tune_policy: Literal["on_request", "when_champion_tuned", "every_n_versions", "always"] = (
+        "on_request"
+    )
     """When a training searches hyperparameters on its own: only when asked (``--tune``); when
-    none of the newest ``tune_every`` registered versions was tuned (the first model included);
-    or every time. Between searches, a tuned champion hands its hyperparameters on."""
+    the champion it must beat was itself tuned (a search against a search); when none of the
+    newest ``tune_every`` registered versions was tuned (the first model included); or every
+    time. Between searches, a tuned champion hands its hyperparameters on."""
     tune_every: Annotated[int, Field(ge=1)] = 10
     """For ``every_n_versions``: how many registered versions may pass without a search."""
     dask_scheduler: str | None = None

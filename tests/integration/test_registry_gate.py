@@ -317,6 +317,15 @@ def test_the_tuning_policy_searches_when_no_recent_version_was_tuned(
     assert due(tune_policy="every_n_versions", tune_every=recent_tuned)  # none tuned among them
     assert not due(tune_policy="every_n_versions", tune_every=recent_tuned + 1)
 
+    name, alias = settings.mlflow.model_name, settings.mlflow.champion_alias
+    before = tracking.champion(client, settings)
+    assert before is not None
+    assert not rows[[row.version for row in rows].index(before.version)].tuned
+    assert not due(tune_policy="when_champion_tuned")
+    client.set_registered_model_alias(name, alias, rows[recent_tuned].version)
+    assert due(tune_policy="when_champion_tuned")
+    client.set_registered_model_alias(name, alias, before.version)
+
 
 def test_a_commit_trained_again_on_purpose_is_a_new_judged_attempt(
     settings: Settings, client: MlflowClient, spec: DatasetSpec, data: pd.DataFrame
