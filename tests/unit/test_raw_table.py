@@ -88,6 +88,18 @@ def test_a_column_declared_twice_is_refused_naming_both_roles(raw: pd.DataFrame)
         describe(raw, ignore=["Fireplaces"])
     with pytest.raises(ValueError, match=r"PID \(id and ignored\)"):
         describe(raw, ignore=["PID"])
+    with pytest.raises(ValueError, match=r"Fireplaces \(id and feature\)"):
+        describe(raw, ids=["Order", "PID", "Fireplaces"])
+
+
+def test_a_table_without_the_described_time_column_is_refused_naming_it(
+    raw: pd.DataFrame,
+) -> None:
+    """The description names a sale-month column the table does not have: the checks say which,
+    and the rest of the table is still judged (nothing crashes on the missing column)."""
+    result = validate_frame(raw.drop(columns=["Mo Sold"]).head(200), dated(raw))
+    assert not result.success
+    assert any("Mo Sold" in line for line in result.failures), result.failures
 
 
 def test_ids_make_the_record_and_train_nothing(raw: pd.DataFrame) -> None:
