@@ -62,7 +62,12 @@ def read_window(
 ) -> tuple[pd.DataFrame, Window]:
     since = None if minutes is None else datetime.now(UTC) - timedelta(minutes=minutes)
     return champion_window(
-        settings.state_dir, spec, model_version=champion.version, rows=rows, since=since
+        settings.state_dir,
+        spec,
+        model_version=champion.version,
+        rows=rows,
+        since=since,
+        by_event_time=settings.monitoring.window_by == "event_time",
     )
 
 

@@ -198,6 +198,9 @@ class MonitoringSettings(BaseModel):
     """The monitor looks at the champion's most recent predictions, at most this many."""
     window_minutes: Annotated[float, Field(gt=0)] | None = None
     """... and only those of the last this many minutes (unset: no time limit)."""
+    window_by: Literal["prediction_time", "event_time"] = "prediction_time"
+    """What "most recent" means: when the API answered, or (``event_time``, for a description
+    with one) when each record happened as the request sent it, its prediction time otherwise."""
     reference_rows: Annotated[int, Field(ge=1)] = 20_000
     """Most rows of the champion's training data used as the reference (a seeded sample)."""
     policy: DriftPolicy = DriftPolicy()

@@ -614,7 +614,9 @@ def tuning_due(client: MlflowClient, settings: Settings) -> bool:
         return True
     if policy == "when_champion_tuned":
         current = champion(client, settings)
-        return current is not None and TUNING_TRIALS in client.get_run(current.run_id).data.params
+        return (
+            current is not None and TUNING_TRIALS in client.get_run(str(current.run_id)).data.params
+        )
     newest = version_rows(client, settings, limit=settings.training.tune_every)
     return not any(row.tuned for row in newest)
 

@@ -29,17 +29,41 @@ def champion_window(
     model_version: str,
     rows: int,
     since: datetime | None = None,
+    by_event_time: bool = False,
 ) -> tuple[pd.DataFrame, Window]:
     """The most recent ``rows`` predictions of ``model_version`` (at or after ``since``) with any
-    reported price in the target column, oldest first, and the window that names them."""
-    log = _predictions_of(state_dir, model_version, since=since).tail(rows).reset_index(drop=True)
+    reported price in the target column, oldest first, and the window that names them.
+
+    With ``by_event_time`` (a description with an ``event_time``), "most recent" and ``since``
+    are by when each record happened, as the request sent it (a sale's month), and by when it
+    was predicted where it sent none: predictions made today for last year's sales are checked
+    as last year's. The whole log is read then (segment names only know prediction times)."""
+    dated = by_event_time and spec.event_time is not None
+    log = _predictions_of(state_dir, model_version, since=None if dated else since)
+    if dated and not log.empty:
+        log = _by_event_time(log, spec, since=since)
+    log = log.tail(rows).reset_index(drop=True)
     if log.empty:
         return log, Window(id=f"v{model_version}/empty", rows=0)
-    start = log["predicted_at"].iloc[0].to_pydatetime()
-    end = log["predicted_at"].iloc[-1].to_pydatetime()
+    start = log["predicted_at"].min().to_pydatetime()
+    end = log["predicted_at"].max().to_pydatetime()
     frame = with_feedback(log, read_feedback_log(state_dir, since=start), spec=spec)
     window = Window(id=window_id(start, end, len(frame)), start=start, end=end, rows=len(frame))
     return frame, window
+
+
+def _by_event_time(log: pd.DataFrame, spec: DatasetSpec, *, since: datetime | None) -> pd.DataFrame:
+    """``log`` ordered by each record's event time (its prediction time where it sent none),
+    from ``since`` on."""
+    assert spec.event_time is not None
+    columns = spec.event_time.columns
+    happened = spec.event_time.parse(log) if all(c in log for c in columns) else pd.Series(pd.NaT)
+    when = happened.reindex(log.index).fillna(log["predicted_at"])
+    order = when.sort_values(kind="stable").index
+    log, when = log.loc[order], when.loc[order]
+    if since is not None:
+        log = log[when >= pd.Timestamp(since).tz_convert(UTC)]
+    return log
 
 
 def window_feedback(

@@ -215,3 +215,52 @@ def test_reference_is_a_seeded_sample_with_the_models_predictions(
     cached = cached_reference(tmp_path, model_version="4", build=build)
     assert built == [1]  # built once per version, then read back
     pd.testing.assert_frame_equal(stored, cached)
+
+
+def test_window_by_event_time_checks_the_latest_sales_whenever_they_were_predicted(
+    tmp_path: Path, spec: DatasetSpec
+) -> None:
+    """Last year's sales scored in one batch today are last year's to the monitor: with
+    ``by_event_time`` the window is the most recent sales as the requests dated them (their
+    prediction time where they sent none), and ``since`` counts in sale time too."""
+    dated = DatasetSpec.model_validate(
+        spec.model_dump(mode="json") | {"event_time": {"column": "sold_on"}}
+    )
+    logs = Logs(tmp_path, dated)
+
+    def predict(sales: pd.DataFrame, *, at: datetime, sold: list[str | None]) -> list[str]:
+        ids = [f"{at:%H%M%S}-{i}" for i in range(len(sales))]
+        columns = {name: sales[name].tolist() for name in dated.feature_names}
+        logs.predictions.put(
+            Entry(
+                at=at,
+                model_name="housing-price",
+                model_version="2",
+                prediction_ids=ids,
+                predictions=np.full(len(sales), 200_000.0),
+                columns=columns | {"sold_on": sold},
+            )
+        )
+        logs.predictions.flush()
+        return ids
+
+    recent = predict(_sales(10, 1), at=START, sold=["2026-04-20"] * 10)
+    backfill = predict(_sales(10, 2), at=START + timedelta(minutes=5), sold=["2025-03-01"] * 10)
+    undated = predict(_sales(5, 3), at=START + timedelta(minutes=6), sold=[None] * 5)
+
+    by_sale, window = champion_window(
+        tmp_path, dated, model_version="2", rows=15, by_event_time=True
+    )
+    assert by_sale["prediction_id"].tolist() == recent + undated  # the backfill is older
+    assert window.rows == 15
+    by_prediction, _ = champion_window(tmp_path, dated, model_version="2", rows=15)
+    assert by_prediction["prediction_id"].tolist() == backfill + undated
+    since, _ = champion_window(
+        tmp_path,
+        dated,
+        model_version="2",
+        rows=100,
+        since=datetime(2026, 1, 1, tzinfo=UTC),
+        by_event_time=True,
+    )
+    assert set(since["prediction_id"]) == set(recent + undated)
