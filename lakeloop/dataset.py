@@ -178,6 +178,9 @@ class Target(BaseModel):
     unit: str = ""
     min: float | None = None
     max: float | None = None
+    max_missing: float = Field(default=0.0, ge=0, le=1)
+    """Largest share of rows a batch may carry without a target (0.05 = 5 %): rows not labelled
+    yet are stored with the rest and left out of training and monitoring references."""
     thresholds: Thresholds = Thresholds()
     """The promotion gate's absolute bars for this target."""
 

@@ -24,6 +24,7 @@ _CODE = re.compile(r"(?i)(class|code|zip|postal|type|category|kind)")
 _YEAR = re.compile(r"(?i)(^|[\s_])(yr|year)([\s_]|$)")
 _MONTH = re.compile(r"(?i)(^|[\s_])(mo|month)([\s_]|$)")
 _TIME = re.compile(r"(?i)(date|time|timestamp|sold_at|created|updated)")
+_DATE_TEXT = re.compile(r"\d{4}[-/]\d{1,2}[-/]\d{1,2}")
 _UNUSABLE = re.compile(r"[\[\]<\x00-\x1f]")
 MAX_CATEGORIES = 200
 """A text column with more distinct values is free text: ignored, not a categorical."""
@@ -77,6 +78,13 @@ def draft(frame: pd.DataFrame, *, target: str, name: str) -> Draft:
     for column in others:
         if column in ids or column in time_columns:
             continue
+        if _dates(frame[column]):
+            ignored.append(column)
+            notes.append(
+                f"ignored: {column} (dates: a second time, not a feature; derive what matters "
+                "from it, such as an age, as a column of its own)"
+            )
+            continue
         feature, why = _feature(frame[column], column)
         if feature is None:
             ignored.append(column)
@@ -88,11 +96,21 @@ def draft(frame: pd.DataFrame, *, target: str, name: str) -> Draft:
     if not features:
         raise ValueError("no column of the table can be a feature")
     values = frame[target].dropna()
+    unlabelled = _missing(frame[target]).get("max_missing")
+    if unlabelled:
+        notes.append(
+            f"target: {len(frame) - len(values):,} rows have no {target} (kept, never trained "
+            f"on); a batch may carry up to {unlabelled:.0%} of them (target.max_missing)"
+        )
     description: dict[str, Any] = {
         "name": name,
         "version": 1,
         "description": f"Drafted from a table of {len(frame):,} rows.",
-        "target": {"name": target, **_bounds(values)},
+        "target": {
+            "name": target,
+            **_bounds(values),
+            **({"max_missing": unlabelled} if unlabelled else {}),
+        },
         "ids": ids,
         "event_time": event_time,
         "features": features,
@@ -117,14 +135,11 @@ def _is_id(values: pd.Series, name: str) -> bool:
 
 
 def _event_time(frame: pd.DataFrame, columns: list[str]) -> tuple[dict[str, str] | None, list[str]]:
-    """One time column that parses as ISO 8601, else a year column (and a month column)."""
-    for column in columns:
-        values = frame[column]
-        if pd.api.types.is_datetime64_any_dtype(values):
-            return {"column": column}, [column]
-        if values.dtype == object and _TIME.search(column):
-            parsed = pd.to_datetime(values, format="ISO8601", errors="coerce", utc=True)
-            if parsed.notna().mean() >= 0.99:
+    """One time column: named like a time and parsing as ISO 8601, else any column of dates;
+    else a year column (and a month column)."""
+    for named_like_time in (True, False):
+        for column in columns:
+            if (_TIME.search(column) or not named_like_time) and _dates(frame[column]):
                 return {"column": column}, [column]
     years = [c for c in columns if _YEAR.search(c) and _within(frame[c], 1800, 2200)]
     months = [c for c in columns if _MONTH.search(c) and _within(frame[c], 1, 12)]
@@ -134,6 +149,21 @@ def _event_time(frame: pd.DataFrame, columns: list[str]) -> tuple[dict[str, str]
             if _shared_words(year, month):
                 return {"year": year, "month": month}, [year, month]
     return None, []
+
+
+def _dates(values: pd.Series) -> bool:
+    """Whether a column holds dates or times: a datetime column, or text in which 99 % of the
+    values are ISO 8601 dates (``2010-06-15``, ``2010/06/15``, with or without a time)."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return True
+    present = values.dropna()
+    if values.dtype != object or present.empty:
+        return False
+    text = present.astype(str)
+    if not text.str.match(_DATE_TEXT).all():
+        return False
+    parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+    return bool(parsed.notna().mean() >= 0.99)
 
 
 def _shared_words(first: str, second: str) -> bool:

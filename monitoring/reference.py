@@ -28,8 +28,9 @@ def reference_frame(
     seed: int,
     prediction_column: str = "prediction",
 ) -> pd.DataFrame:
-    """At most ``rows`` of ``training`` (a seeded sample, so every run of a version compares with
-    the same rows) with ``model``'s prediction for each."""
+    """At most ``rows`` of ``training``'s labelled rows (a seeded sample, so every run of a
+    version compares with the same rows) with ``model``'s prediction for each."""
+    training = training.dropna(subset=[spec.target.name])
     sample = training if len(training) <= rows else training.sample(n=rows, random_state=seed)
     sample = sample.reset_index(drop=True)
     predicted = np.asarray(model.predict(sample[spec.feature_names]), dtype="float64")

@@ -71,10 +71,15 @@ def _target_expectations(spec: DatasetSpec) -> list[Any]:
 
     expect = gx.expectations
     target = spec.target
+    allowed = (
+        f"at most {target.max_missing:.1%} missing (target.max_missing)"
+        if target.max_missing
+        else "no missing values"
+    )
     suite = [
         _type_expectation(target.name, numeric=True),
         expect.ExpectColumnValuesToNotBeNull(
-            column=target.name, meta={"allowed": "no missing values"}
+            column=target.name, mostly=1 - target.max_missing, meta={"allowed": allowed}
         ),
     ]
     if target.min is not None or target.max is not None:

@@ -83,3 +83,38 @@ def test_awkward_columns_are_ignored_with_the_reason() -> None:
     assert validate_frame(frame, spec).success
     with pytest.raises(ValueError, match="'listing_id' is not numeric"):
         draft(frame, target="listing_id", name="listings")
+
+
+def test_dates_in_any_column_and_rows_without_a_target_are_drafted_not_refused() -> None:
+    """A car table (model year written as a date, a second date, eight cars with no mileage):
+    the date becomes the event time whatever its name, the second date is not a feature, and the
+    unlabelled rows are allowed in a batch but never trained on."""
+    rows = 400
+    frame = pd.DataFrame(
+        {
+            "Name": [f"car {i}" for i in range(rows)],
+            "Miles_per_Gallon": [None if i % 50 == 7 else 15.0 + (i % 40) for i in range(rows)],
+            "Horsepower": [80.0 + i % 120 for i in range(rows)],
+            "Origin": ["USA", "Japan", "Europe", "USA"] * (rows // 4),
+            "Year": [f"{1970 + i % 13}-01-01" for i in range(rows)],
+            "Registered": [f"{1990 + i % 20}/03/{1 + i % 28:02d}" for i in range(rows)],
+        }
+    )
+    drafted = draft(frame, target="Miles_per_Gallon", name="cars")
+    spec = drafted.spec
+    assert spec.event_time is not None
+    assert spec.event_time.column == "Year"
+    assert "Registered" in spec.ignore
+    assert "Year" not in spec.feature_names
+    assert spec.target.max_missing == 0.04  # 2 % seen, twice that allowed
+    notes = "\n".join(drafted.notes)
+    assert "8 rows have no Miles_per_Gallon (kept, never trained on)" in notes
+    assert "Registered (dates: a second time, not a feature" in notes
+    result = validate_frame(frame, spec)
+    assert result.success, result.failures
+    trained = model.train(frame, spec, TrainingSettings(n_estimators=10))
+    assert trained.train_rows + trained.holdout_rows == rows - 8
+    # More unlabelled rows than the description allows are refused, naming the target.
+    unlabelled = frame.assign(Miles_per_Gallon=frame["Miles_per_Gallon"].where(frame.index > 40))
+    refused = validate_frame(unlabelled, spec)
+    assert any("Miles_per_Gallon" in line for line in refused.failures)
