@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from lakeloop import events, grafana, lakefs_client, loop, tracking
-from lakeloop.dataset import DatasetSpec, load_spec
+from lakeloop.dataset import DatasetSpec, in_units, load_spec
 from lakeloop.settings import Settings, load_settings
 from monitoring.check import CheckResult, check_window
 from monitoring.history import Window
@@ -167,7 +167,8 @@ def summary_markdown(result: CheckResult, *, run_id: str, settings: Settings) ->
         )
     if entry.quality is not None:
         lines.append(
-            f"| feedback | MAE {entry.quality.mae:,.0f} on {entry.quality.rows} reported prices |"
+            f"| feedback | MAE {in_units(entry.quality.mae)} on {entry.quality.rows} "
+            "reported prices |"
         )
     if entry.event_id:
         lines.append(f"| event | `lakeloop.drift.detected` `{entry.event_id}` |")

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 
 from lakeloop import datagate, evolution, grafana, lakefs_client, loop, market
-from lakeloop.dataset import DatasetSpec, load_spec
+from lakeloop.dataset import DatasetSpec, in_units, load_spec
 from lakeloop.ingest import (
     SourceError,
     SourceTable,
@@ -513,7 +513,7 @@ def _drift_act(settings: Settings, spec: DatasetSpec, *, champion: str, seed: in
         console.log(
             f"new champion v{model['version']} served {since_event:.1f} s after the drift event "
             f"({time.monotonic() - checked:.1f} s after the monitor started; retrain run "
-            f"{retrain.name}, holdout MAE {model['metrics'].get('mae', 0):,.0f}); "
+            f"{retrain.name}, holdout MAE {in_units(model['metrics'].get('mae', 0))}); "
             "`lakeloop report --open` shows why"
         )
         return
@@ -668,7 +668,7 @@ def _predictions(sample: pd.DataFrame, answer: dict[str, Any], spec: DatasetSpec
         table.add_column(column)
     for (_, row), predicted in zip(sample.iterrows(), answer["predictions"], strict=True):
         actual = row[spec.target.name]
-        table.add_row(*(str(row[c]) for c in shown), f"{predicted:,.0f}", f"{actual:,.0f}")
+        table.add_row(*(str(row[c]) for c in shown), in_units(predicted), in_units(actual))
     return table
 
 
@@ -686,7 +686,7 @@ def _timings(
     table.add_row("model", f"{model['name']} v{model['version']} (flow run {run_name})")
     table.add_row(
         "holdout",
-        f"MAE {metrics.get('mae', 0):,.0f}  RMSE {metrics.get('rmse', 0):,.0f}  "
+        f"MAE {in_units(metrics.get('mae', 0))}  RMSE {in_units(metrics.get('rmse', 0))}  "
         f"R² {metrics.get('r2', 0):.3f}",
     )
     table.add_row("commit → trained", f"{trained - committed:.1f} s")
@@ -763,8 +763,8 @@ def model_list(
             row.commit_id[:12],
             row.trigger,
             row.dataset,
-            "-" if row.mae is None else f"{row.mae:,.0f}",
-            "-" if row.rmse is None else f"{row.rmse:,.0f}",
+            "-" if row.mae is None else in_units(row.mae),
+            "-" if row.rmse is None else in_units(row.rmse),
             row.decision + (f": {row.reasons}" if row.reasons else ""),
             ", ".join(row.aliases),
         )

@@ -486,3 +486,9 @@ def described(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
             if text is not values:
                 changed[name] = text
     return frame.assign(**changed) if changed else frame
+
+
+def in_units(value: float) -> str:
+    """A value in the target's units as people read it: whole units with thousands separators
+    when large (``215,000``), three significant digits when small (``2.47`` degrees)."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"

@@ -32,6 +32,7 @@ from lakeloop.dataset import (
     DatasetSpec,
     Thresholds,
     codes_as_text,
+    in_units,
     integer_codes_as_text,
     is_integer_code,
 )
@@ -496,11 +497,6 @@ def thresholds(spec: DatasetSpec, training: TrainingSettings) -> Thresholds:
     return spec.target.thresholds.model_copy(update=overrides)
 
 
-def _number(value: float) -> str:
-    """A metric as people read it: whole target units when large, three digits when small."""
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-
-
 def gate_failures(
     metrics: dict[str, float],
     training: TrainingSettings,
@@ -518,8 +514,8 @@ def gate_failures(
         allowed = metrics["baseline_mae"] * (1 - training.baseline_margin)
         if metrics["mae"] > allowed:
             reasons.append(
-                f"MAE {_number(metrics['mae'])} is not at least {training.baseline_margin:.0%} "
-                f"below {_number(metrics['baseline_mae'])}, the MAE of always predicting the "
+                f"MAE {in_units(metrics['mae'])} is not at least {training.baseline_margin:.0%} "
+                f"below {in_units(metrics['baseline_mae'])}, the MAE of always predicting the "
                 "training median: the model has not learned enough from the features"
             )
     for name, limit, worse in (
@@ -531,15 +527,15 @@ def gate_failures(
         if limit is not None and worse(float(metrics[name]), float(limit)):
             sign = ">" if name != "r2" else "<"
             reasons.append(
-                f"{name.upper()} {_number(metrics[name])} {sign} threshold {_number(limit)}"
+                f"{name.upper()} {in_units(metrics[name])} {sign} threshold {in_units(limit)}"
             )
     if champion is not None:
         allowed = 1.0 + training.champion_tolerance
         for name in ("mae", "rmse"):
             if metrics[name] > champion[name] * allowed:
                 reasons.append(
-                    f"{name.upper()} {metrics[name]:,.0f} worse than {champion_name}'s "
-                    f"{champion[name]:,.0f} on the same holdout "
+                    f"{name.upper()} {in_units(metrics[name])} worse than {champion_name}'s "
+                    f"{in_units(champion[name])} on the same holdout "
                     f"(tolerance {training.champion_tolerance:.0%})"
                 )
     return reasons

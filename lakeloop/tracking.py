@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 
 import lakeloop
 from lakeloop import evaluation, evolution, model
-from lakeloop.dataset import DatasetSpec, parse_spec
+from lakeloop.dataset import DatasetSpec, in_units, parse_spec
 from lakeloop.model import TUNABLE, Split, TrainedModel, Trial
 from lakeloop.settings import Settings
 
@@ -687,9 +687,9 @@ class Rejudged:
     reasons: list[str]
 
     def summary(self) -> str:
-        ours = f"MAE {self.score.metrics['mae']:,.4g}"
+        ours = f"MAE {in_units(self.score.metrics['mae'])}"
         theirs = (
-            f" vs champion v{self.champion.version}'s {self.champion.metrics['mae']:,.4g}"
+            f" vs champion v{self.champion.version}'s {in_units(self.champion.metrics['mae'])}"
             if self.champion
             else ""
         )

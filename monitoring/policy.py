@@ -13,6 +13,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lakeloop.dataset import in_units
 from monitoring.history import Decision, HistoryEntry
 from monitoring.parse import DriftSummary, QualitySummary
 
@@ -117,7 +118,7 @@ def _triggers(
         quiet.append("no champion holdout MAE to compare the window's MAE with")
         return fired, quiet
     limit = policy.mae_increase_threshold
-    described = f"MAE {quality.mae:,.0f} is {increase:+.0%} vs the champion's holdout MAE"
+    described = f"MAE {in_units(quality.mae)} is {increase:+.0%} vs the champion's holdout MAE"
     if increase < limit:
         quiet.append(f"{described} (< +{limit:.0%})")
     elif quality.rows < policy.min_rows:

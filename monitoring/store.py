@@ -14,6 +14,7 @@ from typing import Protocol
 import msgspec
 from prometheus_client import CollectorRegistry, Gauge
 
+from lakeloop.dataset import in_units
 from lakeloop.pushmetrics import replace_group
 from monitoring.history import Decision, HistoryEntry
 from monitoring.parse import DriftSummary, QualitySummary
@@ -138,7 +139,7 @@ def read_history(folder: Path) -> list[HistoryEntry]:
 
 def describe(entry: HistoryEntry) -> str:
     """One line a person reads: when, which champion and window, the numbers, the decision."""
-    quality = "" if entry.quality is None else f" mae={entry.quality.mae:,.0f}"
+    quality = "" if entry.quality is None else f" mae={in_units(entry.quality.mae)}"
     verdict = "RETRAIN" if entry.decision.retrain else "ok"
     return (
         f"{entry.time:%Y-%m-%d %H:%M:%S} v{entry.champion_version} window={entry.window.id} "

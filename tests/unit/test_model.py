@@ -246,3 +246,13 @@ def test_tuning_never_looks_at_the_holdout(market_batch: pd.DataFrame, spec: Dat
     assert with_other_holdout.trials == tuned.trials
     assert with_other_holdout.params == tuned.params
     assert with_other_holdout.metrics != tuned.metrics
+
+
+def test_gate_reasons_read_in_the_targets_own_units() -> None:
+    """Degrees, not dollars: a champion comparison on a small target keeps its digits."""
+    champion = {"mae": 2.47, "rmse": 3.08}
+    worse = {"mae": 2.696, "rmse": 3.0, "r2": 0.8, "mape": 0.1}
+    [reason] = gate_failures(
+        worse, TrainingSettings(), bars=Thresholds(), champion=champion, champion_name="v2"
+    )
+    assert reason.startswith("MAE 2.7 worse than v2's 2.47 on the same holdout")
