@@ -32,9 +32,9 @@ from api.prediction_log import (
 from benchmarks.timing import best_of
 from lakeloop import market
 from lakeloop.dataset import DatasetSpec, load_spec
+from lakeloop.settings import DriftPolicy
 from monitoring.check import check_window
 from monitoring.history import Window
-from monitoring.policy import DriftPolicy
 from monitoring.window import champion_window
 
 WINDOW_ROWS = 50_000

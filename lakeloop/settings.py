@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from monitoring.policy import DriftPolicy
 
 LOOPBACK = "127.0.0.1"
 # Values people paste from tutorials; refusing them beats running a server anyone can drive.
@@ -187,6 +186,24 @@ class TrainingSettings(BaseModel):
     dask_scheduler: str | None = None
     """Address of an existing Dask scheduler (``tcp://dask:8786``): training then fits with
     ``xgboost.dask`` on its workers (``LAKELOOP_TRAINING__DASK_SCHEDULER``). Unset: in process."""
+
+
+class DriftPolicy(BaseModel):
+    """When drift or rising error is worth a retrain."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    drift_share_threshold: Annotated[float, Field(gt=0, le=1)] = 0.3
+    """Retrain when at least this share of features drifted (0.3 = 30 %)."""
+    mae_increase_threshold: Annotated[float, Field(gt=0)] = 0.2
+    """Retrain when the window MAE exceeds the champion holdout MAE by this share (0.2 = 20 %)."""
+    min_rows: Annotated[int, Field(ge=1)] = 500
+    """Fewest rows a window (or its rows with feedback) needs before it may trigger anything."""
+    cooldown: timedelta = timedelta(hours=1)
+    """Least time between two retrain decisions, whatever the champion."""
+    prediction_drift: bool = True
+    """Retrain when the predictions themselves drifted, even if few features did: a shift in one
+    strong feature (incomes rise) moves prices while the drift share stays small."""
 
 
 class MonitoringSettings(BaseModel):

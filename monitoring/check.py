@@ -17,11 +17,12 @@ import msgspec
 import pandas as pd
 
 from lakeloop.dataset import DatasetSpec
+from lakeloop.settings import DriftPolicy
 from monitoring.drift import run_drift, run_quality
 from monitoring.events import drift_event
 from monitoring.history import Decision, HistoryEntry, Window
 from monitoring.parse import DriftSummary, QualitySummary, parse_drift, parse_quality
-from monitoring.policy import DriftPolicy, decide
+from monitoring.policy import decide
 from monitoring.store import (
     append_history,
     metrics_registry,

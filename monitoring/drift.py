@@ -56,7 +56,7 @@ def run_drift(
 ) -> EvidentlyRun:
     """Data drift of every feature and overall, plus prediction drift when both frames hold
     ``prediction_column``. ``drift_share`` only sets the share Evidently's report calls dataset
-    drift; the retrain decision uses its own threshold (:class:`monitoring.policy.DriftPolicy`)."""
+    drift; the retrain decision uses its own threshold (:class:`lakeloop.settings.DriftPolicy`)."""
     with_prediction = (
         prediction_column is not None
         and prediction_column in current.columns

@@ -8,34 +8,14 @@ not start a storm of them while the first is still training.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Annotated
-
-from pydantic import BaseModel, ConfigDict, Field
+from datetime import datetime
 
 from lakeloop.dataset import in_units
+from lakeloop.settings import DriftPolicy
 from monitoring.history import Decision, HistoryEntry
 from monitoring.parse import DriftSummary, QualitySummary
 
-__all__ = ["Decision", "DriftPolicy", "decide", "last_retrain", "mae_increase"]
-
-
-class DriftPolicy(BaseModel):
-    """When drift or rising error is worth a retrain."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    drift_share_threshold: Annotated[float, Field(gt=0, le=1)] = 0.3
-    """Retrain when at least this share of features drifted (0.3 = 30 %)."""
-    mae_increase_threshold: Annotated[float, Field(gt=0)] = 0.2
-    """Retrain when the window MAE exceeds the champion holdout MAE by this share (0.2 = 20 %)."""
-    min_rows: Annotated[int, Field(ge=1)] = 500
-    """Fewest rows a window (or its rows with feedback) needs before it may trigger anything."""
-    cooldown: timedelta = timedelta(hours=1)
-    """Least time between two retrain decisions, whatever the champion."""
-    prediction_drift: bool = True
-    """Retrain when the predictions themselves drifted, even if few features did: a shift in one
-    strong feature (incomes rise) moves prices while the drift share stays small."""
+__all__ = ["Decision", "decide", "last_retrain", "mae_increase"]
 
 
 def decide(

@@ -15,11 +15,11 @@ import pytest
 from lakeloop import market
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TrainedModel
+from lakeloop.settings import DriftPolicy
 from monitoring.check import check_window
 from monitoring.drift import run_drift
 from monitoring.history import Window
 from monitoring.parse import DriftSummary, parse_drift
-from monitoring.policy import DriftPolicy
 from monitoring.store import read_history
 from tests.utils import prometheus
 

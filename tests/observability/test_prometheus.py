@@ -26,11 +26,10 @@ import yaml
 from lakeloop import market, pushmetrics
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.model import TrainedModel
-from lakeloop.settings import load_settings
+from lakeloop.settings import DriftPolicy, load_settings
 from lakeloop.stack import Stack
 from monitoring.check import check_window
 from monitoring.history import Window
-from monitoring.policy import DriftPolicy
 from tests.utils.api_server import start_api_with_champion
 from tests.utils.net import free_port
 from tests.utils.prometheus import (

@@ -16,6 +16,7 @@ from prometheus_client import generate_latest
 
 from lakeloop.dataset import load_spec
 from lakeloop.events import event_id
+from lakeloop.settings import DriftPolicy
 from monitoring.events import DRIFT_DETECTED, drift_event
 from monitoring.history import Decision, HistoryEntry, Window
 from monitoring.parse import (
@@ -27,7 +28,7 @@ from monitoring.parse import (
     parse_drift,
     parse_quality,
 )
-from monitoring.policy import DriftPolicy, decide, last_retrain, mae_increase
+from monitoring.policy import decide, last_retrain, mae_increase
 from monitoring.store import (
     append_history,
     describe,
