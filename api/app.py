@@ -23,13 +23,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 import lakeloop
 from api.metrics import ApiMetrics
-from api.prediction_log import (
-    FEEDBACK,
-    PREDICTIONS,
-    SegmentWriter,
-    feedback_table,
-    prediction_table,
-)
 from api.predictor import ModelLoadError, ModelSlot, Predictor, follow_champion, refresh
 from api.schemas import (
     ErrorResponse,
@@ -45,6 +38,13 @@ from api.schemas import (
 from api.service import ApiError, PredictionService, RequestSchema
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings
+from lakeloop.stores.prediction_log import (
+    FEEDBACK,
+    PREDICTIONS,
+    SegmentWriter,
+    feedback_table,
+    prediction_table,
+)
 
 logger = logging.getLogger(__name__)
 

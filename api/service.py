@@ -19,7 +19,6 @@ from api.coalesce import Coalescer
 from api.errors import BadRequestError, RecordChecker, batch_errors, parse_lenient, single_errors
 from api.ids import prediction_ids
 from api.metrics import ApiMetrics
-from api.prediction_log import Entry, FeedbackEntry, SegmentWriter
 from api.predictor import ModelSlot, Predictor
 from api.schemas import (
     ErrorResponse,
@@ -33,6 +32,7 @@ from api.schemas import (
     RequestTypes,
 )
 from lakeloop.dataset import DatasetSpec, attribute
+from lakeloop.stores.prediction_log import Entry, FeedbackEntry, SegmentWriter
 
 NO_CHAMPION_YET = "no champion model yet"
 NO_CHAMPION = (

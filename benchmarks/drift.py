@@ -20,7 +20,11 @@ import pandas as pd
 from evidently import Report
 from evidently.presets import DataDriftPreset
 
-from api.prediction_log import (
+from benchmarks.timing import best_of
+from lakeloop import market
+from lakeloop.dataset import DatasetSpec, load_spec
+from lakeloop.settings import DriftPolicy
+from lakeloop.stores.prediction_log import (
     FEEDBACK,
     PREDICTIONS,
     Entry,
@@ -29,10 +33,6 @@ from api.prediction_log import (
     feedback_table,
     prediction_table,
 )
-from benchmarks.timing import best_of
-from lakeloop import market
-from lakeloop.dataset import DatasetSpec, load_spec
-from lakeloop.settings import DriftPolicy
 from monitoring.check import check_window
 from monitoring.history import Window
 from monitoring.window import champion_window

@@ -295,7 +295,7 @@ def wait_for_logged(
     """Wait until the API's logs hold at least ``rows`` predictions of this version and
     ``feedback_rows`` reported prices made since ``since`` (both logs are written in segments
     every few seconds)."""
-    from api.prediction_log import read_feedback_log, read_prediction_log  # noqa: PLC0415
+    from lakeloop.stores.prediction_log import read_feedback_log, read_prediction_log  # noqa: PLC0415
 
     def logged() -> bool:
         log = read_prediction_log(settings.state_dir, since=since)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from api.prediction_log import read_feedback_log, read_prediction_log
 from lakeloop.dataset import DatasetSpec
+from lakeloop.stores.prediction_log import read_feedback_log, read_prediction_log
 from monitoring.history import Window
 
 _ID_TIME = "%Y%m%dT%H%M%S.%fZ"

@@ -26,10 +26,10 @@ import httpx
 import pandas as pd
 import pytest
 
-from api.prediction_log import read_feedback_log, read_prediction_log
 from lakeloop import lakefs_client, loop, tracking
 from lakeloop.dataset import DatasetSpec, codes_as_text, integer_codes_as_text, load_spec
 from lakeloop.ingest import read_source
+from lakeloop.stores.prediction_log import read_feedback_log, read_prediction_log
 from tests.utils.real_data import AMES_CSV, read_ames
 from tests.utils.workspace import Workspace, new_workspace
 

@@ -21,7 +21,13 @@ from api import openapi
 from api.app import admin_token, create_app
 from api.coalesce import Coalescer
 from api.ids import prediction_ids
-from api.prediction_log import (
+from api.predictor import BoosterKernel, Example, ModelLoadError, ModelSlot, Predictor, refresh
+from api.schemas import RequestTypes
+from lakeloop import tracking
+from lakeloop.dataset import DatasetSpec
+from lakeloop.model import TrainedModel, train
+from lakeloop.settings import Settings, TrainingSettings, load_settings
+from lakeloop.stores.prediction_log import (
     Entry,
     FeedbackEntry,
     SegmentWriter,
@@ -30,12 +36,6 @@ from api.prediction_log import (
     read_feedback_log,
     read_prediction_log,
 )
-from api.predictor import BoosterKernel, Example, ModelLoadError, ModelSlot, Predictor, refresh
-from api.schemas import RequestTypes
-from lakeloop import tracking
-from lakeloop.dataset import DatasetSpec
-from lakeloop.model import TrainedModel, train
-from lakeloop.settings import Settings, TrainingSettings, load_settings
 from tests.utils.descriptions import changed
 
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")

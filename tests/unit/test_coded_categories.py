@@ -13,13 +13,13 @@ import pytest
 from litestar.testing import TestClient
 
 from api.app import create_app
-from api.prediction_log import read_prediction_log
 from api.predictor import ModelSlot, Predictor
 from lakeloop import lakefs_client
 from lakeloop.dataset import DatasetSpec
 from lakeloop.ingest import read_csv, read_source
 from lakeloop.model import train
 from lakeloop.settings import Settings, TrainingSettings
+from lakeloop.stores.prediction_log import read_prediction_log
 from tests.utils.real_data import read_ames_as
 from validation.checks import validate_frame
 

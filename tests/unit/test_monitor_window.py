@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from api.prediction_log import (
+from lakeloop import market
+from lakeloop.dataset import DatasetSpec
+from lakeloop.stores.prediction_log import (
     FEEDBACK,
     PREDICTIONS,
     Entry,
@@ -20,8 +22,6 @@ from api.prediction_log import (
     feedback_table,
     prediction_table,
 )
-from lakeloop import market
-from lakeloop.dataset import DatasetSpec
 from monitoring.history import Window
 from monitoring.reference import cached_reference, reference_frame
 from monitoring.window import champion_window, labelled_rows, window_feedback

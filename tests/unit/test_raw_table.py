@@ -11,12 +11,12 @@ import pytest
 from litestar.testing import TestClient
 
 from api.app import create_app
-from api.prediction_log import read_feedback_log, read_prediction_log
 from api.predictor import ModelSlot, Predictor
 from lakeloop import evolution, model, rowkeys
 from lakeloop.dataset import DatasetSpec
 from lakeloop.ingest import read_source
 from lakeloop.settings import Settings, TrainingSettings
+from lakeloop.stores.prediction_log import read_feedback_log, read_prediction_log
 from monitoring.window import labelled_rows, with_feedback
 from tests.utils.real_data import read_ames
 from validation.checks import validate_frame
