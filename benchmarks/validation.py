@@ -58,7 +58,7 @@ def main() -> None:
     """Print cold set-up time, then warm GX vs pandas per batch size."""
     spec = load_spec()
     started = time.perf_counter()
-    from validation.checks import Validator  # noqa: PLC0415 - the import is part of the cold cost
+    from lakeloop.validation.checks import Validator  # noqa: PLC0415 - the import is part of the cold cost
 
     validator = Validator(spec)
     cold = time.perf_counter() - started
@@ -84,7 +84,7 @@ def history_verdicts() -> None:
     table's check kept (what the gateway and the training flow do) it costs the new batch's GX
     check plus comparing fingerprints, side by side with checking every table again."""
     from lakeloop.datagate import DataGate  # noqa: PLC0415
-    from validation.checks import warm_validator  # noqa: PLC0415
+    from lakeloop.validation.checks import warm_validator  # noqa: PLC0415
 
     spec = load_spec()
     gate = DataGate(spec, warm_validator, prefix="data/", state_dir=None)

@@ -33,8 +33,8 @@ from lakeloop import (
 )
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings, load_settings
-from validation.checks import ValidationResult
-from validation.report import write_report
+from lakeloop.validation.checks import ValidationResult
+from lakeloop.validation.report import write_report
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -241,8 +241,8 @@ def validate(
     ] = None,
 ) -> None:
     """Run the data checks on a local file before ingesting it (the same checks as the gates)."""
-    from validation.checks import validate_frame  # noqa: PLC0415 - Great Expectations: 2-3 s
-    from validation.report import write_report  # noqa: PLC0415
+    from lakeloop.validation.checks import validate_frame  # noqa: PLC0415 - Great Expectations: 2-3 s
+    from lakeloop.validation.report import write_report  # noqa: PLC0415
 
     settings = _settings()
     spec = load_spec(settings.dataset)

@@ -8,7 +8,7 @@ the same question about the same state:
 - every stored table passes the batch checks on its own (Great Expectations, the suite of the
   description it was ingested with, stored beside it: :mod:`lakeloop.evolution`), and
 - the history rules of the current description hold across all the tables that can train under
-  it (:mod:`validation.history`).
+  it (:mod:`lakeloop.validation.history`).
 
 The pre-merge hook asks it of the state the merge would produce (the branch's tables with the
 merge's changes applied), the training flow of the commit it trains. A table's check and its row
@@ -35,14 +35,14 @@ from lakeloop import evolution, lakefs_client, rowkeys
 from lakeloop.dataset import DatasetSpec, described, parse_spec
 from lakeloop.ingest import SourceTable
 from lakeloop.settings import Settings
-from validation.checks import Validator, warm_validator
-from validation.history import (
+from lakeloop.validation.checks import Validator, warm_validator
+from lakeloop.validation.history import (
     RECORD,
     all_fingerprints,
     history_findings,
     record_fingerprints,
 )
-from validation.results import Finding, ValidationResult, combine
+from lakeloop.validation.results import Finding, ValidationResult, combine
 
 Load = Callable[[], pd.DataFrame]
 """Reads a stored table; raises :class:`lakefs_client.UnreadableTableError` when it cannot."""

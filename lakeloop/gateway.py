@@ -51,7 +51,7 @@ from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.serving import serve
 from lakeloop.settings import Settings, load_settings
 from lakeloop.spool import Delivery, Redelivery, Sender, Spool, SpoolError
-from validation.checks import Validator, warm_validator
+from lakeloop.validation.checks import Validator, warm_validator
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import pytest
 
 from lakeloop import market
 from lakeloop.dataset import DatasetSpec
+from lakeloop.validation.checks import Validator, validate_frame
 from tests.utils.bad_batches import BAD_BATCHES, Builder
 from tests.utils.real_data import read_california
-from validation.checks import Validator, validate_frame
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,7 @@ class Repo:
         return pre_merge, training
 
     def gate(self, name: str) -> datagate.DataGate:
-        from validation.checks import warm_validator  # noqa: PLC0415 - GX import
+        from lakeloop.validation.checks import warm_validator  # noqa: PLC0415 - GX import
 
         return datagate.DataGate(
             self.spec,

@@ -23,9 +23,9 @@ from lakeloop.dataset import DatasetSpec
 from lakeloop.gateway import check_merge
 from lakeloop.ingest import inspect_source, write_parquet
 from lakeloop.settings import Settings
+from lakeloop.validation.checks import warm_validator
 from tests.utils.descriptions import V1, changed
 from tests.utils.local_lakefs import local_repository, pre_merge_hook
-from validation.checks import warm_validator
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ from lakeloop.ingest import read_csv, read_source
 from lakeloop.model import train
 from lakeloop.settings import Settings, TrainingSettings
 from lakeloop.stores.prediction_log import read_prediction_log
+from lakeloop.validation.checks import validate_frame
 from tests.utils.real_data import read_ames_as
-from validation.checks import validate_frame
 
 CLASSES = [20, 30, 40, 45, 50, 60, 70, 75, 80, 85, 90, 120, 150, 160, 180, 190]
 

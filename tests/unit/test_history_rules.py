@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from lakeloop.dataset import DatasetSpec
+from lakeloop.validation.history import RECORD, all_fingerprints, fingerprints, history_findings
 from tests.utils.real_data import read_ames
-from validation.history import RECORD, all_fingerprints, fingerprints, history_findings
 
 
 def ames_spec(*, unique: dict[str, object]) -> DatasetSpec:

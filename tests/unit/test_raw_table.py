@@ -17,10 +17,10 @@ from lakeloop.dataset import DatasetSpec
 from lakeloop.ingest import read_source
 from lakeloop.settings import Settings, TrainingSettings
 from lakeloop.stores.prediction_log import read_feedback_log, read_prediction_log
+from lakeloop.validation.checks import validate_frame
+from lakeloop.validation.history import record_fingerprints
 from monitoring.window import labelled_rows, with_feedback
 from tests.utils.real_data import read_ames
-from validation.checks import validate_frame
-from validation.history import record_fingerprints
 
 FEATURES = ["Neighborhood", "Fireplaces", "Foundation"]
 CLASSES = [20, 30, 40, 45, 50, 60, 70, 75, 80, 85, 90, 120, 150, 160, 180, 190]

@@ -12,8 +12,8 @@ import pytest
 
 from lakeloop import market
 from lakeloop.dataset import DatasetSpec, load_spec
-from validation.checks import ValidationResult, Validator, validate_frame
-from validation.report import write_report
+from lakeloop.validation.checks import ValidationResult, Validator, validate_frame
+from lakeloop.validation.report import write_report
 
 FLATS = """
 name: flats

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from lakeloop.dataset import DatasetSpec
-from validation.checks import suite_name
-from validation.results import ValidationResult
+from lakeloop.validation.checks import suite_name
+from lakeloop.validation.results import ValidationResult
 
 SITE = "lakeloop"
 """Name of the Data Docs site built in the report folder."""

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lakeloop.dataset import Between, DatasetSpec, Feature, LessOrEqual, Unique, described
-from validation.results import Finding, ValidationResult, finding_from, summarise
+from lakeloop.validation.results import Finding, ValidationResult, finding_from, summarise
 
 # Type names Great Expectations resolves for pandas: numpy dtypes, pandas extension dtypes and,
 # for object columns (where it checks value by value), the Python types.

@@ -1,9 +1,9 @@
 """Rules that span tables: a verdict on a whole state of the data, not on one batch.
 
-A batch is checked on its own by Great Expectations (:class:`validation.checks.Validator`); a rule
-with ``scope: history`` (today: ``unique``) must also hold across every table on the production
-branch. Tables are compared by row fingerprints, a 64-bit hash per row of the rule's key columns,
-computed once per stored table and kept with its check (:mod:`validation.tablecheck`), so judging
+A batch is checked on its own by Great Expectations (:class:`checks.Validator`); a rule with
+``scope: history`` (today: ``unique``) must also hold across every table on the production branch.
+Tables are compared by row fingerprints, a 64-bit hash per row of the rule's key columns, computed
+once per stored table and kept with its check (:mod:`lakeloop.datagate`), so judging
 a new state never re-reads the tables already judged.
 
 Fingerprints compare values, not how a file stored them: a whole number read as ``int64`` from
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from lakeloop.dataset import DatasetSpec, Unique
-from validation.results import Finding
+from lakeloop.validation.results import Finding
 
 UNIQUE = "expect_compound_columns_to_be_unique"
 _NONE = np.empty(0, dtype=np.uint64)
