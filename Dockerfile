@@ -5,7 +5,7 @@
 #   docker build -t lakeloop:0.1.0 .
 #   docker run --rm -p 127.0.0.1:8000:8000 -e LAKELOOP_MLFLOW__TRACKING_URI=... lakeloop:0.1.0
 #
-# Other roles override the command: `python -m lakeloop.gateway`, `prefect worker start ...`.
+# Other roles override the command: `python -m gateway`, `prefect worker start ...`.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

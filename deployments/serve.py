@@ -23,7 +23,7 @@ from flows.monitor import monitor_champion
 from flows.reconcile import reconcile_commits
 from flows.retrain import retrain_on_drift
 from flows.train import promotion_lock, train_on_commit
-from lakeloop.gateway import ALERT_FIRED
+from lakeloop.events import ALERT_FIRED
 from lakeloop.settings import Settings, load_settings
 from monitoring.events import DRIFT_DETECTED
 

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 EVENT_NAMESPACE = uuid.UUID("6f6c1c1e-2a44-5b8e-9a57-6c616b656c6f")
 # Commit metadata key: a commit carrying it with "true" is not data (configuration, docs) and
 # does not trigger training. lakeloop's own action-install commit sets it.
+ALERT_FIRED = "lakeloop.alert.fired"
+"""A Grafana alert labelled ``lakeloop_action``, relayed by the gateway."""
 SKIP_TRAINING_KEY = "lakeloop.skip_training"
 
 # What lakeFS itself accepts as ids (repository and branch names as lakeFS validates them; commit

@@ -113,7 +113,7 @@ def services(settings: Settings, *, lakefs_binary: str | None = None) -> list[Se
     started.append(
         Service(
             name="gateway",
-            argv=[python, "-m", "lakeloop.gateway"],
+            argv=[python, "-m", "gateway"],
             port=settings.gateway.port,
             health_url=f"http://{LOOPBACK}:{settings.gateway.port}/healthz",
             hint="LAKELOOP_GATEWAY__PORT",

@@ -13,8 +13,8 @@ import lakefs
 import mlflow.pyfunc
 import pytest
 
+from gateway.app import TOKEN_HEADER
 from lakeloop import lakefs_client, loop, market, tracking
-from lakeloop.gateway import TOKEN_HEADER
 from lakeloop.ingest import write_parquet
 from lakeloop.settings import Settings
 from lakeloop.stack import port_is_free

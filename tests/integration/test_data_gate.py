@@ -18,9 +18,9 @@ import lakefs
 import pandas as pd
 import pytest
 
+from gateway.app import Verdict, check_merge
 from lakeloop import datagate, lakefs_client, loop, market
 from lakeloop.dataset import DatasetSpec, load_spec
-from lakeloop.gateway import Verdict, check_merge
 from lakeloop.settings import Settings
 from tests.utils.bad_batches import BAD_BATCHES
 from tests.utils.local_lakefs import local_repository, pre_merge_hook
@@ -210,7 +210,7 @@ def test_table_checks_are_kept_by_checksum_not_redone(repo: Repo) -> None:
 def test_the_gateway_judges_main_at_start_up(repo: Repo) -> None:
     """So the first pre-merge hook after a start (an upgrade, a new description) finds every
     table's check kept instead of reading the history inside lakeFS's hook timeout."""
-    from lakeloop.gateway import WarmValidator, warm_up  # noqa: PLC0415
+    from gateway.app import WarmValidator, warm_up  # noqa: PLC0415
 
     gate = repo.gate("warm")
     on_main = lakefs_client.stored_tables(

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gateway.app import check_merge
 from lakeloop import datagate, evolution, lakefs_client, market, rowkeys
 from lakeloop.dataset import DatasetSpec
-from lakeloop.gateway import check_merge
 from lakeloop.ingest import inspect_source, write_parquet
 from lakeloop.settings import Settings
 from lakeloop.validation.checks import warm_validator

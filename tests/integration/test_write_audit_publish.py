@@ -14,8 +14,8 @@ import lakefs
 import pandas as pd
 import pytest
 
+from gateway.app import create_gateway
 from lakeloop import lakefs_client, market
-from lakeloop.gateway import create_gateway
 from lakeloop.ingest import SourceTable, file_sha256, inspect_source, write_parquet
 from lakeloop.lakefs_local import create_app as create_lakefs
 from lakeloop.settings import Settings, load_settings

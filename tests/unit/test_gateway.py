@@ -15,10 +15,10 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
+from gateway.app import MAX_BODY_BYTES, TOKEN_HEADER, create_gateway
+from gateway.spool import Spool
 from lakeloop.events import event_id
-from lakeloop.gateway import MAX_BODY_BYTES, TOKEN_HEADER, create_gateway
 from lakeloop.settings import Settings, load_settings
-from lakeloop.spool import Spool
 from tests.utils.fake_prefect import FakePrefectEvents
 from tests.utils.net import free_port, serve_in_thread
 

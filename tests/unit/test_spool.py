@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from gateway.spool import Delivery, Pending, Redelivery, Spool, SpoolError, SpoolFullError
 from lakeloop.events import event_id
-from lakeloop.spool import Delivery, Pending, Redelivery, Spool, SpoolError, SpoolFullError
 
 DEADLINE_SECONDS = 20.0
 

@@ -1,7 +1,7 @@
 """The gateway: receives lakeFS action webhooks and Grafana alert notifications and hands them to
 Prefect as events.
 
-An accepted event is first written to a durable spool on disk (:mod:`lakeloop.spool`), then
+An accepted event is first written to a durable spool on disk (:mod:`gateway.spool`), then
 handed to Prefect; the gateway answers 2xx once the event is spooled, whether or not Prefect took
 it yet. Why not answer only once Prefect accepted, as it used to: lakeFS runs post-commit and
 post-merge hooks after the commit exists and only logs their failure (it never retries), so an
@@ -45,18 +45,16 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
+from gateway.spool import Delivery, Redelivery, Sender, Spool, SpoolError
 from lakeloop import events, lakefs_client
 from lakeloop.datagate import DataGate
 from lakeloop.dataset import DatasetSpec, load_spec
-from lakeloop.serving import serve
-from lakeloop.settings import Settings, load_settings
-from lakeloop.spool import Delivery, Redelivery, Sender, Spool, SpoolError
+from lakeloop.settings import Settings
 from lakeloop.validation.checks import Validator, warm_validator
 
 logger = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-Lakeloop-Token"  # noqa: S105 - a header name, not a secret
-ALERT_FIRED = "lakeloop.alert.fired"
 """Event emitted per firing Grafana alert; its resource is the model the alert is about."""
 ACTION_LABEL = "lakeloop_action"
 """Alert label saying what lakeloop should do (``retrain``); a deployment trigger matches it."""
@@ -143,9 +141,9 @@ def alert_event(alert: GrafanaAlert, *, default_model: str, receiver: str) -> di
     name = alert.labels.get("alertname", "")
     started = alert.starts_at.isoformat()
     return {
-        "id": events.event_id(ALERT_FIRED, alert.fingerprint, started),
+        "id": events.event_id(events.ALERT_FIRED, alert.fingerprint, started),
         "occurred": started,
-        "event": ALERT_FIRED,
+        "event": events.ALERT_FIRED,
         "resource": {
             "prefect.resource.id": f"lakeloop.model.{model}",
             "prefect.resource.name": model,
@@ -508,13 +506,3 @@ def check_merge(client: Any, gate: DataGate, hook: events.LakeFSWebhook) -> Verd
         failures=result.failures,
         detail=detail,
     )
-
-
-def main() -> None:
-    """Serve the gateway on the configured loopback address."""
-    settings = load_settings()
-    serve(create_gateway(settings), host=settings.gateway.host, port=settings.gateway.port)
-
-
-if __name__ == "__main__":
-    main()
