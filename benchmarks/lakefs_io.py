@@ -19,7 +19,7 @@ Peak memory: the client's ``ru_maxrss`` right after the ingest uploads (before t
 itself loads any batch into memory for ``upload(data=bytes)``) and at the end; the server's VmHWM.
 Set ``LAKEFS_LOCAL_TIMING=1`` to have the server log each upload's phases (receive, hash+write,
 fsync+rename, staging row) to ``lakefs-server.log`` in the working directory, and
-``LAKEFS_LOCAL_PROFILE=path.prof`` to cProfile the server (see ``lakeloop.lakefs_local``).
+``LAKEFS_LOCAL_PROFILE=path.prof`` to cProfile the server (see ``lakefs_local``).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from pathlib import Path
 
 import lakefs
 
+from lakefs_local.testing import LocalServerProcess
 from lakeloop.ingest import SourceTable
 from lakeloop.lakefs_client import _upload_file
-from lakeloop.lakefs_local.testing import LocalServerProcess
 
 ROW_COUNTS = (1_000_000, 5_000_000)
 REPEAT = 3

@@ -227,7 +227,7 @@ def _lakefs_service(settings: Settings, binary: str | None) -> Service:
         argv=[
             sys.executable,
             "-m",
-            "lakeloop.lakefs_local",
+            "lakefs_local",
             "--host",
             LOOPBACK,
             "--port",

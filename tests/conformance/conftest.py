@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import lakefs
 import pytest
 
-from lakeloop.lakefs_local.testing import LocalServerThread, WebhookReceiver
+from lakefs_local.testing import LocalServerThread, WebhookReceiver
 
 REAL_SKIP = (
     "set LAKEFS_ENDPOINT, LAKEFS_ACCESS_KEY_ID and LAKEFS_SECRET_ACCESS_KEY "

@@ -14,7 +14,7 @@ from lakefs.exceptions import (
     ServerException,
 )
 
-from lakeloop.lakefs_local.testing import WebhookReceiver
+from lakefs_local.testing import WebhookReceiver
 from tests.conformance.conftest import LakeFSTarget
 
 

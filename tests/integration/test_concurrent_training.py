@@ -24,9 +24,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.serve import ensure_promotion_lock
 from flows.train import promotion_lock
+from lakefs_local import create_app as create_lakefs
 from lakeloop import lakefs_client, market, tracking
 from lakeloop.ingest import write_parquet
-from lakeloop.lakefs_local import create_app as create_lakefs
 from lakeloop.settings import Settings, load_settings
 from lakeloop.stack import Stack, child_env, services
 from tests.utils.mlflow_server import mlflow_server

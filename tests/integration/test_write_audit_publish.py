@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from gateway.app import create_gateway
+from lakefs_local import create_app as create_lakefs
 from lakeloop import lakefs_client, market
 from lakeloop.ingest import SourceTable, file_sha256, inspect_source, write_parquet
-from lakeloop.lakefs_local import create_app as create_lakefs
 from lakeloop.settings import Settings, load_settings
 from tests.utils.bad_batches import BAD_BATCHES, Builder
 from tests.utils.fake_prefect import FakePrefectEvents

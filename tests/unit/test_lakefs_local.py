@@ -16,9 +16,9 @@ import lakefs
 import pytest
 from lakefs.exceptions import BadRequestException, ServerException
 
-from lakeloop.lakefs_local.actions import ActionError, parse_action, parse_duration
-from lakeloop.lakefs_local.store import BadRequestError, Entry, Store, validate_path
-from lakeloop.lakefs_local.testing import (
+from lakefs_local.actions import ActionError, parse_action, parse_duration
+from lakefs_local.store import BadRequestError, Entry, Store, validate_path
+from lakefs_local.testing import (
     LocalServerProcess,
     LocalServerThread,
     WebhookReceiver,

@@ -140,7 +140,7 @@ def test_without_binary_or_download_the_builtin_server_runs_and_says_so(
     assert "built-in lakeFS-compatible server" in note
     assert "download disabled" in note
     [lakefs] = [s for s in services(offline, lakefs_binary=None) if s.name == "lakefs"]
-    assert lakefs.argv[1:3] == ["-m", "lakeloop.lakefs_local"]
+    assert lakefs.argv[1:3] == ["-m", "lakefs_local"]
 
 
 def test_database_urls_reach_only_their_server_and_never_argv(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import lakefs
 
+from lakefs_local import create_app as create_lakefs
 from lakeloop import events, lakefs_client
-from lakeloop.lakefs_local import create_app as create_lakefs
 from lakeloop.settings import Settings, load_settings
 from tests.utils.net import free_port, serve_in_thread
 

@@ -39,8 +39,8 @@ from litestar.types import (
     Send,
 )
 
-from lakeloop.lakefs_local.actions import DEFAULT_ENV_PREFIX, ActionsRunner, HookRecord
-from lakeloop.lakefs_local.store import (
+from lakefs_local.actions import DEFAULT_ENV_PREFIX, ActionsRunner, HookRecord
+from lakefs_local.store import (
     BLOB_CHUNK,
     BadRequestError,
     CommitDraft,
@@ -56,7 +56,7 @@ from lakeloop.lakefs_local.store import (
     validate_path,
 )
 
-log = logging.getLogger("lakeloop.lakefs_local")
+log = logging.getLogger("lakefs_local")
 
 API_PREFIX = "/api/v1"
 SERVER_VERSION = "1.0.0-lakeloop-local"

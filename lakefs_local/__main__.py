@@ -1,6 +1,6 @@
 """Run the lakeFS-compatible local server.
 
-``python -m lakeloop.lakefs_local --host 127.0.0.1 --port 8001 --data-dir PATH``; the access key
+``python -m lakefs_local --host 127.0.0.1 --port 8001 --data-dir PATH``; the access key
 pair comes from ``LAKEFS_LOCAL_ACCESS_KEY_ID`` and ``LAKEFS_LOCAL_SECRET_ACCESS_KEY``.
 """
 
@@ -13,8 +13,8 @@ import signal
 import sys
 from pathlib import Path
 
-from lakeloop.lakefs_local.actions import DEFAULT_ENV_PREFIX
-from lakeloop.lakefs_local.server import TIMING_ENV, create_app
+from lakefs_local.actions import DEFAULT_ENV_PREFIX
+from lakefs_local.server import TIMING_ENV, create_app
 from lakeloop.serving import configure_logging, serve
 
 KEY_ID_ENV = "LAKEFS_LOCAL_ACCESS_KEY_ID"
@@ -27,7 +27,7 @@ PROFILE_ENV = "LAKEFS_LOCAL_PROFILE"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    parser = argparse.ArgumentParser(prog="python -m lakeloop.lakefs_local", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lakefs_local", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--data-dir", type=Path, required=True, help="folder holding all data")

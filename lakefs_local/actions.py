@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import yaml
 
-from lakeloop.lakefs_local.store import (
+from lakefs_local.store import (
     ActionRunRecord,
     CommitRecord,
     HookRunRecord,

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lakeloop.lakefs_local.__main__ import KEY_ID_ENV, SECRET_ENV
-from lakeloop.lakefs_local.server import API_PREFIX, create_app
+from lakefs_local.__main__ import KEY_ID_ENV, SECRET_ENV
+from lakefs_local.server import API_PREFIX, create_app
 
 TEST_KEY_ID = "AKIALAKELOOPTEST"
 TEST_SECRET = "local-test-secret-0123456789"  # noqa: S105 (a throwaway test credential)
@@ -95,7 +95,7 @@ class LocalServerThread:
 
 @dataclass
 class LocalServerProcess:
-    """``python -m lakeloop.lakefs_local`` as a real subprocess (crash tests, benchmarks)."""
+    """``python -m lakefs_local`` as a real subprocess (crash tests, benchmarks)."""
 
     data_dir: Path
     key_id: str = TEST_KEY_ID
@@ -113,7 +113,7 @@ class LocalServerProcess:
     def start(self) -> LocalServerProcess:
         """Spawn the server and wait for its health check."""
         env = {**os.environ, KEY_ID_ENV: self.key_id, SECRET_ENV: self.secret, **self.extra_env}
-        command = [sys.executable, "-m", "lakeloop.lakefs_local", "--port", str(self.port)]
+        command = [sys.executable, "-m", "lakefs_local", "--port", str(self.port)]
         command += ["--data-dir", str(self.data_dir), "--log-level", "WARNING"]
         log_file = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(command, env=env, stdout=log_file, stderr=log_file)

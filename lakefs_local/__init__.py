@@ -7,6 +7,6 @@ content-addressed objects) and fires lakeFS Actions webhooks from ``_lakefs_acti
 
 from __future__ import annotations
 
-from lakeloop.lakefs_local.server import create_app
+from lakefs_local.server import create_app
 
 __all__ = ["create_app"]
