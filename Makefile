@@ -43,10 +43,11 @@ test: install  ## every test: unit, data, integration and the end-to-end loop
 test-fast: install  ## tests that need no server
 	$(BIN)/pytest tests/unit tests/data
 
-lint: install  ## ruff lint + format check, mypy
+lint: install  ## ruff lint + format check, mypy, import contracts (the floors of ARCHITECTURE.md)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -155,7 +155,7 @@ def server_process(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A server started from ``argv`` (output appended to ``log``) once ``ready_url`` answers
     200; stopped on exit."""
-    from lakeloop.stack import stop_processes  # noqa: PLC0415
+    from tooling.stack import stop_processes  # noqa: PLC0415
 
     with log.open("ab") as output:
         process = subprocess.Popen(
@@ -173,9 +173,10 @@ def register_model(
 ) -> tuple[str, Any, Any]:
     """Train with the default settings, register, make champion (unless not ``promote``);
     (version, pipeline, frame)."""
-    from lakeloop import market, tracking  # noqa: PLC0415
+    from lakeloop import tracking  # noqa: PLC0415
     from lakeloop.dataset import load_spec  # noqa: PLC0415
     from lakeloop.model import train  # noqa: PLC0415
+    from tooling import market  # noqa: PLC0415
 
     spec = load_spec()
     frame = market.generate_batch(rows=rows, seed=seed)
@@ -267,7 +268,7 @@ def run(*, seconds: float, rows: int, rounds: int) -> None:
 
 
 def _run_in(settings: Any, *, seconds: float, rows: int, rounds: int) -> None:
-    from lakeloop.stack import Stack, child_env, services  # noqa: PLC0415
+    from tooling.stack import Stack, child_env, services  # noqa: PLC0415
 
     stack = Stack(settings)
     [mlflow_service] = [s for s in services(settings) if s.name == "mlflow"]

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.timing import best_of
-from lakeloop import market
 from lakeloop.draft import draft
 from lakeloop.ingest import read_source
+from tooling import market
 
 SIZES = (100_000, 1_000_000)
 

@@ -21,7 +21,6 @@ from evidently import Report
 from evidently.presets import DataDriftPreset
 
 from benchmarks.timing import best_of
-from lakeloop import market
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import DriftPolicy
 from lakeloop.stores.prediction_log import (
@@ -36,6 +35,7 @@ from lakeloop.stores.prediction_log import (
 from monitoring.check import check_window
 from monitoring.history import Window
 from monitoring.window import champion_window
+from tooling import market
 
 WINDOW_ROWS = 50_000
 REFERENCE_ROWS = 20_000

@@ -87,7 +87,7 @@ def _write_batch(directory: Path, rows: int) -> Path:
     """Generate a batch in a child process, so the client's peak RSS measures the upload only."""
     target = directory / f"batch-{rows}.parquet"
     code = (
-        "import sys; from lakeloop.market import generate_batch; "
+        "import sys; from tooling.market import generate_batch; "
         f"generate_batch(rows={rows}, seed=1).to_parquet(sys.argv[1], index=False)"
     )
     subprocess.run([sys.executable, "-c", code, str(target)], check=True)

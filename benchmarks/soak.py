@@ -221,7 +221,7 @@ def report(seen: Timeline, *, seconds: float, warm_up: float) -> None:
 def run(*, seconds: float, rows: int, connections: int, batch_rows: int) -> None:
     """Start MLflow and the API, register two versions, soak, swap halfway, print."""
     from lakeloop.settings import load_settings  # noqa: PLC0415
-    from lakeloop.stack import Stack, child_env, services  # noqa: PLC0415
+    from tooling.stack import Stack, child_env, services  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="lakeloop-bench-soak-") as scratch:
         settings = load_settings(state_dir=Path(scratch) / "state", mlflow={"port": free_port()})

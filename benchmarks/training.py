@@ -39,7 +39,7 @@ STEP_ROWS = 20_000
 
 def measure(rows: int, *, engine: str) -> dict[str, float]:
     """Generate ``rows`` synthetic sales, train with the default settings on ``engine``."""
-    from lakeloop import market  # noqa: PLC0415 - imported in the measured child only
+    from tooling import market  # noqa: PLC0415 - imported in the measured child only
 
     frame = market.generate_batch(rows=rows, seed=1)
     if engine == "process":
@@ -99,11 +99,12 @@ def flow_steps(rows: int) -> dict[str, float]:
     from flows import train as flow  # noqa: PLC0415 - timed: a flow run process pays it
 
     imported = time.perf_counter() - started
-    from lakeloop import lakefs_client, market, tracking  # noqa: PLC0415
+    from lakeloop import lakefs_client, tracking  # noqa: PLC0415
     from lakeloop.dataset import load_spec  # noqa: PLC0415
     from lakeloop.ingest import inspect_source, write_parquet  # noqa: PLC0415
     from lakeloop.settings import load_settings  # noqa: PLC0415
-    from lakeloop.stack import Stack, services  # noqa: PLC0415
+    from tooling import market  # noqa: PLC0415
+    from tooling.stack import Stack, services  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="lakeloop-bench-train-") as scratch:
         folder = Path(scratch)

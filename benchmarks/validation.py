@@ -11,8 +11,8 @@ import time
 import pandas as pd
 
 from benchmarks.timing import best_of
-from lakeloop import market
 from lakeloop.dataset import Between, DatasetSpec, LessOrEqual, Unique, load_spec
+from tooling import market
 
 SIZES = (100_000, 1_000_000)
 REPEATS = 3

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lakeloop import market
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.model import TrainedModel, train
 from lakeloop.settings import Settings, TrainingSettings, load_settings
+from tooling import market
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """Fit the synthetic housing market on the real California housing table and print its constants.
 
-The demo must run without any download, so ``lakeloop.market`` carries the fitted numbers as
+The demo must run without any download, so ``tooling.market`` carries the fitted numbers as
 literal constants. This script is how they were obtained; rerun it to redo the calibration, paste
-its output over the constants block in ``lakeloop/market.py``, and compare with ``--check``:
+its output over the constants block in ``tooling/market.py``, and compare with ``--check``:
 
     .venv/bin/python tools/calibrate_market.py                # print the constants
     .venv/bin/python tools/calibrate_market.py --check        # synthetic vs real figures
@@ -24,7 +24,7 @@ from sklearn.metrics import mean_absolute_error, r2_score
 from sklearn.mixture import GaussianMixture
 from xgboost import XGBRegressor
 
-from lakeloop.market import (
+from tooling.market import (
     CLASSES,
     generate_batch,
     log_ratios,
@@ -86,7 +86,7 @@ def fit_age(ages: pd.Series) -> tuple[float, float, float]:
 
 
 def calibrate(real: pd.DataFrame) -> dict[str, object]:
-    """Every constant ``lakeloop.market`` needs, fitted on the real table."""
+    """Every constant ``tooling.market`` needs, fitted on the real table."""
     counts = real["ocean_proximity"].value_counts()
     out: dict[str, object] = {"CLASS_SHARE": np.array([counts[c] / len(real) for c in CLASSES])}
     locations, log_means, log_covs, ages = [], [], [], []
@@ -128,7 +128,7 @@ def _income_residual_pooled(real: pd.DataFrame) -> np.ndarray:
 
 
 def fit_price(real: pd.DataFrame) -> dict[str, object]:
-    """Censored regression of log(price) on ``lakeloop.market.price_design``, and its noise scale.
+    """Censored regression of log(price) on ``tooling.market.price_design``, and its noise scale.
 
     The census tops prices at 500,001 (4.7 % of rows). Plain least squares reads those rows as
     true prices and bends the coastal fit down, so the coefficients come from a Tobit (censored
@@ -178,7 +178,7 @@ def _tobit(
 
 
 def print_constants(constants: dict[str, object]) -> None:
-    """Print the block to paste into lakeloop/market.py."""
+    """Print the block to paste into tooling/market.py."""
     print(f"{BEGIN} (seed {SEED})")
     print("# Joint log draws (LOG_JOINT_COV), in order: income residual, then LOG_RATIO_NAMES.")
     for name, value in constants.items():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from lakeloop import market
 from lakeloop.dataset import DatasetSpec
 from lakeloop.validation.checks import Validator, validate_frame
 from tests.utils.bad_batches import BAD_BATCHES, Builder
 from tests.utils.real_data import read_california
+from tooling import market
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from lakeloop.dataset import load_spec
-from lakeloop.market import CLASSES, generate_batch
 from tests.utils.real_data import read_california
+from tooling.market import CLASSES, generate_batch
 
 SPEC = load_spec()
 TARGET = SPEC.target.name

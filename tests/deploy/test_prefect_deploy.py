@@ -15,8 +15,8 @@ import pytest
 
 from deployments.serve import declared
 from lakeloop.settings import Settings, load_settings
-from lakeloop.stack import Stack, services
 from tests.utils.net import free_port
+from tooling.stack import Stack, services
 
 pytestmark = pytest.mark.integration
 

@@ -14,12 +14,13 @@ import mlflow.pyfunc
 import pytest
 
 from gateway.app import TOKEN_HEADER
-from lakeloop import lakefs_client, loop, market, tracking
+from lakeloop import lakefs_client, loop, tracking
 from lakeloop.ingest import write_parquet
 from lakeloop.settings import Settings
-from lakeloop.stack import port_is_free
 from tests.utils.bad_batches import BAD_BATCHES
 from tests.utils.workspace import Workspace, new_workspace
+from tooling import market
+from tooling.stack import port_is_free
 
 pytestmark = pytest.mark.e2e
 

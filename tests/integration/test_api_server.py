@@ -20,14 +20,15 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.core.result import Err, Ok
 
-from lakeloop import market, tracking
+from lakeloop import tracking
 from lakeloop.dataset import load_spec
 from lakeloop.settings import Settings, load_settings
-from lakeloop.stack import Running, Stack, services, stop_processes
 from lakeloop.stores.prediction_log import read_prediction_log
 from tests.utils.api_server import register_champion
 from tests.utils.load import PredictLoad
 from tests.utils.net import free_port
+from tooling import market
+from tooling.stack import Running, Stack, services, stop_processes
 
 pytestmark = pytest.mark.integration
 

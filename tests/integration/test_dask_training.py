@@ -15,11 +15,11 @@ from distributed import LocalCluster
 from sklearn.pipeline import Pipeline
 from xgboost import XGBRegressor
 
-from lakeloop import market
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TrainedModel, train
 from lakeloop.settings import TrainingSettings
 from lakeloop.tracking import TRUSTED_MODEL_TYPES
+from tooling import market
 
 pytestmark = pytest.mark.integration
 

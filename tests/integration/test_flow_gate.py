@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from flows.train import validate
-from lakeloop import market
 from lakeloop.dataset import DatasetSpec
 from lakeloop.lakefs_client import StoredTable
 from lakeloop.settings import Settings
 from tests.utils.bad_batches import BAD_BATCHES, Builder
+from tooling import market
 
 pytestmark = pytest.mark.integration
 

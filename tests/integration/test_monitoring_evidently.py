@@ -12,7 +12,6 @@ import httpx
 import pandas as pd
 import pytest
 
-from lakeloop import market
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TrainedModel
 from lakeloop.settings import DriftPolicy
@@ -22,6 +21,7 @@ from monitoring.history import Window
 from monitoring.parse import DriftSummary, parse_drift
 from monitoring.store import read_history
 from tests.utils import prometheus
+from tooling import market
 
 pytestmark = pytest.mark.integration
 

@@ -23,13 +23,14 @@ from mlflow.tracking import MlflowClient
 from flows import reconcile as rec
 from flows import train as train_flow
 from lakefs_local import create_app as create_lakefs
-from lakeloop import lakefs_client, market, tracking
+from lakeloop import lakefs_client, tracking
 from lakeloop.dataset import DatasetSpec
 from lakeloop.events import SKIP_TRAINING_KEY
 from lakeloop.ingest import inspect_source, write_parquet
 from lakeloop.settings import Settings, load_settings
-from lakeloop.stack import Stack, services
 from tests.utils.net import free_port, serve_in_thread
+from tooling import market
+from tooling.stack import Stack, services
 
 pytestmark = pytest.mark.integration
 

@@ -20,13 +20,14 @@ from flows.train import (
     score_champion,
     verify_deployment,
 )
-from lakeloop import market, tracking
-from lakeloop.cli import app
+from lakeloop import tracking
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TUNABLE, TrainedModel, split_rows, train, tune
 from lakeloop.settings import Settings, TrainingSettings, load_settings
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.net import free_port
+from tooling import market
+from tooling.cli import app
 
 pytestmark = pytest.mark.integration
 

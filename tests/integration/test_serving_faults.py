@@ -21,15 +21,16 @@ from typing import Any
 import httpx
 import pytest
 
-from lakeloop import market, tracking
+from lakeloop import tracking
 from lakeloop.dataset import load_spec
 from lakeloop.model import train
 from lakeloop.settings import Settings, TrainingSettings, load_settings
-from lakeloop.stack import Stack
 from lakeloop.stores.prediction_log import PREDICTIONS, read_prediction_log
 from tests.utils.api_server import register_champion, start_api_with_champion
 from tests.utils.net import free_port
 from tests.utils.training import lineage as model_lineage
+from tooling import market
+from tooling.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -22,12 +22,13 @@ import pytest
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from lakeloop import market, tracking
+from lakeloop import tracking
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings, load_settings
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.net import free_port
 from tests.utils.training import REGISTERED, train_commit
+from tooling import market
 
 pytestmark = pytest.mark.integration
 

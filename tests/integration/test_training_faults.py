@@ -16,12 +16,13 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 from flows import train as train_flow
-from lakeloop import market, tracking
+from lakeloop import tracking
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings, load_settings
 from tests.utils.mlflow_server import MlflowServer
 from tests.utils.net import free_port
 from tests.utils.training import train_commit
+from tooling import market
 
 pytestmark = pytest.mark.integration
 

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from flows.train import fit, log_and_register
-from lakeloop import market, tracking
+from lakeloop import tracking
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings, load_settings
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.net import free_port
 from tests.utils.training import lineage as model_lineage
+from tooling import market
 
 pytestmark = pytest.mark.integration
 

@@ -23,11 +23,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from lakeloop import market, pushmetrics
+from lakeloop import pushmetrics
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.model import TrainedModel
 from lakeloop.settings import DriftPolicy, load_settings
-from lakeloop.stack import Stack
 from monitoring.check import check_window
 from monitoring.history import Window
 from tests.utils.api_server import start_api_with_champion
@@ -41,6 +40,8 @@ from tests.utils.prometheus import (
     pushgateway_service,
     running,
 )
+from tooling import market
+from tooling.stack import Stack
 
 pytestmark = pytest.mark.integration
 

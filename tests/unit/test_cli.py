@@ -6,9 +6,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from lakeloop import market
-from lakeloop.cli import _batch_name, _rejection_lines, app
 from lakeloop.settings import Settings
+from tooling import market
+from tooling.cli import _batch_name, _rejection_lines, app
 
 
 def test_blocked_merge_lists_one_failed_check_per_line() -> None:

@@ -11,13 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from lakeloop import model
-from lakeloop.cli import app
 from lakeloop.dataset import load_spec
 from lakeloop.draft import draft
 from lakeloop.ingest import read_source
 from lakeloop.settings import Settings, TrainingSettings
 from lakeloop.validation.checks import validate_frame
 from tests.utils.real_data import AMES_CSV, read_ames
+from tooling.cli import app
 
 
 def test_the_raw_ames_file_drafts_a_description_that_trains_a_servable_model(

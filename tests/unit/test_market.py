@@ -9,7 +9,7 @@ from sklearn.metrics import r2_score
 from xgboost import XGBRegressor
 
 from lakeloop.dataset import load_spec
-from lakeloop.market import (
+from tooling.market import (
     CLASSES,
     MISSING_BEDROOMS,
     NEW_REGION_LATITUDE,

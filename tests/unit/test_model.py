@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lakeloop import market
 from lakeloop.dataset import DatasetSpec, Thresholds
 from lakeloop.model import (
     TrainedModel,
@@ -20,6 +19,7 @@ from lakeloop.model import (
     tune,
 )
 from lakeloop.settings import TrainingSettings
+from tooling import market
 
 
 def test_holdout_is_a_function_of_row_content(

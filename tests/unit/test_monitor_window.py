@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lakeloop import market
 from lakeloop.dataset import DatasetSpec
 from lakeloop.stores.prediction_log import (
     FEEDBACK,
@@ -26,6 +25,7 @@ from monitoring.history import Window
 from monitoring.reference import cached_reference, reference_frame
 from monitoring.window import champion_window, labelled_rows, window_feedback
 from tests.utils.descriptions import changed
+from tooling import market
 
 START = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
 

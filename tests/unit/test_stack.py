@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from lakeloop.settings import Settings, load_settings
-from lakeloop.stack import (
+from tests.utils.net import free_port
+from tooling.stack import (
     Service,
     Stack,
     StackError,
@@ -23,7 +24,6 @@ from lakeloop.stack import (
     port_is_free,
     services,
 )
-from tests.utils.net import free_port
 
 
 def test_port_in_use_is_reported_with_the_service_name(settings: Settings) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lakeloop import market
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.validation.checks import ValidationResult, Validator, validate_frame
 from lakeloop.validation.report import write_report
+from tooling import market
 
 FLATS = """
 name: flats

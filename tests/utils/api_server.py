@@ -8,12 +8,13 @@ import time
 
 import httpx
 
-from lakeloop import market, tracking
+from lakeloop import tracking
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import train
 from lakeloop.settings import Settings, TrainingSettings
-from lakeloop.stack import Stack, services
 from tests.utils.training import lineage as model_lineage
+from tooling import market
+from tooling.stack import Stack, services
 
 
 def register_champion(settings: Settings, spec: DatasetSpec, *, seed: int, commit: str) -> str:

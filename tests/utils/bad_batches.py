@@ -1,7 +1,7 @@
 """A corpus of bad batches, each built from good rows, with the expectation that must refuse it.
 
 ``BAD_BATCHES`` maps a name to (builder, substring): the builder takes a good frame in the
-California housing schema (``lakeloop.market.generate_batch``) and returns a damaged copy; the
+California housing schema (``tooling.market.generate_batch``) and returns a damaged copy; the
 substring must appear in ``ValidationResult.failures``. The pre-merge gate and the training-flow
 gate tests reuse the same corpus.
 """

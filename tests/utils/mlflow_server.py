@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from lakeloop.settings import Settings
-from lakeloop.stack import Running, Stack, services
+from tooling.stack import Running, Stack, services
 
 
 class MlflowServer:

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from lakeloop.settings import LOOPBACK, load_settings
-from lakeloop.stack import Service, Stack
 from tests.utils.net import free_port
+from tooling.stack import Service, Stack
 
 T = TypeVar("T")
 REPOSITORY = Path(__file__).resolve().parents[2]

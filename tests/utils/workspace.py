@@ -12,7 +12,7 @@ from pathlib import Path
 from lakeloop.settings import Settings, load_settings
 from tests.utils.net import free_port
 
-LAKELOOP = [sys.executable, "-m", "lakeloop"]
+LAKELOOP = [sys.executable, "-m", "tooling"]
 SERVICES = ("lakefs", "mlflow", "prefect", "gateway", "api")
 
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from lakeloop import datagate, evolution, grafana, lakefs_client, loop, market
+from lakeloop import datagate, evolution, grafana, lakefs_client, loop
 from lakeloop.dataset import DatasetSpec, in_units, load_spec
 from lakeloop.ingest import (
     SourceError,
@@ -29,9 +29,10 @@ from lakeloop.ingest import (
     write_parquet,
 )
 from lakeloop.settings import Settings, load_settings
-from lakeloop.stack import Stack, StackError, down_recorded
 from monitoring.history import HistoryEntry
 from monitoring.store import describe, read_history
+from tooling import market
+from tooling.stack import Stack, StackError, down_recorded
 
 if TYPE_CHECKING:
     from lakeloop.tracking import Rejudged

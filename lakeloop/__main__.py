@@ -1,3 +1,0 @@
-from lakeloop.cli import app
-
-app(prog_name="lakeloop")

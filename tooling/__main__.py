@@ -1,0 +1,3 @@
+from tooling.cli import app
+
+app(prog_name="lakeloop")
