@@ -23,9 +23,8 @@ from flows.monitor import monitor_champion
 from flows.reconcile import reconcile_commits
 from flows.retrain import retrain_on_drift
 from flows.train import promotion_lock, train_on_commit
-from lakeloop.events import ALERT_FIRED
+from lakeloop.events import ALERT_ACTION, ALERT_FIRED, DRIFT_DETECTED, model_resource
 from lakeloop.settings import Settings, load_settings
-from monitoring.events import DRIFT_DETECTED
 
 # lakeFS event types that mean "the production branch has new data".
 TRAINING_EVENTS = ("lakefs.post-commit", "lakefs.post-merge")
@@ -55,7 +54,7 @@ def retrain_trigger(settings: Settings) -> DeploymentEventTrigger:
         name="retrain-on-drift",
         description="A drift event from the monitor retrains on the newest production commit.",
         expect={DRIFT_DETECTED},
-        match={"prefect.resource.id": f"lakeloop.model.{settings.mlflow.model_name}"},
+        match={"prefect.resource.id": model_resource(settings.mlflow.model_name)},
         parameters={
             "champion_version": "{{ event.payload.champion_version }}",
             "window_id": "{{ event.payload.window_id }}",
@@ -74,8 +73,8 @@ def alert_trigger(settings: Settings) -> DeploymentEventTrigger:
         description="A Grafana alert labelled lakeloop_action=retrain retrains the model.",
         expect={ALERT_FIRED},
         match={
-            "prefect.resource.id": f"lakeloop.model.{settings.mlflow.model_name}",
-            "lakeloop.alert.action": "retrain",
+            "prefect.resource.id": model_resource(settings.mlflow.model_name),
+            ALERT_ACTION: "retrain",
         },
         parameters={
             "champion_version": "{{ event.payload.champion_version }}",

@@ -21,7 +21,7 @@ from prefect.events import emit_event
 from flows.train import train_on_commit
 from lakeloop import datagate, lakefs_client, loop
 from lakeloop.dataset import DatasetSpec, load_spec
-from lakeloop.events import SKIP_TRAINING_KEY
+from lakeloop.events import DRIFT_DETECTED, SKIP_TRAINING_KEY, model_resource, retrain_finished
 from lakeloop.ingest import inspect_source, write_parquet
 from lakeloop.settings import Settings, load_settings
 from monitoring.window import window_feedback
@@ -105,7 +105,7 @@ def retrain_on_drift(
     window_id: str,
     window_start: datetime | None = None,
     window_end: datetime | None = None,
-    reason: str = "lakeloop.drift.detected",
+    reason: str = DRIFT_DETECTED,
 ) -> dict[str, Any]:
     """Add the window's reported prices to lakeFS, then train on the newest production commit."""
     logger = get_run_logger()
@@ -140,9 +140,9 @@ def retrain_on_drift(
         )
         logger.warning("%s", outcome["reason"])
     emit_event(
-        event=f"lakeloop.retrain.{result['status']}",
+        event=retrain_finished(result["status"]),
         resource={
-            "prefect.resource.id": f"lakeloop.model.{settings.mlflow.model_name}",
+            "prefect.resource.id": model_resource(settings.mlflow.model_name),
             "prefect.resource.name": settings.mlflow.model_name,
             "lakeloop.model_version": str(result.get("version", champion_version)),
         },

@@ -145,10 +145,10 @@ def alert_event(alert: GrafanaAlert, *, default_model: str, receiver: str) -> di
         "occurred": started,
         "event": events.ALERT_FIRED,
         "resource": {
-            "prefect.resource.id": f"lakeloop.model.{model}",
+            "prefect.resource.id": events.model_resource(model),
             "prefect.resource.name": model,
             "lakeloop.alert": name,
-            "lakeloop.alert.action": alert.labels.get(ACTION_LABEL, "notify"),
+            events.ALERT_ACTION: alert.labels.get(ACTION_LABEL, "notify"),
             "lakeloop.alert.fingerprint": alert.fingerprint,
         },
         "payload": {

@@ -23,9 +23,27 @@ logger = logging.getLogger(__name__)
 EVENT_NAMESPACE = uuid.UUID("6f6c1c1e-2a44-5b8e-9a57-6c616b656c6f")
 # Commit metadata key: a commit carrying it with "true" is not data (configuration, docs) and
 # does not trigger training. lakeloop's own action-install commit sets it.
+SKIP_TRAINING_KEY = "lakeloop.skip_training"
+
+# The events lakeloop emits (lakeFS's own arrive as ``lakefs.<event type>``).
+DRIFT_DETECTED = "lakeloop.drift.detected"
+"""The monitor's policy asks for a retrain (:mod:`monitoring.events` builds it)."""
 ALERT_FIRED = "lakeloop.alert.fired"
 """A Grafana alert labelled ``lakeloop_action``, relayed by the gateway."""
-SKIP_TRAINING_KEY = "lakeloop.skip_training"
+ALERT_ACTION = "lakeloop.alert.action"
+"""Resource label of an alert event: what the alert asks for (``retrain`` triggers one)."""
+
+
+def retrain_finished(status: str) -> str:
+    """The event a retrain emits when it ends: ``lakeloop.retrain.<status>``."""
+    return f"lakeloop.retrain.{status}"
+
+
+def model_resource(model_name: str) -> str:
+    """The Prefect resource id of a registered model: what the model's events are about and what
+    its deployments' triggers match."""
+    return f"lakeloop.model.{model_name}"
+
 
 # What lakeFS itself accepts as ids (repository and branch names as lakeFS validates them; commit
 # ids are sha256 hex). Anything else is refused, not escaped: these strings become event

@@ -12,11 +12,9 @@ from typing import Any
 
 import msgspec
 
-from lakeloop.events import event_id
+from lakeloop.events import DRIFT_DETECTED, event_id, model_resource
 from monitoring.history import Window
 from monitoring.parse import DriftSummary, QualitySummary
-
-DRIFT_DETECTED = "lakeloop.drift.detected"
 
 
 def drift_event(
@@ -37,7 +35,7 @@ def drift_event(
         "occurred": (occurred or datetime.now(UTC)).isoformat(),
         "event": DRIFT_DETECTED,
         "resource": {
-            "prefect.resource.id": f"lakeloop.model.{model_name}",
+            "prefect.resource.id": model_resource(model_name),
             "prefect.resource.name": model_name,
             "lakeloop.model_version": champion_version,
             "lakeloop.window": window.id,

@@ -13,9 +13,8 @@ from prefect.utilities.callables import parameter_schema
 from deployments.serve import TRAINING_EVENTS, declared, training_trigger
 from flows.train import train_on_commit
 from lakeloop import tracking
-from lakeloop.events import ALERT_FIRED
+from lakeloop.events import ALERT_FIRED, DRIFT_DETECTED
 from lakeloop.settings import Settings
-from monitoring.events import DRIFT_DETECTED
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,9 +15,9 @@ import pytest
 from prometheus_client import generate_latest
 
 from lakeloop.dataset import load_spec
-from lakeloop.events import event_id
+from lakeloop.events import DRIFT_DETECTED, event_id
 from lakeloop.settings import DriftPolicy
-from monitoring.events import DRIFT_DETECTED, drift_event
+from monitoring.events import drift_event
 from monitoring.history import Decision, HistoryEntry, Window
 from monitoring.parse import (
     ColumnDrift,
