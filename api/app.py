@@ -65,13 +65,6 @@ _ERRORS = {
 }
 
 
-def admin_token(settings: Settings) -> str:
-    """The reload endpoint's bearer token: configured, else generated into the state folder."""
-    if settings.api.admin_token is not None:
-        return settings.api.admin_token.get_secret_value()
-    return settings.stored_secret("api_admin_token")
-
-
 def _error_response(_: Request[Any, Any, Any], error: Exception) -> Response[ErrorResponse]:
     """Every error answers the same shape: status, detail, field errors."""
     if isinstance(error, ApiError):
@@ -86,7 +79,7 @@ def _error_response(_: Request[Any, Any, Any], error: Exception) -> Response[Err
 
 def _authorize(request: Request[Any, Any, Any], settings: Settings) -> None:
     # Read per call, not at start-up: the deploy step may create the stored token first.
-    token = admin_token(settings)
+    token = settings.api_admin_token()
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     # Constant-time comparison: the time taken says nothing about how much of the token matched.
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):

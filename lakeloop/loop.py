@@ -212,8 +212,7 @@ def verify_served(
 
     # The reload call makes the API check the registry now rather than at its next poll; it is
     # best effort (polling gets there too), so a refusal or an unreachable API is not an error.
-    token = settings.api.admin_token
-    secret = token.get_secret_value() if token else settings.stored_secret("api_admin_token")
+    secret = settings.api_admin_token()
     reload = ""
     try:
         reloaded = httpx.post(

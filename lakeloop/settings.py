@@ -305,6 +305,13 @@ class Settings(BaseSettings):
             return self.gateway.webhook_secret.get_secret_value()
         return self.stored_secret("webhook_secret")
 
+    def api_admin_token(self) -> str:
+        """The API's reload bearer token: configured, else generated into the state folder (the
+        API and the flows' deploy check read the same one)."""
+        if self.api.admin_token is not None:
+            return self.api.admin_token.get_secret_value()
+        return self.stored_secret("api_admin_token")
+
     def stored_secret(self, name: str) -> str:
         """Read a generated secret from the state folder, creating it (mode 0600) on first use."""
         path = self.state_dir / "secrets.json"

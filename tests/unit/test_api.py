@@ -18,7 +18,7 @@ from litestar.testing import TestClient
 
 import api.predictor
 from api import openapi
-from api.app import admin_token, create_app
+from api.app import create_app
 from api.coalesce import Coalescer
 from api.ids import prediction_ids
 from api.predictor import BoosterKernel, Example, ModelLoadError, ModelSlot, Predictor, refresh
@@ -446,7 +446,7 @@ def test_a_trained_and_refused_model_is_named_where_the_user_looks(
     registry.refused = tracking.Refused(
         version="1", commit_id="ab" * 32, reasons="MAE 69,035 > threshold 45,000"
     )
-    headers = {"Authorization": f"Bearer {admin_token(settings)}"}
+    headers = {"Authorization": f"Bearer {settings.api_admin_token()}"}
     with TestClient(create_app(settings, slot=ModelSlot(), follow_registry=False)) as client:
         assert client.post("/v1/admin/reload", headers=headers).json()["changed"] is False
         answer = client.post("/v1/predict", json=record)
@@ -471,7 +471,7 @@ def test_a_trained_and_refused_model_is_named_where_the_user_looks(
 def test_blocked_training_shows_the_stale_champion_in_readyz_and_metrics(
     client: TestClient, settings: Settings, registry: FakeRegistry
 ) -> None:
-    headers = {"Authorization": f"Bearer {admin_token(settings)}"}
+    headers = {"Authorization": f"Bearer {settings.api_admin_token()}"}
     client.post("/v1/admin/reload", headers=headers)
     assert client.get("/readyz").json()["training"] == "ok"
     assert "lakeloop_training_blocked 0.0" in client.get("/metrics").text
@@ -507,7 +507,7 @@ def test_reload_needs_the_admin_token(
     assert client.post("/v1/admin/reload").status_code == 401
     wrong = {"Authorization": "Bearer not-the-token"}
     assert client.post("/v1/admin/reload", headers=wrong).status_code == 401
-    right = {"Authorization": f"Bearer {admin_token(settings)}"}
+    right = {"Authorization": f"Bearer {settings.api_admin_token()}"}
     response = client.post("/v1/admin/reload", headers=right)
     assert response.status_code == 200
     assert response.json() == {"changed": True, "version": "4", "previous_version": "3"}
@@ -519,7 +519,7 @@ def test_registry_outage_keeps_serving_and_shows_in_readyz(
     client: TestClient, settings: Settings, registry: FakeRegistry, record: dict[str, Any]
 ) -> None:
     registry.down = True
-    headers = {"Authorization": f"Bearer {admin_token(settings)}"}
+    headers = {"Authorization": f"Bearer {settings.api_admin_token()}"}
     assert client.post("/v1/admin/reload", headers=headers).status_code == 503
     ready = client.get("/readyz")
     assert ready.status_code == 200
@@ -551,7 +551,7 @@ def test_a_champion_that_will_not_load_keeps_the_last_good_one_serving(
     client: TestClient, settings: Settings, registry: FakeRegistry, record: dict[str, Any]
 ) -> None:
     registry.version, registry.corrupt = "5", {"5"}
-    headers = {"Authorization": f"Bearer {admin_token(settings)}"}
+    headers = {"Authorization": f"Bearer {settings.api_admin_token()}"}
     refused = client.post("/v1/admin/reload", headers=headers)
     assert refused.status_code == 503
     assert "version 5" in refused.json()["detail"]
