@@ -158,11 +158,6 @@ class RequestTypes:
         )
 
 
-def request_type(spec: DatasetSpec, *, max_batch: int) -> type[msgspec.Struct]:
-    """The documented batch request type (kept for callers of the first API version)."""
-    return RequestTypes.for_spec(spec, max_batch=max_batch).documented_batch
-
-
 class ModelRef(msgspec.Struct):
     """Which registered model version answered."""
 

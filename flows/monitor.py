@@ -128,7 +128,7 @@ def check(
         retrain_running=running,
         pushgateway_url=settings.observability.pushgateway_url,
         send=functools.partial(
-            events.emit, settings.prefect_api_url, attempts=settings.gateway.delivery_attempts
+            events.emit, settings.prefect_api_url, attempts=settings.monitoring.event_attempts
         ),
     )
 

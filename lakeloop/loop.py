@@ -1,6 +1,8 @@
 """Watching the loop from outside: Prefect flow runs, the registry, the API.
 
-Used by the demo and the end-to-end test to wait for each hop of commit → run → model → served.
+The client of a running loop: the training flow's deploy check asks the API to swap and verifies
+it (``verify_served``), the CLI starts deployments and follows their runs, and the demo and the
+end-to-end tests wait for each hop of commit → run → model → served.
 """
 
 from __future__ import annotations

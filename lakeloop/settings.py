@@ -95,9 +95,6 @@ class GatewaySettings(BaseModel):
     """URL lakeFS uses to reach the gateway. Unset: ``http://{host}:{port}``."""
     webhook_secret: SecretStr | None = None
     """Shared secret lakeFS sends with each webhook. Unset: generated once into the state folder."""
-    delivery_attempts: Annotated[int, Field(ge=1, le=20)] = 5
-    """Attempts the monitor makes to hand a drift event to Prefect before its run fails (the
-    gateway spools lakeFS events on disk and redelivers them until Prefect accepts)."""
 
     @property
     def url(self) -> str:
@@ -215,6 +212,10 @@ class MonitoringSettings(BaseModel):
     """The monitor looks at the champion's most recent predictions, at most this many."""
     window_minutes: Annotated[float, Field(gt=0)] | None = None
     """... and only those of the last this many minutes (unset: no time limit)."""
+    event_attempts: Annotated[int, Field(ge=1, le=20)] = 5
+    """Attempts the monitor makes to hand a drift event to Prefect before its run fails (the
+    gateway, by contrast, spools lakeFS events on disk and redelivers them until Prefect
+    accepts)."""
     window_by: Literal["prediction_time", "event_time"] = "prediction_time"
     """What "most recent" means: when the API answered, or (``event_time``, for a description
     with one) when each record happened as the request sent it, its prediction time otherwise."""
