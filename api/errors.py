@@ -19,7 +19,7 @@ from lakeloop.dataset import DatasetSpec
 MAX_ERRORS = 50
 
 
-class BadRequestError(ValueError):
+class UnreadableBodyError(ValueError):
     """The body is not JSON at all."""
 
 
@@ -28,7 +28,7 @@ def parse_lenient(body: bytes) -> Any:
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as error:
-        raise BadRequestError(f"the body is not valid JSON: {error}") from error
+        raise UnreadableBodyError(f"the body is not valid JSON: {error}") from error
 
 
 class RecordChecker:

@@ -16,7 +16,13 @@ import msgspec
 import numpy as np
 
 from api.coalesce import Coalescer
-from api.errors import BadRequestError, RecordChecker, batch_errors, parse_lenient, single_errors
+from api.errors import (
+    RecordChecker,
+    UnreadableBodyError,
+    batch_errors,
+    parse_lenient,
+    single_errors,
+)
 from api.ids import prediction_ids
 from api.metrics import ApiMetrics
 from api.predictor import ModelSlot, Predictor
@@ -170,7 +176,7 @@ class RequestSchema:
     def _invalid(self, body: bytes, error: Exception, explain: Any) -> ApiError:
         try:
             raw = parse_lenient(body)
-        except BadRequestError as bad:
+        except UnreadableBodyError as bad:
             return ApiError(400, str(bad))
         errors = explain(self.checker, raw) or [msgspec_error(error)]
         return ApiError(422, f"invalid request: {len(errors)} problem(s)", errors)
@@ -327,7 +333,7 @@ class PredictionService:
         except msgspec.DecodeError as error:
             try:
                 parse_lenient(body)
-            except BadRequestError as bad:
+            except UnreadableBodyError as bad:
                 raise ApiError(400, str(bad)) from None
             raise ApiError(422, "invalid feedback", [msgspec_error(error)]) from None
         except msgspec.ValidationError as error:

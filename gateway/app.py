@@ -93,7 +93,7 @@ class Verdict(msgspec.Struct):
     detail: str
 
 
-class Health(msgspec.Struct):
+class GatewayHealth(msgspec.Struct):
     status: str
     pending_events: int = 0
     """Events spooled and not yet accepted by Prefect."""
@@ -449,10 +449,10 @@ def create_gateway(
         )
 
     @get("/healthz", operation_id="gatewayHealth", sync_to_thread=True)
-    def healthz() -> Health:
+    def healthz() -> GatewayHealth:
         """Liveness of the gateway process, and how many events wait for Prefect."""
         pending, _ = spooled.usage()
-        return Health(status="ok", pending_events=pending)
+        return GatewayHealth(status="ok", pending_events=pending)
 
     def stop_redelivery() -> None:
         """Stop retrying at shutdown; what is pending stays on disk for the next start."""

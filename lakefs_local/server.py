@@ -46,9 +46,9 @@ from lakefs_local.store import (
     CommitDraft,
     CommitRecord,
     DiffRecord,
-    Entry,
     LakeFSError,
     NotFoundError,
+    ObjectEntry,
     Page,
     RepositoryRecord,
     Store,
@@ -70,7 +70,7 @@ UPLOAD_QUEUE = 2
 
 
 @dataclass
-class Service:
+class ServerState:
     """What every handler needs; kept in ``app.state.service``."""
 
     store: Store
@@ -80,12 +80,12 @@ class Service:
     """Log per-phase upload timings (``LAKEFS_LOCAL_TIMING``), decided once at start-up."""
 
 
-def _service(state: State) -> Service:
+def _service(state: State) -> ServerState:
     return state.service  # type: ignore[no-any-return]
 
 
 def _apply_with_hooks(
-    svc: Service,
+    svc: ServerState,
     draft: CommitDraft,
     *,
     operation: str,
@@ -115,7 +115,7 @@ def _apply_with_hooks(
     return result
 
 
-def _around_hooks(svc: Service, record: HookRecord, apply: Callable[[], None]) -> None:
+def _around_hooks(svc: ServerState, record: HookRecord, apply: Callable[[], None]) -> None:
     """``pre-<event>`` hooks, the change, then ``post-<event>`` hooks (branch and tag events).
 
     ``record`` is the pre-* record; the post-* one is the same with the event renamed and the
@@ -166,7 +166,7 @@ def _repository_model(record: RepositoryRecord) -> models.Repository:
 
 
 def _object_model(
-    store: Store, repo: str, path: str, entry: Entry | None, *, user_metadata: bool = True
+    store: Store, repo: str, path: str, entry: ObjectEntry | None, *, user_metadata: bool = True
 ) -> models.ObjectStats:
     if entry is None:  # a common prefix in a delimited listing
         return models.ObjectStats(
@@ -466,7 +466,7 @@ async def upload_object(
     }
     timing = _UploadTiming() if svc.upload_timing else None
     checksum, size = await _receive_blob(svc.store, chunks, timing)
-    entry = Entry(checksum, size, int(time.time()), content_type, metadata)
+    entry = ObjectEntry(checksum, size, int(time.time()), content_type, metadata)
     if_absent = request.headers.get("if-none-match") == "*"
 
     def stage() -> models.ObjectStats:
@@ -610,7 +610,7 @@ def head_object(
     return Response(None, headers=_object_headers(entry))
 
 
-def _object_headers(entry: Entry) -> dict[str, str]:
+def _object_headers(entry: ObjectEntry) -> dict[str, str]:
     return {
         "ETag": f'"{entry.checksum}"',
         "Last-Modified": email.utils.formatdate(entry.mtime, usegmt=True),
@@ -711,7 +711,7 @@ def copy_object(
     store = _service(state).store
     body = _parse(models.ObjectCopyCreation, data)
     source = store.stat(repository, body.src_ref or branch, body.src_path)
-    entry = Entry(
+    entry = ObjectEntry(
         source.checksum, source.size, int(time.time()), source.content_type, source.metadata
     )
     store.put_object(repository, branch, dest_path, entry)
@@ -1072,7 +1072,9 @@ def create_app(
         raise ValueError("access_key_id and secret_access_key are required")
     store = Store(Path(data_dir))
     actions = ActionsRunner(store, env_prefix=actions_env_prefix)
-    service = Service(store=store, actions=actions, user_id=user_id, upload_timing=upload_timing)
+    service = ServerState(
+        store=store, actions=actions, user_id=user_id, upload_timing=upload_timing
+    )
     return Litestar(
         route_handlers=[Router(path=API_PREFIX, route_handlers=ROUTES)],
         middleware=[auth_and_log_middleware(access_key_id, secret_access_key)],

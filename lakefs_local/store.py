@@ -4,8 +4,8 @@ Object bytes live content-addressed (sha256) under ``<data_dir>/objects``; every
 (repositories, branches, tags, staged changes, commits, trees, action runs) lives in one SQLite
 file. The model follows lakeFS: a branch points at a commit and carries a staging area of
 uncommitted changes (``None`` = tombstone); a tag names a commit; a commit holds its parents,
-metadata and a full tree snapshot (``path -> Entry``) identified by ``meta_range_id``; commit ids
-are sha256 of the commit content.
+metadata and a full tree snapshot (``path -> ObjectEntry``) identified by ``meta_range_id``;
+commit ids are sha256 of the commit content.
 
 Durability: blob bytes are written to a temporary file, fsync'd, renamed into place and the
 directory fsync'd *before* any metadata row referencing them is written; SQLite runs in WAL mode
@@ -111,7 +111,7 @@ class PreconditionFailedError(LakeFSError):
 
 
 @dataclass(frozen=True)
-class Entry:
+class ObjectEntry:
     """One object in a tree: what lakeFS keeps per path."""
 
     checksum: str
@@ -165,12 +165,12 @@ class CommitDraft:
     repo: str
     branch: str
     commit: CommitRecord
-    tree: dict[str, Entry]
+    tree: dict[str, ObjectEntry]
     expected_head: str
     # A commit carries the staged rows it took: applying clears exactly those, so an upload that
     # lands while the commit runs stays staged for the next commit (lakeFS seals its staging token
     # the same way). A merge carries None and instead requires staging to be untouched.
-    staged: dict[str, Entry | None] | None = None
+    staged: dict[str, ObjectEntry | None] | None = None
     expected_staging_version: int | None = None
 
 
@@ -224,15 +224,17 @@ def _canonical(value: object) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _entry_to_json(entry: Entry | None) -> str | None:
+def _entry_to_json(entry: ObjectEntry | None) -> str | None:
     return None if entry is None else json.dumps(asdict(entry), sort_keys=True)
 
 
-def _entry_from_json(raw: str | None) -> Entry | None:
-    return None if raw is None else Entry(**json.loads(raw))
+def _entry_from_json(raw: str | None) -> ObjectEntry | None:
+    return None if raw is None else ObjectEntry(**json.loads(raw))
 
 
-def _overlay(committed: dict[str, Entry], staged: dict[str, Entry | None]) -> dict[str, Entry]:
+def _overlay(
+    committed: dict[str, ObjectEntry], staged: dict[str, ObjectEntry | None]
+) -> dict[str, ObjectEntry]:
     """A committed tree with staged changes applied (``None`` removes a path)."""
     view = dict(committed)
     for path, entry in staged.items():
@@ -346,7 +348,7 @@ class Store:
         self.write_lock = threading.RLock()
         self._branch_locks: dict[tuple[str, str], threading.Lock] = {}
         self._branch_locks_guard = threading.Lock()
-        self._tree_cache: dict[str, dict[str, Entry]] = {}
+        self._tree_cache: dict[str, dict[str, ObjectEntry]] = {}
         self._tree_cache_lock = threading.Lock()
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
@@ -649,7 +651,7 @@ class Store:
 
     # -- trees and objects ----------------------------------------------------------------------
 
-    def tree(self, repo: str, ref: str) -> dict[str, Entry]:
+    def tree(self, repo: str, ref: str) -> dict[str, ObjectEntry]:
         """The full path -> entry view of a ref (committed tree plus staging for a branch)."""
         resolved = self.resolve(repo, ref)
         committed = self._tree(self.get_commit(repo, resolved.commit_id).meta_range_id)
@@ -657,7 +659,7 @@ class Store:
             return committed
         return _overlay(committed, self._staging(repo, resolved.branch))
 
-    def _tree(self, meta_range_id: str) -> dict[str, Entry]:
+    def _tree(self, meta_range_id: str) -> dict[str, ObjectEntry]:
         with self._tree_cache_lock:
             cached = self._tree_cache.get(meta_range_id)
         if cached is not None:
@@ -665,25 +667,27 @@ class Store:
         with self._db() as db:
             row = db.execute("SELECT entries FROM trees WHERE id = ?", (meta_range_id,)).fetchone()
         raw = json.loads(row[0]) if row else {}
-        tree = {path: Entry(**value) for path, value in raw.items()}
+        tree = {path: ObjectEntry(**value) for path, value in raw.items()}
         with self._tree_cache_lock:
             if len(self._tree_cache) >= _TREE_CACHE_SIZE:
                 self._tree_cache.pop(next(iter(self._tree_cache)))
             self._tree_cache[meta_range_id] = tree  # trees are immutable: caching is safe
         return tree
 
-    def _staging(self, repo: str, branch: str) -> dict[str, Entry | None]:
+    def _staging(self, repo: str, branch: str) -> dict[str, ObjectEntry | None]:
         with self._db() as db:
             return self._staging_rows(db, repo, branch)
 
     @staticmethod
-    def _staging_rows(db: sqlite3.Connection, repo: str, branch: str) -> dict[str, Entry | None]:
+    def _staging_rows(
+        db: sqlite3.Connection, repo: str, branch: str
+    ) -> dict[str, ObjectEntry | None]:
         rows = db.execute(
             "SELECT path, entry FROM staging WHERE repo = ? AND branch = ?", (repo, branch)
         ).fetchall()
         return {path: _entry_from_json(raw) for path, raw in rows}
 
-    def stat(self, repo: str, ref: str, path: str) -> Entry:
+    def stat(self, repo: str, ref: str, path: str) -> ObjectEntry:
         """Return the entry of ``path`` at ``ref`` or raise NotFoundError."""
         validate_path(path)
         entry = self.tree(repo, ref).get(path)
@@ -701,10 +705,10 @@ class Store:
         amount: int | None = None,
         delimiter: str = "",
     ) -> Page:
-        """List ``(path, Entry | None)``; ``None`` marks a common prefix (with a delimiter)."""
+        """List ``(path, ObjectEntry | None)``; ``None`` marks a common prefix (a delimiter's)."""
         tree = self.tree(repo, ref)
         paths = sorted(p for p in tree if p.startswith(prefix or ""))
-        rows: list[tuple[str, Entry | None]] = []
+        rows: list[tuple[str, ObjectEntry | None]] = []
         seen_prefixes: set[str] = set()
         for path in paths:
             rest = path[len(prefix or "") :]
@@ -718,8 +722,8 @@ class Store:
         return paginate(rows, key=lambda row: row[0], after=after, amount=amount)
 
     def put_object(
-        self, repo: str, branch: str, path: str, entry: Entry, *, if_absent: bool = False
-    ) -> Entry:
+        self, repo: str, branch: str, path: str, entry: ObjectEntry, *, if_absent: bool = False
+    ) -> ObjectEntry:
         """Stage ``entry`` at ``path`` on ``branch``."""
         validate_path(path)
         with self.write_lock:
@@ -736,7 +740,7 @@ class Store:
             self.stat(repo, branch, path)
             self._stage(repo, branch, {path: None})
 
-    def _stage(self, repo: str, branch: str, changes: dict[str, Entry | None]) -> None:
+    def _stage(self, repo: str, branch: str, changes: dict[str, ObjectEntry | None]) -> None:
         """Write staging rows; a removal of a path that is not committed just drops the row."""
         head = self.get_branch(repo, branch)
         committed = self._tree(self.get_commit(repo, head).meta_range_id)
@@ -862,7 +866,7 @@ class Store:
         committer: str,
         message: str,
         metadata: dict[str, str],
-        tree: dict[str, Entry],
+        tree: dict[str, ObjectEntry],
         creation_date: int,
         generation: int,
     ) -> CommitRecord:
@@ -895,7 +899,7 @@ class Store:
         )
 
     def _insert_commit(
-        self, db: sqlite3.Connection, repo: str, commit: CommitRecord, tree: dict[str, Entry]
+        self, db: sqlite3.Connection, repo: str, commit: CommitRecord, tree: dict[str, ObjectEntry]
     ) -> None:
         entries = json.dumps({path: asdict(entry) for path, entry in tree.items()})
         db.execute("INSERT OR IGNORE INTO trees VALUES (?, ?)", (commit.meta_range_id, entries))
@@ -1045,10 +1049,10 @@ class Store:
 
     def _merge_trees(
         self, repo: str, base: str, source: str, dest: str, *, strategy: str | None
-    ) -> dict[str, Entry]:
+    ) -> dict[str, ObjectEntry]:
         trees = [self._tree(self.get_commit(repo, c).meta_range_id) for c in (base, source, dest)]
         base_tree, source_tree, dest_tree = trees
-        merged: dict[str, Entry] = {}
+        merged: dict[str, ObjectEntry] = {}
         conflicts: list[str] = []
         for path in sorted(set(base_tree) | set(source_tree) | set(dest_tree)):
             b, s, d = (tree.get(path) for tree in trees)
@@ -1157,7 +1161,7 @@ class Store:
         return paginate(hooks, key=lambda h: h.hook_run_id, after=after, amount=amount)
 
 
-def diff_trees(left: dict[str, Entry], right: dict[str, Entry]) -> list[DiffRecord]:
+def diff_trees(left: dict[str, ObjectEntry], right: dict[str, ObjectEntry]) -> list[DiffRecord]:
     """Paths added, removed or changed from ``left`` to ``right``, sorted."""
     diffs: list[DiffRecord] = []
     for path in sorted(set(left) | set(right)):

@@ -31,7 +31,7 @@ from monitoring.store import (
     save_report,
 )
 
-Sender = Callable[[dict[str, Any]], None]
+EventSender = Callable[[dict[str, Any]], None]
 """Hands an event to Prefect, e.g. ``functools.partial(lakeloop.events.emit, api_url)``."""
 
 
@@ -60,7 +60,7 @@ def check_window(
     retrain_running: bool = False,
     prediction_column: str = "prediction",
     pushgateway_url: str | None = None,
-    send: Sender | None = None,
+    send: EventSender | None = None,
 ) -> CheckResult:
     """Run the whole monitor step on one window; quality is measured when ``current`` holds the
     description's target with at least one value (feedback prices)."""
@@ -142,7 +142,7 @@ def _quality(
 
 
 def _send(
-    event: dict[str, Any] | None, send: Sender | None, *, entry: HistoryEntry
+    event: dict[str, Any] | None, send: EventSender | None, *, entry: HistoryEntry
 ) -> tuple[HistoryEntry, Exception | None]:
     """Hand the event over; if that fails, record the run as not retraining (so the cooldown does
     not start) and give the error back to raise after the run is recorded."""
@@ -159,4 +159,4 @@ def _send(
     return entry, None
 
 
-__all__ = ["CheckResult", "DriftSummary", "Sender", "check_window"]
+__all__ = ["CheckResult", "DriftSummary", "EventSender", "check_window"]

@@ -17,7 +17,7 @@ import pytest
 from lakefs.exceptions import BadRequestException, ServerException
 
 from lakefs_local.actions import ActionError, parse_action, parse_duration
-from lakefs_local.store import BadRequestError, Entry, Store, validate_path
+from lakefs_local.store import BadRequestError, ObjectEntry, Store, validate_path
 from lakefs_local.testing import (
     LocalServerProcess,
     LocalServerThread,
@@ -177,10 +177,10 @@ def test_concurrent_commits_on_one_branch_lose_no_write(server: LocalServerThrea
 def test_upload_during_a_commit_stays_staged(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.create_repository("housing", "local://housing", committer="admin")
-    first = Entry(*store.ingest([b"first"]), mtime=1)
+    first = ObjectEntry(*store.ingest([b"first"]), mtime=1)
     store.put_object("housing", "main", "a.csv", first)
     draft = store.prepare_commit("housing", "main", message="a", metadata=None, committer="t")
-    late = Entry(*store.ingest([b"late"]), mtime=2)
+    late = ObjectEntry(*store.ingest([b"late"]), mtime=2)
     store.put_object("housing", "main", "a.csv", late)  # lands between prepare and apply
     store.put_object("housing", "main", "b.csv", late)
 
