@@ -41,6 +41,7 @@ import pandas as pd
 
 from lakeloop import tracking
 from lakeloop.dataset import DatasetSpec, attribute, is_integer_code
+from lakeloop.model import parts
 from lakeloop.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -55,9 +56,7 @@ class BoosterKernel:
     the booster, its feature order, one category→code table per categorical feature, and the
     boosting rounds early stopping kept."""
 
-    def __init__(self, pipeline: Any) -> None:
-        encoder = pipeline.named_steps["encode"]
-        regressor = pipeline.named_steps["regress"]
+    def __init__(self, encoder: Any, regressor: Any) -> None:
         self.booster = regressor.get_booster()
         self.names: tuple[str, ...] = tuple(self.booster.feature_names or ())
         self.attributes = tuple(map(attribute, self.names))
@@ -69,14 +68,10 @@ class BoosterKernel:
     @classmethod
     def of(cls, model: Any) -> BoosterKernel | None:
         """The kernel of a lakeloop pipeline; ``None`` for any other model (served via pandas)."""
-        steps = getattr(model, "named_steps", {})
-        if "encode" not in steps or "regress" not in steps:
+        found = parts(model)
+        if found is None:
             return None
-        if not hasattr(steps["encode"], "categories") or not hasattr(
-            steps["regress"], "get_booster"
-        ):
-            return None
-        kernel = cls(model)
+        kernel = cls(*found)
         # Without feature names there is no way to put request fields in the booster's order.
         return kernel if kernel.names else None
 

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lakeloop.dataset import DatasetSpec
-from lakeloop.model import TrainedModel, regression_metrics
+from lakeloop.model import TrainedModel, regression_metrics, regressor_of
 
 PRICE_BANDS = 4  # quartiles of the holdout's target
 MIN_SEGMENT_ROWS = 20  # fewer rows make a metric that is mostly noise
@@ -77,7 +77,7 @@ def _residuals(actual: np.ndarray, predicted: np.ndarray, spec: DatasetSpec) -> 
 
 
 def _importance(trained: TrainedModel, spec: DatasetSpec) -> Figure:
-    booster = trained.pipeline.named_steps["regress"].get_booster()
+    booster = regressor_of(trained.pipeline).get_booster()
     gains = booster.get_score(importance_type="gain")
     ordered = sorted(spec.feature_names, key=lambda name: gains.get(name, 0.0))
     figure = Figure(figsize=(6, 4))

@@ -135,7 +135,29 @@ def build_pipeline(
         early_stopping_rounds=training.early_stopping_rounds,
         **(hyperparameters(training) | dict(params or {})),
     )
-    return Pipeline([("encode", feature_encoder(spec)), ("regress", regressor)])
+    return Pipeline([(ENCODE, feature_encoder(spec)), (REGRESS, regressor)])
+
+
+ENCODE, REGRESS = "encode", "regress"
+"""The two steps of every lakeloop pipeline; read them through :func:`parts`."""
+
+
+def parts(model: Any) -> tuple[FeatureEncoder, XGBRegressor] | None:
+    """The encoder and the fitted XGBoost regressor of a lakeloop pipeline; ``None`` for any
+    other model (one a registry holds that lakeloop did not train)."""
+    steps = getattr(model, "named_steps", {})
+    encoder, regressor = steps.get(ENCODE), steps.get(REGRESS)
+    if isinstance(encoder, FeatureEncoder) and isinstance(regressor, XGBRegressor):
+        return encoder, regressor
+    return None
+
+
+def regressor_of(pipeline: Pipeline) -> XGBRegressor:
+    """The XGBoost regressor of a pipeline :func:`build_pipeline` made."""
+    found = parts(pipeline)
+    if found is None:
+        raise TypeError("not a lakeloop pipeline (an encoder, then an XGBoost regressor)")
+    return found[1]
 
 
 def row_buckets(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
@@ -333,7 +355,7 @@ def tune(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) -> 
 
 def kept_rounds(pipeline: Pipeline) -> int:
     """Boosting rounds the fitted model predicts with: where early stopping stopped, else all."""
-    regressor = pipeline.named_steps["regress"]
+    regressor = regressor_of(pipeline)
     try:
         return int(regressor.best_iteration) + 1
     except AttributeError:  # XGBoost defines best_iteration only when early stopping ran
@@ -409,7 +431,7 @@ def _fit_in_process(
     pipeline: Pipeline, fit_rows: pd.DataFrame, stop_rows: pd.DataFrame, spec: DatasetSpec
 ) -> None:
     """Fit the pipeline here, early stopping on ``stop_rows``."""
-    encoder = pipeline.named_steps["encode"]
+    encoder = pipeline.named_steps[ENCODE]
     pipeline.fit(
         fit_rows[spec.feature_names],
         fit_rows[spec.target.name].to_numpy(),
@@ -436,7 +458,7 @@ def _fit_on_dask(
     from distributed import Client  # noqa: PLC0415
     from xgboost.dask import DaskXGBRegressor  # noqa: PLC0415
 
-    encoder, regressor = pipeline.named_steps["encode"], pipeline.named_steps["regress"]
+    encoder, regressor = pipeline.named_steps["encode"], regressor_of(pipeline)
     # Not the process-wide default client: other code here may use Dask with its own. It is made
     # current for this block only, because xgboost.dask looks the client up even when given one.
     with Client(scheduler, set_as_default=False) as client, client.as_current():

@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline
 from xgboost import XGBRegressor
 
 from lakeloop.dataset import DatasetSpec
-from lakeloop.model import TrainedModel, train
+from lakeloop.model import TrainedModel, regressor_of, train
 from lakeloop.settings import TrainingSettings
 from lakeloop.tracking import TRUSTED_MODEL_TYPES
 from tooling import market
@@ -58,7 +58,7 @@ def on_dask(sales: pd.DataFrame, spec: DatasetSpec, scheduler_address: str) -> T
 
 def test_the_result_is_a_plain_pipeline_around_a_plain_regressor(on_dask: TrainedModel) -> None:
     assert type(on_dask.pipeline) is Pipeline
-    regressor = on_dask.pipeline.named_steps["regress"]
+    regressor = regressor_of(on_dask.pipeline)
     assert type(regressor) is XGBRegressor
     assert regressor.enable_categorical
     # Early stopping carried over: predictions stop at the best round, not the last.

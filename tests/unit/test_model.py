@@ -12,6 +12,7 @@ from lakeloop.model import (
     gate_failures,
     holdout_mask,
     regression_metrics,
+    regressor_of,
     score,
     split_rows,
     thresholds,
@@ -193,7 +194,7 @@ def test_early_stopping_ends_before_the_round_limit(
     market_batch: pd.DataFrame, spec: DatasetSpec
 ) -> None:
     trained = train(market_batch, spec, TrainingSettings(n_estimators=2000, learning_rate=0.3))
-    assert trained.pipeline.named_steps["regress"].best_iteration < 1999
+    assert regressor_of(trained.pipeline).best_iteration < 1999
 
 
 # Small enough to tune in a few seconds, wide enough that the trials differ.

@@ -116,7 +116,7 @@ def test_ids_make_the_record_and_train_nothing(raw: pd.DataFrame) -> None:
 
     frame = evolution.adapt(rowkeys.keyed(raw, spec), ingested=spec, current=spec)
     trained = model.train(frame, spec, TrainingSettings(n_estimators=20))
-    assert set(trained.pipeline.named_steps["regress"].get_booster().feature_names) == set(FEATURES)
+    assert set(model.regressor_of(trained.pipeline).get_booster().feature_names) == set(FEATURES)
     # Under a later description that no longer ignores the unused columns (they were dropped from
     # the export), older tables keep their ids for training and lose only the ignored columns.
     later = describe(raw, version=2, ignore=[])
@@ -148,7 +148,7 @@ def test_dated_sales_are_split_by_time_whatever_the_file_order(raw: pd.DataFrame
     assert set(shuffled.holdout["Order"]) == set(split.holdout["Order"])
     assert set(shuffled.fit["Order"]) == set(split.fit["Order"])
     trained = model.train(raw, spec, TrainingSettings(n_estimators=20))
-    assert "Yr Sold" not in trained.pipeline.named_steps["regress"].get_booster().feature_names
+    assert "Yr Sold" not in model.regressor_of(trained.pipeline).get_booster().feature_names
 
 
 def test_sale_times_that_do_not_parse_or_lie_ahead_are_refused_naming_rows(
