@@ -281,7 +281,6 @@ def load_champion(
     there is no champion yet. Raises :class:`ModelLoadError` when the champion's model cannot be
     loaded or does not predict (without trying when it is ``skip_version``), anything else when
     the registry cannot be reached."""
-    import mlflow.sklearn  # noqa: PLC0415 - heavy import, kept off the API's import path
 
     client = tracking.connect(settings)
     version = tracking.champion(client, settings)
@@ -294,7 +293,7 @@ def load_champion(
         raise LookupError(f"{settings.mlflow.model_name} version {number} has no run")
     run = client.get_run(version.run_id)
     try:
-        model = mlflow.sklearn.load_model(f"models:/{settings.mlflow.model_name}/{number}")
+        model = tracking.load_version(settings, version=number)
         predictor = Predictor(
             model=model,
             name=settings.mlflow.model_name,

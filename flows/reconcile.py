@@ -197,25 +197,13 @@ def _training_state(
         return TOO_RECENT, f"committed {created.isoformat()}"
     if (run := tracking.run_for_commit(client, settings, commit_id=commit_id)) is not None:
         return TRAINED, f"run {run.info.run_id}"
-    experiment = client.get_experiment_by_name(settings.mlflow.experiment)
-    if experiment is None:
+    if client.get_experiment_by_name(settings.mlflow.experiment) is None:
         return MISSED, "no training experiment yet"
-    of_commit = f"tags.`{tracking.TAG_COMMIT}` = '{commit_id}'"
-    refused = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"{of_commit} and tags.`{tracking.TAG_VALIDATION}` LIKE 'failed%'",
-        max_results=1,
-    )
-    if refused:
+    if refused := tracking.runs_of_commit(client, settings, commit_id=commit_id, refused=True):
         return REFUSED, f"run {refused[0].info.run_id}"
-    since = int((now - RUNNING_GRACE).timestamp() * 1000)
-    running = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"{of_commit} and attributes.status = 'RUNNING' "
-        f"and attributes.start_time > {since}",
-        max_results=1,
-    )
-    if running:
+    if running := tracking.runs_of_commit(
+        client, settings, commit_id=commit_id, running_since=now - RUNNING_GRACE
+    ):
         return IN_PROGRESS, f"run {running[0].info.run_id}"
     return MISSED, ""
 

@@ -20,6 +20,7 @@ import json
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,37 @@ def run_for_commit(
             if run.info.status == "FINISHED" and (not tuned or TUNING_TRIALS in run.data.params):
                 return run
     return None
+
+
+def version_of_run(client: MlflowClient, settings: Settings, *, run_id: str) -> ModelVersion:
+    """The version a training run registered."""
+    [version] = client.search_model_versions(
+        f"name='{settings.mlflow.model_name}' and run_id='{run_id}'"
+    )
+    return version
+
+
+def runs_of_commit(
+    client: MlflowClient,
+    settings: Settings,
+    *,
+    commit_id: str,
+    refused: bool = False,
+    running_since: datetime | None = None,
+) -> list[Run]:
+    """Runs of the training experiment on this lakeFS commit (at most one): with ``refused``, one
+    whose data failed the checks; with ``running_since``, one still RUNNING that started after
+    that time. Empty when there is no experiment yet."""
+    experiment = client.get_experiment_by_name(settings.mlflow.experiment)
+    if experiment is None:
+        return []
+    query = f"tags.`{TAG_COMMIT}` = '{commit_id}'"
+    if refused:
+        query += f" and tags.`{TAG_VALIDATION}` LIKE 'failed%'"
+    if running_since is not None:
+        since = int(running_since.timestamp() * 1000)
+        query += f" and attributes.status = 'RUNNING' and attributes.start_time > {since}"
+    return list(client.search_runs([experiment.experiment_id], filter_string=query, max_results=1))
 
 
 def abandon_incomplete(client: MlflowClient, settings: Settings, *, commit_id: str) -> list[str]:

@@ -625,9 +625,7 @@ def _training_outcome(client: Any, settings: Settings, run_id: str) -> str:
     """One line: the version a training run registered and what the gate decided."""
     from lakeloop import tracking  # noqa: PLC0415
 
-    [version] = client.search_model_versions(
-        f"name='{settings.mlflow.model_name}' and run_id='{run_id}'"
-    )
+    version = tracking.version_of_run(client, settings, run_id=run_id)
     tags = version.tags or {}
     reasons = tags.get(tracking.TAG_GATE_REASONS, "-")
     decision = tags.get(tracking.TAG_GATE, "?")
