@@ -26,8 +26,8 @@ from lakeloop.settings import DriftPolicy
 from lakeloop.stores.prediction_log import (
     FEEDBACK,
     PREDICTIONS,
+    Entry,
     FeedbackEntry,
-    ObjectEntry,
     SegmentWriter,
     feedback_table,
     prediction_table,
@@ -68,7 +68,7 @@ def write_prediction_log(state: Path, window: pd.DataFrame, spec: DatasetSpec) -
         part = window.iloc[start : start + 5_000]
         ids = [f"p{start + i}" for i in range(len(part))]
         predictions.put(
-            ObjectEntry(
+            Entry(
                 at=at,
                 model_name="housing-price",
                 model_version="1",

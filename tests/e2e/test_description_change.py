@@ -24,11 +24,12 @@ from typing import Any
 import httpx
 import pytest
 
-from lakeloop import lakefs_client, loop, market, tracking
+from lakeloop import lakefs_client, loop, tracking
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings
 from tests.utils.descriptions import V1, changed
 from tests.utils.workspace import Workspace, new_workspace
+from tooling import market
 
 pytestmark = pytest.mark.e2e
 

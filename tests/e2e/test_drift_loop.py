@@ -14,11 +14,12 @@ import httpx
 import numpy as np
 import pytest
 
-from lakeloop import lakefs_client, loop, market, tracking
+from lakeloop import lakefs_client, loop, tracking
 from lakeloop.dataset import load_spec
 from monitoring.history import HistoryEntry
 from monitoring.store import read_history
 from tests.utils.workspace import Workspace, new_workspace
+from tooling import market
 
 pytestmark = pytest.mark.e2e
 

@@ -25,10 +25,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from lakeloop import lakefs_client, loop, market, tracking
+from lakeloop import lakefs_client, loop, tracking
 from lakeloop.dataset import load_spec
 from lakeloop.settings import Settings
 from tests.utils.workspace import Workspace, new_workspace
+from tooling import market
 
 pytestmark = pytest.mark.e2e
 

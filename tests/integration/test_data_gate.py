@@ -19,11 +19,12 @@ import pandas as pd
 import pytest
 
 from gateway.app import Verdict, check_merge
-from lakeloop import datagate, lakefs_client, loop, market
+from lakeloop import datagate, lakefs_client, loop
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings
 from tests.utils.bad_batches import BAD_BATCHES
 from tests.utils.local_lakefs import local_repository, pre_merge_hook
+from tooling import market
 
 pytestmark = pytest.mark.integration
 

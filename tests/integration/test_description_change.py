@@ -19,13 +19,14 @@ import pandas as pd
 import pytest
 
 from gateway.app import check_merge
-from lakeloop import datagate, evolution, lakefs_client, market, rowkeys
+from lakeloop import datagate, evolution, lakefs_client, rowkeys
 from lakeloop.dataset import DatasetSpec
 from lakeloop.ingest import inspect_source, write_parquet
 from lakeloop.settings import Settings
 from lakeloop.validation.checks import warm_validator
 from tests.utils.descriptions import V1, changed
 from tests.utils.local_lakefs import local_repository, pre_merge_hook
+from tooling import market
 
 pytestmark = pytest.mark.integration
 

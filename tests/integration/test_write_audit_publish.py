@@ -16,12 +16,13 @@ import pytest
 
 from gateway.app import create_gateway
 from lakefs_local import create_app as create_lakefs
-from lakeloop import lakefs_client, market
+from lakeloop import lakefs_client
 from lakeloop.ingest import SourceTable, file_sha256, inspect_source, write_parquet
 from lakeloop.settings import Settings, load_settings
 from tests.utils.bad_batches import BAD_BATCHES, Builder
 from tests.utils.fake_prefect import FakePrefectEvents
 from tests.utils.net import free_port, serve_in_thread
+from tooling import market
 
 pytestmark = pytest.mark.integration
 
