@@ -49,7 +49,8 @@ def datasource(settings: Settings) -> dict[str, Any]:
         _files().joinpath("provisioning", "datasources", "prometheus.yml").read_text()
     )
     [source] = provisioned["datasources"]
-    return source | {"url": settings.observability.prometheus_url}
+    provisioned_source: dict[str, Any] = source
+    return provisioned_source | {"url": settings.observability.prometheus_url}
 
 
 def dashboard(name: str) -> dict[str, Any]:
@@ -78,11 +79,12 @@ def connect(settings: Settings, *, timeout: float = 10.0) -> GrafanaApi | None:
     if observability.grafana_url is None:
         return None
     token = observability.grafana_token
-    return GrafanaApi.from_url(
+    api: GrafanaApi = GrafanaApi.from_url(
         observability.grafana_url,
         credential=token.get_secret_value() if token is not None else None,
         timeout=timeout,
     )
+    return api
 
 
 def sync(settings: Settings) -> Synced:

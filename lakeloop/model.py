@@ -262,7 +262,7 @@ def _split_by_time(
 def _group_hashes(rows: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
     """Each row's group as a 64-bit hash of its ``group`` column's value."""
     assert spec.group is not None
-    return pd.util.hash_pandas_object(rows[spec.group], index=False).to_numpy()
+    return np.asarray(pd.util.hash_pandas_object(rows[spec.group], index=False))
 
 
 def _group_start(groups: np.ndarray, position: int) -> int:

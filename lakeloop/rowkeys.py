@@ -27,10 +27,10 @@ def keys(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
     """Each row's key: the one it was ingested with when the frame carries them, else the hash of
     its content under ``spec`` (index ignored)."""
     if frame.index.name == ROW_KEY:
-        return frame.index.to_numpy(dtype=np.uint64)
+        return np.asarray(frame.index.to_numpy(dtype=np.uint64))
     return content_hashes(frame, spec)
 
 
 def content_hashes(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
     """A 64-bit hash of each row's record (ids, features and target; index ignored)."""
-    return pd.util.hash_pandas_object(frame[spec.record_columns], index=False).to_numpy()
+    return np.asarray(pd.util.hash_pandas_object(frame[spec.record_columns], index=False))

@@ -42,7 +42,7 @@ def fingerprints(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
     """One unsigned 64-bit hash per row of ``columns`` (missing columns count as missing values);
     rows whose values are all missing get no fingerprint (they are dropped)."""
     hashes, kept = row_fingerprints(frame, columns)
-    return hashes[kept]
+    return np.asarray(hashes[kept])
 
 
 def row_fingerprints(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
