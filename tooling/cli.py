@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import re
-import time
 import webbrowser
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,8 +11,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import httpx
 import pandas as pd
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from lakeloop import datagate, evolution, grafana, lakefs_client, loop
@@ -28,11 +23,20 @@ from lakeloop.ingest import (
     read_source,
     write_parquet,
 )
-from lakeloop.settings import Settings, load_settings
-from monitoring.history import HistoryEntry
+from lakeloop.settings import Settings
 from monitoring.store import describe, read_history
-from tooling import market
-from tooling.stack import Stack, StackError, down_recorded
+from tooling.demo import demo
+from tooling.stack import down_recorded
+from tooling.terminal import (
+    console,
+    log_state,
+    prepare_repository,
+    publish,
+    run_monitor,
+    settings_or_exit,
+    start_stack,
+    urls,
+)
 
 if TYPE_CHECKING:
     from lakeloop.tracking import Rejudged
@@ -42,53 +46,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except ValueError as error:
-        console.print(f"[red]invalid settings:[/red] {error}")
-        raise typer.Exit(2) from error
-
-
-def _start(settings: Settings) -> Stack:
-    stack = Stack(settings)
-    try:
-        with console.status("starting the stack") as status:
-            stack.up(progress=lambda message: _step(status, message))
-        console.log(stack.lakefs_note)
-    except StackError as error:
-        console.print(f"[red]cannot start the stack:[/red] {error}")
-        raise typer.Exit(1) from error
-    return stack
-
-
-def _step(status: Any, message: str) -> None:
-    status.update(message)
-    if message.endswith("ready"):
-        console.log(message)
-
-
-def _urls(settings: Settings, *, title: str = "lakeloop is running") -> Table:
-    table = Table(title=title, show_header=False)
-    table.add_row("Prefect UI", settings.prefect_api_url.removesuffix("/api"))
-    table.add_row("MLflow UI", settings.mlflow_tracking_uri)
-    table.add_row("Swagger UI", f"{settings.api_url}/schema/swagger")
-    table.add_row("lakeFS API", settings.lakefs_endpoint)
-    table.add_row("Webhook gateway", f"{settings.gateway.url}/webhooks/lakefs")
-    table.add_row("Logs", str(settings.state_dir / "logs"))
-    return table
-
-
-def _prepare_repository(settings: Settings) -> None:
-    client = lakefs_client.connect(settings)
-    lakefs_client.ensure_repository(client, settings)
-    installed = lakefs_client.install_actions(client, settings)
-    where = f"{settings.lakefs.repository}/{settings.lakefs.branch}"
-    if installed:
-        console.log(f"installed lakeFS actions on {where} (commit {installed:.12})")
 
 
 @app.command()
@@ -96,16 +53,16 @@ def up() -> None:
     """Start the local stack and leave it running (stop it with `lakeloop down`). When the dataset
     description changed, says what happens to the data on main first, and stops again without
     changing anything if the change cannot work (a renamed target, no trainable row left)."""
-    settings = _settings()
+    settings = settings_or_exit()
     spec = load_spec(settings.dataset)
-    stack = _start(settings)
+    stack = start_stack(settings)
     impact = _history_impact(settings, spec)
     if impact is not None and _print_impact(impact, quiet_when_unchanged=True):
         stack.down()
         console.print("[red]stack stopped; nothing on main or in the registry changed[/red]")
         raise typer.Exit(2)
-    _prepare_repository(settings)
-    console.print(_urls(settings))
+    prepare_repository(settings)
+    console.print(urls(settings))
 
 
 def _history_impact(settings: Settings, spec: DatasetSpec) -> datagate.Impact | None:
@@ -141,9 +98,9 @@ def _print_impact(impact: datagate.Impact, *, quiet_when_unchanged: bool = False
 @app.command()
 def init() -> None:
     """Create the lakeFS repository if needed and install lakeloop's action files in it."""
-    settings = _settings()
+    settings = settings_or_exit()
     try:
-        _prepare_repository(settings)
+        prepare_repository(settings)
     except lakefs_client.LakeFSError as error:
         console.print(f"[red]cannot reach lakeFS at {settings.lakefs_endpoint}:[/red] {error}")
         raise typer.Exit(1) from error
@@ -171,7 +128,7 @@ def ingest(
     checks pass. A merge into main triggers training, which this follows to the gate's decision
     (`--no-wait` returns at the merge). A file main already holds (same content, any name) is not
     merged again."""
-    settings = _settings()
+    settings = settings_or_exit()
     spec = load_spec(settings.dataset)
     try:
         tables = [inspect_source(found) for found in find_sources(path)]
@@ -186,7 +143,7 @@ def ingest(
         raise typer.Exit(2) from error
     if not tables:
         return
-    published = _publish(
+    published = publish(
         settings,
         tables,
         name=name or _batch_name(path),
@@ -219,7 +176,7 @@ def _follow_training(settings: Settings, commit_id: str) -> None:
                 settings,
                 commit_id=commit_id,
                 timeout=settings.api.deploy_timeout_seconds + 900,
-                on_state=lambda message: _log_state(status, message),
+                on_state=lambda message: log_state(status, message),
             )
         client = tracking.connect(settings)
         trained = tracking.run_for_commit(client, settings, commit_id=commit_id, tuned=False)
@@ -245,7 +202,7 @@ def validate(
     from lakeloop.validation.checks import validate_frame  # noqa: PLC0415 - Great Expectations: 2-3 s
     from lakeloop.validation.report import write_report  # noqa: PLC0415
 
-    settings = _settings()
+    settings = settings_or_exit()
     spec = load_spec(settings.dataset)
     try:
         frames = [read_source(found) for found in find_sources(path)]
@@ -341,205 +298,15 @@ def _batch_name(path: Path) -> str:
     return cleaned[:40] or "batch"
 
 
-def _publish(
-    settings: Settings,
-    tables: list[SourceTable],
-    *,
-    name: str,
-    source: str,
-    dataset_version: int,
-    metadata: dict[str, str] | None = None,
-    description: str | None = None,
-) -> lakefs_client.Published:
-    """Run write-audit-publish with a progress bar, and say what happened."""
-    total = sum(table.size for table in tables)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(f"uploading {len(tables)} file(s)", total=total)
-
-        def report(done: int) -> None:
-            bar.update(task, completed=done)
-
-        try:
-            published = lakefs_client.publish(
-                lakefs_client.connect(settings),
-                settings,
-                tables,
-                name=name,
-                source=source,
-                dataset_version=dataset_version,
-                progress=lakefs_client.Progress(total=total, report=report),
-                metadata=metadata,
-                description=description,
-            )
-        except lakefs_client.LakeFSError as error:
-            console.print(
-                f"[red]lakeFS at {settings.lakefs_endpoint} refused the ingest:[/red] {error}"
-            )
-            raise typer.Exit(1) from error
-    if published.merged:
-        console.log(
-            f"merged {published.rows} rows into {settings.lakefs.repository}/"
-            f"{settings.lakefs.branch}: commit {published.commit_id:.12}"
-        )
-    return published
-
-
 @app.command()
 def down() -> None:
     """Stop a stack started by `lakeloop up` or `lakeloop demo --keep`."""
-    settings = _settings()
+    settings = settings_or_exit()
     stopped = down_recorded(settings)
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "no lakeloop stack was running")
 
 
-@app.command()
-def demo(
-    keep: Annotated[bool, typer.Option(help="Leave the stack running after the demo.")] = False,
-    rows: Annotated[int, typer.Option(min=200, help="Rows in the first batch.")] = 5000,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic market.")] = 1,
-    drift: Annotated[
-        bool, typer.Option(help="Then send stable and shifted traffic and watch it retrain.")
-    ] = True,
-) -> None:
-    """Run the whole loop: commit a batch to lakeFS, watch it train, get predictions; then send
-    traffic, shift the market, and watch drift detected, retraining and the new champion."""
-    logging.basicConfig(level=logging.WARNING)
-    # A demo shows the retrain every time it runs, so the cooldown since the last retrain (an
-    # hour by default) is a minute here unless set; the flows inherit it from this process.
-    os.environ.setdefault("LAKELOOP_MONITORING__POLICY__COOLDOWN", "PT1M")
-    settings = _settings()
-    spec = load_spec(settings.dataset)
-    started = time.monotonic()
-    stack = _start(settings)
-    try:
-        console.log(f"stack up in {time.monotonic() - started:.1f} s")
-        _prepare_repository(settings)
-        batch_file = write_parquet(
-            market.generate_batch(rows=rows, seed=seed),
-            settings.state_dir / f"demo-seed{seed}.parquet",
-        )
-        committed = time.monotonic()
-        published = _publish(
-            settings,
-            [inspect_source(batch_file)],
-            name=f"demo-seed{seed}",
-            source=f"lakeloop synthetic market, seed {seed}",
-            dataset_version=spec.version,
-            description=spec.to_yaml(),
-        )
-        if published.commit_id is None:
-            raise loop.LoopError(f"the demo batch was blocked: {published.rejection}")
-        with console.status("waiting for the lakeFS webhook to trigger training") as status:
-            run = loop.wait_for_training(
-                settings, commit_id=published.commit_id, on_state=lambda s: _log_state(status, s)
-            )
-            trained = time.monotonic()
-            status.update("waiting for the API to serve the new champion")
-            model = loop.wait_until_served(settings, commit_id=published.commit_id)
-        served = time.monotonic()
-        sample = market.generate_batch(rows=5, seed=seed + 1000)
-        answer = loop.predict(settings, loop.json_records(sample[spec.feature_names]))
-        console.print(_predictions(sample, answer, spec))
-        console.print(
-            _timings(
-                model,
-                run.name,
-                started=started,
-                committed=committed,
-                trained=trained,
-                served=served,
-            )
-        )
-        if drift:
-            _drift_act(settings, spec, champion=str(model["version"]), seed=seed)
-        console.print(_urls(settings, title="where to look (while the stack runs)"))
-    except (loop.LoopError, lakefs_client.LakeFSError) as error:
-        console.print(f"[red]the loop did not close:[/red] {error}")
-        console.print(f"logs: {settings.state_dir / 'logs'}")
-        raise typer.Exit(1) from error
-    finally:
-        if keep:
-            console.print("the stack keeps running; stop it with [bold]lakeloop down[/bold]")
-        else:
-            with console.status("stopping the stack"):
-                stack.down()
-            console.print("stack stopped; `lakeloop demo --keep` or `lakeloop up` keeps it running")
-
-
-DEMO_TRAFFIC_ROWS = 1500
-SHIFTED_MARKET = market.Scenario(new_region_share=0.5, income_multiplier=1.2)
-"""What the demo's market turns into: half the sales new builds in a new region, incomes +20 %."""
-
-
-def _drift_act(settings: Settings, spec: DatasetSpec, *, champion: str, seed: int) -> None:
-    """Stable traffic (no retrain), then shifted traffic with its sale prices reported: the
-    monitor finds drift, Prefect starts the retrain, the API swaps in the new champion."""
-    console.rule("monitoring: live traffic against the champion's training data")
-    for label, scenario, traffic_seed in (
-        ("stable market", market.Scenario(), seed + 2000),
-        ("shifted market (new region, higher incomes)", SHIFTED_MARKET, seed + 3000),
-    ):
-        sales = market.generate_batch(rows=DEMO_TRAFFIC_ROWS, seed=traffic_seed, scenario=scenario)
-        sent = datetime.now(UTC)
-        with console.status(f"{label}: {len(sales)} predictions, then their sale prices"):
-            _, ids, _ = loop.send_traffic(settings, loop.json_records(sales[spec.feature_names]))
-            loop.report_prices(settings, ids, sales[spec.target.name].tolist())
-            loop.wait_for_logged(
-                settings, model_version=champion, since=sent, rows=len(ids), feedback_rows=len(ids)
-            )
-        checked = time.monotonic()
-        entry = _run_monitor(settings)
-        found = describe(entry) if entry else "the monitor checked nothing (see the flow run)"
-        console.log(f"{label}: {found}")
-        if entry is None or not entry.decision.retrain:
-            continue
-        with console.status("the drift event triggers a retrain") as status:
-            retrain = loop.wait_for_flow_run(
-                settings,
-                loop.RETRAIN_FLOW,
-                parameters={"window_id": entry.window.id},
-                on_state=lambda message: _log_state(status, message),
-            )
-            model = loop.served_model(settings) or {}
-            if model.get("version") == champion:
-                status.update("waiting for the API to serve the new champion")
-                model = loop.wait_for_new_champion(settings, replacing=champion, timeout=60)
-        since_event = (datetime.now(UTC) - entry.time).total_seconds()
-        console.log(
-            f"new champion v{model['version']} served {since_event:.1f} s after the drift event "
-            f"({time.monotonic() - checked:.1f} s after the monitor started; retrain run "
-            f"{retrain.name}, holdout MAE {in_units(model['metrics'].get('mae', 0))}); "
-            "`lakeloop report --open` shows why"
-        )
-        return
-    console.print("[yellow]no retrain happened[/yellow]: `lakeloop report` shows the decisions")
-
-
-def _run_monitor(settings: Settings, **parameters: Any) -> HistoryEntry | None:
-    """Run the monitor deployment now; its history entry, or None when it checked nothing."""
-    before = len(read_history(settings.monitoring_dir))
-    with console.status("running the monitor flow") as status:
-        run = loop.run_deployment(
-            settings,
-            loop.MONITOR_DEPLOYMENT,
-            parameters=parameters,
-            on_state=status.update,
-        )
-    entries = read_history(settings.monitoring_dir)
-    if len(entries) > before:
-        return entries[-1]
-    # The flow's own log says why (no champion, too few predictions); Prefect ships logs in
-    # batches, so the last lines may not have arrived yet: the run's name finds them in the UI.
-    for line in loop.flow_run_logs(settings, run.id, limit=3):
-        console.log(line)
-    console.log(f"flow run {run.name}: {settings.prefect_api_url.removesuffix('/api')}")
-    return None
+app.command()(demo)
 
 
 @app.command()
@@ -553,10 +320,10 @@ def monitor(
 ) -> None:
     """Run the monitor now: drift and error of the champion's recent predictions, and a retrain
     request when the policy says so."""
-    settings = _settings()
+    settings = settings_or_exit()
     parameters = {"window_rows": rows, "window_minutes": minutes}
     try:
-        entry = _run_monitor(settings, **{k: v for k, v in parameters.items() if v is not None})
+        entry = run_monitor(settings, **{k: v for k, v in parameters.items() if v is not None})
     except (loop.LoopError, httpx.HTTPError) as error:
         console.print(f"[red]the monitor did not run:[/red] {error}")
         raise typer.Exit(1) from error
@@ -589,7 +356,7 @@ def train(
     unless --again asks for a new attempt."""
     from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         commit_id = commit or lakefs_client.head_commit(lakefs_client.connect(settings), settings)
         client = tracking.connect(settings)
@@ -611,7 +378,7 @@ def train(
                     "again": again,
                 },
                 timeout=3600,
-                on_state=lambda message: _log_state(status, message),
+                on_state=lambda message: log_state(status, message),
             )
         trained = tracking.run_for_commit(client, settings, commit_id=commit_id, tuned=tune)
     except (loop.LoopError, lakefs_client.LakeFSError, httpx.HTTPError) as error:
@@ -641,7 +408,7 @@ def report(
     ] = False,
 ) -> None:
     """The monitor's latest decisions and where its Evidently reports are."""
-    settings = _settings()
+    settings = settings_or_exit()
     entries = read_history(settings.monitoring_dir)
     if not entries:
         console.print("no monitor run yet; `lakeloop monitor` runs one")
@@ -654,54 +421,13 @@ def report(
         webbrowser.open(Path(latest).resolve().as_uri())
 
 
-def _log_state(status: Any, message: str) -> None:
-    status.update(message)
-    console.log(message)
-
-
-def _predictions(sample: pd.DataFrame, answer: dict[str, Any], spec: DatasetSpec) -> Table:
-    model = answer["model"]
-    table = Table(title=f"predictions from {model['name']} v{model['version']}")
-    shown = spec.feature_names[-3:]  # a few features for context; the API got them all
-    for column in [*shown, f"predicted {spec.target.name}", "actual"]:
-        table.add_column(column)
-    for (_, row), predicted in zip(sample.iterrows(), answer["predictions"], strict=True):
-        actual = row[spec.target.name]
-        table.add_row(*(str(row[c]) for c in shown), in_units(predicted), in_units(actual))
-    return table
-
-
-def _timings(
-    model: dict[str, Any],
-    run_name: str,
-    *,
-    started: float,
-    committed: float,
-    trained: float,
-    served: float,
-) -> Table:
-    metrics = model["metrics"]
-    table = Table(title="commit → served model", show_header=False)
-    table.add_row("model", f"{model['name']} v{model['version']} (flow run {run_name})")
-    table.add_row(
-        "holdout",
-        f"MAE {in_units(metrics.get('mae', 0))}  RMSE {in_units(metrics.get('rmse', 0))}  "
-        f"R² {metrics.get('r2', 0):.3f}",
-    )
-    table.add_row("commit → trained", f"{trained - committed:.1f} s")
-    table.add_row("trained → served", f"{served - trained:.1f} s")
-    table.add_row("commit → served", f"[bold]{served - committed:.1f} s[/bold]")
-    table.add_row("whole demo", f"{served - started:.1f} s")
-    return table
-
-
 @app.command()
 def status() -> None:
     """The champion, what the API serves, and whether training is blocked (exit 1 while it is:
     the data on main fails the checks, so the champion is stale)."""
     from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         client = tracking.connect(settings)
         current = tracking.champion(client, settings)
@@ -744,7 +470,7 @@ def model_list(
     and its reasons, aliases."""
     from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         rows = tracking.version_rows(tracking.connect(settings), settings, limit=last)
     except Exception as error:  # MLflow raises several types for a server it cannot reach
@@ -780,7 +506,7 @@ def model_show(
     gate decision, trigger, code version, holdout metrics."""
     from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
-    settings = _settings()
+    settings = settings_or_exit()
     name = settings.mlflow.model_name
     try:
         client = tracking.connect(settings)
@@ -841,7 +567,7 @@ def model_promote(
             "the version with your name)"
         )
         raise typer.Exit(2)
-    settings = _settings()
+    settings = settings_or_exit()
     by = getpass.getuser()
     client = tracking.connect(settings)
     name = settings.mlflow.model_name
@@ -904,7 +630,7 @@ def model_rollback() -> None:
     """Give the champion alias back to the version the current champion replaced."""
     from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         replaced, restored = tracking.rollback(tracking.connect(settings), settings)
     except LookupError as error:
@@ -982,7 +708,7 @@ def dataset_diff(
     for line in change.lines():
         console.print(f"  - {line}", highlight=False)
     refused = change.target_renamed
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         impact = _history_impact(settings, after)
     except lakefs_client.LakeFSError as error:
@@ -1052,7 +778,7 @@ def data_log(
     limit: Annotated[int, typer.Option("-n", min=1, help="How many commits.")] = 20,
 ) -> None:
     """Commits reachable from REF, newest first, with their lineage metadata."""
-    settings = _settings()
+    settings = settings_or_exit()
     commits = _lakefs_call(
         settings, lambda client: lakefs_client.commit_log(client, settings, ref=ref, limit=limit)
     )
@@ -1081,7 +807,7 @@ def data_diff(
     right: Annotated[str, typer.Argument(help="Ref whose changes to show.")],
 ) -> None:
     """Objects RIGHT adds, changes or removes relative to LEFT."""
-    settings = _settings()
+    settings = settings_or_exit()
     changes = _lakefs_call(
         settings, lambda client: lakefs_client.diff_refs(client, settings, left=left, right=right)
     )
@@ -1097,7 +823,7 @@ def data_remove(
 ) -> None:
     """Remove tables from main through the same checks (a commit that trains): the repair when
     main holds data the training gate refuses."""
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         published = _lakefs_call(
             settings, lambda client: lakefs_client.remove_tables(client, settings, paths)
@@ -1123,7 +849,7 @@ def data_show(
     rows: Annotated[int, typer.Option(min=1, help="Rows to print.")] = 10,
 ) -> None:
     """The first rows of a stored table at REF."""
-    settings = _settings()
+    settings = settings_or_exit()
     frame = _lakefs_call(
         settings, lambda client: lakefs_client.read_object(client, settings, ref=ref, path=path)
     )
