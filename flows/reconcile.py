@@ -197,12 +197,18 @@ def _training_state(
         return TOO_RECENT, f"committed {created.isoformat()}"
     if (run := tracking.run_for_commit(client, settings, commit_id=commit_id)) is not None:
         return TRAINED, f"run {run.info.run_id}"
-    if client.get_experiment_by_name(settings.mlflow.experiment) is None:
+    refused = tracking.runs_of_commit(client, settings, commit_id=commit_id, refused=True, limit=1)
+    if refused is None:
         return MISSED, "no training experiment yet"
-    if refused := tracking.runs_of_commit(client, settings, commit_id=commit_id, refused=True):
+    if refused:
         return REFUSED, f"run {refused[0].info.run_id}"
     if running := tracking.runs_of_commit(
-        client, settings, commit_id=commit_id, running_since=now - RUNNING_GRACE
+        client,
+        settings,
+        commit_id=commit_id,
+        running=True,
+        started_after=now - RUNNING_GRACE,
+        limit=1,
     ):
         return IN_PROGRESS, f"run {running[0].info.run_id}"
     return MISSED, ""

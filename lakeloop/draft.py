@@ -68,7 +68,9 @@ def draft(frame: pd.DataFrame, *, target: str, name: str) -> Draft:
     ids = [c for c in others if _is_id(frame[c], c)]
     if ids:
         notes.append(f"ids: {', '.join(ids)} (named like ids and unique per row): never features")
-    event_time, time_columns = _event_time(frame, [c for c in others if c not in ids])
+    # Which columns hold dates, found once (each look parses a whole text column).
+    dated = [c for c in others if c not in ids and _dates(frame[c])]
+    event_time, time_columns = _event_time(frame, [c for c in others if c not in ids], dated)
     if event_time:
         notes.append(
             f"event_time: {', '.join(time_columns)} (training splits by it: the newest rows are "
@@ -78,7 +80,7 @@ def draft(frame: pd.DataFrame, *, target: str, name: str) -> Draft:
     for column in others:
         if column in ids or column in time_columns:
             continue
-        if _dates(frame[column]):
+        if column in dated:
             ignored.append(column)
             notes.append(
                 f"ignored: {column} (dates: a second time, not a feature; derive what matters "
@@ -134,13 +136,14 @@ def _is_id(values: pd.Series, name: str) -> bool:
     return bool(_ID.search(name)) and integer_or_text and values.is_unique and values.notna().all()
 
 
-def _event_time(frame: pd.DataFrame, columns: list[str]) -> tuple[dict[str, str] | None, list[str]]:
-    """One time column: named like a time and parsing as ISO 8601, else any column of dates;
-    else a year column (and a month column)."""
-    for named_like_time in (True, False):
-        for column in columns:
-            if (_TIME.search(column) or not named_like_time) and _dates(frame[column]):
-                return {"column": column}, [column]
+def _event_time(
+    frame: pd.DataFrame, columns: list[str], dated: list[str]
+) -> tuple[dict[str, str] | None, list[str]]:
+    """One time column of ``dated`` (those holding dates): the first named like a time, else the
+    first; else a year column (and a month column)."""
+    if dated:
+        column = min(dated, key=lambda c: not _TIME.search(c))  # the first named like a time
+        return {"column": column}, [column]
     years = [c for c in columns if _YEAR.search(c) and _within(frame[c], 1800, 2200)]
     months = [c for c in columns if _MONTH.search(c) and _within(frame[c], 1, 12)]
     # A year of a sale (Yr Sold), not of a building (Year Built): prefer the one beside a month.
@@ -159,6 +162,8 @@ def _dates(values: pd.Series) -> bool:
     present = values.dropna()
     if values.dtype != object or present.empty:
         return False
+    if not _DATE_TEXT.match(str(present.iloc[0])):
+        return False  # most columns are not dates: their first value says so at once
     text = present.astype(str)
     if not text.str.match(_DATE_TEXT).all():
         return False

@@ -173,21 +173,27 @@ def runs_of_commit(
     *,
     commit_id: str,
     refused: bool = False,
-    running_since: datetime | None = None,
-) -> list[Run]:
-    """Runs of the training experiment on this lakeFS commit (at most one): with ``refused``, one
-    whose data failed the checks; with ``running_since``, one still RUNNING that started after
-    that time. Empty when there is no experiment yet."""
+    running: bool = False,
+    started_after: datetime | None = None,
+    limit: int | None = None,
+) -> list[Run] | None:
+    """Runs of the training experiment on this lakeFS commit: with ``refused``, those whose data
+    failed the checks; with ``running``, those still RUNNING (that started after
+    ``started_after``); at most ``limit``. ``None`` when there is no experiment yet."""
     experiment = client.get_experiment_by_name(settings.mlflow.experiment)
     if experiment is None:
-        return []
+        return None
     query = f"tags.`{TAG_COMMIT}` = '{commit_id}'"
     if refused:
         query += f" and tags.`{TAG_VALIDATION}` LIKE 'failed%'"
-    if running_since is not None:
-        since = int(running_since.timestamp() * 1000)
-        query += f" and attributes.status = 'RUNNING' and attributes.start_time > {since}"
-    return list(client.search_runs([experiment.experiment_id], filter_string=query, max_results=1))
+    if running:
+        query += " and attributes.status = 'RUNNING'"
+    if started_after is not None:
+        query += f" and attributes.start_time > {int(started_after.timestamp() * 1000)}"
+    found = client.search_runs(
+        [experiment.experiment_id], filter_string=query, max_results=limit or 1000
+    )
+    return list(found)
 
 
 def abandon_incomplete(client: MlflowClient, settings: Settings, *, commit_id: str) -> list[str]:
@@ -218,14 +224,9 @@ def abandon_incomplete(client: MlflowClient, settings: Settings, *, commit_id: s
         if version.run_id:
             client.set_terminated(version.run_id, "FAILED")
             done.append(f"run {version.run_id} marked failed")
-    experiment = client.get_experiment_by_name(settings.mlflow.experiment)
-    if experiment is not None:
-        for run in client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.`{TAG_COMMIT}` = '{commit_id}' and attributes.status = 'RUNNING'",
-        ):
-            client.set_terminated(run.info.run_id, "FAILED")
-            done.append(f"run {run.info.run_id} marked failed")
+    for run in runs_of_commit(client, settings, commit_id=commit_id, running=True) or []:
+        client.set_terminated(run.info.run_id, "FAILED")
+        done.append(f"run {run.info.run_id} marked failed")
     return done
 
 
@@ -781,11 +782,11 @@ def record_request(
     if judged.reasons:
         return None
     current = champion(client, settings)
-    if current is not None:
-        client.set_model_version_tag(name, version, TAG_PREVIOUS, str(current.version))
-    client.set_registered_model_alias(name, settings.mlflow.champion_alias, version)
-    client.set_model_version_tag(name, version, TAG_GATE, PROMOTED_ON_REQUEST)
-    return str(current.version) if current is not None else None
+    previous = str(current.version) if current is not None else None
+    _make_champion(
+        client, settings, version=version, decision=PROMOTED_ON_REQUEST, previous=previous
+    )
+    return previous
 
 
 def record_decision(
@@ -820,13 +821,28 @@ def record_decision(
         )
         if reasons:
             client.set_registered_model_alias(name, CHALLENGER_ALIAS, logged.version)
+            client.set_model_version_tag(name, logged.version, TAG_GATE, "rejected")
         else:
-            if champion is not None:
-                client.set_model_version_tag(name, logged.version, TAG_PREVIOUS, champion.version)
-            client.set_registered_model_alias(name, settings.mlflow.champion_alias, logged.version)
-        client.set_model_version_tag(
-            name, logged.version, TAG_GATE, "rejected" if reasons else "promoted"
-        )
+            _make_champion(
+                client,
+                settings,
+                version=logged.version,
+                decision="promoted",
+                previous=champion.version if champion is not None else None,
+            )
+
+
+def _make_champion(
+    client: MlflowClient, settings: Settings, *, version: str, decision: str, previous: str | None
+) -> None:
+    """Point the champion alias at ``version``: the champion it replaces is recorded first (for
+    rollback), the decision last (until then an interrupted promotion is recognisable). Every
+    promotion goes through here: the gate's, one on request, one by hand."""
+    name = settings.mlflow.model_name
+    if previous is not None:
+        client.set_model_version_tag(name, version, TAG_PREVIOUS, previous)
+    client.set_registered_model_alias(name, settings.mlflow.champion_alias, version)
+    client.set_model_version_tag(name, version, TAG_GATE, decision)
 
 
 def _refuse_if_already_trained(
@@ -887,12 +903,10 @@ def promote_by_hand(
     current = champion(client, settings)
     if current is not None and str(current.version) == str(target.version):
         raise LookupError(f"{name} v{version} is already the champion")
-    if current is not None:
-        client.set_model_version_tag(name, version, TAG_PREVIOUS, str(current.version))
+    previous = str(current.version) if current is not None else None
     client.set_model_version_tag(name, version, TAG_OVERRIDE, f"{by}: {reason}")
-    client.set_registered_model_alias(name, settings.mlflow.champion_alias, version)
-    client.set_model_version_tag(name, version, TAG_GATE, PROMOTED_BY_HAND)
-    return str(current.version) if current is not None else None
+    _make_champion(client, settings, version=version, decision=PROMOTED_BY_HAND, previous=previous)
+    return previous
 
 
 def rollback(client: MlflowClient, settings: Settings) -> tuple[str, str]:

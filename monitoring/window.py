@@ -16,7 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 from lakeloop.dataset import DatasetSpec
-from lakeloop.stores.prediction_log import read_feedback_log, read_prediction_log
+from lakeloop.stores.prediction_log import (
+    read_feedback_log,
+    read_prediction_log,
+    record_keys,
+)
 from monitoring.history import Window
 
 _ID_TIME = "%Y%m%dT%H%M%S.%fZ"
@@ -122,11 +126,7 @@ def _feedback_keys(
     for size in range(1, len(spec.ids) + 1):
         for names in itertools.combinations(sorted(spec.ids), size):
             if all(name in log for name in names):
-                parts = [f"{name}=" + log[name].astype("string") for name in names]
-                keys = parts[0]
-                for part in parts[1:]:
-                    keys = keys + "&" + part
-                yield keys.astype(object), by_record
+                yield record_keys(log, names), by_record
 
 
 def labelled_rows(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:

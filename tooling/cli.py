@@ -571,31 +571,31 @@ def model_promote(
     by = getpass.getuser()
     client = tracking.connect(settings)
     name = settings.mlflow.model_name
+    judged = None
     try:
         if force:
             previous = tracking.promote_by_hand(
                 client, settings, version=version, reason=reason, by=by
             )
-            how = f"promoted by hand by {by}: {reason}"
         else:
             judged = _rejudge(client, settings, version=version)
             previous = tracking.record_request(client, settings, judged, by=by)
-            console.print(f"{name} v{version} {judged.summary()}", highlight=False, soft_wrap=True)
-            if judged.reasons:
-                console.print(
-                    f"[red]not promoted[/red] (recorded on v{version}); `lakeloop model promote "
-                    f"{version} --force --reason TEXT` serves it over the gate's decision"
-                )
-                raise typer.Exit(1)
-            how = f"promoted through the gate at {by}'s request"
     except LookupError as error:
         console.print(f"[red]not promoted:[/red] {error}")
         raise typer.Exit(1) from error
-    except (typer.Exit, KeyboardInterrupt):
-        raise
     except Exception as error:  # MLflow and lakeFS raise several types for what is missing
         console.print(f"[red]cannot promote {name} v{version}:[/red] {error}")
         raise typer.Exit(1) from error
+    how = f"promoted by hand by {by}: {reason}"
+    if judged is not None:
+        console.print(f"{name} v{version} {judged.summary()}", highlight=False, soft_wrap=True)
+        if judged.reasons:
+            console.print(
+                f"[red]not promoted[/red] (recorded on v{version}); `lakeloop model promote "
+                f"{version} --force --reason TEXT` serves it over the gate's decision"
+            )
+            raise typer.Exit(1)
+        how = f"promoted through the gate at {by}'s request"
     console.print(
         f"{name}: champion is v{version} (was {'v' + previous if previous else 'none'}), {how}; "
         "the API follows within seconds, `lakeloop model rollback` undoes it",

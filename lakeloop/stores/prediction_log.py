@@ -321,6 +321,16 @@ def record_key(ids: Mapping[str, Any]) -> str:
     return "&".join(f"{name}={ids[name]}" for name in sorted(ids))
 
 
+def record_keys(frame: pd.DataFrame, names: Sequence[str]) -> pd.Series:
+    """:func:`record_key` of each logged row by the id columns ``names`` (missing where one of
+    them was not sent)."""
+    parts = [f"{name}=" + frame[name].astype("string") for name in sorted(names)]
+    keys = parts[0]
+    for part in parts[1:]:
+        keys = keys + "&" + part
+    return keys.astype(object)
+
+
 def feedback_table(entries: list[FeedbackEntry]) -> pa.Table:
     """Queued feedback as one Arrow table: each report names a prediction id or a record key."""
     return pa.table(

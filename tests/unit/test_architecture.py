@@ -9,16 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("tooling", "deployments", "flows", "api", "gateway", "lakefs_local", "monitoring")
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
 def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
-    if not LINT_IMPORTS.exists():
-        pytest.skip(f"{LINT_IMPORTS} is missing (make install installs import-linter)")
+    # import-linter is a pinned dev dependency, not an optional tool: missing, it is a failure.
+    assert LINT_IMPORTS.exists(), f"{LINT_IMPORTS} is missing: `make install` installs it"
     return subprocess.run(
         [str(LINT_IMPORTS), "--no-cache"],
         cwd=root,

@@ -19,7 +19,7 @@ from lakeloop.settings import Settings, TrainingSettings
 from lakeloop.stores.prediction_log import read_feedback_log, read_prediction_log
 from lakeloop.validation.checks import validate_frame
 from lakeloop.validation.history import record_fingerprints
-from monitoring.window import labelled_rows, with_feedback
+from monitoring.window import champion_window, labelled_rows, with_feedback
 from tests.utils.real_data import read_ames
 
 FEATURES = ["Neighborhood", "Fireplaces", "Foundation"]
@@ -325,6 +325,17 @@ def test_a_record_sent_with_its_own_ids_is_echoed_logged_and_priced_by_them(
     joined = with_feedback(log, read_feedback_log(settings.state_dir), spec=spec)
     assert joined["SalePrice"].tolist()[:3] == [172000.0, 215000.0, 105000.0]
     assert joined["SalePrice"].isna().tolist()[3:] == [True, True]  # "0526301100" is another id
+
+    # Windowed by sale time (Ames' year and month, logged as the request sent them): the one sale
+    # dated 2009 is the oldest, whatever its prediction time; the undated ones count as now.
+    by_sale, _ = champion_window(
+        settings.state_dir, spec, model_version="1", rows=10, by_event_time=True
+    )
+    assert by_sale["PID"].tolist()[0] == "526350040"
+    newest, _ = champion_window(
+        settings.state_dir, spec, model_version="1", rows=4, by_event_time=True
+    )
+    assert "526350040" not in newest["PID"].tolist()
 
     rows = labelled_rows(joined, spec)
     assert list(rows.columns) == spec.stored_columns
