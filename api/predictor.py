@@ -289,21 +289,21 @@ def load_champion(
     number = str(version.version)
     if number == skip_version:
         raise ModelLoadError(number, "failed before; not retried yet", retried=False)
-    if not version.run_id:
-        raise LookupError(f"{settings.mlflow.model_name} version {number} has no run")
-    run = client.get_run(version.run_id)
+    record = tracking.version_record(client, settings, number)
+    if record is None:
+        return None
     try:
         model = tracking.load_version(settings, version=number)
         predictor = Predictor(
             model=model,
             name=settings.mlflow.model_name,
             version=number,
-            run_id=version.run_id,
-            lakefs_repository=run.data.tags.get(tracking.TAG_REPOSITORY, ""),
-            lakefs_commit_id=run.data.tags.get(tracking.TAG_COMMIT, ""),
-            metrics=dict(run.data.metrics),
-            dataset=run.data.tags.get(tracking.TAG_DATASET, ""),
-            dataset_digest=run.data.tags.get(tracking.TAG_DATASET_DIGEST, ""),
+            run_id=record.run_id,
+            lakefs_repository=record.repository,
+            lakefs_commit_id=record.commit_id,
+            metrics=record.metrics,
+            dataset=record.tags.get(tracking.TAG_DATASET, ""),
+            dataset_digest=record.tags.get(tracking.TAG_DATASET_DIGEST, ""),
             spec=tracking.description_of(version),
         )
         if example is not None:

@@ -8,7 +8,7 @@ hosts the local scheduler) plus each worker process's ``VmHWM``: a sum of peaks,
 on what was resident at once. The cluster's start-up is not timed: training targets an existing
 cluster. Prints a table; asserts nothing.
 
-``--steps`` runs the training flow's own tasks (without Prefect: its trigger and process start
+``--steps`` runs the training flow's own pipeline (without Prefect: its trigger and process start
 are not in these figures) in a fresh interpreter against the lakeFS-compatible local server and an
 MLflow server, both started as processes on loopback. A first commit makes the champion; the
 second, timed, commit is what every later training does: its model is scored against that
@@ -96,7 +96,7 @@ def flow_steps(rows: int) -> dict[str, float]:
     docstring); runs in a fresh interpreter so the import of the flow is counted as a flow run
     process would pay it."""
     started = time.perf_counter()
-    from flows import train as flow  # noqa: PLC0415 - timed: a flow run process pays it
+    from flows import train  # noqa: F401, PLC0415 - timed: a flow run process pays it
 
     imported = time.perf_counter() - started
     from lakeloop import lakefs_client, tracking  # noqa: PLC0415
@@ -137,58 +137,39 @@ def flow_steps(rows: int) -> dict[str, float]:
             if champion_commit is None or timed_commit is None:
                 raise RuntimeError("lakeFS refused to merge a benchmark batch")
             spec = load_spec(settings.dataset)
-            _train_commit(flow, settings, spec, champion_commit, timings={})
+            _train_commit(settings, spec, champion_commit, timings={})
             timings = {"import the flow module": imported}
-            with _log_and_register_breakdown(flow, tracking, timings):
-                _train_commit(flow, settings, spec, timed_commit, timings=timings)
+            with _log_and_register_breakdown(tracking, timings):
+                _train_commit(settings, spec, timed_commit, timings=timings)
         finally:
             stack.down()
     return timings
 
 
-def _train_commit(
-    flow: Any, settings: Any, spec: Any, commit_id: str, *, timings: dict[str, float]
-) -> None:
-    """The training flow's steps for one commit, as ``train_on_commit`` sequences them."""
-    repository = settings.lakefs.repository
+# The training pipeline's steps, by the name each is printed under.
+_STEP_LABELS = {
+    "already_trained": "already trained?",
+    "read_commit": "read the commit",
+    "ingested_under": "descriptions",
+    "validate": "validate (GX)",
+    "training_frame": "training frame",
+    "fit": "fit",
+    "log_and_register": "log and register",
+    "score_champion": "score the champion",
+    "gate_and_promote": "gate and promote",
+}
 
-    def step(name: str, task: Any, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        result = task.fn(*args, **kwargs)
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
-        return result
 
-    from lakeloop import tracking  # noqa: PLC0415
+def _train_commit(settings: Any, spec: Any, commit_id: str, *, timings: dict[str, float]) -> None:
+    """The training pipeline on one commit (what the flow runs), each step timed."""
+    from pipelines.runtime import Runtime  # noqa: PLC0415
+    from pipelines.train import train_commit  # noqa: PLC0415
 
-    step("already trained?", flow.already_trained, settings, commit_id)
-    tables = step("read the commit", flow.read_commit, settings, repository, commit_id)
-    ingested = step(
-        "descriptions", flow.ingested_under, settings, spec, repository, commit_id, list(tables)
-    )
-    validation, report = step(
-        "validate (GX)", flow.validate, settings, tables, spec, commit_id, ingested
-    )
-    frame = step("training frame", flow.training_frame, settings, spec, tables, ingested)
-    lineage = tracking.Lineage(
-        repository=repository,
-        commit_id=commit_id,
-        validation=validation.outcome,
-        trigger="commit",
-        dataset=f"{spec.name}@v{spec.version}",
-    )
-    trained = step("fit", flow.fit, frame, spec, settings)
-    logged = step(
-        "log and register",
-        flow.log_and_register,
-        settings,
-        trained,
-        spec=spec,
-        frame=frame,
-        lineage=lineage,
-        report=report,
-    )
-    champion = step("score the champion", flow.score_champion, settings, trained, spec)
-    step("gate and promote", flow.gate_and_promote, settings, trained, logged, champion, spec)
+    class Timed(Runtime):
+        def step(self, fn: Any) -> Any:
+            return _timed(fn, _STEP_LABELS.get(fn.__name__, fn.__name__), timings)
+
+    train_commit(settings, spec, settings.lakefs.repository, commit_id, runtime=Timed())
 
 
 # What ``log and register`` calls, timed by wrapping each where tracking looks it up.
@@ -207,9 +188,7 @@ _LOGGING_PARTS = (
 
 
 @contextlib.contextmanager
-def _log_and_register_breakdown(
-    flow: Any, tracking: Any, timings: dict[str, float]
-) -> Iterator[None]:
+def _log_and_register_breakdown(tracking: Any, timings: dict[str, float]) -> Iterator[None]:
     """Time the parts of ``log and register``; what they leave is the run's own requests."""
     with contextlib.ExitStack() as patches:
         for dotted, label in _LOGGING_PARTS:

@@ -22,9 +22,10 @@ from prefect.exceptions import ObjectAlreadyExists
 from flows.monitor import monitor_champion
 from flows.reconcile import reconcile_commits
 from flows.retrain import retrain_on_drift
-from flows.train import promotion_lock, train_on_commit
+from flows.train import train_on_commit
 from lakeloop.events import ALERT_ACTION, ALERT_FIRED, DRIFT_DETECTED, model_resource
 from lakeloop.settings import Settings, load_settings
+from pipelines.train import promotion_lock
 
 # lakeFS event types that mean "the production branch has new data".
 TRAINING_EVENTS = ("lakefs.post-commit", "lakefs.post-merge")

@@ -147,9 +147,9 @@ def alert_event(alert: GrafanaAlert, *, default_model: str, receiver: str) -> di
         "resource": {
             "prefect.resource.id": events.model_resource(model),
             "prefect.resource.name": model,
-            "lakeloop.alert": name,
+            events.ALERT_NAME: name,
             events.ALERT_ACTION: alert.labels.get(ACTION_LABEL, "notify"),
-            "lakeloop.alert.fingerprint": alert.fingerprint,
+            events.ALERT_FINGERPRINT: alert.fingerprint,
         },
         "payload": {
             "model_name": model,
@@ -435,8 +435,8 @@ def create_gateway(
         for event, done in zip(batch, delivered, strict=True):
             logger.info(
                 "relayed alert %s (%s) for %s as event %s: %s",
-                event["resource"]["lakeloop.alert"],
-                event["resource"]["lakeloop.alert.fingerprint"],
+                event["resource"][events.ALERT_NAME],
+                event["resource"][events.ALERT_FINGERPRINT],
                 event["resource"]["prefect.resource.id"],
                 event["id"],
                 "delivered to Prefect" if done else "spooled; Prefect will get it later",

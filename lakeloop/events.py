@@ -32,6 +32,10 @@ ALERT_FIRED = "lakeloop.alert.fired"
 """A Grafana alert labelled ``lakeloop_action``, relayed by the gateway."""
 ALERT_ACTION = "lakeloop.alert.action"
 """Resource label of an alert event: what the alert asks for (``retrain`` triggers one)."""
+ALERT_NAME = "lakeloop.alert"
+"""Resource label of an alert event: the alert rule's name."""
+ALERT_FINGERPRINT = "lakeloop.alert.fingerprint"
+"""Resource label of an alert event: the alert's fingerprint (one alert, across its firings)."""
 
 
 def retrain_finished(status: str) -> str:

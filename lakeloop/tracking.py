@@ -578,6 +578,77 @@ def champion(client: MlflowClient, settings: Settings) -> ModelVersion | None:
 
 
 @dataclass(frozen=True)
+class VersionRecord:
+    """A registered version with what its training run recorded: the one way the API, the
+    monitor and ``lakeloop model show`` read a version's lineage."""
+
+    version: ModelVersion
+    tags: dict[str, str]
+    """The run's tags, overlaid with the version's (the gate's decision lives on the version)."""
+    metrics: dict[str, float]
+    """The run's holdout metrics."""
+
+    @property
+    def number(self) -> str:
+        return str(self.version.version)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.version.run_id or "")
+
+    @property
+    def repository(self) -> str:
+        return self.tags.get(TAG_REPOSITORY, "")
+
+    @property
+    def commit_id(self) -> str:
+        return self.tags.get(TAG_COMMIT, "")
+
+
+def version_record(
+    client: MlflowClient, settings: Settings, version: str | None = None
+) -> VersionRecord | None:
+    """``version`` (the champion when ``None``) with its run's tags and metrics; ``None`` when
+    there is no champion yet. Raises ``LookupError`` for a version without a run."""
+    found = (
+        client.get_model_version(settings.mlflow.model_name, version)
+        if version
+        else champion(client, settings)
+    )
+    if found is None:
+        return None
+    if not found.run_id:
+        raise LookupError(f"{settings.mlflow.model_name} version {found.version} has no run")
+    run = client.get_run(found.run_id)
+    return VersionRecord(
+        version=found,
+        tags={**run.data.tags, **(found.tags or {})},
+        metrics=dict(run.data.metrics),
+    )
+
+
+def log_monitor_run(
+    settings: Settings,
+    *,
+    name: str,
+    tags: dict[str, str],
+    metrics: dict[str, float],
+    artifact: str | None,
+    artifact_path: str,
+) -> str:
+    """Record one monitor run in MLflow, in an experiment of its own so monitor runs never mix
+    with training runs; returns the run id."""
+    connect(settings)
+    mlflow.set_experiment(f"{settings.mlflow.experiment}-monitoring")
+    with mlflow.start_run(run_name=name) as run:
+        mlflow.set_tags(tags)
+        mlflow.log_metrics(metrics)
+        if artifact:
+            mlflow.log_artifact(artifact, artifact_path=artifact_path)
+    return str(run.info.run_id)
+
+
+@dataclass(frozen=True)
 class VersionRow:
     """One registered version as ``lakeloop model list`` shows it."""
 

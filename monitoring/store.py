@@ -7,6 +7,7 @@ Each function takes its folder or URL as a parameter: the entry point reads the 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -153,38 +154,43 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "_"
 
 
-def log_to_mlflow(entry: HistoryEntry, *, experiment: str, model_name: str) -> str:
-    """Record one monitor run in MLflow (an experiment of its own, so monitor runs never mix with
-    training runs): the numbers as metrics, the decision as tags, Evidently's HTML report as an
-    artifact. The fluent API must already point at the tracking server. Returns the run id."""
-    import mlflow  # noqa: PLC0415 - MLflow takes seconds to import; only the monitor flow needs it
+@dataclass(frozen=True)
+class RunRecord:
+    """One monitor run as MLflow records it: the decision as tags, the numbers as metrics,
+    Evidently's HTML report as an artifact."""
 
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=f"monitor-v{entry.champion_version}") as run:
-        mlflow.set_tags(
-            {
-                "lakeloop.kind": "monitor",
-                "model_name": model_name,
-                "champion_version": entry.champion_version,
-                "window": entry.window.id,
-                "decision": "retrain" if entry.decision.retrain else "none",
-                "decision.reason": entry.decision.reason[:5000],
-                **({"event_id": entry.event_id} if entry.event_id else {}),
-            }
-        )
-        metrics = {
-            "drift_share": entry.drift.drift_share,
-            "drifted_features": float(len(entry.drift.drifted_features)),
-            "rows_current": float(entry.drift.rows_current),
-            "rows_reference": float(entry.drift.rows_reference),
-        }
-        metrics |= {f"drift_score.{name}": c.score for name, c in entry.drift.per_feature.items()}
-        if entry.drift.prediction is not None:
-            metrics["prediction_drift_score"] = entry.drift.prediction.score
-        if entry.quality is not None:
-            metrics |= {"mae": entry.quality.mae, "rmse": entry.quality.rmse}
-            metrics["feedback_rows"] = float(entry.quality.rows)
-        mlflow.log_metrics(metrics)
-        if entry.report_path:
-            mlflow.log_artifact(entry.report_path, artifact_path="evidently")
-    return str(run.info.run_id)
+    name: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    artifact: str | None
+
+
+def mlflow_record(entry: HistoryEntry, *, model_name: str) -> RunRecord:
+    """The monitor run ``entry`` as MLflow records it (``tracking.log_monitor_run`` logs it)."""
+    tags = {
+        "lakeloop.kind": "monitor",
+        "model_name": model_name,
+        "champion_version": entry.champion_version,
+        "window": entry.window.id,
+        "decision": "retrain" if entry.decision.retrain else "none",
+        "decision.reason": entry.decision.reason[:5000],
+        **({"event_id": entry.event_id} if entry.event_id else {}),
+    }
+    metrics = {
+        "drift_share": entry.drift.drift_share,
+        "drifted_features": float(len(entry.drift.drifted_features)),
+        "rows_current": float(entry.drift.rows_current),
+        "rows_reference": float(entry.drift.rows_reference),
+    }
+    metrics |= {f"drift_score.{name}": c.score for name, c in entry.drift.per_feature.items()}
+    if entry.drift.prediction is not None:
+        metrics["prediction_drift_score"] = entry.drift.prediction.score
+    if entry.quality is not None:
+        metrics |= {"mae": entry.quality.mae, "rmse": entry.quality.rmse}
+        metrics["feedback_rows"] = float(entry.quality.rows)
+    return RunRecord(
+        name=f"monitor-v{entry.champion_version}",
+        tags=tags,
+        metrics=metrics,
+        artifact=entry.report_path or None,
+    )

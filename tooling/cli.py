@@ -509,20 +509,14 @@ def model_show(
     settings = settings_or_exit()
     name = settings.mlflow.model_name
     try:
-        client = tracking.connect(settings)
-        found = (
-            client.get_model_version(name, version)
-            if version
-            else tracking.champion(client, settings)
-        )
-        run = client.get_run(found.run_id) if found is not None and found.run_id else None
+        record = tracking.version_record(tracking.connect(settings), settings, version)
     except Exception as error:  # MLflow raises several types for a missing version or server
         console.print(f"[red]cannot read {name} {version or 'champion'}:[/red] {error}")
         raise typer.Exit(1) from error
-    if found is None or run is None:
+    if record is None:
         console.print(f"{name} has no champion yet")
         raise typer.Exit(1)
-    tags = {**run.data.tags, **(found.tags or {})}
+    found, tags = record.version, record.tags
     table = Table(title=f"{name} v{found.version}", show_header=False)
     rows = {
         "aliases": ", ".join(found.aliases or []) or "-",
@@ -539,8 +533,8 @@ def model_show(
         if tag in tags:
             rows[label] = tags[tag]
     for key in ("mae", "rmse", "r2"):
-        if key in run.data.metrics:
-            rows[f"holdout {key.upper()}"] = f"{run.data.metrics[key]:,.3f}"
+        if key in record.metrics:
+            rows[f"holdout {key.upper()}"] = f"{record.metrics[key]:,.3f}"
     for key, value in rows.items():
         table.add_row(key, value)
     console.print(table)

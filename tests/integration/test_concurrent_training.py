@@ -23,11 +23,11 @@ from mlflow.tracking import MlflowClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.serve import ensure_promotion_lock
-from flows.train import promotion_lock
 from lakefs_local import create_app as create_lakefs
 from lakeloop import lakefs_client, tracking
 from lakeloop.ingest import write_parquet
 from lakeloop.settings import Settings, load_settings
+from pipelines.train import promotion_lock
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.net import free_port, serve_in_thread
 from tooling import market

@@ -3,8 +3,9 @@ webhook is lost, as with the gateway down) and a real MLflow server. Commits mis
 trained with reason "reconcile"; commits already trained, marked skip_training, bringing no data,
 too recent, or refused by the data checks are not; a second run trains nothing.
 
-Training runs the training flow's own steps without Prefect (as the other integration tests do);
-each test has its own repository, so the tests do not depend on each other's commits."""
+Reconcile and training run as the deployed flows run them (the same pipelines), in process
+without Prefect; each test has its own repository, so the tests do not depend on each other's
+commits."""
 
 from __future__ import annotations
 
@@ -20,14 +21,14 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows import reconcile as rec
-from flows import train as train_flow
 from lakefs_local import create_app as create_lakefs
 from lakeloop import lakefs_client, tracking
 from lakeloop.dataset import DatasetSpec
 from lakeloop.events import SKIP_TRAINING_KEY
 from lakeloop.ingest import inspect_source, write_parquet
 from lakeloop.settings import Settings, load_settings
+from pipelines import reconcile as rec
+from pipelines import train
 from tests.utils.net import free_port, serve_in_thread
 from tooling import market
 from tooling.stack import Stack, services
@@ -41,7 +42,7 @@ _seeds = itertools.count(100)
 
 @dataclass
 class Trainer:
-    """The training flow's steps (``train_on_commit`` without Prefect); records every call."""
+    """The training pipeline the training flow runs (in process); records every call."""
 
     settings: Settings
     spec: DatasetSpec
@@ -49,30 +50,7 @@ class Trainer:
 
     def __call__(self, repository: str, commit_id: str, reason: str) -> dict[str, Any]:
         self.calls.append((commit_id, reason))
-        settings, spec = self.settings, self.spec
-        if previous := train_flow.already_trained.fn(settings, commit_id):
-            return {"status": "skipped", "reason": "already trained", "run_id": previous}
-        tables = train_flow.read_commit.fn(settings, repository, commit_id)
-        ingested = train_flow.ingested_under.fn(settings, spec, repository, commit_id, list(tables))
-        result, report = train_flow.validate.fn(settings, tables, spec, commit_id, ingested)
-        lineage = tracking.Lineage(
-            repository=repository,
-            commit_id=commit_id,
-            validation=result.outcome,
-            trigger=tracking.trigger_kind(reason),
-            dataset=f"{spec.name}@v{spec.version}",
-        )
-        if not result.success:
-            train_flow.record_refused_data.fn(settings, lineage, report)
-            raise ValueError(f"data at {commit_id} failed the checks")
-        frame = train_flow.training_frame.fn(settings, spec, tables, ingested)
-        trained = train_flow.fit.fn(frame, spec, settings)
-        logged = train_flow.log_and_register.fn(
-            settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
-        )
-        champion = train_flow.score_champion.fn(settings, trained, spec)
-        failures = train_flow.gate_and_promote.fn(settings, trained, logged, champion, spec)
-        return {"status": "registered" if failures else "promoted", "version": logged.version}
+        return train.train_commit(self.settings, self.spec, repository, commit_id, reason=reason)
 
     def trained(self) -> list[str]:
         return [commit for commit, _ in self.calls]

@@ -13,17 +13,17 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from flows.train import (
+from lakeloop import tracking
+from lakeloop.dataset import DatasetSpec
+from lakeloop.model import TUNABLE, TrainedModel, split_rows, train, tune
+from lakeloop.settings import Settings, TrainingSettings, load_settings
+from pipelines.train import (
     champion_hyperparameters,
     fit,
     gate_and_promote,
     score_champion,
     verify_deployment,
 )
-from lakeloop import tracking
-from lakeloop.dataset import DatasetSpec
-from lakeloop.model import TUNABLE, TrainedModel, split_rows, train, tune
-from lakeloop.settings import Settings, TrainingSettings, load_settings
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.net import free_port
 from tooling import market
@@ -70,8 +70,8 @@ def _train_and_judge(
     logged = tracking.log_trained(
         settings, trained, spec=spec, training_data=frame, lineage=_lineage(commit)
     )
-    champion = score_champion.fn(settings, trained, spec)
-    return trained, logged, gate_and_promote.fn(settings, trained, logged, champion, spec)
+    champion = score_champion(settings, trained, spec)
+    return trained, logged, gate_and_promote(settings, trained, logged, champion, spec)
 
 
 def test_first_model_is_promoted_with_lineage_on_run_and_version(
@@ -169,7 +169,7 @@ def test_promotion_the_api_never_serves_is_undone(
     assert tracking.champion(client, settings).version == logged.version
     champion = tracking.ChampionScore(version=before.version, metrics={})
     with pytest.raises(RuntimeError, match=f"champion restored to {before.version}"):
-        verify_deployment.fn(unreachable, trained, logged, champion)
+        verify_deployment(unreachable, trained, logged, champion)
     assert tracking.champion(client, settings).version == before.version
     failed = client.get_model_version(settings.mlflow.model_name, logged.version)
     assert failed.tags[tracking.TAG_GATE].startswith("rolled back")
@@ -189,7 +189,7 @@ def test_a_commit_counts_as_trained_only_once_the_gate_has_judged_its_version(
     assert client.get_run(logged.run_id).info.status == "FINISHED"
     assert tracking.run_for_commit(client, settings, commit_id=commit) is None
 
-    gate_and_promote.fn(settings, trained, logged, score_champion.fn(settings, trained, spec), spec)
+    gate_and_promote(settings, trained, logged, score_champion(settings, trained, spec), spec)
     judged = tracking.run_for_commit(client, settings, commit_id=commit)
     assert judged is not None
     assert judged.info.run_id == logged.run_id
@@ -207,13 +207,13 @@ def test_a_tuned_champion_hands_its_hyperparameters_on_so_new_data_can_win(
         settings, tuned, spec=spec, training_data=data, lineage=_lineage("e" * 64)
     )
     client.set_registered_model_alias(name, alias, logged.version)  # promoted by hand
-    inherited = champion_hyperparameters.fn(settings)
+    inherited = champion_hyperparameters(settings)
     assert inherited is not None
     assert inherited[0] == logged.version
     assert inherited[1] == pytest.approx({key: tuned.params[key] for key in TUNABLE})
 
     newer = market.generate_batch(rows=3000, seed=22)
-    trained = fit.fn(newer, spec, settings, inherited=inherited)
+    trained = fit(newer, spec, settings, inherited=inherited)
     assert trained.hyperparameters_from == f"champion v{logged.version}"
     assert {key: trained.params[key] for key in TUNABLE} == pytest.approx(inherited[1])
     again = tracking.log_trained(
@@ -222,11 +222,11 @@ def test_a_tuned_champion_hands_its_hyperparameters_on_so_new_data_can_win(
     run = client.get_run(again.run_id)
     assert run.data.params[tracking.HYPERPARAMETERS_FROM] == f"champion v{logged.version}"
     client.set_registered_model_alias(name, alias, again.version)
-    assert champion_hyperparameters.fn(settings) is not None  # handed on again
+    assert champion_hyperparameters(settings) is not None  # handed on again
 
     plain = _train_and_judge(settings, spec, data, commit="9" * 64, trees=30)[1]
     client.set_registered_model_alias(name, alias, plain.version)
-    assert champion_hyperparameters.fn(settings) is None  # the settings' own: nothing to hand on
+    assert champion_hyperparameters(settings) is None  # the settings' own: nothing to hand on
 
 
 def test_model_list_shows_every_version_with_its_decision(
@@ -342,8 +342,8 @@ def test_a_commit_trained_again_on_purpose_is_a_new_judged_attempt(
         settings, trained, spec=spec, training_data=data, lineage=_lineage(commit)
     )
     with pytest.raises(tracking.TrackingError, match="trained meanwhile"):
-        gate_and_promote.fn(
-            settings, trained, duplicate, score_champion.fn(settings, trained, spec), spec
+        gate_and_promote(
+            settings, trained, duplicate, score_champion(settings, trained, spec), spec
         )
     name = settings.mlflow.model_name
     assert client.get_model_version(name, duplicate.version).tags[tracking.TAG_GATE] == (
@@ -357,7 +357,7 @@ def test_a_commit_trained_again_on_purpose_is_a_new_judged_attempt(
         training_data=data,
         lineage=replace(_lineage(commit), again=True),
     )
-    gate_and_promote.fn(settings, trained, again, score_champion.fn(settings, trained, spec), spec)
+    gate_and_promote(settings, trained, again, score_champion(settings, trained, spec), spec)
     judged = client.get_model_version(name, again.version)
     assert judged.tags[tracking.TAG_AGAIN] == "true"
     assert judged.tags[tracking.TAG_GATE] in {"promoted", "rejected"}

@@ -1,7 +1,7 @@
-"""The training process itself dying mid-training, for real: the training flow's own steps (its
-tasks' plain functions, as ``train_on_commit`` sequences them) run in a child process against a
-real MLflow server; the child pauses at each step boundary and tells the parent through a pipe,
-and the parent SIGKILLs it at the chosen one (no clean-up code in the child can run). The champion
+"""The training process itself dying mid-training, for real: the training pipeline the flow runs
+(``pipelines.train.train_and_promote``) runs in a child process against a real MLflow server;
+the child pauses at each step boundary and tells the parent through a pipe, and the parent
+SIGKILLs it at the chosen one (no clean-up code in the child can run). The champion
 must be the one before (or one the next attempt puts back), the registry must hold nothing that
 passes for trained, and training the same commit again must work and promote normally.
 
@@ -57,6 +57,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, spec: DatasetSpec) -> Ite
         state_dir=root / "state",
         mlflow={"port": free_port()},
         training={"max_mae": 90_000, "max_rmse": 120_000},
+        api={"verify_deploy": False},  # no API here to serve the new champion
     )
     with mlflow_server(settings):
         client = tracking.connect(settings)

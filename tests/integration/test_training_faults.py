@@ -15,10 +15,10 @@ import pytest
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from flows import train as train_flow
 from lakeloop import tracking
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings, load_settings
+from pipelines.train import already_trained
 from tests.utils.mlflow_server import MlflowServer
 from tests.utils.net import free_port
 from tests.utils.training import train_commit
@@ -42,6 +42,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, spec: DatasetSpec) -> Ite
         state_dir=root / "state",
         mlflow={"port": free_port()},
         training={"max_mae": 90_000, "max_rmse": 120_000},
+        api={"verify_deploy": False},  # no API here to serve the new champion
     )
     server = MlflowServer(settings)
     with pytest.MonkeyPatch.context() as patch:
@@ -158,7 +159,7 @@ def test_mlflow_killed_mid_training_leaves_no_half_state_and_the_commit_trains_a
         assert _champion(registry).version == half_versions[0].version
     else:
         assert _champion(registry).version == champion_before.version
-    assert train_flow.already_trained.fn(settings, commit) is None
+    assert already_trained(settings, commit) is None
 
     # The same commit again: the half attempt is closed, a new version is judged and promoted
     # against the champion the failed attempt found.
@@ -173,4 +174,4 @@ def test_mlflow_killed_mid_training_leaves_no_half_state_and_the_commit_trains_a
     assert champion.version == logged.version
     assert champion.tags[tracking.TAG_GATE] == "promoted"
     assert champion.tags[tracking.TAG_PREVIOUS] == champion_before.version
-    assert train_flow.already_trained.fn(settings, commit) == logged.run_id
+    assert already_trained(settings, commit) == logged.run_id

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from flows.train import fit, log_and_register
 from lakeloop import tracking
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings, load_settings
+from pipelines.train import fit, log_and_register
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.net import free_port
 from tests.utils.training import lineage as model_lineage
@@ -40,9 +40,9 @@ def test_tuned_training_logs_each_trial_under_the_run_and_registers_the_run_mode
     client = tracking.connect(settings)
     frame = market.generate_batch(rows=2000, seed=5)
     lineage = model_lineage(spec, "e" * 64)
-    trained = fit.fn(frame, spec, settings, tune=True)
+    trained = fit(frame, spec, settings, tune=True)
     report = tmp_path_factory.mktemp("report")
-    logged = log_and_register.fn(
+    logged = log_and_register(
         settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
     )
 
@@ -85,8 +85,8 @@ def test_asking_to_tune_a_commit_trained_without_tuning_trains_it_again(
     report = tmp_path_factory.mktemp("report")
 
     def train_and_judge(*, tune: bool) -> tracking.LoggedModel:
-        trained = fit.fn(frame, spec, settings, tune=tune)
-        logged = log_and_register.fn(
+        trained = fit(frame, spec, settings, tune=tune)
+        logged = log_and_register(
             settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
         )
         tracking.record_decision(client, settings, logged=logged, reasons=["test"], champion=None)

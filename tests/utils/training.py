@@ -1,19 +1,26 @@
-"""The training flow's steps as tests drive them without Prefect, and the lineage they record."""
+"""The training pipeline as tests drive it on their own data (no lakeFS), and the lineage it
+records; a runtime that pauses at the pipeline's step boundaries."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import pandas as pd
 
-from flows import train as train_flow
 from lakeloop import tracking
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings
+from pipelines import train
+from pipelines.runtime import PLAIN, Runtime
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 REGISTERED = "the version registered (pending), before the gate"
 FINISHED = "the gate decided"
+_BOUNDARIES = {train.log_and_register: REGISTERED, train.gate_and_promote: FINISHED}
 
 
 def lineage(spec: DatasetSpec, commit_id: str, *, trigger: str = "manual") -> tracking.Lineage:
@@ -27,8 +34,24 @@ def lineage(spec: DatasetSpec, commit_id: str, *, trigger: str = "manual") -> tr
     )
 
 
-def _no_pause(_point: str) -> None:
-    return None
+class Pausing(Runtime):
+    """Steps called in process; after the registration and after the gate, ``pause`` is called
+    with the boundary's name (a test decides there whether the process goes on)."""
+
+    def __init__(self, pause: Callable[[str], None]) -> None:
+        self.pause = pause
+
+    def step(self, fn: Callable[P, R]) -> Callable[P, R]:
+        boundary = _BOUNDARIES.get(fn)
+        if boundary is None:
+            return fn
+
+        def then_pause(*args: P.args, **kwargs: P.kwargs) -> R:
+            result = fn(*args, **kwargs)
+            self.pause(boundary)
+            return result
+
+        return then_pause
 
 
 def train_commit(
@@ -38,23 +61,19 @@ def train_commit(
     *,
     commit: str,
     report: Path,
-    pause: Callable[[str], None] = _no_pause,
+    pause: Callable[[str], None] | None = None,
 ) -> tracking.LoggedModel | None:
-    """The training flow's steps after validation, as ``train_on_commit`` sequences them, calling
-    ``pause`` at each step boundary; ``None`` when the commit was already trained."""
-    if train_flow.already_trained.fn(settings, commit):
+    """Train ``frame`` as the validated data of ``commit`` through the training pipeline
+    (:func:`pipelines.train.train_and_promote`, lock and deployment check included), calling
+    ``pause`` at its step boundaries; ``None`` when the commit was already trained."""
+    if train.already_trained(settings, commit):
         return None
-    trained = train_flow.fit.fn(frame, spec, settings)
-    logged = train_flow.log_and_register.fn(
+    outcome = train.train_and_promote(
         settings,
-        trained,
-        spec=spec,
-        frame=frame,
+        spec,
+        frame,
         lineage=lineage(spec, commit, trigger="commit"),
         report=report,
+        runtime=PLAIN if pause is None else Pausing(pause),
     )
-    pause(REGISTERED)
-    champion = train_flow.score_champion.fn(settings, trained, spec)
-    train_flow.gate_and_promote.fn(settings, trained, logged, champion, spec)
-    pause(FINISHED)
-    return logged
+    return outcome.logged
