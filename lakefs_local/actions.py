@@ -78,6 +78,7 @@ class Hook:
 
     id: str
     type: str
+    # As the action file's YAML gives them: the webhook checks each value's type where it reads it.
     properties: dict[str, Any] = field(default_factory=dict)
 
 
@@ -121,7 +122,7 @@ def parse_action(raw: bytes, *, source: str = "") -> Action:
     return Action(name=name, on=on, hooks=_parse_hooks(data.get("hooks") or [], source=source))
 
 
-def _parse_hooks(raw_hooks: list[Any], *, source: str) -> list[Hook]:
+def _parse_hooks(raw_hooks: list[Any], *, source: str) -> list[Hook]:  # YAML, unchecked
     hooks: list[Hook] = []
     for index, raw in enumerate(raw_hooks):
         hook_id = raw.get("id") if isinstance(raw, dict) else None
@@ -143,10 +144,10 @@ def parse_duration(text: str | None) -> float:
     return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
 
 
-def event_payload(action_name: str, hook_id: str, record: HookRecord) -> dict[str, Any]:
+def event_payload(action_name: str, hook_id: str, record: HookRecord) -> dict[str, object]:
     """lakeFS's EventInfo (pkg/actions/event.go), with its omitempty fields left out when empty."""
     commit = record.commit
-    payload: dict[str, Any] = {
+    payload: dict[str, object] = {
         "event_type": record.event_type,
         "event_time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "action_name": action_name,
@@ -376,7 +377,7 @@ class ActionsRunner:
                 f"webhook request failed (status code: {response.status_code}): {body}"
             )
 
-    def _query_params(self, raw: Mapping[str, Any]) -> tuple[tuple[tuple[str, str], ...], str]:
+    def _query_params(self, raw: Mapping[str, object]) -> tuple[tuple[tuple[str, str], ...], str]:
         params: list[tuple[str, str]] = []
         shown: list[str] = []
         for key, value in raw.items():
@@ -388,7 +389,7 @@ class ActionsRunner:
                 shown.append(f"{key}: {'*******' if secret else rendered}")
         return tuple(params), "\n".join(shown)
 
-    def _headers(self, raw: Mapping[str, Any]) -> tuple[dict[str, str], str]:
+    def _headers(self, raw: Mapping[str, object]) -> tuple[dict[str, str], str]:
         headers: dict[str, str] = {}
         shown: list[str] = []
         for key, value in raw.items():

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Protocol, TypeVar
 
 import anyio
 from lakefs_sdk import models
@@ -38,10 +38,12 @@ from litestar.types import (
     Scope,
     Send,
 )
+from pydantic.v1 import BaseModel
 
 from lakefs_local.actions import DEFAULT_ENV_PREFIX, ActionsRunner, HookRecord
 from lakefs_local.store import (
     BLOB_CHUNK,
+    ActionRunRecord,
     BadRequestError,
     CommitDraft,
     CommitRecord,
@@ -57,6 +59,12 @@ from lakefs_local.store import (
 )
 
 log = logging.getLogger("lakefs_local")
+
+JSON = dict[str, object]
+"""A JSON object: a request body before the SDK model parses it, a response body after
+``to_dict()`` (whose values may still be datetimes for Litestar to encode)."""
+# An SDK request model (lakefs_sdk.models are pydantic v1 models).
+SDKRequest = TypeVar("SDKRequest", bound=BaseModel)
 
 API_PREFIX = "/api/v1"
 SERVER_VERSION = "1.0.0-lakeloop-local"
@@ -127,7 +135,15 @@ def _around_hooks(svc: ServerState, record: HookRecord, apply: Callable[[], None
     svc.actions.run_post(replace(record, event_type=post_event, pre_run_id=pre_run_id))
 
 
-def _json(model: Any, status_code: int = 200) -> Response[Any]:
+class SDKModel(Protocol):
+    """What every ``lakefs_sdk.models`` class offers: its wire form as a dict."""
+
+    def to_dict(self) -> JSON:
+        """The model as the JSON object the SDK parses back."""
+        ...
+
+
+def _json(model: SDKModel, status_code: int = 200) -> Response[JSON]:
     return Response(model.to_dict(), status_code=status_code, media_type="application/json")
 
 
@@ -193,7 +209,9 @@ def _object_model(
     )
 
 
-def _diff_list(diffs: list[DiffRecord], *, after: str | None, amount: int | None) -> Any:
+def _diff_list(
+    diffs: list[DiffRecord], *, after: str | None, amount: int | None
+) -> models.DiffList:
     page = paginate(diffs, key=lambda d: d.path, after=after, amount=amount)
     results = [
         models.Diff(type=d.type, path=d.path, path_type="object", size_bytes=d.size_bytes)
@@ -202,7 +220,7 @@ def _diff_list(diffs: list[DiffRecord], *, after: str | None, amount: int | None
     return models.DiffList(pagination=_pagination(page), results=results)
 
 
-def _parse(model: Any, data: dict[str, Any] | None) -> Any:
+def _parse(model: type[SDKRequest], data: JSON | None) -> SDKRequest:
     try:
         return model.parse_obj(data or {})
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
@@ -233,32 +251,32 @@ def healthcheck() -> None:
 
 
 @get("/config", sync_to_thread=False)
-def get_config() -> Response[Any]:
+def get_config() -> Response[JSON]:
     """Server version and storage capabilities."""
     version = models.VersionConfig(version=SERVER_VERSION, upgrade_recommended=False)
     return _json(models.Config(version_config=version, storage_config=_storage_config()))
 
 
 @get("/config/version", sync_to_thread=False)
-def get_version() -> Response[Any]:
+def get_version() -> Response[JSON]:
     """The server version."""
     return _json(models.VersionConfig(version=SERVER_VERSION, upgrade_recommended=False))
 
 
 @get("/config/storage", sync_to_thread=False)
-def get_storage_config() -> Response[Any]:
+def get_storage_config() -> Response[JSON]:
     """Storage capabilities (older SDKs ask here)."""
     return _json(_storage_config())
 
 
 @get("/setup_lakefs", sync_to_thread=False)
-def get_setup_state() -> Response[Any]:
+def get_setup_state() -> Response[JSON]:
     """The installation is always set up: credentials come from the environment."""
     return _json(models.SetupState(state="initialized", comm_prefs_missing=False))
 
 
 @get("/user", sync_to_thread=False)
-def get_current_user(*, state: State) -> Response[Any]:
+def get_current_user(*, state: State) -> Response[JSON]:
     """The one user of this server."""
     user = models.User(id=_service(state).user_id, creation_date=0, friendly_name=None, email=None)
     return _json(models.CurrentUser(user=user))
@@ -268,7 +286,7 @@ def get_current_user(*, state: State) -> Response[Any]:
 
 
 @post("/repositories", sync_to_thread=True)
-def create_repository(*, state: State, data: dict[str, Any]) -> Response[Any]:
+def create_repository(*, state: State, data: JSON) -> Response[JSON]:
     """Create a repository and its default branch."""
     svc = _service(state)
     body = _parse(models.RepositoryCreation, data)
@@ -284,7 +302,7 @@ def create_repository(*, state: State, data: dict[str, Any]) -> Response[Any]:
 @get("/repositories", sync_to_thread=True)
 def list_repositories(
     *, state: State, prefix: str = "", after: str | None = None, amount: int | None = None
-) -> Response[Any]:
+) -> Response[JSON]:
     """List repositories."""
     page = _service(state).store.list_repositories(prefix=prefix, after=after, amount=amount)
     results = [_repository_model(r) for r in page.results]
@@ -292,7 +310,7 @@ def list_repositories(
 
 
 @get("/repositories/{repository:str}", sync_to_thread=True)
-def get_repository(*, state: State, repository: str) -> Response[Any]:
+def get_repository(*, state: State, repository: str) -> Response[JSON]:
     """One repository."""
     return _json(_repository_model(_service(state).store.get_repository(repository)))
 
@@ -314,7 +332,7 @@ def delete_repository(*, state: State, repository: str) -> None:
 
 
 @post("/repositories/{repository:str}/branches", sync_to_thread=True)
-def create_branch(*, state: State, repository: str, data: dict[str, Any]) -> Response[Any]:
+def create_branch(*, state: State, repository: str, data: JSON) -> Response[str]:
     """Create a branch; lakeFS answers 201 with the commit id as text."""
     svc = _service(state)
     body = _parse(models.BranchCreation, data)
@@ -335,7 +353,7 @@ def list_branches(
     prefix: str = "",
     after: str | None = None,
     amount: int | None = None,
-) -> Response[Any]:
+) -> Response[JSON]:
     """List branches."""
     page = _service(state).store.list_branches(
         repository, prefix=prefix, after=after, amount=amount
@@ -345,7 +363,7 @@ def list_branches(
 
 
 @get("/repositories/{repository:str}/branches/{branch:str}", sync_to_thread=True)
-def get_branch(*, state: State, repository: str, branch: str) -> Response[Any]:
+def get_branch(*, state: State, repository: str, branch: str) -> Response[JSON]:
     """A branch and its head commit."""
     commit_id = _service(state).store.get_branch(repository, branch)
     return _json(models.Ref(id=branch, commit_id=commit_id))
@@ -373,7 +391,7 @@ def diff_branch(
     prefix: str = "",
     after: str | None = None,
     amount: int | None = None,
-) -> Response[Any]:
+) -> Response[JSON]:
     """Uncommitted changes of a branch."""
     diffs = _service(state).store.diff_uncommitted(repository, branch, prefix=prefix)
     return _json(_diff_list(diffs, after=after, amount=amount))
@@ -383,7 +401,7 @@ def diff_branch(
 
 
 @post("/repositories/{repository:str}/tags", sync_to_thread=True)
-def create_tag(*, state: State, repository: str, data: dict[str, Any]) -> Response[Any]:
+def create_tag(*, state: State, repository: str, data: JSON) -> Response[JSON]:
     """Create a tag on the commit a ref resolves to, running pre/post-create-tag hooks."""
     svc = _service(state)
     body = _parse(models.TagCreation, data)
@@ -407,7 +425,7 @@ def list_tags(
     prefix: str = "",
     after: str | None = None,
     amount: int | None = None,
-) -> Response[Any]:
+) -> Response[JSON]:
     """List tags."""
     page = _service(state).store.list_tags(repository, prefix=prefix, after=after, amount=amount)
     results = [models.Ref(id=tag, commit_id=commit) for tag, commit in page.results]
@@ -415,7 +433,7 @@ def list_tags(
 
 
 @get("/repositories/{repository:str}/tags/{tag:str}", sync_to_thread=True)
-def get_tag(*, state: State, repository: str, tag: str) -> Response[Any]:
+def get_tag(*, state: State, repository: str, tag: str) -> Response[JSON]:
     """A tag and its commit."""
     return _json(models.Ref(id=tag, commit_id=_service(state).store.get_tag(repository, tag)))
 
@@ -436,12 +454,12 @@ def delete_tag(*, state: State, repository: str, tag: str) -> None:
 
 @post("/repositories/{repository:str}/branches/{branch:str}/objects")
 async def upload_object(
-    request: Request[Any, Any, Any],
+    request: Request[object, object, State],
     state: State,
     repository: str,
     branch: str,
     object_path: str = Parameter(query="path"),
-) -> Response[Any]:
+) -> Response[JSON]:
     """Upload raw bytes (what the high-level SDK sends) or a multipart ``content`` field.
 
     The body streams to a temporary file in 1 MiB pieces while it is hashed, so memory does not
@@ -559,12 +577,12 @@ async def _receive_blob(
 @get("/repositories/{repository:str}/refs/{ref:str}/objects", sync_to_thread=True)
 def get_object(
     *,
-    request: Request[Any, Any, Any],
+    request: Request[object, object, State],
     state: State,
     repository: str,
     ref: str,
     object_path: str = Parameter(query="path"),
-) -> Response[Any] | Stream:
+) -> Response[JSON] | Stream:
     """Object bytes streamed from disk, honouring a single ``Range: bytes=`` header like lakeFS."""
     store = _service(state).store
     entry = store.stat(repository, ref, object_path)
@@ -640,7 +658,7 @@ def stat_object(
     ref: str,
     object_path: str = Parameter(query="path"),
     user_metadata: bool = True,
-) -> Response[Any]:
+) -> Response[JSON]:
     """Object metadata."""
     store = _service(state).store
     entry = store.stat(repository, ref, object_path)
@@ -659,7 +677,7 @@ def list_objects(
     amount: int | None = None,
     delimiter: str = "",
     user_metadata: bool = True,
-) -> Response[Any]:
+) -> Response[JSON]:
     """List objects (and common prefixes with a delimiter), lexicographically."""
     store = _service(state).store
     page = store.list_objects(
@@ -685,9 +703,7 @@ def delete_object(
     status_code=200,
     sync_to_thread=True,
 )
-def delete_objects(
-    *, state: State, repository: str, branch: str, data: dict[str, Any]
-) -> Response[Any]:
+def delete_objects(*, state: State, repository: str, branch: str, data: JSON) -> Response[JSON]:
     """Stage several removals; per-path failures are reported, not raised."""
     store = _service(state).store
     errors = []
@@ -705,8 +721,8 @@ def delete_objects(
 
 @post("/repositories/{repository:str}/branches/{branch:str}/objects/copy", sync_to_thread=True)
 def copy_object(
-    *, state: State, repository: str, branch: str, dest_path: str, data: dict[str, Any]
-) -> Response[Any]:
+    *, state: State, repository: str, branch: str, dest_path: str, data: JSON
+) -> Response[JSON]:
     """Copy an object from any ref to a path on this branch (same bytes, new mtime)."""
     store = _service(state).store
     body = _parse(models.ObjectCopyCreation, data)
@@ -722,7 +738,7 @@ def copy_object(
 
 
 @post("/repositories/{repository:str}/branches/{branch:str}/commits", sync_to_thread=True)
-def commit(*, state: State, repository: str, branch: str, data: dict[str, Any]) -> Response[Any]:
+def commit(*, state: State, repository: str, branch: str, data: JSON) -> Response[JSON]:
     """Commit staged changes, running pre-commit hooks before and post-commit hooks after."""
     svc = _service(state)
     body = _parse(models.CommitCreation, data)
@@ -743,7 +759,7 @@ def commit(*, state: State, repository: str, branch: str, data: dict[str, Any]) 
 
 
 @get("/repositories/{repository:str}/commits/{commit_id:str}", sync_to_thread=True)
-def get_commit(*, state: State, repository: str, commit_id: str) -> Response[Any]:
+def get_commit(*, state: State, repository: str, commit_id: str) -> Response[JSON]:
     """A commit, by any ref (lakeFS resolves branch names here too)."""
     return _json(_commit_model(_service(state).store.get_commit(repository, commit_id)))
 
@@ -761,7 +777,7 @@ def log_commits(
     limit: bool = False,
     first_parent: bool = False,
     stop_at: str | None = None,
-) -> Response[Any]:
+) -> Response[JSON]:
     """History from a ref, newest first."""
     page = _service(state).store.log(
         repository,
@@ -788,7 +804,7 @@ def diff_refs(
     prefix: str = "",
     after: str | None = None,
     amount: int | None = None,
-) -> Response[Any]:
+) -> Response[JSON]:
     """Changes from one ref to another."""
     diffs = _service(state).store.diff_refs(repository, left_ref, right_ref, prefix=prefix)
     return _json(_diff_list(diffs, after=after, amount=amount))
@@ -800,7 +816,7 @@ def diff_refs(
 )
 def find_merge_base(
     *, state: State, repository: str, source_ref: str, destination_branch: str
-) -> Response[Any]:
+) -> Response[JSON]:
     """The merge base of two refs."""
     store = _service(state).store
     source = store.resolve(repository, source_ref).commit_id
@@ -823,8 +839,8 @@ def merge_into_branch(
     repository: str,
     source_ref: str,
     destination_branch: str,
-    data: dict[str, Any] | None = None,
-) -> Response[Any]:
+    data: JSON | None = None,
+) -> Response[JSON]:
     """Merge a ref into a branch with a two-parent merge commit, running merge hooks."""
     svc = _service(state)
     body = _parse(models.Merge, data)
@@ -868,7 +884,7 @@ def list_repository_runs(
     amount: int | None = None,
     branch: str | None = None,
     commit: str | None = None,
-) -> Response[Any]:
+) -> Response[JSON]:
     """Action runs, newest first."""
     page = _service(state).store.list_action_runs(
         repository, branch=branch, commit=commit, after=after, amount=amount
@@ -878,12 +894,12 @@ def list_repository_runs(
 
 
 @get("/repositories/{repository:str}/actions/runs/{run_id:str}", sync_to_thread=True)
-def get_run(*, state: State, repository: str, run_id: str) -> Response[Any]:
+def get_run(*, state: State, repository: str, run_id: str) -> Response[JSON]:
     """One action run."""
     return _json(_run_model(_service(state).store.get_action_run(repository, run_id)))
 
 
-def _run_model(run: Any) -> models.ActionRun:
+def _run_model(run: ActionRunRecord) -> models.ActionRun:
     return models.ActionRun(
         run_id=run.run_id,
         branch=run.branch,
@@ -903,7 +919,7 @@ def list_run_hooks(
     run_id: str,
     after: str | None = None,
     amount: int | None = None,
-) -> Response[Any]:
+) -> Response[JSON]:
     """The hooks of an action run."""
     page = _service(state).store.list_hook_runs(repository, run_id, after=after, amount=amount)
     results = [
@@ -938,15 +954,15 @@ def get_run_hook_output(
 # -- errors, auth, logging --------------------------------------------------------------------
 
 
-def _lakefs_error(_: Request[Any, Any, Any], exc: LakeFSError) -> Response[Any]:
+def _lakefs_error(_: Request[object, object, State], exc: LakeFSError) -> Response[JSON]:
     return _json(models.Error(message=str(exc)), exc.status_code)
 
 
-def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+def _http_error(_: Request[object, object, State], exc: HTTPException) -> Response[JSON]:
     return _json(models.Error(message=str(exc.detail)), exc.status_code)
 
 
-def _unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+def _unexpected_error(_: Request[object, object, State], exc: Exception) -> Response[JSON]:
     log.error("unhandled error: %r", exc, exc_info=exc)
     return _json(models.Error(message="internal server error"), 500)
 

@@ -33,10 +33,10 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO, Generic, TypeVar
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS repositories (
@@ -201,11 +201,14 @@ class HookRunRecord:
     output: str = ""
 
 
+Item = TypeVar("Item")
+
+
 @dataclass(frozen=True)
-class Page:
+class Page(Generic[Item]):
     """A page of a listing, lakeFS-style."""
 
-    results: list[Any]
+    results: list[Item]
     has_more: bool
     next_offset: str
     max_per_page: int
@@ -252,7 +255,9 @@ def clamp_amount(amount: int | None) -> int:
     return min(amount, MAX_AMOUNT)
 
 
-def paginate(items: list[Any], *, key: Any, after: str | None, amount: int | None) -> Page:
+def paginate(
+    items: list[Item], *, key: Callable[[Item], str], after: str | None, amount: int | None
+) -> Page[Item]:
     """Cut a sorted listing after ``after`` into one page of ``amount`` items."""
     size = clamp_amount(amount)
     start = [item for item in items if not after or key(item) > after]
@@ -461,7 +466,7 @@ class Store:
 
     def list_repositories(
         self, *, prefix: str = "", after: str | None = None, amount: int | None = None
-    ) -> Page:
+    ) -> Page[RepositoryRecord]:
         """List repositories by id."""
         with self._db() as db:
             rows = db.execute("SELECT * FROM repositories ORDER BY id").fetchall()
@@ -477,8 +482,12 @@ class Store:
             db.execute("DELETE FROM repositories WHERE id = ?", (name,))
 
     @staticmethod
-    def _repository_row(db: sqlite3.Connection, name: str) -> tuple[Any, ...] | None:
-        return db.execute("SELECT * FROM repositories WHERE id = ?", (name,)).fetchone()
+    def _repository_row(db: sqlite3.Connection, name: str) -> tuple[str, str, str, int] | None:
+        # The columns of SCHEMA's repositories table; sqlite3 itself returns untyped rows.
+        row: tuple[str, str, str, int] | None = db.execute(
+            "SELECT * FROM repositories WHERE id = ?", (name,)
+        ).fetchone()
+        return row
 
     # -- branches and refs ----------------------------------------------------------------------
 
@@ -516,7 +525,7 @@ class Store:
 
     def list_branches(
         self, repo: str, *, prefix: str = "", after: str | None = None, amount: int | None = None
-    ) -> Page:
+    ) -> Page[tuple[str, str]]:
         """List (name, commit id) pairs by name."""
         self.get_repository(repo)
         with self._db() as db:
@@ -565,7 +574,7 @@ class Store:
 
     def list_tags(
         self, repo: str, *, prefix: str = "", after: str | None = None, amount: int | None = None
-    ) -> Page:
+    ) -> Page[tuple[str, str]]:
         """List (tag id, commit id) pairs by id."""
         self.get_repository(repo)
         with self._db() as db:
@@ -582,17 +591,19 @@ class Store:
             db.execute("DELETE FROM tags WHERE repo = ? AND id = ?", (repo, tag_id))
 
     @staticmethod
-    def _tag_row(db: sqlite3.Connection, repo: str, tag_id: str) -> tuple[Any, ...] | None:
-        return db.execute(
+    def _tag_row(db: sqlite3.Connection, repo: str, tag_id: str) -> tuple[str] | None:
+        row: tuple[str] | None = db.execute(
             "SELECT commit_id FROM tags WHERE repo = ? AND id = ?", (repo, tag_id)
         ).fetchone()
+        return row
 
     @staticmethod
-    def _branch_row(db: sqlite3.Connection, repo: str, name: str) -> tuple[Any, ...] | None:
-        return db.execute(
+    def _branch_row(db: sqlite3.Connection, repo: str, name: str) -> tuple[str, int] | None:
+        row: tuple[str, int] | None = db.execute(
             "SELECT commit_id, staging_version FROM branches WHERE repo = ? AND name = ?",
             (repo, name),
         ).fetchone()
+        return row
 
     @classmethod
     def _branch_state(cls, db: sqlite3.Connection, repo: str, name: str) -> tuple[str, int]:
@@ -704,7 +715,7 @@ class Store:
         after: str | None = None,
         amount: int | None = None,
         delimiter: str = "",
-    ) -> Page:
+    ) -> Page[tuple[str, ObjectEntry | None]]:
         """List ``(path, ObjectEntry | None)``; ``None`` marks a common prefix (a delimiter's)."""
         tree = self.tree(repo, ref)
         paths = sorted(p for p in tree if p.startswith(prefix or ""))
@@ -930,7 +941,7 @@ class Store:
         prefixes: list[str] | None = None,
         limit: bool = False,
         stop_at: str | None = None,
-    ) -> Page:
+    ) -> Page[CommitRecord]:
         """Walk history from ``ref``, newest first; optionally only commits touching paths."""
         size = clamp_amount(amount)
         stop_id = self.resolve(repo, stop_at).commit_id if stop_at else None
@@ -1124,7 +1135,7 @@ class Store:
         commit: str | None = None,
         after: str | None = None,
         amount: int | None = None,
-    ) -> Page:
+    ) -> Page[ActionRunRecord]:
         """Action runs, newest first (run ids sort descending by time, like lakeFS's)."""
         self.get_repository(repo)
         with self._db() as db:
@@ -1148,7 +1159,7 @@ class Store:
 
     def list_hook_runs(
         self, repo: str, run_id: str, *, after: str | None = None, amount: int | None = None
-    ) -> Page:
+    ) -> Page[HookRunRecord]:
         """The hook runs of an action run, in execution order."""
         self.get_action_run(repo, run_id)
         with self._db() as db:

@@ -19,10 +19,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from lakefs_local.__main__ import KEY_ID_ENV, SECRET_ENV
 from lakefs_local.server import API_PREFIX, create_app
+
+if TYPE_CHECKING:
+    import uvicorn
 
 TEST_KEY_ID = "AKIALAKELOOPTEST"
 TEST_SECRET = "local-test-secret-0123456789"  # noqa: S105 (a throwaway test credential)
@@ -58,7 +61,7 @@ class LocalServerThread:
     key_id: str = TEST_KEY_ID
     secret: str = TEST_SECRET
     port: int = field(default_factory=free_port)
-    _server: Any = None
+    _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
 
     @property
@@ -150,6 +153,14 @@ class LocalServerProcess:
         return None
 
 
+class WebhookCall(TypedDict):
+    """One POST the receiver got."""
+
+    path: str
+    headers: dict[str, str]
+    json: Any  # the body as the server under test sent it (lakeFS's EventInfo, unchecked)
+
+
 class WebhookReceiver:
     """A tiny webhook endpoint: records each POST and answers with a configurable status.
 
@@ -158,7 +169,7 @@ class WebhookReceiver:
     """
 
     def __init__(self, host: str = "127.0.0.1") -> None:
-        self.calls: list[dict[str, Any]] = []
+        self.calls: list[WebhookCall] = []
         self.status = 200
         self.reply = b"ok"
         self.delay_seconds = 0.0
@@ -188,7 +199,7 @@ class WebhookReceiver:
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def wait_for(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[WebhookCall]:
         """Wait until ``count`` calls arrived (or the timeout passed); return all calls."""
         deadline = time.monotonic() + timeout
         while len(self.calls) < count and time.monotonic() < deadline:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pandas as pd
@@ -31,7 +30,7 @@ from monitoring.store import (
     save_report,
 )
 
-EventSender = Callable[[dict[str, Any]], None]
+EventSender = Callable[[dict[str, object]], None]
 """Hands an event to Prefect, e.g. ``functools.partial(lakeloop.events.emit, api_url)``."""
 
 
@@ -39,7 +38,7 @@ class CheckResult(msgspec.Struct, frozen=True, kw_only=True):
     """What one monitor step found, decided and wrote."""
 
     entry: HistoryEntry
-    event: dict[str, Any] | None
+    event: dict[str, object] | None
     """The drift event when the policy asked for a retrain (sent when a sender was given)."""
     report_path: Path
     history_path: Path
@@ -142,7 +141,7 @@ def _quality(
 
 
 def _send(
-    event: dict[str, Any] | None, send: EventSender | None, *, entry: HistoryEntry
+    event: dict[str, object] | None, send: EventSender | None, *, entry: HistoryEntry
 ) -> tuple[HistoryEntry, Exception | None]:
     """Hand the event over; if that fails, record the run as not retraining (so the cooldown does
     not start) and give the error back to raise after the run is recorded."""

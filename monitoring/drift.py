@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 import pandas as pd
 from evidently import DataDefinition, Dataset, Regression, Report
+from evidently.core.container import MetricContainer
+from evidently.core.metric_types import Metric
 from evidently.core.report import Snapshot
 from evidently.metrics import MAE, RMSE, RowCount, ValueDrift
 from evidently.presets import DataDriftPreset
@@ -32,9 +33,11 @@ class EvidentlyRun:
     rows_reference: int
 
     @cached_property
-    def result(self) -> dict[str, Any]:
+    def result(self) -> dict[str, object]:
         """The snapshot in its dict form, the input of :mod:`monitoring.parse`."""
-        return self.snapshot.dict()
+        # Evidently's own annotation is a bare ``dict``: a "metrics" and a "tests" list.
+        snapshot: dict[str, object] = self.snapshot.dict()
+        return snapshot
 
 
 def data_definition(spec: DatasetSpec, *, extra_numeric: tuple[str, ...] = ()) -> DataDefinition:
@@ -67,7 +70,7 @@ def run_drift(
     # model version, which must neither be tested nor counted in the drift share.
     columns = [*spec.feature_names, *extra]
     definition = data_definition(spec, extra_numeric=extra)
-    metrics: list[Any] = [
+    metrics: list[Metric | MetricContainer] = [
         RowCount(),
         DataDriftPreset(columns=spec.feature_names, drift_share=drift_share),
     ]

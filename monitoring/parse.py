@@ -9,7 +9,7 @@ threshold, a distance when *at or above* it), which :data:`P_VALUE_METHODS` reco
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
 
@@ -47,6 +47,19 @@ DISTANCE_METHODS = frozenset(
 
 class ParseError(ValueError):
     """The Evidently result does not have the shape this module reads."""
+
+
+class MetricEntry(TypedDict):
+    """One entry of a result's ``metrics`` list (Evidently's ``MetricResult.to_dict()``)."""
+
+    id: str
+    metric_name: str
+    config: dict[str, Any]
+    """The metric's parameters as Evidently keeps them: ``type`` always, then per metric
+    ``column``, ``method``, ``threshold``, ``drift_share``... (values of several types)."""
+    value: Any
+    """A number (``ValueDrift``, ``RMSE``) or a dict of numbers (``DriftedColumnsCount``:
+    ``count``/``share``; ``MAE``: ``mean``/``std``), as the metric decides."""
 
 
 class ColumnDrift(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,7 +112,7 @@ def is_drift(*, score: float, method: str, threshold: float) -> bool:
 
 
 def parse_drift(
-    result: Mapping[str, Any],
+    result: Mapping[str, object],
     *,
     features: Sequence[str],
     rows_current: int,
@@ -141,7 +154,7 @@ def parse_drift(
     )
 
 
-def parse_quality(result: Mapping[str, Any], *, rows: int) -> QualitySummary:
+def parse_quality(result: Mapping[str, object], *, rows: int) -> QualitySummary:
     """Read a regression-quality result (``Snapshot.dict()`` of
     :func:`monitoring.drift.run_quality`)."""
     metrics = _metrics(result)
@@ -155,26 +168,26 @@ def parse_quality(result: Mapping[str, Any], *, rows: int) -> QualitySummary:
     )
 
 
-def _metrics(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def _metrics(result: Mapping[str, object]) -> list[MetricEntry]:
     metrics = result.get("metrics")
     if not isinstance(metrics, list):
         raise ParseError("an Evidently result has a 'metrics' list")
     return metrics
 
 
-def _kind(metric: Mapping[str, Any]) -> str:
+def _kind(metric: MetricEntry) -> str:
     # config.type reads "evidently:metric_v2:ValueDrift"; the class name is the last part.
     return str(metric.get("config", {}).get("type", "")).rsplit(":", 1)[-1]
 
 
-def _only(metrics: list[Mapping[str, Any]], kind: str) -> Mapping[str, Any]:
+def _only(metrics: list[MetricEntry], kind: str) -> MetricEntry:
     found = [metric for metric in metrics if _kind(metric) == kind]
     if len(found) != 1:
         raise ParseError(f"expected one {kind} metric in the Evidently result, found {len(found)}")
     return found[0]
 
 
-def _column_drift(metric: Mapping[str, Any]) -> ColumnDrift:
+def _column_drift(metric: MetricEntry) -> ColumnDrift:
     config = metric["config"]
     try:
         score, method, threshold = float(metric["value"]), config["method"], config["threshold"]

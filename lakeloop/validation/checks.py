@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import threading
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import pandas as pd
 
 from lakeloop.dataset import Between, DatasetSpec, Feature, LessOrEqual, Unique, described
 from lakeloop.validation.results import Finding, ValidationResult, finding_from, summarise
+
+if TYPE_CHECKING:  # importing great_expectations costs seconds: only who validates pays
+    from great_expectations.expectations import Expectation
+    from great_expectations.expectations.metadata_types import FailureSeverity
 
 # Type names Great Expectations resolves for pandas: numpy dtypes, pandas extension dtypes and,
 # for object columns (where it checks value by value), the Python types.
@@ -41,12 +45,12 @@ __all__ = [
 ]
 
 
-def expectations_for(spec: DatasetSpec) -> list[Any]:
+def expectations_for(spec: DatasetSpec) -> list[Expectation]:
     """The Great Expectations suite the description implies (each carries ``meta.allowed``)."""
     import great_expectations as gx  # noqa: PLC0415 - 2-3 s import, paid only by who validates
 
     expect = gx.expectations
-    suite: list[Any] = [
+    suite: list[Expectation] = [
         expect.ExpectTableRowCountToBeBetween(
             min_value=spec.min_rows, meta={"allowed": f"at least {spec.min_rows} rows"}
         ),
@@ -66,7 +70,7 @@ def expectations_for(spec: DatasetSpec) -> list[Any]:
     return suite
 
 
-def _target_expectations(spec: DatasetSpec) -> list[Any]:
+def _target_expectations(spec: DatasetSpec) -> list[Expectation]:
     import great_expectations as gx  # noqa: PLC0415 - already imported by the caller
 
     expect = gx.expectations
@@ -94,7 +98,7 @@ def _target_expectations(spec: DatasetSpec) -> list[Any]:
     return suite
 
 
-def _feature_expectations(feature: Feature) -> list[Any]:
+def _feature_expectations(feature: Feature) -> list[Expectation]:
     import great_expectations as gx  # noqa: PLC0415 - already imported by the caller
 
     expect = gx.expectations
@@ -130,7 +134,7 @@ def _feature_expectations(feature: Feature) -> list[Any]:
     return suite
 
 
-def _type_expectation(column: str, *, numeric: bool) -> Any:
+def _type_expectation(column: str, *, numeric: bool) -> Expectation:
     import great_expectations as gx  # noqa: PLC0415 - already imported by the caller
 
     # In-type-list checks the dtype, and on object columns every value, so a stray string in a
@@ -142,13 +146,16 @@ def _type_expectation(column: str, *, numeric: bool) -> Any:
     )
 
 
-def _domain_expectation(check: LessOrEqual | Unique | Between, *, columns: list[str]) -> Any:
+def _domain_expectation(
+    check: LessOrEqual | Unique | Between, *, columns: list[str]
+) -> Expectation:
     import great_expectations as gx  # noqa: PLC0415 - already imported by the caller
+    from great_expectations.expectations.metadata_types import FailureSeverity  # noqa: PLC0415
 
     expect = gx.expectations
-    severity = "critical" if check.severity == "failure" else "warning"
+    severity = FailureSeverity.CRITICAL if check.severity == "failure" else FailureSeverity.WARNING
     tolerance = _mostly(check.mostly)
-    common: dict[str, Any] = {"mostly": check.mostly, "severity": severity}
+    common: _DomainOptions = {"mostly": check.mostly, "severity": severity}
     if check.description:
         common["notes"] = check.description
     if isinstance(check, LessOrEqual):
@@ -175,6 +182,14 @@ def _domain_expectation(check: LessOrEqual | Unique | Between, *, columns: list[
         meta={"allowed": _range(check.min, check.max) + tolerance},
         **common,
     )
+
+
+class _DomainOptions(TypedDict, total=False):
+    """What every domain rule's expectation takes besides its columns."""
+
+    mostly: float
+    severity: FailureSeverity
+    notes: str
 
 
 def _range(low: float | None, high: float | None) -> str:

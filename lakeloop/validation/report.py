@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from lakeloop.dataset import DatasetSpec
 from lakeloop.validation.checks import suite_name
 from lakeloop.validation.results import ValidationResult
+
+if TYPE_CHECKING:  # importing great_expectations costs seconds: only who writes reports pays
+    from great_expectations.alias_types import JSONValues
 
 SITE = "lakeloop"
 """Name of the Data Docs site built in the report folder."""
@@ -42,7 +45,9 @@ def write_report(result: ValidationResult, folder: Path, *, spec: DatasetSpec) -
     return written
 
 
-def build_data_docs(raws: dict[str, dict[str, Any]], folder: Path, *, spec: DatasetSpec) -> Path:
+def build_data_docs(
+    raws: dict[str, dict[str, JSONValues]], folder: Path, *, spec: DatasetSpec
+) -> Path:
     """Build a Great Expectations Data Docs site with one page per validation result (by the
     table it judged); returns index.html.
 
@@ -78,7 +83,10 @@ def build_data_docs(raws: dict[str, dict[str, Any]], folder: Path, *, spec: Data
             run_id=run_id,
             batch_identifier=_batch_name(table),
         )
-        context.validation_results_store.set(key, ExpectationSuiteValidationResult(**raw))
+        # The stored JSON form goes back in as it is: GX's signature names the objects it would
+        # build, but its store serialises results given as their JSON dicts just the same.
+        stored = ExpectationSuiteValidationResult(**raw)  # type: ignore[arg-type]
+        context.validation_results_store.set(key, stored)
     context.build_data_docs(site_names=[SITE])
     return folder / "index.html"
 

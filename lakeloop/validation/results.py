@@ -7,7 +7,14 @@ into :class:`Finding` objects a data owner can act on, naming each cause once.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # importing great_expectations costs seconds: only who validates pays
+    from great_expectations.alias_types import JSONValues
+    from great_expectations.core import ExpectationValidationResult
+    from great_expectations.expectations.expectation_configuration import (
+        ExpectationConfiguration,
+    )
 
 EXAMPLES = 3
 """How many offending values a finding quotes."""
@@ -62,9 +69,9 @@ class ValidationResult:
     rows: int
     findings: list[Finding]
     """Failures first, then warnings."""
-    raw: dict[str, Any]
+    raw: dict[str, JSONValues]
     """Great Expectations' own result (``to_json_dict()``), for Data Docs and audits."""
-    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tables: dict[str, dict[str, JSONValues]] = field(default_factory=dict)
     """When the result judges several stored tables: Great Expectations' result of each, by path
     (``raw`` is then empty)."""
 
@@ -126,7 +133,7 @@ class ValidationResult:
             ]
         return "\n".join(lines) + "\n"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """Summary, findings and Great Expectations' raw result, ready for ``json.dumps``."""
         return {
             "success": self.success,
@@ -141,7 +148,7 @@ class ValidationResult:
 
     @classmethod
     def from_json(cls, stored: dict[str, Any]) -> ValidationResult:
-        """The result :meth:`to_json` stored."""
+        """The result :meth:`to_json` stored (``json.loads`` of it, read unchecked)."""
         return cls(
             success=stored["success"],
             rows=stored["rows"],
@@ -177,11 +184,12 @@ def _cell(value: str) -> str:
     return value.replace("|", "\\|").replace("\n", " ")
 
 
-def finding_from(check: Any, *, rows: int) -> Finding | None:
+def finding_from(check: ExpectationValidationResult, *, rows: int) -> Finding | None:
     """The finding for one Great Expectations ``ExpectationValidationResult`` (None if it held)."""
     if check.success or check.expectation_config is None:
         return None
     config = check.expectation_config
+    # GX's result details: a plain dict whose keys and value types vary with the result format.
     outcome: dict[str, Any] = dict(check.result or {})
     return Finding(
         expectation=config.type,
@@ -231,7 +239,8 @@ def _caused_by(finding: Finding, *, missing: set[str | None], mistyped: set[str 
 
 
 def columns_of(kwargs: dict[str, Any]) -> list[str]:
-    """The columns an expectation reads, from its kwargs."""
+    """The columns an expectation reads, from its kwargs (GX's plain ``dict``: column names,
+    bounds, value sets)."""
     if "column" in kwargs:
         return [kwargs["column"]]
     if "column_A" in kwargs:
@@ -240,7 +249,9 @@ def columns_of(kwargs: dict[str, Any]) -> list[str]:
     return list(kwargs.get("column_list", []))
 
 
-def _observed(config: Any, outcome: dict[str, Any], *, error: str | None, rows: int) -> str:
+def _observed(
+    config: ExpectationConfiguration, outcome: dict[str, Any], *, error: str | None, rows: int
+) -> str:
     if error is not None:
         return f"could not be checked: {error}"
     if config.type == COLUMN_EXISTS:
@@ -258,7 +269,7 @@ def _observed(config: Any, outcome: dict[str, Any], *, error: str | None, rows: 
     return f"{count} of {rows} rows ({share:.2%})" + (f", e.g. {examples}" if examples else "")
 
 
-def _examples(expectation: str, values: list[Any]) -> str:
+def _examples(expectation: str, values: list[object]) -> str:
     shown = []
     for value in values[:EXAMPLES]:
         if isinstance(value, dict):
@@ -270,7 +281,7 @@ def _examples(expectation: str, values: list[Any]) -> str:
     return ", ".join(shown)
 
 
-def _show(value: Any) -> str:
+def _show(value: Any) -> str:  # any value a column held: float() is tried, not promised
     # numpy scalars repr as np.float64(1.0); a reader wants 1.
     if isinstance(value, str):
         return repr(value)
@@ -280,7 +291,7 @@ def _show(value: Any) -> str:
         return repr(value)
 
 
-def _error(exception_info: Any) -> str | None:
+def _error(exception_info: object) -> str | None:
     """The first exception message in GX's exception info (flat or keyed by metric)."""
     if not isinstance(exception_info, dict):
         return None
@@ -291,5 +302,5 @@ def _error(exception_info: Any) -> str | None:
     return None
 
 
-def _value(severity: Any) -> Any:
+def _value(severity: object) -> object:
     return getattr(severity, "value", severity)
