@@ -57,9 +57,9 @@ class MatrixKernel:
     """A fitted lakeloop pipeline reduced to what a prediction needs: the model kind's matrix
     predictor, its feature order, and one category→code table per categorical feature."""
 
-    def __init__(self, encoder: FeatureEncoder, model: MatrixModel) -> None:
-        self.model = model
-        self.names: tuple[str, ...] = model.feature_names
+    def __init__(self, encoder: FeatureEncoder, matrix_model: MatrixModel) -> None:
+        self.matrix_model = matrix_model
+        self.names: tuple[str, ...] = matrix_model.feature_names
         self.attributes = tuple(map(attribute, self.names))
         """The names as attributes of decoded records (``Gr Liv Area`` → ``Gr_Liv_Area``)."""
         tables = {name: _code_table(known) for name, known in encoder.categories}
@@ -108,7 +108,7 @@ class MatrixKernel:
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
         """Predictions for each row of an encoded matrix."""
-        return self.model.predict(matrix)
+        return self.matrix_model.predict(matrix)
 
 
 def _code_table(known: Sequence[str]) -> dict[Any, float]:

@@ -38,6 +38,7 @@ from lakeloop.trainer import EncodedRows, FitFacts, MatrixModel, Regressor, Trai
 
 # Holdout membership is decided per row from a hash of its content, in thousandths.
 _HASH_BUCKETS = 1000
+
 TRAINER: Trainer = XGBoostTrainer()
 """The model kind lakeloop trains, and whose fitted models the API serves on its fast path: the
 one place to select another (:class:`lakeloop.trainer.Trainer`)."""
@@ -91,27 +92,23 @@ def feature_encoder(spec: DatasetSpec) -> FeatureEncoder:
 
 def encoder_of(pipeline: Pipeline) -> FeatureEncoder:
     """The dataset's encoder of a lakeloop pipeline (the features as the regressor sees them)."""
-    encoder = _steps(pipeline).get(_ENCODE)
-    if not isinstance(encoder, FeatureEncoder) or _REGRESS not in _steps(pipeline):
-        raise TypeError("not a lakeloop pipeline (the dataset's encoder, then a regressor)")
-    return encoder
+    return _parts_of(pipeline)[0]
 
 
 def regressor_of(pipeline: Pipeline) -> Any:
     """The fitted regressor of a lakeloop pipeline: the model kind's (an ``XGBRegressor``)."""
-    encoder_of(pipeline)  # refuses any other model
-    return _steps(pipeline)[_REGRESS]
+    return _parts_of(pipeline)[1]
 
 
 def fast_path(model: Any) -> tuple[FeatureEncoder, MatrixModel] | None:
     """The encoder and the model kind's matrix predictor of a lakeloop pipeline, for the API's
     fast path; ``None`` for any other model (one a registry holds that lakeloop did not train,
     or whose regressor is not of the selected kind), which is served through its ``predict``."""
-    steps = _steps(model)
-    encoder = steps.get(_ENCODE)
-    if not isinstance(encoder, FeatureEncoder) or _REGRESS not in steps:
+    found = _parts(model)
+    if found is None:
         return None
-    matrix_model = TRAINER.matrix_model(steps[_REGRESS])
+    encoder, regressor = found
+    matrix_model = TRAINER.matrix_model(regressor)
     return None if matrix_model is None else (encoder, matrix_model)
 
 
@@ -121,13 +118,26 @@ def stored_types(trainer: Trainer = TRAINER) -> list[str]:
     return [f"{FeatureEncoder.__module__}.{FeatureEncoder.__qualname__}", *trainer.stored_types]
 
 
-def _steps(model: Any) -> dict[str, Any]:
-    return dict(getattr(model, "named_steps", {}))
-
-
 def _composed(encoder: FeatureEncoder, regressor: Regressor) -> Pipeline:
     """The pipeline that is logged, registered and served: the encoder, then the regressor."""
     return Pipeline([(_ENCODE, encoder), (_REGRESS, regressor)])
+
+
+def _parts(model: Any) -> tuple[FeatureEncoder, Any] | None:
+    """The encoder and the regressor of a lakeloop pipeline (what :func:`_composed` made, now or
+    before it was stored); ``None`` for any other model."""
+    steps = getattr(model, "named_steps", {})
+    encoder = steps.get(_ENCODE)
+    if isinstance(encoder, FeatureEncoder) and _REGRESS in steps:
+        return encoder, steps[_REGRESS]
+    return None
+
+
+def _parts_of(pipeline: Pipeline) -> tuple[FeatureEncoder, Any]:
+    found = _parts(pipeline)
+    if found is None:
+        raise TypeError("not a lakeloop pipeline (the dataset's encoder, then a regressor)")
+    return found
 
 
 def row_buckets(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
@@ -361,15 +371,15 @@ def fit_pipeline(
     the Dask cluster the settings name): the dataset's encoder, then the trainer's regressor."""
     encoder = feature_encoder(spec)
     regressor = trainer.fit(
-        _encoded(rows.fit, spec, encoder),
-        _encoded(rows.stop, spec, encoder),
+        _encoded(rows.fit, spec, encoder=encoder),
+        _encoded(rows.stop, spec, encoder=encoder),
         training=training,
         params=trainer.hyperparameters(training) | dict(params or {}),
     )
     return _composed(encoder, regressor)
 
 
-def _encoded(rows: pd.DataFrame, spec: DatasetSpec, encoder: FeatureEncoder) -> EncodedRows:
+def _encoded(rows: pd.DataFrame, spec: DatasetSpec, *, encoder: FeatureEncoder) -> EncodedRows:
     return EncodedRows(
         features=encoder.transform(rows[spec.feature_names]),
         target=rows[spec.target.name].to_numpy(),

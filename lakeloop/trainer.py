@@ -53,7 +53,8 @@ class FitFacts:
 
 
 class Regressor(Protocol):
-    """A fitted scikit-learn regressor: the last step of a lakeloop pipeline, stored with it."""
+    """A fitted regressor: the last step of a lakeloop pipeline, stored and served with it, so a
+    scikit-learn estimator (``get_params``, ``fit``) that skops can save."""
 
     def predict(self, features: pd.DataFrame, /) -> Any: ...
 
