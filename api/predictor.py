@@ -1,9 +1,10 @@
 """The served model as a small object, and the watcher that swaps in a new champion.
 
-Hot path: decoded records become a float32 matrix in the booster's feature order, categories
-turned into the codes the booster was trained with (read from the pipeline's ``FeatureEncoder``;
-unknown → NaN, which XGBoost routes like a missing value, exactly as the pipeline does), then
-``Booster.inplace_predict``. No pandas on the way: a DataFrame per request costs more than the
+Hot path: decoded records become a float32 matrix in the model's feature order, categories
+turned into the codes the model was trained with (read from the pipeline's ``FeatureEncoder``;
+unknown → NaN, which XGBoost routes like a missing value, exactly as the pipeline does), then the
+model kind's matrix predictor (:func:`lakeloop.model.fast_path`; XGBoost's is
+``Booster.inplace_predict``). No pandas on the way: a DataFrame per request costs more than the
 trees. Nor a Python loop per row: records are read into columns by C-level ``map`` calls, a
 category column is mapped with its code table's ``dict.get``, and numpy converts each column in one
 call (``None`` — a null or an unknown category — becomes NaN in that conversion).
@@ -41,8 +42,9 @@ import pandas as pd
 
 from lakeloop import tracking
 from lakeloop.dataset import DatasetSpec, attribute, is_integer_code
-from lakeloop.model import parts
+from lakeloop.model import FeatureEncoder, fast_path
 from lakeloop.settings import Settings
+from lakeloop.trainer import MatrixModel
 
 logger = logging.getLogger(__name__)
 
@@ -51,32 +53,30 @@ class Model(Protocol):
     def predict(self, frame: pd.DataFrame) -> Any: ...
 
 
-class BoosterKernel:
-    """A fitted ``FeatureEncoder`` + ``XGBRegressor`` pipeline reduced to what a prediction needs:
-    the booster, its feature order, one category→code table per categorical feature, and the
-    boosting rounds early stopping kept."""
+class MatrixKernel:
+    """A fitted lakeloop pipeline reduced to what a prediction needs: the model kind's matrix
+    predictor, its feature order, and one category→code table per categorical feature."""
 
-    def __init__(self, encoder: Any, regressor: Any) -> None:
-        self.booster = regressor.get_booster()
-        self.names: tuple[str, ...] = tuple(self.booster.feature_names or ())
+    def __init__(self, encoder: FeatureEncoder, matrix_model: MatrixModel) -> None:
+        self.matrix_model = matrix_model
+        self.names: tuple[str, ...] = matrix_model.feature_names
         self.attributes = tuple(map(attribute, self.names))
         """The names as attributes of decoded records (``Gr Liv Area`` → ``Gr_Liv_Area``)."""
         tables = {name: _code_table(known) for name, known in encoder.categories}
         self.codes: tuple[dict[str, float] | None, ...] = tuple(tables.get(n) for n in self.names)
-        self.iteration_range = (0, _rounds_kept(regressor))
 
     @classmethod
-    def of(cls, model: Any) -> BoosterKernel | None:
+    def of(cls, model: Any) -> MatrixKernel | None:
         """The kernel of a lakeloop pipeline; ``None`` for any other model (served via pandas)."""
-        found = parts(model)
+        found = fast_path(model)
         if found is None:
             return None
         kernel = cls(*found)
-        # Without feature names there is no way to put request fields in the booster's order.
+        # Without feature names there is no way to put request fields in the model's order.
         return kernel if kernel.names else None
 
     def matrix_from_columns(self, columns: Mapping[str, Sequence[Any]]) -> np.ndarray:
-        """Rows by booster features, float32, from one sequence of values per feature name."""
+        """Rows by the model's features, float32, from one sequence of values per feature name."""
         rows = len(columns[self.names[0]])
         matrix = np.empty((rows, len(self.names)), dtype=np.float32)
         for index, (name, codes) in enumerate(zip(self.names, self.codes, strict=True)):
@@ -108,28 +108,17 @@ class BoosterKernel:
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
         """Predictions for each row of an encoded matrix."""
-        return np.asarray(
-            self.booster.inplace_predict(matrix, iteration_range=self.iteration_range),
-            dtype=np.float64,
-        )
+        return self.matrix_model.predict(matrix)
 
 
 def _code_table(known: Sequence[str]) -> dict[Any, float]:
-    """Category → the code the booster was trained with; an integer code answers to its JSON
+    """Category → the code the model was trained with; an integer code answers to its JSON
     integer as well as to its digits (``60`` and ``"60"``), as the encoder reads both."""
     table: dict[Any, float] = {category: float(index) for index, category in enumerate(known)}
     for category, index in list(table.items()):
         if is_integer_code(category):
             table[int(category)] = index
     return table
-
-
-def _rounds_kept(regressor: Any) -> int:
-    """Rounds the sklearn wrapper predicts with (to the best iteration if early stopping ran)."""
-    try:
-        return int(regressor.best_iteration) + 1
-    except AttributeError:
-        return int(regressor.get_booster().num_boosted_rounds())
 
 
 @dataclass(frozen=True)
@@ -152,8 +141,8 @@ class Predictor:
     model that recorded none (the API then uses the configured description)."""
 
     @cached_property
-    def kernel(self) -> BoosterKernel | None:
-        return BoosterKernel.of(self.model)
+    def kernel(self) -> MatrixKernel | None:
+        return MatrixKernel.of(self.model)
 
     def predict_records(self, records: Sequence[Any]) -> np.ndarray:
         """Predictions for decoded records (objects with one attribute per feature)."""

@@ -207,9 +207,9 @@ def records_of(frame: Any) -> list[dict[str, Any]]:
 
 def encoded_batch(pipeline: Any, batch: list[dict[str, Any]]) -> tuple[Any, Any]:
     """The served model's kernel and the batch as the float32 matrix its booster takes."""
-    from api.predictor import BoosterKernel  # noqa: PLC0415
+    from api.predictor import MatrixKernel  # noqa: PLC0415
 
-    kernel = BoosterKernel.of(pipeline)
+    kernel = MatrixKernel.of(pipeline)
     assert kernel is not None
     return kernel, kernel.matrix_from_columns({name: [r[name] for r in batch] for name in batch[0]})
 

@@ -66,7 +66,7 @@ def measure(rows: int, *, engine: str) -> dict[str, float]:
 def _train_timed(frame: Any, *, scheduler: str | None) -> dict[str, float]:
     """Train with the default hyperparameters (on ``scheduler`` when given); time and quality."""
     from lakeloop.dataset import load_spec  # noqa: PLC0415
-    from lakeloop.model import regressor_of, train  # noqa: PLC0415
+    from lakeloop.model import train  # noqa: PLC0415
     from lakeloop.settings import TrainingSettings  # noqa: PLC0415
 
     spec = load_spec()
@@ -75,7 +75,7 @@ def _train_timed(frame: Any, *, scheduler: str | None) -> dict[str, float]:
     return {
         "train_s": time.perf_counter() - started,
         "mae": trained.metrics["mae"],
-        "rounds": float(regressor_of(trained.pipeline).best_iteration + 1),
+        "rounds": float(trained.facts.rounds),
     }
 
 

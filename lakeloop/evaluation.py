@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lakeloop.dataset import DatasetSpec
-from lakeloop.model import TrainedModel, regression_metrics, regressor_of
+from lakeloop.model import TrainedModel, regression_metrics
 
 PRICE_BANDS = 4  # quartiles of the holdout's target
 MIN_SEGMENT_ROWS = 20  # fewer rows make a metric that is mostly noise
@@ -77,13 +77,12 @@ def _residuals(actual: np.ndarray, predicted: np.ndarray, spec: DatasetSpec) -> 
 
 
 def _importance(trained: TrainedModel, spec: DatasetSpec) -> Figure:
-    booster = regressor_of(trained.pipeline).get_booster()
-    gains = booster.get_score(importance_type="gain")
-    ordered = sorted(spec.feature_names, key=lambda name: gains.get(name, 0.0))
+    importances = trained.facts.importances
+    ordered = sorted(spec.feature_names, key=lambda name: importances.get(name, 0.0))
     figure = Figure(figsize=(6, 4))
     axes = figure.subplots()
-    axes.barh(ordered, [gains.get(name, 0.0) for name in ordered])
-    axes.set(xlabel="total gain", title="Feature importance")
+    axes.barh(ordered, [importances.get(name, 0.0) for name in ordered])
+    axes.set(xlabel=trained.facts.importance_measure, title="Feature importance")
     figure.tight_layout()
     return figure
 

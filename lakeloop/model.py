@@ -1,12 +1,11 @@
 """Training and evaluation as plain functions: no Prefect, no MLflow, no I/O.
 
-The model is an sklearn pipeline (encoder + XGBoost) so that the logged artefact accepts the raw
-records the API receives, category strings included: MLflow's pyfunc passes strings as ``str``,
-which XGBoost's categorical support rejects, so the encoding has to travel inside the model.
-
-With ``TrainingSettings.dask_scheduler`` set, the regressor is fitted with ``xgboost.dask`` on that
-cluster instead, and its booster is loaded into the same plain pipeline: what is logged, registered,
-gated and served does not depend on where it was fitted.
+The model is an sklearn pipeline, the dataset's encoder and then the model kind's regressor
+(:mod:`lakeloop.trainer`; XGBoost), so that the logged artefact accepts the raw records the API
+receives, category strings included: MLflow's pyfunc passes strings as ``str``, which XGBoost's
+categorical support rejects, so the encoding has to travel inside the model. This module is the
+one place that knows how that pipeline is composed: everything else reaches its parts through
+:func:`encoder_of`, :func:`regressor_of` and :func:`fast_path`.
 
 Rows are split three ways by a hash of their content as ingested (:mod:`lakeloop.rowkeys`): the
 holdout (judges the model and the gate), the early-stopping slice (stops boosting, and chooses among
@@ -17,15 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import loguniform, randint, uniform
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.model_selection import ParameterSampler
 from sklearn.pipeline import Pipeline
-from xgboost import XGBRegressor
 
 from lakeloop import rowkeys
 from lakeloop.dataset import (
@@ -37,38 +34,20 @@ from lakeloop.dataset import (
     is_integer_code,
 )
 from lakeloop.settings import TrainingSettings
-
-if TYPE_CHECKING:
-    import dask.dataframe as dd
-    from distributed import Client
+from lakeloop.trainer import EncodedRows, FitFacts, MatrixModel, Regressor, Trainer, XGBoostTrainer
 
 # Holdout membership is decided per row from a hash of its content, in thousandths.
 _HASH_BUCKETS = 1000
-# How long a Dask fit waits for the cluster to have a worker (an autoscaled one may start at zero).
-_WORKER_WAIT_SECONDS = 60.0
 
-# XGBoost's own defaults for the tuned hyperparameters the settings do not fix: stated, so every run
-# records the same six parameters whether it was tuned or not.
-_XGBOOST_DEFAULTS: dict[str, float] = {
-    "min_child_weight": 1.0,
-    "subsample": 1.0,
-    "colsample_bytree": 1.0,
-    "reg_lambda": 1.0,
-}
-TUNABLE = ("max_depth", "learning_rate", *_XGBOOST_DEFAULTS)
+TRAINER: Trainer = XGBoostTrainer()
+"""The model kind lakeloop trains, and whose fitted models the API serves on its fast path: the
+one place to select another (:class:`lakeloop.trainer.Trainer`)."""
+TUNABLE = TRAINER.tunable
 """The hyperparameters a tuning chooses, and a tuned champion hands on."""
 
-# What ``--tune`` searches: ranges known to suit gradient-boosted trees on tabular data, log-uniform
-# where the effect is multiplicative (rates, weights, regularisation). The number of rounds is not
-# searched: early stopping chooses it for each trial.
-SEARCH_SPACE: dict[str, Any] = {
-    "max_depth": randint(3, 11),
-    "learning_rate": loguniform(0.02, 0.3),
-    "min_child_weight": loguniform(0.5, 20.0),
-    "subsample": uniform(0.6, 0.4),  # scipy's uniform(loc, scale): [0.6, 1.0]
-    "colsample_bytree": uniform(0.6, 0.4),
-    "reg_lambda": loguniform(0.1, 20.0),
-}
+# The steps of every lakeloop pipeline. They are the stored format: versions already registered in
+# MLflow carry these names, so they never change, and no other module reads them.
+_ENCODE, _REGRESS = "encode", "regress"
 
 
 class FeatureEncoder(TransformerMixin, BaseEstimator):  # type: ignore[misc]
@@ -111,53 +90,54 @@ def feature_encoder(spec: DatasetSpec) -> FeatureEncoder:
     )
 
 
-def hyperparameters(training: TrainingSettings) -> dict[str, Any]:
-    """The hyperparameters an untuned training uses: the settings' depth and rate, XGBoost's
-    defaults for the rest of what tuning searches."""
-    return {
-        "max_depth": training.max_depth,
-        "learning_rate": training.learning_rate,
-        **_XGBOOST_DEFAULTS,
-    }
+def encoder_of(pipeline: Pipeline) -> FeatureEncoder:
+    """The dataset's encoder of a lakeloop pipeline (the features as the regressor sees them)."""
+    return _parts_of(pipeline)[0]
 
 
-def build_pipeline(
-    spec: DatasetSpec, training: TrainingSettings, params: Mapping[str, Any] | None = None
-) -> Pipeline:
-    """An untrained encoder + XGBoost regressor pipeline; ``params`` override the settings'
-    hyperparameters (a tuning trial's)."""
-    regressor = XGBRegressor(
-        n_estimators=training.n_estimators,
-        tree_method="hist",
-        enable_categorical=True,
-        random_state=training.seed,
-        n_jobs=0,  # let XGBoost use every core it sees
-        early_stopping_rounds=training.early_stopping_rounds,
-        **(hyperparameters(training) | dict(params or {})),
-    )
-    return Pipeline([(ENCODE, feature_encoder(spec)), (REGRESS, regressor)])
+def regressor_of(pipeline: Pipeline) -> Any:
+    """The fitted regressor of a lakeloop pipeline: the model kind's (an ``XGBRegressor``)."""
+    return _parts_of(pipeline)[1]
 
 
-ENCODE, REGRESS = "encode", "regress"
-"""The two steps of every lakeloop pipeline; read them through :func:`parts`."""
+def fast_path(model: Any) -> tuple[FeatureEncoder, MatrixModel] | None:
+    """The encoder and the model kind's matrix predictor of a lakeloop pipeline, for the API's
+    fast path; ``None`` for any other model (one a registry holds that lakeloop did not train,
+    or whose regressor is not of the selected kind), which is served through its ``predict``."""
+    found = _parts(model)
+    if found is None:
+        return None
+    encoder, regressor = found
+    matrix_model = TRAINER.matrix_model(regressor)
+    return None if matrix_model is None else (encoder, matrix_model)
 
 
-def parts(model: Any) -> tuple[FeatureEncoder, XGBRegressor] | None:
-    """The encoder and the fitted XGBoost regressor of a lakeloop pipeline; ``None`` for any
-    other model (one a registry holds that lakeloop did not train)."""
+def stored_types(trainer: Trainer = TRAINER) -> list[str]:
+    """The types a stored lakeloop pipeline holds besides scikit-learn's (the encoder, the model
+    kind's), which skops is told to trust when it loads one."""
+    return [f"{FeatureEncoder.__module__}.{FeatureEncoder.__qualname__}", *trainer.stored_types]
+
+
+def _composed(encoder: FeatureEncoder, regressor: Regressor) -> Pipeline:
+    """The pipeline that is logged, registered and served: the encoder, then the regressor."""
+    return Pipeline([(_ENCODE, encoder), (_REGRESS, regressor)])
+
+
+def _parts(model: Any) -> tuple[FeatureEncoder, Any] | None:
+    """The encoder and the regressor of a lakeloop pipeline (what :func:`_composed` made, now or
+    before it was stored); ``None`` for any other model."""
     steps = getattr(model, "named_steps", {})
-    encoder, regressor = steps.get(ENCODE), steps.get(REGRESS)
-    if isinstance(encoder, FeatureEncoder) and isinstance(regressor, XGBRegressor):
-        return encoder, regressor
+    encoder = steps.get(_ENCODE)
+    if isinstance(encoder, FeatureEncoder) and _REGRESS in steps:
+        return encoder, steps[_REGRESS]
     return None
 
 
-def regressor_of(pipeline: Pipeline) -> XGBRegressor:
-    """The XGBoost regressor of a pipeline :func:`build_pipeline` made."""
-    found = parts(pipeline)
+def _parts_of(pipeline: Pipeline) -> tuple[FeatureEncoder, Any]:
+    found = _parts(pipeline)
     if found is None:
-        raise TypeError("not a lakeloop pipeline (an encoder, then an XGBoost regressor)")
-    return found[1]
+        raise TypeError("not a lakeloop pipeline (the dataset's encoder, then a regressor)")
+    return found
 
 
 def row_buckets(frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
@@ -299,6 +279,8 @@ class TrainedModel:
     """This model's predictions for the holdout rows, in order."""
     params: dict[str, Any]
     """The hyperparameters it was fitted with (the settings', or the best tuning trial's)."""
+    facts: FitFacts
+    """What its regressor says about itself: rounds kept, feature importances."""
     trials: tuple[Trial, ...] = ()
     """The tuning trials it was chosen from; empty when it was not tuned."""
     hyperparameters_from: str = "settings"
@@ -311,15 +293,22 @@ def train(
     training: TrainingSettings,
     *,
     params: Mapping[str, Any] | None = None,
+    trainer: Trainer = TRAINER,
 ) -> TrainedModel:
     """Fit on the training rows and evaluate on the deterministic holdout."""
     rows = split_rows(frame, spec, training)
-    chosen = hyperparameters(training) | dict(params or {})
-    pipeline = fit_pipeline(rows, spec, training, params=chosen)
-    return evaluate(pipeline, rows, spec, params=chosen)
+    chosen = trainer.hyperparameters(training) | dict(params or {})
+    pipeline = fit_pipeline(rows, spec, training, params=chosen, trainer=trainer)
+    return evaluate(pipeline, rows, spec, params=chosen, trainer=trainer)
 
 
-def tune(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) -> TrainedModel:
+def tune(
+    frame: pd.DataFrame,
+    spec: DatasetSpec,
+    training: TrainingSettings,
+    *,
+    trainer: Trainer = TRAINER,
+) -> TrainedModel:
     """Try ``training.tune_trials`` hyperparameter sets and keep the model of the best one.
 
     Trials are chosen on the early-stopping slice, never on the holdout: the holdout must stay an
@@ -332,16 +321,16 @@ def tune(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) -> 
     The best trial's fitted pipeline is the final model (fitting it again would give the same).
     """
     rows = split_rows(frame, spec, training)
-    candidates = [hyperparameters(training), *_sampled_params(training)]
+    candidates = [trainer.hyperparameters(training), *_sampled_params(training, trainer)]
     trials: list[Trial] = []
     best: tuple[Trial, Pipeline] | None = None
     for number, params in enumerate(candidates):
-        pipeline = fit_pipeline(rows, spec, training, params=params)
+        pipeline = fit_pipeline(rows, spec, training, params=params, trainer=trainer)
         trial = Trial(
             number=number,
             params=params,
             metrics=score(pipeline, rows.stop, spec),
-            rounds=kept_rounds(pipeline),
+            rounds=trainer.describe(regressor_of(pipeline)).rounds,
         )
         trials.append(trial)
         # Lowest RMSE (the objective early stopping watches); a tie keeps the earlier trial.
@@ -349,29 +338,22 @@ def tune(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) -> 
             best = (trial, pipeline)
     assert best is not None  # tune_trials >= 1: trial 0 always runs
     chosen, pipeline = best
-    tuned = evaluate(pipeline, rows, spec, params=chosen.params, trials=tuple(trials))
+    tuned = evaluate(
+        pipeline, rows, spec, params=chosen.params, trials=tuple(trials), trainer=trainer
+    )
     return replace(tuned, hyperparameters_from="tuning")
 
 
-def kept_rounds(pipeline: Pipeline) -> int:
-    """Boosting rounds the fitted model predicts with: where early stopping stopped, else all."""
-    regressor = regressor_of(pipeline)
-    try:
-        return int(regressor.best_iteration) + 1
-    except AttributeError:  # XGBoost defines best_iteration only when early stopping ran
-        return int(regressor.get_booster().num_boosted_rounds())
-
-
-def _sampled_params(training: TrainingSettings) -> list[dict[str, Any]]:
-    """``tune_trials - 1`` seeded draws from ``SEARCH_SPACE``, as plain Python numbers (four
-    significant digits: what a person reads in MLflow is what was fitted)."""
+def _sampled_params(training: TrainingSettings, trainer: Trainer) -> list[dict[str, Any]]:
+    """``tune_trials - 1`` seeded draws from the trainer's search space, as plain Python numbers
+    (four significant digits: what a person reads in MLflow is what was fitted)."""
     draws = ParameterSampler(
-        SEARCH_SPACE, n_iter=training.tune_trials - 1, random_state=training.seed
+        trainer.search_space, n_iter=training.tune_trials - 1, random_state=training.seed
     )
     return [
         {
-            name: int(value) if name == "max_depth" else float(f"{float(value):.4g}")
-            for name, value in sorted(draw.items())
+            name: value if isinstance(value, int) else float(f"{value:.4g}")
+            for name, value in sorted(trainer.typed(draw).items())
         }
         for draw in draws
     ]
@@ -383,15 +365,25 @@ def fit_pipeline(
     training: TrainingSettings,
     *,
     params: Mapping[str, Any] | None = None,
+    trainer: Trainer = TRAINER,
 ) -> Pipeline:
-    """A pipeline fitted on ``rows.fit``, early stopping on ``rows.stop``: in this process, or on
-    the Dask cluster the settings name."""
-    pipeline = build_pipeline(spec, training, params)
-    if training.dask_scheduler is None:
-        _fit_in_process(pipeline, rows.fit, rows.stop, spec)
-    else:
-        _fit_on_dask(pipeline, rows.fit, rows.stop, spec, scheduler=training.dask_scheduler)
-    return pipeline
+    """A pipeline fitted on ``rows.fit``, early stopping on ``rows.stop`` (in this process, or on
+    the Dask cluster the settings name): the dataset's encoder, then the trainer's regressor."""
+    encoder = feature_encoder(spec)
+    regressor = trainer.fit(
+        _encoded(rows.fit, spec, encoder=encoder),
+        _encoded(rows.stop, spec, encoder=encoder),
+        training=training,
+        params=trainer.hyperparameters(training) | dict(params or {}),
+    )
+    return _composed(encoder, regressor)
+
+
+def _encoded(rows: pd.DataFrame, spec: DatasetSpec, *, encoder: FeatureEncoder) -> EncodedRows:
+    return EncodedRows(
+        features=encoder.transform(rows[spec.feature_names]),
+        target=rows[spec.target.name].to_numpy(),
+    )
 
 
 def baseline_mae(rows: Split, spec: DatasetSpec) -> float:
@@ -409,6 +401,7 @@ def evaluate(
     *,
     params: Mapping[str, Any],
     trials: tuple[Trial, ...] = (),
+    trainer: Trainer = TRAINER,
 ) -> TrainedModel:
     """The fitted pipeline judged on the holdout, with what logging and the gate need."""
     holdout = rows.holdout
@@ -423,84 +416,9 @@ def evaluate(
         holdout=holdout[spec.columns],
         predicted=predicted,
         params=dict(params),
+        facts=trainer.describe(regressor_of(pipeline)),
         trials=trials,
     )
-
-
-def _fit_in_process(
-    pipeline: Pipeline, fit_rows: pd.DataFrame, stop_rows: pd.DataFrame, spec: DatasetSpec
-) -> None:
-    """Fit the pipeline here, early stopping on ``stop_rows``."""
-    encoder = pipeline.named_steps[ENCODE]
-    pipeline.fit(
-        fit_rows[spec.feature_names],
-        fit_rows[spec.target.name].to_numpy(),
-        regress__eval_set=[
-            (encoder.transform(stop_rows[spec.feature_names]), stop_rows[spec.target.name])
-        ],
-        regress__verbose=False,
-    )
-
-
-def _fit_on_dask(
-    pipeline: Pipeline,
-    fit_rows: pd.DataFrame,
-    stop_rows: pd.DataFrame,
-    spec: DatasetSpec,
-    *,
-    scheduler: str,
-) -> None:
-    """Fit the pipeline's regressor with ``xgboost.dask`` on the cluster at ``scheduler``, with the
-    same hyperparameters and early stopping, then load the booster into the pipeline's own plain
-    ``XGBRegressor``: the result is the same pipeline an in-process fit gives, so it logs and
-    serves without Dask."""
-    # Imported here: the API and in-process training never pay for importing Dask.
-    from distributed import Client  # noqa: PLC0415
-    from xgboost.dask import DaskXGBRegressor  # noqa: PLC0415
-
-    encoder, regressor = pipeline.named_steps["encode"], regressor_of(pipeline)
-    # Not the process-wide default client: other code here may use Dask with its own. It is made
-    # current for this block only, because xgboost.dask looks the client up even when given one.
-    with Client(scheduler, set_as_default=False) as client, client.as_current():
-        client.wait_for_workers(1, timeout=_WORKER_WAIT_SECONDS)
-        fit_features, fit_target = _scatter_encoded(client, fit_rows, spec, encoder=encoder)
-        stop_features, stop_target = _scatter_encoded(client, stop_rows, spec, encoder=encoder)
-        dask_regressor = DaskXGBRegressor(**regressor.get_params())
-        dask_regressor.client = client
-        dask_regressor.fit(
-            fit_features, fit_target, eval_set=[(stop_features, stop_target)], verbose=False
-        )
-        booster = dask_regressor.get_booster()
-    # The booster carries best_iteration, so predict() stops where early stopping did.
-    regressor.load_model(bytearray(booster.save_raw("ubj")))
-
-
-def _scatter_encoded(
-    client: Client, rows: pd.DataFrame, spec: DatasetSpec, *, encoder: FeatureEncoder
-) -> tuple[dd.DataFrame, dd.Series]:
-    """Encode ``rows`` here and send one contiguous chunk to each worker, as a Dask DataFrame of
-    the features (categoricals with their fixed categories) and a Series of the target.
-
-    Encoding here means the workers need only pandas and XGBoost, not lakeloop. ``rows`` come in
-    content order (``split_rows``), so the partitions (and so the model) do not depend on the
-    order the files were read in. Chunks are placed explicitly because the scheduler may put
-    every partition of a small graph on one worker.
-    """
-    import dask.dataframe as dd  # noqa: PLC0415 - see _fit_on_dask
-
-    encoded = encoder.transform(rows[spec.feature_names]).assign(
-        **{spec.target.name: rows[spec.target.name].to_numpy()}
-    )
-    encoded = encoded.reset_index(drop=True)
-    workers = sorted(client.nthreads())
-    bounds = np.linspace(0, len(encoded), num=len(workers) + 1).astype(int)
-    chunks = [
-        client.scatter(encoded.iloc[start:end], workers=[worker], hash=False)
-        for worker, start, end in zip(workers, bounds[:-1], bounds[1:], strict=True)
-        if end > start
-    ]
-    frame = dd.from_delayed(chunks, meta=encoded.iloc[:0], verify_meta=False)
-    return frame[spec.feature_names], frame[spec.target.name]
 
 
 def score(model: Any, holdout: pd.DataFrame, spec: DatasetSpec) -> dict[str, float]:

@@ -38,7 +38,7 @@ from mlflow.tracking import MlflowClient
 import lakeloop
 from lakeloop import evaluation, evolution, model
 from lakeloop.dataset import DatasetSpec, in_units, parse_spec
-from lakeloop.model import TUNABLE, Split, TrainedModel, Trial
+from lakeloop.model import Split, TrainedModel, Trial
 from lakeloop.settings import Settings
 
 # Tag names that carry lineage; the API and the flows read them back.
@@ -70,18 +70,22 @@ GATE_ABANDONED = "abandoned"
 ABANDONED_REASON = "its training attempt failed before the gate decided; the commit was retrained"
 
 # MLflow stores sklearn models with skops, which loads only types named as trusted: ours and
-# XGBoost's, nothing arbitrary (unlike pickle).
-TRUSTED_MODEL_TYPES = [
-    "lakeloop.model.FeatureEncoder",
-    "xgboost.core.Booster",
-    "xgboost.sklearn.XGBRegressor",
-]
+# the model kind's (XGBoost's), nothing arbitrary (unlike pickle).
+TRUSTED_MODEL_TYPES = model.stored_types()
 
 
 # What a logged model needs to load and predict elsewhere (FeatureEncoder is lakeloop's). Stated,
 # not inferred: MLflow infers requirements by loading the model in a subprocess, which took most
 # of the logging time at 20k rows (4-12 s here), and its guess listed test tools and missed xgboost.
-MODEL_PACKAGES = ("lakeloop", "scikit-learn", "xgboost", "skops", "pandas", "numpy", "scipy")
+MODEL_PACKAGES = (
+    "lakeloop",
+    "scikit-learn",
+    *model.TRAINER.packages,
+    "skops",
+    "pandas",
+    "numpy",
+    "scipy",
+)
 
 
 def model_requirements() -> list[str]:
@@ -731,11 +735,7 @@ def handed_on(client: MlflowClient, version: ModelVersion) -> dict[str, Any] | N
     params = client.get_run(str(version.run_id)).data.params
     if params.get(HYPERPARAMETERS_FROM, "settings") == "settings":
         return None
-    return {
-        name: int(float(params[name])) if name == "max_depth" else float(params[name])
-        for name in TUNABLE
-        if name in params
-    }
+    return model.TRAINER.typed(params)
 
 
 def description_of(version: ModelVersion) -> DatasetSpec | None:

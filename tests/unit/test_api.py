@@ -21,7 +21,7 @@ from api import openapi
 from api.app import create_app
 from api.coalesce import Coalescer
 from api.ids import prediction_ids
-from api.predictor import BoosterKernel, Example, ModelLoadError, ModelSlot, Predictor, refresh
+from api.predictor import Example, MatrixKernel, ModelLoadError, ModelSlot, Predictor, refresh
 from api.schemas import RequestTypes
 from lakeloop import tracking
 from lakeloop.dataset import DatasetSpec
@@ -119,7 +119,7 @@ def test_booster_kernel_matches_the_pipeline(
         frame["total_bedrooms"] = np.nan
     if case == "unknown category":
         frame["ocean_proximity"] = "ATLANTIS"
-    kernel = BoosterKernel.of(tiny_model.pipeline)
+    kernel = MatrixKernel.of(tiny_model.pipeline)
     assert kernel is not None
     rows = _records(frame, spec)
     columns = {name: [row[name] for row in rows] for name in spec.feature_names}
@@ -165,7 +165,7 @@ def test_kernel_matrix_from_records_equals_from_columns(
     records = _records(frame, spec)
     types = RequestTypes.for_spec(spec, max_batch=1000)
     structs = [types.record(**record) for record in records]
-    kernel = BoosterKernel.of(tiny_model.pipeline)
+    kernel = MatrixKernel.of(tiny_model.pipeline)
     assert kernel is not None
     columns = kernel.matrix_from_columns(
         {name: [r[name] for r in records] for name in spec.feature_names}

@@ -17,7 +17,7 @@ from api.predictor import ModelSlot, Predictor
 from lakeloop import lakefs_client
 from lakeloop.dataset import DatasetSpec
 from lakeloop.ingest import read_csv, read_source
-from lakeloop.model import ENCODE, train
+from lakeloop.model import encoder_of, train
 from lakeloop.settings import Settings, TrainingSettings
 from lakeloop.stores.prediction_log import read_prediction_log
 from lakeloop.validation.checks import validate_frame
@@ -93,7 +93,7 @@ def test_codes_as_integers_text_or_floats_give_the_same_predictions(sales: pd.Da
     np.testing.assert_array_equal(as_integers, as_text)
     np.testing.assert_array_equal(as_integers[1:], as_floats[1:])
     # Codes matter: the model did learn the listed classes, not one "unknown" bucket.
-    encoded = model.named_steps[ENCODE].transform(rows)
+    encoded = encoder_of(model).transform(rows)
     assert encoded["building_class"].isna().sum() == 0
 
 
