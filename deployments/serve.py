@@ -23,7 +23,16 @@ from flows.monitor import monitor_champion
 from flows.reconcile import reconcile_commits
 from flows.retrain import retrain_on_drift
 from flows.train import train_on_commit
-from lakeloop.events import ALERT_ACTION, ALERT_FIRED, DRIFT_DETECTED, model_resource
+from lakeloop.events import (
+    ALERT_ACTION,
+    ALERT_FIRED,
+    BRANCH,
+    DRIFT_DETECTED,
+    RETRAIN_PARAMETERS,
+    from_payload,
+    model_resource,
+    repository_resource,
+)
 from lakeloop.settings import Settings, load_settings
 from pipelines.train import promotion_lock
 
@@ -38,8 +47,8 @@ def training_trigger(settings: Settings) -> DeploymentEventTrigger:
         description="A commit or merge on the production branch trains a model on that commit.",
         expect=set(TRAINING_EVENTS),
         match={
-            "prefect.resource.id": f"lakefs.repository.{settings.lakefs.repository}",
-            "lakefs.branch": settings.lakefs.branch,
+            "prefect.resource.id": repository_resource(settings.lakefs.repository),
+            BRANCH: settings.lakefs.branch,
         },
         parameters={
             "repository": "{{ event.payload.repository_id }}",
@@ -56,13 +65,7 @@ def retrain_trigger(settings: Settings) -> DeploymentEventTrigger:
         description="A drift event from the monitor retrains on the newest production commit.",
         expect={DRIFT_DETECTED},
         match={"prefect.resource.id": model_resource(settings.mlflow.model_name)},
-        parameters={
-            "champion_version": "{{ event.payload.champion_version }}",
-            "window_id": "{{ event.payload.window_id }}",
-            "window_start": "{{ event.payload.window_start }}",
-            "window_end": "{{ event.payload.window_end }}",
-            "reason": "{{ event.event }}",
-        },
+        parameters=from_payload(*RETRAIN_PARAMETERS),
     )
 
 
@@ -77,11 +80,7 @@ def alert_trigger(settings: Settings) -> DeploymentEventTrigger:
             "prefect.resource.id": model_resource(settings.mlflow.model_name),
             ALERT_ACTION: "retrain",
         },
-        parameters={
-            "champion_version": "{{ event.payload.champion_version }}",
-            "window_id": "{{ event.payload.window_id }}",
-            "reason": "{{ event.event }}",
-        },
+        parameters=from_payload(*RETRAIN_PARAMETERS[:2]),
     )
 
 

@@ -144,13 +144,14 @@ def alert_event(alert: GrafanaAlert, *, default_model: str, receiver: str) -> di
         "id": events.event_id(events.ALERT_FIRED, alert.fingerprint, started),
         "occurred": started,
         "event": events.ALERT_FIRED,
-        "resource": {
-            "prefect.resource.id": events.model_resource(model),
-            "prefect.resource.name": model,
-            events.ALERT_NAME: name,
-            events.ALERT_ACTION: alert.labels.get(ACTION_LABEL, "notify"),
-            events.ALERT_FINGERPRINT: alert.fingerprint,
-        },
+        "resource": events.model_labels(
+            model,
+            **{
+                events.ALERT_NAME: name,
+                events.ALERT_ACTION: alert.labels.get(ACTION_LABEL, "notify"),
+                events.ALERT_FINGERPRINT: alert.fingerprint,
+            },
+        ),
         "payload": {
             "model_name": model,
             "alertname": name,

@@ -49,6 +49,36 @@ def model_resource(model_name: str) -> str:
     return f"lakeloop.model.{model_name}"
 
 
+MODEL_VERSION = "lakeloop.model_version"
+"""Resource label of a model's events: the version they are about."""
+WINDOW = "lakeloop.window"
+"""Resource label of a drift event, and metadata key of the commit its retrain folds prices in
+with: the monitored window's id."""
+
+
+def model_labels(model_name: str, **labels: str) -> dict[str, str]:
+    """The resource of an event about a registered model, with more labels (by their keys)."""
+    return {
+        "prefect.resource.id": model_resource(model_name),
+        "prefect.resource.name": model_name,
+        **labels,
+    }
+
+
+RETRAIN_PARAMETERS = ("champion_version", "window_id", "window_start", "window_end")
+"""Payload keys of a drift event that the retrain flow takes as its parameters (an alert's
+payload carries the first two: no window bounds, so no prices are folded for it)."""
+
+
+def from_payload(*keys: str) -> dict[str, str]:
+    """Deployment-trigger parameters read from the triggering event's payload, and its name as
+    the run's ``reason``."""
+    return {
+        **{key: "{{ event.payload." + key + " }}" for key in keys},
+        "reason": "{{ event.event }}",
+    }
+
+
 # What lakeFS itself accepts as ids (repository and branch names as lakeFS validates them; commit
 # ids are sha256 hex). Anything else is refused, not escaped: these strings become event
 # resources, flow parameters and, for the commit, a folder name under the state folder.
@@ -81,6 +111,15 @@ def event_id(*natural_key: str) -> str:
     return str(uuid.uuid5(EVENT_NAMESPACE, "/".join(natural_key)))
 
 
+def repository_resource(repository: str) -> str:
+    """The Prefect resource id of a lakeFS repository: what its relayed events are about."""
+    return f"lakefs.repository.{repository}"
+
+
+BRANCH = "lakefs.branch"
+"""Resource label of a relayed lakeFS event: the branch it happened on."""
+
+
 def lakefs_event(hook: LakeFSWebhook) -> dict[str, Any]:
     """The Prefect event relaying a lakeFS webhook; it keeps lakeFS's own event type."""
     name = f"lakefs.{hook.event_type}"
@@ -89,10 +128,10 @@ def lakefs_event(hook: LakeFSWebhook) -> dict[str, Any]:
         "occurred": hook.event_time or datetime.now(UTC).isoformat(),
         "event": name,
         "resource": {
-            "prefect.resource.id": f"lakefs.repository.{hook.repository_id}",
+            "prefect.resource.id": repository_resource(hook.repository_id),
             "prefect.resource.name": hook.repository_id,
             "lakefs.repository": hook.repository_id,
-            "lakefs.branch": hook.branch_id,
+            BRANCH: hook.branch_id,
             "lakefs.commit_id": hook.commit_id,
         },
         "payload": msgspec.to_builtins(hook),

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from lakeloop.events import DRIFT_DETECTED, event_id, model_resource
+from lakeloop.events import DRIFT_DETECTED, MODEL_VERSION, WINDOW, event_id, model_labels
 from monitoring.history import Window
 from monitoring.parse import DriftSummary, QualitySummary
 
@@ -34,12 +34,9 @@ def drift_event(
         "id": event_id(DRIFT_DETECTED, model_name, champion_version, window.id),
         "occurred": (occurred or datetime.now(UTC)).isoformat(),
         "event": DRIFT_DETECTED,
-        "resource": {
-            "prefect.resource.id": model_resource(model_name),
-            "prefect.resource.name": model_name,
-            "lakeloop.model_version": champion_version,
-            "lakeloop.window": window.id,
-        },
+        "resource": model_labels(
+            model_name, **{MODEL_VERSION: champion_version, WINDOW: window.id}
+        ),
         "payload": {
             "model_name": model_name,
             "champion_version": champion_version,

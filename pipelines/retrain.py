@@ -17,7 +17,14 @@ from typing import Any
 
 from lakeloop import datagate, lakefs_client
 from lakeloop.dataset import DatasetSpec
-from lakeloop.events import DRIFT_DETECTED, SKIP_TRAINING_KEY, model_resource, retrain_finished
+from lakeloop.events import (
+    DRIFT_DETECTED,
+    MODEL_VERSION,
+    SKIP_TRAINING_KEY,
+    WINDOW,
+    model_labels,
+    retrain_finished,
+)
 from lakeloop.ingest import inspect_source, write_parquet
 from lakeloop.settings import Settings
 from monitoring.window import window_feedback
@@ -92,7 +99,7 @@ def fold_feedback(
         metadata={
             SKIP_TRAINING_KEY: "true",
             "lakeloop.trigger": "drift",
-            "lakeloop.window": window_id,
+            WINDOW: window_id,
             "skipped_existing": str(known.present_rows),
         },
     )
@@ -140,11 +147,10 @@ def retrain(
         logger.warning("%s", outcome["reason"])
     runtime.event(
         retrain_finished(result["status"]),
-        resource={
-            "prefect.resource.id": model_resource(settings.mlflow.model_name),
-            "prefect.resource.name": settings.mlflow.model_name,
-            "lakeloop.model_version": str(result.get("version", champion_version)),
-        },
+        resource=model_labels(
+            settings.mlflow.model_name,
+            **{MODEL_VERSION: str(result.get("version", champion_version))},
+        ),
         payload=outcome,
     )
     return outcome
