@@ -62,7 +62,7 @@ def read_window(
 ) -> tuple[pd.DataFrame, Window]:
     since = None if minutes is None else datetime.now(UTC) - timedelta(minutes=minutes)
     return champion_window(
-        settings.state_dir,
+        settings.object_store,
         spec,
         model_version=champion.version,
         rows=rows,
@@ -92,7 +92,7 @@ def champion_reference(settings: Settings, spec: DatasetSpec, champion: Champion
             seed=settings.training.seed,
         )
 
-    return cached_reference(settings.monitoring_dir, model_version=champion.version, build=build)
+    return cached_reference(settings.monitoring_store, model_version=champion.version, build=build)
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -121,7 +121,7 @@ def check(
         window=window,
         champion_version=champion.version,
         model_name=settings.mlflow.model_name,
-        folder=settings.monitoring_dir,
+        store=settings.monitoring_store,
         now=datetime.now(UTC),
         policy=settings.monitoring.policy,
         baseline_quality=champion.holdout,
@@ -138,6 +138,7 @@ def record_in_mlflow(settings: Settings, result: CheckResult) -> str:
     tracking.connect(settings)
     return log_to_mlflow(
         result.entry,
+        store=settings.monitoring_store,
         experiment=f"{settings.mlflow.experiment}-monitoring",
         model_name=settings.mlflow.model_name,
     )

@@ -49,7 +49,7 @@ def fold_feedback(
     does not start a second training of the commit this retrain trains."""
     logger = get_run_logger()
     rows = window_feedback(
-        settings.state_dir, spec, model_version=champion_version, start=start, end=end
+        settings.object_store, spec, model_version=champion_version, start=start, end=end
     )
     if rows.empty:
         logger.info("no prices were reported for window %s; nothing to add", window_id)
@@ -62,7 +62,7 @@ def fold_feedback(
         return None
     # A sale main already holds (a house predicted and sold again at the same price) is not news,
     # and would break the history's uniqueness rule for the whole window: leave it out.
-    path = write_parquet(rows, settings.monitoring_dir / "feedback" / name)
+    path = write_parquet(rows, settings.state_dir / "monitoring" / "feedback" / name)
     known = datagate.overlap(
         datagate.for_settings(settings, spec),
         client,

@@ -1,13 +1,20 @@
-"""Persist: the numbers to a Prometheus Pushgateway (for Grafana), every run to a JSON-lines
-history (for ``lakeloop`` to print and for the policy's cooldown), and Evidently's HTML report.
+"""Persist: the numbers to a Prometheus Pushgateway (for Grafana), every run to the history (for
+``lakeloop`` to print and for the policy's cooldown), and Evidently's HTML report.
 
-Each function takes its folder or URL as a parameter: the entry point reads the settings.
+The history and the reports live in the monitoring store (``Settings.monitoring_store``: a local
+folder or a prefix in an object store). An object store cannot append, so the history is one JSON
+object per run under ``history/``, named by the run's time so that listing them reads them in
+order; a ``history.jsonl`` left by an earlier version is read first.
+
+Each function takes its store or URL as a parameter: the entry point reads the settings.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+import secrets
+import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -16,13 +23,17 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from lakeloop.dataset import in_units
 from lakeloop.pushmetrics import replace_group
+from lakeloop.stores.objects import ObjectStore
 from monitoring.history import Decision, HistoryEntry
 from monitoring.parse import DriftSummary, QualitySummary
 
 JOB = "lakeloop_monitor"
 """Pushgateway job name; each champion version is its own group under it."""
-HISTORY_FILE = "history.jsonl"
+HISTORY_DIR = "history"
+LEGACY_HISTORY_FILE = "history.jsonl"
+"""The single appended file earlier versions kept; still read, never written."""
 REPORTS_DIR = "reports"
+_STAMP = "%Y%m%dT%H%M%S%fZ"
 
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(HistoryEntry)
@@ -103,38 +114,43 @@ def push_metrics(
 
 
 def save_report(
-    folder: Path,
+    store: ObjectStore,
     report: HtmlReport,
     *,
     champion_version: str,
     window_id: str,
     kind: str = "drift",
-) -> Path:
-    """Save Evidently's HTML report under ``folder/reports/`` and return its path; the name
-    carries the champion and the window, so re-running a window overwrites its own report."""
-    directory = folder / REPORTS_DIR
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{kind}-v{_safe(champion_version)}-{_safe(window_id)}.html"
-    report.save_html(str(path))
-    return path
+) -> str:
+    """Save Evidently's HTML report under ``reports/`` in ``store`` and return where it is (a
+    path or an ``s3://`` URL); the name carries the champion and the window, so re-running a
+    window overwrites its own report."""
+    name = f"{kind}-v{_safe(champion_version)}-{_safe(window_id)}.html"
+    with tempfile.TemporaryDirectory(prefix="lakeloop-report-") as scratch:
+        rendered = Path(scratch) / name  # Evidently writes to a path, not to bytes
+        report.save_html(str(rendered))
+        return store.put(f"{REPORTS_DIR}/{name}", rendered.read_bytes())
 
 
-def append_history(folder: Path, entry: HistoryEntry) -> Path:
-    """Append one run to ``folder/history.jsonl`` and return the file's path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / HISTORY_FILE
-    with path.open("ab") as handle:
-        handle.write(_ENCODER.encode(entry) + b"\n")
-    return path
+def report_key(location: str) -> str:
+    """The key of a report that :func:`save_report` put at ``location``."""
+    return f"{REPORTS_DIR}/{location.rsplit('/', 1)[-1]}"
 
 
-def read_history(folder: Path) -> list[HistoryEntry]:
-    """Every run recorded in ``folder/history.jsonl``, oldest first ([] when there is none)."""
-    path = folder / HISTORY_FILE
-    if not path.exists():
-        return []
-    lines = path.read_bytes().splitlines()
-    return [_DECODER.decode(line) for line in lines if line.strip()]
+def append_history(store: ObjectStore, entry: HistoryEntry) -> str:
+    """Record one run as its own object under ``history/`` in ``store`` and return where it is.
+    The name starts with the run's time (UTC), so listing the history reads it oldest first."""
+    stamp = entry.time.astimezone(UTC).strftime(_STAMP)
+    return store.put(f"{HISTORY_DIR}/{stamp}-{secrets.token_hex(4)}.json", _ENCODER.encode(entry))
+
+
+def read_history(store: ObjectStore) -> list[HistoryEntry]:
+    """Every run recorded in ``store``, oldest first ([] when there is none)."""
+    entries = []
+    if store.exists(LEGACY_HISTORY_FILE):
+        lines = store.get(LEGACY_HISTORY_FILE).splitlines()
+        entries = [_DECODER.decode(line) for line in lines if line.strip()]
+    keys = [key for key in store.list_keys(HISTORY_DIR) if key.endswith(".json")]
+    return entries + [_DECODER.decode(store.get(key)) for key in keys]
 
 
 def describe(entry: HistoryEntry) -> str:
@@ -153,10 +169,13 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "_"
 
 
-def log_to_mlflow(entry: HistoryEntry, *, experiment: str, model_name: str) -> str:
+def log_to_mlflow(
+    entry: HistoryEntry, *, store: ObjectStore, experiment: str, model_name: str
+) -> str:
     """Record one monitor run in MLflow (an experiment of its own, so monitor runs never mix with
-    training runs): the numbers as metrics, the decision as tags, Evidently's HTML report as an
-    artifact. The fluent API must already point at the tracking server. Returns the run id."""
+    training runs): the numbers as metrics, the decision as tags, Evidently's HTML report (read
+    from ``store``, the monitoring store) as an artifact. The fluent API must already point at
+    the tracking server. Returns the run id."""
     import mlflow  # noqa: PLC0415 - MLflow takes seconds to import; only the monitor flow needs it
 
     mlflow.set_experiment(experiment)
@@ -186,5 +205,6 @@ def log_to_mlflow(entry: HistoryEntry, *, experiment: str, model_name: str) -> s
             metrics["feedback_rows"] = float(entry.quality.rows)
         mlflow.log_metrics(metrics)
         if entry.report_path:
-            mlflow.log_artifact(entry.report_path, artifact_path="evidently")
+            with store.local_copy(report_key(entry.report_path)) as report:
+                mlflow.log_artifact(str(report), artifact_path="evidently")
     return str(run.info.run_id)
