@@ -150,7 +150,7 @@ def read_history(store: ObjectStore) -> list[HistoryEntry]:
         lines = store.get(LEGACY_HISTORY_FILE).splitlines()
         entries = [_DECODER.decode(line) for line in lines if line.strip()]
     keys = [key for key in store.list_keys(HISTORY_DIR) if key.endswith(".json")]
-    return entries + [_DECODER.decode(store.get(key)) for key in keys]
+    return entries + [_DECODER.decode(data) for data in store.get_many(keys)]
 
 
 def describe(entry: HistoryEntry) -> str:

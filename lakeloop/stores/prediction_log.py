@@ -363,7 +363,7 @@ def _read(
     keys = _segments(store, since)
     if not keys:
         return pd.DataFrame()
-    tables = [pq.read_table(io.BytesIO(store.get(key))).to_pandas() for key in keys]
+    tables = [pq.read_table(io.BytesIO(data)).to_pandas() for data in store.get_many(keys)]
     frame = pd.concat(tables, ignore_index=True)
     if since is not None:
         frame = frame[frame[time_column] >= pd.Timestamp(since).tz_convert(UTC)]
