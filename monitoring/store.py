@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import secrets
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -138,9 +139,11 @@ def report_key(location: str) -> str:
 
 def append_history(store: ObjectStore, entry: HistoryEntry) -> str:
     """Record one run as its own object under ``history/`` in ``store`` and return where it is.
-    The name starts with the run's time (UTC), so listing the history reads it oldest first."""
+    The name starts with the run's time (UTC), then when it was written (runs of the same time
+    keep the order they were recorded in), so listing the history reads it oldest first."""
     stamp = entry.time.astimezone(UTC).strftime(_STAMP)
-    return store.put(f"{HISTORY_DIR}/{stamp}-{secrets.token_hex(4)}.json", _ENCODER.encode(entry))
+    written = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
+    return store.put(f"{HISTORY_DIR}/{stamp}-{written}.json", _ENCODER.encode(entry))
 
 
 def read_history(store: ObjectStore) -> list[HistoryEntry]:

@@ -344,6 +344,9 @@ def test_history_round_trips_and_prints(tmp_path: Path) -> None:
     assert Path(path).parent == tmp_path / "history"
     assert len(store.list_keys("history")) == 2
     assert read_history(store) == [first, second]
+    again = msgspec.structs.replace(second, champion_version="5")  # the same time: kept in order
+    append_history(store, again)
+    assert read_history(store) == [first, second, again]
     assert describe(second) == (
         "2025-06-01 12:00:00 v4 window=2025-06-01T11:00/1h rows=900 drift_share=0.11 "
         "mae=41,000 ok: no trigger: drift share 0.11 < 0.30"
