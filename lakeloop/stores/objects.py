@@ -146,7 +146,6 @@ def open_store(settings: Settings) -> ObjectStore:
     if fsspec.core.split_protocol(url)[0] == "s3":
         # Another process (the API) adds objects all the time: never answer a listing from cache.
         options["use_listings_cache"] = False
-        options["skip_instance_cache"] = True
         if settings.store.endpoint_url:
             options["endpoint_url"] = settings.store.endpoint_url
     return ObjectStore.open(url, **options)

@@ -353,6 +353,16 @@ def test_history_round_trips_and_prints(tmp_path: Path) -> None:
     )
 
 
+def test_history_left_in_one_file_by_an_earlier_version_still_counts(tmp_path: Path) -> None:
+    """A state folder from before the history was one object per run keeps its cooldown."""
+    earlier = entry(time=NOW - timedelta(hours=2), retrain=True)
+    (tmp_path / "history.jsonl").write_bytes(msgspec.json.encode(earlier) + b"\n")
+    store = ObjectStore.folder(tmp_path)
+    later = entry(time=NOW, retrain=False)
+    append_history(store, later)
+    assert read_history(store) == [earlier, later]
+
+
 class FakeReport:
     def __init__(self) -> None:
         self.saved: list[str] = []
