@@ -80,3 +80,20 @@ def test_an_s3_url_selects_the_object_store(settings: Settings) -> None:
         moved.monitoring_store.url_of("history/x.json")
         == "s3://bucket/loop/monitoring/history/x.json"
     )
+
+
+def test_a_folder_is_copied_into_the_store_unless_it_is_already_there(tmp_path: Path) -> None:
+    built = tmp_path / "state" / "validation" / "c0ffee"
+    (built / "data_docs").mkdir(parents=True)
+    (built / "validation.json").write_text("{}")
+    (built / "data_docs" / "index.html").write_text("<html></html>")
+    ObjectStore.folder(built).put_folder(built)  # the local default: the report is in place
+    assert sorted(path.name for path in built.rglob("*")) == [
+        "data_docs",
+        "index.html",
+        "validation.json",
+    ]
+    elsewhere = ObjectStore.folder(tmp_path / "bucket").child("validation/c0ffee")
+    elsewhere.put_folder(built)
+    assert elsewhere.list_keys() == ["data_docs/index.html", "validation.json"]
+    assert elsewhere.get("data_docs/index.html") == b"<html></html>"
