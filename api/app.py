@@ -290,6 +290,7 @@ def _logs(
     if not settings.api.log_predictions:
         return None, None
     writers = []
+    store = settings.object_store
     for name, to_table in ((PREDICTIONS, prediction_table(spec)), (FEEDBACK, feedback_table)):
         dropped = metrics.log_dropped.labels(name)
         write_errors, lost = metrics.log_write_errors.labels(name), metrics.log_lost.labels(name)
@@ -300,7 +301,7 @@ def _logs(
 
         writers.append(
             SegmentWriter(
-                settings.state_dir / name,
+                store.child(name),
                 to_table,
                 max_rows=settings.api.log_queue_rows,
                 flush_rows=settings.api.log_flush_rows,

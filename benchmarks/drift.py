@@ -23,6 +23,7 @@ from evidently.presets import DataDriftPreset
 from benchmarks.timing import best_of
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import DriftPolicy
+from lakeloop.stores.objects import ObjectStore
 from lakeloop.stores.prediction_log import (
     FEEDBACK,
     PREDICTIONS,
@@ -54,14 +55,18 @@ def write_prediction_log(state: Path, window: pd.DataFrame, spec: DatasetSpec) -
     """The window as the API logs it (Parquet segments of 5,000 rows) with every price reported,
     so selecting it reads and joins what a monitor run reads in production."""
     predictions = SegmentWriter(
-        state / PREDICTIONS,
+        ObjectStore.folder(state / PREDICTIONS),
         prediction_table(spec),
         max_rows=10**6,
         flush_rows=10**6,
         flush_seconds=60,
     )
     feedback = SegmentWriter(
-        state / FEEDBACK, feedback_table, max_rows=10**6, flush_rows=10**6, flush_seconds=60
+        ObjectStore.folder(state / FEEDBACK),
+        feedback_table,
+        max_rows=10**6,
+        flush_rows=10**6,
+        flush_seconds=60,
     )
     at = datetime.now(UTC)
     for start in range(0, len(window), 5_000):
@@ -138,7 +143,7 @@ def main() -> None:
                     window=Window(id=f"bench-{next(runs)}", rows=len(current)),
                     champion_version="1",
                     model_name="housing-price",
-                    folder=Path(scratch),
+                    store=ObjectStore.folder(Path(scratch)),
                     now=datetime.now(UTC),
                     policy=DriftPolicy(),
                     baseline_quality={"mae": 40_000.0},
@@ -150,7 +155,9 @@ def main() -> None:
         state = Path(scratch) / "state"
         write_prediction_log(state, window, spec)
         select = best_of(
-            lambda: champion_window(state, spec, model_version="1", rows=WINDOW_ROWS),
+            lambda: champion_window(
+                ObjectStore.folder(state), spec, model_version="1", rows=WINDOW_ROWS
+            ),
             repeats=REPEATS,
         )
         evidently_alone()  # warm imports and caches once, for both sides

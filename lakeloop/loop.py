@@ -299,9 +299,9 @@ def wait_for_logged(
     from lakeloop.stores.prediction_log import read_feedback_log, read_prediction_log  # noqa: PLC0415
 
     def logged() -> bool:
-        log = read_prediction_log(settings.state_dir, since=since)
+        log = read_prediction_log(settings.object_store, since=since)
         count = 0 if log.empty else int((log["model_version"] == model_version).sum())
-        reported = len(read_feedback_log(settings.state_dir, since=since))
+        reported = len(read_feedback_log(settings.object_store, since=since))
         return count >= rows and reported >= feedback_rows
 
     poll(

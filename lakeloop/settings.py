@@ -12,10 +12,13 @@ import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from lakeloop.stores.objects import ObjectStore
 
 LOOPBACK = "127.0.0.1"
 # Values people paste from tutorials; refusing them beats running a server anyone can drive.
@@ -125,7 +128,8 @@ class ApiSettings(BaseModel):
     cors_origins: list[str] = []
     """Origins allowed to call the API from a browser; empty: no CORS headers at all."""
     log_predictions: bool = True
-    """Append every prediction to Parquet segments under ``<state_dir>/predictions/``."""
+    """Append every prediction to Parquet segments under ``predictions/`` in the store
+    (``LAKELOOP_STORE__URL``)."""
     log_queue_rows: Annotated[int, Field(ge=1)] = 200_000
     """Rows the in-memory log queue holds; beyond it rows are dropped (and counted), so a slow
     disk never slows a request."""
@@ -238,6 +242,48 @@ class ObservabilitySettings(BaseModel):
     """Prometheus URL that the Grafana datasource points at (as Grafana reaches it)."""
 
 
+class StoreSettings(BaseModel):
+    """Where the running loop keeps what it has seen and decided: the prediction and feedback
+    logs, the monitor history (the retrain cooldown), the reference cache and the reports."""
+
+    url: str = ""
+    """Root of the stores: a local folder, or ``s3://bucket/prefix`` on an S3-compatible object
+    store, shared by every pod (credentials come from the standard ``AWS_*`` variables). Empty:
+    the state folder."""
+    endpoint_url: str | None = None
+    """Endpoint of an S3-compatible server other than AWS (``http://minio:9000``)."""
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        scheme, _, rest = url.partition("://")
+        if not rest:  # a plain folder path (or empty: the state folder)
+            return url
+        if scheme == "file":
+            return url
+        if scheme != "s3":
+            raise ValueError(
+                f"LAKELOOP_STORE__URL must be a folder or s3://bucket/prefix, not a {scheme}:// URL"
+            )
+        if not rest.split("/", 1)[0]:
+            raise ValueError("LAKELOOP_STORE__URL names no bucket (s3://bucket/prefix)")
+        if "@" in rest.split("/", 1)[0]:
+            raise ValueError(
+                "LAKELOOP_STORE__URL holds credentials; set them as AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY instead"
+            )
+        return url.rstrip("/")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_endpoint(cls, endpoint: str | None) -> str | None:
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ValueError(
+                f"LAKELOOP_STORE__ENDPOINT_URL must be an http(s) URL, not {endpoint!r}"
+            )
+        return endpoint or None
+
+
 class Settings(BaseSettings):
     """Everything a lakeloop process needs to know, from ``LAKELOOP_*`` variables."""
 
@@ -246,6 +292,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         extra="ignore",
+        hide_input_in_errors=True,  # a refused value may be a secret (a URL with credentials)
     )
 
     state_dir: Path = Path(".lakeloop")
@@ -260,6 +307,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     observability: ObservabilitySettings = ObservabilitySettings()
+    store: StoreSettings = StoreSettings()
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
@@ -286,9 +334,16 @@ class Settings(BaseSettings):
         return self.mlflow.tracking_uri or f"http://{LOOPBACK}:{self.mlflow.port}"
 
     @property
-    def monitoring_dir(self) -> Path:
+    def object_store(self) -> ObjectStore:
+        """The root of every store (``LAKELOOP_STORE__URL``, else the state folder)."""
+        from lakeloop.stores.objects import open_store  # noqa: PLC0415 - fsspec, when a store is used
+
+        return open_store(self)
+
+    @property
+    def monitoring_store(self) -> ObjectStore:
         """The monitor's history, Evidently reports and references."""
-        return self.state_dir / "monitoring"
+        return self.object_store.child("monitoring")
 
     @property
     def api_url(self) -> str:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 
 import msgspec
 import pandas as pd
 
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import DriftPolicy
+from lakeloop.stores.objects import ObjectStore
 from monitoring.drift import run_drift, run_quality
 from monitoring.events import drift_event
 from monitoring.history import Decision, HistoryEntry, Window
@@ -40,8 +40,9 @@ class CheckResult(msgspec.Struct, frozen=True, kw_only=True):
     entry: HistoryEntry
     event: dict[str, object] | None
     """The drift event when the policy asked for a retrain (sent when a sender was given)."""
-    report_path: Path
-    history_path: Path
+    report_path: str
+    """Where the Evidently report is (a path, or an ``s3://`` URL)."""
+    history_path: str
 
 
 def check_window(
@@ -52,7 +53,7 @@ def check_window(
     window: Window,
     champion_version: str,
     model_name: str,
-    folder: Path,
+    store: ObjectStore,
     now: datetime,
     policy: DriftPolicy,
     baseline_quality: dict[str, float] | None = None,
@@ -61,8 +62,9 @@ def check_window(
     pushgateway_url: str | None = None,
     send: EventSender | None = None,
 ) -> CheckResult:
-    """Run the whole monitor step on one window; quality is measured when ``current`` holds the
-    description's target with at least one value (feedback prices)."""
+    """Run the whole monitor step on one window, keeping its report and history in ``store``
+    (the monitoring store); quality is measured when ``current`` holds the description's target
+    with at least one value (feedback prices)."""
     drift_run = run_drift(
         current=current,
         reference=reference,
@@ -79,13 +81,13 @@ def check_window(
     )
     quality = _quality(current, spec=spec, prediction_column=prediction_column)
     report_path = save_report(
-        folder, drift_run.snapshot, champion_version=champion_version, window_id=window.id
+        store, drift_run.snapshot, champion_version=champion_version, window_id=window.id
     )
     decision = decide(
         drift=drift,
         quality=quality,
         baseline_quality=baseline_quality,
-        history=read_history(folder),
+        history=read_history(store),
         now=now,
         policy=policy,
         champion_version=champion_version,
@@ -97,7 +99,7 @@ def check_window(
             champion_version=champion_version,
             window=window,
             summary=drift,
-            report_path=str(report_path),
+            report_path=report_path,
             model_name=model_name,
             quality=quality,
             reason=decision.reason,
@@ -113,14 +115,14 @@ def check_window(
             drift=drift,
             quality=quality,
             decision=decision,
-            report_path=str(report_path),
+            report_path=report_path,
             event_id=None if event is None else event["id"],
         ),
     )
     if pushgateway_url:
         registry = metrics_registry(drift=drift, quality=quality, decision=entry.decision, now=now)
         push_metrics(pushgateway_url, registry, champion_version=champion_version)
-    history_path = append_history(folder, entry)
+    history_path = append_history(store, entry)
     if error is not None:
         raise error
     return CheckResult(entry=entry, event=event, report_path=report_path, history_path=history_path)

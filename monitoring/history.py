@@ -1,4 +1,4 @@
-"""The record of one monitor run, as the history file stores it and the policy reads it."""
+"""The record of one monitor run, as the monitor history stores it and the policy reads it."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class Window(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One monitor run: one line of ``history.jsonl``."""
+    """One monitor run: one object under ``history/`` in the monitoring store."""
 
     time: datetime
     """When the run decided (timezone-aware)."""

@@ -2,19 +2,21 @@
 the commit the champion was trained on, with the champion's predictions on it.
 
 Reading and scoring it costs seconds, and a version's training data never changes (it is a commit),
-so it is built once per champion version and kept beside the monitor's history.
+so it is built once per champion version and kept beside the monitor's history (in the monitoring
+store, so every monitor pod finds it).
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from lakeloop.dataset import DatasetSpec
+from lakeloop.stores.objects import ObjectStore
 
 REFERENCE_DIR = "reference"
 
@@ -38,15 +40,15 @@ def reference_frame(
 
 
 def cached_reference(
-    folder: Path, *, model_version: str, build: Callable[[], pd.DataFrame]
+    store: ObjectStore, *, model_version: str, build: Callable[[], pd.DataFrame]
 ) -> pd.DataFrame:
-    """The reference of ``model_version`` stored under ``folder``, built and stored on first use."""
-    path = folder / REFERENCE_DIR / f"v{model_version}.parquet"
-    if path.exists():
-        return pd.read_parquet(path)
+    """The reference of ``model_version`` kept in ``store``, built and stored on first use (an
+    atomic write: never a half-written reference for the next run to trust)."""
+    key = f"{REFERENCE_DIR}/v{model_version}.parquet"
+    if store.exists(key):
+        return pd.read_parquet(io.BytesIO(store.get(key)))
     frame = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    frame.to_parquet(partial, index=False)
-    partial.replace(path)  # never leave a half-written reference for the next run to trust
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    store.put(key, buffer.getvalue())
     return frame

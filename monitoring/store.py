@@ -1,14 +1,24 @@
-"""Persist: the numbers to a Prometheus Pushgateway (for Grafana), every run to a JSON-lines
-history (for ``lakeloop`` to print and for the policy's cooldown), and Evidently's HTML report.
+"""Persist: the numbers to a Prometheus Pushgateway (for Grafana), every run to the history (for
+``lakeloop`` to print and for the policy's cooldown), and Evidently's HTML report.
 
-Each function takes its folder or URL as a parameter: the entry point reads the settings.
+The history and the reports live in the monitoring store (``Settings.monitoring_store``: a local
+folder or a prefix in an object store). An object store cannot append, so the history is one JSON
+object per run under ``history/``, named by the run's time so that listing them reads them in
+order; a ``history.jsonl`` left by an earlier version is read first.
+
+Each function takes its store or URL as a parameter: the entry point reads the settings.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -17,13 +27,17 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from lakeloop.dataset import in_units
 from lakeloop.pushmetrics import replace_group
+from lakeloop.stores.objects import ObjectStore
 from monitoring.history import Decision, HistoryEntry
 from monitoring.parse import DriftSummary, QualitySummary
 
 JOB = "lakeloop_monitor"
 """Pushgateway job name; each champion version is its own group under it."""
-HISTORY_FILE = "history.jsonl"
+HISTORY_DIR = "history"
+LEGACY_HISTORY_FILE = "history.jsonl"
+"""The single appended file earlier versions kept; still read, never written."""
 REPORTS_DIR = "reports"
+_STAMP = "%Y%m%dT%H%M%S%fZ"
 
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(HistoryEntry)
@@ -104,38 +118,56 @@ def push_metrics(
 
 
 def save_report(
-    folder: Path,
+    store: ObjectStore,
     report: HtmlReport,
     *,
     champion_version: str,
     window_id: str,
     kind: str = "drift",
-) -> Path:
-    """Save Evidently's HTML report under ``folder/reports/`` and return its path; the name
-    carries the champion and the window, so re-running a window overwrites its own report."""
-    directory = folder / REPORTS_DIR
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{kind}-v{_safe(champion_version)}-{_safe(window_id)}.html"
-    report.save_html(str(path))
-    return path
+) -> str:
+    """Save Evidently's HTML report under ``reports/`` in ``store`` and return where it is (a
+    path or an ``s3://`` URL); the name carries the champion and the window, so re-running a
+    window overwrites its own report."""
+    name = f"{kind}-v{_safe(champion_version)}-{_safe(window_id)}.html"
+    with tempfile.TemporaryDirectory(prefix="lakeloop-report-") as scratch:
+        rendered = Path(scratch) / name  # Evidently writes to a path, not to bytes
+        report.save_html(str(rendered))
+        return store.put(f"{REPORTS_DIR}/{name}", rendered.read_bytes())
 
 
-def append_history(folder: Path, entry: HistoryEntry) -> Path:
-    """Append one run to ``folder/history.jsonl`` and return the file's path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / HISTORY_FILE
-    with path.open("ab") as handle:
-        handle.write(_ENCODER.encode(entry) + b"\n")
-    return path
+def report_key(location: str) -> str:
+    """The key of a report that :func:`save_report` put at ``location``."""
+    return f"{REPORTS_DIR}/{location.rsplit('/', 1)[-1]}"
 
 
-def read_history(folder: Path) -> list[HistoryEntry]:
-    """Every run recorded in ``folder/history.jsonl``, oldest first ([] when there is none)."""
-    path = folder / HISTORY_FILE
-    if not path.exists():
-        return []
-    lines = path.read_bytes().splitlines()
-    return [_DECODER.decode(line) for line in lines if line.strip()]
+@contextmanager
+def report_file(store: ObjectStore, location: str | None) -> Iterator[Path | None]:
+    """A local file holding the report :func:`save_report` put at ``location`` (a temporary copy
+    when the store is S3: MLflow uploads only files); ``None`` when the run saved none."""
+    if not location:
+        yield None
+        return
+    with store.local_copy(report_key(location)) as path:
+        yield path
+
+
+def append_history(store: ObjectStore, entry: HistoryEntry) -> str:
+    """Record one run as its own object under ``history/`` in ``store`` and return where it is.
+    The name starts with the run's time (UTC), then when it was written (runs of the same time
+    keep the order they were recorded in), so listing the history reads it oldest first."""
+    stamp = entry.time.astimezone(UTC).strftime(_STAMP)
+    written = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
+    return store.put(f"{HISTORY_DIR}/{stamp}-{written}.json", _ENCODER.encode(entry))
+
+
+def read_history(store: ObjectStore) -> list[HistoryEntry]:
+    """Every run recorded in ``store``, oldest first ([] when there is none)."""
+    entries = []
+    if store.exists(LEGACY_HISTORY_FILE):
+        lines = store.get(LEGACY_HISTORY_FILE).splitlines()
+        entries = [_DECODER.decode(line) for line in lines if line.strip()]
+    keys = [key for key in store.list_keys(HISTORY_DIR) if key.endswith(".json")]
+    return entries + [_DECODER.decode(data) for data in store.get_many(keys)]
 
 
 def describe(entry: HistoryEntry) -> str:
@@ -162,7 +194,8 @@ class RunRecord:
     name: str
     tags: dict[str, str]
     metrics: dict[str, float]
-    artifact: str | None
+    report: str | None
+    """Where the report is in the monitoring store (:func:`report_file` opens it)."""
 
 
 def mlflow_record(entry: HistoryEntry, *, model_name: str) -> RunRecord:
@@ -192,5 +225,5 @@ def mlflow_record(entry: HistoryEntry, *, model_name: str) -> RunRecord:
         name=f"monitor-v{entry.champion_version}",
         tags=tags,
         metrics=metrics,
-        artifact=entry.report_path or None,
+        report=entry.report_path or None,
     )

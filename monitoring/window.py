@@ -11,11 +11,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 
 from lakeloop.dataset import DatasetSpec
+from lakeloop.stores.objects import ObjectStore
 from lakeloop.stores.prediction_log import (
     read_feedback_log,
     read_prediction_log,
@@ -27,7 +27,7 @@ _ID_TIME = "%Y%m%dT%H%M%S.%fZ"
 
 
 def champion_window(
-    state_dir: Path,
+    store: ObjectStore,
     spec: DatasetSpec,
     *,
     model_version: str,
@@ -43,7 +43,7 @@ def champion_window(
     was predicted where it sent none: predictions made today for last year's sales are checked
     as last year's. The whole log is read then (segment names only know prediction times)."""
     dated = by_event_time and spec.event_time is not None
-    log = _predictions_of(state_dir, model_version, since=None if dated else since)
+    log = _predictions_of(store, model_version, since=None if dated else since)
     if dated and not log.empty:
         log = _by_event_time(log, spec, since=since)
     log = log.tail(rows).reset_index(drop=True)
@@ -51,7 +51,7 @@ def champion_window(
         return log, Window(id=f"v{model_version}/empty", rows=0)
     start = log["predicted_at"].min().to_pydatetime()
     end = log["predicted_at"].max().to_pydatetime()
-    frame = with_feedback(log, read_feedback_log(state_dir, since=start), spec=spec)
+    frame = with_feedback(log, read_feedback_log(store, since=start), spec=spec)
     window = Window(id=window_id(start, end, len(frame)), start=start, end=end, rows=len(frame))
     return frame, window
 
@@ -71,20 +71,22 @@ def _by_event_time(log: pd.DataFrame, spec: DatasetSpec, *, since: datetime | No
 
 
 def window_feedback(
-    state_dir: Path, spec: DatasetSpec, *, model_version: str, start: datetime, end: datetime
+    store: ObjectStore, spec: DatasetSpec, *, model_version: str, start: datetime, end: datetime
 ) -> pd.DataFrame:
     """The labelled rows (see :func:`labelled_rows`) of ``model_version``'s predictions made from
     ``start`` to ``end``: the prices reported for a window, to add to the training data."""
-    log = _predictions_of(state_dir, model_version, since=start)
+    log = _predictions_of(store, model_version, since=start)
     log = log[log["predicted_at"] <= pd.Timestamp(end)]
     if log.empty:
         return pd.DataFrame(columns=[*spec.feature_names, spec.target.name])
-    feedback = read_feedback_log(state_dir, since=start)
+    feedback = read_feedback_log(store, since=start)
     return labelled_rows(with_feedback(log, feedback, spec=spec), spec)
 
 
-def _predictions_of(state_dir: Path, model_version: str, *, since: datetime | None) -> pd.DataFrame:
-    log = read_prediction_log(state_dir, since=since)
+def _predictions_of(
+    store: ObjectStore, model_version: str, *, since: datetime | None
+) -> pd.DataFrame:
+    log = read_prediction_log(store, since=since)
     return log if log.empty else log[log["model_version"] == model_version]
 
 

@@ -21,7 +21,7 @@ from lakeloop.settings import Settings
 from monitoring.check import CheckResult, check_window
 from monitoring.history import Window
 from monitoring.reference import cached_reference, reference_frame
-from monitoring.store import describe, mlflow_record
+from monitoring.store import describe, mlflow_record, report_file
 from monitoring.window import champion_window
 from pipelines.runtime import PLAIN, Runtime, run_logger, step
 
@@ -57,7 +57,7 @@ def read_window(
 ) -> tuple[pd.DataFrame, Window]:
     since = None if minutes is None else datetime.now(UTC) - timedelta(minutes=minutes)
     return champion_window(
-        settings.state_dir,
+        settings.object_store,
         spec,
         model_version=champion.version,
         rows=rows,
@@ -87,7 +87,7 @@ def champion_reference(settings: Settings, spec: DatasetSpec, champion: Champion
             seed=settings.training.seed,
         )
 
-    return cached_reference(settings.monitoring_dir, model_version=champion.version, build=build)
+    return cached_reference(settings.monitoring_store, model_version=champion.version, build=build)
 
 
 @step(retries=2, delay_seconds=5)
@@ -115,7 +115,7 @@ def check(
         window=window,
         champion_version=champion.version,
         model_name=settings.mlflow.model_name,
-        folder=settings.monitoring_dir,
+        store=settings.monitoring_store,
         now=datetime.now(UTC),
         policy=settings.monitoring.policy,
         baseline_quality=champion.holdout,
@@ -131,14 +131,15 @@ def check(
 def record_in_mlflow(settings: Settings, result: CheckResult) -> str:
     """The monitor run in MLflow, in an experiment of its own (``<experiment>-monitoring``)."""
     record = mlflow_record(result.entry, model_name=settings.mlflow.model_name)
-    return tracking.log_monitor_run(
-        settings,
-        name=record.name,
-        tags=record.tags,
-        metrics=record.metrics,
-        artifact=record.artifact,
-        artifact_path="evidently",
-    )
+    with report_file(settings.monitoring_store, record.report) as report:
+        return tracking.log_monitor_run(
+            settings,
+            name=record.name,
+            tags=record.tags,
+            metrics=record.metrics,
+            artifact=None if report is None else str(report),
+            artifact_path="evidently",
+        )
 
 
 def summary_markdown(result: CheckResult, *, run_id: str, settings: Settings) -> str:

@@ -60,7 +60,7 @@ def fold_feedback(
     logger = run_logger()
     champion_version, window_id = window.champion_version, window.window_id
     rows = window_feedback(
-        settings.state_dir, spec, model_version=champion_version, start=start, end=end
+        settings.object_store, spec, model_version=champion_version, start=start, end=end
     )
     if rows.empty:
         logger.info("no prices were reported for window %s; nothing to add", window_id)
@@ -73,7 +73,7 @@ def fold_feedback(
         return None
     # A sale main already holds (a house predicted and sold again at the same price) is not news,
     # and would break the history's uniqueness rule for the whole window: leave it out.
-    path = write_parquet(rows, settings.monitoring_dir / "feedback" / name)
+    path = write_parquet(rows, settings.state_dir / "monitoring" / "feedback" / name)
     known = datagate.overlap(
         datagate.for_settings(settings, spec),
         client,

@@ -77,7 +77,12 @@ def validate(
         tables, lambda path: described.get(path, spec)
     )
     folder = settings.state_dir / "validation" / commit_id
-    write_report(verdict.result, folder, spec=spec)
+    write_report(
+        verdict.result,
+        folder,
+        spec=spec,
+        store=settings.object_store.child(f"validation/{commit_id}"),
+    )
     return verdict.result, folder
 
 

@@ -409,7 +409,8 @@ def report(
 ) -> None:
     """The monitor's latest decisions and where its Evidently reports are."""
     settings = settings_or_exit()
-    entries = read_history(settings.monitoring_dir)
+    store = settings.monitoring_store
+    entries = read_history(store)
     if not entries:
         console.print("no monitor run yet; `lakeloop monitor` runs one")
         raise typer.Exit(1)
@@ -418,6 +419,9 @@ def report(
     latest = entries[-1].report_path
     console.print(f"latest report: {latest}")
     if open_report and latest:
+        if not store.local:
+            console.print("the report is in the object store: download it to open it")
+            raise typer.Exit(1)
         webbrowser.open(Path(latest).resolve().as_uri())
 
 

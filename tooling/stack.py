@@ -97,6 +97,11 @@ def child_env(settings: Settings) -> dict[str, str]:
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         }
     )
+    # The children keep their logs, history and reports where the launcher reads them.
+    if settings.store.url:
+        env["LAKELOOP_STORE__URL"] = settings.store.url
+    if settings.store.endpoint_url:
+        env["LAKELOOP_STORE__ENDPOINT_URL"] = settings.store.endpoint_url
     return env
 
 

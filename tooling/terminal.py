@@ -122,7 +122,7 @@ def log_state(status: Any, message: str) -> None:
 
 def run_monitor(settings: Settings, **parameters: Any) -> HistoryEntry | None:
     """Run the monitor deployment now; its history entry, or None when it checked nothing."""
-    before = len(read_history(settings.monitoring_dir))
+    before = len(read_history(settings.monitoring_store))
     with console.status("running the monitor flow") as status:
         run = loop.run_deployment(
             settings,
@@ -130,7 +130,7 @@ def run_monitor(settings: Settings, **parameters: Any) -> HistoryEntry | None:
             parameters=parameters,
             on_state=status.update,
         )
-    entries = read_history(settings.monitoring_dir)
+    entries = read_history(settings.monitoring_store)
     if len(entries) > before:
         return entries[-1]
     # The flow's own log says why (no champion, too few predictions); Prefect ships logs in

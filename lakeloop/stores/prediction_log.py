@@ -2,10 +2,12 @@
 
 A request hands its rows to a bounded in-memory queue and returns; when the queue is full the
 rows are dropped and counted, never waited for. A background thread drains the queue into Parquet
-segments under ``<state_dir>/predictions/`` (and ``feedback/``), one file per flush, named by the
-time it was written so a reader can skip old files by name. Stopping flushes what is queued.
+segments under ``predictions/`` (and ``feedback/``) in the object store (a local folder or an S3
+bucket, :mod:`lakeloop.stores.objects`), one object per flush, named by the time it was written so
+a reader can skip old ones by name. Stopping flushes what is queued.
 
-A segment that cannot be written (a full disk, a folder gone or unwritable) loses its rows: they
+A segment that cannot be written (a full disk, a folder gone or unwritable, a bucket unreachable)
+loses its rows: they
 are counted, the writer remembers the error until a write succeeds again (``/readyz`` shows it),
 and the thread goes on with the next flush. Keeping failed rows to retry would only move the loss
 to the bounded queue, and one bad entry would then fail every later flush too.
@@ -13,7 +15,7 @@ to the bounded queue, and one bad entry would then fail every later flush too.
 
 from __future__ import annotations
 
-import contextlib
+import io
 import logging
 import os
 import threading
@@ -23,7 +25,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain, groupby
 from operator import attrgetter
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -33,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lakeloop.dataset import DatasetSpec, attribute
+from lakeloop.stores.objects import ObjectStore
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +83,11 @@ class FeedbackEntry:
 
 
 class SegmentWriter:
-    """A bounded queue drained by a thread into Parquet segments in ``folder``."""
+    """A bounded queue drained by a thread into Parquet segments in ``store``."""
 
     def __init__(
         self,
-        folder: Path,
+        store: ObjectStore,
         to_table: Callable[[list[Any]], pa.Table],
         *,
         max_rows: int,
@@ -94,7 +96,7 @@ class SegmentWriter:
         on_drop: Callable[[int], None] = lambda _: None,
         on_write_error: Callable[[int], None] = lambda _: None,
     ) -> None:
-        self.folder = folder
+        self.store = store
         self.to_table = to_table
         self.max_rows = max_rows
         self.flush_rows = flush_rows
@@ -138,7 +140,7 @@ class SegmentWriter:
     def start(self) -> None:
         """Start the background writer."""
         self._thread = threading.Thread(
-            target=self._run, name=f"log-{self.folder.name}", daemon=True
+            target=self._run, name=f"log-{self.store.name}", daemon=True
         )
         self._thread.start()
 
@@ -163,11 +165,11 @@ class SegmentWriter:
             try:
                 self.flush()
             except Exception:  # flush counts its own failures; nothing else may kill the thread
-                logger.exception("the %s writer failed", self.folder.name)
+                logger.exception("the %s writer failed", self.store.name)
 
-    def flush(self) -> Path | None:
-        """Write what is queued as one segment; the path, or ``None`` when nothing was queued
-        or the write failed (its rows are then lost and counted)."""
+    def flush(self) -> str | None:
+        """Write what is queued as one segment; where it went, or ``None`` when nothing was
+        queued or the write failed (its rows are then lost and counted)."""
         with self._lock:
             entries = list(self._queue)
             self._queue.clear()
@@ -176,26 +178,25 @@ class SegmentWriter:
             return None
         self._sequence += 1
         stamp = datetime.now(UTC).strftime(_STAMP)
-        path = self.folder / f"{stamp}-{os.getpid()}-{self._sequence:06d}.parquet"
-        partial = path.with_suffix(".parquet.tmp")
+        key = f"{stamp}-{os.getpid()}-{self._sequence:06d}.parquet"
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
             table = self.to_table(entries)
-            pq.write_table(table, partial, use_dictionary=_repeating_columns(table))
-            partial.replace(path)  # readers never see half a file
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer, use_dictionary=_repeating_columns(table))
+            written = self.store.put(key, buffer.getvalue())  # readers never see half a segment
         except Exception as error:
-            self._lost(sum(entry.rows for entry in entries), error, partial)
+            self._lost(sum(entry.rows for entry in entries), error)
             return None
         if self.last_error:
-            logger.warning("%s segments are written again", self.folder.name)
+            logger.warning("%s segments are written again", self.store.name)
             self.last_error = ""
-        return path
+        return written
 
-    def _lost(self, rows: int, error: Exception, partial: Path) -> None:
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)  # a half-written file would only take more space
+    def _lost(self, rows: int, error: Exception) -> None:
         if not self.last_error:  # once per outage, not once per flush
-            logger.error("cannot write %s segments (%s); their rows are lost", self.folder, error)
+            logger.error(
+                "cannot write %s segments (%s); their rows are lost", self.store.url, error
+            )
         self.last_error = f"{type(error).__name__}: {error}"
         self.write_errors += 1
         self.lost_rows += rows
@@ -345,24 +346,25 @@ def feedback_table(entries: list[FeedbackEntry]) -> pa.Table:
     )
 
 
-def _segments(folder: Path, since: datetime | None) -> list[Path]:
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+def _segments(store: ObjectStore, since: datetime | None) -> list[str]:
+    keys = [key for key in store.list_keys() if key.endswith(".parquet")]
     if since is None:
-        return files
+        return keys
     # A segment is written after every row in it: one named before `since` holds nothing newer.
     cutoff = since.astimezone(UTC).strftime(_STAMP)
-    return [path for path in files if path.name[: len(cutoff)] >= cutoff]
+    return [key for key in keys if key.rsplit("/", 1)[-1][: len(cutoff)] >= cutoff]
 
 
 def _read(
-    folder: Path, time_column: str, since: datetime | None, limit: int | None
+    store: ObjectStore, time_column: str, since: datetime | None, limit: int | None
 ) -> pd.DataFrame:
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)  # every time in the log is UTC
-    files = _segments(folder, since)
-    if not files:
+    keys = _segments(store, since)
+    if not keys:
         return pd.DataFrame()
-    frame = pd.concat([pq.read_table(path).to_pandas() for path in files], ignore_index=True)
+    tables = [pq.read_table(io.BytesIO(data)).to_pandas() for data in store.get_many(keys)]
+    frame = pd.concat(tables, ignore_index=True)
     if since is not None:
         frame = frame[frame[time_column] >= pd.Timestamp(since).tz_convert(UTC)]
     frame = frame.sort_values(time_column, kind="stable")
@@ -372,19 +374,20 @@ def _read(
 
 
 def read_prediction_log(
-    state_dir: Path, since: datetime | None = None, limit: int | None = None
+    store: ObjectStore, since: datetime | None = None, limit: int | None = None
 ) -> pd.DataFrame:
-    """Logged predictions at or after ``since`` (naive means UTC), oldest first; with ``limit``,
-    only the most recent ``limit`` of them. Columns: ``prediction_id``, ``predicted_at``,
-    ``model_name``, ``model_version``, ``prediction`` and every feature. Empty when none."""
-    return _read(state_dir / PREDICTIONS, "predicted_at", since, limit)
+    """Logged predictions in ``store`` (the root store, ``Settings.object_store``) at or after
+    ``since`` (naive means UTC), oldest first; with ``limit``, only the most recent ``limit`` of
+    them. Columns: ``prediction_id``, ``predicted_at``, ``model_name``, ``model_version``,
+    ``prediction`` and every feature. Empty when none."""
+    return _read(store.child(PREDICTIONS), "predicted_at", since, limit)
 
 
 def read_feedback_log(
-    state_dir: Path, since: datetime | None = None, limit: int | None = None
+    store: ObjectStore, since: datetime | None = None, limit: int | None = None
 ) -> pd.DataFrame:
     """Reported actual values (``prediction_id`` or ``record_key``, ``received_at``,
     ``actual``), like :func:`read_prediction_log`; join the two on ``prediction_id``, or on the
     record's ids (:func:`record_key`). Segments written before ids existed have no
     ``record_key``."""
-    return _read(state_dir / FEEDBACK, "received_at", since, limit)
+    return _read(store.child(FEEDBACK), "received_at", since, limit)

@@ -1,7 +1,9 @@
 """Stored reports of a validation run: the result JSON, a markdown table and GX Data Docs.
 
 Kept apart from :meth:`Validator.validate` so the pre-merge hook pays only for the check; the
-training flow and ``lakeloop validate`` call :func:`write_report` when they want files.
+training flow and ``lakeloop validate`` call :func:`write_report` when they want files. GX builds
+its site in a local folder; the training flow also keeps a copy in the store (a local folder or an
+object store, :mod:`lakeloop.stores.objects`) for whoever looks after the run's pod is gone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lakeloop.dataset import DatasetSpec
+from lakeloop.stores.objects import ObjectStore
 from lakeloop.validation.checks import suite_name
 from lakeloop.validation.results import ValidationResult
 
@@ -22,11 +25,18 @@ SITE = "lakeloop"
 """Name of the Data Docs site built in the report folder."""
 
 
-def write_report(result: ValidationResult, folder: Path, *, spec: DatasetSpec) -> dict[str, Path]:
-    """Store ``result`` in ``folder``: JSON, markdown and Great Expectations' HTML Data Docs.
+def write_report(
+    result: ValidationResult,
+    folder: Path,
+    *,
+    spec: DatasetSpec,
+    store: ObjectStore | None = None,
+) -> dict[str, Path]:
+    """Store ``result`` in ``folder``: JSON, markdown and Great Expectations' HTML Data Docs;
+    with ``store``, copy them there too.
 
     Returns the written files by kind: ``json``, ``markdown``, ``data_docs`` (the site's index
-    page) and ``html`` (the page of this validation run).
+    page) and ``html`` (the page of this validation run), all in ``folder``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     written = {
@@ -42,6 +52,8 @@ def write_report(result: ValidationResult, folder: Path, *, spec: DatasetSpec) -
     written["data_docs"] = build_data_docs(raws, docs, spec=spec)
     first = (result.failing_tables or list(raws)[-1:] or [spec.name])[0]
     written["html"] = _run_page(docs, batch=_batch_name(first))
+    if store is not None:
+        store.put_folder(folder)
     return written
 
 

@@ -225,3 +225,22 @@ def test_prometheus_in_compose_scrapes_the_services_by_name(compose: dict[str, A
     assert "--config.file=/etc/prometheus/prometheus.compose.yml" in command
     for name in ("api", "pushgateway"):
         assert name in compose["services"]
+
+
+def test_the_api_and_the_flow_runs_share_the_stores_in_minio_not_a_volume(
+    compose: dict[str, Any],
+) -> None:
+    """The API logs to, and the worker's flow runs (the monitor) read from and keep the monitor
+    history in, the bucket of LAKELOOP_STORE__URL on MinIO, signed with the read-write key;
+    no lakeloop container mounts a volume for it."""
+    services = compose["services"]
+    bucket = "lakeloop"
+    assert f"minio/{bucket}" in " ".join(services["minio-init"]["command"])
+    for name in ("api", "worker"):
+        environment = _environment(services[name])
+        assert environment["LAKELOOP_STORE__URL"].startswith(f"s3://{bucket}/"), name
+        assert environment["LAKELOOP_STORE__ENDPOINT_URL"] == "http://minio:9000", name
+        assert environment["AWS_ACCESS_KEY_ID"] == "${S3_ACCESS_KEY_ID}", name
+        assert environment["AWS_SECRET_ACCESS_KEY"] == "${S3_SECRET_ACCESS_KEY}", name
+        assert "volumes" not in services[name], name
+    assert "lakeloop-state" not in compose["volumes"]

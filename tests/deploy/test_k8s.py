@@ -188,6 +188,64 @@ def test_the_work_pool_job_template_makes_a_valid_hardened_job(
     ]
 
 
+def test_the_stores_are_in_the_object_store_and_no_volume_is_shared(
+    resources: list[dict[str, Any]],
+    settings_map: dict[str, Any],
+    secret_template: dict[str, Any],
+) -> None:
+    """The API writes its logs to, and the flow-run Jobs (the monitor) read them and keep the
+    monitor history in, the bucket of LAKELOOP_STORE__URL: no ReadWriteMany volume, and the
+    cooldown outlives every pod. Pod volumes are scratch (emptyDir), but the gateway's spool."""
+    data = settings_map["data"]
+    assert data["LAKELOOP_STORE__URL"].startswith("s3://")
+    credentials = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert credentials <= set(secret_template["stringData"])
+
+    [api] = _pod_specs(resources)["lakeloop-api"]["containers"]
+    assert (
+        _environment(api, data, secret_template)["LAKELOOP_STORE__URL"]
+        == data["LAKELOOP_STORE__URL"]
+    )
+    assert credentials <= set(_environment(api, data, secret_template))
+    template = json.loads((K8S / "prefect-work-pool.json").read_text())
+    defaults = {
+        name: spec.get("default") for name, spec in template["variables"]["properties"].items()
+    }
+    manifest = _fill(copy.deepcopy(template["job_configuration"]["job_manifest"]), defaults)
+    job = manifest["spec"]["template"]["spec"]
+    [flow_run] = job["containers"]
+    job_env = _environment(flow_run, data, secret_template)
+    assert job_env["LAKELOOP_STORE__URL"] == data["LAKELOOP_STORE__URL"]
+    assert credentials <= set(job_env)
+
+    claims = {
+        doc["metadata"]["name"]: doc for doc in resources if doc["kind"] == "PersistentVolumeClaim"
+    }
+    for claim in claims.values():
+        assert "ReadWriteMany" not in claim["spec"]["accessModes"], claim["metadata"]["name"]
+    pods = {**_pod_specs(resources), "flow-run": job}
+    for name, pod in pods.items():
+        for volume in pod["volumes"]:
+            if name == "lakeloop-gateway" and volume["name"] == "state":
+                assert volume["persistentVolumeClaim"]["claimName"] in claims
+            else:
+                assert "emptyDir" in volume, f"{name}/{volume['name']}"
+
+
+def _environment(
+    container: dict[str, Any], settings: dict[str, str], secret: dict[str, Any]
+) -> dict[str, str]:
+    """The variables a container gets by name: its ``env`` and everything its ``envFrom``
+    brings from the ConfigMap or the Secret (the template's keys)."""
+    names = {variable["name"]: variable.get("value", "") for variable in container.get("env", [])}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            names |= settings
+        if "secretRef" in source:
+            names |= secret["stringData"]
+    return names
+
+
 def _fill(value: Any, defaults: dict[str, Any]) -> Any:
     """Substitute whole-value ``{{ name }}`` placeholders; drop the ones left empty, as Prefect
     does for unset values."""

@@ -45,7 +45,7 @@ def demo(workspace: Workspace) -> subprocess.CompletedProcess[str]:
 
 
 def _history(workspace: Workspace) -> list[HistoryEntry]:
-    return read_history(workspace.settings.monitoring_dir)
+    return read_history(workspace.settings.monitoring_store)
 
 
 def _retrains(workspace: Workspace) -> list[loop.FlowRun]:

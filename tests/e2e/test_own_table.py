@@ -219,8 +219,8 @@ def test_prices_reported_by_the_clients_own_ids_become_training_data(
     end = datetime.now(UTC)
 
     def logged() -> bool:  # both logs reach their Parquet segments
-        priced = read_feedback_log(settings.state_dir, since=start)
-        predicted = read_prediction_log(settings.state_dir, since=start)
+        priced = read_feedback_log(settings.object_store, since=start)
+        predicted = read_prediction_log(settings.object_store, since=start)
         return len(priced) == len(predicted) == len(records)
 
     loop.poll(logged, what="the prediction and feedback logs", timeout=60)

@@ -231,7 +231,7 @@ def test_registry_outage_keeps_serving(served: Served, record: dict[str, Any]) -
 
 def test_graceful_stop_flushes_the_prediction_log(served: Served) -> None:
     stop_processes([("api", served.api.process.pid)])
-    logged: pd.DataFrame = read_prediction_log(served.settings.state_dir)
+    logged: pd.DataFrame = read_prediction_log(served.settings.object_store)
     # The fuzzer's valid requests are logged too, so the log holds at least what we counted.
     assert len(logged) >= served.answered
     assert {"1", "2"} <= set(logged["model_version"])

@@ -15,6 +15,7 @@ import pytest
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TrainedModel
 from lakeloop.settings import DriftPolicy
+from lakeloop.stores.objects import ObjectStore
 from monitoring.check import check_window
 from monitoring.drift import run_drift
 from monitoring.history import Window
@@ -116,7 +117,7 @@ def check(
         window=Window(id=window_id, rows=len(current)),
         champion_version="1",
         model_name="housing-price",
-        folder=folder,
+        store=ObjectStore.folder(folder),
         now=now,
         policy=POLICY,
         baseline_quality=baseline,
@@ -136,14 +137,14 @@ def test_whole_step_retrains_on_shift_only_once_per_cooldown(
     assert not calm.entry.decision.retrain
     assert calm.entry.decision.reason.startswith("no trigger: drift share")
     assert calm.event is None
-    assert calm.report_path.exists()
-    assert "<html" in calm.report_path.read_text()[:2000].lower()
+    assert Path(calm.report_path).exists()
+    assert "<html" in Path(calm.report_path).read_text()[:2000].lower()
 
     fired = check(shifted, reference, spec=spec, folder=tmp_path, window_id="w2", send=sent.append)
     assert fired.entry.decision.retrain
     assert fired.event is not None
     assert sent == [fired.event]
-    assert fired.event["payload"]["report_path"] == str(fired.report_path)
+    assert fired.event["payload"]["report_path"] == fired.report_path
 
     later = NOW + timedelta(minutes=10)
     held = check(
@@ -152,7 +153,11 @@ def test_whole_step_retrains_on_shift_only_once_per_cooldown(
     assert not held.entry.decision.retrain
     assert "in cooldown" in held.entry.decision.reason
     assert len(sent) == 1
-    assert [entry.window.id for entry in read_history(tmp_path)] == ["w1", "w2", "w3"]
+    assert [entry.window.id for entry in read_history(ObjectStore.folder(tmp_path))] == [
+        "w1",
+        "w2",
+        "w3",
+    ]
 
 
 def test_whole_step_retrains_on_rising_error(
@@ -185,7 +190,7 @@ def test_undelivered_event_is_not_recorded_as_a_retrain(
     shifted = window(spec, tiny_model, seed=109, new_region_share=0.5)
     with pytest.raises(ConnectionError):
         check(shifted, reference, spec=spec, folder=tmp_path, window_id="w1", send=refuse)
-    (recorded,) = read_history(tmp_path)
+    (recorded,) = read_history(ObjectStore.folder(tmp_path))
     assert not recorded.decision.retrain
     assert recorded.decision.reason.endswith("event not delivered: Prefect is down")
 

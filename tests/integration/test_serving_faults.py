@@ -25,6 +25,7 @@ from lakeloop import tracking
 from lakeloop.dataset import load_spec
 from lakeloop.model import train
 from lakeloop.settings import Settings, TrainingSettings, load_settings
+from lakeloop.stores.objects import ObjectStore
 from lakeloop.stores.prediction_log import PREDICTIONS, read_prediction_log
 from tests.utils.api_server import register_champion, start_api_with_champion
 from tests.utils.net import free_port
@@ -153,7 +154,7 @@ def test_prediction_log_write_failure_keeps_serving_and_recovers(
 
 
 def _logged_ids(state_dir: Path) -> list[str]:
-    frame = read_prediction_log(state_dir)
+    frame = read_prediction_log(ObjectStore.folder(state_dir))
     return [] if frame.empty else frame["prediction_id"].tolist()
 
 

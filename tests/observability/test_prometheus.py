@@ -27,6 +27,7 @@ from lakeloop import pushmetrics
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.model import TrainedModel
 from lakeloop.settings import DriftPolicy, load_settings
+from lakeloop.stores.objects import ObjectStore
 from monitoring.check import check_window
 from monitoring.history import Window
 from tests.utils.api_server import start_api_with_champion
@@ -205,7 +206,7 @@ def push_drift(
         window=Window(id="observability", rows=len(current)),
         champion_version=CHAMPION,
         model_name="housing-price",
-        folder=folder,
+        store=ObjectStore.folder(folder),
         now=datetime.now(UTC),
         policy=DriftPolicy(),
         baseline_quality={"mae": model.metrics["mae"]},

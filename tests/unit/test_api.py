@@ -27,6 +27,7 @@ from lakeloop import tracking
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TrainedModel, train
 from lakeloop.settings import Settings, TrainingSettings, load_settings
+from lakeloop.stores.objects import ObjectStore
 from lakeloop.stores.prediction_log import (
     Entry,
     FeedbackEntry,
@@ -372,7 +373,7 @@ def test_the_request_schema_and_openapi_follow_the_served_model_through_a_swap(
         assert batch.json()["model"]["version"] == "4"
 
     # The log keeps each model's own features: the dropped one is null in the new model's rows.
-    logged = read_prediction_log(settings.state_dir)
+    logged = read_prediction_log(settings.object_store)
     by_version = logged.groupby("model_version")["total_bedrooms"]
     assert by_version.count().to_dict() == {"3": 3, "4": 0}
     assert by_version.size().to_dict() == {"3": 3, "4": 3}
@@ -615,7 +616,7 @@ def test_a_segment_that_cannot_be_written_is_counted_and_the_writer_recovers(
     folder.write_text("a file where the folder should be")  # mkdir fails like a broken disk
     lost: list[int] = []
     writer = SegmentWriter(
-        folder,
+        ObjectStore.folder(folder),
         feedback_table,
         max_rows=100,
         flush_rows=100,
@@ -633,7 +634,7 @@ def test_a_segment_that_cannot_be_written_is_counted_and_the_writer_recovers(
     writer.put(entry)
     written = writer.flush()
     assert written is not None
-    assert written.is_file()
+    assert [path.name for path in folder.iterdir()] == [Path(written).name]  # no partial file
     assert not writer.failing
 
 
@@ -683,7 +684,7 @@ def test_every_prediction_and_feedback_lands_in_the_log_on_shutdown(
         by_columns = client.post("/v1/predict/batch", json={"columns": columns}).json()
         feedback = {"prediction_id": single["prediction_id"], "actual": 250_000.0}
         assert client.post("/v1/feedback", json=feedback).status_code == 202
-    logged = read_prediction_log(settings.state_dir)
+    logged = read_prediction_log(settings.object_store)
     assert list(logged["prediction_id"]) == [
         single["prediction_id"],
         *batch["prediction_ids"],
@@ -699,7 +700,7 @@ def test_every_prediction_and_feedback_lands_in_the_log_on_shutdown(
     assert logged["median_income"].iloc[1:].tolist() == pytest.approx([record["median_income"]] * 6)
     nulls = [False, True, False]  # the second row of each batch
     assert logged["total_bedrooms"].isna().tolist() == [False, *nulls, *nulls]
-    stored = read_feedback_log(settings.state_dir)
+    stored = read_feedback_log(settings.object_store)
     assert stored.to_dict("records")[0]["actual"] == 250_000.0
 
 
@@ -726,7 +727,7 @@ def test_log_queue_overflow_drops_and_counts_never_blocks(
 ) -> None:
     drops: list[int] = []
     writer = SegmentWriter(
-        tmp_path / "predictions",
+        ObjectStore.folder(tmp_path / "predictions"),
         prediction_table(spec),
         max_rows=5,
         flush_rows=100,
@@ -739,7 +740,7 @@ def test_log_queue_overflow_drops_and_counts_never_blocks(
     assert writer.put(_entry(spec, record, 2, now))
     assert (writer.dropped, drops) == (3, [3])
     writer.stop()
-    assert len(read_prediction_log(tmp_path)) == 5
+    assert len(read_prediction_log(ObjectStore.folder(tmp_path))) == 5
 
 
 def test_overflow_shows_in_metrics(
@@ -756,7 +757,7 @@ def test_reader_filters_by_time_and_keeps_the_most_recent(
     tmp_path: Path, spec: DatasetSpec, record: dict[str, Any]
 ) -> None:
     writer = SegmentWriter(
-        tmp_path / "predictions",
+        ObjectStore.folder(tmp_path / "predictions"),
         prediction_table(spec),
         max_rows=100,
         flush_rows=100,
@@ -766,11 +767,13 @@ def test_reader_filters_by_time_and_keeps_the_most_recent(
     for minutes in (0, 1, 2):
         writer.put(_entry(spec, record, 2, start + timedelta(minutes=minutes)))
         writer.flush()
-    assert len(read_prediction_log(tmp_path)) == 6
-    recent = read_prediction_log(tmp_path, since=start + timedelta(seconds=30))
+    assert len(read_prediction_log(ObjectStore.folder(tmp_path))) == 6
+    recent = read_prediction_log(ObjectStore.folder(tmp_path), since=start + timedelta(seconds=30))
     assert len(recent) == 4
-    assert read_prediction_log(tmp_path, limit=3)["predicted_at"].is_monotonic_increasing
-    assert read_prediction_log(tmp_path / "nothing-here").empty
+    assert read_prediction_log(ObjectStore.folder(tmp_path), limit=3)[
+        "predicted_at"
+    ].is_monotonic_increasing
+    assert read_prediction_log(ObjectStore.folder(tmp_path / "nothing-here")).empty
 
 
 def test_logging_can_be_switched_off(
@@ -779,7 +782,7 @@ def test_logging_can_be_switched_off(
     quiet = _with_api(settings, log_predictions=False)
     with TestClient(create_app(quiet, slot=slot, follow_registry=False)) as client:
         assert client.post("/v1/predict", json=record).status_code == 200
-    assert read_prediction_log(settings.state_dir).empty
+    assert read_prediction_log(settings.object_store).empty
 
 
 # OpenAPI -----------------------------------------------------------------------------------

@@ -143,5 +143,5 @@ def test_the_api_takes_integer_codes_as_json_integers_or_strings(
     field = document["components"]["schemas"]["HouseFeatures"]["properties"]["building_class"]
     assert {option["type"] for option in field["anyOf"]} == {"string", "integer"}
     # The prediction log keeps the codes as text, however they were sent.
-    logged = read_prediction_log(settings.state_dir)
+    logged = read_prediction_log(settings.object_store)
     assert logged["building_class"].tolist() == ["60", "60", "61", "60", "60"]

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from lakeloop.dataset import DatasetSpec
+from lakeloop.stores.objects import ObjectStore
 from lakeloop.stores.prediction_log import (
     FEEDBACK,
     PREDICTIONS,
@@ -34,17 +35,21 @@ class Logs:
     """The API's two logs in a state folder, written the way the API writes them."""
 
     def __init__(self, state: Path, spec: DatasetSpec) -> None:
-        self.state = state
+        self.state = ObjectStore.folder(state)
         self.spec = spec
         self.predictions = SegmentWriter(
-            state / PREDICTIONS,
+            self.state.child(PREDICTIONS),
             prediction_table(spec),
             max_rows=100_000,
             flush_rows=100_000,
             flush_seconds=60,
         )
         self.feedback = SegmentWriter(
-            state / FEEDBACK, feedback_table, max_rows=100_000, flush_rows=100_000, flush_seconds=60
+            self.state.child(FEEDBACK),
+            feedback_table,
+            max_rows=100_000,
+            flush_rows=100_000,
+            flush_seconds=60,
         )
 
     def predict(self, sales: pd.DataFrame, *, version: str, at: datetime) -> list[str]:
@@ -211,8 +216,8 @@ def test_reference_is_a_seeded_sample_with_the_models_predictions(
         built.append(1)
         return first
 
-    stored = cached_reference(tmp_path, model_version="4", build=build)
-    cached = cached_reference(tmp_path, model_version="4", build=build)
+    stored = cached_reference(ObjectStore.folder(tmp_path), model_version="4", build=build)
+    cached = cached_reference(ObjectStore.folder(tmp_path), model_version="4", build=build)
     assert built == [1]  # built once per version, then read back
     pd.testing.assert_frame_equal(stored, cached)
 
@@ -249,14 +254,14 @@ def test_window_by_event_time_checks_the_latest_sales_whenever_they_were_predict
     undated = predict(_sales(5, 3), at=START + timedelta(minutes=6), sold=[None] * 5)
 
     by_sale, window = champion_window(
-        tmp_path, dated, model_version="2", rows=15, by_event_time=True
+        logs.state, dated, model_version="2", rows=15, by_event_time=True
     )
     assert by_sale["prediction_id"].tolist() == recent + undated  # the backfill is older
     assert window.rows == 15
-    by_prediction, _ = champion_window(tmp_path, dated, model_version="2", rows=15)
+    by_prediction, _ = champion_window(logs.state, dated, model_version="2", rows=15)
     assert by_prediction["prediction_id"].tolist() == backfill + undated
     since, _ = champion_window(
-        tmp_path,
+        logs.state,
         dated,
         model_version="2",
         rows=100,

@@ -17,6 +17,7 @@ from prometheus_client import generate_latest
 from lakeloop.dataset import load_spec
 from lakeloop.events import DRIFT_DETECTED, event_id
 from lakeloop.settings import DriftPolicy
+from lakeloop.stores.objects import ObjectStore
 from monitoring.events import drift_event
 from monitoring.history import Decision, HistoryEntry, Window
 from monitoring.parse import (
@@ -336,15 +337,30 @@ def test_history_round_trips_and_prints(tmp_path: Path) -> None:
         decision=Decision(retrain=False, reason="no trigger: drift share 0.11 < 0.30"),
         report_path="reports/drift-v4-w.html",
     )
-    assert read_history(tmp_path) == []
-    append_history(tmp_path, first)
-    path = append_history(tmp_path, second)
-    assert len(path.read_text().splitlines()) == 2
-    assert read_history(tmp_path) == [first, second]
+    store = ObjectStore.folder(tmp_path)
+    assert read_history(store) == []
+    append_history(store, second)  # written out of order: read back by time
+    path = append_history(store, first)
+    assert Path(path).parent == tmp_path / "history"
+    assert len(store.list_keys("history")) == 2
+    assert read_history(store) == [first, second]
+    again = msgspec.structs.replace(second, champion_version="5")  # the same time: kept in order
+    append_history(store, again)
+    assert read_history(store) == [first, second, again]
     assert describe(second) == (
         "2025-06-01 12:00:00 v4 window=2025-06-01T11:00/1h rows=900 drift_share=0.11 "
         "mae=41,000 ok: no trigger: drift share 0.11 < 0.30"
     )
+
+
+def test_history_left_in_one_file_by_an_earlier_version_still_counts(tmp_path: Path) -> None:
+    """A state folder from before the history was one object per run keeps its cooldown."""
+    earlier = entry(time=NOW - timedelta(hours=2), retrain=True)
+    (tmp_path / "history.jsonl").write_bytes(msgspec.json.encode(earlier) + b"\n")
+    store = ObjectStore.folder(tmp_path)
+    later = entry(time=NOW, retrain=False)
+    append_history(store, later)
+    assert read_history(store) == [earlier, later]
 
 
 class FakeReport:
@@ -359,10 +375,14 @@ class FakeReport:
 def test_report_is_saved_under_a_portable_name(tmp_path: Path) -> None:
     report = FakeReport()
     path = save_report(
-        tmp_path, report, champion_version="7", window_id="2025-06-01T11:00:00+00:00/1h"
+        ObjectStore.folder(tmp_path),
+        report,
+        champion_version="7",
+        window_id="2025-06-01T11:00:00+00:00/1h",
     )
-    assert path == tmp_path / "reports" / "drift-v7-2025-06-01T11_00_00_00_00_1h.html"
-    assert path.read_text() == "<html></html>"
+    expected = tmp_path / "reports" / "drift-v7-2025-06-01T11_00_00_00_00_1h.html"
+    assert path == str(expected)
+    assert expected.read_text() == "<html></html>"
 
 
 def test_metrics_registry_exposes_every_number() -> None:

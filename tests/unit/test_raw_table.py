@@ -221,7 +221,7 @@ def test_features_keep_their_published_names_through_training_and_the_api(
     documented = document["components"]["schemas"]["HouseFeatures"]
     assert set(documented["properties"]) == {*spec.feature_names, "Order", "PID"}
     assert set(documented["required"]) == set(spec.feature_names)  # ids are optional
-    logged = read_prediction_log(settings.state_dir)
+    logged = read_prediction_log(settings.object_store)
     assert logged["Gr Liv Area"].tolist() == [1500.0] * 6
     assert logged["MS SubClass"].tolist() == ["60"] * 6
 
@@ -319,21 +319,21 @@ def test_a_record_sent_with_its_own_ids_is_echoed_logged_and_priced_by_them(
     assert both.status_code == neither.status_code == 422
     assert "exactly one of `prediction_id` or `ids`" in neither.text
 
-    log = read_prediction_log(settings.state_dir)
+    log = read_prediction_log(settings.object_store)
     assert log["PID"].tolist() == [None, "526301100", "526350040", "0526301100", None]
     assert log["Yr Sold"].tolist() == [None, None, "2009", None, None]
-    joined = with_feedback(log, read_feedback_log(settings.state_dir), spec=spec)
+    joined = with_feedback(log, read_feedback_log(settings.object_store), spec=spec)
     assert joined["SalePrice"].tolist()[:3] == [172000.0, 215000.0, 105000.0]
     assert joined["SalePrice"].isna().tolist()[3:] == [True, True]  # "0526301100" is another id
 
     # Windowed by sale time (Ames' year and month, logged as the request sent them): the one sale
     # dated 2009 is the oldest, whatever its prediction time; the undated ones count as now.
     by_sale, _ = champion_window(
-        settings.state_dir, spec, model_version="1", rows=10, by_event_time=True
+        settings.object_store, spec, model_version="1", rows=10, by_event_time=True
     )
     assert by_sale["PID"].tolist()[0] == "526350040"
     newest, _ = champion_window(
-        settings.state_dir, spec, model_version="1", rows=4, by_event_time=True
+        settings.object_store, spec, model_version="1", rows=4, by_event_time=True
     )
     assert "526350040" not in newest["PID"].tolist()
 
@@ -341,7 +341,7 @@ def test_a_record_sent_with_its_own_ids_is_echoed_logged_and_priced_by_them(
     assert list(rows.columns) == spec.stored_columns
     assert rows["PID"].tolist() == [pd.NA, 526301100, 526350040]
     assert (rows.loc[2, "Yr Sold"], rows.loc[2, "Mo Sold"]) == (2009, 5)  # as the request said
-    reported = read_feedback_log(settings.state_dir)["received_at"].iloc[0]
+    reported = read_feedback_log(settings.object_store)["received_at"].iloc[0]
     assert (rows.loc[1, "Yr Sold"], rows.loc[1, "Mo Sold"]) == (reported.year, reported.month)
     result = validate_frame(rows, spec)
     assert result.success, result.failures
