@@ -21,7 +21,7 @@ from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from lakeloop.dataset import Target
 
 if TYPE_CHECKING:
-    from lakeloop.tracking import Blocked
+    from lakeloop.registry import Blocked
 
 # Latency buckets around what this API does: sub-millisecond to a second.
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

@@ -40,7 +40,7 @@ import msgspec
 import numpy as np
 import pandas as pd
 
-from lakeloop import tracking
+from lakeloop import registry
 from lakeloop.dataset import DatasetSpec, attribute, is_integer_code
 from lakeloop.model import FeatureEncoder, fast_path
 from lakeloop.settings import Settings
@@ -207,10 +207,10 @@ class ModelSlot:
         self.retry_at = 0.0
         """Monotonic time before which polling does not try ``failed_version`` again."""
         self.retry_pause = 0.0
-        self.blocked: tracking.Blocked | None = None
+        self.blocked: registry.Blocked | None = None
         """Training is blocked (the data on the production branch fails the checks), as the
         registry said at the last check: the served champion is stale."""
-        self.refused: tracking.Refused | None = None
+        self.refused: registry.Refused | None = None
         """While nothing is served: the newest version, which the gate refused (why no model)."""
         self.on_swap: Callable[[Predictor], None] = lambda _: None
         self.on_load_failure: Callable[[str], None] = lambda _: None
@@ -271,18 +271,18 @@ def load_champion(
     loaded or does not predict (without trying when it is ``skip_version``), anything else when
     the registry cannot be reached."""
 
-    client = tracking.connect(settings)
-    version = tracking.champion(client, settings)
+    client = registry.connect(settings)
+    version = registry.champion(client, settings)
     if version is None or version.version == known_version:
         return None
     number = str(version.version)
     if number == skip_version:
         raise ModelLoadError(number, "failed before; not retried yet", retried=False)
-    record = tracking.version_record(client, settings, number)
+    record = registry.version_record(client, settings, number)
     if record is None:
         return None
     try:
-        model = tracking.load_version(settings, version=number)
+        model = registry.load_version(settings, version=number)
         predictor = Predictor(
             model=model,
             name=settings.mlflow.model_name,
@@ -291,9 +291,9 @@ def load_champion(
             lakefs_repository=record.repository,
             lakefs_commit_id=record.commit_id,
             metrics=record.metrics,
-            dataset=record.tags.get(tracking.TAG_DATASET, ""),
-            dataset_digest=record.tags.get(tracking.TAG_DATASET_DIGEST, ""),
-            spec=tracking.description_of(version),
+            dataset=record.tags.get(registry.TAG_DATASET, ""),
+            dataset_digest=record.tags.get(registry.TAG_DATASET_DIGEST, ""),
+            spec=registry.description_of(version),
         )
         if example is not None:
             predictor.warm(example(predictor))
@@ -305,14 +305,14 @@ def load_champion(
     return predictor
 
 
-def training_blocked(settings: Settings) -> tracking.Blocked | None:
+def training_blocked(settings: Settings) -> registry.Blocked | None:
     """Whether the registry says training is blocked."""
-    return tracking.training_blocked(tracking.connect(settings), settings)
+    return registry.training_blocked(registry.connect(settings), settings)
 
 
-def newest_refusal(settings: Settings) -> tracking.Refused | None:
+def newest_refusal(settings: Settings) -> registry.Refused | None:
     """The newest version when the gate refused it."""
-    return tracking.newest_refusal(tracking.connect(settings), settings)
+    return registry.newest_refusal(registry.connect(settings), settings)
 
 
 async def refresh(

@@ -173,7 +173,7 @@ def register_model(
 ) -> tuple[str, Any, Any]:
     """Train with the default settings, register, make champion (unless not ``promote``);
     (version, pipeline, frame)."""
-    from lakeloop import tracking  # noqa: PLC0415
+    from lakeloop import registry  # noqa: PLC0415
     from lakeloop.dataset import load_spec  # noqa: PLC0415
     from lakeloop.model import train  # noqa: PLC0415
     from tooling import market  # noqa: PLC0415
@@ -181,19 +181,19 @@ def register_model(
     spec = load_spec()
     frame = market.generate_batch(rows=rows, seed=seed)
     trained = train(frame, spec, settings.training)
-    client = tracking.connect(settings)
-    lineage = tracking.Lineage(
+    client = registry.connect(settings)
+    lineage = registry.Lineage(
         repository="housing",
         commit_id="b" * 64,
         validation="passed",
         trigger="manual",
         dataset=f"{spec.name}@v{spec.version}",
     )
-    logged = tracking.log_trained(
+    logged = registry.log_trained(
         settings, trained, spec=spec, training_data=frame, lineage=lineage
     )
     if promote:
-        tracking.record_decision(client, settings, logged=logged, reasons=[], champion=None)
+        registry.record_decision(client, settings, logged=logged, reasons=[], champion=None)
     return logged.version, trained.pipeline, frame[spec.feature_names]
 
 

@@ -102,9 +102,9 @@ async def _sample_rss(pid: int, *, start: float, deadline: float, seen: Timeline
 
 def _swap(settings: Any, url: str, version: str) -> str:
     """Move the champion alias to ``version`` and have the API load it now; the new version."""
-    from lakeloop import tracking  # noqa: PLC0415
+    from lakeloop import registry  # noqa: PLC0415
 
-    client = tracking.connect(settings)
+    client = registry.connect(settings)
     client.set_registered_model_alias(
         settings.mlflow.model_name, settings.mlflow.champion_alias, version
     )

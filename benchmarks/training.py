@@ -99,7 +99,7 @@ def flow_steps(rows: int) -> dict[str, float]:
     from flows import train  # noqa: F401, PLC0415 - timed: a flow run process pays it
 
     imported = time.perf_counter() - started
-    from lakeloop import lakefs_client, tracking  # noqa: PLC0415
+    from lakeloop import lakefs_client, registry  # noqa: PLC0415
     from lakeloop.dataset import load_spec  # noqa: PLC0415
     from lakeloop.ingest import inspect_source, write_parquet  # noqa: PLC0415
     from lakeloop.settings import load_settings  # noqa: PLC0415
@@ -139,7 +139,7 @@ def flow_steps(rows: int) -> dict[str, float]:
             spec = load_spec(settings.dataset)
             _train_commit(settings, spec, champion_commit, timings={})
             timings = {"import the flow module": imported}
-            with _log_and_register_breakdown(tracking, timings):
+            with _log_and_register_breakdown(registry, timings):
                 _train_commit(settings, spec, timed_commit, timings=timings)
         finally:
             stack.down()
@@ -172,7 +172,7 @@ def _train_commit(settings: Any, spec: Any, commit_id: str, *, timings: dict[str
     train_commit(settings, spec, settings.lakefs.repository, commit_id, runtime=Timed())
 
 
-# What ``log and register`` calls, timed by wrapping each where tracking looks it up.
+# What ``log and register`` calls, timed by wrapping each where the registry module looks it up.
 _LOGGING_PARTS = (
     ("evaluation.segment_metrics", "  segment metrics"),
     ("evaluation.figures", "  plots: draw"),
@@ -188,12 +188,12 @@ _LOGGING_PARTS = (
 
 
 @contextlib.contextmanager
-def _log_and_register_breakdown(tracking: Any, timings: dict[str, float]) -> Iterator[None]:
+def _log_and_register_breakdown(registry: Any, timings: dict[str, float]) -> Iterator[None]:
     """Time the parts of ``log and register``; what they leave is the run's own requests."""
     with contextlib.ExitStack() as patches:
         for dotted, label in _LOGGING_PARTS:
             *path, name = dotted.split(".")
-            owner = tracking
+            owner = registry
             for part in path:
                 owner = getattr(owner, part)
             timed = _timed(getattr(owner, name), label, timings)

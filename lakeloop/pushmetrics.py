@@ -155,7 +155,7 @@ def push_training(
     """Push one training run of ``model_name``: the registered ``version``, its holdout
     ``metrics`` (``mae``, ``rmse``, ... in the target's units), whether the gate promoted it,
     and the count of runs by ``trigger`` (``commit``, ``drift``, ``manual``: keep it to
-    :func:`lakeloop.tracking.trigger_kind`'s few values) and by promotion.
+    :func:`lakeloop.registry.trigger_kind`'s few values) and by promotion.
 
     ``version`` is an MLflow registry version (an integer as text). Returns whether the
     Pushgateway took it (``False`` also when ``url`` is ``None``)."""

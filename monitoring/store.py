@@ -199,7 +199,7 @@ class RunRecord:
 
 
 def mlflow_record(entry: HistoryEntry, *, model_name: str) -> RunRecord:
-    """The monitor run ``entry`` as MLflow records it (``tracking.log_monitor_run`` logs it)."""
+    """The monitor run ``entry`` as MLflow records it (``registry.log_monitor_run`` logs it)."""
     tags = {
         "lakeloop.kind": "monitor",
         "model_name": model_name,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from lakeloop import events, grafana, lakefs_client, loop, tracking
+from lakeloop import events, grafana, lakefs_client, loop, registry
 from lakeloop.dataset import DatasetSpec, in_units, load_spec
 from lakeloop.settings import Settings
 from monitoring.check import CheckResult, check_window
@@ -40,7 +40,7 @@ class Champion:
 
 @step(retries=2, delay_seconds=5)
 def find_champion(settings: Settings) -> Champion | None:
-    record = tracking.version_record(tracking.connect(settings), settings)
+    record = registry.version_record(registry.connect(settings), settings)
     if record is None:
         return None
     return Champion(
@@ -48,7 +48,7 @@ def find_champion(settings: Settings) -> Champion | None:
         repository=record.repository or settings.lakefs.repository,
         commit_id=record.commit_id,
         holdout={name: record.metrics[name] for name in ("mae", "rmse")},
-        spec=tracking.description_of(record.version) or load_spec(settings.dataset),
+        spec=registry.description_of(record.version) or load_spec(settings.dataset),
     )
 
 
@@ -77,8 +77,8 @@ def champion_reference(settings: Settings, spec: DatasetSpec, champion: Champion
             repository=champion.repository,
             ref=champion.commit_id,
         )
-        tracking.connect(settings)
-        model = tracking.load_version(settings, version=champion.version)
+        registry.connect(settings)
+        model = registry.load_version(settings, version=champion.version)
         return reference_frame(
             data,
             model,
@@ -132,7 +132,7 @@ def record_in_mlflow(settings: Settings, result: CheckResult) -> str:
     """The monitor run in MLflow, in an experiment of its own (``<experiment>-monitoring``)."""
     record = mlflow_record(result.entry, model_name=settings.mlflow.model_name)
     with report_file(settings.monitoring_store, record.report) as report:
-        return tracking.log_monitor_run(
+        return registry.log_monitor_run(
             settings,
             name=record.name,
             tags=record.tags,

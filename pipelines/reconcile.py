@@ -22,7 +22,7 @@ Which commits count (newest first, at most ``depth`` commits of the branch's log
 - not those whose data the training flow refused (a FAILED run with a failed validation outcome):
   the data at a commit never changes, so retrying cannot help; a person fixes it with a new commit.
 
-A commit is *trained* when :func:`lakeloop.tracking.run_for_commit` finds its finished, judged run.
+A commit is *trained* when :func:`lakeloop.registry.run_for_commit` finds its finished, judged run.
 
 What gets trained: ``mode="newest"`` (the default) or ``mode="all"``. The training flow reads
 every table under the data prefix at the commit, so the newest commit that brought data contains
@@ -51,7 +51,7 @@ from typing import Any, Literal
 
 from mlflow.tracking import MlflowClient
 
-from lakeloop import lakefs_client, tracking
+from lakeloop import lakefs_client, registry
 from lakeloop.events import SKIP_TRAINING_KEY
 from lakeloop.settings import Settings
 from pipelines.runtime import PLAIN, Runtime, run_logger, step
@@ -202,14 +202,14 @@ def _training_state(
     """Whether a commit that brought data was trained, is being trained, or was missed."""
     if now - created < min_age:
         return TOO_RECENT, f"committed {created.isoformat()}"
-    if (run := tracking.run_for_commit(client, settings, commit_id=commit_id)) is not None:
+    if (run := registry.run_for_commit(client, settings, commit_id=commit_id)) is not None:
         return TRAINED, f"run {run.info.run_id}"
-    refused = tracking.runs_of_commit(client, settings, commit_id=commit_id, refused=True, limit=1)
+    refused = registry.runs_of_commit(client, settings, commit_id=commit_id, refused=True, limit=1)
     if refused is None:
         return MISSED, "no training experiment yet"
     if refused:
         return REFUSED, f"run {refused[0].info.run_id}"
-    if running := tracking.runs_of_commit(
+    if running := registry.runs_of_commit(
         client,
         settings,
         commit_id=commit_id,
@@ -263,7 +263,7 @@ def reconcile(
     checked = runtime.step(check_commits)(
         settings,
         lakefs=lakefs or lakefs_client.connect(settings),
-        mlflow=mlflow or tracking.connect(settings),
+        mlflow=mlflow or registry.connect(settings),
         mode=mode,
         depth=depth,
         min_age=min_age,

@@ -26,7 +26,7 @@ from lakeloop import (
     loop,
     model,
     pushmetrics,
-    tracking,
+    registry,
 )
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings
@@ -38,8 +38,8 @@ from pipelines.runtime import PLAIN, Runtime, run_logger, step
 @step(retries=2, delay_seconds=5)
 def already_trained(settings: Settings, commit_id: str, *, tune: bool = False) -> str | None:
     """The run id that already trained on this commit (tuned, with ``tune``), if any."""
-    client = tracking.connect(settings)
-    run = tracking.run_for_commit(client, settings, commit_id=commit_id, tuned=tune)
+    client = registry.connect(settings)
+    run = registry.run_for_commit(client, settings, commit_id=commit_id, tuned=tune)
     return run.info.run_id if run else None
 
 
@@ -109,41 +109,41 @@ def training_frame(
 @step(retries=2, delay_seconds=5)
 def record_blocked(
     settings: Settings, repository: str, commit_id: str, result: ValidationResult
-) -> tracking.Blocked:
+) -> registry.Blocked:
     """Training is stopped until the data is repaired: say so on the registered model (the API's
     /readyz, its metrics and `lakeloop status` read it there)."""
-    client = tracking.connect(settings)
-    current = tracking.champion(client, settings)
+    client = registry.connect(settings)
+    current = registry.champion(client, settings)
     behind = None
-    if current is not None and current.tags.get(tracking.TAG_COMMIT):
+    if current is not None and current.tags.get(registry.TAG_COMMIT):
         behind = lakefs_client.commits_since(
             lakefs_client.connect(settings),
             repository=repository,
             ref=commit_id,
-            ancestor=current.tags[tracking.TAG_COMMIT],
+            ancestor=current.tags[registry.TAG_COMMIT],
         )
-    blocked = tracking.Blocked(
+    blocked = registry.Blocked(
         commit_id=commit_id,
         since=datetime.now(UTC).isoformat(timespec="seconds"),
         tables=result.failing_tables,
         reason="\n".join(result.failures),
         commits_behind=behind,
     )
-    tracking.record_blocked(client, settings, blocked)
+    registry.record_blocked(client, settings, blocked)
     return blocked
 
 
 @step(retries=2, delay_seconds=5)
 def clear_blocked(settings: Settings) -> None:
     """The data passed the checks: training is no longer blocked."""
-    if tracking.clear_blocked(tracking.connect(settings), settings):
+    if registry.clear_blocked(registry.connect(settings), settings):
         run_logger().info("training is no longer blocked: the data passes the checks again")
 
 
 @step(retries=2, delay_seconds=5)
-def record_refused_data(settings: Settings, lineage: tracking.Lineage, report: Path) -> str:
-    tracking.connect(settings)
-    return tracking.log_refused_data(settings, lineage=lineage, report=report)
+def record_refused_data(settings: Settings, lineage: registry.Lineage, report: Path) -> str:
+    registry.connect(settings)
+    return registry.log_refused_data(settings, lineage=lineage, report=report)
 
 
 def fit(
@@ -168,18 +168,18 @@ def fit(
 @step(retries=2, delay_seconds=5)
 def tuning_due(settings: Settings) -> bool:
     """Whether the settings' tuning policy asks this training to search hyperparameters."""
-    return tracking.tuning_due(tracking.connect(settings), settings)
+    return registry.tuning_due(registry.connect(settings), settings)
 
 
 @step(retries=2, delay_seconds=5)
 def champion_hyperparameters(settings: Settings) -> tuple[str, dict[str, Any]] | None:
     """The champion's version and its tuned hyperparameters, which a training without a search
     starts from (so new data can win against a tuned champion); ``None`` when it has none."""
-    client = tracking.connect(settings)
-    current = tracking.champion(client, settings)
+    client = registry.connect(settings)
+    current = registry.champion(client, settings)
     if current is None:
         return None
-    params = tracking.handed_on(client, current)
+    params = registry.handed_on(client, current)
     return None if params is None else (str(current.version), params)
 
 
@@ -190,15 +190,15 @@ def log_and_register(
     *,
     spec: DatasetSpec,
     frame: pd.DataFrame,
-    lineage: tracking.Lineage,
+    lineage: registry.Lineage,
     report: Path,
-) -> tracking.LoggedModel:
+) -> registry.LoggedModel:
     """Log the run and register its version, after closing what an earlier attempt on the same
     commit (this task's last try, or a failed flow run) left half done."""
-    client = tracking.connect(settings)
-    for done in tracking.abandon_incomplete(client, settings, commit_id=lineage.commit_id):
+    client = registry.connect(settings)
+    for done in registry.abandon_incomplete(client, settings, commit_id=lineage.commit_id):
         run_logger().warning("earlier attempt on %s: %s", lineage.commit_id, done)
-    return tracking.log_trained(
+    return registry.log_trained(
         settings, trained, spec=spec, training_data=frame, lineage=lineage, report=report
     )
 
@@ -206,14 +206,14 @@ def log_and_register(
 @step(retries=2, delay_seconds=5)
 def score_champion(
     settings: Settings, trained: model.TrainedModel, spec: DatasetSpec
-) -> tracking.ChampionScore | None:
+) -> registry.ChampionScore | None:
     """The current champion's metrics on the new model's holdout (None before the first one).
     A champion trained under another description is scored on the same rows as its requests
     will reach it under this one: features this description no longer has are missing."""
-    current = tracking.champion(tracking.connect(settings), settings)
+    current = registry.champion(registry.connect(settings), settings)
     if current is None:
         return None
-    scored = tracking.score_version(settings, current, trained.holdout, spec)
+    scored = registry.score_version(settings, current, trained.holdout, spec)
     if scored.note:
         run_logger().warning("champion %s", scored.note)
     return scored
@@ -223,8 +223,8 @@ def score_champion(
 def gate_and_promote(
     settings: Settings,
     trained: model.TrainedModel,
-    logged: tracking.LoggedModel,
-    champion: tracking.ChampionScore | None,
+    logged: registry.LoggedModel,
+    champion: registry.ChampionScore | None,
     spec: DatasetSpec,
 ) -> list[str]:
     """Promote when the model meets the thresholds and is no worse than the champion on the same
@@ -236,8 +236,8 @@ def gate_and_promote(
         champion=champion.metrics if champion else None,
         champion_name=f"champion v{champion.version}" if champion else "the champion",
     )
-    tracking.record_decision(
-        tracking.connect(settings), settings, logged=logged, reasons=failures, champion=champion
+    registry.record_decision(
+        registry.connect(settings), settings, logged=logged, reasons=failures, champion=champion
     )
     return failures
 
@@ -245,8 +245,8 @@ def gate_and_promote(
 def verify_deployment(
     settings: Settings,
     trained: model.TrainedModel,
-    logged: tracking.LoggedModel,
-    champion: tracking.ChampionScore | None,
+    logged: registry.LoggedModel,
+    champion: registry.ChampionScore | None,
 ) -> None:
     """The API must serve the new champion and answer a smoke prediction in time; otherwise the
     alias goes back to the previous champion and the run fails loudly."""
@@ -260,8 +260,8 @@ def verify_deployment(
         )
     except loop.LoopError as error:
         previous = champion.version if champion else None
-        tracking.restore_champion(
-            tracking.connect(settings), settings, failed=logged.version, previous=previous
+        registry.restore_champion(
+            registry.connect(settings), settings, failed=logged.version, previous=previous
         )
         raise RuntimeError(
             f"version {logged.version} was promoted but not served ({error}); "
@@ -285,7 +285,7 @@ def report_validation(
 
 def report_training(
     settings: Settings,
-    logged: tracking.LoggedModel,
+    logged: registry.LoggedModel,
     metrics: dict[str, float],
     *,
     promoted: bool,
@@ -311,7 +311,7 @@ def report_training(
         )
 
 
-def refusal(result: ValidationResult, blocked: tracking.Blocked) -> str:
+def refusal(result: ValidationResult, blocked: registry.Blocked) -> str:
     """What failed, in which table, and how to repair it, for the run's error."""
     lines = [f"- {line}" for line in result.failures]
     behind = (
@@ -344,8 +344,8 @@ class Outcome:
     """One training's result: the version registered and what the gate made of it."""
 
     trained: model.TrainedModel
-    logged: tracking.LoggedModel
-    champion: tracking.ChampionScore | None
+    logged: registry.LoggedModel
+    champion: registry.ChampionScore | None
     failures: list[str]
     """The gate's reasons for not promoting; empty when the version was promoted."""
     summary: str
@@ -416,11 +416,11 @@ def train_commit(
     validation, report = run(validate)(settings, tables, spec, commit_id, ingested)
     run(report_validation)(settings, spec, commit_id, validation)
     runtime.artifact("validation", validation.to_markdown(), f"data checks on {commit_id:.12}")
-    lineage = tracking.Lineage(
+    lineage = registry.Lineage(
         repository=repository,
         commit_id=commit_id,
         validation=validation.outcome,
-        trigger=tracking.trigger_kind(reason),
+        trigger=registry.trigger_kind(reason),
         dataset=spec.label,
         dataset_digest=spec.digest,
         again=again,
@@ -445,7 +445,7 @@ def train_and_promote(
     spec: DatasetSpec,
     frame: pd.DataFrame,
     *,
-    lineage: tracking.Lineage,
+    lineage: registry.Lineage,
     report: Path,
     tune: bool = False,
     runtime: Runtime = PLAIN,

@@ -39,7 +39,7 @@ from tooling.terminal import (
 )
 
 if TYPE_CHECKING:
-    from lakeloop.tracking import Rejudged
+    from lakeloop.registry import Rejudged
 
 app = typer.Typer(
     help="lakeloop: lakeFS commits trigger Prefect flows that train, register and serve models.",
@@ -168,7 +168,7 @@ def ingest(
 def _follow_training(settings: Settings, commit_id: str) -> None:
     """Wait for the training a merge started and print the gate's decision; exit 1 when the
     training failed (the merged data stays on main)."""
-    from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
+    from lakeloop import registry  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
     try:
         with console.status(f"training on {commit_id:.12}") as status:
@@ -178,8 +178,8 @@ def _follow_training(settings: Settings, commit_id: str) -> None:
                 timeout=settings.api.deploy_timeout_seconds + 900,
                 on_state=lambda message: log_state(status, message),
             )
-        client = tracking.connect(settings)
-        trained = tracking.run_for_commit(client, settings, commit_id=commit_id, tuned=False)
+        client = registry.connect(settings)
+        trained = registry.run_for_commit(client, settings, commit_id=commit_id, tuned=False)
     except loop.LoopError as error:
         console.print(f"[red]training on {commit_id:.12} did not succeed:[/red] {error}")
         console.print("the batch stays merged; `lakeloop status` says what is served")
@@ -354,13 +354,13 @@ def train(
     """Train on a lakeFS commit now, through the training deployment: validate, train, register,
     and promote if the gate agrees. A commit already trained (tuned, with --tune) is skipped
     unless --again asks for a new attempt."""
-    from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
+    from lakeloop import registry  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
     settings = settings_or_exit()
     try:
         commit_id = commit or lakefs_client.head_commit(lakefs_client.connect(settings), settings)
-        client = tracking.connect(settings)
-        done = tracking.run_for_commit(client, settings, commit_id=commit_id, tuned=tune)
+        client = registry.connect(settings)
+        done = registry.run_for_commit(client, settings, commit_id=commit_id, tuned=tune)
         if done is not None and not again:
             console.print(f"{commit_id:.12} is already trained (MLflow run {done.info.run_id})")
             console.print(_training_outcome(client, settings, done.info.run_id))
@@ -380,7 +380,7 @@ def train(
                 timeout=3600,
                 on_state=lambda message: log_state(status, message),
             )
-        trained = tracking.run_for_commit(client, settings, commit_id=commit_id, tuned=tune)
+        trained = registry.run_for_commit(client, settings, commit_id=commit_id, tuned=tune)
     except (loop.LoopError, lakefs_client.LakeFSError, httpx.HTTPError) as error:
         console.print(f"[red]training did not complete:[/red] {error}")
         raise typer.Exit(1) from error
@@ -390,12 +390,12 @@ def train(
 
 def _training_outcome(client: Any, settings: Settings, run_id: str) -> str:
     """One line: the version a training run registered and what the gate decided."""
-    from lakeloop import tracking  # noqa: PLC0415
+    from lakeloop import registry  # noqa: PLC0415
 
-    version = tracking.version_of_run(client, settings, run_id=run_id)
+    version = registry.version_of_run(client, settings, run_id=run_id)
     tags = version.tags or {}
-    reasons = tags.get(tracking.TAG_GATE_REASONS, "-")
-    decision = tags.get(tracking.TAG_GATE, "?")
+    reasons = tags.get(registry.TAG_GATE_REASONS, "-")
+    decision = tags.get(registry.TAG_GATE, "?")
     because = f": {reasons}" if reasons != "-" else ""
     return f"{settings.mlflow.model_name} v{version.version}: {decision}{because}"
 
@@ -429,13 +429,13 @@ def report(
 def status() -> None:
     """The champion, what the API serves, and whether training is blocked (exit 1 while it is:
     the data on main fails the checks, so the champion is stale)."""
-    from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
+    from lakeloop import registry  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
     settings = settings_or_exit()
     try:
-        client = tracking.connect(settings)
-        current = tracking.champion(client, settings)
-        blocked = tracking.training_blocked(client, settings)
+        client = registry.connect(settings)
+        current = registry.champion(client, settings)
+        blocked = registry.training_blocked(client, settings)
     except Exception as error:  # MLflow raises several types for a server it cannot reach
         console.print(
             f"[red]cannot read the registry at {settings.mlflow_tracking_uri}:[/red] {error}"
@@ -447,7 +447,7 @@ def status() -> None:
     except httpx.HTTPError as error:
         serving = f"API not reachable at {settings.api_url} ({type(error).__name__})"
     table = Table(title=f"{settings.mlflow.model_name}", show_header=False)
-    commit = (current.tags or {}).get(tracking.TAG_COMMIT, "") if current else ""
+    commit = (current.tags or {}).get(registry.TAG_COMMIT, "") if current else ""
     table.add_row(
         "champion", f"v{current.version} (lakeFS commit {commit:.12})" if current else "none"
     )
@@ -472,11 +472,11 @@ def model_list(
 ) -> None:
     """The registered versions: commit, trigger, description, holdout metrics, the gate's decision
     and its reasons, aliases."""
-    from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
+    from lakeloop import registry  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
     settings = settings_or_exit()
     try:
-        rows = tracking.version_rows(tracking.connect(settings), settings, limit=last)
+        rows = registry.version_rows(registry.connect(settings), settings, limit=last)
     except Exception as error:  # MLflow raises several types for a server it cannot reach
         console.print(f"[red]cannot read the registry:[/red] {error}")
         raise typer.Exit(1) from error
@@ -508,12 +508,12 @@ def model_show(
 ) -> None:
     """A registered version's lineage: lakeFS commit, dataset description (version and digest),
     gate decision, trigger, code version, holdout metrics."""
-    from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
+    from lakeloop import registry  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
     settings = settings_or_exit()
     name = settings.mlflow.model_name
     try:
-        record = tracking.version_record(tracking.connect(settings), settings, version)
+        record = registry.version_record(registry.connect(settings), settings, version)
     except Exception as error:  # MLflow raises several types for a missing version or server
         console.print(f"[red]cannot read {name} {version or 'champion'}:[/red] {error}")
         raise typer.Exit(1) from error
@@ -524,16 +524,16 @@ def model_show(
     table = Table(title=f"{name} v{found.version}", show_header=False)
     rows = {
         "aliases": ", ".join(found.aliases or []) or "-",
-        "lakeFS": f"{tags.get(tracking.TAG_REPOSITORY, '?')}@{tags.get(tracking.TAG_COMMIT, '?')}",
-        "dataset description": tags.get(tracking.TAG_DATASET, "not recorded"),
-        "description digest": tags.get(tracking.TAG_DATASET_DIGEST) or "not recorded",
-        "gate": f"{tags.get(tracking.TAG_GATE, '?')} ({tags.get(tracking.TAG_GATE_REASONS, '-')})",
-        "trigger": tags.get(tracking.TAG_TRIGGER, "?")
-        + (" (a new attempt on its commit)" if tags.get(tracking.TAG_AGAIN) == "true" else ""),
-        "code version": tags.get(tracking.TAG_CODE_VERSION, "?"),
+        "lakeFS": f"{tags.get(registry.TAG_REPOSITORY, '?')}@{tags.get(registry.TAG_COMMIT, '?')}",
+        "dataset description": tags.get(registry.TAG_DATASET, "not recorded"),
+        "description digest": tags.get(registry.TAG_DATASET_DIGEST) or "not recorded",
+        "gate": f"{tags.get(registry.TAG_GATE, '?')} ({tags.get(registry.TAG_GATE_REASONS, '-')})",
+        "trigger": tags.get(registry.TAG_TRIGGER, "?")
+        + (" (a new attempt on its commit)" if tags.get(registry.TAG_AGAIN) == "true" else ""),
+        "code version": tags.get(registry.TAG_CODE_VERSION, "?"),
         "run": found.run_id or "-",
     }
-    for label, tag in (("override", tracking.TAG_OVERRIDE), ("judged again", tracking.TAG_REQUEST)):
+    for label, tag in (("override", registry.TAG_OVERRIDE), ("judged again", registry.TAG_REQUEST)):
         if tag in tags:
             rows[label] = tags[tag]
     for key in ("mae", "rmse", "r2"):
@@ -557,7 +557,7 @@ def model_promote(
     gate's decision. Both are recorded on the version; `lakeloop model rollback` undoes them."""
     import getpass  # noqa: PLC0415
 
-    from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
+    from lakeloop import registry  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
     if force and not reason.strip():
         console.print(
@@ -567,17 +567,17 @@ def model_promote(
         raise typer.Exit(2)
     settings = settings_or_exit()
     by = getpass.getuser()
-    client = tracking.connect(settings)
+    client = registry.connect(settings)
     name = settings.mlflow.model_name
     judged = None
     try:
         if force:
-            previous = tracking.promote_by_hand(
+            previous = registry.promote_by_hand(
                 client, settings, version=version, reason=reason, by=by
             )
         else:
             judged = _rejudge(client, settings, version=version)
-            previous = tracking.record_request(client, settings, judged, by=by)
+            previous = registry.record_request(client, settings, judged, by=by)
     except LookupError as error:
         console.print(f"[red]not promoted:[/red] {error}")
         raise typer.Exit(1) from error
@@ -604,10 +604,10 @@ def model_promote(
 
 def _rejudge(client: Any, settings: Settings, *, version: str) -> Rejudged:
     """The gate's verdict on ``version`` on the production branch's newest data
-    (:func:`lakeloop.tracking.rejudge`)."""
+    (:func:`lakeloop.registry.rejudge`)."""
     import lakefs  # noqa: PLC0415
 
-    from lakeloop import model, tracking  # noqa: PLC0415
+    from lakeloop import model, registry  # noqa: PLC0415
 
     spec = load_spec(settings.dataset)
     lakefs_api = lakefs_client.connect(settings)
@@ -618,7 +618,7 @@ def _rejudge(client: Any, settings: Settings, *, version: str) -> Rejudged:
         if frame.empty:
             raise LookupError(f"no table at {commit_id:.12} trains under {spec.label}")
         rows = model.split_rows(frame, spec, settings.training)
-        return tracking.rejudge(
+        return registry.rejudge(
             client, settings, version=version, rows=rows, spec=spec, commit_id=commit_id
         )
 
@@ -626,11 +626,11 @@ def _rejudge(client: Any, settings: Settings, *, version: str) -> Rejudged:
 @model_app.command("rollback")
 def model_rollback() -> None:
     """Give the champion alias back to the version the current champion replaced."""
-    from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
+    from lakeloop import registry  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
     settings = settings_or_exit()
     try:
-        replaced, restored = tracking.rollback(tracking.connect(settings), settings)
+        replaced, restored = registry.rollback(registry.connect(settings), settings)
     except LookupError as error:
         console.print(f"[red]cannot roll back:[/red] {error}")
         raise typer.Exit(1) from error
@@ -725,11 +725,11 @@ def dataset_diff(
 def _print_champion(settings: Settings, spec: DatasetSpec) -> None:
     """Which description the champion was trained under, and what the API asks for while it
     serves it (the request schema follows the served model, not the configured description)."""
-    from lakeloop import tracking  # noqa: PLC0415 - MLflow costs every other command 1.5 s
+    from lakeloop import registry  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
     try:
-        current = tracking.champion(tracking.connect(settings), settings)
-        trained = tracking.description_of(current) if current is not None else None
+        current = registry.champion(registry.connect(settings), settings)
+        trained = registry.description_of(current) if current is not None else None
     except Exception:  # MLflow raises several types for a server it cannot reach
         return
     if current is None:

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lakeloop import lakefs_client, loop, tracking
+from lakeloop import lakefs_client, loop, registry
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings
 from tests.utils.descriptions import V1, changed
@@ -64,7 +64,7 @@ def _head(settings: Settings) -> str:
 
 
 def _versions(settings: Settings) -> list[str]:
-    client = tracking.connect(settings)
+    client = registry.connect(settings)
     found = client.search_model_versions(f"name='{settings.mlflow.model_name}'")
     return sorted(str(version.version) for version in found)
 
@@ -129,9 +129,9 @@ def test_a_description_change_trains_on_and_the_schema_swaps_with_the_model(
     _ok(second.run("ingest", str(folder / "new.csv")))
     commit = _head(settings)
     loop.wait_for_training(settings, commit_id=commit, timeout=300)
-    [judged] = tracking.versions_of_commit(tracking.connect(settings), settings, commit_id=commit)
-    assert judged.tags[tracking.TAG_DATASET] == V2.label
-    assert judged.tags[tracking.TAG_GATE] == "promoted", judged.tags[tracking.TAG_GATE_REASONS]
+    [judged] = registry.versions_of_commit(registry.connect(settings), settings, commit_id=commit)
+    assert judged.tags[registry.TAG_DATASET] == V2.label
+    assert judged.tags[registry.TAG_GATE] == "promoted", judged.tags[registry.TAG_GATE_REASONS]
     served = loop.wait_until_served(settings, commit_id=commit, timeout=60)
     assert (served["version"], served["dataset"]) == ("2", V2.label)
     # The schema swapped with the model.

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from lakeloop import lakefs_client, loop, tracking
+from lakeloop import lakefs_client, loop, registry
 from lakeloop.dataset import load_spec
 from monitoring.history import HistoryEntry
 from monitoring.store import read_history
@@ -94,12 +94,12 @@ def test_demo_retrains_once_on_shift_and_serves_the_new_champion(
     # The new champion was trained on the reported prices, folded into lakeFS, with drift as
     # its recorded trigger; the commit that holds them names the window.
     settings = workspace.settings
-    client = tracking.connect(settings)
-    champion = tracking.champion(client, settings)
+    client = registry.connect(settings)
+    champion = registry.champion(client, settings)
     assert champion is not None
     assert champion.version == "2"
-    assert champion.tags[tracking.TAG_TRIGGER] == "drift"
-    commit_id = champion.tags[tracking.TAG_COMMIT]
+    assert champion.tags[registry.TAG_TRIGGER] == "drift"
+    commit_id = champion.tags[registry.TAG_COMMIT]
     lakefs = lakefs_client.connect(settings)
     [commit] = lakefs_client.commit_log(lakefs, settings, ref=commit_id, limit=1)
     assert commit.metadata["lakeloop.window"] == shifted.window.id
@@ -170,14 +170,14 @@ def test_rising_error_retrains_and_a_worse_model_is_not_promoted(
     )
     assert retrain.state == "COMPLETED"
     assert len(_retrains(workspace)) == 2
-    client = tracking.connect(settings)
-    champion = tracking.champion(client, settings)
+    client = registry.connect(settings)
+    champion = registry.champion(client, settings)
     assert champion is not None
     assert champion.version == "2"  # unchanged: the gate refused the worse model
     rejected = client.get_model_version(settings.mlflow.model_name, "3")
-    assert rejected.tags[tracking.TAG_GATE] == "rejected"
-    assert "worse than champion v2" in rejected.tags[tracking.TAG_GATE_REASONS]
-    assert rejected.tags[tracking.TAG_TRIGGER] == "drift"
+    assert rejected.tags[registry.TAG_GATE] == "rejected"
+    assert "worse than champion v2" in rejected.tags[registry.TAG_GATE_REASONS]
+    assert rejected.tags[registry.TAG_TRIGGER] == "drift"
     served = loop.served_model(settings)
     assert served is not None
     assert served["version"] == "2"

@@ -14,7 +14,7 @@ import mlflow.pyfunc
 import pytest
 
 from gateway.app import TOKEN_HEADER
-from lakeloop import lakefs_client, loop, tracking
+from lakeloop import lakefs_client, loop, registry
 from lakeloop.ingest import write_parquet
 from lakeloop.settings import Settings
 from tests.utils.bad_batches import BAD_BATCHES
@@ -106,11 +106,11 @@ def test_kept_stack_has_lineage_retrains_and_hot_swaps(
     raw = httpx.get(f"{settings.prefect_api_url}/flow_runs/{runs[0].id}", timeout=10).json()
     assert raw["created_by"]["type"] == "AUTOMATION"  # made by the event trigger, not by hand
 
-    mlflow_client = tracking.connect(settings)
+    mlflow_client = registry.connect(settings)
     run = mlflow_client.get_run(first["run_id"])
-    assert run.data.tags[tracking.TAG_COMMIT] == first["lakefs_commit_id"]
-    assert run.data.tags[tracking.TAG_REPOSITORY] == settings.lakefs.repository
-    assert run.data.tags[tracking.TAG_VALIDATION] == "passed"
+    assert run.data.tags[registry.TAG_COMMIT] == first["lakefs_commit_id"]
+    assert run.data.tags[registry.TAG_REPOSITORY] == settings.lakefs.repository
+    assert run.data.tags[registry.TAG_VALIDATION] == "passed"
 
     # A new batch merged into main becomes version 2, served without restarting the API.
     # `lakeloop ingest` of a good file: write-audit-publish, training, hot swap.
@@ -211,10 +211,10 @@ def test_kept_stack_has_lineage_retrains_and_hot_swaps(
         loop.wait_for_training(settings, commit_id=direct, timeout=300)
     refused = mlflow_client.search_runs(
         [mlflow_client.get_experiment_by_name(settings.mlflow.experiment).experiment_id],
-        filter_string=f"tags.`{tracking.TAG_COMMIT}` = '{direct}'",
+        filter_string=f"tags.`{registry.TAG_COMMIT}` = '{direct}'",
     )
     assert [run.info.status for run in refused] == ["FAILED"]
-    assert expected.split(":")[0] in refused[0].data.tags[tracking.TAG_VALIDATION]
+    assert expected.split(":")[0] in refused[0].data.tags[registry.TAG_VALIDATION]
     versions = mlflow_client.search_model_versions(f"name='{settings.mlflow.model_name}'")
     assert sorted(v.version for v in versions) == ["1", "2"]
     assert loop.served_model(settings)["version"] == "2"
@@ -230,9 +230,9 @@ def test_kept_stack_has_lineage_retrains_and_hot_swaps(
     tuned = workspace.run("train", head, "--tune")
     assert tuned.returncode == 0, tuned.stdout + tuned.stderr
     assert "housing-price v3: " in tuned.stdout
-    tuned_run = tracking.run_for_commit(mlflow_client, settings, commit_id=head, tuned=True)
+    tuned_run = registry.run_for_commit(mlflow_client, settings, commit_id=head, tuned=True)
     assert tuned_run is not None
-    assert tuned_run.data.tags[tracking.TAG_TRIGGER] == "manual"
+    assert tuned_run.data.tags[registry.TAG_TRIGGER] == "manual"
     trials = mlflow_client.search_runs(
         [tuned_run.info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{tuned_run.info.run_id}'",

@@ -26,7 +26,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from lakeloop import lakefs_client, loop, tracking
+from lakeloop import lakefs_client, loop, registry
 from lakeloop.dataset import DatasetSpec, codes_as_text, integer_codes_as_text, load_spec
 from lakeloop.ingest import read_source
 from lakeloop.stores.prediction_log import read_feedback_log, read_prediction_log
@@ -113,7 +113,7 @@ def test_a_raw_public_table_reaches_a_served_model_and_newer_sales_can_win(
     # Trained on both exports, judged on the newest sales against v1 (which never saw them):
     # the newer data wins (deterministic: seeded training, content-keyed rows).
     assert f"{settings.mlflow.model_name} v2: promoted" in second
-    client = tracking.connect(settings)
+    client = registry.connect(settings)
     run = client.get_run(client.get_model_version(settings.mlflow.model_name, "2").run_id)
     assert run.data.params["train_rows"] != run.data.params["holdout_rows"]
     assert int(run.data.params["train_rows"]) + int(run.data.params["holdout_rows"]) == len(
@@ -138,8 +138,8 @@ def test_a_version_judged_again_and_a_commit_trained_again_are_recorded(
     `lakeloop train --again` trains the newest commit once more as a new version."""
     settings = workspace.settings
     name = settings.mlflow.model_name
-    client = tracking.connect(settings)
-    before = tracking.champion(client, settings)
+    client = registry.connect(settings)
+    before = registry.champion(client, settings)
     assert before is not None
     assert before.version == "2"  # from the test above
 
@@ -148,29 +148,29 @@ def test_a_version_judged_again_and_a_commit_trained_again_are_recorded(
     assert older.returncode == 1, older.stdout + older.stderr
     assert "not promoted" in older.stdout
     assert "worse than champion v2" in older.stdout
-    assert tracking.champion(client, settings).version == "2"
-    asked = client.get_model_version(name, "1").tags[tracking.TAG_REQUEST]
+    assert registry.champion(client, settings).version == "2"
+    asked = client.get_model_version(name, "1").tags[registry.TAG_REQUEST]
     assert "worse than champion v2" in asked
 
     retrained = _ok(workspace.run("train", "--again"))
     assert f"{name} v3:" in retrained
     third = client.get_model_version(name, "3")
-    assert third.tags[tracking.TAG_AGAIN] == "true"
-    assert third.tags[tracking.TAG_COMMIT] == before.tags[tracking.TAG_COMMIT]
-    assert third.tags[tracking.TAG_GATE] in {"promoted", "rejected"}
+    assert third.tags[registry.TAG_AGAIN] == "true"
+    assert third.tags[registry.TAG_COMMIT] == before.tags[registry.TAG_COMMIT]
+    assert third.tags[registry.TAG_GATE] in {"promoted", "rejected"}
     skipped = _ok(workspace.run("train"))
     assert "is already trained" in skipped
     assert "--again" in skipped
 
-    champion = tracking.champion(client, settings)
+    champion = registry.champion(client, settings)
     assert champion is not None
     other = "2" if champion.version == "3" else "3"
     # v2 and v3: the same commit, the same seeded training, so the same model: it passes.
     passed = _ok(workspace.run("model", "promote", other))
     assert f"champion is v{other}" in passed
-    promoted = tracking.champion(client, settings)
+    promoted = registry.champion(client, settings)
     assert promoted.version == other
-    assert promoted.tags[tracking.TAG_GATE] == tracking.PROMOTED_ON_REQUEST
+    assert promoted.tags[registry.TAG_GATE] == registry.PROMOTED_ON_REQUEST
     folder = Path(workspace.env["LAKELOOP_DATASET"]).parent
     spec = load_spec(folder / "ames.yaml")
     row = read_source(folder / "sales-2009-2010.csv").iloc[0].to_dict()
@@ -239,8 +239,8 @@ def test_prices_reported_by_the_clients_own_ids_become_training_data(
     )
     [folded] = set(_tables(settings)) - before
     assert "feedback-" in folded
-    client = tracking.connect(settings)
-    newest = tracking.version_rows(client, settings, limit=1)[0]
+    client = registry.connect(settings)
+    newest = registry.version_rows(client, settings, limit=1)[0]
     assert newest.trigger == "drift"
     assert newest.decision in {"promoted", "rejected"}
     run = client.get_run(

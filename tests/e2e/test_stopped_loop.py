@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lakeloop import lakefs_client, loop, tracking
+from lakeloop import lakefs_client, loop, registry
 from lakeloop.dataset import load_spec
 from lakeloop.settings import Settings
 from tests.utils.workspace import Workspace, new_workspace
@@ -115,9 +115,9 @@ def test_a_resent_batch_cannot_stop_the_loop_and_a_stopped_loop_is_loud(
     assert metadata["skipped_existing:mixed.parquet"] == "300"
     assert metadata["rows"] == "1500"
     loop.wait_for_training(settings, commit_id=second, timeout=300)
-    mlflow = tracking.connect(settings)
-    [judged] = tracking.versions_of_commit(mlflow, settings, commit_id=second)
-    assert judged.tags[tracking.TAG_GATE] in {"promoted", "rejected"}
+    mlflow = registry.connect(settings)
+    [judged] = registry.versions_of_commit(mlflow, settings, commit_id=second)
+    assert judged.tags[registry.TAG_GATE] in {"promoted", "rejected"}
     served = loop.served_model(settings)
     assert served is not None
     assert _readyz(settings)["training"] == "ok"
@@ -140,7 +140,7 @@ def test_a_resent_batch_cannot_stop_the_loop_and_a_stopped_loop_is_loud(
     ready = _readyz(settings)
     assert ready["status"] == "degraded"
     # The champion is the second batch's model if the gate promoted it, else the first's.
-    promoted = judged.tags[tracking.TAG_GATE] == "promoted"
+    promoted = judged.tags[registry.TAG_GATE] == "promoted"
     assert ready["champion_commits_behind"] == (1 if promoted else 2)
     assert "data/direct/repeat.csv" in str(ready["training"])
     metrics = httpx.get(f"{settings.api_url}/metrics", timeout=5).text

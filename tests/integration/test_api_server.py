@@ -20,7 +20,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.core.result import Err, Ok
 
-from lakeloop import tracking
+from lakeloop import registry
 from lakeloop.dataset import load_spec
 from lakeloop.settings import Settings, load_settings
 from lakeloop.stores.prediction_log import read_prediction_log
@@ -123,7 +123,7 @@ def test_batches_equal_the_logged_models_predictions(served: Served) -> None:
     frame = market.generate_batch(rows=300, seed=11)[spec.feature_names]
     frame.loc[frame.index[::5], "ocean_proximity"] = "ATLANTIS"  # unknown: routed as missing
     frame.loc[frame.index[1::7], "total_bedrooms"] = float("nan")
-    tracking.connect(served.settings)  # points MLflow's fluent API at this registry
+    registry.connect(served.settings)  # points MLflow's fluent API at this registry
     logged = mlflow.pyfunc.load_model(f"models:/{served.settings.mlflow.model_name}/1")
     expected = np.asarray(logged.predict(frame))
     rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")

@@ -24,7 +24,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.serve import ensure_promotion_lock
 from lakefs_local import create_app as create_lakefs
-from lakeloop import lakefs_client, tracking
+from lakeloop import lakefs_client, registry
 from lakeloop.ingest import write_parquet
 from lakeloop.settings import Settings, load_settings
 from pipelines.train import promotion_lock
@@ -100,7 +100,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
                 ensure_promotion_lock(settings)
             lakefs = lakefs_client.connect(settings)
             lakefs_client.ensure_repository(lakefs, settings)
-            yield Services(settings, env, tracking.connect(settings), lakefs, root)
+            yield Services(settings, env, registry.connect(settings), lakefs, root)
         finally:
             stack.down()
 
@@ -143,7 +143,7 @@ def train_at_once(running: Services, commits: list[str]) -> list[dict[str, Any] 
 
 
 def versions_of(running: Services, commit: str) -> list[ModelVersion]:
-    return tracking.versions_of_commit(running.mlflow, running.settings, commit_id=commit)
+    return registry.versions_of_commit(running.mlflow, running.settings, commit_id=commit)
 
 
 def runs_of(running: Services, commit: str) -> list[Any]:
@@ -152,7 +152,7 @@ def runs_of(running: Services, commit: str) -> list[Any]:
     return list(
         running.mlflow.search_runs(
             [experiment.experiment_id],
-            filter_string=f"tags.`{tracking.TAG_COMMIT}` = '{commit}'",
+            filter_string=f"tags.`{registry.TAG_COMMIT}` = '{commit}'",
         )
     )
 
@@ -191,7 +191,7 @@ def test_two_merges_at_once_are_each_trained_once_and_promoted_one_after_the_oth
     first = data_commit(running, "first")
     # The second merge brings no new rows (only a note), so its model ties the first one.
     second = commit_on_main(running, "docs/notes.md", b"# second merge\n")
-    champion_before = tracking.champion(running.mlflow, running.settings)
+    champion_before = registry.champion(running.mlflow, running.settings)
 
     results = train_at_once(running, [first, second])
 
@@ -205,10 +205,10 @@ def test_two_merges_at_once_are_each_trained_once_and_promoted_one_after_the_oth
         [run], [version] = runs, versions
         assert run.info.status == "FINISHED"
         assert version.run_id == run.info.run_id
-        assert version.tags[tracking.TAG_GATE] == "promoted"
+        assert version.tags[registry.TAG_GATE] == "promoted"
     # Serialised: whichever took the lock second (it holds the alias now) judged against the
     # champion the first one left.
-    champion = tracking.champion(running.mlflow, running.settings)
+    champion = registry.champion(running.mlflow, running.settings)
     assert champion is not None
     [later] = [
         v for c in (first, second) for v in versions_of(running, c) if v.version == champion.version
@@ -216,8 +216,8 @@ def test_two_merges_at_once_are_each_trained_once_and_promoted_one_after_the_oth
     [earlier] = [
         v for c in (first, second) for v in versions_of(running, c) if v.version != champion.version
     ]
-    assert later.tags[tracking.TAG_PREVIOUS] == earlier.version
-    assert earlier.tags.get(tracking.TAG_PREVIOUS) == (
+    assert later.tags[registry.TAG_PREVIOUS] == earlier.version
+    assert earlier.tags.get(registry.TAG_PREVIOUS) == (
         champion_before.version if champion_before else None
     )
     # And the Prefect server saw the two promotions one after the other, never overlapping.
@@ -248,17 +248,17 @@ def test_the_same_commit_triggered_twice_at_once_is_trained_once(running: Servic
     for result in results:
         if not isinstance(result, dict):
             assert "trained meanwhile" in result or "abandoned" in result, result
-    promoted = [v for v in versions_of(running, commit) if v.tags[tracking.TAG_GATE] == "promoted"]
-    judged = [v for v in versions_of(running, commit) if tracking.is_judged(v)]
+    promoted = [v for v in versions_of(running, commit) if v.tags[registry.TAG_GATE] == "promoted"]
+    judged = [v for v in versions_of(running, commit) if registry.is_judged(v)]
     assert len(judged) == 1, (results, [v.tags for v in versions_of(running, commit)])
     assert len(promoted) <= 1
-    found = tracking.run_for_commit(running.mlflow, running.settings, commit_id=commit)
+    found = registry.run_for_commit(running.mlflow, running.settings, commit_id=commit)
     assert found is not None
     assert found.info.run_id == judged[0].run_id
     # Whatever the other attempt left is closed: no other run FINISHED with a live version.
     for version in versions_of(running, commit):
         if version.version != judged[0].version:
-            assert version.tags[tracking.TAG_GATE] == tracking.GATE_ABANDONED
+            assert version.tags[registry.TAG_GATE] == registry.GATE_ABANDONED
     # A third trigger later finds it trained and does nothing.
     [again] = train_at_once(running, [commit])
     assert isinstance(again, dict), again

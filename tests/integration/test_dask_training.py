@@ -17,8 +17,8 @@ from xgboost import XGBRegressor
 
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TrainedModel, regressor_of, train
+from lakeloop.registry import TRUSTED_MODEL_TYPES
 from lakeloop.settings import TrainingSettings
-from lakeloop.tracking import TRUSTED_MODEL_TYPES
 from tooling import market
 
 pytestmark = pytest.mark.integration

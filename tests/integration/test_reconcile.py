@@ -22,7 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from lakefs_local import create_app as create_lakefs
-from lakeloop import lakefs_client, tracking
+from lakeloop import lakefs_client, registry
 from lakeloop.dataset import DatasetSpec
 from lakeloop.events import SKIP_TRAINING_KEY
 from lakeloop.ingest import inspect_source, write_parquet
@@ -84,7 +84,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     with serve_in_thread(lakefs_app, port=lakefs_port):
         try:
             stack.wait(stack.start(mlflow_service))
-            yield Services(settings, tracking.connect(settings), root)
+            yield Services(settings, registry.connect(settings), root)
         finally:
             stack.down()
 
@@ -138,7 +138,7 @@ class Repo:
         )
 
     def is_trained(self, commit_id: str) -> bool:
-        return tracking.run_for_commit(self.mlflow, self.settings, commit_id=commit_id) is not None
+        return registry.run_for_commit(self.mlflow, self.settings, commit_id=commit_id) is not None
 
 
 def states(result: rec.Reconciled) -> dict[str, str]:

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from lakeloop import tracking
+from lakeloop import registry
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TUNABLE, TrainedModel, split_rows, train, tune
 from lakeloop.settings import Settings, TrainingSettings, load_settings
@@ -45,7 +45,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 
 @pytest.fixture(scope="module")
 def client(settings: Settings) -> MlflowClient:
-    return tracking.connect(settings)
+    return registry.connect(settings)
 
 
 @pytest.fixture(scope="module")
@@ -53,21 +53,21 @@ def data() -> pd.DataFrame:
     return market.generate_batch(rows=3000, seed=21)
 
 
-def _lineage(commit: str) -> tracking.Lineage:
-    return tracking.Lineage(
+def _lineage(commit: str) -> registry.Lineage:
+    return registry.Lineage(
         repository="housing",
         commit_id=commit,
         validation="passed",
-        trigger=tracking.trigger_kind("lakefs.post-merge"),
+        trigger=registry.trigger_kind("lakefs.post-merge"),
         dataset="california_housing@v1",
     )
 
 
 def _train_and_judge(
     settings: Settings, spec: DatasetSpec, frame: pd.DataFrame, *, commit: str, trees: int
-) -> tuple[TrainedModel, tracking.LoggedModel, list[str]]:
+) -> tuple[TrainedModel, registry.LoggedModel, list[str]]:
     trained = train(frame, spec, TrainingSettings(n_estimators=trees))
-    logged = tracking.log_trained(
+    logged = registry.log_trained(
         settings, trained, spec=spec, training_data=frame, lineage=_lineage(commit)
     )
     champion = score_champion(settings, trained, spec)
@@ -79,15 +79,15 @@ def test_first_model_is_promoted_with_lineage_on_run_and_version(
 ) -> None:
     _, logged, failures = _train_and_judge(settings, spec, data, commit="a" * 64, trees=60)
     assert failures == []
-    champion = tracking.champion(client, settings)
+    champion = registry.champion(client, settings)
     assert champion is not None
     assert champion.version == logged.version
-    assert champion.tags[tracking.TAG_COMMIT] == "a" * 64
-    assert champion.tags[tracking.TAG_GATE] == "promoted"
-    assert tracking.newest_refusal(client, settings) is None
+    assert champion.tags[registry.TAG_COMMIT] == "a" * 64
+    assert champion.tags[registry.TAG_GATE] == "promoted"
+    assert registry.newest_refusal(client, settings) is None
     run = client.get_run(logged.run_id)
-    assert run.data.tags[tracking.TAG_TRIGGER] == "commit"
-    assert run.data.tags[tracking.TAG_VALIDATION] == "passed"
+    assert run.data.tags[registry.TAG_TRIGGER] == "commit"
+    assert run.data.tags[registry.TAG_VALIDATION] == "passed"
     assert {"mae", "rmse", "mse", "r2", "mape"} <= set(run.data.metrics)
     assert any(key.startswith("mae.ocean_proximity.") for key in run.data.metrics)
     assert any(key.startswith("mae.target_band.") for key in run.data.metrics)
@@ -108,7 +108,7 @@ def test_first_model_is_promoted_with_lineage_on_run_and_version(
 def test_worse_challenger_stays_registered_with_its_reason(
     settings: Settings, client: MlflowClient, spec: DatasetSpec, data: pd.DataFrame
 ) -> None:
-    before = tracking.champion(client, settings)
+    before = registry.champion(client, settings)
     assert before is not None
     # Two trees on the same data: within the absolute thresholds' reach, far behind the champion.
     _, logged, failures = _train_and_judge(settings, spec, data, commit="b" * 64, trees=2)
@@ -117,19 +117,19 @@ def test_worse_challenger_stays_registered_with_its_reason(
         "worse than champion" in reason or "threshold" in reason or "training median" in reason
         for reason in failures
     )
-    refused = tracking.newest_refusal(client, settings)
+    refused = registry.newest_refusal(client, settings)
     assert refused is not None
     assert (refused.version, refused.commit_id) == (logged.version, "b" * 64)
     assert refused.reasons == "; ".join(failures)
-    assert tracking.champion(client, settings).version == before.version
+    assert registry.champion(client, settings).version == before.version
     rejected = client.get_model_version(settings.mlflow.model_name, logged.version)
-    assert rejected.tags[tracking.TAG_GATE] == "rejected"
+    assert rejected.tags[registry.TAG_GATE] == "rejected"
     assert (
-        "worse than champion" in rejected.tags[tracking.TAG_GATE_REASONS]
-        or "threshold" in (rejected.tags[tracking.TAG_GATE_REASONS])
+        "worse than champion" in rejected.tags[registry.TAG_GATE_REASONS]
+        or "threshold" in (rejected.tags[registry.TAG_GATE_REASONS])
     )
     challenger = client.get_model_version_by_alias(
-        settings.mlflow.model_name, tracking.CHALLENGER_ALIAS
+        settings.mlflow.model_name, registry.CHALLENGER_ALIAS
     )
     assert challenger.version == logged.version
     assert "champion_mae" in client.get_run(logged.run_id).data.metrics
@@ -138,22 +138,22 @@ def test_worse_challenger_stays_registered_with_its_reason(
 def test_better_model_is_promoted_and_rollback_restores_the_previous(
     settings: Settings, client: MlflowClient, spec: DatasetSpec, data: pd.DataFrame
 ) -> None:
-    before = tracking.champion(client, settings)
+    before = registry.champion(client, settings)
     assert before is not None
     more = pd.concat([data, market.generate_batch(rows=6000, seed=22)], ignore_index=True)
     _, logged, failures = _train_and_judge(settings, spec, more, commit="c" * 64, trees=200)
     assert failures == []
-    promoted = tracking.champion(client, settings)
+    promoted = registry.champion(client, settings)
     assert promoted.version == logged.version
-    assert promoted.tags[tracking.TAG_PREVIOUS] == before.version
-    assert tracking.rollback(client, settings) == (logged.version, before.version)
-    assert tracking.champion(client, settings).version == before.version
+    assert promoted.tags[registry.TAG_PREVIOUS] == before.version
+    assert registry.rollback(client, settings) == (logged.version, before.version)
+    assert registry.champion(client, settings).version == before.version
 
 
 def test_promotion_the_api_never_serves_is_undone(
     settings: Settings, client: MlflowClient, spec: DatasetSpec, data: pd.DataFrame
 ) -> None:
-    before = tracking.champion(client, settings)
+    before = registry.champion(client, settings)
     assert before is not None
     unreachable = load_settings(
         state_dir=settings.state_dir,
@@ -166,13 +166,13 @@ def test_promotion_the_api_never_serves_is_undone(
         unreachable, spec, more, commit="d" * 64, trees=250
     )
     assert failures == []
-    assert tracking.champion(client, settings).version == logged.version
-    champion = tracking.ChampionScore(version=before.version, metrics={})
+    assert registry.champion(client, settings).version == logged.version
+    champion = registry.ChampionScore(version=before.version, metrics={})
     with pytest.raises(RuntimeError, match=f"champion restored to {before.version}"):
         verify_deployment(unreachable, trained, logged, champion)
-    assert tracking.champion(client, settings).version == before.version
+    assert registry.champion(client, settings).version == before.version
     failed = client.get_model_version(settings.mlflow.model_name, logged.version)
-    assert failed.tags[tracking.TAG_GATE].startswith("rolled back")
+    assert failed.tags[registry.TAG_GATE].startswith("rolled back")
 
 
 def test_a_commit_counts_as_trained_only_once_the_gate_has_judged_its_version(
@@ -180,17 +180,17 @@ def test_a_commit_counts_as_trained_only_once_the_gate_has_judged_its_version(
 ) -> None:
     commit = "f" * 64
     trained = train(data, spec, TrainingSettings(n_estimators=20))
-    logged = tracking.log_trained(
+    logged = registry.log_trained(
         settings, trained, spec=spec, training_data=data, lineage=_lineage(commit)
     )
     registered = client.get_model_version(settings.mlflow.model_name, logged.version)
-    assert registered.tags[tracking.TAG_GATE] == tracking.GATE_PENDING
-    assert registered.tags[tracking.TAG_COMMIT] == commit
+    assert registered.tags[registry.TAG_GATE] == registry.GATE_PENDING
+    assert registered.tags[registry.TAG_COMMIT] == commit
     assert client.get_run(logged.run_id).info.status == "FINISHED"
-    assert tracking.run_for_commit(client, settings, commit_id=commit) is None
+    assert registry.run_for_commit(client, settings, commit_id=commit) is None
 
     gate_and_promote(settings, trained, logged, score_champion(settings, trained, spec), spec)
-    judged = tracking.run_for_commit(client, settings, commit_id=commit)
+    judged = registry.run_for_commit(client, settings, commit_id=commit)
     assert judged is not None
     assert judged.info.run_id == logged.run_id
 
@@ -203,7 +203,7 @@ def test_a_tuned_champion_hands_its_hyperparameters_on_so_new_data_can_win(
     name, alias = settings.mlflow.model_name, settings.mlflow.champion_alias
     tuned = tune(data, spec, TrainingSettings(n_estimators=40, tune_trials=3))
     assert tuned.hyperparameters_from == "tuning"
-    logged = tracking.log_trained(
+    logged = registry.log_trained(
         settings, tuned, spec=spec, training_data=data, lineage=_lineage("e" * 64)
     )
     client.set_registered_model_alias(name, alias, logged.version)  # promoted by hand
@@ -216,11 +216,11 @@ def test_a_tuned_champion_hands_its_hyperparameters_on_so_new_data_can_win(
     trained = fit(newer, spec, settings, inherited=inherited)
     assert trained.hyperparameters_from == f"champion v{logged.version}"
     assert {key: trained.params[key] for key in TUNABLE} == pytest.approx(inherited[1])
-    again = tracking.log_trained(
+    again = registry.log_trained(
         settings, trained, spec=spec, training_data=newer, lineage=_lineage("f" * 64)
     )
     run = client.get_run(again.run_id)
-    assert run.data.params[tracking.HYPERPARAMETERS_FROM] == f"champion v{logged.version}"
+    assert run.data.params[registry.HYPERPARAMETERS_FROM] == f"champion v{logged.version}"
     client.set_registered_model_alias(name, alias, again.version)
     assert champion_hyperparameters(settings) is not None  # handed on again
 
@@ -232,7 +232,7 @@ def test_a_tuned_champion_hands_its_hyperparameters_on_so_new_data_can_win(
 def test_model_list_shows_every_version_with_its_decision(
     settings: Settings, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rows = tracking.version_rows(client, settings)
+    rows = registry.version_rows(client, settings)
     numbers = [int(row.version) for row in rows]
     assert numbers == sorted(numbers, reverse=True)
     assert len(numbers) >= 3
@@ -262,10 +262,10 @@ def test_a_refused_version_promoted_by_hand_records_who_and_why_and_rolls_back(
     alias = settings.mlflow.champion_alias
     rejected = next(
         row
-        for row in tracking.version_rows(client, settings)
+        for row in registry.version_rows(client, settings)
         if row.decision == "rejected" and alias not in row.aliases
     )
-    before = tracking.champion(client, settings)
+    before = registry.champion(client, settings)
     assert before is not None
 
     unexplained = runner.invoke(app, ["model", "promote", rejected.version, "--force"])
@@ -275,20 +275,20 @@ def test_a_refused_version_promoted_by_hand_records_who_and_why_and_rolls_back(
     unjudged = runner.invoke(app, ["model", "promote", rejected.version])
     assert unjudged.exit_code == 1
     assert f"cannot promote {settings.mlflow.model_name} v{rejected.version}" in unjudged.output
-    assert tracking.champion(client, settings).version == before.version
+    assert registry.champion(client, settings).version == before.version
 
     reason = "holdout too small to trust; checked by hand"
     forced = runner.invoke(
         app, ["model", "promote", rejected.version, "--force", "--reason", reason]
     )
     assert forced.exit_code == 0, forced.output
-    promoted = tracking.champion(client, settings)
+    promoted = registry.champion(client, settings)
     assert promoted.version == rejected.version
     tags = promoted.tags
-    assert tags[tracking.TAG_GATE] == tracking.PROMOTED_BY_HAND
-    assert tags[tracking.TAG_OVERRIDE].endswith(f": {reason}")
-    assert tags[tracking.TAG_GATE_REASONS] == rejected.reasons  # the gate's own verdict stays
-    assert tags[tracking.TAG_PREVIOUS] == before.version
+    assert tags[registry.TAG_GATE] == registry.PROMOTED_BY_HAND
+    assert tags[registry.TAG_OVERRIDE].endswith(f": {reason}")
+    assert tags[registry.TAG_GATE_REASONS] == rejected.reasons  # the gate's own verdict stays
+    assert tags[registry.TAG_PREVIOUS] == before.version
     again = runner.invoke(
         app, ["model", "promote", rejected.version, "--force", "--reason", reason]
     )
@@ -297,13 +297,13 @@ def test_a_refused_version_promoted_by_hand_records_who_and_why_and_rolls_back(
 
     rolled = runner.invoke(app, ["model", "rollback"])
     assert rolled.exit_code == 0, rolled.output
-    assert tracking.champion(client, settings).version == before.version
+    assert registry.champion(client, settings).version == before.version
 
 
 def test_the_tuning_policy_searches_when_no_recent_version_was_tuned(
     settings: Settings, client: MlflowClient
 ) -> None:
-    rows = tracking.version_rows(client, settings)
+    rows = registry.version_rows(client, settings)
     recent_tuned = next(index for index, row in enumerate(rows) if row.tuned)  # from the test above
     assert recent_tuned > 0
 
@@ -311,7 +311,7 @@ def test_the_tuning_policy_searches_when_no_recent_version_was_tuned(
         changed = settings.model_copy(
             update={"training": settings.training.model_copy(update=training)}
         )
-        return tracking.tuning_due(client, changed)
+        return registry.tuning_due(client, changed)
 
     assert not due(tune_policy="on_request")
     assert due(tune_policy="always")
@@ -319,7 +319,7 @@ def test_the_tuning_policy_searches_when_no_recent_version_was_tuned(
     assert not due(tune_policy="every_n_versions", tune_every=recent_tuned + 1)
 
     name, alias = settings.mlflow.model_name, settings.mlflow.champion_alias
-    before = tracking.champion(client, settings)
+    before = registry.champion(client, settings)
     assert before is not None
     assert not rows[[row.version for row in rows].index(before.version)].tuned
     assert not due(tune_policy="when_champion_tuned")
@@ -338,19 +338,19 @@ def test_a_commit_trained_again_on_purpose_is_a_new_judged_attempt(
     first = _train_and_judge(settings, spec, data, commit=commit, trees=30)[1]
     trained = train(data, spec, TrainingSettings(n_estimators=30))
 
-    duplicate = tracking.log_trained(
+    duplicate = registry.log_trained(
         settings, trained, spec=spec, training_data=data, lineage=_lineage(commit)
     )
-    with pytest.raises(tracking.TrackingError, match="trained meanwhile"):
+    with pytest.raises(registry.TrackingError, match="trained meanwhile"):
         gate_and_promote(
             settings, trained, duplicate, score_champion(settings, trained, spec), spec
         )
     name = settings.mlflow.model_name
-    assert client.get_model_version(name, duplicate.version).tags[tracking.TAG_GATE] == (
-        tracking.GATE_ABANDONED
+    assert client.get_model_version(name, duplicate.version).tags[registry.TAG_GATE] == (
+        registry.GATE_ABANDONED
     )
 
-    again = tracking.log_trained(
+    again = registry.log_trained(
         settings,
         trained,
         spec=spec,
@@ -359,12 +359,12 @@ def test_a_commit_trained_again_on_purpose_is_a_new_judged_attempt(
     )
     gate_and_promote(settings, trained, again, score_champion(settings, trained, spec), spec)
     judged = client.get_model_version(name, again.version)
-    assert judged.tags[tracking.TAG_AGAIN] == "true"
-    assert judged.tags[tracking.TAG_GATE] in {"promoted", "rejected"}
-    newest = tracking.run_for_commit(client, settings, commit_id=commit)
+    assert judged.tags[registry.TAG_AGAIN] == "true"
+    assert judged.tags[registry.TAG_GATE] in {"promoted", "rejected"}
+    newest = registry.run_for_commit(client, settings, commit_id=commit)
     assert newest is not None
     assert newest.info.run_id == again.run_id  # the newest judged attempt answers for the commit
-    rows = {row.version: row for row in tracking.version_rows(client, settings)}
+    rows = {row.version: row for row in registry.version_rows(client, settings)}
     assert rows[again.version].trigger == "commit, again"
     assert rows[first.version].trigger == "commit"
 
@@ -376,43 +376,43 @@ def test_promote_judges_a_version_again_on_the_same_holdout_as_the_champion(
     current champion on one holdout; refused, nothing moves and the verdict is recorded; passed,
     it becomes the champion, recording the one it replaced, and rollback undoes it."""
     name = settings.mlflow.model_name
-    before = tracking.champion(client, settings)
+    before = registry.champion(client, settings)
     assert before is not None
     rows = split_rows(data, spec, settings.training)
     weak = _train_and_judge(settings, spec, data, commit="6" * 64, trees=2)[1]
 
-    refused = tracking.rejudge(
+    refused = registry.rejudge(
         client, settings, version=weak.version, rows=rows, spec=spec, commit_id="6" * 64
     )
     assert refused.champion is not None
     assert refused.champion.version == before.version
     assert refused.score.metrics["mae"] > refused.champion.metrics["mae"]
     assert any(f"worse than champion v{before.version}" in reason for reason in refused.reasons)
-    assert tracking.record_request(client, settings, refused, by="ana") is None
-    assert tracking.champion(client, settings).version == before.version
+    assert registry.record_request(client, settings, refused, by="ana") is None
+    assert registry.champion(client, settings).version == before.version
     recorded = client.get_model_version(name, weak.version).tags
-    assert recorded[tracking.TAG_REQUEST].startswith("ana: on the holdout of 666666666666")
-    assert "worse than champion" in recorded[tracking.TAG_REQUEST]
-    assert recorded[tracking.TAG_GATE] == "rejected"  # its own verdict stands
+    assert recorded[registry.TAG_REQUEST].startswith("ana: on the holdout of 666666666666")
+    assert "worse than champion" in recorded[registry.TAG_REQUEST]
+    assert recorded[registry.TAG_GATE] == "rejected"  # its own verdict stands
 
     with pytest.raises(LookupError, match="already the champion"):
-        tracking.rejudge(
+        registry.rejudge(
             client, settings, version=before.version, rows=rows, spec=spec, commit_id="6" * 64
         )
 
     strong = train(data, spec, TrainingSettings(n_estimators=300, learning_rate=0.1))
-    candidate = tracking.log_trained(
+    candidate = registry.log_trained(
         settings, strong, spec=spec, training_data=data, lineage=_lineage("5" * 64)
     )
-    passed = tracking.rejudge(
+    passed = registry.rejudge(
         client, settings, version=candidate.version, rows=rows, spec=spec, commit_id="6" * 64
     )
     assert passed.reasons == [], passed.summary()
     assert passed.score.metrics["mae"] == pytest.approx(strong.metrics["mae"])  # same holdout
-    assert tracking.record_request(client, settings, passed, by="ana") == before.version
-    promoted = tracking.champion(client, settings)
+    assert registry.record_request(client, settings, passed, by="ana") == before.version
+    promoted = registry.champion(client, settings)
     assert promoted.version == candidate.version
-    assert promoted.tags[tracking.TAG_GATE] == tracking.PROMOTED_ON_REQUEST
-    assert promoted.tags[tracking.TAG_PREVIOUS] == before.version
-    assert "passes the gate" in promoted.tags[tracking.TAG_REQUEST]
-    assert tracking.rollback(client, settings) == (candidate.version, before.version)
+    assert promoted.tags[registry.TAG_GATE] == registry.PROMOTED_ON_REQUEST
+    assert promoted.tags[registry.TAG_PREVIOUS] == before.version
+    assert "passes the gate" in promoted.tags[registry.TAG_REQUEST]
+    assert registry.rollback(client, settings) == (candidate.version, before.version)

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lakeloop import tracking
+from lakeloop import registry
 from lakeloop.dataset import load_spec
 from lakeloop.model import train
 from lakeloop.settings import Settings, TrainingSettings, load_settings
@@ -167,15 +167,15 @@ def _register_unpromoted(settings: Settings, *, seed: int) -> str:
     frame = market.generate_batch(rows=2000, seed=seed)
     trained = train(frame, spec, TrainingSettings(n_estimators=30))
     lineage = model_lineage(spec, "c" * 64)
-    tracking.connect(settings)
-    return tracking.log_trained(
+    registry.connect(settings)
+    return registry.log_trained(
         settings, trained, spec=spec, training_data=frame, lineage=lineage
     ).version
 
 
 def _model_dir(settings: Settings, version: str) -> Path:
     """The version's model folder in the MLflow server's artifact store (``models:/m-<id>``)."""
-    client = tracking.connect(settings)
+    client = registry.connect(settings)
     source = client.get_model_version(settings.mlflow.model_name, version).source
     assert source is not None
     model_id = source.removeprefix("models:/")
@@ -192,7 +192,7 @@ def _corrupt_artifact(settings: Settings, version: str) -> None:
 
 
 def _promote(settings: Settings, version: str) -> None:
-    client = tracking.connect(settings)
+    client = registry.connect(settings)
     client.set_registered_model_alias(
         settings.mlflow.model_name, settings.mlflow.champion_alias, version
     )

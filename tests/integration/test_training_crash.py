@@ -5,7 +5,7 @@ SIGKILLs it at the chosen one (no clean-up code in the child can run). The champ
 must be the one before (or one the next attempt puts back), the registry must hold nothing that
 passes for trained, and training the same commit again must work and promote normally.
 
-The pauses are wrappers the child installs around the tracking functions it calls; nothing in the
+The pauses are wrappers the child installs around the registry functions it calls; nothing in the
 product code knows about them."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from lakeloop import tracking
+from lakeloop import registry
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings, load_settings
 from tests.utils.mlflow_server import mlflow_server
@@ -51,7 +51,9 @@ class Registry:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory, spec: DatasetSpec) -> Iterator[Registry]:
+def mlflow_registry(
+    tmp_path_factory: pytest.TempPathFactory, spec: DatasetSpec
+) -> Iterator[Registry]:
     root = tmp_path_factory.mktemp("crash")
     settings = load_settings(
         state_dir=root / "state",
@@ -60,7 +62,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, spec: DatasetSpec) -> Ite
         api={"verify_deploy": False},  # no API here to serve the new champion
     )
     with mlflow_server(settings):
-        client = tracking.connect(settings)
+        client = registry.connect(settings)
         weak = settings.model_copy(
             update={"training": settings.training.model_copy(update={"n_estimators": 15})}
         )
@@ -83,7 +85,7 @@ def attempt_in_child(settings: Settings, commit: str, report: Path, pipe: Connec
         pipe.send(point)
         pipe.recv()
 
-    register = tracking.register
+    register = registry.register
     set_tag = MlflowClient.set_model_version_tag
 
     def register_after_pause(*args: Any, **kwargs: Any) -> Any:
@@ -93,11 +95,11 @@ def attempt_in_child(settings: Settings, commit: str, report: Path, pipe: Connec
     def set_tag_after_pause(
         client: MlflowClient, name: str, version: str, key: str, value: str
     ) -> Any:
-        if key == tracking.TAG_GATE and value == "promoted":
+        if key == registry.TAG_GATE and value == "promoted":
             pause(ALIAS_MOVED)  # record_decision writes this last, after the alias move
         return set_tag(client, name, version, key, value)
 
-    tracking.register = register_after_pause  # type: ignore[assignment]
+    registry.register = register_after_pause  # type: ignore[assignment]
     MlflowClient.set_model_version_tag = set_tag_after_pause  # type: ignore[assignment,method-assign]
     spec = load_spec(settings.dataset)
     train_commit(settings, spec, challenger_data(), commit=commit, report=report, pause=pause)
@@ -141,74 +143,82 @@ def _before_kill(settings: Settings, point: str) -> None:
     if point != ALIAS_MOVED:
         return
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-    champion = tracking.champion(client, settings)
+    champion = registry.champion(client, settings)
     assert champion is not None
-    assert champion.tags[tracking.TAG_GATE] == tracking.GATE_PENDING
+    assert champion.tags[registry.TAG_GATE] == registry.GATE_PENDING
 
 
-def champion_of(registry: Registry) -> ModelVersion:
+def champion_of(mlflow_registry: Registry) -> ModelVersion:
     """The version the champion alias points at (there always is one here)."""
-    champion = tracking.champion(registry.client, registry.settings)
+    champion = registry.champion(mlflow_registry.client, mlflow_registry.settings)
     assert champion is not None
     return champion
 
 
 @pytest.mark.parametrize("point", KILL_POINTS, ids=["run-started", "registered", "alias-moved"])
 def test_training_process_killed_at_a_step_leaves_no_half_state_and_the_commit_trains_again(
-    registry: Registry, spec: DatasetSpec, point: str
+    mlflow_registry: Registry, spec: DatasetSpec, point: str
 ) -> None:
-    settings, client, name = registry.settings, registry.client, registry.settings.mlflow.model_name
+    settings, client, name = (
+        mlflow_registry.settings,
+        mlflow_registry.client,
+        mlflow_registry.settings.mlflow.model_name,
+    )
     commit = f"{KILL_POINTS.index(point) + 1}" * 64
-    champion_before = champion_of(registry)
+    champion_before = champion_of(mlflow_registry)
 
-    reached = run_and_kill_at(settings, commit=commit, report=registry.report, point=point)
+    reached = run_and_kill_at(settings, commit=commit, report=mlflow_registry.report, point=point)
     assert reached == [RUN_STARTED, REGISTERED, ALIAS_MOVED][: KILL_POINTS.index(point) + 1]
 
     # What the dead process left: no version without a finished run (except those an earlier
     # attempt abandoned); the attempt's run still RUNNING if it died inside it; a pending version
     # if it died after registering; nothing that counts as trained.
     for version in client.search_model_versions(f"name = '{name}'"):
-        if version.tags[tracking.TAG_GATE] != tracking.GATE_ABANDONED:
+        if version.tags[registry.TAG_GATE] != registry.GATE_ABANDONED:
             assert version.run_id, version
             assert client.get_run(version.run_id).info.status == "FINISHED", version
     experiment = client.get_experiment_by_name(settings.mlflow.experiment)
     assert experiment is not None
     [attempt] = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`{tracking.TAG_COMMIT}` = '{commit}'"
+        [experiment.experiment_id], filter_string=f"tags.`{registry.TAG_COMMIT}` = '{commit}'"
     )
     assert attempt.info.status == ("RUNNING" if point == RUN_STARTED else "FINISHED")
-    half_versions = tracking.versions_of_commit(client, settings, commit_id=commit)
-    assert [v.tags[tracking.TAG_GATE] for v in half_versions] == (
-        [] if point == RUN_STARTED else [tracking.GATE_PENDING]
+    half_versions = registry.versions_of_commit(client, settings, commit_id=commit)
+    assert [v.tags[registry.TAG_GATE] for v in half_versions] == (
+        [] if point == RUN_STARTED else [registry.GATE_PENDING]
     )
-    assert tracking.run_for_commit(client, settings, commit_id=commit) is None
+    assert registry.run_for_commit(client, settings, commit_id=commit) is None
     if point == ALIAS_MOVED:
         # The gate had decided to promote and moved the alias; only its decision tag is missing.
         # The version stays pending, so the next attempt on the commit puts the alias back on
         # the champion it replaced (its previous_champion tag) before it judges anything.
-        assert champion_of(registry).version == half_versions[0].version
-        assert half_versions[0].tags[tracking.TAG_PREVIOUS] == champion_before.version
+        assert champion_of(mlflow_registry).version == half_versions[0].version
+        assert half_versions[0].tags[registry.TAG_PREVIOUS] == champion_before.version
     else:
-        assert champion_of(registry).version == champion_before.version
+        assert champion_of(mlflow_registry).version == champion_before.version
 
     # The same commit again (here, in this process): the half attempt is closed, and a new
     # version is judged against the champion from before the crash, and promoted.
-    logged = train_commit(settings, spec, challenger_data(), commit=commit, report=registry.report)
+    logged = train_commit(
+        settings, spec, challenger_data(), commit=commit, report=mlflow_registry.report
+    )
     assert logged is not None
     assert client.get_run(attempt.info.run_id).info.status == "FAILED"
     for half in half_versions:
         closed = client.get_model_version(name, half.version)
-        assert closed.tags[tracking.TAG_GATE] == tracking.GATE_ABANDONED
+        assert closed.tags[registry.TAG_GATE] == registry.GATE_ABANDONED
         assert closed.aliases == []
-    champion = champion_of(registry)
+    champion = champion_of(mlflow_registry)
     assert champion.version == logged.version
-    assert champion.tags[tracking.TAG_GATE] == "promoted"
-    assert champion.tags[tracking.TAG_PREVIOUS] == champion_before.version
+    assert champion.tags[registry.TAG_GATE] == "promoted"
+    assert champion.tags[registry.TAG_PREVIOUS] == champion_before.version
     assert client.get_run(logged.run_id).info.status == "FINISHED"
-    found = tracking.run_for_commit(client, settings, commit_id=commit)
+    found = registry.run_for_commit(client, settings, commit_id=commit)
     assert found is not None
     assert found.info.run_id == logged.run_id
     assert (
-        train_commit(settings, spec, challenger_data(), commit=commit, report=registry.report)
+        train_commit(
+            settings, spec, challenger_data(), commit=commit, report=mlflow_registry.report
+        )
         is None
     )

@@ -15,7 +15,7 @@ import pytest
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from lakeloop import tracking
+from lakeloop import registry
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings, load_settings
 from pipelines.train import already_trained
@@ -36,7 +36,9 @@ class Registry:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory, spec: DatasetSpec) -> Iterator[Registry]:
+def mlflow_registry(
+    tmp_path_factory: pytest.TempPathFactory, spec: DatasetSpec
+) -> Iterator[Registry]:
     root = tmp_path_factory.mktemp("faults")
     settings = load_settings(
         state_dir=root / "state",
@@ -52,7 +54,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, spec: DatasetSpec) -> Ite
         patch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         server.start()
         try:
-            client = tracking.connect(settings)
+            client = registry.connect(settings)
             weak = settings.model_copy(
                 update={"training": settings.training.model_copy(update={"n_estimators": 15})}
             )
@@ -67,10 +69,10 @@ def _champion_data() -> pd.DataFrame:
     return market.generate_batch(rows=2000, seed=31)
 
 
-def _champion(registry: Registry) -> ModelVersion:
+def _champion(mlflow_registry: Registry) -> ModelVersion:
     """The version the champion alias points at (there always is one here)."""
-    settings = registry.settings
-    return registry.client.get_model_version_by_alias(
+    settings = mlflow_registry.settings
+    return mlflow_registry.client.get_model_version_by_alias(
         settings.mlflow.model_name, settings.mlflow.champion_alias
     )
 
@@ -102,17 +104,17 @@ def _always(*_: Any, **__: Any) -> bool:
 
 
 def _promoted_tag(_client: Any, _name: str, _version: str, key: str, value: str) -> bool:
-    return key == tracking.TAG_GATE and value == "promoted"
+    return key == registry.TAG_GATE and value == "promoted"
 
 
 # Where the server dies, what the failed step must say, and what it leaves until the next attempt.
 KILL_POINTS = {
     "before registration": (
-        (tracking, "register", _always),
+        (registry, "register", _always),
         "registering the model of run",
     ),
     "before the gate decision": (
-        (tracking, "record_decision", _always),
+        (registry, "record_decision", _always),
         "recording the gate decision",
     ),
     "after the alias move, before the decision is written": (
@@ -124,54 +126,62 @@ KILL_POINTS = {
 
 @pytest.mark.parametrize("point", KILL_POINTS, ids=list(KILL_POINTS))
 def test_mlflow_killed_mid_training_leaves_no_half_state_and_the_commit_trains_again(
-    registry: Registry, spec: DatasetSpec, point: str, monkeypatch: pytest.MonkeyPatch
+    mlflow_registry: Registry, spec: DatasetSpec, point: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings, client, name = registry.settings, registry.client, registry.settings.mlflow.model_name
+    settings, client, name = (
+        mlflow_registry.settings,
+        mlflow_registry.client,
+        mlflow_registry.settings.mlflow.model_name,
+    )
     commit = f"{list(KILL_POINTS).index(point) + 1}" * 64
-    champion_before = _champion(registry)
+    champion_before = _champion(mlflow_registry)
     (owner, attribute, when), message = KILL_POINTS[point]
-    killing = _kill_before(registry.server, getattr(owner, attribute), when=when)
+    killing = _kill_before(mlflow_registry.server, getattr(owner, attribute), when=when)
     monkeypatch.setattr(owner, attribute, killing)
 
-    with pytest.raises(tracking.TrackingError, match=message) as failure:
-        train_commit(settings, spec, _challenger_data(), commit=commit, report=registry.report)
+    with pytest.raises(registry.TrackingError, match=message) as failure:
+        train_commit(
+            settings, spec, _challenger_data(), commit=commit, report=mlflow_registry.report
+        )
     assert settings.mlflow_tracking_uri in str(failure.value)
     monkeypatch.undo()
-    registry.server.start()
+    mlflow_registry.server.start()
 
     # What the dead server was left with: every version has a finished run (or, from an earlier
     # test, says it was abandoned); the champion alias moved only where the gate had already
     # decided to move it.
     for version in client.search_model_versions(f"name = '{name}'"):
-        if version.tags[tracking.TAG_GATE] != tracking.GATE_ABANDONED:
+        if version.tags[registry.TAG_GATE] != registry.GATE_ABANDONED:
             assert version.run_id, version
             assert client.get_run(version.run_id).info.status == "FINISHED", version
     experiment = client.get_experiment_by_name(settings.mlflow.experiment)
     assert experiment is not None
     [attempt] = client.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.`{tracking.TAG_COMMIT}` = '{commit}'"
+        [experiment.experiment_id], filter_string=f"tags.`{registry.TAG_COMMIT}` = '{commit}'"
     )
-    half_versions = tracking.versions_of_commit(client, settings, commit_id=commit)
-    assert [v.tags[tracking.TAG_GATE] for v in half_versions] == (
-        [] if point == "before registration" else [tracking.GATE_PENDING]
+    half_versions = registry.versions_of_commit(client, settings, commit_id=commit)
+    assert [v.tags[registry.TAG_GATE] for v in half_versions] == (
+        [] if point == "before registration" else [registry.GATE_PENDING]
     )
     if point.startswith("after the alias move"):
-        assert _champion(registry).version == half_versions[0].version
+        assert _champion(mlflow_registry).version == half_versions[0].version
     else:
-        assert _champion(registry).version == champion_before.version
+        assert _champion(mlflow_registry).version == champion_before.version
     assert already_trained(settings, commit) is None
 
     # The same commit again: the half attempt is closed, a new version is judged and promoted
     # against the champion the failed attempt found.
-    logged = train_commit(settings, spec, _challenger_data(), commit=commit, report=registry.report)
+    logged = train_commit(
+        settings, spec, _challenger_data(), commit=commit, report=mlflow_registry.report
+    )
     assert logged is not None
     assert client.get_run(attempt.info.run_id).info.status == "FAILED"
     for half in half_versions:
         closed = client.get_model_version(name, half.version)
-        assert closed.tags[tracking.TAG_GATE] == tracking.GATE_ABANDONED
+        assert closed.tags[registry.TAG_GATE] == registry.GATE_ABANDONED
         assert closed.aliases == []
-    champion = _champion(registry)
+    champion = _champion(mlflow_registry)
     assert champion.version == logged.version
-    assert champion.tags[tracking.TAG_GATE] == "promoted"
-    assert champion.tags[tracking.TAG_PREVIOUS] == champion_before.version
+    assert champion.tags[registry.TAG_GATE] == "promoted"
+    assert champion.tags[registry.TAG_PREVIOUS] == champion_before.version
     assert already_trained(settings, commit) == logged.run_id

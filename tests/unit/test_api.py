@@ -23,7 +23,7 @@ from api.coalesce import Coalescer
 from api.ids import prediction_ids
 from api.predictor import Example, MatrixKernel, ModelLoadError, ModelSlot, Predictor, refresh
 from api.schemas import RequestTypes
-from lakeloop import tracking
+from lakeloop import registry
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TrainedModel, train
 from lakeloop.settings import Settings, TrainingSettings, load_settings
@@ -391,14 +391,14 @@ class FakeRegistry:
         self.warmed_with: Any = None
         self.spec: DatasetSpec | None = None
         """The description the champion was recorded with (None: none recorded)."""
-        self.refused: tracking.Refused | None = None
-        self.blocked: tracking.Blocked | None = None
+        self.refused: registry.Refused | None = None
+        self.blocked: registry.Blocked | None = None
 
-    def newest_refusal(self, settings: Settings) -> tracking.Refused | None:
+    def newest_refusal(self, settings: Settings) -> registry.Refused | None:
         """Stands in for ``newest_refusal``: the newest version, when the gate refused it."""
         return self.refused
 
-    def training_blocked(self, settings: Settings) -> tracking.Blocked | None:
+    def training_blocked(self, settings: Settings) -> registry.Blocked | None:
         """Stands in for ``training_blocked``: the registered model's block record."""
         if self.down:
             raise ConnectionError("MLflow at 127.0.0.1:5000 refused the connection")
@@ -431,7 +431,7 @@ class FakeRegistry:
 
 
 @pytest.fixture
-def registry(monkeypatch: pytest.MonkeyPatch, tiny_model: TrainedModel) -> FakeRegistry:
+def fake_registry(monkeypatch: pytest.MonkeyPatch, tiny_model: TrainedModel) -> FakeRegistry:
     fake = FakeRegistry(tiny_model.pipeline)
     monkeypatch.setattr(api.predictor, "load_champion", fake)
     monkeypatch.setattr(api.predictor, "training_blocked", fake.training_blocked)
@@ -440,11 +440,11 @@ def registry(monkeypatch: pytest.MonkeyPatch, tiny_model: TrainedModel) -> FakeR
 
 
 def test_a_trained_and_refused_model_is_named_where_the_user_looks(
-    settings: Settings, registry: FakeRegistry, record: dict[str, Any]
+    settings: Settings, fake_registry: FakeRegistry, record: dict[str, Any]
 ) -> None:
     """No champion because the gate refused the only model: the 503 and /readyz say which version
     and why, instead of asking the user to train one."""
-    registry.refused = tracking.Refused(
+    fake_registry.refused = registry.Refused(
         version="1", commit_id="ab" * 32, reasons="MAE 69,035 > threshold 45,000"
     )
     headers = {"Authorization": f"Bearer {settings.api_admin_token()}"}
@@ -462,7 +462,7 @@ def test_a_trained_and_refused_model_is_named_where_the_user_looks(
         assert ready.json()["refused_reasons"] == "MAE 69,035 > threshold 45,000"
         assert "refused by the gate" in ready.json()["detail"]
 
-        registry.version = "2"  # a later model passes the gate
+        fake_registry.version = "2"  # a later model passes the gate
         assert client.post("/v1/admin/reload", headers=headers).json()["version"] == "2"
         ready = client.get("/readyz").json()
         assert ready["status"] == "ready"
@@ -470,13 +470,13 @@ def test_a_trained_and_refused_model_is_named_where_the_user_looks(
 
 
 def test_blocked_training_shows_the_stale_champion_in_readyz_and_metrics(
-    client: TestClient, settings: Settings, registry: FakeRegistry
+    client: TestClient, settings: Settings, fake_registry: FakeRegistry
 ) -> None:
     headers = {"Authorization": f"Bearer {settings.api_admin_token()}"}
     client.post("/v1/admin/reload", headers=headers)
     assert client.get("/readyz").json()["training"] == "ok"
     assert "lakeloop_training_blocked 0.0" in client.get("/metrics").text
-    registry.blocked = tracking.Blocked(
+    fake_registry.blocked = registry.Blocked(
         commit_id="ab" * 32,
         since="2026-11-29T10:00:00+00:00",
         tables=["data/2-again/again.csv"],
@@ -495,16 +495,16 @@ def test_blocked_training_shows_the_stale_champion_in_readyz_and_metrics(
     metrics = client.get("/metrics").text
     assert "lakeloop_training_blocked 1.0" in metrics
     assert "lakeloop_champion_commits_behind 3.0" in metrics
-    registry.blocked = None
+    fake_registry.blocked = None
     client.post("/v1/admin/reload", headers=headers)
     assert client.get("/readyz").json()["status"] == "ready"
     assert "lakeloop_training_blocked 0.0" in client.get("/metrics").text
 
 
 def test_reload_needs_the_admin_token(
-    client: TestClient, settings: Settings, registry: FakeRegistry
+    client: TestClient, settings: Settings, fake_registry: FakeRegistry
 ) -> None:
-    registry.version = "4"
+    fake_registry.version = "4"
     assert client.post("/v1/admin/reload").status_code == 401
     wrong = {"Authorization": "Bearer not-the-token"}
     assert client.post("/v1/admin/reload", headers=wrong).status_code == 401
@@ -512,14 +512,14 @@ def test_reload_needs_the_admin_token(
     response = client.post("/v1/admin/reload", headers=right)
     assert response.status_code == 200
     assert response.json() == {"changed": True, "version": "4", "previous_version": "3"}
-    assert registry.warmed_with is not None  # warmed before the swap
+    assert fake_registry.warmed_with is not None  # warmed before the swap
     assert client.get("/v1/model").json()["version"] == "4"
 
 
 def test_registry_outage_keeps_serving_and_shows_in_readyz(
-    client: TestClient, settings: Settings, registry: FakeRegistry, record: dict[str, Any]
+    client: TestClient, settings: Settings, fake_registry: FakeRegistry, record: dict[str, Any]
 ) -> None:
-    registry.down = True
+    fake_registry.down = True
     headers = {"Authorization": f"Bearer {settings.api_admin_token()}"}
     assert client.post("/v1/admin/reload", headers=headers).status_code == 503
     ready = client.get("/readyz")
@@ -527,19 +527,19 @@ def test_registry_outage_keeps_serving_and_shows_in_readyz(
     assert ready.json()["status"] == "degraded"
     assert "refused" in ready.json()["registry"]
     assert client.post("/v1/predict", json=record).status_code == 200
-    registry.down = False
+    fake_registry.down = False
     assert client.post("/v1/admin/reload", headers=headers).json()["changed"] is False
     assert client.get("/readyz").json()["status"] == "ready"
 
 
 def test_refresh_swaps_only_when_the_champion_moves(
-    settings: Settings, registry: FakeRegistry
+    settings: Settings, fake_registry: FakeRegistry
 ) -> None:
     slot = ModelSlot()
 
     async def checks() -> list[bool]:
         first = await refresh(settings, slot)
-        registry.version = "7"
+        fake_registry.version = "7"
         return [first, await refresh(settings, slot), await refresh(settings, slot)]
 
     assert asyncio.run(checks()) == [False, True, False]
@@ -549,9 +549,9 @@ def test_refresh_swaps_only_when_the_champion_moves(
 
 
 def test_a_champion_that_will_not_load_keeps_the_last_good_one_serving(
-    client: TestClient, settings: Settings, registry: FakeRegistry, record: dict[str, Any]
+    client: TestClient, settings: Settings, fake_registry: FakeRegistry, record: dict[str, Any]
 ) -> None:
-    registry.version, registry.corrupt = "5", {"5"}
+    fake_registry.version, fake_registry.corrupt = "5", {"5"}
     headers = {"Authorization": f"Bearer {settings.api_admin_token()}"}
     refused = client.post("/v1/admin/reload", headers=headers)
     assert refused.status_code == 503
@@ -579,16 +579,16 @@ def test_a_champion_that_will_not_load_keeps_the_last_good_one_serving(
     assert 'lakeloop_api_model_load_failures_total{model_version="5"} 1.0' in (
         client.get("/metrics").text
     )
-    registry.version = "6"
+    fake_registry.version = "6"
     assert client.post("/v1/admin/reload", headers=headers).json()["version"] == "6"
     assert client.get("/readyz").json()["status"] == "ready"
 
 
 def test_polling_pauses_before_retrying_a_version_that_failed(
-    settings: Settings, registry: FakeRegistry
+    settings: Settings, fake_registry: FakeRegistry
 ) -> None:
     slot = ModelSlot()
-    registry.version, registry.corrupt = "5", {"5"}
+    fake_registry.version, fake_registry.corrupt = "5", {"5"}
 
     async def polls() -> None:
         for _ in range(3):
@@ -596,14 +596,14 @@ def test_polling_pauses_before_retrying_a_version_that_failed(
                 await refresh(settings, slot)
 
     asyncio.run(polls())
-    assert registry.attempts == 1  # the next two polls fell within the pause
+    assert fake_registry.attempts == 1  # the next two polls fell within the pause
     assert slot.failed_version == "5"
     assert slot.load_failures == 1
     slot.retry_at = 0.0  # the pause is over
     asyncio.run(polls())
-    assert registry.attempts == 2
+    assert fake_registry.attempts == 2
     assert slot.retry_pause == 10.0  # doubled for the same version
-    registry.corrupt.clear()
+    fake_registry.corrupt.clear()
     slot.retry_at = 0.0
     assert asyncio.run(refresh(settings, slot)) is True
     assert slot.failed_version is None

@@ -12,7 +12,7 @@ from prefect.utilities.callables import parameter_schema
 
 from deployments.serve import TRAINING_EVENTS, declared, training_trigger
 from flows.train import train_on_commit
-from lakeloop import tracking
+from lakeloop import registry
 from lakeloop.events import ALERT_FIRED, DRIFT_DETECTED
 from lakeloop.settings import Settings
 
@@ -101,8 +101,8 @@ def test_drift_retrains_the_configured_model(settings: Settings) -> None:
 )
 def test_each_trigger_is_recorded_as_its_kind(reason: str, kind: str) -> None:
     """The lineage tag says why a model was trained, for every way a training starts."""
-    assert tracking.trigger_kind(reason) == kind
-    assert kind in tracking.TRIGGER_KINDS
+    assert registry.trigger_kind(reason) == kind
+    assert kind in registry.TRIGGER_KINDS
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from lakeloop import tracking
+from lakeloop import registry
 from lakeloop.dataset import DatasetSpec
 from lakeloop.model import train
 from lakeloop.settings import Settings, TrainingSettings
@@ -22,11 +22,11 @@ def register_champion(settings: Settings, spec: DatasetSpec, *, seed: int, commi
     frame = market.generate_batch(rows=2000, seed=seed)
     trained = train(frame, spec, TrainingSettings(n_estimators=30))
     lineage = model_lineage(spec, commit)
-    client = tracking.connect(settings)  # also points MLflow's fluent API here
-    logged = tracking.log_trained(
+    client = registry.connect(settings)  # also points MLflow's fluent API here
+    logged = registry.log_trained(
         settings, trained, spec=spec, training_data=frame, lineage=lineage
     )
-    tracking.record_decision(client, settings, logged=logged, reasons=[], champion=None)
+    registry.record_decision(client, settings, logged=logged, reasons=[], champion=None)
     return logged.version
 
 

@@ -9,7 +9,7 @@ from typing import ParamSpec, TypeVar
 
 import pandas as pd
 
-from lakeloop import tracking
+from lakeloop import registry
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings
 from pipelines import train
@@ -23,9 +23,9 @@ FINISHED = "the gate decided"
 _BOUNDARIES = {train.log_and_register: REGISTERED, train.gate_and_promote: FINISHED}
 
 
-def lineage(spec: DatasetSpec, commit_id: str, *, trigger: str = "manual") -> tracking.Lineage:
+def lineage(spec: DatasetSpec, commit_id: str, *, trigger: str = "manual") -> registry.Lineage:
     """Lineage of a test model trained on ``commit_id`` of the ``housing`` repository."""
-    return tracking.Lineage(
+    return registry.Lineage(
         repository="housing",
         commit_id=commit_id,
         validation="passed",
@@ -62,7 +62,7 @@ def train_commit(
     commit: str,
     report: Path,
     pause: Callable[[str], None] | None = None,
-) -> tracking.LoggedModel | None:
+) -> registry.LoggedModel | None:
     """Train ``frame`` as the validated data of ``commit`` through the training pipeline
     (:func:`pipelines.train.train_and_promote`, lock and deployment check included), calling
     ``pause`` at its step boundaries; ``None`` when the commit was already trained."""
