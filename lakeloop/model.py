@@ -34,7 +34,15 @@ from lakeloop.dataset import (
     is_integer_code,
 )
 from lakeloop.settings import TrainingSettings
-from lakeloop.trainer import EncodedRows, FitFacts, MatrixModel, Regressor, Trainer, XGBoostTrainer
+from lakeloop.trainer import (
+    EncodedRows,
+    EncodedSplit,
+    FitFacts,
+    MatrixModel,
+    Regressor,
+    Trainer,
+    XGBoostTrainer,
+)
 
 # Holdout membership is decided per row from a hash of its content, in thousandths.
 _HASH_BUCKETS = 1000
@@ -370,11 +378,12 @@ def fit_pipeline(
     """A pipeline fitted on ``rows.fit``, early stopping on ``rows.stop`` (in this process, or on
     the Dask cluster the settings name): the dataset's encoder, then the trainer's regressor."""
     encoder = feature_encoder(spec)
+    encoded = EncodedSplit(
+        fit=_encoded(rows.fit, spec, encoder=encoder),
+        stop=_encoded(rows.stop, spec, encoder=encoder),
+    )
     regressor = trainer.fit(
-        _encoded(rows.fit, spec, encoder=encoder),
-        _encoded(rows.stop, spec, encoder=encoder),
-        training=training,
-        params=trainer.hyperparameters(training) | dict(params or {}),
+        encoded, training, trainer.hyperparameters(training) | dict(params or {})
     )
     return _composed(encoder, regressor)
 

@@ -41,6 +41,15 @@ class EncodedRows:
 
 
 @dataclass(frozen=True)
+class EncodedSplit:
+    """What a regressor is fitted on: the rows it learns from and the rows its early stopping
+    watches, both encoded."""
+
+    fit: EncodedRows
+    stop: EncodedRows
+
+
+@dataclass(frozen=True)
 class FitFacts:
     """What a fitted regressor says about itself."""
 
@@ -107,15 +116,10 @@ class Trainer(Protocol):
         ...
 
     def fit(
-        self,
-        fit: EncodedRows,
-        stop: EncodedRows,
-        *,
-        training: TrainingSettings,
-        params: Mapping[str, Any],
+        self, rows: EncodedSplit, training: TrainingSettings, params: Mapping[str, Any]
     ) -> Regressor:
-        """A regressor fitted on ``fit`` with the hyperparameters ``params`` (over the settings'),
-        early stopping on ``stop``."""
+        """A regressor fitted on ``rows.fit`` with the hyperparameters ``params`` (over the
+        settings'), early stopping on ``rows.stop``."""
         ...
 
     def describe(self, regressor: Regressor) -> FitFacts:
@@ -180,12 +184,7 @@ class XGBoostTrainer:
         }
 
     def fit(
-        self,
-        fit: EncodedRows,
-        stop: EncodedRows,
-        *,
-        training: TrainingSettings,
-        params: Mapping[str, Any],
+        self, rows: EncodedSplit, training: TrainingSettings, params: Mapping[str, Any]
     ) -> XGBRegressor:
         """An ``XGBRegressor`` fitted in this process, or on the Dask cluster the settings name."""
         regressor = XGBRegressor(
@@ -199,13 +198,13 @@ class XGBoostTrainer:
         )
         if training.dask_scheduler is None:
             regressor.fit(
-                fit.features,
-                fit.target,
-                eval_set=[(stop.features, stop.target)],
+                rows.fit.features,
+                rows.fit.target,
+                eval_set=[(rows.stop.features, rows.stop.target)],
                 verbose=False,
             )
         else:
-            _fit_on_dask(regressor, fit, stop, scheduler=training.dask_scheduler)
+            _fit_on_dask(regressor, rows, scheduler=training.dask_scheduler)
         return regressor
 
     def describe(self, regressor: Regressor) -> FitFacts:
@@ -265,9 +264,7 @@ def _rounds_kept(regressor: XGBRegressor) -> int:
         return int(regressor.get_booster().num_boosted_rounds())
 
 
-def _fit_on_dask(
-    regressor: XGBRegressor, fit: EncodedRows, stop: EncodedRows, *, scheduler: str
-) -> None:
+def _fit_on_dask(regressor: XGBRegressor, rows: EncodedSplit, *, scheduler: str) -> None:
     """Fit with ``xgboost.dask`` on the cluster at ``scheduler``, with ``regressor``'s
     hyperparameters and early stopping, then load the booster into ``regressor``: the result is
     the plain ``XGBRegressor`` an in-process fit gives, so it logs and serves without Dask."""
@@ -279,8 +276,8 @@ def _fit_on_dask(
     # current for this block only, because xgboost.dask looks the client up even when given one.
     with Client(scheduler, set_as_default=False) as client, client.as_current():
         client.wait_for_workers(1, timeout=_WORKER_WAIT_SECONDS)
-        fit_features, fit_target = _scatter(client, fit)
-        stop_features, stop_target = _scatter(client, stop)
+        fit_features, fit_target = _scatter(client, rows.fit)
+        stop_features, stop_target = _scatter(client, rows.stop)
         dask_regressor = DaskXGBRegressor(**regressor.get_params())
         dask_regressor.client = client
         dask_regressor.fit(

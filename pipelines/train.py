@@ -440,6 +440,27 @@ def train_commit(
     return outcome.result()
 
 
+def judge(
+    settings: Settings,
+    spec: DatasetSpec,
+    trained: model.TrainedModel,
+    logged: registry.LoggedModel,
+    *,
+    runtime: Runtime = PLAIN,
+) -> tuple[registry.ChampionScore | None, list[str]]:
+    """One promotion at a time per model (a later run judges against the champion the earlier
+    one left: a global concurrency limit with one slot in Prefect, see deployments/serve.py):
+    score the champion on the new model's holdout, gate, promote, and check the API serves the
+    new champion. Returns the champion's score and the gate's reasons for not promoting."""
+    run = runtime.step
+    with runtime.lock(promotion_lock(settings)):
+        champion = run(score_champion)(settings, trained, spec)
+        failures = run(gate_and_promote)(settings, trained, logged, champion, spec)
+        if not failures and settings.api.verify_deploy:
+            run(verify_deployment)(settings, trained, logged, champion)
+    return champion, failures
+
+
 def train_and_promote(
     settings: Settings,
     spec: DatasetSpec,
@@ -461,13 +482,7 @@ def train_and_promote(
     logged = run(log_and_register)(
         settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
     )
-    # A later run judges against the champion the earlier one left (a global concurrency limit
-    # with one slot in Prefect, see deployments/serve.py).
-    with runtime.lock(promotion_lock(settings)):
-        champion = run(score_champion)(settings, trained, spec)
-        failures = run(gate_and_promote)(settings, trained, logged, champion, spec)
-        if not failures and settings.api.verify_deploy:
-            run(verify_deployment)(settings, trained, logged, champion)
+    champion, failures = judge(settings, spec, trained, logged, runtime=runtime)
     run(report_training)(
         settings,
         logged,

@@ -16,12 +16,11 @@ from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TrainedModel
 from lakeloop.settings import DriftPolicy
 from lakeloop.stores.objects import ObjectStore
-from monitoring.check import check_window
+from monitoring.check import CheckResult
 from monitoring.drift import run_drift
-from monitoring.history import Window
 from monitoring.parse import DriftSummary, parse_drift
 from monitoring.store import read_history
-from tests.utils import prometheus
+from tests.utils import monitor, prometheus
 from tooling import market
 
 pytestmark = pytest.mark.integration
@@ -100,28 +99,16 @@ def test_income_and_new_region_window_passes_the_threshold(
 
 
 def check(
-    current: pd.DataFrame,
-    reference: pd.DataFrame,
-    *,
-    spec: DatasetSpec,
-    folder: Path,
-    window_id: str,
-    baseline: dict[str, float] | None = None,
-    now: datetime = NOW,
-    **extra: Any,
-) -> Any:
-    return check_window(
-        current=current,
-        reference=reference,
-        spec=spec,
-        window=Window(id=window_id, rows=len(current)),
-        champion_version="1",
-        model_name="housing-price",
+    current: pd.DataFrame, reference: pd.DataFrame, *, folder: Path, **options: Any
+) -> CheckResult:
+    """One monitor step at ``NOW`` under the default policy, its store in ``folder``."""
+    return monitor.check(
+        current,
+        reference,
         store=ObjectStore.folder(folder),
-        now=now,
+        now=options.pop("now", NOW),
         policy=POLICY,
-        baseline_quality=baseline,
-        **extra,
+        **options,
     )
 
 

@@ -6,8 +6,6 @@ history one pod wrote starts the cooldown of the next pod, whose own folder star
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,14 +18,14 @@ from lakeloop import loop
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.model import TrainedModel
 from lakeloop.settings import DriftPolicy, Settings, load_settings
-from monitoring.check import check_window
-from monitoring.history import Window
 from monitoring.reference import cached_reference
 from monitoring.store import read_history
 from monitoring.window import champion_window
 from tests.utils.api_server import start_api_with_champion
+from tests.utils.monitor import check
 from tests.utils.net import free_port
 from tests.utils.s3 import CREDENTIALS, create_bucket, moto_server, object_keys
+from tests.utils.workspace import Workspace
 from tooling import market
 from tooling.stack import Stack
 
@@ -156,16 +154,8 @@ def test_the_cooldown_survives_a_new_pod(
         reference = cached_reference(
             store, model_version="1", build=lambda: predicted(market_batch)
         )
-        result = check_window(
-            current=shifted,
-            reference=reference,
-            spec=spec,
-            window=Window(id=window_id, rows=len(shifted)),
-            champion_version="1",
-            model_name="housing-price",
-            store=store,
-            now=at,
-            policy=policy,
+        result = check(
+            shifted, reference, spec=spec, store=store, window_id=window_id, now=at, policy=policy
         )
         assert result.report_path.startswith(f"s3://{BUCKET}/{PREFIX}/monitoring/reports/")
         return result.entry.decision.reason
@@ -184,21 +174,17 @@ def test_the_cooldown_survives_a_new_pod(
     assert not (next_pod.state_dir / "monitoring").exists()
 
     # A process started from nothing but the environment reads the same history.
+    cli = pod_settings(tmp_path / "cli", endpoint)
+    cli.state_dir.mkdir(parents=True)
     env = {
         **os.environ,
-        "LAKELOOP_STATE_DIR": str(tmp_path / "cli" / "state"),
+        "LAKELOOP_STATE_DIR": str(cli.state_dir),
         "LAKELOOP_STORE__URL": f"s3://{BUCKET}/{PREFIX}",
         "LAKELOOP_STORE__ENDPOINT_URL": endpoint,
     }
-    printed = subprocess.run(
-        [sys.executable, "-m", "tooling", "report"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
+    reported = Workspace(cli, env, ports={}).run("report", timeout=120)
+    assert reported.returncode == 0, reported.stderr
+    printed = reported.stdout
     assert "window=w1" in printed
     assert "RETRAIN" in printed
     assert "in cooldown" in " ".join(printed.split())

@@ -1,5 +1,6 @@
 """Training runs, lineage and the promotion gate against a real MLflow server on loopback,
-through the training flow's own steps (called without Prefect)."""
+through the training pipeline's steps and its judging (``pipelines.train.judge``: the champion
+scored, the gate, the promotion), called without Prefect."""
 
 from __future__ import annotations
 
@@ -20,8 +21,7 @@ from lakeloop.settings import Settings, TrainingSettings, load_settings
 from pipelines.train import (
     champion_hyperparameters,
     fit,
-    gate_and_promote,
-    score_champion,
+    judge,
     verify_deployment,
 )
 from tests.utils.mlflow_server import mlflow_server
@@ -38,6 +38,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         state_dir=tmp_path_factory.mktemp("registry") / "state",
         mlflow={"port": free_port()},
         training={"max_mae": 90_000, "max_rmse": 120_000},
+        api={"verify_deploy": False},  # no API here to serve the new champion
     )
     with mlflow_server(configured):
         yield configured
@@ -70,8 +71,7 @@ def _train_and_judge(
     logged = registry.log_trained(
         settings, trained, spec=spec, training_data=frame, lineage=_lineage(commit)
     )
-    champion = score_champion(settings, trained, spec)
-    return trained, logged, gate_and_promote(settings, trained, logged, champion, spec)
+    return trained, logged, judge(settings, spec, trained, logged)[1]
 
 
 def test_first_model_is_promoted_with_lineage_on_run_and_version(
@@ -159,7 +159,8 @@ def test_promotion_the_api_never_serves_is_undone(
         state_dir=settings.state_dir,
         mlflow=settings.mlflow.model_dump(),
         training=settings.training.model_dump(),
-        api={"port": free_port(), "deploy_timeout_seconds": 1.0},
+        # Judged without the deployment check, which this test then runs against no API.
+        api={"port": free_port(), "deploy_timeout_seconds": 1.0, "verify_deploy": False},
     )
     more = pd.concat([data, market.generate_batch(rows=9000, seed=23)], ignore_index=True)
     trained, logged, failures = _train_and_judge(
@@ -189,7 +190,7 @@ def test_a_commit_counts_as_trained_only_once_the_gate_has_judged_its_version(
     assert client.get_run(logged.run_id).info.status == "FINISHED"
     assert registry.run_for_commit(client, settings, commit_id=commit) is None
 
-    gate_and_promote(settings, trained, logged, score_champion(settings, trained, spec), spec)
+    judge(settings, spec, trained, logged)
     judged = registry.run_for_commit(client, settings, commit_id=commit)
     assert judged is not None
     assert judged.info.run_id == logged.run_id
@@ -342,9 +343,7 @@ def test_a_commit_trained_again_on_purpose_is_a_new_judged_attempt(
         settings, trained, spec=spec, training_data=data, lineage=_lineage(commit)
     )
     with pytest.raises(registry.TrackingError, match="trained meanwhile"):
-        gate_and_promote(
-            settings, trained, duplicate, score_champion(settings, trained, spec), spec
-        )
+        judge(settings, spec, trained, duplicate)
     name = settings.mlflow.model_name
     assert client.get_model_version(name, duplicate.version).tags[registry.TAG_GATE] == (
         registry.GATE_ABANDONED
@@ -357,7 +356,7 @@ def test_a_commit_trained_again_on_purpose_is_a_new_judged_attempt(
         training_data=data,
         lineage=replace(_lineage(commit), again=True),
     )
-    gate_and_promote(settings, trained, again, score_champion(settings, trained, spec), spec)
+    judge(settings, spec, trained, again)
     judged = client.get_model_version(name, again.version)
     assert judged.tags[registry.TAG_AGAIN] == "true"
     assert judged.tags[registry.TAG_GATE] in {"promoted", "rejected"}

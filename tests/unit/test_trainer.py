@@ -15,7 +15,7 @@ from api.predictor import MatrixKernel, Predictor
 from lakeloop import evaluation, model
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import TrainingSettings
-from lakeloop.trainer import EncodedRows, FitFacts, MatrixModel, Regressor, XGBoostTrainer
+from lakeloop.trainer import EncodedSplit, FitFacts, MatrixModel, Regressor, XGBoostTrainer
 
 
 class MedianTrainer:
@@ -33,14 +33,10 @@ class MedianTrainer:
         return {}
 
     def fit(
-        self,
-        fit: EncodedRows,
-        stop: EncodedRows,
-        *,
-        training: TrainingSettings,
-        params: Mapping[str, Any],
+        self, rows: EncodedSplit, training: TrainingSettings, params: Mapping[str, Any]
     ) -> Regressor:
-        regressor: Regressor = DummyRegressor(strategy="median").fit(fit.features, fit.target)
+        median = DummyRegressor(strategy="median")
+        regressor: Regressor = median.fit(rows.fit.features, rows.fit.target)
         return regressor
 
     def describe(self, regressor: Regressor) -> FitFacts:
