@@ -6,12 +6,16 @@ the order of its calls shows it. :class:`DurabilityCalls` wraps ``os.fsync`` and
 named by its inode: a temporary file keeps its inode when it is renamed into place, so the steps
 of one file line up however its name changed. At each ``fsync`` the file's size is recorded too:
 the bytes a writer still holds in a Python buffer are not in the file yet, so they are not what
-the fsync made durable.
+the fsync made durable. With :meth:`DurabilityCalls.install_sqlite` the statements of every
+SQLite connection opened meanwhile join the same sequence, so a row can be placed against the
+file it names.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import sqlite3
 import stat
 import threading
 from dataclasses import dataclass
@@ -30,6 +34,10 @@ class Call:
     inode: int
     size: int | None = None
     target: Path | None = None
+    statement: str | None = None
+    """For ``sql``: the statement as SQLite ran it (parameters filled in)."""
+    connection: int | None = None
+    """For ``sql``: which connection ran it (numbered as they were opened)."""
 
 
 class DurabilityCalls:
@@ -62,6 +70,25 @@ class DurabilityCalls:
         monkeypatch.setattr(os, "fsync", recording_fsync)
         monkeypatch.setattr(os, "replace", recording_replace)
         monkeypatch.setattr(os, "write", recording_write)
+        return self
+
+    def install_sqlite(self, monkeypatch: pytest.MonkeyPatch) -> DurabilityCalls:
+        """Record, as ``sql`` calls, every statement of the SQLite connections opened from now
+        until the test ends (``sqlite3.connect`` is wrapped)."""
+        connect = sqlite3.connect
+        numbers = itertools.count(1)
+
+        def recording_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+            connection = connect(*args, **kwargs)
+            number = next(numbers)
+            connection.set_trace_callback(
+                lambda statement: self._add(
+                    Call("sql", 0, statement=statement.strip(), connection=number)
+                )
+            )
+            return connection
+
+        monkeypatch.setattr(sqlite3, "connect", recording_connect)
         return self
 
     def _add(self, call: Call) -> None:
