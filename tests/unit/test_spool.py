@@ -42,6 +42,17 @@ def eventually(check: Callable[[], bool], *, what: str) -> None:
         time.sleep(0.02)
 
 
+def wait_until_files_are_newer_than(path: Path, *, probe: Path) -> None:
+    """Until a file written now gets a later modification time than ``path`` (file systems keep
+    a coarse clock), so files stored from now on are distinctly newer."""
+
+    def newer() -> bool:
+        probe.write_bytes(b"")
+        return probe.stat().st_mtime_ns > path.stat().st_mtime_ns
+
+    eventually(newer, what=f"a file written now newer than {path.name}")
+
+
 @pytest.fixture
 def spool(tmp_path: Path) -> Spool:
     return Spool(tmp_path / "spool").open()
@@ -90,8 +101,8 @@ def test_pending_is_oldest_first_and_survives_a_new_spool_object(
     spool: Spool, tmp_path: Path
 ) -> None:
     for key in ("first", "second", "third"):
-        spool.put(event(key))
-        time.sleep(0.01)  # distinct modification times; the order itself is what is checked
+        stored = spool.put(event(key))
+        wait_until_files_are_newer_than(stored, probe=tmp_path / "probe")
     reopened = Spool(tmp_path / "spool").open()
     assert [p.event_id for p in reopened.pending()] == [
         event(key)["id"] for key in ("first", "second", "third")
