@@ -26,6 +26,7 @@ from lakefs_local.server import API_PREFIX, create_app
 
 if TYPE_CHECKING:
     import uvicorn
+    from litestar import Litestar
 
 TEST_KEY_ID = "AKIALAKELOOPTEST"
 TEST_SECRET = "local-test-secret-0123456789"  # noqa: S105 (a throwaway test credential)
@@ -63,6 +64,7 @@ class LocalServerThread:
     port: int = field(default_factory=free_port)
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
+    _app: Litestar | None = None
 
     @property
     def url(self) -> str:
@@ -77,6 +79,7 @@ class LocalServerThread:
             data_dir=self.data_dir, access_key_id=self.key_id, secret_access_key=self.secret
         )
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self._app = app
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
@@ -87,13 +90,20 @@ class LocalServerThread:
             time.sleep(0.01)
         return self
 
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Wait until the post-* hooks fired so far have finished, so a test can check what
+        they did (or that they did nothing) without guessing how long they take."""
+        if self._app is None:
+            raise RuntimeError("the server is not running")
+        self._app.state.service.actions.wait_idle(timeout)
+
     def stop(self) -> None:
         """Stop serving; a second call does nothing."""
         if self._server is None or self._thread is None:
             return
         self._server.should_exit = True
         self._thread.join(timeout=10)
-        self._server = self._thread = None
+        self._server = self._thread = self._app = None
 
 
 @dataclass
@@ -161,6 +171,10 @@ class WebhookCall(TypedDict):
     json: Any  # the body as the server under test sent it (lakeFS's EventInfo, unchecked)
 
 
+HOLD_LIMIT_SECONDS = 300.0
+"""Longest a :class:`WebhookReceiver` holds an answer back (a test that forgot to let go)."""
+
+
 class WebhookReceiver:
     """A tiny webhook endpoint: records each POST and answers with a configurable status.
 
@@ -172,7 +186,10 @@ class WebhookReceiver:
         self.calls: list[WebhookCall] = []
         self.status = 200
         self.reply = b"ok"
-        self.delay_seconds = 0.0
+        self.answering = threading.Event()
+        """Set: answer at once. Cleared: hold every answer until it is set again (at most
+        ``HOLD_LIMIT_SECONDS``), to show a caller gave up on its own timeout."""
+        self.answering.set()
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -181,7 +198,7 @@ class WebhookReceiver:
                 receiver.calls.append(
                     {"path": self.path, "headers": dict(self.headers), "json": json.loads(body)}
                 )
-                time.sleep(receiver.delay_seconds)
+                receiver.answering.wait(HOLD_LIMIT_SECONDS)
                 try:
                     self.send_response(receiver.status)
                     self.send_header("content-length", str(len(receiver.reply)))
@@ -199,7 +216,7 @@ class WebhookReceiver:
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def wait_for(self, count: int, timeout: float = 5.0) -> list[WebhookCall]:
+    def wait_for(self, count: int, timeout: float = 60.0) -> list[WebhookCall]:
         """Wait until ``count`` calls arrived (or the timeout passed); return all calls."""
         deadline = time.monotonic() + timeout
         while len(self.calls) < count and time.monotonic() < deadline:

@@ -141,12 +141,12 @@ def test_hot_swap_under_concurrent_load_drops_no_request(
     served: Served, record: dict[str, Any]
 ) -> None:
     with PredictLoad(served.url, record, workers=8) as load:
-        time.sleep(1.0)
+        load.wait_for_answers("1", count=20)  # the load runs on the old model
         version = register_champion(served.settings, load_spec(), seed=32, commit="2" * 64)
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         reloaded = httpx.post(f"{served.url}/v1/admin/reload", headers=headers, timeout=60)
         assert reloaded.json() == {"changed": True, "version": version, "previous_version": "1"}
-        time.sleep(1.0)
+        load.wait_for_answers(version, count=20)  # and goes on through the swap to the new one
     result = load.result
     served.answered += result.answered
     assert result.failures == []

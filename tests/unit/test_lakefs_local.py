@@ -6,8 +6,8 @@ server can be asked (SIGKILL it, race it, look inside its store) and its hook pl
 
 from __future__ import annotations
 
+import hashlib
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +24,7 @@ from lakefs_local.testing import (
     WebhookReceiver,
     free_port,
 )
+from tests.utils.durability import DurabilityCalls
 
 HEADER_SECRET = "hook-shared-secret-42"
 
@@ -111,17 +112,57 @@ def test_sigkill_after_commit_loses_nothing(tmp_path: Path) -> None:
         restarted.stop()
 
 
-def test_blobs_are_fsynced_before_the_row_that_names_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "payload",
+    [b"median_income,median_house_value\n8.3,452600\n", bytes(range(256)) * 4096 + b"tail"],
+    ids=["small", "over-a-mebibyte"],  # within one file buffer; more than one write chunk
+)
+def test_an_upload_is_fsynced_and_in_place_before_the_row_that_names_it(
+    server: LocalServerThread, payload: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = Store(tmp_path)
-    events: list[str] = []
-    real_fsync = __import__("os").fsync
-    monkeypatch.setattr("os.fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
-    checksum, size = store.ingest([b"abc", b"def"])
-    assert (size, store.read_blob(checksum)) == (6, b"abcdef")
-    assert events.count("fsync") >= 2  # the file, then its directory entry
-    assert not list(store.objects_dir.glob(".upload-*"))  # no temp file left behind
+    """The order is the promise: the blob's bytes are fsync'd before the rename that gives them
+    their content address, the rename is made durable (its folder, and the folder above when
+    the shard folder is new, fsync'd) before the staging row that names the blob is written, and
+    that row is written on a connection with ``synchronous=FULL``. Otherwise a power cut after
+    the upload answered can leave a row naming an empty, half or missing blob."""
+    checksum = hashlib.sha256(payload).hexdigest()
+    main = _repo(server).branch("main")
+    objects = server.data_dir / "objects"
+    assert not (objects / checksum[:2]).exists()  # a new shard folder: its parent is fsync'd too
+    calls = DurabilityCalls().install(monkeypatch).install_sqlite(monkeypatch)
+    main.object("data/batch.parquet").upload(data=payload, mode="wb")
+    monkeypatch.undo()
+
+    blob = objects / checksum[:2] / checksum[2:]
+    names = {
+        blob.stat().st_ino: "blob",
+        blob.parent.stat().st_ino: "objects/<shard>/",
+        objects.stat().st_ino: "objects/",
+    }
+    assert calls.steps(names) == [
+        ("fsync", "blob", len(payload)),  # every byte in the file when it is synced
+        ("replace", "blob", blob),
+        ("fsync", "objects/<shard>/", None),
+        ("fsync", "objects/", None),
+    ]
+    last_file_step = max(i for i, call in enumerate(calls.calls) if call.inode in names)
+    [row] = [
+        (i, call)
+        for i, call in enumerate(calls.calls)
+        if call.name == "sql" and checksum in (call.statement or "")
+    ]
+    position, insert = row
+    assert (insert.statement or "").startswith("INSERT OR REPLACE INTO staging")
+    assert position > last_file_step
+    same_connection = [
+        (i, call.statement)
+        for i, call in enumerate(calls.calls)
+        if call.name == "sql" and call.connection == insert.connection
+    ]
+    assert same_connection[0][1] == "PRAGMA synchronous=FULL"
+    assert [s for i, s in same_connection if i > position and s == "COMMIT"], same_connection
+    assert _read(_repo(server), "main", "data/batch.parquet") == payload
+    assert not list(objects.glob(".upload-*"))  # no temporary file left behind
 
 
 # -- concurrency -------------------------------------------------------------------------------
@@ -310,7 +351,6 @@ def test_pre_commit_hook_endpoint_down_blocks_the_commit(server: LocalServerThre
 def test_slow_pre_merge_hook_times_out_and_blocks(
     server: LocalServerThread, receiver: WebhookReceiver
 ) -> None:
-    receiver.delay_seconds = 3.0
     repo = _repo(server)
     _install_action(
         repo, "slow", _webhook_action("slow", ["pre-merge"], receiver.url, timeout="500ms")
@@ -320,11 +360,15 @@ def test_slow_pre_merge_hook_times_out_and_blocks(
     ingest.object("data/x.csv").upload(data=b"x", mode="wb")
     ingest.commit(message="x")
 
-    started = time.monotonic()
-    with pytest.raises(ServerException) as caught:
-        ingest.merge_into(repo.branch("main"))
-    assert caught.value.status_code == 412
-    assert time.monotonic() - started < 2.5  # the hook's timeout, not the receiver's delay
+    receiver.answering.clear()  # the hook gets no answer until the merge has been refused
+    try:
+        with pytest.raises(ServerException) as caught:
+            ingest.merge_into(repo.branch("main"))
+        # Refused while the receiver still holds its answer: the hook's timeout ended the wait.
+        assert caught.value.status_code == 412
+        assert [call["json"]["event_type"] for call in receiver.calls] == ["pre-merge"]
+    finally:
+        receiver.answering.set()
     assert repo.branch("main").get_commit().id == head
 
 
@@ -340,9 +384,7 @@ def test_failing_post_commit_hook_is_recorded_and_the_commit_stays(
     commit_id = main.commit(message="kept").id
 
     receiver.wait_for(1)
-    deadline = time.monotonic() + 5
-    while _runs(server) != [("post-commit", "failed")] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    server.wait_idle()  # the hook's run is recorded after its answer arrived
     assert _runs(server) == [("post-commit", "failed")]
     assert main.get_commit().id == commit_id
 
@@ -391,7 +433,7 @@ hooks:
     ingest.object("data/x.parquet").upload(data=b"x", mode="wb")
     ingest.commit(message="x")
     ingest.merge_into(repo.branch("main"))
-    time.sleep(0.3)
+    server.wait_idle()  # the post-commit and post-merge runs have looked at the action and ended
     assert receiver.calls == []
     assert _runs(server) == []
 

@@ -4,10 +4,14 @@ delivered, a damaged file is set aside without stopping delivery, and a full spo
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import signal
+import stat
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ import pytest
 
 from gateway.spool import Delivery, Pending, Redelivery, Spool, SpoolError, SpoolFullError
 from lakeloop.events import event_id
+from tests.utils.durability import DurabilityCalls
 
 DEADLINE_SECONDS = 20.0
 
@@ -35,6 +40,17 @@ def eventually(check: Callable[[], bool], *, what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"not within {DEADLINE_SECONDS} s: {what}")
         time.sleep(0.02)
+
+
+def wait_until_files_are_newer_than(path: Path, *, probe: Path) -> None:
+    """Until a file written now gets a later modification time than ``path`` (file systems keep
+    a coarse clock), so files stored from now on are distinctly newer."""
+
+    def newer() -> bool:
+        probe.write_bytes(b"")
+        return probe.stat().st_mtime_ns > path.stat().st_mtime_ns
+
+    eventually(newer, what=f"a file written now newer than {path.name}")
 
 
 @pytest.fixture
@@ -85,8 +101,8 @@ def test_pending_is_oldest_first_and_survives_a_new_spool_object(
     spool: Spool, tmp_path: Path
 ) -> None:
     for key in ("first", "second", "third"):
-        spool.put(event(key))
-        time.sleep(0.01)  # distinct modification times; the order itself is what is checked
+        stored = spool.put(event(key))
+        wait_until_files_are_newer_than(stored, probe=tmp_path / "probe")
     reopened = Spool(tmp_path / "spool").open()
     assert [p.event_id for p in reopened.pending()] == [
         event(key)["id"] for key in ("first", "second", "third")
@@ -117,6 +133,190 @@ def test_a_stored_event_is_complete_json_on_disk(spool: Spool) -> None:
     path = spool.put(event("a"))
     assert json.loads(path.read_text()) == event("a")
     assert list(spool.tmp_dir.iterdir()) == []
+
+
+# Durability: what the fsyncs and the rename protect ---------------------------------------------
+#
+# A crash is injected at each step of put by running it in a child process that pauses there
+# (hooks it installs around os.fdopen, os.fsync and os.replace announce each step on a pipe and
+# wait) and SIGKILLing the child at the chosen step. A SIGKILL keeps the page cache, so these show
+# what a crash leaves, not that the data reached the disk; the order test below shows that.
+
+HALF_WRITTEN = "half of the event written to the temporary file"
+WRITTEN = "the whole event written, before the file's fsync"
+FILE_SYNCED = "the file fsync'd, before the rename"
+RENAMED = "renamed into pending/, before the folder's fsync"
+FOLDER_SYNCED = "the folder fsync'd, before put returns"
+STORED = "put returned"
+PUT_STEPS = (HALF_WRITTEN, WRITTEN, FILE_SYNCED, RENAMED, FOLDER_SYNCED, STORED)
+BEFORE_THE_RENAME = (HALF_WRITTEN, WRITTEN, FILE_SYNCED)
+CHILD_DEADLINE_SECONDS = 120.0
+"""How long the parent waits for the child to reach its next step (a spawn on a loaded machine)."""
+
+
+def large_event() -> dict[str, Any]:
+    """An event big enough that half of it is clearly not an event (about 64 kB)."""
+    return event("durable", rows=3, note="x" * 65_536)
+
+
+class _HalfWayFile:
+    """A file that writes half of what it is given, pauses, then writes the rest."""
+
+    def __init__(self, handle: Any, pause: Callable[[str], None]) -> None:
+        self._handle = handle
+        self._pause = pause
+
+    def __enter__(self) -> _HalfWayFile:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._handle.close()
+
+    def write(self, data: bytes) -> int:
+        half = len(data) // 2
+        self._handle.write(data[:half])
+        self._handle.flush()
+        self._pause(HALF_WRITTEN)
+        return half + int(self._handle.write(data[half:]))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
+def put_in_child(folder: Path, stored: dict[str, Any], pipe: Connection) -> None:
+    """The child process: put ``stored`` into the spool at ``folder``, announcing each step on
+    ``pipe`` and going on only when the parent answers (it SIGKILLs the child instead at the step
+    under test)."""
+
+    def pause(step: str) -> None:
+        pipe.send(step)
+        pipe.recv()
+
+    fdopen, fsync, replace = os.fdopen, os.fsync, os.replace
+
+    def paused_fdopen(descriptor: int, *args: Any, **kwargs: Any) -> Any:
+        return _HalfWayFile(fdopen(descriptor, *args, **kwargs), pause)
+
+    def paused_fsync(descriptor: int) -> None:
+        folder_sync = stat.S_ISDIR(os.fstat(descriptor).st_mode)
+        if not folder_sync:
+            pause(WRITTEN)
+        fsync(descriptor)
+        if folder_sync:
+            pause(FOLDER_SYNCED)
+
+    def paused_replace(source: Any, target: Any) -> None:
+        pause(FILE_SYNCED)
+        replace(source, target)
+        pause(RENAMED)
+
+    spool = Spool(folder).open()
+    os.fdopen = paused_fdopen  # type: ignore[assignment]
+    os.fsync = paused_fsync
+    os.replace = paused_replace
+    spool.put(stored)
+    pause(STORED)
+
+
+def put_and_kill_at(folder: Path, stored: dict[str, Any], *, step: str) -> list[str]:
+    """Run :func:`put_in_child`, let it pass every step before ``step``, check what the disk
+    holds there and SIGKILL it. Returns the steps it reached."""
+    context = multiprocessing.get_context("spawn")
+    parent_end, child_end = context.Pipe()
+    child = context.Process(target=put_in_child, args=(folder, stored, child_end), daemon=True)
+    child.start()
+    child_end.close()
+    reached: list[str] = []
+    try:
+        while True:
+            if not parent_end.poll(CHILD_DEADLINE_SECONDS):
+                pytest.fail(f"the child did not reach its next step in {CHILD_DEADLINE_SECONDS} s")
+            try:
+                reached.append(parent_end.recv())
+            except EOFError:
+                pytest.fail(f"the child ended before {step!r} (exit code {child.exitcode})")
+            if reached[-1] == step:
+                _check_the_disk_at(folder, stored, step=step)
+                child.kill()  # SIGKILL: nothing in the child runs after this
+                child.join(timeout=CHILD_DEADLINE_SECONDS)
+                assert child.exitcode == -signal.SIGKILL
+                return reached
+            parent_end.send("go on")
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join(timeout=CHILD_DEADLINE_SECONDS)
+        parent_end.close()
+
+
+def _check_the_disk_at(folder: Path, stored: dict[str, Any], *, step: str) -> None:
+    """The child really is where the step says: the event's bytes are in the temporary file (half
+    or whole) and not pending before the rename, and pending and whole after it."""
+    data = json.dumps(stored, separators=(",", ":"), sort_keys=True).encode()
+    temporary = list((folder / "tmp").iterdir())
+    pending = list((folder / "pending").iterdir())
+    if step in BEFORE_THE_RENAME:
+        assert pending == []
+        [half_or_whole] = temporary
+        expected = data[: len(data) // 2] if step == HALF_WRITTEN else data
+        assert half_or_whole.read_bytes() == expected
+    else:
+        assert temporary == []
+        assert [path.read_bytes() for path in pending] == [data]
+
+
+@pytest.mark.parametrize(
+    "step",
+    PUT_STEPS,
+    ids=["half-written", "written", "file-synced", "renamed", "folder-synced", "stored"],
+)
+def test_a_writer_killed_at_any_step_of_put_leaves_no_half_event_and_loses_no_stored_one(
+    tmp_path: Path, step: str
+) -> None:
+    folder = tmp_path / "spool"
+    stored = large_event()
+    reached = put_and_kill_at(folder, stored, step=step)
+    assert reached == list(PUT_STEPS[: PUT_STEPS.index(step) + 1])
+
+    # A fresh spool on the same folder (the gateway started again) delivers what it holds.
+    spool = Spool(folder).open()
+    delivered: list[dict[str, Any]] = []
+
+    def receive(sent: dict[str, Any]) -> Delivery:
+        delivered.append(sent)
+        return Delivery.DELIVERED
+
+    assert Redelivery(spool, receive).drain() is True
+    if step in BEFORE_THE_RENAME:
+        # put never returned, so nothing was promised; the half-written file is deleted, and it
+        # is neither pending nor delivered nor set aside as a damaged event.
+        assert delivered == []
+    else:
+        assert delivered == [stored]  # whole, once
+    assert spool.pending() == []
+    assert list(spool.tmp_dir.iterdir()) == []
+    assert list(spool.quarantine_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("stored", [event("a"), large_event()], ids=["small", "large"])
+def test_put_fsyncs_the_event_before_the_rename_and_the_folder_after_it(
+    spool: Spool, stored: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The order is the promise: a rename that reaches the disk before the file's bytes can leave
+    an empty or half event under its final name after a power cut, and a rename not followed by
+    the folder's fsync can be undone by one after put returned (and the gateway answered 2xx).
+    A small event (smaller than a file buffer: what webhooks are) and a large one (written
+    straight through) both have every byte in the file when it is fsync'd."""
+    size = len(json.dumps(stored, separators=(",", ":"), sort_keys=True).encode())
+    calls = DurabilityCalls().install(monkeypatch)
+    target = spool.put(stored)
+    monkeypatch.undo()
+    names = {target.stat().st_ino: "event file", spool.pending_dir.stat().st_ino: "pending/"}
+    assert calls.steps(names) == [
+        ("fsync", "event file", size),  # every byte of the event in the file when it is synced
+        ("replace", "event file", target),
+        ("fsync", "pending/", None),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -7,13 +7,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from lakeloop.settings import Settings, load_settings
 from tests.utils.net import free_port
+from tests.utils.waiting import eventually
 from tooling.stack import (
     Service,
     Stack,
@@ -82,12 +82,11 @@ def test_down_stops_a_recorded_stack_and_its_children(settings: Settings) -> Non
     running = stack.start(
         Service(name="sleeper", argv=[sys.executable, "-c", parent], port=0, health_url="")
     )
-    time.sleep(0.5)
     group = running.process.pid
-    assert len(_group_members(group)) == 2
+    eventually(lambda: len(_group_members(group)) == 2, what="the service and the child it started")
     assert down_recorded(settings) == ["sleeper"]
-    running.process.wait(timeout=20)
-    assert _group_members(group) == []
+    running.process.wait(timeout=60)
+    eventually(lambda: _group_members(group) == [], what="no process of the group left")
     assert not (settings.state_dir / "stack.json").exists()
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from tests.utils.waiting import eventually
+
 
 @dataclass
 class LoadResult:
@@ -42,6 +44,16 @@ class PredictLoad:
         for thread in self._threads:
             thread.start()
         return self
+
+    def wait_for_answers(self, version: str, *, count: int) -> None:
+        """Wait until the first worker has had ``count`` answers from model ``version`` (the load
+        is really running on it), with a generous deadline."""
+
+        def enough() -> bool:
+            with self.result.lock:
+                return self.result.sequence.count(version) >= count
+
+        eventually(enough, what=f"{count} answers from model version {version}")
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
