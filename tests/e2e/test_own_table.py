@@ -30,7 +30,7 @@ from lakeloop import lakefs_client, loop, registry
 from lakeloop.dataset import DatasetSpec, codes_as_text, integer_codes_as_text, load_spec
 from lakeloop.ingest import read_source
 from lakeloop.stores.prediction_log import read_feedback_log, read_prediction_log
-from tests.utils.real_data import AMES_CSV, read_ames
+from tests.utils.real_data import AMES_CSV, shipped
 from tests.utils.workspace import Workspace, new_workspace
 
 pytestmark = pytest.mark.e2e
@@ -43,7 +43,7 @@ def _ok(result: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
-    read_ames()  # skips, naming the path, where the shared data is absent
+    shipped(AMES_CSV)  # fails, naming the path, where the shared data is absent
     root = tmp_path_factory.mktemp("own")
     folder = root / "exports"
     folder.mkdir()

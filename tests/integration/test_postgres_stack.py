@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 import pytest
 
 from tests.e2e.test_loop import Workspace, workspace  # noqa: F401 - the e2e stack, reused
@@ -26,8 +27,6 @@ pytestmark = [
         "(e.g. postgresql://postgres@127.0.0.1:5432/postgres)",
     ),
 ]
-
-psycopg = pytest.importorskip("psycopg")
 
 
 def _with_database(url: str, database: str, *, password: str, scheme: str) -> str:

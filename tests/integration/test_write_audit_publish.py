@@ -127,6 +127,11 @@ def test_two_ingests_at_once_both_land(loop: Loop) -> None:
     tables = [
         loop.batch(f"parallel-{i}", market.generate_batch(rows=300, seed=10 + i)) for i in range(2)
     ]
+    rows_before = len(
+        lakefs_client.read_table(
+            loop.client, loop.settings, repository="housing", ref=loop.settings.lakefs.branch
+        )
+    )
     results: list[lakefs_client.Published] = []
 
     def run(index: int) -> None:
@@ -148,7 +153,7 @@ def test_two_ingests_at_once_both_land(loop: Loop) -> None:
             .ref("main")
             .objects(prefix="data/")
         }
-    assert len(on_main) >= 600
+    assert len(on_main) == rows_before + 600  # both batches, every row of each
 
 
 def test_unknown_repository_is_a_clear_error(loop: Loop) -> None:

@@ -16,7 +16,7 @@ from lakeloop.draft import draft
 from lakeloop.ingest import read_source
 from lakeloop.settings import Settings, TrainingSettings
 from lakeloop.validation.checks import validate_frame
-from tests.utils.real_data import AMES_CSV, read_ames
+from tests.utils.real_data import AMES_CSV, shipped
 from tooling.cli import app
 
 
@@ -25,7 +25,7 @@ def test_the_raw_ames_file_drafts_a_description_that_trains_a_servable_model(
 ) -> None:
     """Raw file → `dataset init` → a description that accepts the file, with no column dropped
     or renamed and no threshold set by hand → a model the gate would serve."""
-    read_ames()  # skips, naming the path, where the shared data is absent
+    shipped(AMES_CSV)  # fails, naming the path, where the shared data is absent
     table = tmp_path / "AmesHousing.csv"
     shutil.copy(AMES_CSV, table)
     runner = CliRunner()

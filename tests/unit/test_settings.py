@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import stat
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def test_placeholder_secret_is_refused_naming_the_variable(
 
 def test_generated_secret_is_stable_private_and_not_in_repr(settings: Settings) -> None:
     secret = settings.webhook_secret()
-    assert len(secret) >= 32
+    # 32 random bytes (256 bits), URL-safe base64 without padding: 43 characters.
+    assert len(secret) == 43
+    assert len(base64.urlsafe_b64decode(secret + "=")) == 32
     assert load_settings(state_dir=settings.state_dir).webhook_secret() == secret
     path: Path = settings.state_dir / "secrets.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
