@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -41,15 +41,6 @@ class EncodedRows:
 
 
 @dataclass(frozen=True)
-class EncodedSplit:
-    """What a regressor is fitted on: the rows it learns from and the rows its early stopping
-    watches, both encoded."""
-
-    fit: EncodedRows
-    stop: EncodedRows
-
-
-@dataclass(frozen=True)
 class FitFacts:
     """What a fitted regressor says about itself."""
 
@@ -59,6 +50,14 @@ class FitFacts:
     """Each feature's importance; a feature it never used may be absent."""
     importance_measure: str
     """What the importances measure, as a plot's axis names it (``total gain``)."""
+
+
+class EncodedSplit(NamedTuple):
+    """What a regressor is fitted on: the rows it learns from and the rows its early stopping
+    watches, both encoded."""
+
+    fit: EncodedRows
+    stop: EncodedRows
 
 
 class Regressor(Protocol):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,9 +26,9 @@ from lakeloop import model
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import DriftPolicy, TrainingSettings
 from lakeloop.stores.objects import ObjectStore
-from monitoring.check import CheckResult, check_window
-from monitoring.history import Window
+from monitoring.check import CheckResult
 from monitoring.reference import reference_frame
+from tests.utils.monitor import check as checked
 from tests.utils.real_data import read_california
 
 POLICY = DriftPolicy()
@@ -65,28 +66,17 @@ def reference_of(
 
 
 def monitor(
-    current: pd.DataFrame,
-    reference: pd.DataFrame,
-    *,
-    spec: DatasetSpec,
-    folder: Path,
-    window_id: str,
-    sent: list[dict[str, object]],
-    baseline: dict[str, float] | None = None,
+    current: pd.DataFrame, reference: pd.DataFrame, *, folder: Path, sent: list[Any], **options: Any
 ) -> CheckResult:
     """One monitor step with the default policy, as the monitor flow runs it."""
-    return check_window(
-        current=current,
-        reference=reference,
-        spec=spec,
-        window=Window(id=window_id, rows=len(current)),
-        champion_version="1",
-        model_name="housing-price",
+    return checked(
+        current,
+        reference,
         store=ObjectStore.folder(folder),
         now=NOW,
         policy=POLICY,
-        baseline_quality=baseline,
         send=sent.append,
+        **options,
     )
 
 

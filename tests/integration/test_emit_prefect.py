@@ -104,6 +104,21 @@ def wait_until_stored(prefect_api: str, wanted_id: str) -> dict[str, Any]:
         time.sleep(0.5)
 
 
+def undelivered(
+    api: str, event: dict[str, Any], *, attempts: int, caplog: pytest.LogCaptureFixture
+) -> tuple[str, list[str]]:
+    """``emit``'s ``DeliveryError`` message, and the attempts its warnings counted ("1/2")."""
+    with (
+        caplog.at_level(logging.WARNING, logger="lakeloop.events"),
+        pytest.raises(DeliveryError) as failed,
+    ):
+        emit(api, event, attempts=attempts)
+    message = str(failed.value)
+    assert message.startswith(f"Prefect at {api} did not accept event {event['id']}")
+    warnings = attempt_warnings(caplog, event)
+    return message, [warning.split(", attempt ")[1].split(":")[0] for warning in warnings]
+
+
 def attempt_warnings(caplog: pytest.LogCaptureFixture, event: dict[str, Any]) -> list[str]:
     """The warnings ``emit`` logged about this event, one per failed attempt."""
     return [
@@ -144,18 +159,11 @@ def test_an_event_prefect_refuses_is_a_delivery_error_after_every_attempt(
     event = copy.deepcopy(a_drift_event("refused"))
     del event["resource"]["prefect.resource.id"]
 
-    with (
-        caplog.at_level(logging.WARNING, logger="lakeloop.events"),
-        pytest.raises(DeliveryError) as refused,
-    ):
-        emit(prefect_api, event, attempts=2)
+    message, attempts = undelivered(prefect_api, event, attempts=2, caplog=caplog)
 
-    message = str(refused.value)
-    assert message.startswith(f"Prefect at {prefect_api} did not accept event {event['id']}")
     assert "HTTP 422" in message
     assert "prefect.resource.id" in message  # Prefect's own reason, passed on
-    warnings = attempt_warnings(caplog, event)
-    assert [warning.split(", attempt ")[1].split(":")[0] for warning in warnings] == ["1/2", "2/2"]
+    assert attempts == ["1/2", "2/2"]
     # Refused at validation, before anything is published: nothing of it is stored.
     assert stored_events(prefect_api, [event["id"]]) == []
 
@@ -166,18 +174,7 @@ def test_an_unreachable_prefect_is_a_delivery_error_after_every_attempt(
     closed = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
     event = a_drift_event("unreachable")
 
-    with (
-        caplog.at_level(logging.WARNING, logger="lakeloop.events"),
-        pytest.raises(DeliveryError) as unreachable,
-    ):
-        emit(closed, event, attempts=3)
+    message, attempts = undelivered(closed, event, attempts=3, caplog=caplog)
 
-    message = str(unreachable.value)
-    assert message.startswith(f"Prefect at {closed} did not accept event {event['id']}")
     assert "ConnectError" in message
-    warnings = attempt_warnings(caplog, event)
-    assert [warning.split(", attempt ")[1].split(":")[0] for warning in warnings] == [
-        "1/3",
-        "2/3",
-        "3/3",
-    ]
+    assert attempts == ["1/3", "2/3", "3/3"]

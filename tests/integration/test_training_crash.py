@@ -10,7 +10,6 @@ product code knows about them."""
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -24,10 +23,15 @@ from mlflow.tracking import MlflowClient
 
 from lakeloop import registry
 from lakeloop.dataset import DatasetSpec, load_spec
-from lakeloop.settings import Settings, load_settings
+from lakeloop.settings import Settings
+from tests.utils.killing import run_and_kill_at
 from tests.utils.mlflow_server import mlflow_server
-from tests.utils.net import free_port
-from tests.utils.training import REGISTERED, train_commit
+from tests.utils.training import (
+    REGISTERED,
+    registry_settings,
+    train_commit,
+    train_first_champion,
+)
 from tooling import market
 
 pytestmark = pytest.mark.integration
@@ -54,22 +58,11 @@ class Registry:
 def mlflow_registry(
     tmp_path_factory: pytest.TempPathFactory, spec: DatasetSpec
 ) -> Iterator[Registry]:
-    root = tmp_path_factory.mktemp("crash")
-    settings = load_settings(
-        state_dir=root / "state",
-        mlflow={"port": free_port()},
-        training={"max_mae": 90_000, "max_rmse": 120_000},
-        api={"verify_deploy": False},  # no API here to serve the new champion
-    )
+    settings = registry_settings(tmp_path_factory.mktemp("crash"))
     with mlflow_server(settings):
-        client = registry.connect(settings)
-        weak = settings.model_copy(
-            update={"training": settings.training.model_copy(update={"n_estimators": 15})}
-        )
         report = tmp_path_factory.mktemp("validation-report")
-        champion_data = market.generate_batch(rows=2000, seed=31)
-        train_commit(weak, spec, champion_data, commit="0" * 64, report=report)
-        yield Registry(settings, client, report=report)
+        train_first_champion(settings, spec, report)
+        yield Registry(settings, registry.connect(settings), report=report)
 
 
 def challenger_data() -> pd.DataFrame:
@@ -105,37 +98,16 @@ def attempt_in_child(settings: Settings, commit: str, report: Path, pipe: Connec
     train_commit(settings, spec, challenger_data(), commit=commit, report=report, pause=pause)
 
 
-def run_and_kill_at(settings: Settings, *, commit: str, report: Path, point: str) -> list[str]:
+def kill_attempt_at(settings: Settings, *, commit: str, report: Path, point: str) -> list[str]:
     """Start an attempt on ``commit`` in a child process, let it pass every pause before
     ``point``, and SIGKILL it there. Returns the pauses it reached."""
-    context = multiprocessing.get_context("spawn")
-    parent_end, child_end = context.Pipe()
-    child = context.Process(
-        target=attempt_in_child, args=(settings, commit, report, child_end), daemon=True
+    return run_and_kill_at(
+        attempt_in_child,
+        (settings, commit, report),
+        step=point,
+        check=lambda: _before_kill(settings, point),
+        deadline=DEADLINE_SECONDS,
     )
-    child.start()
-    child_end.close()
-    reached: list[str] = []
-    try:
-        while True:
-            if not parent_end.poll(DEADLINE_SECONDS):
-                pytest.fail(f"the child did not reach the next pause within {DEADLINE_SECONDS} s")
-            try:
-                reached.append(parent_end.recv())
-            except EOFError:
-                pytest.fail(f"the child ended before {point!r} (exit code {child.exitcode})")
-            if reached[-1] == point:
-                _before_kill(settings, point)
-                child.kill()  # SIGKILL: no finally, no atexit, no end_run
-                child.join(timeout=30)
-                assert child.exitcode == -9
-                return reached
-            parent_end.send("go on")
-    finally:
-        if child.is_alive():
-            child.kill()
-            child.join(timeout=30)
-        parent_end.close()
 
 
 def _before_kill(settings: Settings, point: str) -> None:
@@ -167,7 +139,7 @@ def test_training_process_killed_at_a_step_leaves_no_half_state_and_the_commit_t
     commit = f"{KILL_POINTS.index(point) + 1}" * 64
     champion_before = champion_of(mlflow_registry)
 
-    reached = run_and_kill_at(settings, commit=commit, report=mlflow_registry.report, point=point)
+    reached = kill_attempt_at(settings, commit=commit, report=mlflow_registry.report, point=point)
     assert reached == [RUN_STARTED, REGISTERED, ALIAS_MOVED][: KILL_POINTS.index(point) + 1]
 
     # What the dead process left: no version without a finished run (except those an earlier

@@ -17,11 +17,10 @@ from mlflow.tracking import MlflowClient
 
 from lakeloop import registry
 from lakeloop.dataset import DatasetSpec
-from lakeloop.settings import Settings, load_settings
+from lakeloop.settings import Settings
 from pipelines.train import already_trained
 from tests.utils.mlflow_server import MlflowServer
-from tests.utils.net import free_port
-from tests.utils.training import train_commit
+from tests.utils.training import registry_settings, train_commit, train_first_champion
 from tooling import market
 
 pytestmark = pytest.mark.integration
@@ -39,13 +38,7 @@ class Registry:
 def mlflow_registry(
     tmp_path_factory: pytest.TempPathFactory, spec: DatasetSpec
 ) -> Iterator[Registry]:
-    root = tmp_path_factory.mktemp("faults")
-    settings = load_settings(
-        state_dir=root / "state",
-        mlflow={"port": free_port()},
-        training={"max_mae": 90_000, "max_rmse": 120_000},
-        api={"verify_deploy": False},  # no API here to serve the new champion
-    )
+    settings = registry_settings(tmp_path_factory.mktemp("faults"))
     server = MlflowServer(settings)
     with pytest.MonkeyPatch.context() as patch:
         # A dead server fails the call at once instead of after MLflow's minutes of backoff;
@@ -54,19 +47,11 @@ def mlflow_registry(
         patch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         server.start()
         try:
-            client = registry.connect(settings)
-            weak = settings.model_copy(
-                update={"training": settings.training.model_copy(update={"n_estimators": 15})}
-            )
             report = tmp_path_factory.mktemp("validation-report")
-            train_commit(weak, spec, _champion_data(), commit="0" * 64, report=report)
-            yield Registry(settings, server, client, report=report)
+            train_first_champion(settings, spec, report)
+            yield Registry(settings, server, registry.connect(settings), report=report)
         finally:
             server.stop()
-
-
-def _champion_data() -> pd.DataFrame:
-    return market.generate_batch(rows=2000, seed=31)
 
 
 def _champion(mlflow_registry: Registry) -> ModelVersion:

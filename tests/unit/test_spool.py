@@ -4,9 +4,7 @@ delivered, a damaged file is set aside without stopping delivery, and a full spo
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import signal
 import stat
 import threading
 import time
@@ -20,6 +18,7 @@ import pytest
 from gateway.spool import Delivery, Pending, Redelivery, Spool, SpoolError, SpoolFullError
 from lakeloop.events import event_id
 from tests.utils.durability import DurabilityCalls
+from tests.utils.killing import run_and_kill_at
 
 DEADLINE_SECONDS = 20.0
 
@@ -221,32 +220,13 @@ def put_in_child(folder: Path, stored: dict[str, Any], pipe: Connection) -> None
 def put_and_kill_at(folder: Path, stored: dict[str, Any], *, step: str) -> list[str]:
     """Run :func:`put_in_child`, let it pass every step before ``step``, check what the disk
     holds there and SIGKILL it. Returns the steps it reached."""
-    context = multiprocessing.get_context("spawn")
-    parent_end, child_end = context.Pipe()
-    child = context.Process(target=put_in_child, args=(folder, stored, child_end), daemon=True)
-    child.start()
-    child_end.close()
-    reached: list[str] = []
-    try:
-        while True:
-            if not parent_end.poll(CHILD_DEADLINE_SECONDS):
-                pytest.fail(f"the child did not reach its next step in {CHILD_DEADLINE_SECONDS} s")
-            try:
-                reached.append(parent_end.recv())
-            except EOFError:
-                pytest.fail(f"the child ended before {step!r} (exit code {child.exitcode})")
-            if reached[-1] == step:
-                _check_the_disk_at(folder, stored, step=step)
-                child.kill()  # SIGKILL: nothing in the child runs after this
-                child.join(timeout=CHILD_DEADLINE_SECONDS)
-                assert child.exitcode == -signal.SIGKILL
-                return reached
-            parent_end.send("go on")
-    finally:
-        if child.is_alive():
-            child.kill()
-            child.join(timeout=CHILD_DEADLINE_SECONDS)
-        parent_end.close()
+    return run_and_kill_at(
+        put_in_child,
+        (folder, stored),
+        step=step,
+        check=lambda: _check_the_disk_at(folder, stored, step=step),
+        deadline=CHILD_DEADLINE_SECONDS,
+    )
 
 
 def _check_the_disk_at(folder: Path, stored: dict[str, Any], *, step: str) -> None:

@@ -11,9 +11,11 @@ import pandas as pd
 
 from lakeloop import registry
 from lakeloop.dataset import DatasetSpec
-from lakeloop.settings import Settings
+from lakeloop.settings import Settings, load_settings
 from pipelines import train
 from pipelines.runtime import PLAIN, Runtime
+from tests.utils.net import free_port
+from tooling import market
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -77,3 +79,23 @@ def train_commit(
         runtime=PLAIN if pause is None else Pausing(pause),
     )
     return outcome.logged
+
+
+def registry_settings(root: Path) -> Settings:
+    """Settings of a registry test under ``root``: its own MLflow port, thresholds the market's
+    small models meet, and no API to serve the champion (so no deployment check)."""
+    return load_settings(
+        state_dir=root / "state",
+        mlflow={"port": free_port()},
+        training={"max_mae": 90_000, "max_rmse": 120_000},
+        api={"verify_deploy": False},
+    )
+
+
+def train_first_champion(settings: Settings, spec: DatasetSpec, report: Path) -> None:
+    """A weak first champion (15 trees, 2,000 rows of commit 0…0) for challengers to beat."""
+    weak = settings.model_copy(
+        update={"training": settings.training.model_copy(update={"n_estimators": 15})}
+    )
+    champion_data = market.generate_batch(rows=2000, seed=31)
+    train_commit(weak, spec, champion_data, commit="0" * 64, report=report)
