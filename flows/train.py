@@ -28,7 +28,6 @@ def train_on_commit(
     ``training.tune_trials`` hyperparameter trials, each a nested MLflow run), register it, and
     promote it if good. A commit already trained is skipped unless ``again`` asks for a new,
     recorded attempt (after the thresholds or the settings changed)."""
-    train.check_ids(repository, commit_id)
     settings = load_settings()
     spec = load_spec(settings.dataset)
     return train.train_commit(
