@@ -87,7 +87,7 @@ def check_window(
         drift=drift,
         quality=quality,
         baseline_quality=baseline_quality,
-        history=read_history(store),
+        history=read_history(store, since=now - policy.cooldown),
         now=now,
         policy=policy,
         champion_version=champion_version,

@@ -29,7 +29,8 @@ def decide(
     champion_version: str,
     retrain_running: bool,
 ) -> Decision:
-    """Whether to emit the drift event now; ``history`` is every earlier monitor run (any order),
+    """Whether to emit the drift event now; ``history`` holds the earlier monitor runs (any order;
+    those within ``policy.cooldown`` of ``now`` are the ones that count),
     ``baseline_quality`` the champion's holdout metrics (``{"mae": ...}``)."""
     triggers, quiet = _triggers(drift, quality, baseline_quality, policy)
     if not triggers:

@@ -160,14 +160,32 @@ def append_history(store: ObjectStore, entry: HistoryEntry) -> str:
     return store.put(f"{HISTORY_DIR}/{stamp}-{written}.json", _ENCODER.encode(entry))
 
 
-def read_history(store: ObjectStore) -> list[HistoryEntry]:
-    """Every run recorded in ``store``, oldest first ([] when there is none)."""
+def read_history(
+    store: ObjectStore, *, since: datetime | None = None, last: int | None = None
+) -> list[HistoryEntry]:
+    """The runs recorded in ``store``, oldest first ([] when there is none): every run, or only
+    those at or after ``since``, or only the ``last`` ones. Objects are named by the run's time,
+    so a bounded read fetches only the objects it returns, however long the history grows; a
+    ``history.jsonl`` left by an earlier version is always read (it no longer grows)."""
     entries = []
     if store.exists(LEGACY_HISTORY_FILE):
         lines = store.get(LEGACY_HISTORY_FILE).splitlines()
         entries = [_DECODER.decode(line) for line in lines if line.strip()]
-    keys = [key for key in store.list_keys(HISTORY_DIR) if key.endswith(".json")]
-    return entries + [_DECODER.decode(data) for data in store.get_many(keys)]
+        if since is not None:
+            entries = [entry for entry in entries if entry.time >= since]
+    keys = history_keys(store)
+    if since is not None:
+        first = f"{HISTORY_DIR}/{since.astimezone(UTC).strftime(_STAMP)}"
+        keys = [key for key in keys if key >= first]
+    if last is not None:
+        keys = keys[-last:]
+    entries += [_DECODER.decode(data) for data in store.get_many(keys)]
+    return entries if last is None else entries[-last:]
+
+
+def history_keys(store: ObjectStore) -> list[str]:
+    """The history's objects in ``store``, oldest run first (names only: nothing is read)."""
+    return [key for key in store.list_keys(HISTORY_DIR) if key.endswith(".json")]
 
 
 def describe(entry: HistoryEntry) -> str:

@@ -410,11 +410,11 @@ def report(
     """The monitor's latest decisions and where its Evidently reports are."""
     settings = settings_or_exit()
     store = settings.monitoring_store
-    entries = read_history(store)
+    entries = read_history(store, last=last)
     if not entries:
         console.print("no monitor run yet; `lakeloop monitor` runs one")
         raise typer.Exit(1)
-    for entry in entries[-last:]:
+    for entry in entries:
         console.print(describe(entry))
     latest = entries[-1].report_path
     console.print(f"latest report: {latest}")

@@ -14,7 +14,7 @@ from lakeloop import lakefs_client, loop
 from lakeloop.ingest import SourceTable
 from lakeloop.settings import Settings, load_settings
 from monitoring.history import HistoryEntry
-from monitoring.store import read_history
+from monitoring.store import history_keys, read_history
 from tooling.stack import Stack, StackError
 
 console = Console()
@@ -122,7 +122,7 @@ def log_state(status: Any, message: str) -> None:
 
 def run_monitor(settings: Settings, **parameters: Any) -> HistoryEntry | None:
     """Run the monitor deployment now; its history entry, or None when it checked nothing."""
-    before = len(read_history(settings.monitoring_store))
+    before = len(history_keys(settings.monitoring_store))
     with console.status("running the monitor flow") as status:
         run = loop.run_deployment(
             settings,
@@ -130,9 +130,8 @@ def run_monitor(settings: Settings, **parameters: Any) -> HistoryEntry | None:
             parameters=parameters,
             on_state=status.update,
         )
-    entries = read_history(settings.monitoring_store)
-    if len(entries) > before:
-        return entries[-1]
+    if len(history_keys(settings.monitoring_store)) > before:
+        return read_history(settings.monitoring_store, last=1)[-1]
     # The flow's own log says why (no champion, too few predictions); Prefect ships logs in
     # batches, so the last lines may not have arrived yet: the run's name finds them in the UI.
     for line in loop.flow_run_logs(settings, run.id, limit=3):

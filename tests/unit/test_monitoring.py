@@ -363,6 +363,40 @@ def test_history_left_in_one_file_by_an_earlier_version_still_counts(tmp_path: P
     assert read_history(store) == [earlier, later]
 
 
+class CountingStore(ObjectStore):
+    """A local store that counts the objects it reads."""
+
+    def __init__(self, folder: Path) -> None:
+        local = ObjectStore.folder(folder)
+        super().__init__(local.fs, local.root, url=local.url)
+        self.read: list[str] = []
+
+    def get_many(self, keys: list[str]) -> list[bytes]:
+        self.read += keys
+        return super().get_many(keys)
+
+
+def test_a_long_history_is_read_only_as_far_back_as_asked(tmp_path: Path) -> None:
+    """A monitor that runs every hour for years reads the runs within its cooldown, not every run
+    ever recorded; the CLI's `--last N` reads N."""
+    store = CountingStore(tmp_path)
+    runs = [
+        entry(time=NOW - timedelta(hours=hours), retrain=hours % 5 == 3) for hours in range(200)
+    ]
+    for run in runs:
+        append_history(store, run)
+    assert store.read == []
+    recent = read_history(store, since=NOW - timedelta(hours=2))
+    assert recent == sorted(runs[:3], key=lambda run: run.time)  # 2 h ago, 1 h ago and now
+    assert len(store.read) == 3
+    assert last_retrain(recent) is None  # the retrain 3 h ago is outside a 2 h cooldown
+    assert last_retrain(read_history(store, since=NOW - timedelta(hours=4))) == runs[3]
+    store.read.clear()
+    assert read_history(store, last=2) == [runs[1], runs[0]]
+    assert len(store.read) == 2
+    assert len(read_history(store)) == len(runs)
+
+
 class FakeReport:
     def __init__(self) -> None:
         self.saved: list[str] = []
