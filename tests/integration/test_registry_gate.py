@@ -91,6 +91,10 @@ def test_first_model_is_promoted_with_lineage_on_run_and_version(
     assert {"mae", "rmse", "mse", "r2", "mape"} <= set(run.data.metrics)
     assert any(key.startswith("mae.ocean_proximity.") for key in run.data.metrics)
     assert any(key.startswith("mae.target_band.") for key in run.data.metrics)
+    # The same metrics on MLflow's logged model, where its model pages read them.
+    [model_output] = run.outputs.model_outputs
+    linked = client.get_logged_model(model_output.model_id).metrics or []
+    assert {metric.key for metric in linked} == set(run.data.metrics)
     [dataset_input] = run.inputs.dataset_inputs
     assert f"lakefs://housing/{'a' * 64}/data/" in dataset_input.dataset.source
     artifacts = {a.path for a in client.list_artifacts(logged.run_id, "evaluation")}
