@@ -136,6 +136,13 @@ def services(settings: Settings, *, lakefs_binary: str | None = None) -> list[Se
     return started
 
 
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+"""Settings of every MLflow server lakeloop starts. MLflow 3 starts, beside each server, a job
+runner and seven huey consumers (one Python process each, MLflow imported in each) for its GenAI
+jobs (scorers, trace rollups), which lakeloop never submits: eight processes that polled and took
+about a core while starting, on a 2-core laptop that also trains."""
+
+
 def _mlflow_service(settings: Settings) -> Service:
     """``mlflow server`` on the configured database and artifact store, else the state folder."""
     mlflow_dir = settings.state_dir / "mlflow"
@@ -166,6 +173,7 @@ def _mlflow_service(settings: Settings) -> Service:
                 if backend is not None
                 else f"sqlite:///{mlflow_dir / 'mlflow.db'}"
             ),
+            **MLFLOW_SERVER_ENV,
         },
         hint="LAKELOOP_MLFLOW__PORT",
     )
