@@ -1,9 +1,12 @@
 """Merges arriving together, for real: the whole training flow (``train_on_commit``) runs twice at
 once, each in its own process as a Prefect worker would run it, against a real Prefect server
 (with the one-slot promotion limit ``lakeloop-promote-<model>`` that `serve` creates), a real
-MLflow server and the lakeFS-compatible server. Each commit must be trained exactly once and the
-promotions must happen one after the other: the later run judges against the champion the
-earlier one left. The same commit triggered twice at once must end with one promoted version."""
+MLflow server and the lakeFS-compatible server. The race is forced, not hoped for: each run's
+runtime holds it at the promotion lock until both runs are there (``tests/utils/lock_witness.py``)
+and records when it asked for the lock, got it and let go. Each commit must be trained exactly
+once and the promotions must happen one after the other, the second run having waited for the
+first: the later run judges against the champion the earlier one left. The same commit triggered
+twice at once must end with exactly one promoted version."""
 
 from __future__ import annotations
 
@@ -28,6 +31,16 @@ from lakeloop import lakefs_client, registry
 from lakeloop.ingest import write_parquet
 from lakeloop.settings import Settings, load_settings
 from pipelines.train import promotion_lock
+from tests.utils.lock_witness import (
+    ARRIVED,
+    ASKED,
+    ENDED,
+    ENTERED,
+    LEFT,
+    RUN_FLOW,
+    Event,
+    read_events,
+)
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.net import free_port, serve_in_thread
 from tooling import market
@@ -41,12 +54,6 @@ FLOW_TIMEOUT_SECONDS = 600
 # Thresholds loose enough for a small model; every commit here carries the same rows, so each
 # challenger ties the champion and is promoted (what makes the order of promotions visible).
 TRAINING = {"max_mae": 90_000, "max_rmse": 120_000, "n_estimators": 40}
-RUN_FLOW = """
-import json, sys
-from flows.train import train_on_commit
-result = train_on_commit(repository=sys.argv[1], commit_id=sys.argv[2], reason="lakefs.post-merge")
-print("RESULT " + json.dumps(result, default=str))
-"""
 
 
 @dataclass(frozen=True)
@@ -119,20 +126,34 @@ def data_commit(running: Services, name: str) -> str:
     return commit_on_main(running, "data/sales.parquet", path.read_bytes())
 
 
-def train_at_once(running: Services, commits: list[str]) -> list[dict[str, Any] | str]:
-    """Start one training flow process per commit, all at once; wait for every one. Each
-    result is the flow's return value, or the end of the process's output when it failed."""
+def train_at_once(
+    running: Services, commits: list[str], *, witness: Path
+) -> list[dict[str, Any] | str]:
+    """Start one training flow process per commit, all at once, meeting at the promotion lock
+    (the shared folder ``witness`` holds the barrier and the lock's log; run ``i`` is labelled
+    ``str(i)``); wait for every one. Each result is the flow's return value, or the end of the
+    process's output when it failed."""
     repository = running.settings.lakefs.repository
+    witness.mkdir(parents=True, exist_ok=True)
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", RUN_FLOW, repository, commit],
+            [
+                sys.executable,
+                "-c",
+                RUN_FLOW,
+                repository,
+                commit,
+                str(witness),
+                str(len(commits)),
+                str(label),
+            ],
             cwd=ROOT,
             env=running.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for commit in commits
+        for label, commit in enumerate(commits)
     ]
     results: list[dict[str, Any] | str] = []
     for process in processes:
@@ -140,6 +161,24 @@ def train_at_once(running: Services, commits: list[str]) -> list[dict[str, Any] 
         lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
         results.append(json.loads(lines[-1].removeprefix("RESULT ")) if lines else output[-3000:])
     return results
+
+
+def turns_at_the_lock(events: list[Event]) -> tuple[str, str]:
+    """The two runs, in the order they held the promotion lock, once the log shows the race was
+    real and the lock decided it: both runs arrived before either got the lock, they held it one
+    after the other, and the second asked for it before the first let go, so it waited."""
+    position = {(event.run, event.what): index for index, event in enumerate(events)}
+    described = [(event.run, event.what) for event in events]
+    inside = [(event.run, event.what) for event in events if event.what in (ENTERED, LEFT)]
+    assert len(inside) == 4, described
+    first = inside[0][0]
+    [second] = {run for run, _ in inside} - {first}
+    assert inside == [(first, ENTERED), (first, LEFT), (second, ENTERED), (second, LEFT)], described
+    assert max(position[run, ARRIVED] for run in (first, second)) < position[first, ENTERED], (
+        described
+    )
+    assert position[second, ASKED] < position[first, LEFT], described
+    return first, second
 
 
 def versions_of(running: Services, commit: str) -> list[ModelVersion]:
@@ -186,15 +225,19 @@ def promotion_windows(
 
 
 def test_two_merges_at_once_are_each_trained_once_and_promoted_one_after_the_other(
-    running: Services,
+    running: Services, tmp_path: Path
 ) -> None:
+    """Two commits merged together are both trained and both promoted, one after the other: the
+    run that got the promotion lock second waited for the first to let go, then judged its model
+    against the champion the first had just made."""
     first = data_commit(running, "first")
     # The second merge brings no new rows (only a note), so its model ties the first one.
     second = commit_on_main(running, "docs/notes.md", b"# second merge\n")
     champion_before = registry.champion(running.mlflow, running.settings)
 
-    results = train_at_once(running, [first, second])
+    results = train_at_once(running, [first, second], witness=tmp_path)
 
+    earlier_run, later_run = turns_at_the_lock(read_events(tmp_path))
     assert all(isinstance(result, dict) for result in results), results
     statuses = [result["status"] for result in results if isinstance(result, dict)]
     assert statuses == ["promoted", "promoted"], results
@@ -216,6 +259,10 @@ def test_two_merges_at_once_are_each_trained_once_and_promoted_one_after_the_oth
     [earlier] = [
         v for c in (first, second) for v in versions_of(running, c) if v.version != champion.version
     ]
+    # The run that held the lock second is the one whose version is champion now.
+    commits = [first, second]
+    assert later.tags[registry.TAG_COMMIT] == commits[int(later_run)]
+    assert earlier.tags[registry.TAG_COMMIT] == commits[int(earlier_run)]
     assert later.tags[registry.TAG_PREVIOUS] == earlier.version
     assert earlier.tags.get(registry.TAG_PREVIOUS) == (
         champion_before.version if champion_before else None
@@ -231,35 +278,57 @@ def test_two_merges_at_once_are_each_trained_once_and_promoted_one_after_the_oth
     assert limit["active_slots"] == 0
 
 
-def test_the_same_commit_triggered_twice_at_once_is_trained_once(running: Services) -> None:
+def test_the_same_commit_triggered_twice_at_once_is_promoted_once(
+    running: Services, tmp_path: Path
+) -> None:
+    """The same commit triggered twice at once ends with exactly one promoted version. Both runs
+    train it (the barrier holds each at the promotion lock until both are there, so neither can
+    find the commit already trained and skip it); the one whose version the other abandoned,
+    or the second at the gate, which finds the commit trained meanwhile, fails naming why. A
+    later trigger finds the commit trained and does nothing."""
     # New rows, so this commit is not a copy of an earlier one.
     frame = market.generate_batch(rows=2000, seed=43)
     path = write_parquet(frame, running.folder / "twice.parquet")
     commit = commit_on_main(running, "data/more.parquet", path.read_bytes())
 
-    results = train_at_once(running, [commit, commit])
+    results = train_at_once(running, [commit, commit], witness=tmp_path / "race")
 
-    # One run trains and is judged; the other finds it trained (skipped) or, having trained at
-    # the same time, is refused at the gate naming the run that was judged first.
-    outcomes = sorted(
-        result["status"] if isinstance(result, dict) else "failed" for result in results
-    )
-    assert outcomes in (["failed", "promoted"], ["promoted", "skipped"]), results
-    for result in results:
-        if not isinstance(result, dict):
-            assert "trained meanwhile" in result or "abandoned" in result, result
-    promoted = [v for v in versions_of(running, commit) if v.tags[registry.TAG_GATE] == "promoted"]
-    judged = [v for v in versions_of(running, commit) if registry.is_judged(v)]
-    assert len(judged) == 1, (results, [v.tags for v in versions_of(running, commit)])
-    assert len(promoted) <= 1
+    first, second = turns_at_the_lock(read_events(tmp_path / "race"))
+    outcomes = {
+        str(label): result["status"] if isinstance(result, dict) else "failed"
+        for label, result in enumerate(results)
+    }
+    assert sorted(outcomes.values()) == ["failed", "promoted"], results
+    [loser] = [label for label, status in outcomes.items() if status == "failed"]
+    [winner] = [label for label, status in outcomes.items() if status == "promoted"]
+    refusal = results[int(loser)]
+    assert isinstance(refusal, str)
+    if loser == first:
+        # Nothing was judged before it: its version was abandoned by the other run registering.
+        assert "was abandoned by a later attempt on its commit" in refusal, refusal
+    else:
+        assert "abandoned by a later attempt" in refusal or "trained meanwhile" in refusal, refusal
+    assert {first, second} == {winner, loser}
+
+    versions = versions_of(running, commit)
+    assert len(versions) == 2, [v.tags for v in versions]  # each run registered one version
+    promoted = [v for v in versions if v.tags[registry.TAG_GATE] == "promoted"]
+    [abandoned] = [v for v in versions if v.tags[registry.TAG_GATE] == registry.GATE_ABANDONED]
+    assert len(promoted) == 1, (results, [v.tags for v in versions])
+    won = results[int(winner)]
+    assert isinstance(won, dict)
+    assert promoted[0].version == won["version"]
+    assert promoted[0].run_id == won["run_id"]
+    assert abandoned.run_id is not None
+    assert abandoned.run_id != won["run_id"]
+    assert running.mlflow.get_run(abandoned.run_id).info.status == "FAILED"
+    champion = registry.champion(running.mlflow, running.settings)
+    assert champion is not None
+    assert champion.version == promoted[0].version
     found = registry.run_for_commit(running.mlflow, running.settings, commit_id=commit)
     assert found is not None
-    assert found.info.run_id == judged[0].run_id
-    # Whatever the other attempt left is closed: no other run FINISHED with a live version.
-    for version in versions_of(running, commit):
-        if version.version != judged[0].version:
-            assert version.tags[registry.TAG_GATE] == registry.GATE_ABANDONED
-    # A third trigger later finds it trained and does nothing.
-    [again] = train_at_once(running, [commit])
-    assert isinstance(again, dict), again
-    assert again["status"] == "skipped"
+    assert found.info.run_id == won["run_id"]
+    # A third trigger later finds it trained and does nothing (it never reaches the lock).
+    [again] = train_at_once(running, [commit], witness=tmp_path / "again")
+    assert again == {"status": "skipped", "reason": "already trained", "run_id": won["run_id"]}
+    assert [event.what for event in read_events(tmp_path / "again")] == [ENDED]

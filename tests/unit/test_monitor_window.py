@@ -13,64 +13,15 @@ import pytest
 
 from lakeloop.dataset import DatasetSpec
 from lakeloop.stores.objects import ObjectStore
-from lakeloop.stores.prediction_log import (
-    FEEDBACK,
-    PREDICTIONS,
-    Entry,
-    FeedbackEntry,
-    SegmentWriter,
-    feedback_table,
-    prediction_table,
-)
+from lakeloop.stores.prediction_log import Entry
 from monitoring.history import Window
 from monitoring.reference import cached_reference, reference_frame
 from monitoring.window import champion_window, labelled_rows, window_feedback
+from tests.utils.api_logs import Logs
 from tests.utils.descriptions import changed
 from tooling import market
 
 START = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
-
-
-class Logs:
-    """The API's two logs in a state folder, written the way the API writes them."""
-
-    def __init__(self, state: Path, spec: DatasetSpec) -> None:
-        self.state = ObjectStore.folder(state)
-        self.spec = spec
-        self.predictions = SegmentWriter(
-            self.state.child(PREDICTIONS),
-            prediction_table(spec),
-            max_rows=100_000,
-            flush_rows=100_000,
-            flush_seconds=60,
-        )
-        self.feedback = SegmentWriter(
-            self.state.child(FEEDBACK),
-            feedback_table,
-            max_rows=100_000,
-            flush_rows=100_000,
-            flush_seconds=60,
-        )
-
-    def predict(self, sales: pd.DataFrame, *, version: str, at: datetime) -> list[str]:
-        ids = [f"{version}-{at:%H%M%S}-{i}" for i in range(len(sales))]
-        self.predictions.put(
-            Entry(
-                at=at,
-                model_name="housing-price",
-                model_version=version,
-                prediction_ids=ids,
-                predictions=np.full(len(sales), 200_000.0),
-                columns={name: sales[name].tolist() for name in self.spec.feature_names},
-            )
-        )
-        self.predictions.flush()
-        return ids
-
-    def report(self, ids: list[str], prices: list[float], *, at: datetime) -> None:
-        for prediction_id, price in zip(ids, prices, strict=True):
-            self.feedback.put(FeedbackEntry(at=at, prediction_id=prediction_id, actual=price))
-        self.feedback.flush()
 
 
 @pytest.fixture

@@ -1,0 +1,131 @@
+"""A retrain folds the prices reported for its drift window into lakeFS once per window: the same
+window checked twice (a repeated drift event, a retrain run again) adds nothing the second time,
+even when more prices arrived for that window in between, and a later window is folded beside it.
+Real lakeFS SDK against the lakeFS-compatible server; the predictions and prices are logged by
+the API's own writer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import lakefs
+import pytest
+
+from lakeloop import lakefs_client
+from lakeloop.dataset import DatasetSpec
+from lakeloop.events import SKIP_TRAINING_KEY, WINDOW
+from lakeloop.settings import Settings
+from monitoring.window import window_id
+from pipelines.retrain import DriftWindow, feedback_table_name, fold_feedback
+from tests.utils.api_logs import Logs
+from tests.utils.local_lakefs import local_repository
+from tooling import market
+
+pytestmark = pytest.mark.integration
+
+LAKEFS_SECRET = "retrain-window-lakefs-secret-0123456789"
+CHAMPION = "3"
+START = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Served:
+    """A lakeFS repository and the logs the API wrote while the champion served."""
+
+    settings: Settings
+    client: lakefs.Client
+    logs: Logs
+
+    def main(self) -> lakefs.Reference:
+        return lakefs_client.main_reference(self.client, self.settings)
+
+    def head(self) -> str:
+        return lakefs_client.head_commit(self.client, self.settings)
+
+    def feedback_tables(self) -> list[str]:
+        """The folded feedback tables on main, in the order they were folded."""
+        paths = lakefs_client.table_paths(self.main(), self.settings)
+        return [path for path in paths if path.rsplit("/", 1)[-1].startswith("feedback-")]
+
+    def predicted(self, *, rows: int, seed: int, at: datetime) -> tuple[DriftWindow, list[str]]:
+        """The champion predicts ``rows`` sales at ``at``: the drift window of those predictions
+        (named as the monitor names it), and their prediction ids."""
+        sales = market.generate_batch(rows=rows, seed=seed)
+        ids = self.logs.predict(sales, version=CHAMPION, at=at)
+        window = DriftWindow(
+            champion_version=CHAMPION, window_id=window_id(at, at, rows), start=at, end=at
+        )
+        return window, ids
+
+    def fold(self, spec: DatasetSpec, window: DriftWindow) -> lakefs_client.Published | None:
+        assert window.start is not None
+        assert window.end is not None
+        return fold_feedback(self.settings, spec, window, window.start, window.end)
+
+
+@pytest.fixture
+def served(tmp_path: Path, spec: DatasetSpec) -> Iterator[Served]:
+    with local_repository(tmp_path, secret=LAKEFS_SECRET) as (settings, client):
+        yield Served(settings, client, Logs(settings.state_dir, spec))
+
+
+def test_the_same_window_folded_twice_is_in_lakefs_once(served: Served, spec: DatasetSpec) -> None:
+    """A window already folded is not folded again, even when prices for more of its
+    predictions were reported since: the second fold merges nothing and main keeps one
+    feedback table for the window."""
+    window, ids = served.predicted(rows=20, seed=11, at=START)
+    served.logs.report(ids[:10], [250_000.0 + i for i in range(10)], at=START + timedelta(hours=1))
+
+    first = served.fold(spec, window)
+
+    assert first is not None
+    assert first.merged
+    assert first.rows == 10
+    assert first.metadata[WINDOW] == window.window_id
+    assert first.metadata[SKIP_TRAINING_KEY] == "true"
+    [table] = first.paths
+    assert table.endswith("/" + feedback_table_name(window.window_id))
+    assert served.feedback_tables() == [table]
+    head = served.head()
+    assert head == first.commit_id
+
+    # Prices for five more of the window's predictions arrive; the window is checked again.
+    served.logs.report(ids[10:15], [300_000.0 + i for i in range(5)], at=START + timedelta(hours=2))
+    again = served.fold(spec, window)
+
+    assert again is None
+    assert served.head() == head
+    assert served.feedback_tables() == [table]
+    stored = lakefs_client.read_table(
+        served.client, served.settings, repository=served.settings.lakefs.repository, ref=head
+    )
+    assert len(stored) == 10
+
+
+def test_a_later_window_is_folded_beside_one_already_folded(
+    served: Served, spec: DatasetSpec
+) -> None:
+    """Folding is refused only for the window already folded: the next window's prices are
+    published as their own table."""
+    earlier, earlier_ids = served.predicted(rows=20, seed=11, at=START)
+    served.logs.report(earlier_ids[:10], [250_000.0] * 10, at=START + timedelta(hours=1))
+    folded = served.fold(spec, earlier)
+    assert folded is not None
+    assert folded.merged
+
+    later, later_ids = served.predicted(rows=12, seed=12, at=START + timedelta(days=1, minutes=5))
+    served.logs.report(later_ids[:8], [260_000.0] * 8, at=START + timedelta(days=1, hours=1))
+    published = served.fold(spec, later)
+
+    assert later.window_id != earlier.window_id
+    assert published is not None
+    assert published.merged
+    assert published.rows == 8
+    assert published.metadata[WINDOW] == later.window_id
+    [table] = published.paths
+    assert table.endswith("/" + feedback_table_name(later.window_id))
+    assert served.feedback_tables() == [*folded.paths, table]
+    assert served.head() == published.commit_id
