@@ -278,9 +278,7 @@ def load_champion(
     number = str(version.version)
     if number == skip_version:
         raise ModelLoadError(number, "failed before; not retried yet", retried=False)
-    record = registry.version_record(client, settings, number)
-    if record is None:
-        return None
+    record = registry.record_of(client, version)
     try:
         model = registry.load_version(settings, version=number)
         predictor = Predictor(

@@ -626,8 +626,14 @@ def version_record(
     )
     if found is None:
         return None
+    return record_of(client, found)
+
+
+def record_of(client: MlflowClient, found: ModelVersion) -> VersionRecord:
+    """The record of a version already read from the registry (its run read once more).
+    Raises ``LookupError`` for a version without a run."""
     if not found.run_id:
-        raise LookupError(f"{settings.mlflow.model_name} version {found.version} has no run")
+        raise LookupError(f"{found.name} version {found.version} has no run")
     run = client.get_run(found.run_id)
     return VersionRecord(
         version=found,
