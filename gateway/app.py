@@ -8,6 +8,9 @@ post-merge hooks after the commit exists and only logs their failure (it never r
 error answer there loses the trigger just the same, only more loudly. With the spool the event
 survives Prefect being down or restarting, and the gateway itself restarting: a background loop
 retries with a bounded backoff until Prefect accepts, starting with what a previous process left.
+Prefect answers 2xx before its event store has the event, so the gateway keeps it until the store
+shows it (``POST /api/events/filter`` by id), and sends it again if the store still lacks it a
+deadline later: Prefect killed after its 204 loses nothing either (:mod:`gateway.spool`).
 Event ids are deterministic, so a redelivery is harmless to Prefect's de-duplication.
 
 The gateway answers 503 only when it cannot store the event (the spool is full or the disk
@@ -25,7 +28,8 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from datetime import datetime
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -45,7 +49,16 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
-from gateway.spool import Delivery, Redelivery, Sender, Spool, SpoolError
+from gateway.spool import (
+    CONFIRM_DEADLINE_SECONDS,
+    CONFIRM_EVERY_SECONDS,
+    Delivery,
+    Redelivery,
+    Sender,
+    Spool,
+    SpoolError,
+    StoredLookup,
+)
 from lakeloop import events, lakefs_client
 from lakeloop.datagate import DataGate
 from lakeloop.dataset import DatasetSpec, load_spec
@@ -68,19 +81,29 @@ notification a few kB per alert; a larger body is refused with 413 from its Cont
 any of it is read, or as soon as a streamed body passes the limit."""
 RELAYED_EVENT_TYPES = ("post-commit", "post-merge")
 """lakeFS hook events relayed to Prefect (the training triggers); others are refused."""
+ANY_TIME = {
+    "since": datetime(1970, 1, 1, tzinfo=UTC).isoformat(),
+    "until": datetime(9999, 12, 31, tzinfo=UTC).isoformat(),
+}
+"""The ``occurred`` window of an event store lookup by id. Prefect's default window is the last
+180 days up to *now* (``EventOccurredFilter``, ``prefect/server/events/filters.py``): an event
+whose sender's clock runs ahead (its ``occurred`` is the webhook's or the alert's own time) would
+never be found, and would be sent again forever."""
 
 
 class Relayed(msgspec.Struct):
     """What the gateway did with a webhook."""
 
     relayed: bool
-    """The event was accepted: stored in the spool, and delivered to Prefect now or later."""
+    """The event was accepted: stored in the spool, and delivered to Prefect now or later; kept
+    until Prefect's event store holds it."""
     event: str
     commit_id: str
     event_id: str | None = None
     detail: str = ""
     delivered: bool = False
-    """Prefect already accepted the event; otherwise it waits in the spool for redelivery."""
+    """Prefect already accepted the event (2xx; the gateway still waits for its event store to
+    show it); otherwise it waits in the spool for redelivery."""
 
 
 class Verdict(msgspec.Struct):
@@ -97,6 +120,9 @@ class GatewayHealth(msgspec.Struct):
     status: str
     pending_events: int = 0
     """Events spooled and not yet accepted by Prefect."""
+    unconfirmed_events: int = 0
+    """Events Prefect accepted (2xx) that its event store has not shown yet; each is sent again
+    if still missing a deadline after it was sent."""
 
 
 class GrafanaAlert(msgspec.Struct, kw_only=True):
@@ -289,7 +315,7 @@ def prefect_sender(api_url: str, *, timeout: float = SEND_TIMEOUT_SECONDS) -> Se
             problem = f"{type(error).__name__}: {error}"
         else:
             if response.is_success:
-                return Delivery.DELIVERED
+                return Delivery.ACCEPTED
             problem = f"HTTP {response.status_code}: {response.text[:200]}"
             if response.status_code in MALFORMED_EVENT_STATUSES:
                 logger.error("Prefect at %s refused event %s: %s", url, event["id"], problem)
@@ -300,16 +326,46 @@ def prefect_sender(api_url: str, *, timeout: float = SEND_TIMEOUT_SECONDS) -> Se
     return send
 
 
+def prefect_event_store(api_url: str, *, timeout: float = SEND_TIMEOUT_SECONDS) -> StoredLookup:
+    """Which of some event ids the Prefect server's event store holds: ``POST /events/filter``
+    by id, over :data:`ANY_TIME` (events carry their own ``occurred``). Raises when Prefect
+    cannot answer. An id that is not a UUID is never stored (Prefect refuses it with 422), so it
+    is not asked about: one would make Prefect refuse the whole lookup."""
+    url = f"{api_url.rstrip('/')}/events/filter"
+
+    def stored(event_ids: list[str]) -> set[str]:
+        asked = {}
+        for event_id in event_ids:
+            try:
+                asked[str(uuid.UUID(event_id))] = event_id
+            except ValueError:
+                continue
+        if not asked:
+            return set()
+        body = {
+            "filter": {"id": {"id": list(asked)}, "occurred": ANY_TIME},
+            "limit": len(asked),
+        }
+        response = httpx.post(url, json=body, timeout=timeout)
+        response.raise_for_status()
+        found = {str(uuid.UUID(event["id"])) for event in response.json()["events"]}
+        return {asked[event_id] for event_id in found if event_id in asked}
+
+    return stored
+
+
 def create_gateway(
     settings: Settings,
     *,
     spool: Spool | None = None,
     first_retry_seconds: float = 0.5,
     max_retry_seconds: float = 30.0,
+    confirm_seconds: float = CONFIRM_EVERY_SECONDS,
 ) -> Litestar:
     """The gateway app for these settings. Events wait in ``spool`` (default: the one under
-    ``<state_dir>/spool``) until Prefect accepts them; the redelivery backoff runs from
-    ``first_retry_seconds`` up to ``max_retry_seconds``."""
+    ``<state_dir>/spool``) until Prefect's event store holds them; the redelivery backoff runs
+    from ``first_retry_seconds`` up to ``max_retry_seconds``, and the store is asked about sent
+    events every ``confirm_seconds``."""
     secret = settings.webhook_secret().encode()
     model_name = settings.mlflow.model_name
     validator = WarmValidator(load_spec(settings.dataset))
@@ -324,8 +380,11 @@ def create_gateway(
     redelivery = Redelivery(
         spooled,
         prefect_sender(settings.prefect_api_url),
+        prefect_event_store(settings.prefect_api_url),
         first_delay=first_retry_seconds,
         max_delay=max_retry_seconds,
+        confirm_every=confirm_seconds,
+        confirm_deadline=settings.gateway.confirm_deadline_seconds or CONFIRM_DEADLINE_SECONDS,
     )
 
     def require_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -451,12 +510,15 @@ def create_gateway(
 
     @get("/healthz", operation_id="gatewayHealth", sync_to_thread=True)
     def healthz() -> GatewayHealth:
-        """Liveness of the gateway process, and how many events wait for Prefect."""
-        pending, _ = spooled.usage()
-        return GatewayHealth(status="ok", pending_events=pending)
+        """Liveness of the gateway process, and how many events wait for Prefect to accept them
+        or to store them."""
+        usage = spooled.usage()
+        return GatewayHealth(
+            status="ok", pending_events=usage.pending, unconfirmed_events=usage.sent
+        )
 
     def stop_redelivery() -> None:
-        """Stop retrying at shutdown; what is pending stays on disk for the next start."""
+        """Stop retrying at shutdown; what is pending or sent stays on disk for the next start."""
         redelivery.stop()  # not passed bare: Litestar would hand it the app as the timeout
 
     return Litestar(

@@ -98,6 +98,10 @@ class GatewaySettings(BaseModel):
     """URL lakeFS uses to reach the gateway. Unset: ``http://{host}:{port}``."""
     webhook_secret: SecretStr | None = None
     """Shared secret lakeFS sends with each webhook. Unset: generated once into the state folder."""
+    confirm_deadline_seconds: Annotated[float, Field(gt=0)] | None = None
+    """How long Prefect's event store may take to show an event Prefect accepted before the
+    gateway sends it again (Prefect answers before it stores). Unset: 60 s,
+    ``gateway.spool.CONFIRM_DEADLINE_SECONDS``, which says why."""
 
     @property
     def url(self) -> str:

@@ -39,6 +39,7 @@ idempotency key when it is retried), and the one run can then be awaited.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import signal
@@ -100,9 +101,10 @@ class PrefectServer:
     def api(self) -> str:
         return self.settings.prefect_api_url
 
-    def start(self) -> None:
+    def start(self, **env: str) -> None:
+        """Start it (``env``: Prefect settings for this run only) and wait until it answers."""
         [service] = [s for s in services(self.settings) if s.name == "prefect"]
-        self.running = self.stack.start(service)
+        self.running = self.stack.start(dataclasses.replace(service, env=service.env | env))
         self.stack.wait(self.running)
 
     def kill(self) -> None:
@@ -243,17 +245,47 @@ def notification(*alerts: dict[str, Any]) -> dict[str, Any]:
     return {"receiver": "lakeloop-gateway", "status": "firing", "alerts": list(alerts)}
 
 
-def gateway_app(settings: Settings, spool_folder: Path) -> Litestar:
-    """The gateway as the product builds it, its sender on the real Prefect server; its retries
-    capped at 1 s so a test does not wait out the product's 30 s backoff."""
+def gateway_app(
+    settings: Settings, spool_folder: Path, *, confirm_deadline_seconds: float | None = None
+) -> Litestar:
+    """The gateway as the product builds it, its sender and its event store lookup on the real
+    Prefect server; its retries capped at 1 s so a test does not wait out the product's 30 s
+    backoff, and the store asked every 0.5 s (the product: every 5 s)."""
+    if confirm_deadline_seconds is not None:
+        settings = settings.model_copy(
+            update={
+                "gateway": settings.gateway.model_copy(
+                    update={"confirm_deadline_seconds": confirm_deadline_seconds}
+                )
+            }
+        )
     return create_gateway(
-        settings, spool=Spool(spool_folder), first_retry_seconds=0.2, max_retry_seconds=1.0
+        settings,
+        spool=Spool(spool_folder),
+        first_retry_seconds=0.2,
+        max_retry_seconds=1.0,
+        confirm_seconds=0.5,
     )
 
 
 def pending(spool_folder: Path) -> list[str]:
     """Ids of the events spooled and not yet accepted by Prefect."""
     return sorted(path.stem for path in (spool_folder / "pending").glob("*.json"))
+
+
+def sent(spool_folder: Path) -> list[str]:
+    """Ids of the events Prefect accepted and its event store has not shown the gateway yet."""
+    return sorted(path.stem for path in (spool_folder / "sent").glob("*.json"))
+
+
+def wait_until_confirmed(spool_folder: Path) -> None:
+    """Until the gateway has seen every event it holds in Prefect's event store (and deleted it)."""
+    eventually(
+        lambda: not pending(spool_folder) and not sent(spool_folder),
+        what="every spooled event in Prefect's event store, and the spool empty",
+        timeout=PREFECT_DEADLINE_SECONDS,
+        interval=POLL_SECONDS,
+    )
 
 
 def wait_until_delivered(spool_folder: Path) -> None:
@@ -436,6 +468,9 @@ def test_prefect_restarted_forgets_event_ids_so_a_repeated_webhook_trains_again(
     ):
         first = post_webhook(gateway, merge_webhook(prefect.settings, commit))
         before.barrier()
+        # Stored and forgotten by the gateway: the repeat below is a new delivery, not a copy
+        # still waiting for Prefect's store (which the gateway would not send twice).
+        wait_until_confirmed(spool)
     prefect.wait_for_run(TRAIN, commit_id=commit)
     with prefect.stopped():
         pass
@@ -457,3 +492,69 @@ def test_prefect_restarted_forgets_event_ids_so_a_repeated_webhook_trains_again(
         interval=POLL_SECONDS,
     )
     assert len(prefect.runs(TRAIN, commit_id=commit)) == 2
+
+
+def test_a_delivered_webhook_is_confirmed_in_prefects_store_and_leaves_the_spool_empty(
+    prefect: PrefectServer, tmp_path: Path
+) -> None:
+    """Prefect's 204 does not end the gateway's care: the event waits under ``sent/`` until the
+    gateway finds it in Prefect's event store (``POST /events/filter`` by id, with its own
+    ``occurred`` window), then its file is deleted; it was sent once. Real Prefect server."""
+    commit = a_commit()
+    spool = tmp_path / "spool"
+    event_id = merge_event(prefect.settings, commit)["id"]
+    with (
+        prefect.stream([event_id]) as stream,
+        TestClient(gateway_app(prefect.settings, spool)) as gateway,
+    ):
+        answer = post_webhook(gateway, merge_webhook(prefect.settings, commit))
+        assert answer["delivered"] is True
+        wait_until_confirmed(spool)
+        health = gateway.get("/healthz").json()
+        stream.barrier()
+    assert (health["pending_events"], health["unconfirmed_events"]) == (0, 0)
+    assert stream.copies(event_id) == 1
+    assert stored_ids(prefect, event_id) == [event_id]
+    prefect.wait_for_run(TRAIN, commit_id=commit)
+
+
+LOSING_PERSISTER = {
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "3600",
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "1000",
+}
+"""A Prefect whose event persister holds what it receives for an hour (or 1000 events) before it
+writes: SIGKILLed within that, it has answered 204 for events it never stored. The persister
+writes only when its queue reaches the batch size or at its interval, and on a clean shutdown,
+never on SIGKILL (``events/services/event_persister.py``, ``create_handler``): so the loss is
+certain, not a matter of killing within the default 5 s."""
+
+
+def test_an_event_prefect_accepted_and_lost_when_killed_is_sent_again_and_stored(
+    prefect: PrefectServer, tmp_path: Path
+) -> None:
+    """Prefect accepts a merge webhook's event with 204 and is SIGKILLed before its persister
+    writes it: after Prefect starts again the store does not have it, and the gateway (started
+    again too, on the same spool, with no new request) finds it missing past its deadline, sends
+    it again under the same id, and deletes it once stored; the commit gets its training run.
+    (The first Prefect may already have fired the trigger before it died: the commit may have
+    two runs, which the training flow's own check makes one training.) Real Prefect server."""
+    commit = a_commit()
+    spool = tmp_path / "spool"
+    prefect.kill()
+    prefect.start(**LOSING_PERSISTER)
+    try:
+        with TestClient(gateway_app(prefect.settings, spool)) as gateway:
+            answer = post_webhook(gateway, merge_webhook(prefect.settings, commit))
+            assert answer["delivered"] is True
+            assert sent(spool) == [answer["event_id"]]
+    finally:
+        prefect.kill()
+        prefect.start()
+    event_id = answer["event_id"]
+    assert stored_events(prefect.api, [event_id]) == []  # lost with the killed process
+    assert sent(spool) == [event_id]  # but not by the gateway
+
+    with TestClient(gateway_app(prefect.settings, spool, confirm_deadline_seconds=5.0)):
+        wait_until_confirmed(spool)
+    assert stored_ids(prefect, event_id) == [event_id]
+    prefect.wait_for_run(TRAIN, commit_id=commit)

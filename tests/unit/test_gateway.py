@@ -1,10 +1,13 @@
 """The webhook gateway: secret check, event shape, and no event lost: each accepted event is
 spooled on disk before the 2xx answer and delivered to Prefect (exactly once per id here) when
-Prefect is up, when it comes back, or when the gateway starts again."""
+Prefect is up, when it comes back, or when the gateway starts again; and kept until Prefect's
+event store holds it, sent again when Prefect accepted it but never stored it."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -35,18 +38,41 @@ def eventually(check: Callable[[], bool], *, what: str) -> None:
         time.sleep(0.05)
 
 
-def gateway_app(settings: Settings, prefect_api: str, *, spool: Spool | None = None) -> Litestar:
-    """The gateway on ``settings``' state folder, retrying fast so tests need not wait."""
+def gateway_app(
+    settings: Settings,
+    prefect_api: str,
+    *,
+    spool: Spool | None = None,
+    confirm_seconds: float = 0.05,
+    confirm_deadline_seconds: float | None = None,
+) -> Litestar:
+    """The gateway on ``settings``' state folder, retrying and asking Prefect's event store fast
+    so tests need not wait; the product's confirmation deadline unless one is given."""
     configured = load_settings(
         state_dir=settings.state_dir,
         prefect={"api_url": prefect_api},
-        gateway={"webhook_secret": SECRET},
+        gateway={"webhook_secret": SECRET, "confirm_deadline_seconds": confirm_deadline_seconds},
     )
-    return create_gateway(configured, spool=spool, first_retry_seconds=0.05, max_retry_seconds=0.2)
+    return create_gateway(
+        configured,
+        spool=spool,
+        first_retry_seconds=0.05,
+        max_retry_seconds=0.2,
+        confirm_seconds=confirm_seconds,
+    )
 
 
 def pending_files(settings: Settings) -> list[Path]:
     return sorted((settings.state_dir / "spool" / "pending").glob("*.json"))
+
+
+def sent_files(settings: Settings) -> list[Path]:
+    """Events Prefect accepted that its event store has not shown yet."""
+    return sorted((settings.state_dir / "spool" / "sent").glob("*.json"))
+
+
+def spool_is_empty(settings: Settings) -> bool:
+    return not pending_files(settings) and not sent_files(settings)
 
 
 def hook(**changes: object) -> dict[str, object]:
@@ -131,10 +157,12 @@ def test_prefect_down_webhook_is_spooled_answered_and_delivered_once_when_it_is_
         assert spooled.stem == answer["event_id"]
         assert client.get("/healthz").json()["pending_events"] == 1
         with serve_in_thread(fake.app(), port=port):
-            eventually(lambda: not pending_files(settings), what="delivery once Prefect is back")
+            eventually(lambda: spool_is_empty(settings), what="delivery once Prefect is back")
             assert fake.ids() == [answer["event_id"]]
+            assert fake.stored_ids() == [answer["event_id"]]
             assert fake.events[0]["payload"]["commit_id"] == hook()["commit_id"]
-            assert client.get("/healthz").json()["pending_events"] == 0
+            health = client.get("/healthz").json()
+            assert (health["pending_events"], health["unconfirmed_events"]) == (0, 0)
 
 
 def test_pending_events_are_delivered_when_the_gateway_starts_again(settings: Settings) -> None:
@@ -150,8 +178,9 @@ def test_pending_events_are_delivered_when_the_gateway_starts_again(settings: Se
     fake = FakePrefectEvents()
     with serve_in_thread(fake.app(), port=port), TestClient(gateway_app(settings, down)):
         # No request to the new gateway: it drains the spool on start by itself.
-        eventually(lambda: not pending_files(settings), what="delivery on start")
+        eventually(lambda: spool_is_empty(settings), what="delivery on start, confirmed")
     assert sorted(fake.ids()) == sorted(expected)
+    assert sorted(fake.stored_ids()) == sorted(expected)
 
 
 def test_a_repeated_webhook_while_prefect_is_down_is_one_event(settings: Settings) -> None:
@@ -496,15 +525,20 @@ def test_resolved_alerts_are_acknowledged_not_relayed(
 def test_the_same_alert_twice_is_the_same_event_and_a_new_start_is_a_new_one(
     gateway: TestClient, prefect: tuple[FakePrefectEvents, str]
 ) -> None:
-    for alert in (
-        grafana_alert(),
-        grafana_alert(),
-        grafana_alert(startsAt="2026-11-24T10:00:00Z"),
-    ):
-        assert gateway.post("/alerts/grafana", json=notification(alert), headers=BEARER).is_success
-    first, repeated, refired = (event["id"] for event in prefect[0].events)
+    answers = [
+        gateway.post("/alerts/grafana", json=notification(alert), headers=BEARER)
+        for alert in (
+            grafana_alert(),
+            grafana_alert(),
+            grafana_alert(startsAt="2026-11-24T10:00:00Z"),
+        )
+    ]
+    assert all(answer.is_success for answer in answers)
+    [first], [repeated], [refired] = (answer.json()["event_ids"] for answer in answers)
     assert first == repeated
     assert refired != first
+    # The repeat arrived while the first copy waited for Prefect's store: it was not sent again.
+    assert sorted(prefect[0].ids()) == sorted([first, refired])
 
 
 @pytest.mark.parametrize(
@@ -544,3 +578,137 @@ def test_prefect_down_an_alert_is_spooled_and_delivered_when_it_is_back(
             eventually(lambda: not pending_files(settings), what="delivery once Prefect is back")
     assert fake.ids() == response.json()["event_ids"]
     assert fake.events[0]["event"] == "lakeloop.alert.fired"
+
+
+# Prefect answers before it stores: the gateway keeps each event until the store shows it ------
+
+
+def test_a_stored_event_is_deleted_once_prefects_store_shows_it(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str], settings: Settings
+) -> None:
+    response = gateway.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
+    event_id = response.json()["event_id"]
+    assert response.json()["delivered"] is True
+    eventually(lambda: spool_is_empty(settings), what="the event confirmed and deleted")
+    assert prefect[0].ids() == [event_id]  # sent once
+    assert prefect[0].stored_ids() == [event_id]
+    assert [event_id] in prefect[0].lookups
+
+
+class Lines(logging.Handler):
+    """The messages logged to one logger (Litestar's logging set-up replaces pytest's capture
+    while a test client runs)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def spool_log() -> Iterator[Lines]:
+    logger = logging.getLogger("gateway.spool")
+    lines, level = Lines(), logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    yield lines
+    logger.removeHandler(lines)
+    logger.setLevel(level)
+
+
+def test_an_event_prefect_accepts_but_never_stores_is_sent_again_then_deleted_once_stored(
+    settings: Settings, prefect: tuple[FakePrefectEvents, str], spool_log: Lines
+) -> None:
+    """Prefect answers 204 and is killed before its persister writes: the gateway keeps the
+    event as sent (healthz says so), sends it again once the deadline passed with the store still
+    lacking it, with a log line naming it and why, and deletes it only once the store holds it."""
+    fake, api = prefect
+    fake.loses_accepted = True
+    with TestClient(gateway_app(settings, api, confirm_deadline_seconds=0.3)) as client:
+        response = client.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
+        event_id = response.json()["event_id"]
+        assert response.json()["delivered"] is True
+        eventually(lambda: fake.ids().count(event_id) >= 2, what="the event sent again")
+        # Kept, not deleted: as sent most of the time (pending only while it is sent again).
+        eventually(
+            lambda: client.get("/healthz").json()["unconfirmed_events"] == 1,
+            what="healthz counting the event as sent, not confirmed",
+        )
+        eventually(
+            lambda: [path.stem for path in sent_files(settings)] == [event_id],
+            what="the event kept under sent/",
+        )
+        assert fake.stored_ids() == []
+        fake.loses_accepted = False
+        eventually(lambda: spool_is_empty(settings), what="deleted once stored")
+        assert client.get("/healthz").json()["unconfirmed_events"] == 0
+    assert fake.stored_ids() == [event_id]
+    again = [line for line in spool_log.messages if line.startswith(f"sending event {event_id}")]
+    assert len(again) == fake.ids().count(event_id) - 1  # one line per time it was sent again
+    assert all(line.endswith("s ago, not in Prefect's event store") for line in again)
+
+
+def test_a_restarted_gateway_confirms_or_sends_again_the_events_a_previous_one_sent(
+    settings: Settings, prefect: tuple[FakePrefectEvents, str]
+) -> None:
+    """A gateway stopped while two accepted events wait for Prefect's store (one stored, one
+    lost by a Prefect killed after its 204) leaves both on disk; the next gateway, with no
+    request, deletes the stored one without sending it again and sends the lost one again."""
+    fake, api = prefect
+    never = 3600.0  # the first gateway never gets to ask the store
+    with TestClient(gateway_app(settings, api, confirm_seconds=never)) as first:
+        stored = first.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
+        fake.loses_accepted = True
+        lost = first.post(
+            "/webhooks/lakefs", json=hook(commit_id="d" * 64), headers={TOKEN_HEADER: SECRET}
+        )
+        assert first.get("/healthz").json()["unconfirmed_events"] == 2
+    ids = [stored.json()["event_id"], lost.json()["event_id"]]
+    assert sorted(path.stem for path in sent_files(settings)) == sorted(ids)
+    assert fake.lookups == []
+    fake.loses_accepted = False
+    with TestClient(gateway_app(settings, api, confirm_deadline_seconds=0.3)):
+        eventually(lambda: spool_is_empty(settings), what="both confirmed on start")
+    assert sorted(fake.ids()) == sorted([ids[0], ids[1], ids[1]])
+    assert sorted(fake.stored_ids()) == sorted(ids)
+
+
+def test_sent_events_not_yet_stored_count_towards_the_spool_bound(
+    settings: Settings, prefect: tuple[FakePrefectEvents, str]
+) -> None:
+    fake, api = prefect
+    fake.loses_accepted = True
+    spool = Spool(settings.state_dir / "spool", max_events=1)
+    with TestClient(gateway_app(settings, api, spool=spool)) as client:
+        first = client.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
+        assert first.json()["delivered"] is True
+        other = hook(commit_id="d" * 64)
+        refused = client.post("/webhooks/lakefs", json=other, headers={TOKEN_HEADER: SECRET})
+        health = client.get("/healthz").json()
+    assert refused.status_code == 503
+    assert "1 sent and not yet in Prefect's event store" in refused.text
+    assert (health["pending_events"], health["unconfirmed_events"]) == (0, 1)
+
+
+def test_an_event_whose_clock_runs_ahead_is_still_found_in_the_store(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str], settings: Settings
+) -> None:
+    """An alert whose ``startsAt`` (the event's ``occurred``) is later than Prefect's clock
+    is outside Prefect's default ``occurred`` window (until now): the lookup names its own."""
+    alert = grafana_alert(startsAt="2099-01-01T00:00:00Z")
+    response = gateway.post("/alerts/grafana", json=notification(alert), headers=BEARER)
+    [event_id] = response.json()["event_ids"]
+    eventually(lambda: spool_is_empty(settings), what="the future-dated event confirmed")
+    assert prefect[0].ids() == [event_id]
+
+
+def test_a_sent_events_file_says_when_it_was_sent(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str], settings: Settings
+) -> None:
+    prefect[0].loses_accepted = True
+    before = time.time()
+    gateway.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
+    [sent] = sent_files(settings)
+    assert before - 1 <= os.stat(sent).st_mtime <= time.time() + 1

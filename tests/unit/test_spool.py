@@ -1,5 +1,7 @@
-"""The event spool: what is stored survives whole or not at all, is read back and forgotten once
-delivered, a damaged file is set aside without stopping delivery, and a full spool refuses."""
+"""The event spool: what is stored survives whole or not at all, is read back, kept once Prefect
+accepted it and forgotten only once Prefect's event store holds it (sent again when the store
+still lacks it after a deadline), a damaged file is set aside without stopping delivery, and a
+full spool refuses."""
 
 from __future__ import annotations
 
@@ -15,7 +17,16 @@ from typing import Any
 
 import pytest
 
-from gateway.spool import Delivery, Pending, Redelivery, Spool, SpoolError, SpoolFullError
+from gateway.spool import (
+    CONFIRM_BATCH_SIZE,
+    CONFIRM_DEADLINE_SECONDS,
+    Delivery,
+    Pending,
+    Redelivery,
+    Spool,
+    SpoolError,
+    SpoolFullError,
+)
 from lakeloop.events import event_id
 from tests.utils.durability import DurabilityCalls
 from tests.utils.killing import run_and_kill_at
@@ -58,36 +69,85 @@ def spool(tmp_path: Path) -> Spool:
 
 
 class Receiver:
-    """A hand-written stand-in for Prefect: answers what it is told, records what it took."""
+    """A hand-written stand-in for Prefect: answers what it is told, records what it took, and
+    keeps an event store it can be asked about (:meth:`stored`). With ``loses_accepted`` it
+    accepts and never stores, as Prefect killed after its 204 and before its persister wrote."""
 
-    def __init__(self, answer: Delivery = Delivery.DELIVERED) -> None:
+    def __init__(self, answer: Delivery = Delivery.ACCEPTED) -> None:
         self.answer = answer
         self.received: list[str] = []
+        self.store: set[str] = set()
+        self.loses_accepted = False
+        self.store_down = False
+        """While set, asking the store raises (Prefect unreachable)."""
+        self.lookups: list[list[str]] = []
         self.attempts = 0
         self._lock = threading.Lock()
 
     def __call__(self, sent: dict[str, Any]) -> Delivery:
         with self._lock:
             self.attempts += 1
-            if self.answer is Delivery.DELIVERED:
+            if self.answer is Delivery.ACCEPTED:
                 self.received.append(sent["id"])
+                if not self.loses_accepted:
+                    self.store.add(sent["id"])
             return self.answer
+
+    def stored(self, event_ids: list[str]) -> set[str]:
+        with self._lock:
+            self.lookups.append(list(event_ids))
+            if self.store_down:
+                raise ConnectionError("Prefect is down")
+            return self.store.intersection(event_ids)
+
+
+def redelivery(spool: Spool, receiver: Receiver, **timing: float) -> Redelivery:
+    return Redelivery(spool, receiver, receiver.stored, **timing)
+
+
+def held(spool: Spool) -> int:
+    """Events the spool holds, pending or sent."""
+    return spool.usage().events
+
+
+def sent_long_ago(spool: Spool, event_id: str, *, seconds: float) -> None:
+    """Make a sent event look sent ``seconds`` ago (its file's modification time)."""
+    when = time.time() - seconds
+    os.utime(spool.sent_dir / f"{event_id}.json", (when, when))
 
 
 # Storage ----------------------------------------------------------------------------------------
 
 
-def test_put_read_ack_round_trip(spool: Spool) -> None:
+def test_put_read_send_confirm_round_trip(spool: Spool) -> None:
     stored = event("a", rows=3)
     path = spool.put(stored)
     assert path.parent == spool.pending_dir
     [pending] = spool.pending()
     assert pending.event_id == stored["id"]
     assert spool.read(pending) == stored
-    spool.ack(stored["id"])
+    before = time.time()
+    spool.mark_sent(stored["id"])
     assert spool.pending() == []
     assert not spool.contains(stored["id"])
-    spool.ack(stored["id"])  # idempotent
+    [sent] = spool.sent()
+    assert sent.event_id == stored["id"]
+    assert json.loads(sent.path.read_text()) == stored  # the whole event, to send it again
+    assert before - 1 <= sent.sent_at <= time.time() + 1  # stamped when sent, not when stored
+    spool.mark_sent(stored["id"])  # idempotent
+    spool.confirm(stored["id"])
+    assert spool.sent() == []
+    assert held(spool) == 0
+    spool.confirm(stored["id"])  # idempotent
+
+
+def test_a_repeat_of_a_sent_event_is_not_stored_again(spool: Spool) -> None:
+    spool.put(event("a"))
+    spool.mark_sent(event("a")["id"])
+    spool.put(event("a"))  # the same webhook again, before Prefect's store showed the first
+    assert spool.pending() == []
+    assert [sent.event_id for sent in spool.sent()] == [event("a")["id"]]
+    assert spool.usage().events == 1
 
 
 def test_the_same_id_twice_is_one_pending_event(spool: Spool) -> None:
@@ -211,8 +271,8 @@ def put_in_child(folder: Path, stored: dict[str, Any], pipe: Connection) -> None
 
     spool = Spool(folder).open()
     os.fdopen = paused_fdopen  # type: ignore[assignment]
-    os.fsync = paused_fsync
-    os.replace = paused_replace
+    os.fsync = paused_fsync  # type: ignore[assignment]
+    os.replace = paused_replace  # type: ignore[assignment]
     spool.put(stored)
     pause(STORED)
 
@@ -264,9 +324,9 @@ def test_a_writer_killed_at_any_step_of_put_leaves_no_half_event_and_loses_no_st
 
     def receive(sent: dict[str, Any]) -> Delivery:
         delivered.append(sent)
-        return Delivery.DELIVERED
+        return Delivery.ACCEPTED
 
-    assert Redelivery(spool, receive).drain() is True
+    assert Redelivery(spool, receive, set).drain() is True
     if step in BEFORE_THE_RENAME:
         # put never returned, so nothing was promised; the half-written file is deleted, and it
         # is neither pending nor delivered nor set aside as a damaged event.
@@ -322,12 +382,24 @@ def test_a_full_spool_refuses_with_a_clear_error(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", max_events=2).open()
     spool.put(event("a"))
     spool.put(event("b"))
-    with pytest.raises(SpoolFullError, match=r"full \(2 events"):
+    with pytest.raises(SpoolFullError, match=r"full \(2 events: 2 pending"):
         spool.put(event("c"))
     spool.put(event("a"))  # already pending: takes no more room
-    spool.ack(event("a")["id"])
-    spool.put(event("c"))  # room again once one was delivered
+    spool.mark_sent(event("a")["id"])
+    # Sent is not stored yet: it still counts.
+    with pytest.raises(SpoolFullError, match=r"full \(2 events: 1 pending, 1 sent"):
+        spool.put(event("c"))
+    spool.confirm(event("a")["id"])
+    spool.put(event("c"))  # room again once one was stored by Prefect
     assert len(spool.pending()) == 2
+
+
+def test_sent_events_count_towards_the_bytes_bound(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", max_bytes=1000).open()
+    spool.put(event("a", padding="x" * 600))
+    spool.mark_sent(event("a")["id"])
+    with pytest.raises(SpoolFullError, match="bytes"):
+        spool.put(event("b", padding="x" * 600))
 
 
 def test_a_spool_full_of_bytes_refuses(tmp_path: Path) -> None:
@@ -345,15 +417,16 @@ def test_an_id_that_could_escape_the_folder_is_refused(spool: Spool) -> None:
 # Redelivery -------------------------------------------------------------------------------------
 
 
-def test_deliver_now_acks_on_success_and_keeps_the_event_on_failure(spool: Spool) -> None:
+def test_deliver_now_marks_sent_on_success_and_keeps_the_event_on_failure(spool: Spool) -> None:
     receiver = Receiver(Delivery.RETRY)
-    redelivery = Redelivery(spool, receiver)
+    loop = redelivery(spool, receiver)
     spool.put(event("a"))
-    assert redelivery.deliver(event("a")["id"]) is False
+    assert loop.deliver(event("a")["id"]) is False
     assert spool.contains(event("a")["id"])
-    receiver.answer = Delivery.DELIVERED
-    assert redelivery.deliver(event("a")["id"]) is True
+    receiver.answer = Delivery.ACCEPTED
+    assert loop.deliver(event("a")["id"]) is True
     assert not spool.contains(event("a")["id"])
+    assert [sent.event_id for sent in spool.sent()] == [event("a")["id"]]  # kept until stored
     assert receiver.received == [event("a")["id"]]
 
 
@@ -363,15 +436,15 @@ def test_the_loop_retries_until_the_receiver_accepts_then_delivers_each_once(
     receiver = Receiver(Delivery.RETRY)
     for key in ("a", "b", "c"):
         spool.put(event(key))
-    redelivery = Redelivery(spool, receiver, first_delay=0.01, max_delay=0.05)
-    redelivery.start()
+    loop = redelivery(spool, receiver, first_delay=0.01, max_delay=0.05, confirm_every=0.05)
+    loop.start()
     try:
         eventually(lambda: receiver.attempts >= 3, what="several attempts while refused")
         assert len(spool.pending()) == 3
-        receiver.answer = Delivery.DELIVERED
-        eventually(lambda: spool.pending() == [], what="delivery once accepted")
+        receiver.answer = Delivery.ACCEPTED
+        eventually(lambda: held(spool) == 0, what="delivery once accepted, then confirmed")
     finally:
-        redelivery.stop()
+        loop.stop()
     assert sorted(receiver.received) == sorted(event(key)["id"] for key in ("a", "b", "c"))
 
 
@@ -379,12 +452,12 @@ def test_a_corrupt_file_never_stops_the_loop(spool: Spool) -> None:
     receiver = Receiver()
     (spool.pending_dir / f"{event('bad')['id']}.json").write_bytes(b"garbage")
     spool.put(event("good"))
-    redelivery = Redelivery(spool, receiver, first_delay=0.01, max_delay=0.05)
-    redelivery.start()
+    loop = redelivery(spool, receiver, first_delay=0.01, max_delay=0.05, confirm_every=0.05)
+    loop.start()
     try:
-        eventually(lambda: spool.pending() == [], what="the good event delivered")
+        eventually(lambda: held(spool) == 0, what="the good event delivered and confirmed")
     finally:
-        redelivery.stop()
+        loop.stop()
     assert receiver.received == [event("good")["id"]]
     assert len(list(spool.quarantine_dir.iterdir())) == 1
 
@@ -396,39 +469,164 @@ def test_a_sender_that_raises_does_not_kill_the_loop(spool: Spool) -> None:
         calls.append(sent["id"])
         if len(calls) == 1:
             raise RuntimeError("bug in a sender")
-        return Delivery.DELIVERED
+        return Delivery.ACCEPTED
 
     spool.put(event("a"))
-    redelivery = Redelivery(spool, flaky, first_delay=0.01, max_delay=0.05)
-    redelivery.start()
+    loop = Redelivery(spool, flaky, set, first_delay=0.01, max_delay=0.05)
+    loop.start()
     try:
         eventually(lambda: spool.pending() == [], what="delivery after the sender raised")
     finally:
-        redelivery.stop()
+        loop.stop()
     assert calls == [event("a")["id"]] * 2
 
 
 def test_a_rejected_event_is_quarantined_and_not_retried(spool: Spool) -> None:
     receiver = Receiver(Delivery.REJECTED)
     spool.put(event("a"))
-    assert Redelivery(spool, receiver).drain() is True
-    assert spool.pending() == []
+    assert redelivery(spool, receiver).drain() is True
+    assert held(spool) == 0
     assert len(list(spool.quarantine_dir.iterdir())) == 1
     assert receiver.attempts == 1
 
 
 def test_deliver_skips_an_event_the_loop_already_delivered(spool: Spool) -> None:
     receiver = Receiver()
-    redelivery = Redelivery(spool, receiver)
+    loop = redelivery(spool, receiver)
     spool.put(event("a"))
-    assert redelivery.drain() is True
-    assert redelivery.deliver(event("a")["id"]) is True  # gone: nothing sent twice
+    assert loop.drain() is True
+    assert loop.deliver(event("a")["id"]) is True  # sent already: nothing sent twice
     assert receiver.received == [event("a")["id"]]
 
 
 def test_read_of_an_event_delivered_meanwhile_is_none(spool: Spool) -> None:
     spool.put(event("a"))
     [pending] = spool.pending()
-    spool.ack(pending.event_id)
+    spool.mark_sent(pending.event_id)
     assert spool.read(Pending(event_id=pending.event_id, path=pending.path)) is None
     assert list(spool.quarantine_dir.iterdir()) == []
+
+
+# Confirmation: Prefect's 2xx is not the end; its event store is -------------------------------
+
+
+def test_an_accepted_event_is_deleted_once_the_store_holds_it(spool: Spool) -> None:
+    receiver = Receiver()
+    loop = redelivery(spool, receiver)
+    spool.put(event("a"))
+    assert loop.deliver(event("a")["id"]) is True
+    assert [sent.event_id for sent in spool.sent()] == [event("a")["id"]]
+    assert loop.confirm() == 0
+    assert held(spool) == 0
+    assert receiver.lookups == [[event("a")["id"]]]
+    assert receiver.received == [event("a")["id"]]  # sent once
+
+
+def test_an_event_accepted_but_never_stored_is_sent_again_after_the_deadline_then_deleted(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Prefect answers 204 and is killed before its persister writes: the event stays sent (not
+    deleted) while the store lacks it, goes back to pending once it is overdue, with one log
+    line naming it and why, is sent again under the same id, and is deleted once stored."""
+    caplog.set_level("INFO", logger="gateway.spool")
+    receiver = Receiver()
+    receiver.loses_accepted = True
+    loop = redelivery(spool, receiver)
+    event_a = event("a")["id"]
+    spool.put(event("a"))
+    assert loop.deliver(event_a) is True
+    assert loop.confirm() == 0  # missing, but not overdue: Prefect may still be writing it
+    assert [sent.event_id for sent in spool.sent()] == [event_a]
+
+    sent_long_ago(spool, event_a, seconds=CONFIRM_DEADLINE_SECONDS + 1)
+    receiver.loses_accepted = False  # Prefect started again: it stores what it gets
+    assert loop.confirm() == 1
+    assert [pending.event_id for pending in spool.pending()] == [event_a]
+    [line] = [r.getMessage() for r in caplog.records if "again" in r.getMessage()]
+    assert line == f"sending event {event_a} again: sent 61 s ago, not in Prefect's event store"
+
+    assert loop.drain() is True
+    assert receiver.received == [event_a, event_a]  # the same id, sent again
+    assert loop.confirm() == 0
+    assert held(spool) == 0
+
+
+def test_the_loop_sends_a_lost_event_again_and_forgets_it_once_stored(spool: Spool) -> None:
+    """The same, with the background thread and a short deadline: nothing is deleted while the
+    store lacks the event, however often Prefect accepted it."""
+    receiver = Receiver()
+    receiver.loses_accepted = True
+    spool.put(event("a"))
+    loop = redelivery(spool, receiver, first_delay=0.01, confirm_every=0.02, confirm_deadline=0.1)
+    loop.start()
+    try:
+        eventually(lambda: receiver.received.count(event("a")["id"]) >= 3, what="sent again")
+        assert held(spool) == 1
+        receiver.loses_accepted = False
+        eventually(lambda: held(spool) == 0, what="deleted once stored")
+    finally:
+        loop.stop()
+    assert receiver.store == {event("a")["id"]}
+
+
+def test_a_new_gateway_confirms_or_sends_again_what_a_previous_one_sent(
+    spool: Spool, tmp_path: Path
+) -> None:
+    """Sent events survive the process: a new spool object and loop on the same folder, with no
+    new request, deletes the one the store holds (not sending it again) and sends the one it
+    lacks again, once overdue, until it is stored."""
+    receiver = Receiver()
+    first = redelivery(spool, receiver)
+    spool.put(event("stored"))
+    first.deliver(event("stored")["id"])
+    receiver.loses_accepted = True
+    spool.put(event("lost"))
+    first.deliver(event("lost")["id"])
+    receiver.loses_accepted = False
+    sent_long_ago(spool, event("lost")["id"], seconds=CONFIRM_DEADLINE_SECONDS + 1)
+
+    reopened = Spool(tmp_path / "spool").open()
+    assert {sent.event_id for sent in reopened.sent()} == {
+        event("stored")["id"],
+        event("lost")["id"],
+    }
+    second = redelivery(reopened, receiver, first_delay=0.01, confirm_every=0.02)
+    second.start()
+    try:
+        eventually(lambda: held(reopened) == 0, what="both confirmed, one after sending again")
+    finally:
+        second.stop()
+    assert sorted(receiver.received) == sorted(
+        [event("stored")["id"], event("lost")["id"], event("lost")["id"]]
+    )
+
+
+def test_nothing_is_sent_again_while_the_store_cannot_be_asked(
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = Receiver()
+    receiver.loses_accepted = True
+    loop = redelivery(spool, receiver)
+    spool.put(event("a"))
+    loop.deliver(event("a")["id"])
+    sent_long_ago(spool, event("a")["id"], seconds=CONFIRM_DEADLINE_SECONDS + 1)
+    receiver.store_down = True
+    assert loop.confirm() == 0
+    assert [sent.event_id for sent in spool.sent()] == [event("a")["id"]]
+    assert "cannot ask Prefect's event store about 1 sent events" in caplog.text
+
+
+def test_the_store_is_asked_in_batches_it_answers_whole(spool: Spool) -> None:
+    receiver = Receiver()
+    loop = redelivery(spool, receiver)
+    keys = [f"k{number}" for number in range(CONFIRM_BATCH_SIZE * 2 + 3)]
+    for key in keys:
+        spool.put(event(key))
+    assert loop.drain() is True
+    assert loop.confirm() == 0
+    assert held(spool) == 0
+    assert [len(lookup) for lookup in receiver.lookups] == [
+        CONFIRM_BATCH_SIZE,
+        CONFIRM_BATCH_SIZE,
+        3,
+    ]
