@@ -711,6 +711,35 @@ def test_feedback_is_validated(client: TestClient) -> None:
     assert missing.json()["errors"][0]["field"] == "prediction_id"
 
 
+def test_a_reported_value_outside_the_targets_bounds_is_refused_naming_the_bound(
+    settings: Settings, slot: ModelSlot, record: dict[str, Any]
+) -> None:
+    """A price of -5 or 10^12 never reaches the feedback log, where it would count in the
+    monitor's error and become training data; the answer names the dataset's bound."""
+    with TestClient(create_app(settings, slot=slot, follow_registry=False)) as client:
+        [prediction_id] = client.post("/v1/predict/batch", json={"records": [record]}).json()[
+            "prediction_ids"
+        ]
+        answers = {
+            actual: client.post(
+                "/v1/feedback", json={"prediction_id": prediction_id, "actual": actual}
+            )
+            for actual in (-5.0, 1e12, 1000.0, 5_000_000.0)
+        }
+    assert [answer.status_code for answer in answers.values()] == [422, 422, 202, 202]
+    [low] = answers[-5.0].json()["errors"]
+    assert (low["field"], low["location"]) == ("actual", "$.actual")
+    assert low["message"] == (
+        "median_house_value must be at least 1,000 USD (the dataset's bounds); got -5"
+    )
+    [high] = answers[1e12].json()["errors"]
+    assert high["message"] == (
+        "median_house_value must be at most 5,000,000 USD (the dataset's bounds); "
+        "got 1,000,000,000,000"
+    )
+    assert read_feedback_log(settings.object_store)["actual"].tolist() == [1000.0, 5_000_000.0]
+
+
 def _entry(spec: DatasetSpec, record: dict[str, Any], rows: int, at: datetime) -> Entry:
     return Entry(
         at=at,
