@@ -86,6 +86,18 @@ def _authorize(request: Request[Any, Any, Any], settings: Settings) -> None:
         raise ApiError(401, "a valid `Authorization: Bearer <admin token>` header is required")
 
 
+def feedback_client(authorization: str, clients: dict[str, str]) -> str | None:
+    """The client whose token the ``Authorization`` header carries, else ``None``. Every token
+    is compared, each in constant time: the time taken says neither which client matched nor
+    how much of a token did."""
+    scheme, _, given = authorization.partition(" ")
+    found = None
+    for name, token in clients.items():
+        if hmac.compare_digest(given.encode(), token.encode()):
+            found = name
+    return found if scheme.lower() == "bearer" else None
+
+
 def _request_bodies(schema: RequestSchema) -> tuple[dict[str, Any], dict[str, str]]:
     """JSON schemas of the bodies this app decodes itself, and which path takes which."""
     types = schema.types
@@ -316,6 +328,9 @@ def _logs(
 def _handlers(settings: Settings, service: PredictionService, *, following: bool) -> list[Any]:
     slot = service.slot
     metrics = service.metrics
+    # Read once: configured, or generated into the state folder on first use (the command line
+    # reads the same file to report prices).
+    feedback_clients = settings.feedback_clients()
 
     @post(
         "/v1/predict",
@@ -367,11 +382,23 @@ def _handlers(settings: Settings, service: PredictionService, *, following: bool
         operation_id="sendFeedback",
         summary="Report an actual value",
         status_code=202,
-        responses={code: _ERRORS[code] for code in (400, 413, 422)},
+        responses={
+            **{code: _ERRORS[code] for code in (400, 413, 422)},
+            401: ResponseSpec(
+                ErrorResponse,
+                generate_examples=False,
+                description="Missing or unknown client token.",
+            ),
+        },
     )
     async def feedback(request: Request[Any, Any, Any]) -> FeedbackAccepted:
-        """Report the real value for an earlier prediction id (stored for monitoring)."""
-        return service.feedback(await request.body())
+        """Report the real value for an earlier prediction (it measures the champion's error
+        and becomes training data at the next retrain): only a client with a token may, sent as
+        `Authorization: Bearer <client token>`; the report records the client's name."""
+        client = feedback_client(request.headers.get("authorization", ""), feedback_clients)
+        if client is None:
+            raise ApiError(401, "a valid `Authorization: Bearer <client token>` header is required")
+        return service.feedback(await request.body(), client=client)
 
     @post(
         "/v1/admin/reload",

@@ -325,9 +325,9 @@ class PredictionService:
         self.log.put(entry)
 
     # Feedback ---------------------------------------------------------------------------
-    def feedback(self, body: bytes) -> FeedbackAccepted:
-        """Store the actual value reported for an earlier prediction, named by its prediction id
-        or by the record's own ids (the served description's id columns)."""
+    def feedback(self, body: bytes, *, client: str) -> FeedbackAccepted:
+        """Store the actual value ``client`` reported for an earlier prediction, named by its
+        prediction id or by the record's own ids (the served description's id columns)."""
         try:
             reported = self._feedback.decode(body)
         except msgspec.DecodeError as error:
@@ -355,10 +355,11 @@ class PredictionService:
                 prediction_id=reported.prediction_id,
                 actual=reported.actual,
                 ids=reported.ids,
+                client=client,
             )
             self.feedback_log.put(entry)
         return FeedbackAccepted(
-            status="accepted", prediction_id=reported.prediction_id, ids=reported.ids
+            status="accepted", prediction_id=reported.prediction_id, ids=reported.ids, client=client
         )
 
     @staticmethod

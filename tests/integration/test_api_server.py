@@ -22,6 +22,7 @@ from schemathesis.core.result import Err, Ok
 
 from lakeloop import registry
 from lakeloop.dataset import load_spec
+from lakeloop.loop import feedback_headers
 from lakeloop.settings import Settings, load_settings
 from lakeloop.stores.prediction_log import read_prediction_log
 from tests.utils.api_server import register_champion
@@ -203,7 +204,8 @@ def test_no_input_makes_a_server_error(served: Served) -> None:
     operations = [result.ok() for result in results if isinstance(result, Ok)]
     assert len(operations) == 8
     failures: dict[str, str] = {}
-    with httpx.Client(timeout=30.0) as client:
+    # With the local client's token, so that the fuzzed feedback bodies are read, not refused.
+    with httpx.Client(timeout=30.0, headers=feedback_headers(served.settings)) as client:
         for operation in operations:
             for mode in GenerationMode:
                 try:

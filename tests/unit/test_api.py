@@ -25,6 +25,7 @@ from api.predictor import Example, MatrixKernel, ModelLoadError, ModelSlot, Pred
 from api.schemas import RequestTypes
 from lakeloop import registry
 from lakeloop.dataset import DatasetSpec
+from lakeloop.loop import feedback_headers
 from lakeloop.model import TrainedModel, train
 from lakeloop.settings import Settings, TrainingSettings, load_settings
 from lakeloop.stores.objects import ObjectStore
@@ -683,7 +684,8 @@ def test_every_prediction_and_feedback_lands_in_the_log_on_shutdown(
         columns = {name: [row[name] for row in rows] for name in record}
         by_columns = client.post("/v1/predict/batch", json={"columns": columns}).json()
         feedback = {"prediction_id": single["prediction_id"], "actual": 250_000.0}
-        assert client.post("/v1/feedback", json=feedback).status_code == 202
+        reported = client.post("/v1/feedback", json=feedback, headers=feedback_headers(settings))
+        assert reported.status_code == 202
     logged = read_prediction_log(settings.object_store)
     assert list(logged["prediction_id"]) == [
         single["prediction_id"],
@@ -704,11 +706,79 @@ def test_every_prediction_and_feedback_lands_in_the_log_on_shutdown(
     assert stored.to_dict("records")[0]["actual"] == 250_000.0
 
 
-def test_feedback_is_validated(client: TestClient) -> None:
+def test_feedback_is_validated(client: TestClient, settings: Settings) -> None:
+    client.headers.update(feedback_headers(settings))
     assert client.post("/v1/feedback", json={"prediction_id": "x", "actual": 1}).status_code == 422
     missing = client.post("/v1/feedback", json={"actual": 1})
     assert missing.status_code == 422
     assert missing.json()["errors"][0]["field"] == "prediction_id"
+
+
+def test_only_a_client_with_a_token_reports_prices_and_each_report_names_its_client(
+    settings: Settings, slot: ModelSlot, record: dict[str, Any]
+) -> None:
+    """Reported prices become training data: without a client's token (none, another scheme, a
+    wrong one, the admin token) the answer is 401 and nothing is stored; each client's reports
+    are stored with its name."""
+    tokens = {"crm": "crm-" + "c" * 40, "sales-feed": "feed-" + "f" * 40}
+    teams = load_settings(
+        state_dir=settings.state_dir,
+        api={"feedback_tokens": tokens, "admin_token": "admin-" + "a" * 40},
+    )
+    with TestClient(create_app(teams, slot=slot, follow_registry=False)) as client:
+        [prediction_id] = client.post("/v1/predict/batch", json={"records": [record]}).json()[
+            "prediction_ids"
+        ]
+        price = {"prediction_id": prediction_id, "actual": 250_000.0}
+        refused = [
+            client.post("/v1/feedback", json=price, headers=headers)
+            for headers in (
+                {},
+                {"Authorization": f"Basic {tokens['crm']}"},
+                {"Authorization": "Bearer " + "c" * 44},
+                {"Authorization": "Bearer " + "admin-" + "a" * 40},
+                {"Authorization": f"Bearer {tokens['crm']}x"},
+            )
+        ]
+        accepted = [
+            client.post("/v1/feedback", json=price, headers={"Authorization": f"Bearer {token}"})
+            for token in tokens.values()
+        ]
+    assert [answer.status_code for answer in refused] == [401] * 5
+    assert refused[0].headers["www-authenticate"] == "Bearer"
+    assert refused[0].json()["detail"] == (
+        "a valid `Authorization: Bearer <client token>` header is required"
+    )
+    assert [answer.json()["client"] for answer in accepted] == ["crm", "sales-feed"]
+    stored = read_feedback_log(teams.object_store)
+    assert stored["client"].tolist() == ["crm", "sales-feed"]
+
+
+def test_a_stack_with_no_configured_clients_has_one_local_client_with_a_stored_token(
+    settings: Settings,
+) -> None:
+    """The laptop: the API and the command line read the same generated token."""
+    [(name, token)] = settings.feedback_clients().items()
+    assert name == "local"
+    assert len(token) >= 40
+    assert load_settings(state_dir=settings.state_dir).feedback_clients() == {"local": token}
+    assert feedback_headers(settings) == {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "problem"),
+    [
+        ({"crm": "changeme"}, "the token of 'crm' is a placeholder"),
+        ({"crm": "short"}, "shorter than 16 characters"),
+        ({"CRM team": "x" * 40}, "client name 'CRM team' must be"),
+    ],
+)
+def test_client_tokens_that_would_be_unsafe_are_refused_at_start(
+    tokens: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(ValueError, match="LAKELOOP_API__FEEDBACK_TOKENS") as refused:
+        load_settings(api={"feedback_tokens": tokens})
+    assert problem in str(refused.value)
 
 
 def test_a_reported_value_outside_the_targets_bounds_is_refused_naming_the_bound(
@@ -717,6 +787,7 @@ def test_a_reported_value_outside_the_targets_bounds_is_refused_naming_the_bound
     """A price of -5 or 10^12 never reaches the feedback log, where it would count in the
     monitor's error and become training data; the answer names the dataset's bound."""
     with TestClient(create_app(settings, slot=slot, follow_registry=False)) as client:
+        client.headers.update(feedback_headers(settings))
         [prediction_id] = client.post("/v1/predict/batch", json={"records": [record]}).json()[
             "prediction_ids"
         ]
