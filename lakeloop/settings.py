@@ -136,6 +136,12 @@ class ApiSettings(BaseModel):
     own bearer token: ``{"crm": "<token>", "sales-feed": "<token>"}``. Each stored report records
     its client's name. Empty: one client, ``local``, whose token is generated once into the state
     folder (the command line and the demo use it)."""
+    feedback_per_minute: Annotated[int, Field(ge=1)] = 6000
+    """Reports one feedback client may send per minute (429 beyond, with ``RateLimit-*`` headers
+    saying when to retry): a runaway or hostile feed cannot flood the training data."""
+    predictions_per_minute: Annotated[int, Field(ge=1)] | None = None
+    """Prediction requests one client address may send per minute (429 beyond); unset: no limit
+    (the API answers about 1,300 single predictions a second on two cores)."""
     cors_origins: list[str] = []
     """Origins allowed to call the API from a browser; empty: no CORS headers at all."""
     log_predictions: bool = True

@@ -754,6 +754,58 @@ def test_only_a_client_with_a_token_reports_prices_and_each_report_names_its_cli
     assert stored["client"].tolist() == ["crm", "sales-feed"]
 
 
+def test_each_feedback_client_has_its_own_rate_limit_and_predictions_one_when_set(
+    settings: Settings, slot: ModelSlot, record: dict[str, Any]
+) -> None:
+    """A runaway feed gets 429 (with when to retry) once it passes its limit; another client
+    is not held back by it; a 429 is counted in the API's metrics. Predictions are limited per
+    address only when a limit is set."""
+    tokens = {"crm": "crm-" + "c" * 40, "sales-feed": "feed-" + "f" * 40}
+    limited = load_settings(
+        state_dir=settings.state_dir,
+        api={"feedback_tokens": tokens, "feedback_per_minute": 3, "predictions_per_minute": 2},
+    )
+    with TestClient(create_app(limited, slot=slot, follow_registry=False)) as client:
+        [prediction_id] = client.post("/v1/predict/batch", json={"records": [record]}).json()[
+            "prediction_ids"
+        ]
+        predicted = client.post("/v1/predict", json=record)
+        too_many_predictions = client.post("/v1/predict", json=record)
+        price = {"prediction_id": prediction_id, "actual": 250_000.0}
+
+        def report(client_name: str) -> Any:
+            bearer = {"Authorization": f"Bearer {tokens[client_name]}"}
+            return client.post("/v1/feedback", json=price, headers=bearer)
+
+        crm = [report("crm").status_code for _ in range(4)]
+        feed = report("sales-feed")
+        refused = report("crm")
+        metrics = client.get("/metrics").text
+    assert predicted.status_code == 200
+    assert too_many_predictions.status_code == 429
+    assert crm == [202, 202, 202, 429]
+    assert feed.status_code == 202
+    assert refused.status_code == 429
+    assert refused.json()["detail"] == "Too Many Requests"
+    assert refused.headers["ratelimit-limit"] == "3"
+    assert refused.headers["ratelimit-remaining"] == "0"
+    assert 0 < int(refused.headers["ratelimit-reset"]) <= 60
+    assert read_feedback_log(limited.object_store)["client"].tolist() == [
+        "crm",
+        "crm",
+        "crm",
+        "sales-feed",
+    ]
+    assert 'lakeloop_api_errors_total{endpoint="/v1/feedback",kind="rate_limited"} 2.0' in metrics
+
+
+def test_predictions_have_no_rate_limit_unless_one_is_set(
+    client: TestClient, record: dict[str, Any]
+) -> None:
+    answers = [client.post("/v1/predict", json=record).status_code for _ in range(30)]
+    assert answers == [200] * 30
+
+
 def test_a_stack_with_no_configured_clients_has_one_local_client_with_a_stored_token(
     settings: Settings,
 ) -> None:
