@@ -7,6 +7,7 @@ and an optional ``.env`` file, then passed down. Nested groups use ``__``:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -407,15 +408,25 @@ class Settings(BaseSettings):
         return {LOCAL_CLIENT: self.stored_secret("api_feedback_token")}
 
     def stored_secret(self, name: str) -> str:
-        """Read a generated secret from the state folder, creating it (mode 0600) on first use."""
+        """Read a generated secret from the state folder, creating it (mode 0600) on first use.
+        The stack's processes start together and each may create one: the file is read and
+        written under an exclusive lock, and replaced whole, so no secret one of them created
+        is lost to another's write and no reader sees a half-written file."""
         path = self.state_dir / "secrets.json"
-        stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-        if name not in stored:
-            stored[name] = secrets.token_urlsafe(32)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                json.dump(stored, handle)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+            if name not in stored:
+                stored[name] = secrets.token_urlsafe(32)
+                partial = path.with_suffix(".tmp")
+                descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(descriptor, "w") as handle:
+                    json.dump(stored, handle)
+                os.replace(partial, path)
+        finally:
+            os.close(lock)  # closing releases the lock
         return stored[name]
 
 
