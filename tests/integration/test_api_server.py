@@ -141,8 +141,9 @@ def test_hot_swap_under_concurrent_load_drops_no_request(
     result = load.result
     served.answered += result.answered
     assert result.failures == []
-    assert result.versions["1"] > 0
-    assert result.versions[version] > 0
+    # At least the 20 answers each that the first worker was waited for; the rest vary with load.
+    assert result.versions["1"] >= 20
+    assert result.versions[version] >= 20
     # One worker's answers switch once, from the old version to the new, never back.
     switch = result.sequence.index(version)
     assert set(result.sequence[:switch]) == {"1"}
