@@ -201,8 +201,8 @@ def put_in_child(folder: Path, stored: dict[str, Any], pipe: Connection) -> None
 
     spool = Spool(folder).open()
     os.fdopen = paused_fdopen  # type: ignore[assignment]
-    os.fsync = paused_fsync
-    os.replace = paused_replace
+    os.fsync = paused_fsync  # type: ignore[assignment]
+    os.replace = paused_replace  # type: ignore[assignment]
     spool.put(stored)
     pause(STORED)
 
