@@ -278,10 +278,22 @@ def test_drift_alert_fires_for_the_served_champion(loaded: Observed) -> None:
     [alert] = poll(firing, what="the drift alert firing")
     assert alert["labels"]["model_version"] == CHAMPION
     assert alert["labels"]["lakeloop_action"] == "retrain"
+    # "Nothing else fires" once every rule, recording rules included, was evaluated again after
+    # the alert was seen: an alert this data would start has had its turn by then.
+    seen = datetime.now(UTC)
+    poll(
+        lambda: all(_evaluated_at(rule) > seen for rule in loaded.prometheus.rules()),
+        what="every rule evaluated again after the drift alert fired",
+    )
     quiet = {a["labels"]["alertname"] for a in loaded.prometheus.alerts()} - {
         "LakeloopDriftAboveThreshold"
     }
     assert quiet == set()  # a healthy API fires nothing else
+
+
+def _evaluated_at(rule: dict[str, Any]) -> datetime:
+    """When Prometheus last evaluated ``rule`` (RFC 3339, nanoseconds cut to microseconds)."""
+    return datetime.fromisoformat(rule["lastEvaluation"])
 
 
 def test_counts_are_kept_across_pushes(loaded: Observed) -> None:

@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -586,8 +587,11 @@ def test_a_champion_that_will_not_load_keeps_the_last_good_one_serving(
 
 
 def test_polling_pauses_before_retrying_a_version_that_failed(
-    settings: Settings, fake_registry: FakeRegistry
+    settings: Settings, fake_registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The slot's clock stands still: the polls below fall within the pause however slow the
+    # machine, and the pause ends when the test says so.
+    monkeypatch.setattr(api.predictor, "time", SimpleNamespace(monotonic=lambda: 1000.0))
     slot = ModelSlot()
     fake_registry.version, fake_registry.corrupt = "5", {"5"}
 
