@@ -16,6 +16,8 @@ from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 from litestar.logging.config import LoggingConfig
+from litestar.middleware import DefineMiddleware
+from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import OpenAPIMediaType, Reference, RequestBody
@@ -66,15 +68,19 @@ _ERRORS = {
 
 
 def _error_response(_: Request[Any, Any, Any], error: Exception) -> Response[ErrorResponse]:
-    """Every error answers the same shape: status, detail, field errors."""
+    """Every error answers the same shape: status, detail, field errors (and the headers the
+    error carries: when to retry after a 429)."""
+    headers: dict[str, str] = {}
     if isinstance(error, ApiError):
         body = error.response
     elif isinstance(error, HTTPException):
         body = ErrorResponse(status_code=error.status_code, detail=str(error.detail))
+        headers.update(error.headers or {})
     else:
         body = ErrorResponse(status_code=500, detail="internal error")
-    headers = {"WWW-Authenticate": "Bearer"} if body.status_code == 401 else None
-    return Response(body, status_code=body.status_code, headers=headers)
+    if body.status_code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return Response(body, status_code=body.status_code, headers=headers or None)
 
 
 def _authorize(request: Request[Any, Any, Any], settings: Settings) -> None:
@@ -84,6 +90,48 @@ def _authorize(request: Request[Any, Any, Any], settings: Settings) -> None:
     # Constant-time comparison: the time taken says nothing about how much of the token matched.
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
         raise ApiError(401, "a valid `Authorization: Bearer <admin token>` header is required")
+
+
+def _rate_limits(
+    settings: Settings, clients: dict[str, str]
+) -> tuple[list[DefineMiddleware], list[DefineMiddleware]]:
+    """The middleware that limits feedback per client (by its token's name; a request without a
+    valid token, by its address) and, when configured, predictions per client address; each
+    answers 429 beyond its limit, with ``RateLimit-*`` headers saying when to retry."""
+
+    def feedback_sender(request: Request[Any, Any, Any]) -> str:
+        client = feedback_client(request.headers.get("authorization", ""), clients)
+        return f"feedback:{client}" if client else f"feedback@{get_remote_address(request)}"
+
+    def predicting_address(request: Request[Any, Any, Any]) -> str:
+        return f"predict@{get_remote_address(request)}"
+
+    feedback = RateLimitConfig(
+        ("minute", settings.api.feedback_per_minute), identifier_for_request=feedback_sender
+    )
+    per_minute = settings.api.predictions_per_minute
+    predictions = (
+        []
+        if per_minute is None
+        else [
+            RateLimitConfig(
+                ("minute", per_minute), identifier_for_request=predicting_address
+            ).middleware
+        ]
+    )
+    return [feedback.middleware], predictions
+
+
+def feedback_client(authorization: str, clients: dict[str, str]) -> str | None:
+    """The client whose token the ``Authorization`` header carries, else ``None``. Every token
+    is compared, each in constant time: the time taken says neither which client matched nor
+    how much of a token did."""
+    scheme, _, given = authorization.partition(" ")
+    found = None
+    for name, token in clients.items():
+        if hmac.compare_digest(given.encode(), token.encode()):
+            found = name
+    return found if scheme.lower() == "bearer" else None
 
 
 def _request_bodies(schema: RequestSchema) -> tuple[dict[str, Any], dict[str, str]]:
@@ -316,10 +364,15 @@ def _logs(
 def _handlers(settings: Settings, service: PredictionService, *, following: bool) -> list[Any]:
     slot = service.slot
     metrics = service.metrics
+    # Read once: configured, or generated into the state folder on first use (the command line
+    # reads the same file to report prices).
+    feedback_clients = settings.feedback_clients()
+    feedback_limit, prediction_limit = _rate_limits(settings, feedback_clients)
 
     @post(
         "/v1/predict",
         operation_id="predict",
+        middleware=prediction_limit,
         summary="Predict one record",
         status_code=200,
         responses=_ERRORS,
@@ -334,6 +387,7 @@ def _handlers(settings: Settings, service: PredictionService, *, following: bool
     @post(
         "/v1/predict/batch",
         operation_id="predictBatch",
+        middleware=prediction_limit,
         summary="Predict many records",
         status_code=200,
         responses=_ERRORS,
@@ -365,13 +419,32 @@ def _handlers(settings: Settings, service: PredictionService, *, following: bool
     @post(
         "/v1/feedback",
         operation_id="sendFeedback",
+        middleware=feedback_limit,
         summary="Report an actual value",
         status_code=202,
-        responses={code: _ERRORS[code] for code in (400, 413, 422)},
+        responses={
+            **{code: _ERRORS[code] for code in (400, 413, 422)},
+            401: ResponseSpec(
+                ErrorResponse,
+                generate_examples=False,
+                description="Missing or unknown client token.",
+            ),
+            429: ResponseSpec(
+                ErrorResponse,
+                generate_examples=False,
+                description="Over the client's limit per minute; `RateLimit-Reset` says when "
+                "to retry.",
+            ),
+        },
     )
     async def feedback(request: Request[Any, Any, Any]) -> FeedbackAccepted:
-        """Report the real value for an earlier prediction id (stored for monitoring)."""
-        return service.feedback(await request.body())
+        """Report the real value for an earlier prediction (it measures the champion's error
+        and becomes training data at the next retrain): only a client with a token may, sent as
+        `Authorization: Bearer <client token>`; the report records the client's name."""
+        client = feedback_client(request.headers.get("authorization", ""), feedback_clients)
+        if client is None:
+            raise ApiError(401, "a valid `Authorization: Bearer <client token>` header is required")
+        return service.feedback(await request.body(), client=client)
 
     @post(
         "/v1/admin/reload",

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
+from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
@@ -37,6 +38,7 @@ ERROR_KINDS = {
     405: "method_not_allowed",
     413: "too_large",
     422: "validation",
+    429: "rate_limited",
     503: "unavailable",
 }
 
@@ -252,6 +254,9 @@ class ApiMetrics:
                 self.in_flight.inc()
                 try:
                     await app(scope, receive, send_status)
+                except HTTPException as error:  # raised by a middleware (a 429): answered outside
+                    status[0] = error.status_code
+                    raise
                 finally:
                     self.in_flight.dec()
                     path = scope["path"]

@@ -264,11 +264,13 @@ class Feedback(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class FeedbackAccepted(msgspec.Struct, omit_defaults=True):
-    """Feedback is stored beside the prediction log (ids are not checked against it)."""
+    """Feedback is stored beside the prediction log (ids are not checked against it), with
+    the name of the client that sent it."""
 
     status: str
     prediction_id: str | None = None
     ids: RecordIds | None = None
+    client: str | None = None
 
 
 class ReloadResult(msgspec.Struct):

@@ -37,7 +37,7 @@ from api.schemas import (
     RecordIds,
     RequestTypes,
 )
-from lakeloop.dataset import DatasetSpec, attribute
+from lakeloop.dataset import DatasetSpec, attribute, in_units
 from lakeloop.stores.prediction_log import Entry, FeedbackEntry, SegmentWriter
 
 NO_CHAMPION_YET = "no champion model yet"
@@ -325,9 +325,9 @@ class PredictionService:
         self.log.put(entry)
 
     # Feedback ---------------------------------------------------------------------------
-    def feedback(self, body: bytes) -> FeedbackAccepted:
-        """Store the actual value reported for an earlier prediction, named by its prediction id
-        or by the record's own ids (the served description's id columns)."""
+    def feedback(self, body: bytes, *, client: str) -> FeedbackAccepted:
+        """Store the actual value ``client`` reported for an earlier prediction, named by its
+        prediction id or by the record's own ids (the served description's id columns)."""
         try:
             reported = self._feedback.decode(body)
         except msgspec.DecodeError as error:
@@ -345,23 +345,49 @@ class PredictionService:
                 message="send exactly one of `prediction_id` or `ids` (the record's own ids)",
             )
             raise ApiError(422, "invalid feedback", [problem])
+        spec = self.served()[1].spec
+        self._check_bounds(reported.actual, spec)
         if reported.ids is not None:
-            self._check_ids(reported.ids)
+            self._check_ids(reported.ids, spec)
         if self.feedback_log is not None:
             entry = FeedbackEntry(
                 at=datetime.now(UTC),
                 prediction_id=reported.prediction_id,
                 actual=reported.actual,
                 ids=reported.ids,
+                client=client,
             )
             self.feedback_log.put(entry)
         return FeedbackAccepted(
-            status="accepted", prediction_id=reported.prediction_id, ids=reported.ids
+            status="accepted", prediction_id=reported.prediction_id, ids=reported.ids, client=client
         )
 
-    def _check_ids(self, ids: RecordIds) -> None:
+    @staticmethod
+    def _check_bounds(actual: float, spec: DatasetSpec) -> None:
+        """A reported value outside the target's bounds in the served description is refused at
+        the door: stored, it would count in the monitor's error and reach training data, to be
+        refused only by the checks of the fold, after a retrain was asked for."""
+        target = spec.target
+        bound = None
+        if target.min is not None and actual < target.min:
+            bound = f"at least {in_units(target.min)}"
+        elif target.max is not None and actual > target.max:
+            bound = f"at most {in_units(target.max)}"
+        if bound is not None:
+            unit = f" {target.unit}" if target.unit else ""
+            problem = FieldError(
+                field="actual",
+                location="$.actual",
+                message=(
+                    f"{target.name} must be {bound}{unit} (the dataset's bounds); "
+                    f"got {in_units(actual)}"
+                ),
+            )
+            raise ApiError(422, "invalid feedback", [problem])
+
+    def _check_ids(self, ids: RecordIds, spec: DatasetSpec) -> None:
         """Feedback's ids must be id columns of the served description."""
-        declared = self.served()[1].spec.ids
+        declared = spec.ids
         unknown = sorted(set(ids) - set(declared))
         if unknown:
             allowed = ", ".join(declared) if declared else "none: the dataset declares no `ids`"

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from lakeloop.settings import Settings
+from lakeloop.settings import LOCAL_CLIENT, Settings
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 RETRAIN_FLOW = "retrain"
@@ -274,9 +274,18 @@ def send_traffic(
     return predictions, ids, version
 
 
+def feedback_headers(settings: Settings) -> dict[str, str]:
+    """The header that lets this command line report prices (``POST /v1/feedback``): the
+    ``local`` client's token, or the first configured client's."""
+    clients = settings.feedback_clients()
+    token = clients.get(LOCAL_CLIENT) or next(iter(clients.values()))
+    return {"Authorization": f"Bearer {token}"}
+
+
 def report_prices(settings: Settings, prediction_ids: list[str], prices: list[float]) -> None:
     """Report the sale price of each earlier prediction (``POST /v1/feedback``)."""
-    with httpx.Client(base_url=settings.api_url, timeout=10.0) as client:
+    headers = feedback_headers(settings)
+    with httpx.Client(base_url=settings.api_url, timeout=10.0, headers=headers) as client:
         for prediction_id, price in zip(prediction_ids, prices, strict=True):
             response = client.post(
                 "/v1/feedback", json={"prediction_id": prediction_id, "actual": price}

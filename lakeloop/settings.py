@@ -7,8 +7,10 @@ and an optional ``.env`` file, then passed down. Nested groups use ``__``:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +27,11 @@ LOOPBACK = "127.0.0.1"
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "password", "admin", "test"})
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+MIN_TOKEN_LENGTH = 16
+"""Shortest client token accepted (``secrets.token_urlsafe(32)`` makes 43 characters)."""
+_CLIENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+LOCAL_CLIENT = "local"
+"""The feedback client of a stack with no configured tokens: the command line and the demo."""
 
 
 class LakeFSSettings(BaseModel):
@@ -129,6 +136,17 @@ class ApiSettings(BaseModel):
     """Largest request body accepted (413 above); 1,000 records take about 250 kB."""
     admin_token: SecretStr | None = None
     """Bearer token of ``POST /v1/admin/reload``. Unset: generated once into the state folder."""
+    feedback_tokens: dict[str, SecretStr] = {}
+    """The clients allowed to report actual values (``POST /v1/feedback``), by name, each with its
+    own bearer token: ``{"crm": "<token>", "sales-feed": "<token>"}``. Each stored report records
+    its client's name. Empty: one client, ``local``, whose token is generated once into the state
+    folder (the command line and the demo use it)."""
+    feedback_per_minute: Annotated[int, Field(ge=1)] = 6000
+    """Reports one feedback client may send per minute (429 beyond, with ``RateLimit-*`` headers
+    saying when to retry): a runaway or hostile feed cannot flood the training data."""
+    predictions_per_minute: Annotated[int, Field(ge=1)] | None = None
+    """Prediction requests one client address may send per minute (429 beyond); unset: no limit
+    (the API answers about 1,300 single predictions a second on two cores)."""
     cors_origins: list[str] = []
     """Origins allowed to call the API from a browser; empty: no CORS headers at all."""
     log_predictions: bool = True
@@ -147,6 +165,18 @@ class ApiSettings(BaseModel):
         token = self.admin_token
         if token is not None and token.get_secret_value().lower() in PLACEHOLDER_SECRETS:
             raise ValueError("LAKELOOP_API__ADMIN_TOKEN is a placeholder value; set a real secret")
+        for name, given in self.feedback_tokens.items():
+            if not _CLIENT_NAME.fullmatch(name):
+                raise ValueError(
+                    f"LAKELOOP_API__FEEDBACK_TOKENS: client name {name!r} must be 1-63 lowercase "
+                    "letters, digits, '-' or '_' (it is stored with every report)"
+                )
+            secret = given.get_secret_value()
+            if secret.lower() in PLACEHOLDER_SECRETS or len(secret) < MIN_TOKEN_LENGTH:
+                raise ValueError(
+                    f"LAKELOOP_API__FEEDBACK_TOKENS: the token of {name!r} is a placeholder or "
+                    f"shorter than {MIN_TOKEN_LENGTH} characters; set a real secret"
+                )
         return self
 
 
@@ -372,16 +402,35 @@ class Settings(BaseSettings):
             return self.api.admin_token.get_secret_value()
         return self.stored_secret("api_admin_token")
 
+    def feedback_clients(self) -> dict[str, str]:
+        """Each client allowed to report actual values, with its token: the configured ones,
+        else ``local`` with a token generated into the state folder."""
+        if self.api.feedback_tokens:
+            return {
+                name: token.get_secret_value() for name, token in self.api.feedback_tokens.items()
+            }
+        return {LOCAL_CLIENT: self.stored_secret("api_feedback_token")}
+
     def stored_secret(self, name: str) -> str:
-        """Read a generated secret from the state folder, creating it (mode 0600) on first use."""
+        """Read a generated secret from the state folder, creating it (mode 0600) on first use.
+        The stack's processes start together and each may create one: the file is read and
+        written under an exclusive lock, and replaced whole, so no secret one of them created
+        is lost to another's write and no reader sees a half-written file."""
         path = self.state_dir / "secrets.json"
-        stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-        if name not in stored:
-            stored[name] = secrets.token_urlsafe(32)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                json.dump(stored, handle)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stored: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+            if name not in stored:
+                stored[name] = secrets.token_urlsafe(32)
+                partial = path.with_suffix(".tmp")
+                descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(descriptor, "w") as handle:
+                    json.dump(stored, handle)
+                os.replace(partial, path)
+        finally:
+            os.close(lock)  # closing releases the lock
         return stored[name]
 
 

@@ -76,6 +76,8 @@ class FeedbackEntry:
     actual: float
     ids: Mapping[str, Any] | None = None
     """The record's own ids, when it is named by them instead of by ``prediction_id``."""
+    client: str | None = None
+    """The name of the client that reported it (its token's name in the settings)."""
 
     @property
     def rows(self) -> int:
@@ -342,6 +344,7 @@ def feedback_table(entries: list[FeedbackEntry]) -> pa.Table:
             ),
             "received_at": pa.array([e.at for e in entries], pa.timestamp("us", tz="UTC")),
             "actual": pa.array([e.actual for e in entries], pa.float64()),
+            "client": pa.array([e.client for e in entries], pa.string()),
         }
     )
 
@@ -387,7 +390,7 @@ def read_feedback_log(
     store: ObjectStore, since: datetime | None = None, limit: int | None = None
 ) -> pd.DataFrame:
     """Reported actual values (``prediction_id`` or ``record_key``, ``received_at``,
-    ``actual``), like :func:`read_prediction_log`; join the two on ``prediction_id``, or on the
-    record's ids (:func:`record_key`). Segments written before ids existed have no
-    ``record_key``."""
+    ``actual``, ``client``), like :func:`read_prediction_log`; join the two on ``prediction_id``,
+    or on the record's ids (:func:`record_key`). Segments written before ids (or clients)
+    existed have no ``record_key`` (or ``client``)."""
     return _read(store.child(FEEDBACK), "received_at", since, limit)

@@ -18,7 +18,7 @@ from lakeloop import lakefs_client, loop, registry
 from lakeloop.dataset import load_spec
 from monitoring.history import HistoryEntry
 from monitoring.store import read_history
-from tests.utils.workspace import Workspace, new_workspace
+from tests.utils.workspace import Workspace, new_workspace, wait_settled
 from tooling import market
 
 pytestmark = pytest.mark.e2e
@@ -143,6 +143,7 @@ def test_more_shift_inside_the_cooldown_retrains_nothing(
     assert latest.champion_version == "2"
     assert not latest.decision.retrain
     assert "cooldown" in latest.decision.reason
+    wait_settled(workspace.settings, flow="retrain")
     assert len(_retrains(workspace)) == 1
 
 

@@ -5,7 +5,6 @@ user would."""
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -18,7 +17,8 @@ from lakeloop import lakefs_client, loop, registry
 from lakeloop.ingest import write_parquet
 from lakeloop.settings import Settings
 from tests.utils.bad_batches import BAD_BATCHES
-from tests.utils.workspace import Workspace, new_workspace
+from tests.utils.waiting import eventually
+from tests.utils.workspace import Workspace, new_workspace, wait_settled
 from tooling import market
 from tooling.stack import port_is_free
 
@@ -32,12 +32,12 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     workspace.run("down", timeout=120)
 
 
-def _main_head(client: object, settings: Settings) -> str:
+def _main_head(client: lakefs.Client, settings: Settings) -> str:
     repository = lakefs.Repository(settings.lakefs.repository, client=client)
     return str(repository.branch(settings.lakefs.branch).get_commit().id)
 
 
-def trained_paths(client: object, settings: Settings, ref: str) -> list[str]:
+def trained_paths(client: lakefs.Client, settings: Settings, ref: str) -> list[str]:
     reference = lakefs.Repository(settings.lakefs.repository, client=client).ref(ref)
     return sorted(info.path for info in reference.objects(prefix=settings.lakefs.data_prefix))
 
@@ -141,7 +141,7 @@ def test_kept_stack_has_lineage_retrains_and_hot_swaps(
     assert "blocked" in blocked.stdout
     assert "column values to" in blocked.stdout  # the failed expectation is named
     assert _main_head(client, settings) == head
-    time.sleep(3)
+    wait_settled(settings, flow="train")
     assert _training_run_count(settings) == runs_before
 
     # Browsing the data: the log shows the ingest's lineage, show prints the stored table.
@@ -182,6 +182,8 @@ def test_kept_stack_has_lineage_retrains_and_hot_swaps(
         what="the re-delivered run",
         timeout=300,
     )
+    # The re-delivery's run is the only one since the blocked ingest: that started none.
+    assert _training_run_count(settings) == runs_before + 1
     versions = mlflow_client.search_model_versions(f"name='{settings.mlflow.model_name}'")
     assert sorted(v.version for v in versions) == ["1", "2"]
 
@@ -209,15 +211,19 @@ def test_kept_stack_has_lineage_retrains_and_hot_swaps(
     direct = main.commit(message="direct commit around the checks").get_commit().id
     with pytest.raises(loop.LoopError, match="failed the checks"):
         loop.wait_for_training(settings, commit_id=direct, timeout=300)
+    experiment = mlflow_client.get_experiment_by_name(settings.mlflow.experiment)
+    assert experiment is not None
     refused = mlflow_client.search_runs(
-        [mlflow_client.get_experiment_by_name(settings.mlflow.experiment).experiment_id],
+        [experiment.experiment_id],
         filter_string=f"tags.`{registry.TAG_COMMIT}` = '{direct}'",
     )
     assert [run.info.status for run in refused] == ["FAILED"]
     assert expected.split(":")[0] in refused[0].data.tags[registry.TAG_VALIDATION]
     versions = mlflow_client.search_model_versions(f"name='{settings.mlflow.model_name}'")
     assert sorted(v.version for v in versions) == ["1", "2"]
-    assert loop.served_model(settings)["version"] == "2"
+    served = loop.served_model(settings)
+    assert served is not None
+    assert served["version"] == "2"
 
     # `lakeloop train` by hand: the commit v2 trained on is already trained, so nothing runs;
     # with --tune it trains again, each hyperparameter trial a nested run under the new one.
@@ -241,7 +247,7 @@ def test_kept_stack_has_lineage_retrains_and_hot_swaps(
 
     stopped = workspace.run("down", timeout=120)
     assert stopped.returncode == 0
-    deadline = time.monotonic() + 20
-    while _state_processes(workspace) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert _state_processes(workspace) == ""
+    eventually(
+        lambda: _state_processes(workspace) == "",
+        what="no process of the workspace left after `lakeloop down`",
+    )

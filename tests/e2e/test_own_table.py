@@ -213,6 +213,7 @@ def test_prices_reported_by_the_clients_own_ids_become_training_data(
         reported = httpx.post(
             f"{settings.api_url}/v1/feedback",
             json={"ids": {"PID": record["PID"]}, "actual": float(price)},
+            headers=loop.feedback_headers(settings),
             timeout=10,
         )
         assert reported.status_code == 202, reported.text

@@ -28,7 +28,7 @@ import yaml
 from lakeloop import lakefs_client, loop, registry
 from lakeloop.dataset import load_spec
 from lakeloop.settings import Settings
-from tests.utils.workspace import Workspace, new_workspace
+from tests.utils.workspace import Workspace, new_workspace, wait_settled
 from tooling import market
 
 pytestmark = pytest.mark.e2e
@@ -94,6 +94,7 @@ def test_a_resent_batch_cannot_stop_the_loop_and_a_stopped_loop_is_loud(
     assert "good.csv" in resent
     assert f"(commit {first[:12]})" in resent
     assert _head(settings) == first
+    wait_settled(settings, flow="train")
     assert _training_runs(settings) == runs
 
     # 3. A batch that partly repeats main: refused with the count, nothing merged ...
@@ -112,9 +113,11 @@ def test_a_resent_batch_cannot_stop_the_loop_and_a_stopped_loop_is_loud(
     assert second != first
     commit = lakefs.Repository(settings.lakefs.repository, client=lakefs_client.connect(settings))
     metadata = commit.ref(second).get_commit().metadata
+    assert metadata is not None
     assert metadata["skipped_existing:mixed.parquet"] == "300"
     assert metadata["rows"] == "1500"
     loop.wait_for_training(settings, commit_id=second, timeout=300)
+    assert _training_runs(settings) == runs + 1  # this merge's run; the re-sent file none
     mlflow = registry.connect(settings)
     [judged] = registry.versions_of_commit(mlflow, settings, commit_id=second)
     assert judged.tags[registry.TAG_GATE] in {"promoted", "rejected"}
@@ -135,7 +138,7 @@ def test_a_resent_batch_cannot_stop_the_loop_and_a_stopped_loop_is_loud(
     loop.poll(
         lambda: str(_readyz(settings)["training"]).startswith("blocked"),
         what="/readyz to show that training is blocked",
-        timeout=30,
+        timeout=60,
     )
     ready = _readyz(settings)
     assert ready["status"] == "degraded"
@@ -161,7 +164,7 @@ def test_a_resent_batch_cannot_stop_the_loop_and_a_stopped_loop_is_loud(
     loop.poll(
         lambda: _readyz(settings)["training"] == "ok",
         what="/readyz to show training unblocked",
-        timeout=30,
+        timeout=60,
     )
     assert _ok(workspace.run("status"))
     unknown = workspace.run("data", "remove", "data/no/such.csv")

@@ -5,7 +5,6 @@ registry outage, and the prediction log flushed on a graceful stop."""
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,9 +21,10 @@ from schemathesis.core.result import Err, Ok
 
 from lakeloop import registry
 from lakeloop.dataset import load_spec
+from lakeloop.loop import feedback_headers
 from lakeloop.settings import Settings, load_settings
 from lakeloop.stores.prediction_log import read_prediction_log
-from tests.utils.api_server import register_champion
+from tests.utils.api_server import register_champion, wait_until_serving
 from tests.utils.load import PredictLoad
 from tests.utils.net import free_port
 from tooling import market
@@ -74,18 +74,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         api_server = stack.start(dataclasses.replace(available["api"], env=env))
         stack.wait(api_server)
         url = f"http://127.0.0.1:{configured.api.port}"
-        _wait_ready(url)
+        wait_until_serving(url)
         yield Served(configured, stack, mlflow_server, api_server, url)
     finally:
         stack.down()
-
-
-def _wait_ready(url: str, *, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while httpx.get(f"{url}/readyz", timeout=5).status_code != 200:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} never loaded the champion")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +142,9 @@ def test_hot_swap_under_concurrent_load_drops_no_request(
     result = load.result
     served.answered += result.answered
     assert result.failures == []
-    assert result.versions["1"] > 0
-    assert result.versions[version] > 0
+    # At least the 20 answers each that the first worker was waited for; the rest vary with load.
+    assert result.versions["1"] >= 20
+    assert result.versions[version] >= 20
     # One worker's answers switch once, from the old version to the new, never back.
     switch = result.sequence.index(version)
     assert set(result.sequence[:switch]) == {"1"}
@@ -203,7 +196,8 @@ def test_no_input_makes_a_server_error(served: Served) -> None:
     operations = [result.ok() for result in results if isinstance(result, Ok)]
     assert len(operations) == 8
     failures: dict[str, str] = {}
-    with httpx.Client(timeout=30.0) as client:
+    # With the local client's token, so that the fuzzed feedback bodies are read, not refused.
+    with httpx.Client(timeout=30.0, headers=feedback_headers(served.settings)) as client:
         for operation in operations:
             for mode in GenerationMode:
                 try:

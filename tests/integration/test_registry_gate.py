@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -64,6 +65,13 @@ def _lineage(commit: str) -> registry.Lineage:
     )
 
 
+def _champion(client: MlflowClient, settings: Settings) -> ModelVersion:
+    """The champion, which every test here has by the time it asks."""
+    champion = registry.champion(client, settings)
+    assert champion is not None
+    return champion
+
+
 def _train_and_judge(
     settings: Settings, spec: DatasetSpec, frame: pd.DataFrame, *, commit: str, trees: int
 ) -> tuple[TrainedModel, registry.LoggedModel, list[str]]:
@@ -92,9 +100,11 @@ def test_first_model_is_promoted_with_lineage_on_run_and_version(
     assert any(key.startswith("mae.ocean_proximity.") for key in run.data.metrics)
     assert any(key.startswith("mae.target_band.") for key in run.data.metrics)
     # The same metrics on MLflow's logged model, where its model pages read them.
+    assert run.outputs is not None
     [model_output] = run.outputs.model_outputs
     linked = client.get_logged_model(model_output.model_id).metrics or []
     assert {metric.key for metric in linked} == set(run.data.metrics)
+    assert run.inputs is not None
     [dataset_input] = run.inputs.dataset_inputs
     assert f"lakefs://housing/{'a' * 64}/data/" in dataset_input.dataset.source
     artifacts = {a.path for a in client.list_artifacts(logged.run_id, "evaluation")}
@@ -126,7 +136,7 @@ def test_worse_challenger_stays_registered_with_its_reason(
     assert refused is not None
     assert (refused.version, refused.commit_id) == (logged.version, "b" * 64)
     assert refused.reasons == "; ".join(failures)
-    assert registry.champion(client, settings).version == before.version
+    assert _champion(client, settings).version == before.version
     rejected = client.get_model_version(settings.mlflow.model_name, logged.version)
     assert rejected.tags[registry.TAG_GATE] == "rejected"
     assert (
@@ -148,11 +158,11 @@ def test_better_model_is_promoted_and_rollback_restores_the_previous(
     more = pd.concat([data, market.generate_batch(rows=6000, seed=22)], ignore_index=True)
     _, logged, failures = _train_and_judge(settings, spec, more, commit="c" * 64, trees=200)
     assert failures == []
-    promoted = registry.champion(client, settings)
+    promoted = _champion(client, settings)
     assert promoted.version == logged.version
     assert promoted.tags[registry.TAG_PREVIOUS] == before.version
     assert registry.rollback(client, settings) == (logged.version, before.version)
-    assert registry.champion(client, settings).version == before.version
+    assert _champion(client, settings).version == before.version
 
 
 def test_promotion_the_api_never_serves_is_undone(
@@ -172,11 +182,11 @@ def test_promotion_the_api_never_serves_is_undone(
         unreachable, spec, more, commit="d" * 64, trees=250
     )
     assert failures == []
-    assert registry.champion(client, settings).version == logged.version
+    assert _champion(client, settings).version == logged.version
     champion = registry.ChampionScore(version=before.version, metrics={})
     with pytest.raises(RuntimeError, match=f"champion restored to {before.version}"):
         verify_deployment(unreachable, trained, logged, champion)
-    assert registry.champion(client, settings).version == before.version
+    assert _champion(client, settings).version == before.version
     failed = client.get_model_version(settings.mlflow.model_name, logged.version)
     assert failed.tags[registry.TAG_GATE].startswith("rolled back")
 
@@ -283,14 +293,14 @@ def test_a_refused_version_promoted_by_hand_records_who_and_why_and_rolls_back(
     unjudged = runner.invoke(app, ["model", "promote", rejected.version])
     assert unjudged.exit_code == 1
     assert f"cannot promote {settings.mlflow.model_name} v{rejected.version}" in unjudged.output
-    assert registry.champion(client, settings).version == before.version
+    assert _champion(client, settings).version == before.version
 
     reason = "holdout too small to trust; checked by hand"
     forced = runner.invoke(
         app, ["model", "promote", rejected.version, "--force", "--reason", reason]
     )
     assert forced.exit_code == 0, forced.output
-    promoted = registry.champion(client, settings)
+    promoted = _champion(client, settings)
     assert promoted.version == rejected.version
     tags = promoted.tags
     assert tags[registry.TAG_GATE] == registry.PROMOTED_BY_HAND
@@ -305,15 +315,17 @@ def test_a_refused_version_promoted_by_hand_records_who_and_why_and_rolls_back(
 
     rolled = runner.invoke(app, ["model", "rollback"])
     assert rolled.exit_code == 0, rolled.output
-    assert registry.champion(client, settings).version == before.version
+    assert _champion(client, settings).version == before.version
 
 
 def test_the_tuning_policy_searches_when_no_recent_version_was_tuned(
     settings: Settings, client: MlflowClient
 ) -> None:
     rows = registry.version_rows(client, settings)
-    recent_tuned = next(index for index, row in enumerate(rows) if row.tuned)  # from the test above
-    assert recent_tuned > 0
+    recent_tuned = next(index for index, row in enumerate(rows) if row.tuned)
+    # The tuned champion of the hand-on test above, under the two versions trained after it
+    # there (from its hyperparameters, then with the settings' own): not the newest.
+    assert recent_tuned == 2
 
     def due(**training: object) -> bool:
         changed = settings.model_copy(
@@ -395,7 +407,7 @@ def test_promote_judges_a_version_again_on_the_same_holdout_as_the_champion(
     assert refused.score.metrics["mae"] > refused.champion.metrics["mae"]
     assert any(f"worse than champion v{before.version}" in reason for reason in refused.reasons)
     assert registry.record_request(client, settings, refused, by="ana") is None
-    assert registry.champion(client, settings).version == before.version
+    assert _champion(client, settings).version == before.version
     recorded = client.get_model_version(name, weak.version).tags
     assert recorded[registry.TAG_REQUEST].startswith("ana: on the holdout of 666666666666")
     assert "worse than champion" in recorded[registry.TAG_REQUEST]
@@ -416,7 +428,7 @@ def test_promote_judges_a_version_again_on_the_same_holdout_as_the_champion(
     assert passed.reasons == [], passed.summary()
     assert passed.score.metrics["mae"] == pytest.approx(strong.metrics["mae"])  # same holdout
     assert registry.record_request(client, settings, passed, by="ana") == before.version
-    promoted = registry.champion(client, settings)
+    promoted = _champion(client, settings)
     assert promoted.version == candidate.version
     assert promoted.tags[registry.TAG_GATE] == registry.PROMOTED_ON_REQUEST
     assert promoted.tags[registry.TAG_PREVIOUS] == before.version

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from lakeloop.stores.prediction_log import PREDICTIONS, read_prediction_log
 from tests.utils.api_server import register_champion, start_api_with_champion
 from tests.utils.net import free_port
 from tests.utils.training import lineage as model_lineage
+from tests.utils.waiting import eventually
 from tooling import market
 from tooling.stack import Stack
 
@@ -93,14 +93,6 @@ def record() -> dict[str, Any]:
     return records[0]
 
 
-def _eventually(check: Callable[[], bool], *, timeout: float = 30.0, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.1)
-
-
 # The prediction log's disk fails -----------------------------------------------------------------
 
 
@@ -113,7 +105,7 @@ def test_prediction_log_write_failure_keeps_serving_and_recovers(
     assert before.status_code == 200
     first_id = before.json()["prediction_id"]
     # The folder exists from start-up: wait for the segment holding this row, not for the folder.
-    _eventually(
+    eventually(
         lambda: first_id in _logged_ids(faulty.settings.state_dir),
         what="the first prediction is written",
     )
@@ -126,10 +118,12 @@ def test_prediction_log_write_failure_keeps_serving_and_recovers(
             answer = faulty.predict(record)
             assert answer.status_code == 200, answer.text
             lost_ids.append(answer.json()["prediction_id"])
-        _eventually(
+        eventually(
             lambda: faulty.metric("lakeloop_api_prediction_log_lost_rows", labels) >= 20,
             what="the lost rows are counted",
         )
+        # Exactly the 20 sent while the folder was gone: the first row was already on disk.
+        assert faulty.metric("lakeloop_api_prediction_log_lost_rows", labels) == 20
         assert faulty.metric("lakeloop_api_prediction_log_write_errors", labels) >= 1
         ready = faulty.ready()
         assert ready["status"] == "degraded"
@@ -141,8 +135,8 @@ def test_prediction_log_write_failure_keeps_serving_and_recovers(
         aside.rename(folder)
     kept_ids = [faulty.predict(record).json()["prediction_id"] for _ in range(5)]
     # The same writer thread writes again: the rows after the fault reach the disk.
-    _eventually(lambda: faulty.ready()["prediction_log"] == "ok", what="the log writes again")
-    _eventually(
+    eventually(lambda: faulty.ready()["prediction_log"] == "ok", what="the log writes again")
+    eventually(
         lambda: set(kept_ids) <= set(_logged_ids(faulty.settings.state_dir)),
         what="the rows sent after the fault are logged",
     )
@@ -206,7 +200,7 @@ def test_corrupt_champion_keeps_the_last_good_version_until_a_good_one(
     _corrupt_artifact(faulty.settings, broken)
     _promote(faulty.settings, broken)
 
-    _eventually(
+    eventually(
         lambda: faulty.ready().get("failed_version") == broken,
         what=f"the API reports version {broken} as failed",
     )
@@ -232,7 +226,7 @@ def test_corrupt_champion_keeps_the_last_good_version_until_a_good_one(
     assert httpx.get(f"{faulty.url}/healthz", timeout=10).status_code == 200
 
     good = register_champion(faulty.settings, load_spec(), seed=42, commit="d" * 64)
-    _eventually(
+    eventually(
         lambda: faulty.predict(record).json()["model"]["version"] == good,
         what=f"good version {good} is swapped in by the poll",
     )
@@ -250,13 +244,13 @@ def test_artifact_store_gone_is_a_failed_load_not_a_crash(
     missing = _register_unpromoted(faulty.settings, seed=43)
     shutil.rmtree(_model_dir(faulty.settings, missing))
     _promote(faulty.settings, missing)
-    _eventually(
+    eventually(
         lambda: faulty.ready().get("failed_version") == missing,
         what=f"the API reports version {missing} as failed",
     )
     assert faulty.predict(record).json()["model"]["version"] == served
     _promote(faulty.settings, served)  # the operator moves the alias back
-    _eventually(
+    eventually(
         lambda: faulty.ready()["status"] == "ready",
         what="moving the alias back to the served version clears the failure",
     )

@@ -5,14 +5,14 @@ post-merge relay (to a stand-in of Prefect's events endpoint; the e2e test uses 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import lakefs
 import pandas as pd
 import pytest
+from litestar import Litestar
 
 from gateway.app import create_gateway
 from lakefs_local import create_app as create_lakefs
@@ -22,6 +22,7 @@ from lakeloop.settings import Settings, load_settings
 from tests.utils.bad_batches import BAD_BATCHES, Builder
 from tests.utils.fake_prefect import FakePrefectEvents
 from tests.utils.net import free_port, serve_in_thread
+from tests.utils.waiting import DEADLINE_SECONDS, eventually
 from tooling import market
 
 pytestmark = pytest.mark.integration
@@ -36,6 +37,7 @@ class Loop:
     client: lakefs.Client
     prefect: FakePrefectEvents
     folder: Path
+    lakefs_app: Litestar  # the lakeFS-compatible server, to see when its post-hooks ended
 
     def main_head(self) -> str:
         repository = lakefs.Repository(self.settings.lakefs.repository, client=self.client)
@@ -51,6 +53,14 @@ class Loop:
 
     def relayed_commits(self) -> list[str]:
         return [event["payload"]["commit_id"] for event in self.prefect.events]
+
+    def wait_idle(self) -> None:
+        """Until every post-hook lakeFS fired so far has ended (they run in the background, after
+        the commit or merge answered) and the gateway holds nothing for Prefect: only then does
+        "nothing was relayed" mean nothing will be, and a count taken is not still growing."""
+        self.lakefs_app.state.service.actions.wait_idle(DEADLINE_SECONDS)
+        pending = self.settings.state_dir / "spool" / "pending"
+        eventually(lambda: not any(pending.glob("*.json")), what="the gateway's spool empty")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +89,9 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
             client = lakefs_client.connect(settings)
             lakefs_client.ensure_repository(client, settings)
             lakefs_client.install_actions(client, settings)
-            yield Loop(settings=settings, client=client, prefect=fake, folder=root)
+            yield Loop(
+                settings=settings, client=client, prefect=fake, folder=root, lakefs_app=lakefs_app
+            )
 
 
 def test_good_batch_lands_on_main_and_is_relayed_to_prefect(loop: Loop) -> None:
@@ -91,12 +103,19 @@ def test_good_batch_lands_on_main_and_is_relayed_to_prefect(loop: Loop) -> None:
     )
     assert len(stored) == 500
     commit = lakefs.Repository("housing", client=loop.client).ref(published.commit_id).get_commit()
+    assert commit.metadata is not None
     assert commit.metadata["rows"] == "500"
     assert commit.metadata["sha256"] == published.metadata["sha256"]
-    assert published.commit_id in _eventually(loop.relayed_commits)
+    eventually(
+        lambda: published.commit_id in loop.relayed_commits(),
+        what=f"the merge {published.commit_id:.12} relayed to Prefect",
+    )
+    loop.wait_idle()
+    assert loop.relayed_commits().count(published.commit_id) == 1  # once, not once per retry
 
 
 def test_bad_batch_is_blocked_naming_the_check_and_main_is_untouched(loop: Loop) -> None:
+    loop.wait_idle()  # what earlier merges relay has arrived: the count below is final
     before = loop.main_head()
     relayed_before = len(loop.prefect.events)
     bad = market.generate_batch(rows=500, seed=2)
@@ -109,6 +128,7 @@ def test_bad_batch_is_blocked_naming_the_check_and_main_is_untouched(loop: Loop)
     rejected = lakefs.Repository("housing", client=loop.client).branch(published.ingest_branch)
     assert rejected.get_commit().metadata["lakeloop.rejected"] == "true"
     assert "median_income" in rejected.get_commit().metadata["lakeloop.reason"]
+    loop.wait_idle()
     assert len(loop.prefect.events) == relayed_before  # nothing reached Prefect: no training
 
 
@@ -166,21 +186,13 @@ def test_unknown_repository_is_a_clear_error(loop: Loop) -> None:
         lakefs_client.publish(loop.client, other, [table], name="x", source="t", dataset_version=1)
 
 
-def _eventually(read: Callable[[], list[str]], timeout: float = 10.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        values = read()
-        if values or time.monotonic() > deadline:
-            return list(values)
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize(("name", "case"), BAD_BATCHES.items(), ids=list(BAD_BATCHES))
 def test_each_bad_batch_is_blocked_at_the_pre_merge_gate(
     loop: Loop, name: str, case: tuple[Builder, str]
 ) -> None:
     """The bad-data corpus through lakeFS: the right check named, main untouched, no training."""
     build, expected = case
+    loop.wait_idle()  # what earlier merges relay has arrived: the count below is final
     before, relayed_before = loop.main_head(), len(loop.prefect.events)
     path = loop.folder / f"{name.replace(' ', '-')}.csv"
     # CSV, not Parquet: some damage (text in a numeric column) cannot be written as Parquet.
@@ -192,6 +204,7 @@ def test_each_bad_batch_is_blocked_at_the_pre_merge_gate(
     assert not published.merged
     assert expected in published.rejection
     assert loop.main_head() == before
+    loop.wait_idle()
     assert len(loop.prefect.events) == relayed_before
 
 

@@ -25,6 +25,7 @@ import yaml
 
 from lakeloop import pushmetrics
 from lakeloop.dataset import DatasetSpec, load_spec
+from lakeloop.loop import feedback_headers
 from lakeloop.model import TrainedModel
 from lakeloop.settings import DriftPolicy, load_settings
 from lakeloop.stores.objects import ObjectStore
@@ -59,6 +60,8 @@ class Observed:
     prometheus: PrometheusClient
     pushgateway: str
     api: str
+    feedback_headers: dict[str, str]
+    """The local client's token, which feedback needs."""
 
 
 def dashboards() -> dict[str, dict[str, Any]]:
@@ -136,7 +139,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
                 state_dir=folder / "prom",
             )
         )
-        yield Observed(PrometheusClient(prometheus), gateway, api)
+        yield Observed(PrometheusClient(prometheus), gateway, api, feedback_headers(settings))
 
 
 def _records(frame: pd.DataFrame, spec: DatasetSpec) -> list[dict[str, Any]]:
@@ -147,7 +150,7 @@ def _records(frame: pd.DataFrame, spec: DatasetSpec) -> list[dict[str, Any]]:
     return records
 
 
-def send_traffic(api: str, spec: DatasetSpec) -> None:
+def send_traffic(api: str, spec: DatasetSpec, feedback_headers: dict[str, str]) -> None:
     """Good single and batch predictions, feedback, and every kind of bad request."""
     records = _records(market.generate_batch(rows=40, seed=3), spec)
     with httpx.Client(base_url=api, timeout=30) as http:
@@ -156,7 +159,8 @@ def send_traffic(api: str, spec: DatasetSpec) -> None:
             assert answer.status_code == 200
         assert http.post("/v1/predict/batch", json={"records": records}).status_code == 200
         feedback = {"prediction_id": answer.json()["prediction_id"], "actual": 250_000.0}
-        assert http.post("/v1/feedback", json=feedback).status_code == 202
+        reported = http.post("/v1/feedback", json=feedback, headers=feedback_headers)
+        assert reported.status_code == 202
         bad = [
             http.post("/v1/predict", json=records[0] | {"median_income": "lots"}),
             http.post("/v1/predict", content=b"{not json"),
@@ -224,7 +228,7 @@ def loaded(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Observed:
     """Traffic and batch results sent, both targets scraped at least once."""
-    send_traffic(observed.api, spec)
+    send_traffic(observed.api, spec, observed.feedback_headers)
     push_batch_results(observed.pushgateway, spec)
     push_drift(
         observed.pushgateway,
@@ -274,10 +278,22 @@ def test_drift_alert_fires_for_the_served_champion(loaded: Observed) -> None:
     [alert] = poll(firing, what="the drift alert firing")
     assert alert["labels"]["model_version"] == CHAMPION
     assert alert["labels"]["lakeloop_action"] == "retrain"
+    # "Nothing else fires" once every rule, recording rules included, was evaluated again after
+    # the alert was seen: an alert this data would start has had its turn by then.
+    seen = datetime.now(UTC)
+    poll(
+        lambda: all(_evaluated_at(rule) > seen for rule in loaded.prometheus.rules()),
+        what="every rule evaluated again after the drift alert fired",
+    )
     quiet = {a["labels"]["alertname"] for a in loaded.prometheus.alerts()} - {
         "LakeloopDriftAboveThreshold"
     }
     assert quiet == set()  # a healthy API fires nothing else
+
+
+def _evaluated_at(rule: dict[str, Any]) -> datetime:
+    """When Prometheus last evaluated ``rule`` (RFC 3339, nanoseconds cut to microseconds)."""
+    return datetime.fromisoformat(rule["lastEvaluation"])
 
 
 def test_counts_are_kept_across_pushes(loaded: Observed) -> None:

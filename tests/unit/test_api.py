@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from api.predictor import Example, MatrixKernel, ModelLoadError, ModelSlot, Pred
 from api.schemas import RequestTypes
 from lakeloop import registry
 from lakeloop.dataset import DatasetSpec
+from lakeloop.loop import feedback_headers
 from lakeloop.model import TrainedModel, train
 from lakeloop.settings import Settings, TrainingSettings, load_settings
 from lakeloop.stores.objects import ObjectStore
@@ -585,8 +587,11 @@ def test_a_champion_that_will_not_load_keeps_the_last_good_one_serving(
 
 
 def test_polling_pauses_before_retrying_a_version_that_failed(
-    settings: Settings, fake_registry: FakeRegistry
+    settings: Settings, fake_registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The slot's clock stands still: the polls below fall within the pause however slow the
+    # machine, and the pause ends when the test says so.
+    monkeypatch.setattr(api.predictor, "time", SimpleNamespace(monotonic=lambda: 1000.0))
     slot = ModelSlot()
     fake_registry.version, fake_registry.corrupt = "5", {"5"}
 
@@ -683,7 +688,8 @@ def test_every_prediction_and_feedback_lands_in_the_log_on_shutdown(
         columns = {name: [row[name] for row in rows] for name in record}
         by_columns = client.post("/v1/predict/batch", json={"columns": columns}).json()
         feedback = {"prediction_id": single["prediction_id"], "actual": 250_000.0}
-        assert client.post("/v1/feedback", json=feedback).status_code == 202
+        reported = client.post("/v1/feedback", json=feedback, headers=feedback_headers(settings))
+        assert reported.status_code == 202
     logged = read_prediction_log(settings.object_store)
     assert list(logged["prediction_id"]) == [
         single["prediction_id"],
@@ -704,11 +710,161 @@ def test_every_prediction_and_feedback_lands_in_the_log_on_shutdown(
     assert stored.to_dict("records")[0]["actual"] == 250_000.0
 
 
-def test_feedback_is_validated(client: TestClient) -> None:
+def test_feedback_is_validated(client: TestClient, settings: Settings) -> None:
+    client.headers.update(feedback_headers(settings))
     assert client.post("/v1/feedback", json={"prediction_id": "x", "actual": 1}).status_code == 422
     missing = client.post("/v1/feedback", json={"actual": 1})
     assert missing.status_code == 422
     assert missing.json()["errors"][0]["field"] == "prediction_id"
+
+
+def test_only_a_client_with_a_token_reports_prices_and_each_report_names_its_client(
+    settings: Settings, slot: ModelSlot, record: dict[str, Any]
+) -> None:
+    """Reported prices become training data: without a client's token (none, another scheme, a
+    wrong one, the admin token) the answer is 401 and nothing is stored; each client's reports
+    are stored with its name."""
+    tokens = {"crm": "crm-" + "c" * 40, "sales-feed": "feed-" + "f" * 40}
+    teams = load_settings(
+        state_dir=settings.state_dir,
+        api={"feedback_tokens": tokens, "admin_token": "admin-" + "a" * 40},
+    )
+    with TestClient(create_app(teams, slot=slot, follow_registry=False)) as client:
+        [prediction_id] = client.post("/v1/predict/batch", json={"records": [record]}).json()[
+            "prediction_ids"
+        ]
+        price = {"prediction_id": prediction_id, "actual": 250_000.0}
+        refused = [
+            client.post("/v1/feedback", json=price, headers=headers)
+            for headers in (
+                {},
+                {"Authorization": f"Basic {tokens['crm']}"},
+                {"Authorization": "Bearer " + "c" * 44},
+                {"Authorization": "Bearer " + "admin-" + "a" * 40},
+                {"Authorization": f"Bearer {tokens['crm']}x"},
+            )
+        ]
+        accepted = [
+            client.post("/v1/feedback", json=price, headers={"Authorization": f"Bearer {token}"})
+            for token in tokens.values()
+        ]
+    assert [answer.status_code for answer in refused] == [401] * 5
+    assert refused[0].headers["www-authenticate"] == "Bearer"
+    assert refused[0].json()["detail"] == (
+        "a valid `Authorization: Bearer <client token>` header is required"
+    )
+    assert [answer.json()["client"] for answer in accepted] == ["crm", "sales-feed"]
+    stored = read_feedback_log(teams.object_store)
+    assert stored["client"].tolist() == ["crm", "sales-feed"]
+
+
+def test_each_feedback_client_has_its_own_rate_limit_and_predictions_one_when_set(
+    settings: Settings, slot: ModelSlot, record: dict[str, Any]
+) -> None:
+    """A runaway feed gets 429 (with when to retry) once it passes its limit; another client
+    is not held back by it; a 429 is counted in the API's metrics. Predictions are limited per
+    address only when a limit is set."""
+    tokens = {"crm": "crm-" + "c" * 40, "sales-feed": "feed-" + "f" * 40}
+    limited = load_settings(
+        state_dir=settings.state_dir,
+        api={"feedback_tokens": tokens, "feedback_per_minute": 3, "predictions_per_minute": 2},
+    )
+    with TestClient(create_app(limited, slot=slot, follow_registry=False)) as client:
+        [prediction_id] = client.post("/v1/predict/batch", json={"records": [record]}).json()[
+            "prediction_ids"
+        ]
+        predicted = client.post("/v1/predict", json=record)
+        too_many_predictions = client.post("/v1/predict", json=record)
+        price = {"prediction_id": prediction_id, "actual": 250_000.0}
+
+        def report(client_name: str) -> Any:
+            bearer = {"Authorization": f"Bearer {tokens[client_name]}"}
+            return client.post("/v1/feedback", json=price, headers=bearer)
+
+        crm = [report("crm").status_code for _ in range(4)]
+        feed = report("sales-feed")
+        refused = report("crm")
+        metrics = client.get("/metrics").text
+    assert predicted.status_code == 200
+    assert too_many_predictions.status_code == 429
+    assert crm == [202, 202, 202, 429]
+    assert feed.status_code == 202
+    assert refused.status_code == 429
+    assert refused.json()["detail"] == "Too Many Requests"
+    assert refused.headers["ratelimit-limit"] == "3"
+    assert refused.headers["ratelimit-remaining"] == "0"
+    assert 0 < int(refused.headers["ratelimit-reset"]) <= 60
+    assert read_feedback_log(limited.object_store)["client"].tolist() == [
+        "crm",
+        "crm",
+        "crm",
+        "sales-feed",
+    ]
+    assert 'lakeloop_api_errors_total{endpoint="/v1/feedback",kind="rate_limited"} 2.0' in metrics
+
+
+def test_predictions_have_no_rate_limit_unless_one_is_set(
+    client: TestClient, record: dict[str, Any]
+) -> None:
+    answers = [client.post("/v1/predict", json=record).status_code for _ in range(30)]
+    assert answers == [200] * 30
+
+
+def test_a_stack_with_no_configured_clients_has_one_local_client_with_a_stored_token(
+    settings: Settings,
+) -> None:
+    """The laptop: the API and the command line read the same generated token."""
+    [(name, token)] = settings.feedback_clients().items()
+    assert name == "local"
+    assert len(token) >= 40
+    assert load_settings(state_dir=settings.state_dir).feedback_clients() == {"local": token}
+    assert feedback_headers(settings) == {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "problem"),
+    [
+        ({"crm": "changeme"}, "the token of 'crm' is a placeholder"),
+        ({"crm": "short"}, "shorter than 16 characters"),
+        ({"CRM team": "x" * 40}, "client name 'CRM team' must be"),
+    ],
+)
+def test_client_tokens_that_would_be_unsafe_are_refused_at_start(
+    tokens: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(ValueError, match="LAKELOOP_API__FEEDBACK_TOKENS") as refused:
+        load_settings(api={"feedback_tokens": tokens})
+    assert problem in str(refused.value)
+
+
+def test_a_reported_value_outside_the_targets_bounds_is_refused_naming_the_bound(
+    settings: Settings, slot: ModelSlot, record: dict[str, Any]
+) -> None:
+    """A price of -5 or 10^12 never reaches the feedback log, where it would count in the
+    monitor's error and become training data; the answer names the dataset's bound."""
+    with TestClient(create_app(settings, slot=slot, follow_registry=False)) as client:
+        client.headers.update(feedback_headers(settings))
+        [prediction_id] = client.post("/v1/predict/batch", json={"records": [record]}).json()[
+            "prediction_ids"
+        ]
+        answers = {
+            actual: client.post(
+                "/v1/feedback", json={"prediction_id": prediction_id, "actual": actual}
+            )
+            for actual in (-5.0, 1e12, 1000.0, 5_000_000.0)
+        }
+    assert [answer.status_code for answer in answers.values()] == [422, 422, 202, 202]
+    [low] = answers[-5.0].json()["errors"]
+    assert (low["field"], low["location"]) == ("actual", "$.actual")
+    assert low["message"] == (
+        "median_house_value must be at least 1,000 USD (the dataset's bounds); got -5"
+    )
+    [high] = answers[1e12].json()["errors"]
+    assert high["message"] == (
+        "median_house_value must be at most 5,000,000 USD (the dataset's bounds); "
+        "got 1,000,000,000,000"
+    )
+    assert read_feedback_log(settings.object_store)["actual"].tolist() == [1000.0, 5_000_000.0]
 
 
 def _entry(spec: DatasetSpec, record: dict[str, Any], rows: int, at: datetime) -> Entry:

@@ -9,8 +9,7 @@ import json
 import logging
 import os
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,18 +23,9 @@ from lakeloop.events import event_id
 from lakeloop.settings import Settings, load_settings
 from tests.utils.fake_prefect import FakePrefectEvents
 from tests.utils.net import free_port, serve_in_thread
+from tests.utils.waiting import DEADLINE_SECONDS, eventually
 
 SECRET = "s3cret-for-tests-0123456789abcdef"
-DEADLINE_SECONDS = 20.0
-
-
-def eventually(check: Callable[[], bool], *, what: str) -> None:
-    """Wait until ``check()`` holds; fail naming ``what`` after a generous deadline."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {DEADLINE_SECONDS} s: {what}")
-        time.sleep(0.05)
 
 
 def gateway_app(

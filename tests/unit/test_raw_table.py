@@ -15,6 +15,7 @@ from api.predictor import ModelSlot, Predictor
 from lakeloop import evolution, model, rowkeys
 from lakeloop.dataset import DatasetSpec
 from lakeloop.ingest import read_source
+from lakeloop.loop import feedback_headers
 from lakeloop.settings import Settings, TrainingSettings
 from lakeloop.stores.prediction_log import read_feedback_log, read_prediction_log
 from lakeloop.validation.checks import validate_frame
@@ -279,6 +280,7 @@ def test_a_record_sent_with_its_own_ids_is_echoed_logged_and_priced_by_them(
         "Foundation": house["Foundation"],
     }
     with TestClient(app) as client:
+        client.headers.update(feedback_headers(settings))
         bare = client.post("/v1/predict", json=record).json()
         one = client.post("/v1/predict", json=record | {"PID": 526301100}).json()
         dated_sale = client.post(
@@ -313,7 +315,7 @@ def test_a_record_sent_with_its_own_ids_is_echoed_logged_and_priced_by_them(
     assert wrong_type.status_code == 422
     assert wrong_type.json()["errors"][0]["field"] == "PID"
     assert priced.status_code == priced_dated.status_code == by_prediction.status_code == 202
-    assert priced.json() == {"status": "accepted", "ids": {"PID": 526301100}}
+    assert priced.json() == {"status": "accepted", "ids": {"PID": 526301100}, "client": "local"}
     assert unknown_id.status_code == 422
     assert "not an id column of the dataset (id columns: Order, PID)" in unknown_id.text
     assert both.status_code == neither.status_code == 422

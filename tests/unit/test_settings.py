@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import base64
+import json
+import multiprocessing
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -47,6 +50,33 @@ def test_generated_secret_is_stable_private_and_not_in_repr(settings: Settings) 
     path: Path = settings.state_dir / "secrets.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert secret not in repr(settings)
+
+
+def _create_secret(state_dir: Path, name: str, start: Any) -> None:
+    start.wait()
+    load_settings(state_dir=state_dir).stored_secret(name)
+
+
+def test_secrets_created_at_once_by_the_stacks_processes_are_all_kept(
+    settings: Settings,
+) -> None:
+    """`lakeloop up` starts its processes together and each may create a secret: none is lost
+    to another's write (a lost one would be generated again, different, and a token the API
+    checks would no longer be the one the command line sends)."""
+    context = multiprocessing.get_context("spawn")
+    names = [f"secret-{number}" for number in range(12)]
+    start = context.Barrier(len(names))
+    workers = [
+        context.Process(target=_create_secret, args=(settings.state_dir, name, start))
+        for name in names
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0] * len(names)
+    stored = json.loads((settings.state_dir / "secrets.json").read_text())
+    assert sorted(stored) == sorted(names)
 
 
 def test_configured_secret_wins_and_is_masked(

@@ -9,7 +9,6 @@ import json
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -30,8 +29,7 @@ from gateway.spool import (
 from lakeloop.events import event_id
 from tests.utils.durability import DurabilityCalls
 from tests.utils.killing import run_and_kill_at
-
-DEADLINE_SECONDS = 20.0
+from tests.utils.waiting import eventually
 
 
 def event(key: str = "a", **payload: object) -> dict[str, Any]:
@@ -42,14 +40,6 @@ def event(key: str = "a", **payload: object) -> dict[str, Any]:
         "resource": {"prefect.resource.id": "lakefs.repository.housing"},
         "payload": {"commit_id": key, **payload},
     }
-
-
-def eventually(check: Callable[[], bool], *, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {DEADLINE_SECONDS} s: {what}")
-        time.sleep(0.02)
 
 
 def wait_until_files_are_newer_than(path: Path, *, probe: Path) -> None:

@@ -4,7 +4,6 @@ server, started by the stack launcher on free loopback ports."""
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import httpx
 
@@ -13,6 +12,7 @@ from lakeloop.dataset import DatasetSpec
 from lakeloop.model import train
 from lakeloop.settings import Settings, TrainingSettings
 from tests.utils.training import lineage as model_lineage
+from tests.utils.waiting import eventually
 from tooling import market
 from tooling.stack import Stack, services
 
@@ -43,9 +43,13 @@ def start_api_with_champion(
     api = stack.start(dataclasses.replace(available["api"], env=env))
     stack.wait(api)
     url = f"http://127.0.0.1:{settings.api.port}"
-    deadline = time.monotonic() + 60
-    while httpx.get(f"{url}/readyz", timeout=5).status_code != 200:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} never loaded the champion")
-        time.sleep(0.2)
+    wait_until_serving(url)
     return url
+
+
+def wait_until_serving(url: str) -> None:
+    """Wait until the API at ``url`` loaded its champion (``/readyz`` answers 200)."""
+    eventually(
+        lambda: httpx.get(f"{url}/readyz", timeout=5).status_code == 200,
+        what=f"the API at {url} serving its champion",
+    )

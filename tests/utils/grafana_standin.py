@@ -65,7 +65,9 @@ class GrafanaStandIn:
         async def create_folder(data: dict[str, Any]) -> Response[dict[str, Any]]:
             uid = data.get("uid") or f"f{next(self._ids)}"
             if uid in self.folders:
-                return Response({"message": "a folder with the same uid already exists"}, 409)
+                return Response(
+                    {"message": "a folder with the same uid already exists"}, status_code=409
+                )
             folder = {"id": next(self._ids), "uid": uid, "title": data["title"], "version": 1}
             self.folders[uid] = folder
             return Response(folder)
@@ -79,7 +81,9 @@ class GrafanaStandIn:
         @post("/api/datasources", status_code=200)
         async def create_datasource(data: dict[str, Any]) -> Response[dict[str, Any]]:
             if data["uid"] in self.datasources:
-                return Response({"message": "data source with the same uid already exists"}, 409)
+                return Response(
+                    {"message": "data source with the same uid already exists"}, status_code=409
+                )
             stored = data | {"id": next(self._ids)}
             self.datasources[data["uid"]] = stored
             return Response(
@@ -100,7 +104,7 @@ class GrafanaStandIn:
         async def save_dashboard(data: dict[str, Any]) -> Response[dict[str, Any]]:
             model, folder = data["dashboard"], data.get("folderUid", "")
             if folder and folder not in self.folders:
-                return Response({"message": "folder not found"}, 400)
+                return Response({"message": "folder not found"}, status_code=400)
             uid = model["uid"]
             existing = self.dashboards.get(uid)
             if existing and not data.get("overwrite"):
@@ -109,7 +113,7 @@ class GrafanaStandIn:
                         "message": "The dashboard has been changed by someone else",
                         "status": "version-mismatch",
                     },
-                    412,
+                    status_code=412,
                 )
             version = existing["version"] + 1 if existing else 1
             self.dashboards[uid] = {"dashboard": model, "folderUid": folder, "version": version}

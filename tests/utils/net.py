@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import uvicorn
+
+from tests.utils.waiting import eventually
 
 
 def free_port() -> int:
@@ -28,28 +28,15 @@ def serve_in_thread(app: Any, *, port: int | None = None) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"test server on {url} did not start")
-        time.sleep(0.02)
+
+    def started() -> bool:
+        if not thread.is_alive():  # the port taken, the app failing its start-up: say so now
+            raise RuntimeError(f"the test server on {url} stopped while starting")
+        return bool(server.started)
+
+    eventually(started, what=f"the test server on {url} started")
     try:
         yield url
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-
-
-def wait_http(url: str, *, timeout: float = 30.0) -> httpx.Response:
-    """GET ``url`` until it answers 2xx."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            response = httpx.get(url, timeout=2.0)
-            if response.is_success:
-                return response
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(url)
-        time.sleep(0.2)

@@ -4,7 +4,6 @@ stack launcher like every other service, and a small client for Prometheus's HTT
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,9 +15,12 @@ import yaml
 
 from lakeloop.settings import LOOPBACK, load_settings
 from tests.utils.net import free_port
+from tests.utils.waiting import DEADLINE_SECONDS, eventually_value
 from tooling.stack import Service, Stack
 
 T = TypeVar("T")
+PROMETHEUS_DEADLINE_SECONDS = 2 * DEADLINE_SECONDS
+"""Scrapes and rule evaluations run on their own intervals: the usual deadline, twice."""
 REPOSITORY = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPOSITORY / "infra" / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
@@ -133,19 +135,10 @@ class PrometheusClient:
         return targets
 
 
-def poll(check: Callable[[], T | None], *, what: str, timeout: float = 90.0) -> T:
-    """Call ``check`` until it returns something truthy; fail naming ``what`` at the deadline.
-
-    ``check`` may raise ``ValueError`` meanwhile (a series not there yet); the last error is
-    reported."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            if result := check():
-                return result
-        except ValueError as error:
-            last = error
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {timeout:.0f} s (last: {last!r})")
-        time.sleep(0.5)
+def poll(check: Callable[[], T | None], *, what: str) -> T:
+    """What ``check`` returns once it is truthy, asking Prometheus every half second; fail
+    naming ``what`` at a deadline long enough for a scrape and a rule evaluation on a loaded
+    machine. ``check`` may raise ``ValueError`` meanwhile (a series not there yet)."""
+    return eventually_value(
+        check, what=what, timeout=PROMETHEUS_DEADLINE_SECONDS, interval=0.5, tolerate=(ValueError,)
+    )

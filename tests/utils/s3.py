@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.utils.net import free_port
+from tests.utils.waiting import DEADLINE_SECONDS, eventually_value
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "lakeloop-test-key",
@@ -23,7 +23,7 @@ CREDENTIALS = {
 
 
 @contextmanager
-def moto_server(log_folder: Path, *, timeout: float = 30.0) -> Iterator[str]:
+def moto_server(log_folder: Path, *, timeout: float = DEADLINE_SECONDS) -> Iterator[str]:
     """Run moto's server on a free loopback port until the block ends; yields its endpoint URL."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
@@ -47,18 +47,17 @@ def moto_server(log_folder: Path, *, timeout: float = 30.0) -> Iterator[str]:
 
 
 def _wait_until_up(endpoint: str, process: subprocess.Popen[bytes], *, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def answers() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"moto_server exited with {process.returncode} while starting")
-        try:
-            if httpx.get(f"{endpoint}/moto-api/", timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"moto_server did not answer on {endpoint}")
-        time.sleep(0.1)
+        return httpx.get(f"{endpoint}/moto-api/", timeout=2).status_code < 500
+
+    eventually_value(
+        answers,
+        what=f"moto_server answering on {endpoint}",
+        timeout=timeout,
+        tolerate=(httpx.HTTPError,),
+    )
 
 
 def create_bucket(endpoint: str, name: str) -> None:

@@ -9,8 +9,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
+from lakeloop import loop
 from lakeloop.settings import Settings, load_settings
 from tests.utils.net import free_port
+from tests.utils.waiting import eventually
+
+RUN_DEADLINE_SECONDS = 300.0
+"""How long a flow run in flight may take to end: a training on a loaded machine."""
 
 LAKELOOP = [sys.executable, "-m", "tooling"]
 SERVICES = ("lakefs", "mlflow", "prefect", "gateway", "api")
@@ -52,3 +59,21 @@ def new_workspace(root: Path, **environment: str) -> Workspace:
         state_dir=root / "state", **{name: {"port": port} for name, port in ports.items()}
     )
     return Workspace(settings=settings, env=env, ports=ports)
+
+
+def wait_settled(settings: Settings, *, flow: str) -> None:
+    """Wait until the running loop has nothing in flight for ``flow``: the gateway holds no
+    event for Prefect (everything relayed was accepted) and no run of ``flow`` is scheduled,
+    pending or running. Check that nothing was started only after this, never after a sleep."""
+    eventually(
+        lambda: (
+            httpx.get(f"{settings.gateway.url}/healthz", timeout=5).json()["pending_events"] == 0
+        ),
+        what="the gateway's spool empty",
+    )
+    eventually(
+        lambda: loop.runs_of_flow(settings, flow, active=True) == [],
+        what=f"no run of the {flow} flow in flight",
+        timeout=RUN_DEADLINE_SECONDS,
+        interval=0.5,
+    )
