@@ -203,25 +203,13 @@ class Spool:
 
     def pending(self) -> list[Pending]:
         """Every pending event, oldest first (by when it was stored)."""
-        found = []
-        for entry in os.scandir(self.pending_dir):
-            if not entry.name.endswith(".json"):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                found.append((entry.stat().st_mtime_ns, entry.name, Path(entry.path)))
-        return [Pending(event_id=path.stem, path=path) for _, _, path in sorted(found)]
+        return [Pending(event_id=path.stem, path=path) for _, path in _by_time(self.pending_dir)]
 
     def sent(self) -> list[Sent]:
         """Every sent event not yet seen in Prefect's event store, longest sent first."""
-        found = []
-        for entry in os.scandir(self.sent_dir):
-            if not entry.name.endswith(".json"):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                found.append((entry.stat().st_mtime_ns, entry.name, Path(entry.path)))
         return [
             Sent(event_id=path.stem, path=path, sent_at=mtime / 1e9)
-            for mtime, _, path in sorted(found)
+            for mtime, path in _by_time(self.sent_dir)
         ]
 
     def contains(self, event_id: str) -> bool:
@@ -286,6 +274,18 @@ class Spool:
 
     def _sent_path(self, event_id: str) -> Path:
         return self.sent_dir / f"{event_id}.json"
+
+
+def _by_time(folder: Path) -> list[tuple[int, Path]]:
+    """The events in ``folder`` with their files' modification times (ns), oldest first (by
+    name among equals); a file moved or deleted meanwhile is left out."""
+    found = []
+    for entry in os.scandir(folder):
+        if not entry.name.endswith(".json"):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            found.append((entry.stat().st_mtime_ns, entry.name, Path(entry.path)))
+    return [(mtime, path) for mtime, _, path in sorted(found)]
 
 
 def _write_synced(path: Path, data: bytes) -> None:
