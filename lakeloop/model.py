@@ -161,17 +161,35 @@ def holdout_mask(frame: pd.DataFrame, spec: DatasetSpec, *, fraction: float) -> 
 
 
 def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """MAE, RMSE, MSE, R² and MAPE of predictions against the truth."""
+    """MAE, RMSE, MSE, R² and MAPE of predictions against the truth, and the median of
+    log(actual / predicted) when every value is positive (the model's typical bias as a factor:
+    the reference a window of reported values is compared with, monitoring.labels)."""
     errors = predicted - actual
     mse = float(np.mean(errors**2))
     total = float(np.sum((actual - actual.mean()) ** 2))
-    return {
+    metrics = {
         "mae": float(np.mean(np.abs(errors))),
         "rmse": float(np.sqrt(mse)),
         "mse": mse,
         "r2": 1.0 - float(np.sum(errors**2)) / total if total > 0 else 0.0,
         "mape": float(np.mean(np.abs(errors) / np.maximum(np.abs(actual), 1e-9))),
     }
+    bias = median_log_ratio(actual, predicted)
+    if bias is not None:
+        metrics[MEDIAN_LOG_RATIO] = bias
+    return metrics
+
+
+MEDIAN_LOG_RATIO = "median_log_ratio"
+
+
+def median_log_ratio(actual: np.ndarray, predicted: np.ndarray) -> float | None:
+    """Median of log(actual / predicted); ``None`` when a value is not positive (a ratio means
+    nothing there) or there is none."""
+    actual, predicted = np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float)
+    if not len(actual) or (actual <= 0).any() or (predicted <= 0).any():
+        return None
+    return float(np.median(np.log(actual / predicted)))
 
 
 @dataclass(frozen=True)

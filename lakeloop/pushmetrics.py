@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 VALIDATION_JOB = "lakeloop_validation"
 """Pushgateway job of data validation results; one group per dataset."""
 TRAINING_JOB = "lakeloop_training"
+FEEDBACK_JOB = "lakeloop_feedback"
+"""Pushgateway job of the checks of reported values before a retrain folds them."""
 """Pushgateway job of training results; one group per registered model."""
 TIMEOUT = 10.0
 
@@ -206,6 +208,58 @@ def push_training(
     return _read_modify_push(
         url,
         job=TRAINING_JOB,
+        grouping_key={"model_name": model_name},
+        families=families,
+        timeout=timeout,
+    )
+
+
+def push_feedback_check(
+    url: str | None,
+    *,
+    model_name: str,
+    folded: bool,
+    factor: float | None,
+    now: float | None = None,
+    timeout: float = TIMEOUT,
+) -> bool:
+    """Push what a retrain did with a window's reported values: the count of windows folded and
+    held back, and the factor between the last window's values and the champion's predictions
+    (monitoring.labels; 1 = as on its holdout). Returns whether the Pushgateway took it."""
+    if url is None:
+        return False
+    at = time.time() if now is None else now
+
+    def families(previous: Group) -> list[Metric]:
+        return [
+            *(
+                []
+                if factor is None
+                else [
+                    _gauge(
+                        "lakeloop_feedback_label_factor",
+                        "Reported values of the last window folded or held back, as a factor of "
+                        "the champion's predictions against its holdout (1 = as usual).",
+                        factor,
+                    )
+                ]
+            ),
+            _gauge(
+                "lakeloop_feedback_last_check_timestamp_seconds",
+                "When a window's reported values were last checked.",
+                at,
+            ),
+            _counted(
+                "lakeloop_feedback_windows",
+                "Windows of reported values a retrain checked, by whether they were folded.",
+                previous,
+                {"folded": str(folded).lower()},
+            ),
+        ]
+
+    return _read_modify_push(
+        url,
+        job=FEEDBACK_JOB,
         grouping_key={"model_name": model_name},
         families=families,
         timeout=timeout,

@@ -261,6 +261,14 @@ class MonitoringSettings(BaseModel):
     """Most rows of the champion's training data used as the reference (a seeded sample)."""
     policy: DriftPolicy = DriftPolicy()
     """When drift or rising error is worth a retrain (``LAKELOOP_MONITORING__POLICY__MIN_ROWS``)."""
+    feedback_tolerance: Annotated[float, Field(gt=1)] = 1.4
+    """How far a window's reported values may sit from the champion's predictions, as a factor
+    of their median ratio against the champion's holdout, before a retrain refuses to fold them
+    (monitoring.labels). Measured on the synthetic market and on the Ames sales
+    (docs/reliability-notes.md): every value times 1.5 moves it 1.46-1.51; a real 25 % price
+    rise 1.22-1.23; the demo's shifted market (new region, richer buyers) 1/1.22-1/1.35; so 1.4
+    holds back the first and folds the others. A smaller lie (times 1.2) passes here and is left
+    to the gate's holdout of data that predates the feedback."""
 
 
 class ObservabilitySettings(BaseModel):

@@ -29,6 +29,7 @@ from lakeloop.dataset import in_units
 from lakeloop.pushmetrics import replace_group
 from lakeloop.stores.objects import ObjectStore
 from monitoring.history import Decision, HistoryEntry
+from monitoring.labels import FoldRecord
 from monitoring.parse import DriftSummary, QualitySummary
 
 JOB = "lakeloop_monitor"
@@ -37,10 +38,12 @@ HISTORY_DIR = "history"
 LEGACY_HISTORY_FILE = "history.jsonl"
 """The single appended file earlier versions kept; still read, never written."""
 REPORTS_DIR = "reports"
+FOLDS_DIR = "folds"
 _STAMP = "%Y%m%dT%H%M%S%fZ"
 
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(HistoryEntry)
+_FOLD_DECODER = msgspec.json.Decoder(FoldRecord)
 
 
 class HtmlReport(Protocol):
@@ -155,9 +158,25 @@ def append_history(store: ObjectStore, entry: HistoryEntry) -> str:
     """Record one run as its own object under ``history/`` in ``store`` and return where it is.
     The name starts with the run's time (UTC), then when it was written (runs of the same time
     keep the order they were recorded in), so listing the history reads it oldest first."""
-    stamp = entry.time.astimezone(UTC).strftime(_STAMP)
+    return store.put(_entry_key(HISTORY_DIR, entry.time), _ENCODER.encode(entry))
+
+
+def _entry_key(folder: str, at: datetime) -> str:
+    stamp = at.astimezone(UTC).strftime(_STAMP)
     written = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
-    return store.put(f"{HISTORY_DIR}/{stamp}-{written}.json", _ENCODER.encode(entry))
+    return f"{folder}/{stamp}-{written}.json"
+
+
+def append_fold(store: ObjectStore, record: FoldRecord) -> str:
+    """Record what a retrain did with a window's reported values (folded or held back) under
+    ``folds/``, as the history records monitor runs."""
+    return store.put(_entry_key(FOLDS_DIR, record.time), _ENCODER.encode(record))
+
+
+def read_folds(store: ObjectStore, *, last: int) -> list[FoldRecord]:
+    """The ``last`` fold decisions recorded in ``store``, oldest first."""
+    keys = [key for key in store.list_keys(FOLDS_DIR) if key.endswith(".json")][-last:]
+    return [_FOLD_DECODER.decode(data) for data in store.get_many(keys)]
 
 
 def read_history(

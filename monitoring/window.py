@@ -75,12 +75,24 @@ def window_feedback(
 ) -> pd.DataFrame:
     """The labelled rows (see :func:`labelled_rows`) of ``model_version``'s predictions made from
     ``start`` to ``end``: the prices reported for a window, to add to the training data."""
-    log = _predictions_of(store, model_version, since=start)
-    log = log[log["predicted_at"] <= pd.Timestamp(end)]
-    if log.empty:
+    reports = window_reports(store, spec, model_version=model_version, start=start, end=end)
+    if reports.empty:
         return pd.DataFrame(columns=[*spec.feature_names, spec.target.name])
-    feedback = read_feedback_log(store, since=start)
-    return labelled_rows(with_feedback(log, feedback, spec=spec), spec)
+    return labelled_rows(reports, spec)
+
+
+def window_reports(
+    store: ObjectStore, spec: DatasetSpec, *, model_version: str, start: datetime, end: datetime
+) -> pd.DataFrame:
+    """``model_version``'s predictions made from ``start`` to ``end`` that have a reported value
+    (the target column), with their prediction, when and by whom it was reported
+    (:data:`REPORTED_AT`, :data:`REPORTED_BY`). Empty when none."""
+    log = _predictions_of(store, model_version, since=start)
+    if log.empty:
+        return log
+    log = log[log["predicted_at"] <= pd.Timestamp(end)]
+    joined = with_feedback(log, read_feedback_log(store, since=start), spec=spec)
+    return joined.loc[joined[spec.target.name].notna()].reset_index(drop=True)
 
 
 def _predictions_of(
@@ -92,24 +104,34 @@ def _predictions_of(
 
 REPORTED_AT = "reported_at"
 """Column :func:`with_feedback` adds: when the price of a row was reported."""
+REPORTED_BY = "reported_by"
+"""Column :func:`with_feedback` adds: the client that reported it (missing in logs older than
+client tokens)."""
 
 
 def with_feedback(log: pd.DataFrame, feedback: pd.DataFrame, *, spec: DatasetSpec) -> pd.DataFrame:
     """``log`` with the reported price as the target column (missing where none was reported)
     and when it was reported (:data:`REPORTED_AT`). A report names a prediction id or the
     record's own ids; the latest report by prediction id wins, then the latest by ids (it prices
-    every logged prediction of that record). Reports for unknown ids are ignored."""
+    every logged prediction of that record), and :data:`REPORTED_BY` names its client. Reports
+    for unknown ids are ignored."""
     target = spec.target.name
     actual = pd.Series(float("nan"), index=log.index)
     reported = pd.Series(pd.NaT, index=log.index, dtype="datetime64[us, UTC]")
+    client = pd.Series(None, index=log.index, dtype=object)
     if not feedback.empty:
         feedback = feedback.sort_values("received_at", kind="stable")
+        if "client" not in feedback:
+            feedback = feedback.assign(client=None)
         for keys, named in _feedback_keys(log, feedback, spec):
             latest = named.drop_duplicates("key", keep="last").set_index("key")
             missing = actual.isna()
             actual = actual.where(~missing, keys.map(latest["actual"]))
             reported = reported.where(~missing, keys.map(latest["received_at"]))
-    return log.assign(**{target: actual.astype("float64"), REPORTED_AT: reported})
+            client = client.where(~missing, keys.map(latest["client"]))
+    return log.assign(
+        **{target: actual.astype("float64"), REPORTED_AT: reported, REPORTED_BY: client}
+    )
 
 
 def _feedback_keys(

@@ -24,7 +24,7 @@ from lakeloop.ingest import (
     write_parquet,
 )
 from lakeloop.settings import Settings
-from monitoring.store import describe, read_history
+from monitoring.store import describe, read_folds, read_history
 from tooling.demo import demo
 from tooling.stack import down_recorded
 from tooling.terminal import (
@@ -407,7 +407,8 @@ def report(
         bool, typer.Option("--open", help="Open the latest Evidently report in a browser.")
     ] = False,
 ) -> None:
-    """The monitor's latest decisions and where its Evidently reports are."""
+    """The monitor's latest decisions, what retrains did with the reported prices (folded into
+    lakeFS or held back, and why), and where the Evidently reports are."""
     settings = settings_or_exit()
     store = settings.monitoring_store
     entries = read_history(store, last=last)
@@ -415,7 +416,12 @@ def report(
         console.print("no monitor run yet; `lakeloop monitor` runs one")
         raise typer.Exit(1)
     for entry in entries:
-        console.print(describe(entry))
+        console.print(describe(entry), markup=False)
+    folds = read_folds(store, last=last)
+    if folds:
+        console.print("reported prices:")
+        for fold in folds:
+            console.print(fold.describe(), markup=False)
     latest = entries[-1].report_path
     console.print(f"latest report: {latest}")
     if open_report and latest:

@@ -44,7 +44,16 @@ class Logs:
             flush_seconds=60,
         )
 
-    def predict(self, sales: pd.DataFrame, *, version: str, at: datetime) -> list[str]:
+    def predict(
+        self,
+        sales: pd.DataFrame,
+        *,
+        version: str,
+        at: datetime,
+        predictions: np.ndarray | None = None,
+    ) -> list[str]:
+        """Log the champion ``version``'s predictions for ``sales`` at ``at`` (200,000 each
+        unless given) and return their ids."""
         ids = [f"{version}-{at:%H%M%S}-{i}" for i in range(len(sales))]
         self.predictions.put(
             Entry(
@@ -52,14 +61,20 @@ class Logs:
                 model_name="housing-price",
                 model_version=version,
                 prediction_ids=ids,
-                predictions=np.full(len(sales), 200_000.0),
+                predictions=(
+                    np.full(len(sales), 200_000.0) if predictions is None else predictions
+                ),
                 columns={name: sales[name].tolist() for name in self.spec.feature_names},
             )
         )
         self.predictions.flush()
         return ids
 
-    def report(self, ids: list[str], prices: list[float], *, at: datetime) -> None:
+    def report(
+        self, ids: list[str], prices: list[float], *, at: datetime, client: str | None = None
+    ) -> None:
         for prediction_id, price in zip(ids, prices, strict=True):
-            self.feedback.put(FeedbackEntry(at=at, prediction_id=prediction_id, actual=price))
+            self.feedback.put(
+                FeedbackEntry(at=at, prediction_id=prediction_id, actual=price, client=client)
+            )
         self.feedback.flush()
