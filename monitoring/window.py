@@ -9,7 +9,7 @@ frame feeds Evidently's drift (features, prediction) and quality (target vs pred
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -153,16 +153,19 @@ def _feedback_keys(
                 yield record_keys(log, names), by_record
 
 
-def labelled_rows(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+def labelled_rows(
+    frame: pd.DataFrame, spec: DatasetSpec, *, keep: Sequence[str] = ()
+) -> pd.DataFrame:
     """The rows of a window whose price was reported, as a table stored under ``spec`` (every
     stored column, each record once): what a retrain adds to the data in lakeFS. Ids are as the
     requests sent them (missing where they sent none); the event time likewise, else the time
     the price was reported (a sale is dated when its price becomes known); ignored columns are
     empty. A feature the served model's description did not have (``spec`` added it since) is
     missing in these rows, as in any older table; the data checks decide whether that may
-    train."""
+    train. Columns of ``frame`` named in ``keep`` follow the stored ones (the first report of
+    a record keeps its own)."""
     labelled = frame.loc[frame[spec.target.name].notna()]
-    rows = labelled.reindex(columns=spec.stored_columns)
+    rows = labelled.reindex(columns=[*spec.stored_columns, *keep])
     if spec.event_time is not None and REPORTED_AT in labelled:
         undated = rows[spec.event_time.columns].isna().all(axis=1)
         if undated.any():
@@ -175,7 +178,7 @@ def labelled_rows(frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
         if numbers.notna().sum() == rows[column].notna().sum():
             whole = numbers.dropna()
             rows[column] = numbers.astype("Int64") if (whole == whole.round()).all() else numbers
-    return rows.drop_duplicates().reset_index(drop=True)
+    return rows.drop_duplicates(subset=spec.stored_columns).reset_index(drop=True)
 
 
 def window_id(start: datetime, end: datetime, rows: int) -> str:

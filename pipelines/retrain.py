@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from lakeloop import datagate, grafana, lakefs_client, model, pushmetrics, registry
@@ -29,7 +30,7 @@ from lakeloop.ingest import inspect_source, write_parquet
 from lakeloop.settings import Settings
 from monitoring.labels import FoldRecord, LabelCheck, Provenance, check_labels, provenance
 from monitoring.store import append_fold
-from monitoring.window import labelled_rows, window_reports
+from monitoring.window import REPORTED_AT, REPORTED_BY, labelled_rows, window_reports
 from pipelines.runtime import PLAIN, Runtime, run_logger, step
 from pipelines.train import TrainCommit
 
@@ -74,6 +75,14 @@ class Fold:
         return self.published.rows if self.folded and self.published else 0
 
 
+REPORT_COLUMNS = ("prediction", REPORTED_AT, REPORTED_BY)
+"""What the check and the provenance read beside the stored columns."""
+
+
+def _held_path(settings: Settings, name: str) -> Path:
+    return settings.state_dir / "monitoring" / "feedback" / name
+
+
 @step(retries=2, delay_seconds=5)
 def holdout_bias(settings: Settings, version: str) -> float | None:
     """The median log ratio of actual to predicted on ``version``'s holdout (its usual bias);
@@ -110,16 +119,33 @@ def fold_feedback(
     main = lakefs_client.main_reference(client, settings)
     if any(path.endswith(f"/{name}") for path in lakefs_client.table_paths(main, settings)):
         return Fold(note=f"the prices of window {window_id} are already in lakeFS")
+    # A sale main already holds (a house predicted and sold again at the same price; a window
+    # that overlaps one folded before) is not news, and would break the history's uniqueness
+    # rule for the whole window: leave it out, and judge only what would be added.
+    table = labelled_rows(reports, spec, keep=REPORT_COLUMNS)
+    path = write_parquet(table[spec.stored_columns], _held_path(settings, name))
+    known = datagate.overlap(
+        datagate.for_settings(settings, spec),
+        client,
+        repository=settings.lakefs.repository,
+        ref=settings.lakefs.branch,
+        source=inspect_source(path),
+        frame=table[spec.stored_columns],
+    )
+    if known.present_rows:
+        logger.info("%d reported sales are already on main; folding the others", known.present_rows)
+        table = table[~known.present]
+        if table.empty:
+            return Fold(note="every reported sale is already on main")
+        path = write_parquet(table[spec.stored_columns], path)
     check = check_labels(
-        reports,
+        table,
         spec,
         holdout_bias=bias,
         tolerance=settings.monitoring.feedback_tolerance,
         min_rows=settings.monitoring.policy.min_rows,
     )
-    reported = provenance(reports)
-    rows = labelled_rows(reports, spec)
-    path = write_parquet(rows, settings.state_dir / "monitoring" / "feedback" / name)
+    reported = provenance(table)
     if not check.passed:
         return Fold(
             note=f"the prices of window {window_id} were held back: {check.reason}",
@@ -127,22 +153,6 @@ def fold_feedback(
             provenance=reported,
             held_at=str(path),
         )
-    # A sale main already holds (a house predicted and sold again at the same price) is not news,
-    # and would break the history's uniqueness rule for the whole window: leave it out.
-    known = datagate.overlap(
-        datagate.for_settings(settings, spec),
-        client,
-        repository=settings.lakefs.repository,
-        ref=settings.lakefs.branch,
-        source=inspect_source(path),
-        frame=rows,
-    )
-    if known.present_rows:
-        logger.info("%d reported sales are already on main; folding the others", known.present_rows)
-        rows = rows[~known.present]
-        if rows.empty:
-            return Fold(note="every reported sale is already on main", check=check)
-        path = write_parquet(rows, path)
     published = lakefs_client.publish(
         client,
         settings,

@@ -224,3 +224,31 @@ def test_the_shift_is_measured_against_the_champions_own_bias(
     assert fold.folded
     assert fold.provenance is not None
     assert fold.provenance.clients == {UNKNOWN_CLIENT: 600}
+
+
+def test_a_window_overlapping_a_folded_one_is_judged_on_what_it_would_add(
+    served: Served, spec: DatasetSpec
+) -> None:
+    """The monitor's windows overlap (the most recent predictions): prices already folded do not
+    dilute the check of the ones that would be added, here all times 1.5."""
+    earlier, ids, truth = _sold(served, spec, rows=600, seed=24)
+    served.logs.report(ids, truth.tolist(), at=START + timedelta(hours=1))
+    assert served.fold(spec, earlier).folded
+    later_at = START + timedelta(days=1, minutes=5)
+    sales = market.generate_batch(rows=600, seed=25)
+    prices = sales[spec.target.name].to_numpy(dtype=float)
+    later_ids = served.logs.predict(sales, version=CHAMPION, at=later_at, predictions=prices)
+    served.logs.report(later_ids, (prices * 1.5).tolist(), at=later_at + timedelta(hours=1))
+    both = DriftWindow(
+        champion_version=CHAMPION,
+        window_id=window_id(START, later_at, 1200),
+        start=START,
+        end=later_at,
+    )
+
+    fold = served.fold(spec, both)
+
+    assert fold.check is not None
+    assert fold.check.rows == 600
+    assert not fold.check.passed, fold.check.reason
+    assert not fold.folded
