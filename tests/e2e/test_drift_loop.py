@@ -1,7 +1,8 @@
 """The drift → retrain loop on loopback with every real part, through the real Prefect trigger:
 the demo's stable traffic retrains nothing and its shifted traffic exactly once; more shift inside
 the cooldown retrains nothing; reported prices that make the error jump retrain, and when those
-prices are wrong the retrained model is worse and is not promoted."""
+prices are wrong the retrained model is worse and is not promoted; prices poisoned by a factor
+are held back before they train anything."""
 
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ def _retrains(workspace: Workspace) -> list[loop.FlowRun]:
 
 
 def _send(workspace: Workspace, scenario: market.Scenario, *, seed: int, prices: str) -> str:
-    """Send a batch of sales to the API and report prices for it (``true``, ``shuffled`` or
-    ``none``); returns the version that answered, once the logs hold it all."""
+    """Send a batch of sales to the API and report prices for it (``true``, ``shuffled``,
+    ``inflated`` or ``none``); returns the version that answered, once the logs hold it all."""
     settings = workspace.settings
     target = load_spec(settings.dataset).target.name
     sales = market.generate_batch(rows=TRAFFIC_ROWS, seed=seed, scenario=scenario)
@@ -64,6 +65,9 @@ def _send(workspace: Workspace, scenario: market.Scenario, *, seed: int, prices:
     actual = sales[target].to_numpy()
     if prices == "shuffled":  # a broken price feed: real prices, each on the wrong sale
         actual = np.random.default_rng(seed).permutation(actual)
+    if prices == "inflated":  # a poisoned feed: every price times 1.5, all within the bounds
+        actual = actual * 1.5
+        assert actual.max() <= (load_spec(settings.dataset).target.max or np.inf)
     if prices != "none":
         loop.report_prices(settings, ids, actual.tolist())
     loop.wait_for_logged(
@@ -103,10 +107,12 @@ def test_demo_retrains_once_on_shift_and_serves_the_new_champion(
     lakefs = lakefs_client.connect(settings)
     [commit] = lakefs_client.commit_log(lakefs, settings, ref=commit_id, limit=1)
     assert commit.metadata["lakeloop.window"] == shifted.window.id
+    # ... and who reported them: the demo's own client, every price of the window.
+    assert shifted.quality is not None
+    assert commit.metadata["lakeloop.feedback.clients"] == f"local={shifted.quality.rows}"
     data = lakefs_client.read_table(
         lakefs, settings, repository=settings.lakefs.repository, ref=commit_id
     )
-    assert shifted.quality is not None
     assert len(data) == 4000 + shifted.quality.rows
     # The report a person opens is on disk.
     assert shifted.report_path
@@ -114,6 +120,8 @@ def test_demo_retrains_once_on_shift_and_serves_the_new_champion(
     shown = workspace.run("report")
     assert shown.returncode == 0
     assert "RETRAIN" in shown.stdout
+    assert f"window={shifted.window.id}" in shown.stdout
+    assert "folded in" in shown.stdout
     # Each monitor run is an MLflow run with the numbers and Evidently's report, and a Prefect
     # artifact a person finds in the UI.
     experiment = client.get_experiment_by_name(f"{settings.mlflow.experiment}-monitoring")
@@ -152,13 +160,7 @@ def test_rising_error_retrains_and_a_worse_model_is_not_promoted(
 ) -> None:
     assert demo.returncode == 0
     settings = workspace.settings
-    last_retrain = max(e.time for e in _history(workspace) if e.decision.retrain)
-    loop.poll(
-        lambda: (datetime.now(UTC) - last_retrain).total_seconds() > COOLDOWN_SECONDS,
-        what="the cooldown to pass",
-        timeout=COOLDOWN_SECONDS + 10,
-        interval=1,
-    )
+    _wait_out_the_cooldown(workspace)
     _send(workspace, market.Scenario(), seed=42, prices="shuffled")
     checked = workspace.run("monitor")
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -182,3 +184,61 @@ def test_rising_error_retrains_and_a_worse_model_is_not_promoted(
     served = loop.served_model(settings)
     assert served is not None
     assert served["version"] == "2"
+
+
+def _wait_out_the_cooldown(workspace: Workspace) -> None:
+    last_retrain = max(e.time for e in _history(workspace) if e.decision.retrain)
+    loop.poll(
+        lambda: (datetime.now(UTC) - last_retrain).total_seconds() > COOLDOWN_SECONDS,
+        what="the cooldown to pass",
+        timeout=COOLDOWN_SECONDS + 10,
+        interval=1,
+    )
+
+
+def test_a_poisoned_price_feed_is_held_back_and_nothing_is_promoted(
+    demo: subprocess.CompletedProcess[str], workspace: Workspace
+) -> None:
+    """Every reported price times 1.5, each within the target's bounds: the error jumps, the
+    monitor asks for a retrain, and the retrain holds the prices back instead of folding them.
+    Nothing new reaches lakeFS or the registry, v2 keeps serving, and the user reads why in
+    ``lakeloop report`` and in the retrain's Prefect artifact."""
+    assert demo.returncode == 0
+    settings = workspace.settings
+    _wait_out_the_cooldown(workspace)
+    client = registry.connect(settings)
+    versions_before = len(client.search_model_versions(f"name='{settings.mlflow.model_name}'"))
+    lakefs = lakefs_client.connect(settings)
+    head_before = lakefs_client.head_commit(lakefs, settings)
+
+    _send(workspace, market.Scenario(), seed=43, prices="inflated")
+    checked = workspace.run("monitor")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    latest = _history(workspace)[-1]
+    assert latest.decision.retrain, latest.decision.reason
+
+    retrain = loop.wait_for_flow_run(
+        settings, "retrain", parameters={"window_id": latest.window.id}, timeout=600
+    )
+    assert retrain.state == "COMPLETED"
+    assert lakefs_client.head_commit(lakefs, settings) == head_before
+    assert len(client.search_model_versions(f"name='{settings.mlflow.model_name}'")) == (
+        versions_before
+    )
+    champion = registry.champion(client, settings)
+    assert champion is not None
+    assert champion.version == "2"
+    served = loop.served_model(settings)
+    assert served is not None
+    assert served["version"] == "2"
+    shown = workspace.run("report")
+    assert shown.returncode == 0
+    assert f"window={latest.window.id}" in shown.stdout
+    assert "NOT FOLDED" in shown.stdout
+    assert "x1.5" in shown.stdout
+    artifacts = httpx.post(
+        f"{settings.prefect_api_url}/artifacts/filter",
+        json={"artifacts": {"key": {"any_": ["feedback-check"]}}},
+        timeout=10,
+    ).json()
+    assert any("**not folded**" in artifact["data"] for artifact in artifacts)
