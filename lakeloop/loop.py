@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pandas as pd
+import tenacity
 
 from lakeloop.settings import LOCAL_CLIENT, Settings
 
@@ -53,9 +54,34 @@ class FlowRun:
         )
 
 
+BUSY = frozenset({429, 502, 503})
+"""Answers of a Prefect server too busy to serve a request now (503: its database is locked or
+its pool exhausted, on a loaded machine); Prefect's own client retries them."""
+BUSY_SECONDS = 60.0
+"""How long :func:`prefect_request` keeps asking a busy Prefect server."""
+
+
+def prefect_request(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One request to the Prefect server, asked again with backoff while the server is busy
+    (:data:`BUSY`) or refuses the connection (the request never reached it, so asking again
+    cannot do anything twice), for up to :data:`BUSY_SECONDS`; the last answer otherwise."""
+    retrying = tenacity.Retrying(
+        retry=(
+            tenacity.retry_if_exception_type(httpx.ConnectError)
+            | tenacity.retry_if_result(lambda response: response.status_code in BUSY)
+        ),
+        wait=tenacity.wait_exponential_jitter(initial=0.5, max=8.0),
+        stop=tenacity.stop_after_delay(BUSY_SECONDS),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+    )
+    response: httpx.Response = retrying(httpx.request, method, url, **kwargs)
+    return response
+
+
 def flow_runs(settings: Settings, body: dict[str, Any]) -> list[FlowRun]:
     """Prefect flow runs matching a ``/flow_runs/filter`` body, oldest first."""
-    response = httpx.post(
+    response = prefect_request(
+        "POST",
         f"{settings.prefect_api_url}/flow_runs/filter",
         json={"sort": "EXPECTED_START_TIME_ASC", **body},
         timeout=10.0,
@@ -89,11 +115,12 @@ def run_deployment(
     """Start a run of the deployment ``flow/deployment`` on the Prefect server and wait for it to
     finish; raise :class:`LoopError` if it does not complete."""
     api = settings.prefect_api_url
-    found = httpx.get(f"{api}/deployments/name/{name}", timeout=10.0)
+    found = prefect_request("GET", f"{api}/deployments/name/{name}", timeout=10.0)
     if found.status_code == 404:
         raise LoopError(f"no deployment {name} on the Prefect server at {api}; is the stack up?")
     found.raise_for_status()
-    created = httpx.post(
+    created = prefect_request(
+        "POST",
         f"{api}/deployments/{found.json()['id']}/create_flow_run",
         json={"parameters": parameters or {}},
         timeout=10.0,
@@ -102,7 +129,7 @@ def run_deployment(
     run_id = created.json()["id"]
 
     def latest() -> FlowRun:
-        response = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10.0)
+        response = prefect_request("GET", f"{api}/flow_runs/{run_id}", timeout=10.0)
         response.raise_for_status()
         return FlowRun.from_api(response.json())
 

@@ -172,7 +172,7 @@ def send_traffic(api: str, spec: DatasetSpec, feedback_headers: dict[str, str]) 
 
 def push_batch_results(gateway: str, spec: DatasetSpec) -> None:
     """What the flows push: a refused batch, then an accepted one; a model not promoted, then
-    one promoted."""
+    one promoted; a window of reported prices folded, then one held back."""
     for commit, success in (("a" * 64, False), ("b" * 64, True)):
         assert pushmetrics.push_validation(
             gateway,
@@ -190,6 +190,10 @@ def push_batch_results(gateway: str, spec: DatasetSpec) -> None:
             metrics={"mae": 31_000.0, "rmse": 45_000.0, "r2": 0.8},
             promoted=promoted,
             trigger=trigger,
+        )
+    for folded, factor in ((True, 0.9), (False, 1.5)):
+        assert pushmetrics.push_feedback_check(
+            gateway, model_name="housing-price", folded=folded, factor=factor
         )
 
 

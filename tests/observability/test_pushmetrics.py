@@ -60,6 +60,18 @@ def test_training_counts_runs_and_keeps_the_last_promotion_time(gateway: str) ->
     assert "lakeloop_training_runs_created" not in found  # no per-push "counter restarted"
 
 
+def test_feedback_checks_count_windows_held_back_and_folded(gateway: str) -> None:
+    for folded, factor, now in ((True, 0.9, 100.0), (False, 1.5, 200.0), (False, None, 300.0)):
+        assert pushmetrics.push_feedback_check(
+            gateway, model_name="counting", folded=folded, factor=factor, now=now
+        )
+    found = group(gateway, pushmetrics.FEEDBACK_JOB, model_name="counting")
+    assert one(found, "lakeloop_feedback_windows_total", folded="true") == 1
+    assert one(found, "lakeloop_feedback_windows_total", folded="false") == 2
+    assert "lakeloop_feedback_label_factor" not in found  # the last check measured none
+    assert one(found, "lakeloop_feedback_last_check_timestamp_seconds") == 300.0
+
+
 def test_validation_replaces_the_last_result_and_counts_outcomes(gateway: str) -> None:
     for commit, success in (("c1", True), ("c2", False), ("c3", True)):
         assert pushmetrics.push_validation(
