@@ -270,13 +270,17 @@ class Feedback(msgspec.Struct, forbid_unknown_fields=True):
     ) = None
 
 
+FeedbackStatus = Literal["accepted", "correction", "unmatched"]
+"""What became of stored feedback (:class:`FeedbackAccepted`)."""
+
+
 class FeedbackAccepted(msgspec.Struct, omit_defaults=True):
     """Feedback is stored beside the prediction log, with the name of the client that sent it. A
     prediction id must be in the log (else 404, or ``unmatched`` where the API is set to keep
     those); a record's own ids are not checked against it."""
 
     status: Annotated[
-        Literal["accepted", "correction", "unmatched"],
+        FeedbackStatus,
         Meta(
             description="`accepted`; `correction`: an earlier report for this prediction id is "
             "replaced (the latest report counts); `unmatched`: the prediction id is not in the "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -31,6 +31,7 @@ from api.schemas import (
     ErrorResponse,
     Feedback,
     FeedbackAccepted,
+    FeedbackStatus,
     FieldError,
     ModelRef,
     Prediction,
@@ -39,6 +40,7 @@ from api.schemas import (
     RequestTypes,
 )
 from lakeloop.dataset import DatasetSpec, attribute, in_units
+from lakeloop.settings import UnknownPredictions
 from lakeloop.stores.prediction_log import (
     CLOCK_SKEW,
     Entry,
@@ -210,7 +212,7 @@ class PredictionService:
         log: SegmentWriter | None,
         feedback_log: SegmentWriter | None,
         lookup: LogLookup | None = None,
-        unknown_predictions: Literal["refuse", "unmatched"] = "refuse",
+        unknown_predictions: UnknownPredictions = "refuse",
     ) -> None:
         self.spec = spec
         """The configured description: the request schema of a model that recorded none, and
@@ -375,7 +377,7 @@ class PredictionService:
         self._check_bounds(reported.actual, spec)
         if reported.ids is not None:
             self._check_ids(reported.ids, spec)
-        status: Literal["accepted", "correction", "unmatched"] = "accepted"
+        status: FeedbackStatus = "accepted"
         replaces = None
         if reported.prediction_id is not None:
             status, replaces = self._match(reported.prediction_id)
@@ -398,9 +400,7 @@ class PredictionService:
             replaces=replaces,
         )
 
-    def _match(
-        self, prediction_id: str
-    ) -> tuple[Literal["accepted", "correction", "unmatched"], float | None]:
+    def _match(self, prediction_id: str) -> tuple[FeedbackStatus, float | None]:
         """What a report for ``prediction_id`` is: ``accepted``, or a ``correction`` with the
         value it replaces, when the prediction is in the log; ``unmatched`` when it is not and
         the API keeps those; else the 404 (:func:`unknown_prediction`), counted."""

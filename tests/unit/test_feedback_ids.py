@@ -162,7 +162,14 @@ def test_an_id_from_the_future_is_unknown(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "malformed", ["x", str(uuid.uuid4()), "0190b8e4-1c2d-7abc-8def-0123456789AB", "0190b8e4-1c2d"]
+    "malformed",
+    [
+        "x",
+        str(uuid.uuid4()),
+        "0190b8e4-1c2d-7abc-8def-0123456789AB",  # upper case: never issued so
+        "0190b8e4-1c2d",
+        "0190b8e4-1c2d-7abc-8def-0123456789ab\n",  # passes the schema's pattern, not the id check
+    ],
 )
 def test_a_prediction_id_that_is_not_a_uuid7_is_422_naming_the_field(
     client: TestClient, malformed: str
