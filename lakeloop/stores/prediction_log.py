@@ -125,6 +125,9 @@ class SegmentWriter:
         self._writing: list[Any] = []
         """The entries of the segment being written: out of the queue, not yet in the store."""
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+        """Held through a whole flush: one segment is written at a time (the thread's, or a
+        caller's), so :attr:`_writing` is always the one being written."""
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -190,6 +193,10 @@ class SegmentWriter:
     def flush(self) -> str | None:
         """Write what is queued as one segment; where it went, or ``None`` when nothing was
         queued or the write failed (its rows are then lost and counted)."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> str | None:
         with self._lock:
             entries = self._writing = list(self._queue)
             self._queue.clear()

@@ -214,8 +214,9 @@ def test_a_second_report_is_a_correction_and_readers_take_the_latest(
     first = report(client, prediction_id, 200_000.0)
     second = report(client, prediction_id, 210_000.0)
     service = client.app.state.service
-    assert service.log.flush() is not None
-    assert service.feedback_log.flush() is not None
+    service.log.flush()  # (or the writer's thread did already)
+    service.feedback_log.flush()
+    assert service.feedback_log.pending() == []
     third = report(client, prediction_id, 220_000.0)
     assert [answer.status_code for answer in (first, second, third)] == [202] * 3
     assert first.json()["status"] == "accepted"
@@ -290,6 +291,32 @@ def test_each_segment_is_read_once_then_served_from_the_cache(tmp_path: Path) ->
     assert [lookup.reported(later[0], made=made) for _ in range(3)] == [1.0] * 3
     assert len(reports.reads) == 1
     assert lookup.reported(later[1], made=made) is None
+
+
+def test_an_entry_being_written_is_still_pending_until_its_segment_is_stored(
+    tmp_path: Path,
+) -> None:
+    """No gap between the queue and the store: a lookup during a slow write finds the entry."""
+    seen_while_writing: list[list[Any]] = []
+
+    class Watched(ObjectStore):
+        def put(self, key: str, data: bytes) -> str:
+            seen_while_writing.append(writer.pending())
+            return super().put(key, data)
+
+    plain = ObjectStore.folder(tmp_path)
+    writer = SegmentWriter(
+        Watched(plain.fs, plain.root, url=plain.url),
+        _ids_table,
+        max_rows=10,
+        flush_rows=10,
+        flush_seconds=60,
+    )
+    entry = _ids_entry(prediction_ids(2))
+    writer.put(entry)
+    assert writer.flush() is not None
+    assert seen_while_writing == [[entry]]
+    assert writer.pending() == []
 
 
 def test_the_cache_keeps_only_so_many_rows(tmp_path: Path) -> None:
