@@ -488,7 +488,14 @@ class LogLookup:
     """Whether a prediction id was issued, and what was last reported for it, from the two logs'
     writers of this process (what they have not written yet) and the segments every process
     sharing the store wrote. Segment columns are cached (:class:`SegmentCache`), so feedback
-    for the predictions of one minute reads each segment once."""
+    for the predictions of one minute reads each segment once.
+
+    A prediction is looked for in the segments of a few minutes at most (:func:`lookup_lag`);
+    its earlier reports in every feedback segment written since it was made, so a report for a
+    months-old prediction lists (and reads once, while cached) months of feedback segments.
+    Two reports of one id that race (sent to two replicas within a flush interval, or to one in
+    the same instant) may both answer ``accepted``: both are stored, and readers take the
+    latest."""
 
     def __init__(
         self,
