@@ -23,7 +23,7 @@ from api.predictor import ModelSlot, Predictor
 from lakeloop.dataset import DatasetSpec
 from lakeloop.loop import feedback_headers
 from lakeloop.model import TrainedModel
-from lakeloop.settings import Settings
+from lakeloop.settings import Settings, load_settings
 from lakeloop.stores.objects import ObjectStore
 from lakeloop.stores.prediction_log import (
     FEEDBACK,
@@ -377,3 +377,27 @@ def _ids_entry(ids: list[str]) -> Entry:
 def _ids_table(entries: list[Entry]) -> pa.Table:
     """Prediction segments with only what a lookup reads."""
     return pa.table({"prediction_id": [pid for entry in entries for pid in entry.prediction_ids]})
+
+
+def test_what_unknown_ids_get_is_one_setting(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert settings.api.unknown_predictions == "refuse"
+    monkeypatch.setenv("LAKELOOP_API__UNKNOWN_PREDICTIONS", "unmatched")
+    assert load_settings(state_dir=settings.state_dir).api.unknown_predictions == "unmatched"
+    monkeypatch.setenv("LAKELOOP_API__UNKNOWN_PREDICTIONS", "ignore")
+    with pytest.raises(ValueError, match="unknown_predictions"):
+        load_settings(state_dir=settings.state_dir)
+
+
+def test_without_a_prediction_log_ids_are_checked_for_form_only(
+    settings: Settings, slot: ModelSlot
+) -> None:
+    """Logging off: nothing to look an id up in (and nowhere to store the report)."""
+    unlogged = _with_api(settings, log_predictions=False)
+    with TestClient(create_app(unlogged, slot=slot, follow_registry=False)) as client:
+        client.headers.update(feedback_headers(settings))
+        never = id_made_at(datetime.now(UTC) - timedelta(minutes=10))
+        assert report(client, never).json()["status"] == "accepted"
+        assert report(client, "x").status_code == 422
+    assert read_feedback_log(settings.object_store).empty
