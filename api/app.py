@@ -7,6 +7,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -43,8 +44,10 @@ from lakeloop.settings import Settings
 from lakeloop.stores.prediction_log import (
     FEEDBACK,
     PREDICTIONS,
+    LogLookup,
     SegmentWriter,
     feedback_table,
+    lookup_lag,
     prediction_table,
 )
 
@@ -69,10 +72,11 @@ _ERRORS = {
 
 def _error_response(_: Request[Any, Any, Any], error: Exception) -> Response[ErrorResponse]:
     """Every error answers the same shape: status, detail, field errors (and the headers the
-    error carries: when to retry after a 429)."""
+    error carries: when to retry after a 429, or after a 404 for a prediction not logged yet)."""
     headers: dict[str, str] = {}
     if isinstance(error, ApiError):
         body = error.response
+        headers.update(error.headers)
     elif isinstance(error, HTTPException):
         body = ErrorResponse(status_code=error.status_code, detail=str(error.detail))
         headers.update(error.headers or {})
@@ -269,6 +273,9 @@ def create_app(
     slot = slot or ModelSlot()
     metrics = ApiMetrics.for_target(spec.target)
     log, feedback_log = _logs(settings, spec, metrics)
+    lookup = None
+    if log is not None and feedback_log is not None:
+        lookup = LogLookup(log, feedback_log, lag=lookup_lag(settings.api.log_flush_seconds))
     service = PredictionService(
         spec,
         slot,
@@ -276,6 +283,8 @@ def create_app(
         metrics=metrics,
         log=log,
         feedback_log=feedback_log,
+        lookup=lookup,
+        unknown_predictions=settings.api.unknown_predictions,
     )
 
     def swapped(predictor: Predictor) -> None:
@@ -424,6 +433,14 @@ def _handlers(settings: Settings, service: PredictionService, *, following: bool
         status_code=202,
         responses={
             **{code: _ERRORS[code] for code in (400, 413, 422)},
+            404: ResponseSpec(
+                ErrorResponse,
+                generate_examples=False,
+                description="The prediction id is not in the prediction log (unless the API "
+                "keeps such reports as `unmatched`: `LAKELOOP_API__UNKNOWN_PREDICTIONS`). While "
+                "the id is only seconds old, the replica that made it may not have logged it "
+                "yet: the answer says so and `Retry-After` says when to try again.",
+            ),
             401: ResponseSpec(
                 ErrorResponse,
                 generate_examples=False,
@@ -440,11 +457,15 @@ def _handlers(settings: Settings, service: PredictionService, *, following: bool
     async def feedback(request: Request[Any, Any, Any]) -> FeedbackAccepted:
         """Report the real value for an earlier prediction (it measures the champion's error
         and becomes training data at the next retrain): only a client with a token may, sent as
-        `Authorization: Bearer <client token>`; the report records the client's name."""
+        `Authorization: Bearer <client token>`; the report records the client's name. A
+        `prediction_id` must be one the API issued and logged; a second report for it is a
+        `correction` (the latest counts) and the answer says which value it replaces."""
         client = feedback_client(request.headers.get("authorization", ""), feedback_clients)
         if client is None:
             raise ApiError(401, "a valid `Authorization: Bearer <client token>` header is required")
-        return service.feedback(await request.body(), client=client)
+        body = await request.body()
+        # The prediction id is looked up in the log's segments (maybe on S3): not on the loop.
+        return await anyio.to_thread.run_sync(partial(service.feedback, body, client=client))
 
     @post(
         "/v1/admin/reload",

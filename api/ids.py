@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import time
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -14,6 +16,12 @@ _COUNTER_MASK = (1 << 61) - 1
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 # Below this many ids, formatting them one by one is cheaper than setting up the arrays.
 _ONE_BY_ONE = 16
+UUID7_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+"""A prediction id as this API writes them: lowercase, version 7, RFC 9562 variant."""
+_UUID7 = re.compile(UUID7_PATTERN)
+# The latest time a datetime holds; an id stamped later (its 48 bits reach year 10889) is read as
+# this, which is as much "in the future" for every check.
+_LATEST_MS = int(datetime(9999, 12, 31, tzinfo=UTC).timestamp() * 1000)
 
 
 def prediction_ids(count: int) -> list[str]:
@@ -32,6 +40,15 @@ def prediction_ids(count: int) -> list[str]:
             ids.append(f"{prefix}{low[:4]}-{low[4:]}")
         return ids
     return _formatted(prefix, start, count)
+
+
+def made_at(prediction_id: str) -> datetime:
+    """When a prediction id was made: its first 48 bits, Unix milliseconds (UTC). ``ValueError``
+    when it is not a well-formed UUIDv7."""
+    if not _UUID7.fullmatch(prediction_id):
+        raise ValueError(f"{prediction_id!r} is not a UUIDv7")
+    millis = int(prediction_id[:8] + prediction_id[9:13], 16)
+    return datetime.fromtimestamp(min(millis, _LATEST_MS) / 1000, tz=UTC)
 
 
 def _formatted(prefix: str, start: int, count: int) -> list[str]:

@@ -42,6 +42,11 @@ ERROR_KINDS = {
     503: "unavailable",
 }
 
+FEEDBACK_OUTCOMES = ("accepted", "correction", "unmatched", "unknown")
+"""What became of a feedback report whose body passed the checks: stored (``accepted``), stored as
+a ``correction`` of an earlier report, stored for an id not in the log (``unmatched``), or refused
+because its prediction id is not in the log (``unknown``, a 404)."""
+
 
 def error_kind(status: int) -> str | None:
     """The error kind of an HTTP status (``None`` for a success or a redirect)."""
@@ -113,8 +118,8 @@ class ValueHistogram:
 
 class ApiMetrics:
     """Requests (rate, latency, in flight, errors by kind), predictions (by model version, and
-    the distribution of predicted values), the prediction log's queue, drops and failed writes,
-    model swaps and failed model loads."""
+    the distribution of predicted values), feedback by outcome, the prediction log's queue, drops
+    and failed writes, model swaps and failed model loads."""
 
     def __init__(self, *, prediction_buckets: tuple[float, ...] = _BUCKETS, unit: str = "") -> None:
         self.registry = CollectorRegistry()
@@ -179,6 +184,15 @@ class ApiMetrics:
             ["log"],
             registry=self.registry,
         )
+        self.feedback = Counter(
+            "lakeloop_api_feedback",
+            "Feedback reports by outcome: accepted, correction (replaces an earlier report), "
+            "unmatched (stored for a prediction id not in the log), unknown (refused: 404).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in FEEDBACK_OUTCOMES:  # every series from the start, at 0
+            self.feedback.labels(outcome)
         self.swaps = Counter(
             "lakeloop_api_model_swaps",
             "Model versions swapped in (the first load counts).",

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
+from api.ids import UUID7_PATTERN
 from lakeloop.dataset import DatasetSpec, Feature, attribute
 
 # JSON cannot carry NaN or infinity and msgspec refuses numbers beyond a double; bounding every
 # number by the largest finite double also refuses them when they arrive by another route.
 _FINITE = sys.float_info.max
-# Prediction ids are UUIDv7 strings (time-ordered); feedback must name one.
-UUID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
 def feature_type(feature: Feature) -> Any:
@@ -248,7 +247,15 @@ class Feedback(msgspec.Struct, forbid_unknown_fields=True):
 
     actual: Annotated[float, Meta(ge=-_FINITE, le=_FINITE, description="The observed value.")]
     prediction_id: (
-        Annotated[str, Meta(pattern=UUID_PATTERN, description="From a prediction.")] | None
+        Annotated[
+            str,
+            Meta(
+                pattern=UUID7_PATTERN,
+                description="From a prediction (a UUIDv7 this API issued): it must be in the "
+                "prediction log.",
+            ),
+        ]
+        | None
     ) = None
     ids: (
         Annotated[
@@ -263,14 +270,30 @@ class Feedback(msgspec.Struct, forbid_unknown_fields=True):
     ) = None
 
 
-class FeedbackAccepted(msgspec.Struct, omit_defaults=True):
-    """Feedback is stored beside the prediction log (ids are not checked against it), with
-    the name of the client that sent it."""
+FeedbackStatus = Literal["accepted", "correction", "unmatched"]
+"""What became of stored feedback (:class:`FeedbackAccepted`)."""
 
-    status: str
+
+class FeedbackAccepted(msgspec.Struct, omit_defaults=True):
+    """Feedback is stored beside the prediction log, with the name of the client that sent it. A
+    prediction id must be in the log (else 404, or ``unmatched`` where the API is set to keep
+    those); a record's own ids are not checked against it."""
+
+    status: Annotated[
+        FeedbackStatus,
+        Meta(
+            description="`accepted`; `correction`: an earlier report for this prediction id is "
+            "replaced (the latest report counts); `unmatched`: the prediction id is not in the "
+            "log and is stored anyway (`LAKELOOP_API__UNKNOWN_PREDICTIONS=unmatched`)."
+        ),
+    ]
     prediction_id: str | None = None
     ids: RecordIds | None = None
     client: str | None = None
+    replaces: (
+        Annotated[float, Meta(description="For a correction: the value the earlier report gave.")]
+        | None
+    ) = None
 
 
 class ReloadResult(msgspec.Struct):

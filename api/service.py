@@ -8,8 +8,9 @@ to name every bad field.
 
 from __future__ import annotations
 
+import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -23,13 +24,14 @@ from api.errors import (
     parse_lenient,
     single_errors,
 )
-from api.ids import prediction_ids
+from api.ids import made_at, prediction_ids
 from api.metrics import ApiMetrics
 from api.predictor import ModelSlot, Predictor
 from api.schemas import (
     ErrorResponse,
     Feedback,
     FeedbackAccepted,
+    FeedbackStatus,
     FieldError,
     ModelRef,
     Prediction,
@@ -38,7 +40,14 @@ from api.schemas import (
     RequestTypes,
 )
 from lakeloop.dataset import DatasetSpec, attribute, in_units
-from lakeloop.stores.prediction_log import Entry, FeedbackEntry, SegmentWriter
+from lakeloop.settings import UnknownPredictions
+from lakeloop.stores.prediction_log import (
+    CLOCK_SKEW,
+    Entry,
+    FeedbackEntry,
+    LogLookup,
+    SegmentWriter,
+)
 
 NO_CHAMPION_YET = "no champion model yet"
 NO_CHAMPION = (
@@ -57,10 +66,17 @@ class ApiError(Exception):
     """An answer other than 2xx, with the body to send."""
 
     def __init__(
-        self, status_code: int, detail: str, errors: list[FieldError] | None = None
+        self,
+        status_code: int,
+        detail: str,
+        errors: list[FieldError] | None = None,
+        *,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.response = ErrorResponse(status_code=status_code, detail=detail, errors=errors or [])
+        self.headers = headers or {}
+        """Headers the answer carries (``Retry-After``)."""
 
 
 def msgspec_error(error: Exception) -> FieldError:
@@ -195,6 +211,8 @@ class PredictionService:
         metrics: ApiMetrics,
         log: SegmentWriter | None,
         feedback_log: SegmentWriter | None,
+        lookup: LogLookup | None = None,
+        unknown_predictions: UnknownPredictions = "refuse",
     ) -> None:
         self.spec = spec
         """The configured description: the request schema of a model that recorded none, and
@@ -204,6 +222,10 @@ class PredictionService:
         self.metrics = metrics
         self.log = log
         self.feedback_log = feedback_log
+        self.lookup = lookup
+        """Where feedback's prediction ids are looked up; ``None`` without a log (not checked)."""
+        self.unknown_predictions = unknown_predictions
+        """What feedback for a prediction id not in the log gets: a 404, or stored ``unmatched``."""
         self.coalescer = Coalescer()
         self._schemas: dict[str, RequestSchema] = {}
         self._feedback = msgspec.json.Decoder(Feedback)
@@ -327,7 +349,13 @@ class PredictionService:
     # Feedback ---------------------------------------------------------------------------
     def feedback(self, body: bytes, *, client: str) -> FeedbackAccepted:
         """Store the actual value ``client`` reported for an earlier prediction, named by its
-        prediction id or by the record's own ids (the served description's id columns)."""
+        prediction id or by the record's own ids (the served description's id columns).
+
+        A prediction id must be in the prediction log (:meth:`_match`: 404 otherwise, or stored
+        as ``unmatched``); a report for one already reported is a ``correction`` that says what
+        it replaces. Ids are not checked against the log (a record's predictions may not have
+        sent them), nor is anything without a log (``log_predictions`` off: nothing to check
+        against, and nothing is stored). Looks up the log (maybe S3): call it from a thread."""
         try:
             reported = self._feedback.decode(body)
         except msgspec.DecodeError as error:
@@ -349,6 +377,10 @@ class PredictionService:
         self._check_bounds(reported.actual, spec)
         if reported.ids is not None:
             self._check_ids(reported.ids, spec)
+        status: FeedbackStatus = "accepted"
+        replaces = None
+        if reported.prediction_id is not None:
+            status, replaces = self._match(reported.prediction_id)
         if self.feedback_log is not None:
             entry = FeedbackEntry(
                 at=datetime.now(UTC),
@@ -356,11 +388,41 @@ class PredictionService:
                 actual=reported.actual,
                 ids=reported.ids,
                 client=client,
+                replaces=replaces,
             )
             self.feedback_log.put(entry)
+        self.metrics.feedback.labels(status).inc()
         return FeedbackAccepted(
-            status="accepted", prediction_id=reported.prediction_id, ids=reported.ids, client=client
+            status=status,
+            prediction_id=reported.prediction_id,
+            ids=reported.ids,
+            client=client,
+            replaces=replaces,
         )
+
+    def _match(self, prediction_id: str) -> tuple[FeedbackStatus, float | None]:
+        """What a report for ``prediction_id`` is: ``accepted``, or a ``correction`` with the
+        value it replaces, when the prediction is in the log; ``unmatched`` when it is not and
+        the API keeps those; else the 404 (:func:`unknown_prediction`), counted."""
+        try:
+            made = made_at(prediction_id)
+        except ValueError:  # the schema's pattern lets a trailing newline through
+            problem = FieldError(
+                field="prediction_id",
+                location="$.prediction_id",
+                message="not a prediction id: expected a UUIDv7, as the API issues them",
+            )
+            raise ApiError(422, "invalid feedback", [problem]) from None
+        if self.lookup is None:
+            return "accepted", None
+        now = datetime.now(UTC)
+        if self.lookup.predicted(prediction_id, made=made, now=now):
+            replaces = self.lookup.reported(prediction_id, made=made)
+            return ("accepted" if replaces is None else "correction"), replaces
+        if self.unknown_predictions == "unmatched":
+            return "unmatched", None
+        self.metrics.feedback.labels("unknown").inc()
+        raise unknown_prediction(prediction_id, made=made, now=now, lag=self.lookup.lag)
 
     @staticmethod
     def _check_bounds(actual: float, spec: DatasetSpec) -> None:
@@ -400,3 +462,25 @@ class PredictionService:
                 for name in unknown
             ]
             raise ApiError(422, "invalid feedback", problems)
+
+
+def unknown_prediction(
+    prediction_id: str, *, made: datetime, now: datetime, lag: timedelta
+) -> ApiError:
+    """The 404 for feedback naming a prediction id that is not in the log. While the id is
+    younger than ``lag`` another replica may still be about to write it: the answer says so, with
+    ``Retry-After`` (seconds until it would be written)."""
+    unknown = f"unknown prediction id {prediction_id}"
+    if made > now + CLOCK_SKEW:
+        return ApiError(404, f"{unknown}: it is dated {made:%Y-%m-%dT%H:%M:%SZ}, in the future")
+    wait = (made + lag - now).total_seconds()
+    if wait > 0:
+        retry = math.ceil(wait)
+        return ApiError(
+            404,
+            f"{unknown}: not in the prediction log yet; it was made "
+            f"{max((now - made).total_seconds(), 0):.0f} s ago and the replica that made it may "
+            f"not have written it yet: retry after {retry} s",
+            headers={"Retry-After": str(retry)},
+        )
+    return ApiError(404, f"{unknown}: no prediction with this id is in the prediction log")

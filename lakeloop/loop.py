@@ -310,7 +310,9 @@ def feedback_headers(settings: Settings) -> dict[str, str]:
 
 
 def report_prices(settings: Settings, prediction_ids: list[str], prices: list[float]) -> None:
-    """Report the sale price of each earlier prediction (``POST /v1/feedback``)."""
+    """Report the sale price of each earlier prediction (``POST /v1/feedback``). The ids are
+    ones the API issued (:func:`send_traffic` returns them): an id not in its prediction log is
+    a 404, raised."""
     headers = feedback_headers(settings)
     with httpx.Client(base_url=settings.api_url, timeout=10.0, headers=headers) as client:
         for prediction_id, price in zip(prediction_ids, prices, strict=True):

@@ -115,6 +115,10 @@ class GatewaySettings(BaseModel):
         return self.public_url or f"http://{self.host}:{self.port}"
 
 
+UnknownPredictions = Literal["refuse", "unmatched"]
+"""What feedback naming a prediction id that is not in the log gets (``ApiSettings``)."""
+
+
 class ApiSettings(BaseModel):
     """The prediction API."""
 
@@ -159,6 +163,11 @@ class ApiSettings(BaseModel):
     """Write a segment as soon as this many rows are queued ..."""
     log_flush_seconds: Annotated[float, Field(gt=0)] = 5.0
     """... and at least this often while any are."""
+    unknown_predictions: UnknownPredictions = "refuse"
+    """Feedback naming a prediction id that is not in the prediction log: ``refuse`` answers 404
+    (with ``Retry-After`` while another replica may not have logged it yet); ``unmatched`` stores
+    it anyway, answered and counted as ``unmatched`` (a reader joins it if the prediction turns
+    up). Without a prediction log (``log_predictions`` off) ids are not checked."""
 
     @model_validator(mode="after")
     def _refuse_placeholder_token(self) -> ApiSettings:

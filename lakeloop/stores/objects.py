@@ -18,7 +18,7 @@ import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import fsspec.core
 from fsspec.implementations.local import LocalFileSystem
@@ -100,9 +100,17 @@ class ObjectStore:
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self.path(key)))
 
-    def list_keys(self, prefix: str = "") -> list[str]:
+    def list_keys(
+        self, prefix: str = "", *, after: str | None = None, before: str | None = None
+    ) -> list[str]:
         """Every key under ``prefix`` (relative to the root), sorted by name; [] when none.
-        Objects still being written on a local disk are not listed."""
+        With ``after`` and/or ``before`` (keys relative to the root), only the keys strictly
+        between them by name: S3 is asked to list from ``after`` on (ListObjectsV2
+        ``StartAfter``) and the listing stops at ``before``, so a few minutes of a long history
+        cost a page, not the history; a local folder filters its sorted names. Objects still
+        being written on a local disk are not listed."""
+        if (after is not None or before is not None) and _is_s3(self.fs):
+            return self._s3_keys_between(prefix, after=after, before=before)
         base = self.path(prefix) if prefix else self.root
         try:
             found = self.fs.find(base, withdirs=False)
@@ -110,7 +118,48 @@ class ObjectStore:
             return []
         start = len(self.root) + 1
         keys = (str(path)[start:] for path in found)
-        return sorted(key for key in keys if not _is_partial(key))
+        return sorted(
+            key
+            for key in keys
+            if not _is_partial(key)
+            and (after is None or key > after)
+            and (before is None or key < before)
+        )
+
+    def _s3_keys_between(self, prefix: str, *, after: str | None, before: str | None) -> list[str]:
+        """:meth:`list_keys` of a range on S3, page by page (keys come in name order)."""
+        bucket, root_key, _ = self.fs.split_path(self.root)
+        base = f"{root_key}/" if root_key else ""
+        request: dict[str, Any] = {
+            "Bucket": bucket,
+            "Prefix": f"{base}{prefix.strip('/')}/" if prefix else base,
+        }
+        if after is not None:
+            request["StartAfter"] = base + after
+        keys: list[str] = []
+        try:
+            while True:
+                page = self.fs.call_s3("list_objects_v2", **request)
+                for listed in page.get("Contents", []):
+                    key = listed["Key"][len(base) :]
+                    if before is not None and key >= before:
+                        return keys
+                    if not key.endswith("/"):  # a folder marker another tool may have made
+                        keys.append(key)
+                if not page.get("IsTruncated"):
+                    return keys
+                request["ContinuationToken"] = page["NextContinuationToken"]
+        except FileNotFoundError:  # no bucket: nothing, as a local folder not made yet
+            return []
+
+    @contextlib.contextmanager
+    def reader(self, key: str) -> Iterator[BinaryIO]:
+        """``key`` as a seekable file read lazily: a Parquet reader fetches only the footer and
+        the columns it reads (ranged GETs on S3, not the whole object);
+        ``FileNotFoundError`` when there is no such object."""
+        options = {} if self.local else {"cache_type": "none"}  # each read is one ranged GET
+        with self.fs.open(self.path(key), "rb", **options) as handle:
+            yield handle
 
     def delete(self, key: str) -> None:
         """Remove ``key``; nothing happens when it does not exist."""
@@ -166,6 +215,11 @@ def write_atomically(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)  # a half-written file would only take space
         raise
+
+
+def _is_s3(fs: AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "s3" in protocols
 
 
 def _is_partial(key: str) -> bool:

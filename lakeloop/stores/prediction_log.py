@@ -11,6 +11,11 @@ loses its rows: they
 are counted, the writer remembers the error until a write succeeds again (``/readyz`` shows it),
 and the thread goes on with the next flush. Keeping failed rows to retry would only move the loss
 to the bounded queue, and one bad entry would then fail every later flush too.
+
+Feedback names a prediction by its id, and :class:`LogLookup` says whether that prediction was
+made (and what was last reported for it) without a second copy of the ids: it looks in what this
+process has not written yet (the writers' queues) and in the few segments, of any replica sharing
+the store, whose names can hold it (a segment is named by when it was written, soon after).
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ import io
 import logging
 import os
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import chain, groupby
 from operator import attrgetter
 from typing import Any
@@ -31,6 +36,7 @@ import msgspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakeloop.dataset import DatasetSpec, attribute
@@ -78,6 +84,9 @@ class FeedbackEntry:
     """The record's own ids, when it is named by them instead of by ``prediction_id``."""
     client: str | None = None
     """The name of the client that reported it (its token's name in the settings)."""
+    replaces: float | None = None
+    """The value the latest earlier report for the same prediction id gave, when this one
+    corrects it (readers take the latest report)."""
 
     @property
     def rows(self) -> int:
@@ -113,7 +122,12 @@ class SegmentWriter:
         """Why the last write failed; empty once a segment is written again."""
         self._queue: deque[Any] = deque()
         self._queued_rows = 0
+        self._writing: list[Any] = []
+        """The entries of the segment being written: out of the queue, not yet in the store."""
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+        """Held through a whole flush: one segment is written at a time (the thread's, or a
+        caller's), so :attr:`_writing` is always the one being written."""
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -122,6 +136,13 @@ class SegmentWriter:
     @property
     def queued_rows(self) -> int:
         return self._queued_rows
+
+    def pending(self) -> list[Any]:
+        """The entries not in a segment yet (being written, then queued), oldest first: a
+        snapshot of the lists taken under the lock (entries are immutable), so a reader sees
+        what the store does not hold yet."""
+        with self._lock:
+            return [*self._writing, *self._queue]
 
     def put(self, entry: Any) -> bool:
         """Queue an entry; False (and counted) when the queue is full. Never blocks on I/O."""
@@ -172,13 +193,18 @@ class SegmentWriter:
     def flush(self) -> str | None:
         """Write what is queued as one segment; where it went, or ``None`` when nothing was
         queued or the write failed (its rows are then lost and counted)."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> str | None:
         with self._lock:
-            entries = list(self._queue)
+            entries = self._writing = list(self._queue)
             self._queue.clear()
             self._queued_rows = 0
         if not entries:
             return None
         self._sequence += 1
+        # Stamped after every entry in it was queued: a segment is named no earlier than its rows.
         stamp = datetime.now(UTC).strftime(_STAMP)
         key = f"{stamp}-{os.getpid()}-{self._sequence:06d}.parquet"
         try:
@@ -189,6 +215,9 @@ class SegmentWriter:
         except Exception as error:
             self._lost(sum(entry.rows for entry in entries), error)
             return None
+        finally:
+            with self._lock:
+                self._writing = []
         if self.last_error:
             logger.warning("%s segments are written again", self.store.name)
             self.last_error = ""
@@ -345,17 +374,22 @@ def feedback_table(entries: list[FeedbackEntry]) -> pa.Table:
             "received_at": pa.array([e.at for e in entries], pa.timestamp("us", tz="UTC")),
             "actual": pa.array([e.actual for e in entries], pa.float64()),
             "client": pa.array([e.client for e in entries], pa.string()),
+            "replaces": pa.array([e.replaces for e in entries], pa.float64()),
         }
     )
 
 
-def _segments(store: ObjectStore, since: datetime | None) -> list[str]:
-    keys = [key for key in store.list_keys() if key.endswith(".parquet")]
-    if since is None:
-        return keys
+def _segments(
+    store: ObjectStore, since: datetime | None, until: datetime | None = None
+) -> list[str]:
+    """The segments named from ``since`` to ``until`` (aware times; ``None``: no bound)."""
     # A segment is written after every row in it: one named before `since` holds nothing newer.
-    cutoff = since.astimezone(UTC).strftime(_STAMP)
-    return [key for key in keys if key.rsplit("/", 1)[-1][: len(cutoff)] >= cutoff]
+    # A key is its stamp then `-pid-seq`, so it sorts after the bare stamp of its own time.
+    keys = store.list_keys(
+        after=since.astimezone(UTC).strftime(_STAMP) if since else None,
+        before=until.astimezone(UTC).strftime(_STAMP) if until else None,
+    )
+    return [key for key in keys if key.endswith(".parquet")]
 
 
 def _read(
@@ -390,7 +424,132 @@ def read_feedback_log(
     store: ObjectStore, since: datetime | None = None, limit: int | None = None
 ) -> pd.DataFrame:
     """Reported actual values (``prediction_id`` or ``record_key``, ``received_at``,
-    ``actual``, ``client``), like :func:`read_prediction_log`; join the two on ``prediction_id``,
-    or on the record's ids (:func:`record_key`). Segments written before ids (or clients)
-    existed have no ``record_key`` (or ``client``)."""
+    ``actual``, ``client``, ``replaces``: the value a correction replaces, else null), like
+    :func:`read_prediction_log`; join the two on ``prediction_id``, or on the record's ids
+    (:func:`record_key`), the latest report winning. Segments written before ids (or clients,
+    or corrections) existed have no ``record_key`` (or ``client``, or ``replaces``): read with
+    newer ones, those rows are null there."""
     return _read(store.child(FEEDBACK), "received_at", since, limit)
+
+
+# Looking up a prediction id -------------------------------------------------------------------
+CLOCK_SKEW = timedelta(minutes=1)
+"""How far ahead of this clock a prediction id's time may be (another replica's clock) and still
+be an id this API made; an id from further in the future is unknown."""
+_STEP_BACK = timedelta(seconds=5)
+# A segment is named by the clock of the process that made its ids, after it made them; searching
+# from a few seconds earlier still finds it if that clock was stepped back (NTP) in between.
+
+
+def lookup_lag(flush_seconds: float) -> timedelta:
+    """How long after a prediction is made the segment holding it may be named: the segments of
+    that window are all a lookup reads.
+
+    A row is written by the flush that follows it, at most ``flush_seconds`` later, plus however
+    long the previous write took (a slow disk, S3) and thread scheduling; three intervals leave
+    room for two slow writes in a row, and at least a minute covers an object store slow to
+    answer. Too short would refuse a real id as unknown; too long only lists a few more names."""
+    return max(timedelta(seconds=60), timedelta(seconds=3 * flush_seconds))
+
+
+class SegmentCache:
+    """Some columns of immutable segments, each read once (only those columns: the footer and
+    their pages) and kept while recently used, up to ``max_rows`` rows in all; the least
+    recently used go first. Safe to use from several threads."""
+
+    def __init__(self, store: ObjectStore, columns: Sequence[str], *, max_rows: int) -> None:
+        self.store = store
+        self.columns = list(columns)
+        self.max_rows = max_rows
+        self._tables: OrderedDict[str, pa.Table] = OrderedDict()
+        self._rows = 0
+        self._lock = threading.Lock()
+
+    def table(self, key: str) -> pa.Table:
+        """The cached columns of segment ``key``, read from the store the first time."""
+        with self._lock:
+            table = self._tables.get(key)
+            if table is not None:
+                self._tables.move_to_end(key)
+                return table
+        with self.store.reader(key) as handle:  # outside the lock: other segments stay readable
+            table = pq.read_table(handle, columns=self.columns)
+        with self._lock:
+            if key not in self._tables:
+                self._tables[key] = table
+                self._rows += table.num_rows
+            while self._rows > self.max_rows and len(self._tables) > 1:
+                _, evicted = self._tables.popitem(last=False)
+                self._rows -= evicted.num_rows
+        return table
+
+
+class LogLookup:
+    """Whether a prediction id was issued, and what was last reported for it, from the two logs'
+    writers of this process (what they have not written yet) and the segments every process
+    sharing the store wrote. Segment columns are cached (:class:`SegmentCache`), so feedback
+    for the predictions of one minute reads each segment once.
+
+    A prediction is looked for in the segments of a few minutes at most (:func:`lookup_lag`);
+    its earlier reports in every feedback segment written since it was made, so a report for a
+    months-old prediction lists (and reads once, while cached) months of feedback segments.
+    Two reports of one id that race (sent to two replicas within a flush interval, or to one in
+    the same instant) may both answer ``accepted``: both are stored, and readers take the
+    latest."""
+
+    def __init__(
+        self,
+        predictions: SegmentWriter,
+        feedback: SegmentWriter,
+        *,
+        lag: timedelta,
+        cache_rows: int = 1_000_000,
+    ) -> None:
+        self.predictions = predictions
+        self.feedback = feedback
+        self.lag = lag
+        """See :func:`lookup_lag`."""
+        # About 50 bytes a prediction id in Arrow: a million rows is some 50 MB at most.
+        self._ids = SegmentCache(predictions.store, ["prediction_id"], max_rows=cache_rows)
+        self._reports = SegmentCache(
+            feedback.store, ["prediction_id", "received_at", "actual"], max_rows=cache_rows
+        )
+
+    def predicted(self, prediction_id: str, *, made: datetime, now: datetime) -> bool:
+        """True when the prediction ``prediction_id`` (made at ``made``, the id's own time) is
+        in this process's unwritten log or in a prediction segment named from ``made`` to
+        ``made + lag``; False for an id made later than ``now`` plus :data:`CLOCK_SKEW`."""
+        if made > now + CLOCK_SKEW:
+            return False
+        start = made - _STEP_BACK
+        # The unwritten entries first, then the listing (as in :meth:`reported`).
+        for entry in self.predictions.pending():
+            if entry.at >= start and prediction_id in entry.prediction_ids:
+                return True
+        for key in _segments(self.predictions.store, start, made + self.lag):
+            column = self._ids.table(key)["prediction_id"]
+            if pc.index(column, prediction_id).as_py() != -1:
+                return True
+        return False
+
+    def reported(self, prediction_id: str, *, made: datetime) -> float | None:
+        """The value of the latest report for ``prediction_id`` (made at ``made``), in this
+        process's unwritten feedback or in the feedback segments written since ``made``
+        (a report comes after its prediction); ``None`` when there was none. Reports named by
+        a record's own ids are not looked at."""
+        # The unwritten reports first, then the listing: a report written in between is seen in
+        # one or both, never in neither.
+        unwritten = self.feedback.pending()
+        latest: tuple[datetime, float] | None = None
+        for key in _segments(self.feedback.store, made - _STEP_BACK):
+            table = self._reports.table(key)
+            named = table.filter(pc.equal(table["prediction_id"], prediction_id))
+            for at, actual in zip(
+                named["received_at"].to_pylist(), named["actual"].to_pylist(), strict=True
+            ):
+                if latest is None or at >= latest[0]:
+                    latest = (at, actual)
+        for entry in unwritten:
+            if entry.prediction_id == prediction_id and (latest is None or entry.at >= latest[0]):
+                latest = (entry.at, entry.actual)
+        return None if latest is None else latest[1]

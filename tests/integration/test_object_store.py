@@ -25,6 +25,7 @@ from tests.utils.api_server import start_api_with_champion
 from tests.utils.monitor import check
 from tests.utils.net import free_port
 from tests.utils.s3 import CREDENTIALS, create_bucket, moto_server, object_keys
+from tests.utils.store_listing import check_ranges_and_columns
 from tests.utils.workspace import Workspace
 from tooling import market
 from tooling.stack import Stack
@@ -84,6 +85,14 @@ def test_the_store_speaks_s3(endpoint: str, tmp_path: Path) -> None:
         f"{PREFIX}/scratch/b/2.txt",
     ]
     assert not settings.state_dir.exists()  # nothing went to the local folder
+
+
+def test_s3_lists_a_range_of_names_and_reads_columns_as_a_folder_does(
+    endpoint: str, tmp_path: Path
+) -> None:
+    """A range is asked of the server (``StartAfter``), not filtered from the whole listing;
+    the answer is the local folder's (tests/unit/test_stores.py)."""
+    check_ranges_and_columns(pod_settings(tmp_path, endpoint).object_store.child("ranges"))
 
 
 def test_the_api_logs_to_the_bucket_and_the_window_reads_it_back(

@@ -9,6 +9,7 @@ import pytest
 
 from lakeloop.settings import Settings, load_settings
 from lakeloop.stores.objects import ObjectStore, write_atomically
+from tests.utils.store_listing import check_ranges_and_columns
 
 
 def test_the_default_store_is_the_state_folder(settings: Settings) -> None:
@@ -55,6 +56,11 @@ def test_an_object_being_written_is_not_listed(tmp_path: Path) -> None:
     store.put("predictions/a.parquet", b"x")
     (tmp_path / "predictions" / ".b.parquet.1a2b3c4d.tmp").write_bytes(b"half")
     assert store.list_keys() == ["predictions/a.parquet"]
+
+
+def test_a_local_folder_lists_a_range_of_names_and_reads_columns(tmp_path: Path) -> None:
+    """As S3 does (tests/integration/test_object_store.py runs the same check on it)."""
+    check_ranges_and_columns(ObjectStore.folder(tmp_path / "store"))
 
 
 def test_a_store_url_it_cannot_use_is_refused_by_name() -> None:
