@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from lakeloop import datagate, lakefs_client
+from lakeloop.datagate import FEEDBACK_PREFIX
 from lakeloop.dataset import DatasetSpec
 from lakeloop.events import (
     DRIFT_DETECTED,
@@ -30,8 +31,6 @@ from lakeloop.settings import Settings
 from monitoring.window import window_feedback
 from pipelines.runtime import PLAIN, Runtime, run_logger, step
 from pipelines.train import TrainCommit
-
-FEEDBACK_PREFIX = "feedback-"
 
 
 @dataclass(frozen=True)
