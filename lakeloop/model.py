@@ -506,15 +506,15 @@ class CleanScores:
 
 
 def clean_scores(
-    trained: TrainedModel, champion_clean: dict[str, float] | None
+    clean_holdout: pd.DataFrame | None,
+    challenger: dict[str, float] | None,
+    champion: dict[str, float] | None,
 ) -> CleanScores | None:
-    """Both models on ``trained``'s clean holdout, given the champion's metrics there; ``None``
-    when the model learned from no feedback, or there is no champion to compare with."""
-    if trained.clean_holdout is None or trained.clean_metrics is None or champion_clean is None:
+    """Both models' metrics on a clean holdout, for the gate; ``None`` when there is none (the
+    data holds no feedback) or no champion to compare with."""
+    if clean_holdout is None or challenger is None or champion is None:
         return None
-    return CleanScores(
-        rows=len(trained.clean_holdout), challenger=trained.clean_metrics, champion=champion_clean
-    )
+    return CleanScores(rows=len(clean_holdout), challenger=challenger, champion=champion)
 
 
 def gate_failures(
@@ -569,13 +569,13 @@ def gate_failures(
 def _clean_failures(
     clean: CleanScores, training: TrainingSettings, *, champion_name: str
 ) -> list[str]:
-    """The challenger must be no worse than the champion (within ``clean_tolerance``) on the
+    """The challenger must be no worse than the champion (within ``champion_tolerance``) on the
     rows that predate the feedback it learned from."""
-    allowed = 1.0 + training.clean_tolerance
+    allowed = 1.0 + training.champion_tolerance
     return [
         f"on the {clean.rows} rows that predate the feedback, {name.upper()} "
         f"{in_units(clean.challenger[name])} is worse than {champion_name}'s "
-        f"{in_units(clean.champion[name])} (tolerance {training.clean_tolerance:.0%}): "
+        f"{in_units(clean.champion[name])} (tolerance {training.champion_tolerance:.0%}): "
         "the folded feedback made the model worse on the data it had before"
         for name in ("mae", "rmse")
         if clean.challenger[name] > clean.champion[name] * allowed

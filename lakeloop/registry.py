@@ -852,22 +852,31 @@ def rejudge(
     """Judge ``version`` as the gate judges a new model, on ``rows`` (the training split of
     ``commit_id``'s data, normally the production branch's newest commit: the data both models
     will meet): the thresholds, the baseline of always predicting that split's training median,
-    and no worse than the current champion on the same holdout. The split is by content hash or
-    by time, so its holdout rows are ones neither model trained on unless data was removed since
-    one of them was trained."""
+    and no worse than the current champion on the same holdout (and on the rows that predate
+    folded feedback, when the data holds some: ``rows.clean_holdout``). The split is by content
+    hash or by time, so its holdout rows are ones neither model trained on unless data was
+    removed since one of them was trained."""
     name = settings.mlflow.model_name
     target = client.get_model_version(name, version)  # raises for a version that does not exist
     current = champion(client, settings)
     if current is not None and str(current.version) == str(target.version):
         raise LookupError(f"{name} v{version} is already the champion")
-    score = score_version(settings, target, rows.holdout, spec)
-    theirs = score_version(settings, current, rows.holdout, spec) if current else None
+    clean = rows.clean_holdout
+    score = score_version(settings, target, rows.holdout, spec, clean_holdout=clean)
+    theirs = (
+        score_version(settings, current, rows.holdout, spec, clean_holdout=clean)
+        if current
+        else None
+    )
     reasons = model.gate_failures(
         score.metrics | {"baseline_mae": model.baseline_mae(rows, spec)},
         settings.training,
         bars=model.thresholds(spec, settings.training),
         champion=theirs.metrics if theirs else None,
         champion_name=f"champion v{theirs.version}" if theirs else "the champion",
+        clean=model.clean_scores(
+            clean, score.clean_metrics, theirs.clean_metrics if theirs else None
+        ),
     )
     return Rejudged(
         version=str(target.version),

@@ -243,7 +243,11 @@ def gate_and_promote(
         bars=model.thresholds(spec, settings.training),
         champion=champion.metrics if champion else None,
         champion_name=f"champion v{champion.version}" if champion else "the champion",
-        clean=model.clean_scores(trained, champion.clean_metrics if champion else None),
+        clean=model.clean_scores(
+            trained.clean_holdout,
+            trained.clean_metrics,
+            champion.clean_metrics if champion else None,
+        ),
     )
     registry.record_decision(
         registry.connect(settings), settings, logged=logged, reasons=failures, champion=champion
@@ -521,7 +525,11 @@ def train_and_promote(
         gate_failures=failures,
         trials=len(trained.trials),
         hyperparameters_from=trained.hyperparameters_from,
-        clean=model.clean_scores(trained, champion.clean_metrics if champion else None),
+        clean=model.clean_scores(
+            trained.clean_holdout,
+            trained.clean_metrics,
+            champion.clean_metrics if champion else None,
+        ),
     )
     runtime.artifact("training-summary", summary, f"train-{lineage.commit_id:.8}")
     run_logger().info("%s", summary.splitlines()[0])
