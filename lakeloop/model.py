@@ -9,7 +9,9 @@ one place that knows how that pipeline is composed: everything else reaches its 
 
 Rows are split three ways by a hash of their content as ingested (:mod:`lakeloop.rowkeys`): the
 holdout (judges the model and the gate), the early-stopping slice (stops boosting, and chooses among
-tuning trials), and the rows fitted on.
+tuning trials), and the rows fitted on. When the data holds folded feedback (prices production
+reported, which may be wrong), the rows that predate it also make a clean holdout, which the gate
+judges on too: see :func:`split_rows`.
 """
 
 from __future__ import annotations
