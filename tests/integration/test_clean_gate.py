@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lakeloop import datagate, draft, registry
+from lakeloop import datagate, draft, model, registry
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.lakefs_client import StoredTable
 from lakeloop.settings import Settings
@@ -81,6 +81,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         yield settings
 
 
+def _training_data(spec: DatasetSpec, tables: dict[str, pd.DataFrame]) -> datagate.TrainingData:
+    """The tables (path → frame) as the training flow makes them one frame."""
+    gate = datagate.DataGate(spec, warm_validator, prefix="data/", state_dir=None)
+    return gate.training_frame(
+        {path: StoredTable(checksum=path, frame=frame) for path, frame in tables.items()},
+        lambda _: spec,
+    )
+
+
 def _train(
     settings: Settings,
     spec: DatasetSpec,
@@ -90,11 +99,7 @@ def _train(
     report: Path,
 ) -> train.Outcome:
     """Train the tables as the validated data of ``commit``, as the training flow does."""
-    gate = datagate.DataGate(spec, warm_validator, prefix="data/", state_dir=None)
-    data = gate.training_frame(
-        {path: StoredTable(checksum=path, frame=frame) for path, frame in tables.items()},
-        lambda _: spec,
-    )
+    data = _training_data(spec, tables)
     return train.train_and_promote(
         settings,
         spec,
@@ -125,13 +130,8 @@ def test_poisoned_feedback_is_refused_on_the_rows_that_predate_it_and_true_price
     assert first.promoted, first.failures
     assert first.trained.clean_holdout is None  # no feedback: judged as always
 
-    poisoned = _train(
-        settings,
-        retrain.spec,
-        history | {"data/feedback-window_1.parquet": retrain.reported(POISON)},
-        commit=digit + "2" * 63,
-        report=report,
-    )
+    with_poison = history | {"data/feedback-window_1.parquet": retrain.reported(POISON)}
+    poisoned = _train(settings, retrain.spec, with_poison, commit=digit + "2" * 63, report=report)
     assert poisoned.trained.clean_holdout is not None
     rows = len(poisoned.trained.clean_holdout)
     champion = f"champion v{first.logged.version}"
@@ -152,6 +152,17 @@ def test_poisoned_feedback_is_refused_on_the_rows_that_predate_it_and_true_price
     assert metrics["champion_clean_holdout_mae"] > 0
     assert client.get_run(poisoned.logged.run_id).data.params["clean_holdout_rows"] == str(rows)
     assert f"the {rows} rows that predate the folded feedback" in poisoned.summary
+    # `lakeloop model promote` judges it again by the same rule, on the same data.
+    data = _training_data(retrain.spec, with_poison)
+    again = registry.rejudge(
+        client,
+        settings,
+        version=poisoned.logged.version,
+        rows=model.split_rows(data.frame, retrain.spec, settings.training, feedback=data.feedback),
+        spec=retrain.spec,
+        commit_id=digit + "2" * 63,
+    )
+    assert refusals[0] in again.reasons
 
     legitimate = _train(
         settings,
