@@ -16,6 +16,7 @@ BENCHMARKS = [
     "benchmarks.drift",  # the monitor step vs Evidently alone, 50k vs 20k rows
     "benchmarks.api",  # lakeloop API vs mlflow models serve, single and batch, log on and off
     "benchmarks.soak",  # 120 s of mixed traffic with a hot swap: failures, latency, memory
+    "benchmarks.clean_gate",  # the clean-holdout gate: legitimate vs poisoned feedback
 ]
 
 

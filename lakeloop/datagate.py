@@ -51,6 +51,16 @@ UNREADABLE = "expect_table_to_be_readable"
 LEFT_OUT = "expect_table_to_train_under_the_description"
 """Pseudo-expectation (a warning) of a table ingested under a description whose data cannot train
 under the current one (a required feature added, a type changed)."""
+FEEDBACK_PREFIX = "feedback-"
+"""How the file name of a table of folded feedback starts (the prices clients reported for a
+drifted window's predictions, which a drift retrain publishes: ``pipelines.retrain``). Its rows
+are data production reported, not data that predates it: a model trained on them is also judged
+on rows that do not come from such tables (:func:`lakeloop.model.split_rows`)."""
+
+
+def is_feedback_table(path: str) -> bool:
+    """Whether the table at ``path`` is one of folded feedback (its file name says so)."""
+    return path.rsplit("/", 1)[-1].startswith(FEEDBACK_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,18 @@ class TableChecks:
         assert self.folder is not None
         safe = hashlib.sha256(key.encode()).hexdigest()[:32]
         return self.folder / f"{safe}.json", self.folder / f"{safe}.npz"
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The tables of a state as one training frame under the current description."""
+
+    frame: pd.DataFrame
+    feedback: np.ndarray
+    """Per row of ``frame``: True when it comes from a table of folded feedback
+    (:func:`is_feedback_table`); the training split keeps a holdout of the others."""
+    left_out: dict[str, str]
+    """Tables that cannot train under the current description, with the reason."""
 
 
 @dataclass(frozen=True)
@@ -229,7 +251,7 @@ class DataGate:
 
         return tables, description
 
-    def frame_at(self, reference: lakefs.Reference) -> tuple[pd.DataFrame, dict[str, str]]:
+    def frame_at(self, reference: lakefs.Reference) -> TrainingData:
         """Every table at ``reference`` as the training flow uses it there (see
         :meth:`training_frame`), for judging a model on that commit's data again."""
         stored = self.stored(reference)
@@ -239,10 +261,11 @@ class DataGate:
         self,
         tables: Mapping[str, lakefs_client.StoredTable] | Mapping[str, Stored],
         ingested: Callable[[str], DatasetSpec],
-    ) -> tuple[pd.DataFrame, dict[str, str]]:
+    ) -> TrainingData:
         """The tables as one frame under the current description (see :mod:`lakeloop.evolution`),
-        and the tables left out with the reason (after the gate passed them: all are readable)."""
-        frames, left_out = [], {}
+        which of its rows come from feedback tables, and the tables left out with the reason
+        (after the gate passed them: all are readable)."""
+        frames, feedback, left_out = [], [], {}
         for path, table in tables.items():
             change = evolution.compare(ingested(path), self.spec)
             if change.excludes_older_tables:
@@ -251,8 +274,10 @@ class DataGate:
             # Keyed as ingested: each row keeps its side of the training split (lakeloop.rowkeys).
             stored = rowkeys.keyed(table.load(), ingested(path))
             frames.append(evolution.adapt(stored, ingested=ingested(path), current=self.spec))
+            feedback.append(np.full(len(stored), is_feedback_table(path)))
         frame = pd.concat(frames) if frames else pd.DataFrame()
-        return frame, left_out
+        marks = np.concatenate(feedback) if feedback else np.zeros(0, dtype=bool)
+        return TrainingData(frame=frame, feedback=marks, left_out=left_out)
 
     def judge(self, checks: Mapping[str, TableCheck]) -> ValidationResult:
         """The verdict on a state made of ``checks`` (path → check, in ingest order)."""

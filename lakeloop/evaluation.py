@@ -13,15 +13,26 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lakeloop.dataset import DatasetSpec
-from lakeloop.model import TrainedModel, regression_metrics
+from lakeloop.model import CleanScores, TrainedModel, regression_metrics
 
 PRICE_BANDS = 4  # quartiles of the holdout's target
 MIN_SEGMENT_ROWS = 20  # fewer rows make a metric that is mostly noise
+CLEAN_HOLDOUT = "clean_holdout"
+"""Prefix of the metrics on the rows that predate folded feedback (``clean_holdout_mae``; the
+champion's, logged on the challenger's run: ``champion_clean_holdout_mae``)."""
 
 
 def metric_key(*parts: str) -> str:
     """An MLflow-safe metric name (letters, digits, ``_ - . /`` and spaces only)."""
     return ".".join(re.sub(r"[^A-Za-z0-9_\-. /]", "_", part) for part in parts)
+
+
+def clean_holdout_metrics(trained: TrainedModel) -> dict[str, float]:
+    """The model's metrics on the rows that predate folded feedback, named for MLflow (empty when
+    it learned from no feedback)."""
+    return {
+        f"{CLEAN_HOLDOUT}_{name}": value for name, value in (trained.clean_metrics or {}).items()
+    }
 
 
 def segment_metrics(trained: TrainedModel, spec: DatasetSpec) -> dict[str, float]:
@@ -100,9 +111,11 @@ def summary_markdown(
     trials: int = 0,
     champion_note: str = "",
     hyperparameters_from: str = "settings",
+    clean: CleanScores | None = None,
 ) -> str:
     """The training run in a few lines of Markdown (a Prefect artifact): decision, metrics next to
-    the champion's on the same holdout, how the hyperparameters were chosen, lineage."""
+    the champion's on the same holdout (and on the rows that predate folded feedback, when it
+    learned from some: ``clean``), how the hyperparameters were chosen, lineage."""
     decision = (
         "**promoted to champion**"
         if not gate_failures
@@ -117,6 +130,18 @@ def summary_markdown(
     for name in ("mae", "rmse", "r2", "mape"):
         theirs = f"{champion[1][name]:,.3f}" if champion else "-"
         lines.append(f"| {name.upper()} | {metrics[name]:,.3f} | {theirs} |")
+    if clean is not None:
+        lines += [
+            "",
+            f"On the clean holdout, the {clean.rows} rows that predate the folded feedback:",
+            "",
+            "| metric | this model | champion |",
+            "|---|---:|---:|",
+            *(
+                f"| {name.upper()} | {clean.challenger[name]:,.3f} | {clean.champion[name]:,.3f} |"
+                for name in ("mae", "rmse", "r2", "mape")
+            ),
+        ]
     if champion_note:
         lines += ["", f"Note: champion {champion_note}."]
     lines += [

@@ -9,7 +9,9 @@ one place that knows how that pipeline is composed: everything else reaches its 
 
 Rows are split three ways by a hash of their content as ingested (:mod:`lakeloop.rowkeys`): the
 holdout (judges the model and the gate), the early-stopping slice (stops boosting, and chooses among
-tuning trials), and the rows fitted on.
+tuning trials), and the rows fitted on. When the data holds folded feedback (prices production
+reported, which may be wrong), the rows that predate it also make a clean holdout, which the gate
+judges on too: see :func:`split_rows`.
 """
 
 from __future__ import annotations
@@ -201,32 +203,51 @@ class Split:
     """The early-stopping slice: stops boosting and chooses among tuning trials."""
     holdout: pd.DataFrame
     """Judges the final model only (metrics, the gate, the champion's score)."""
+    clean_holdout: pd.DataFrame | None = None
+    """When the data holds folded feedback: the holdout of the rows that predate it (the clean
+    rows split alone by the same rule), which no model here fits or stops on. A poisoned feedback
+    table shapes the holdout it is part of; it cannot shape this one. ``None`` without feedback."""
 
 
-def split_rows(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) -> Split:
-    """Split the rows with a target into fit / early-stopping / holdout rows by content hash, so
-    the same data splits the same way on every run; refuse data too small or flat to learn from.
+def split_rows(
+    frame: pd.DataFrame,
+    spec: DatasetSpec,
+    training: TrainingSettings,
+    *,
+    feedback: np.ndarray | None = None,
+) -> Split:
+    """Split the rows with a target into fit / early-stopping / holdout rows by content hash (or
+    by time, for a description with an event time), so the same data splits the same way on every
+    run; refuse data too small or flat to learn from.
+
+    ``feedback`` marks the rows of ``frame`` that came from folded feedback tables
+    (:func:`lakeloop.datagate.is_feedback_table`). When any is marked, the other (clean) rows are
+    split alone by the same rule, and their holdout (``clean_holdout``) is kept out of fit and
+    early stopping: with the hash split those rows are already in the holdout, so nothing moves;
+    with the time split the most recent clean rows may leave fit. Without feedback, the split is
+    exactly the one made without the argument.
 
     Each part is in the order of its rows' hashes, not the order the files were read in: row
     subsampling (a tuned ``subsample``) and Dask's partitions depend on row order, and the model
     must not."""
-    rows = frame.dropna(subset=[spec.target.name])
+    has_target = frame[spec.target.name].notna().to_numpy()
+    rows = frame[has_target]
     hashes = rowkeys.keys(rows, spec)
-    if spec.event_time is not None:
-        split = _split_by_time(rows, hashes, spec, training)
-    else:
-        content_order = np.argsort(hashes, kind="stable")
-        rows = rows.iloc[content_order]
-        # Rows of one group (one house sold twice) share a bucket: the group's, not their own.
-        units = _group_hashes(rows, spec) if spec.group else hashes[content_order]
-        buckets = units % _HASH_BUCKETS
-        holdout_end = int(training.holdout_fraction * _HASH_BUCKETS)
-        validation_end = holdout_end + int(training.validation_fraction * _HASH_BUCKETS)
-        split = Split(
-            fit=rows[buckets >= validation_end],
-            stop=rows[(buckets >= holdout_end) & (buckets < validation_end)],
-            holdout=rows[buckets < holdout_end],
-        )
+    fit, stop, holdout = _positions(rows, hashes, spec, training)
+    clean_holdout = None
+    marked = None if feedback is None else np.asarray(feedback, dtype=bool)[has_target]
+    if marked is not None and marked.any():
+        clean = np.flatnonzero(~marked)
+        held = clean[_positions(rows.iloc[clean], hashes[clean], spec, training)[2]]
+        fit, stop = fit[~np.isin(fit, held)], stop[~np.isin(stop, held)]
+        # Fewer than two rows make no score: the gate then judges on the holdout alone.
+        clean_holdout = rows.iloc[held] if len(held) >= 2 else None
+    split = Split(
+        fit=rows.iloc[fit],
+        stop=rows.iloc[stop],
+        holdout=rows.iloc[holdout],
+        clean_holdout=clean_holdout,
+    )
     if len(split.fit) < 10 or len(split.holdout) < 2 or len(split.stop) < 2:
         raise ValueError(
             f"too few rows to train: {len(split.fit)} to fit, {len(split.stop)} for early "
@@ -237,9 +258,29 @@ def split_rows(frame: pd.DataFrame, spec: DatasetSpec, training: TrainingSetting
     return split
 
 
+def _positions(
+    rows: pd.DataFrame, hashes: np.ndarray, spec: DatasetSpec, training: TrainingSettings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The positions in ``rows`` of the fit, early-stopping and holdout rows, each in split order:
+    by time for a description with an event time, else by content hash."""
+    if spec.event_time is not None:
+        return _split_by_time(rows, hashes, spec, training)
+    content_order = np.argsort(hashes, kind="stable")
+    # Rows of one group (one house sold twice) share a bucket: the group's, not their own.
+    units = _group_hashes(rows.iloc[content_order], spec) if spec.group else hashes[content_order]
+    buckets = units % _HASH_BUCKETS
+    holdout_end = int(training.holdout_fraction * _HASH_BUCKETS)
+    validation_end = holdout_end + int(training.validation_fraction * _HASH_BUCKETS)
+    return (
+        content_order[buckets >= validation_end],
+        content_order[(buckets >= holdout_end) & (buckets < validation_end)],
+        content_order[buckets < holdout_end],
+    )
+
+
 def _split_by_time(
     rows: pd.DataFrame, hashes: np.ndarray, spec: DatasetSpec, training: TrainingSettings
-) -> Split:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Dated rows split as the model is used: it learns from the past and is judged on the most
     recent rows (the holdout), early stopping on the period just before them. Rows of one time
     are ordered by their keys, so the split does not depend on the order files were read in."""
@@ -253,16 +294,12 @@ def _split_by_time(
     else:
         groups = hashes
         order = np.lexsort((hashes, times))  # by time, then by key
-    rows, groups = rows.iloc[order], groups[order]
+    groups = groups[order]
     count = len(rows)
     holdout_start = _group_start(groups, count - int(np.ceil(training.holdout_fraction * count)))
     stop_rows = int(np.ceil(training.validation_fraction * count))
     fit_end = _group_start(groups, max(holdout_start - stop_rows, 0))
-    return Split(
-        fit=rows.iloc[:fit_end],
-        stop=rows.iloc[fit_end:holdout_start],
-        holdout=rows.iloc[holdout_start:],
-    )
+    return order[:fit_end], order[fit_end:holdout_start], order[holdout_start:]
 
 
 def _group_hashes(rows: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
@@ -311,6 +348,11 @@ class TrainedModel:
     """The tuning trials it was chosen from; empty when it was not tuned."""
     hyperparameters_from: str = "settings"
     """``settings``, ``tuning``, or ``champion vN`` (which handed on its tuned hyperparameters)."""
+    clean_holdout: pd.DataFrame | None = None
+    """The holdout of the rows that predate the folded feedback (see ``Split.clean_holdout``):
+    the gate judges a challenger and the champion on it too. ``None`` without feedback."""
+    clean_metrics: dict[str, float] | None = None
+    """This model's metrics on ``clean_holdout``."""
 
 
 def train(
@@ -319,10 +361,13 @@ def train(
     training: TrainingSettings,
     *,
     params: Mapping[str, Any] | None = None,
+    feedback: np.ndarray | None = None,
     trainer: Trainer = TRAINER,
 ) -> TrainedModel:
-    """Fit on the training rows and evaluate on the deterministic holdout."""
-    rows = split_rows(frame, spec, training)
+    """Fit on the training rows and evaluate on the deterministic holdout (and, when
+    ``feedback`` marks rows of folded feedback tables, on the holdout of the rows that predate
+    them: see :func:`split_rows`)."""
+    rows = split_rows(frame, spec, training, feedback=feedback)
     chosen = trainer.hyperparameters(training) | dict(params or {})
     pipeline = fit_pipeline(rows, spec, training, params=chosen, trainer=trainer)
     return evaluate(pipeline, rows, spec, params=chosen, trainer=trainer)
@@ -333,6 +378,7 @@ def tune(
     spec: DatasetSpec,
     training: TrainingSettings,
     *,
+    feedback: np.ndarray | None = None,
     trainer: Trainer = TRAINER,
 ) -> TrainedModel:
     """Try ``training.tune_trials`` hyperparameter sets and keep the model of the best one.
@@ -345,8 +391,9 @@ def tune(
     samples anyway (its default ``n_startup_trials``), so it would add a dependency, and its
     import to every flow, for two guided trials. Same data and settings: same trials, same choice.
     The best trial's fitted pipeline is the final model (fitting it again would give the same).
+    ``feedback`` marks rows of folded feedback tables, as for :func:`train`.
     """
-    rows = split_rows(frame, spec, training)
+    rows = split_rows(frame, spec, training, feedback=feedback)
     candidates = [trainer.hyperparameters(training), *_sampled_params(training, trainer)]
     trials: list[Trial] = []
     best: tuple[Trial, Pipeline] | None = None
@@ -430,10 +477,12 @@ def evaluate(
     trials: tuple[Trial, ...] = (),
     trainer: Trainer = TRAINER,
 ) -> TrainedModel:
-    """The fitted pipeline judged on the holdout, with what logging and the gate need."""
+    """The fitted pipeline judged on the holdout (and the clean holdout, when there is one), with
+    what logging and the gate need."""
     holdout = rows.holdout
     predicted = pipeline.predict(holdout[spec.feature_names])
     actual = holdout[spec.target.name].to_numpy()
+    clean = rows.clean_holdout
     return TrainedModel(
         pipeline=pipeline,
         metrics=regression_metrics(actual, predicted) | {"baseline_mae": baseline_mae(rows, spec)},
@@ -445,6 +494,8 @@ def evaluate(
         params=dict(params),
         facts=trainer.describe(regressor_of(pipeline)),
         trials=trials,
+        clean_holdout=None if clean is None else clean[spec.columns],
+        clean_metrics=None if clean is None else score(pipeline, clean, spec),
     )
 
 
@@ -464,6 +515,28 @@ def thresholds(spec: DatasetSpec, training: TrainingSettings) -> Thresholds:
     return spec.target.thresholds.model_copy(update=overrides)
 
 
+@dataclass(frozen=True)
+class CleanScores:
+    """A challenger trained on folded feedback and the champion, both scored on the holdout of
+    the rows that predate the feedback (``Split.clean_holdout``)."""
+
+    rows: int
+    challenger: dict[str, float]
+    champion: dict[str, float]
+
+
+def clean_scores(
+    clean_holdout: pd.DataFrame | None,
+    challenger: dict[str, float] | None,
+    champion: dict[str, float] | None,
+) -> CleanScores | None:
+    """Both models' metrics on a clean holdout, for the gate; ``None`` when there is none (the
+    data holds no feedback) or no champion to compare with."""
+    if clean_holdout is None or challenger is None or champion is None:
+        return None
+    return CleanScores(rows=len(clean_holdout), challenger=challenger, champion=champion)
+
+
 def gate_failures(
     metrics: dict[str, float],
     training: TrainingSettings,
@@ -471,11 +544,14 @@ def gate_failures(
     bars: Thresholds,
     champion: dict[str, float] | None = None,
     champion_name: str = "the champion",
+    clean: CleanScores | None = None,
 ) -> list[str]:
     """Reasons a new model must not be promoted; empty when it may. It must clearly beat always
     predicting the median (when the metrics carry that baseline), meet the thresholds ``bars``
     (see :func:`thresholds`) and, when there is a champion, be no worse than it (within the
-    tolerance) on the same holdout."""
+    tolerance) on the same holdout, and, when it learned from folded feedback (``clean``), on the
+    rows that predate the feedback too: feedback shapes the holdout it is part of, so prices
+    reported wrong (poisoned, or a bug upstream) would otherwise carry a worse model through."""
     reasons = []
     if "baseline_mae" in metrics:
         allowed = metrics["baseline_mae"] * (1 - training.baseline_margin)
@@ -505,4 +581,22 @@ def gate_failures(
                     f"{in_units(champion[name])} on the same holdout "
                     f"(tolerance {training.champion_tolerance:.0%})"
                 )
+    if clean is not None:
+        reasons += _clean_failures(clean, training, champion_name=champion_name)
     return reasons
+
+
+def _clean_failures(
+    clean: CleanScores, training: TrainingSettings, *, champion_name: str
+) -> list[str]:
+    """The challenger must be no worse than the champion (within ``champion_tolerance``) on the
+    rows that predate the feedback it learned from."""
+    allowed = 1.0 + training.champion_tolerance
+    return [
+        f"on the {clean.rows} rows that predate the feedback, {name.upper()} "
+        f"{in_units(clean.challenger[name])} is worse than {champion_name}'s "
+        f"{in_units(clean.champion[name])} (tolerance {training.champion_tolerance:.0%}): "
+        "the folded feedback made the model worse on the data it had before"
+        for name in ("mae", "rmse")
+        if clean.challenger[name] > clean.champion[name] * allowed
+    ]

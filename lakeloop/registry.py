@@ -248,6 +248,9 @@ class ChampionScore:
     metrics: dict[str, float]
     note: str = ""
     """How the score was taken when the champion was trained under another description."""
+    clean_metrics: dict[str, float] | None = None
+    """Its metrics on the challenger's clean holdout (the rows that predate the folded feedback,
+    ``TrainedModel.clean_holdout``); ``None`` when the challenger has none."""
 
 
 TRIGGER_KINDS = ("commit", "drift", "alert", "reconcile", "manual")
@@ -333,6 +336,11 @@ def log_trained(
                 **trained.params,  # what was fitted: the settings', or the best trial's
                 "train_rows": trained.train_rows,
                 "holdout_rows": trained.holdout_rows,
+                **(
+                    {f"{evaluation.CLEAN_HOLDOUT}_rows": len(trained.clean_holdout)}
+                    if trained.clean_holdout is not None
+                    else {}
+                ),
                 **_tuning_params(trained.trials, chosen=trained.params),
                 HYPERPARAMETERS_FROM: trained.hyperparameters_from,
             }
@@ -364,7 +372,10 @@ def log_trained(
         # would link them itself, reading each metric's history back one request at a time
         # (282 requests for a table with many categories, 8 s of a training).
         mlflow.log_metrics(
-            trained.metrics | evaluation.segment_metrics(trained, spec), model_id=info.model_id
+            trained.metrics
+            | evaluation.clean_holdout_metrics(trained)
+            | evaluation.segment_metrics(trained, spec),
+            model_id=info.model_id,
         )
         version = register(settings, model_uri=info.model_uri, run_id=run.info.run_id, tags=tags)
     return LoggedModel(run_id=run.info.run_id, version=version)
@@ -766,21 +777,35 @@ def load_version(settings: Settings, *, version: str) -> Any:
 
 
 def score_version(
-    settings: Settings, version: ModelVersion, holdout: pd.DataFrame, spec: DatasetSpec
+    settings: Settings,
+    version: ModelVersion,
+    holdout: pd.DataFrame,
+    spec: DatasetSpec,
+    *,
+    clean_holdout: pd.DataFrame | None = None,
 ) -> ChampionScore:
-    """A registered version's metrics on a holdout under the current description ``spec``. A
-    version trained under another description is scored on the rows as its requests reach it
-    under this one: features this description no longer has are missing (the score says so)."""
+    """A registered version's metrics on a holdout under the current description ``spec`` (and
+    on ``clean_holdout``, the rows that predate folded feedback, when given). A version trained
+    under another description is scored on the rows as its requests reach it under this one:
+    features this description no longer has are missing (the score says so)."""
     trained_under = description_of(version) or spec
-    rows, missing = evolution.as_trained_under(holdout, current=spec, trained=trained_under)
-    metrics = model.score(load_version(settings, version=version.version), rows, trained_under)
+    loaded = load_version(settings, version=version.version)
+
+    def scored(rows: pd.DataFrame) -> tuple[dict[str, float], list[str]]:
+        seen, missing = evolution.as_trained_under(rows, current=spec, trained=trained_under)
+        return model.score(loaded, seen, trained_under), missing
+
+    metrics, missing = scored(holdout)
+    clean_metrics = None if clean_holdout is None else scored(clean_holdout)[0]
     note = ""
     if missing:
         note = (
             f"v{version.version} was trained under {trained_under.label} and scored "
             f"with {', '.join(missing)} missing, as {spec.label} does not describe them"
         )
-    return ChampionScore(version=str(version.version), metrics=metrics, note=note)
+    return ChampionScore(
+        version=str(version.version), metrics=metrics, note=note, clean_metrics=clean_metrics
+    )
 
 
 TAG_REQUEST = "gate.request"
@@ -827,22 +852,31 @@ def rejudge(
     """Judge ``version`` as the gate judges a new model, on ``rows`` (the training split of
     ``commit_id``'s data, normally the production branch's newest commit: the data both models
     will meet): the thresholds, the baseline of always predicting that split's training median,
-    and no worse than the current champion on the same holdout. The split is by content hash or
-    by time, so its holdout rows are ones neither model trained on unless data was removed since
-    one of them was trained."""
+    and no worse than the current champion on the same holdout (and on the rows that predate
+    folded feedback, when the data holds some: ``rows.clean_holdout``). The split is by content
+    hash or by time, so its holdout rows are ones neither model trained on unless data was
+    removed since one of them was trained."""
     name = settings.mlflow.model_name
     target = client.get_model_version(name, version)  # raises for a version that does not exist
     current = champion(client, settings)
     if current is not None and str(current.version) == str(target.version):
         raise LookupError(f"{name} v{version} is already the champion")
-    score = score_version(settings, target, rows.holdout, spec)
-    theirs = score_version(settings, current, rows.holdout, spec) if current else None
+    clean = rows.clean_holdout
+    score = score_version(settings, target, rows.holdout, spec, clean_holdout=clean)
+    theirs = (
+        score_version(settings, current, rows.holdout, spec, clean_holdout=clean)
+        if current
+        else None
+    )
     reasons = model.gate_failures(
         score.metrics | {"baseline_mae": model.baseline_mae(rows, spec)},
         settings.training,
         bars=model.thresholds(spec, settings.training),
         champion=theirs.metrics if theirs else None,
         champion_name=f"champion v{theirs.version}" if theirs else "the champion",
+        clean=model.clean_scores(
+            clean, score.clean_metrics, theirs.clean_metrics if theirs else None
+        ),
     )
     return Rejudged(
         version=str(target.version),
@@ -898,6 +932,10 @@ def record_decision(
         if champion is not None:
             for metric, value in champion.metrics.items():
                 client.log_metric(logged.run_id, f"champion_{metric}", value)
+            for metric, value in (champion.clean_metrics or {}).items():
+                client.log_metric(
+                    logged.run_id, f"champion_{evaluation.CLEAN_HOLDOUT}_{metric}", value
+                )
         client.set_model_version_tag(
             name, logged.version, TAG_GATE_REASONS, "; ".join(reasons) or "-"
         )

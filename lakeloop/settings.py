@@ -201,7 +201,11 @@ class TrainingSettings(BaseModel):
     median (0.1 = at least 10 % lower): no model worse than a constant is ever served."""
     champion_tolerance: Annotated[float, Field(ge=0, le=1)] = 0.02
     """A challenger may be this much worse (relative MAE and RMSE) than the champion on the same
-    holdout and still be promoted: fresher data is worth a hair of noise."""
+    holdout and still be promoted: fresher data is worth a hair of noise. The same tolerance
+    holds on the clean holdout (the rows that predate folded feedback, when the challenger
+    learned from some), where 2 % separates the cases measured: a legitimate drift retrain
+    scores 0.94-0.98 of the champion's MAE there (synthetic market, Ames), one trained on prices
+    reported 1.5 times too high 1.06-1.18 (and 1.2 times: 0.96-1.00, within noise, let through)."""
     holdout_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.2
     """Share of rows held out for evaluation, chosen by a hash of each row (deterministic)."""
     n_estimators: Annotated[int, Field(ge=1)] = 300

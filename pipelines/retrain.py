@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lakeloop import datagate, grafana, lakefs_client, model, pushmetrics, registry
+from lakeloop.datagate import FEEDBACK_PREFIX
 from lakeloop.dataset import DatasetSpec
 from lakeloop.events import (
     DRIFT_DETECTED,
@@ -33,8 +34,6 @@ from monitoring.store import append_fold
 from monitoring.window import REPORTED_AT, REPORTED_BY, labelled_rows, window_reports
 from pipelines.runtime import PLAIN, Runtime, run_logger, step
 from pipelines.train import TrainCommit
-
-FEEDBACK_PREFIX = "feedback-"
 
 
 @dataclass(frozen=True)

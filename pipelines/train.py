@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import lakefs
+import numpy as np
 import pandas as pd
 
 from lakeloop import (
@@ -91,19 +92,20 @@ def training_frame(
     spec: DatasetSpec,
     tables: dict[str, lakefs_client.StoredTable],
     ingested: dict[str, DatasetSpec],
-) -> pd.DataFrame:
-    """The tables as training data under the current description (lakeloop.evolution's rules);
-    tables it cannot use are named in the log, and no usable row at all fails the run."""
+) -> datagate.TrainingData:
+    """The tables as training data under the current description (lakeloop.evolution's rules),
+    which rows come from folded feedback; tables it cannot use are named in the log, and no
+    usable row at all fails the run."""
     gate = datagate.for_settings(settings, spec)
-    frame, left_out = gate.training_frame(tables, lambda path: ingested.get(path, spec))
-    for path, why in left_out.items():
+    data = gate.training_frame(tables, lambda path: ingested.get(path, spec))
+    for path, why in data.left_out.items():
         run_logger().warning("%s is left out of training under %s: %s", path, spec.label, why)
-    if frame.empty:
+    if data.frame.empty:
         raise ValueError(
             f"no table on this commit can train under {spec.label}: "
-            + "; ".join(f"{path}: {why}" for path, why in left_out.items())
+            + "; ".join(f"{path}: {why}" for path, why in data.left_out.items())
         )
-    return frame
+    return data
 
 
 @step(retries=2, delay_seconds=5)
@@ -153,15 +155,17 @@ def fit(
     *,
     tune: bool = False,
     inherited: tuple[str, dict[str, Any]] | None = None,
+    feedback: np.ndarray | None = None,
 ) -> model.TrainedModel:
     """Train with the best of a seeded search, or with the hyperparameters a tuned champion hands
-    on (``inherited``: its version and them), or with the configured ones."""
+    on (``inherited``: its version and them), or with the configured ones; ``feedback`` marks the
+    rows of folded feedback tables (their model is judged on the rows that predate them too)."""
     if tune:
-        return model.tune(frame, spec, settings.training)
+        return model.tune(frame, spec, settings.training, feedback=feedback)
     if inherited is None:
-        return model.train(frame, spec, settings.training)
+        return model.train(frame, spec, settings.training, feedback=feedback)
     version, params = inherited
-    trained = model.train(frame, spec, settings.training, params=params)
+    trained = model.train(frame, spec, settings.training, params=params, feedback=feedback)
     return replace(trained, hyperparameters_from=f"champion v{version}")
 
 
@@ -207,13 +211,16 @@ def log_and_register(
 def score_champion(
     settings: Settings, trained: model.TrainedModel, spec: DatasetSpec
 ) -> registry.ChampionScore | None:
-    """The current champion's metrics on the new model's holdout (None before the first one).
+    """The current champion's metrics on the new model's holdout, and on its clean holdout when
+    it learned from folded feedback (None before the first one).
     A champion trained under another description is scored on the same rows as its requests
     will reach it under this one: features this description no longer has are missing."""
     current = registry.champion(registry.connect(settings), settings)
     if current is None:
         return None
-    scored = registry.score_version(settings, current, trained.holdout, spec)
+    scored = registry.score_version(
+        settings, current, trained.holdout, spec, clean_holdout=trained.clean_holdout
+    )
     if scored.note:
         run_logger().warning("champion %s", scored.note)
     return scored
@@ -228,13 +235,19 @@ def gate_and_promote(
     spec: DatasetSpec,
 ) -> list[str]:
     """Promote when the model meets the thresholds and is no worse than the champion on the same
-    holdout; returns the reasons it was not promoted."""
+    holdout (and, when it learned from folded feedback, on the rows that predate it); returns the
+    reasons it was not promoted."""
     failures = model.gate_failures(
         trained.metrics,
         settings.training,
         bars=model.thresholds(spec, settings.training),
         champion=champion.metrics if champion else None,
         champion_name=f"champion v{champion.version}" if champion else "the champion",
+        clean=model.clean_scores(
+            trained.clean_holdout,
+            trained.clean_metrics,
+            champion.clean_metrics if champion else None,
+        ),
     )
     registry.record_decision(
         registry.connect(settings), settings, logged=logged, reasons=failures, champion=champion
@@ -433,9 +446,16 @@ def train_commit(
             + refusal(validation, blocked)
         )
     run(clear_blocked)(settings)
-    frame = run(training_frame)(settings, spec, tables, ingested)
+    data = run(training_frame)(settings, spec, tables, ingested)
     outcome = train_and_promote(
-        settings, spec, frame, lineage=lineage, report=report, tune=tune, runtime=runtime
+        settings,
+        spec,
+        data.frame,
+        feedback=data.feedback,
+        lineage=lineage,
+        report=report,
+        tune=tune,
+        runtime=runtime,
     )
     return outcome.result()
 
@@ -469,16 +489,18 @@ def train_and_promote(
     lineage: registry.Lineage,
     report: Path,
     tune: bool = False,
+    feedback: np.ndarray | None = None,
     runtime: Runtime = PLAIN,
 ) -> Outcome:
     """From validated training data to the gate's decision: fit (searching hyperparameters when
     asked or when the tuning policy says so, else from what a tuned champion hands on), log and
     register, then — one promotion at a time per model — score the champion on the same holdout,
-    gate, promote, and check the API serves the new champion."""
+    gate, promote, and check the API serves the new champion. ``feedback`` marks the rows of
+    ``frame`` that come from folded feedback tables (:class:`lakeloop.datagate.TrainingData`)."""
     run = runtime.step
     tune = tune or run(tuning_due)(settings)
     inherited = None if tune else run(champion_hyperparameters)(settings)
-    trained = run(fit)(frame, spec, settings, tune=tune, inherited=inherited)
+    trained = run(fit)(frame, spec, settings, tune=tune, inherited=inherited, feedback=feedback)
     logged = run(log_and_register)(
         settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
     )
@@ -503,6 +525,11 @@ def train_and_promote(
         gate_failures=failures,
         trials=len(trained.trials),
         hyperparameters_from=trained.hyperparameters_from,
+        clean=model.clean_scores(
+            trained.clean_holdout,
+            trained.clean_metrics,
+            champion.clean_metrics if champion else None,
+        ),
     )
     runtime.artifact("training-summary", summary, f"train-{lineage.commit_id:.8}")
     run_logger().info("%s", summary.splitlines()[0])

@@ -620,10 +620,10 @@ def _rejudge(client: Any, settings: Settings, *, version: str) -> Rejudged:
     commit_id = lakefs_client.head_commit(lakefs_api, settings)
     reference = lakefs.Repository(settings.lakefs.repository, client=lakefs_api).ref(commit_id)
     with console.status(f"judging v{version} on the data at {commit_id:.12}"):
-        frame, _ = datagate.for_settings(settings, spec).frame_at(reference)
-        if frame.empty:
+        data = datagate.for_settings(settings, spec).frame_at(reference)
+        if data.frame.empty:
             raise LookupError(f"no table at {commit_id:.12} trains under {spec.label}")
-        rows = model.split_rows(frame, spec, settings.training)
+        rows = model.split_rows(data.frame, spec, settings.training, feedback=data.feedback)
         return registry.rejudge(
             client, settings, version=version, rows=rows, spec=spec, commit_id=commit_id
         )

@@ -104,8 +104,13 @@ def _verdicts(repo: Repo, current: DatasetSpec, batch: pd.DataFrame) -> dict[str
     )
     ingested = gate.ingested_under(repository.ref(merged))
     training = gate.judge_stored(tables, ingested)
-    frame, left_out = gate.training_frame(tables, ingested)
-    return {"pre_merge": pre_merge, "training": training, "frame": frame, "left_out": left_out}
+    data = gate.training_frame(tables, ingested)
+    return {
+        "pre_merge": pre_merge,
+        "training": training,
+        "frame": data.frame,
+        "left_out": data.left_out,
+    }
 
 
 def _both_pass(found: dict[str, Any]) -> pd.DataFrame:

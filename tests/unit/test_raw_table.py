@@ -141,7 +141,10 @@ def test_dated_sales_are_split_by_time_whatever_the_file_order(raw: pd.DataFrame
     assert validate_frame(raw, spec).success
     training = TrainingSettings()
     split = model.split_rows(raw, spec, training)
-    sold = {name: spec.event_time.parse(part) for name, part in vars(split).items()}  # type: ignore[union-attr]
+    sold = {
+        name: spec.event_time.parse(getattr(split, name))  # type: ignore[union-attr]
+        for name in ("fit", "stop", "holdout")
+    }
     assert sold["fit"].max() <= sold["stop"].min()
     assert sold["stop"].max() <= sold["holdout"].min()  # no holdout sale older than a trained one
     assert len(split.holdout) == round(len(raw) * training.holdout_fraction)
