@@ -69,6 +69,22 @@ _ERRORS = {
     ),
 }
 
+_PREDICT_ERRORS = {
+    **_ERRORS,
+    401: ResponseSpec(
+        ErrorResponse,
+        generate_examples=False,
+        description="Missing or unknown client token (only when the API is configured with "
+        "prediction tokens: `LAKELOOP_API__PREDICTION_TOKENS`).",
+    ),
+    429: ResponseSpec(
+        ErrorResponse,
+        generate_examples=False,
+        description="Over the client's limit per minute (`LAKELOOP_API__PREDICTIONS_PER_MINUTE`); "
+        "`RateLimit-Reset` says when to retry.",
+    ),
+}
+
 
 def _error_response(_: Request[Any, Any, Any], error: Exception) -> Response[ErrorResponse]:
     """Every error answers the same shape: status, detail, field errors (and the headers the
@@ -104,11 +120,14 @@ def _rate_limits(
     answers 429 beyond its limit, with ``RateLimit-*`` headers saying when to retry."""
 
     def feedback_sender(request: Request[Any, Any, Any]) -> str:
-        client = feedback_client(request.headers.get("authorization", ""), clients)
+        client = token_client(request.headers.get("authorization", ""), clients)
         return f"feedback:{client}" if client else f"feedback@{get_remote_address(request)}"
 
+    predicting_clients = settings.prediction_clients()
+
     def predicting_address(request: Request[Any, Any, Any]) -> str:
-        return f"predict@{get_remote_address(request)}"
+        client = token_client(request.headers.get("authorization", ""), predicting_clients)
+        return f"predict:{client}" if client else f"predict@{get_remote_address(request)}"
 
     feedback = RateLimitConfig(
         ("minute", settings.api.feedback_per_minute), identifier_for_request=feedback_sender
@@ -126,7 +145,14 @@ def _rate_limits(
     return [feedback.middleware], predictions
 
 
-def feedback_client(authorization: str, clients: dict[str, str]) -> str | None:
+def _check_caller(request: Request[Any, Any, Any], clients: dict[str, str]) -> None:
+    """With client tokens set (``clients``), a 401 before the body is read unless the request
+    carries one of them."""
+    if clients and not token_client(request.headers.get("authorization", ""), clients):
+        raise ApiError(401, "a valid `Authorization: Bearer <client token>` header is required")
+
+
+def token_client(authorization: str, clients: dict[str, str]) -> str | None:
     """The client whose token the ``Authorization`` header carries, else ``None``. Every token
     is compared, each in constant time: the time taken says neither which client matched nor
     how much of a token did."""
@@ -372,10 +398,10 @@ def _logs(
 
 def _handlers(settings: Settings, service: PredictionService, *, following: bool) -> list[Any]:
     slot = service.slot
-    metrics = service.metrics
     # Read once: configured, or generated into the state folder on first use (the command line
     # reads the same file to report prices).
     feedback_clients = settings.feedback_clients()
+    prediction_clients = settings.prediction_clients()
     feedback_limit, prediction_limit = _rate_limits(settings, feedback_clients)
 
     @post(
@@ -384,10 +410,11 @@ def _handlers(settings: Settings, service: PredictionService, *, following: bool
         middleware=prediction_limit,
         summary="Predict one record",
         status_code=200,
-        responses=_ERRORS,
+        responses=_PREDICT_ERRORS,
     )
     async def predict(request: Request[Any, Any, Any]) -> Prediction:
         """Predict the target for one record (the body is the record itself)."""
+        _check_caller(request, prediction_clients)
         body = await request.body()
         predictor, schema = service.served()
         record = schema.decode_record(body)
@@ -399,10 +426,11 @@ def _handlers(settings: Settings, service: PredictionService, *, following: bool
         middleware=prediction_limit,
         summary="Predict many records",
         status_code=200,
-        responses=_ERRORS,
+        responses=_PREDICT_ERRORS,
     )
     async def predict_batch(request: Request[Any, Any, Any]) -> PredictionResponse:
         """Predict the target for many records, sent as `records` or as `columns`."""
+        _check_caller(request, prediction_clients)
         body = await request.body()
         served, schema = service.served()
         records, columns = schema.decode_batch(body)
@@ -460,7 +488,7 @@ def _handlers(settings: Settings, service: PredictionService, *, following: bool
         `Authorization: Bearer <client token>`; the report records the client's name. A
         `prediction_id` must be one the API issued and logged; a second report for it is a
         `correction` (the latest counts) and the answer says which value it replaces."""
-        client = feedback_client(request.headers.get("authorization", ""), feedback_clients)
+        client = token_client(request.headers.get("authorization", ""), feedback_clients)
         if client is None:
             raise ApiError(401, "a valid `Authorization: Bearer <client token>` header is required")
         body = await request.body()
@@ -507,13 +535,19 @@ def _handlers(settings: Settings, service: PredictionService, *, following: bool
     @get("/metrics", operation_id="metrics", summary="Prometheus metrics", media_type="text/plain")
     async def prometheus() -> Response[bytes]:
         """Request, prediction, log and swap metrics in the Prometheus text format."""
-        for name, writer in ((PREDICTIONS, service.log), (FEEDBACK, service.feedback_log)):
-            if writer is not None:
-                metrics.log_queued.labels(name).set(writer.queued_rows)
-        metrics.blocked(slot.blocked)
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(_metrics_text(service), media_type=CONTENT_TYPE_LATEST)
 
     return [predict, predict_batch, model_info, feedback, reload, healthz, readyz, prometheus]
+
+
+def _metrics_text(service: PredictionService) -> bytes:
+    """The API's metrics, with the gauges read at scrape time brought up to date."""
+    metrics = service.metrics
+    for name, writer in ((PREDICTIONS, service.log), (FEEDBACK, service.feedback_log)):
+        if writer is not None:
+            metrics.log_queued.labels(name).set(writer.queued_rows)
+    metrics.blocked(service.slot.blocked)
+    return metrics.render()
 
 
 def _model_info(predictor: Predictor, *, alias: str) -> ModelInfo:

@@ -270,7 +270,10 @@ def predict(settings: Settings, records: list[dict[str, Any]]) -> dict[str, Any]
     """POST records to the prediction API's batch endpoint; the answer has ``predictions``,
     ``prediction_ids`` and ``model``."""
     response = httpx.post(
-        f"{settings.api_url}/v1/predict/batch", json={"records": records}, timeout=30.0
+        f"{settings.api_url}/v1/predict/batch",
+        json={"records": records},
+        headers=prediction_headers(settings),
+        timeout=30.0,
     )
     response.raise_for_status()
     result: dict[str, Any] = response.json()
@@ -299,6 +302,13 @@ def send_traffic(
         ids += answer["prediction_ids"]
         version = answer["model"]["version"]
     return predictions, ids, version
+
+
+def prediction_headers(settings: Settings) -> dict[str, str]:
+    """The header that lets this command line ask for predictions: the first configured
+    prediction client's token (none when predictions are open)."""
+    clients = settings.prediction_clients()
+    return {"Authorization": f"Bearer {next(iter(clients.values()))}"} if clients else {}
 
 
 def feedback_headers(settings: Settings) -> dict[str, str]:

@@ -148,9 +148,14 @@ class ApiSettings(BaseModel):
     feedback_per_minute: Annotated[int, Field(ge=1)] = 6000
     """Reports one feedback client may send per minute (429 beyond, with ``RateLimit-*`` headers
     saying when to retry): a runaway or hostile feed cannot flood the training data."""
+    prediction_tokens: dict[str, SecretStr] = {}
+    """Clients allowed to ask for predictions, by name, each with its own bearer token (as
+    ``feedback_tokens``). Empty: predictions are open to whoever reaches the API (it binds
+    127.0.0.1 by default)."""
     predictions_per_minute: Annotated[int, Field(ge=1)] | None = None
-    """Prediction requests one client address may send per minute (429 beyond); unset: no limit
-    (the API answers about 1,300 single predictions a second on two cores)."""
+    """Prediction requests one client (its token's name; its address without prediction
+    tokens) may send per minute (429 beyond); unset: no limit (the API answers about 1,300
+    single predictions a second on two cores)."""
     cors_origins: list[str] = []
     """Origins allowed to call the API from a browser; empty: no CORS headers at all."""
     log_predictions: bool = True
@@ -174,18 +179,22 @@ class ApiSettings(BaseModel):
         token = self.admin_token
         if token is not None and token.get_secret_value().lower() in PLACEHOLDER_SECRETS:
             raise ValueError("LAKELOOP_API__ADMIN_TOKEN is a placeholder value; set a real secret")
-        for name, given in self.feedback_tokens.items():
-            if not _CLIENT_NAME.fullmatch(name):
-                raise ValueError(
-                    f"LAKELOOP_API__FEEDBACK_TOKENS: client name {name!r} must be 1-63 lowercase "
-                    "letters, digits, '-' or '_' (it is stored with every report)"
-                )
-            secret = given.get_secret_value()
-            if secret.lower() in PLACEHOLDER_SECRETS or len(secret) < MIN_TOKEN_LENGTH:
-                raise ValueError(
-                    f"LAKELOOP_API__FEEDBACK_TOKENS: the token of {name!r} is a placeholder or "
-                    f"shorter than {MIN_TOKEN_LENGTH} characters; set a real secret"
-                )
+        for variable, tokens in (
+            ("LAKELOOP_API__FEEDBACK_TOKENS", self.feedback_tokens),
+            ("LAKELOOP_API__PREDICTION_TOKENS", self.prediction_tokens),
+        ):
+            for name, given in tokens.items():
+                if not _CLIENT_NAME.fullmatch(name):
+                    raise ValueError(
+                        f"{variable}: client name {name!r} must be 1-63 lowercase letters, "
+                        "digits, '-' or '_' (it is stored with every report)"
+                    )
+                secret = given.get_secret_value()
+                if secret.lower() in PLACEHOLDER_SECRETS or len(secret) < MIN_TOKEN_LENGTH:
+                    raise ValueError(
+                        f"{variable}: the token of {name!r} is a placeholder or shorter than "
+                        f"{MIN_TOKEN_LENGTH} characters; set a real secret"
+                    )
         return self
 
 
@@ -431,6 +440,13 @@ class Settings(BaseSettings):
                 name: token.get_secret_value() for name, token in self.api.feedback_tokens.items()
             }
         return {LOCAL_CLIENT: self.stored_secret("api_feedback_token")}
+
+    def prediction_clients(self) -> dict[str, str]:
+        """Each client allowed to ask for predictions, with its token; empty when predictions
+        are open."""
+        return {
+            name: token.get_secret_value() for name, token in self.api.prediction_tokens.items()
+        }
 
     def stored_secret(self, name: str) -> str:
         """Read a generated secret from the state folder, creating it (mode 0600) on first use.

@@ -803,6 +803,36 @@ def test_each_feedback_client_has_its_own_rate_limit_and_predictions_one_when_se
     assert 'lakeloop_api_errors_total{endpoint="/v1/feedback",kind="rate_limited"} 2.0' in metrics
 
 
+def test_predictions_need_a_client_token_when_tokens_are_set_and_are_limited_per_client(
+    settings: Settings, slot: ModelSlot, record: dict[str, Any]
+) -> None:
+    """With prediction tokens, a request without one of them is 401 (single and batch), and
+    the limit per minute counts per client, not per address (both clients share one here;
+    requests without a valid token are limited by their address)."""
+    tokens = {"shop": "shop-" + "s" * 40, "app": "app-" + "a" * 40}
+    closed = load_settings(
+        state_dir=settings.state_dir,
+        api={"prediction_tokens": tokens, "predictions_per_minute": 3},
+    )
+    with TestClient(create_app(closed, slot=slot, follow_registry=False)) as client:
+
+        def ask(name: str | None, path: str = "/v1/predict") -> int:
+            headers = {"Authorization": f"Bearer {tokens[name]}"} if name else {}
+            body = record if path == "/v1/predict" else {"records": [record]}
+            return client.post(path, json=body, headers=headers).status_code
+
+        anonymous = [ask(None), ask(None, "/v1/predict/batch")]
+        wrong = client.post(
+            "/v1/predict", json=record, headers={"Authorization": "Bearer " + "x" * 44}
+        ).status_code
+        shop = [ask("shop"), ask("shop", "/v1/predict/batch"), ask("shop"), ask("shop")]
+        app = ask("app")
+    assert anonymous == [401, 401]
+    assert wrong == 401  # the third from this address without a valid token: still in its limit
+    assert shop == [200, 200, 200, 429]
+    assert app == 200
+
+
 def test_predictions_have_no_rate_limit_unless_one_is_set(
     client: TestClient, record: dict[str, Any]
 ) -> None:
@@ -829,11 +859,12 @@ def test_a_stack_with_no_configured_clients_has_one_local_client_with_a_stored_t
         ({"CRM team": "x" * 40}, "client name 'CRM team' must be"),
     ],
 )
+@pytest.mark.parametrize("kind", ["feedback", "prediction"])
 def test_client_tokens_that_would_be_unsafe_are_refused_at_start(
-    tokens: dict[str, str], problem: str
+    tokens: dict[str, str], problem: str, kind: str
 ) -> None:
-    with pytest.raises(ValueError, match="LAKELOOP_API__FEEDBACK_TOKENS") as refused:
-        load_settings(api={"feedback_tokens": tokens})
+    with pytest.raises(ValueError, match=f"LAKELOOP_API__{kind.upper()}_TOKENS") as refused:
+        load_settings(api={f"{kind}_tokens": tokens})
     assert problem in str(refused.value)
 
 
