@@ -26,7 +26,7 @@ from api.predictor import Example, MatrixKernel, ModelLoadError, ModelSlot, Pred
 from api.schemas import RequestTypes
 from lakeloop import registry
 from lakeloop.dataset import DatasetSpec
-from lakeloop.loop import feedback_headers
+from lakeloop.loop import feedback_headers, json_records
 from lakeloop.model import TrainedModel, train
 from lakeloop.settings import Settings, TrainingSettings, load_settings
 from lakeloop.stores.objects import ObjectStore
@@ -39,34 +39,16 @@ from lakeloop.stores.prediction_log import (
     read_feedback_log,
     read_prediction_log,
 )
+from tests.unit.conftest import with_api
 from tests.utils.descriptions import changed
 
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-
-
-def _with_api(settings: Settings, **changes: Any) -> Settings:
-    return settings.model_copy(update={"api": settings.api.model_copy(update=changes)})
-
-
-@pytest.fixture
-def slot(tiny_model: TrainedModel) -> ModelSlot:
-    return ModelSlot(Predictor(model=tiny_model.pipeline, name="housing-price", version="3"))
 
 
 @pytest.fixture
 def client(settings: Settings, slot: ModelSlot) -> Iterator[TestClient]:
     with TestClient(create_app(settings, slot=slot, follow_registry=False)) as test_client:
         yield test_client
-
-
-def _records(frame: pd.DataFrame, spec: DatasetSpec) -> list[dict[str, Any]]:
-    rows = frame[spec.feature_names]
-    return rows.astype(object).where(rows.notna(), None).to_dict(orient="records")
-
-
-@pytest.fixture
-def record(market_batch: pd.DataFrame, spec: DatasetSpec) -> dict[str, Any]:
-    return _records(market_batch.head(1), spec)[0]
 
 
 # Predictions -------------------------------------------------------------------------------
@@ -87,7 +69,7 @@ def test_single_record_answers_prediction_id_and_model(
 def test_batch_of_records_and_of_columns_agree_with_the_pipeline(
     client: TestClient, market_batch: pd.DataFrame, spec: DatasetSpec, tiny_model: TrainedModel
 ) -> None:
-    records = _records(market_batch.head(50), spec)
+    records = json_records(market_batch.head(50)[spec.feature_names])
     expected = list(tiny_model.pipeline.predict(market_batch.head(50)[spec.feature_names]))
     by_records = client.post("/v1/predict/batch", json={"records": records}).json()
     columns = {name: [r[name] for r in records] for name in spec.feature_names}
@@ -124,7 +106,7 @@ def test_booster_kernel_matches_the_pipeline(
         frame["ocean_proximity"] = "ATLANTIS"
     kernel = MatrixKernel.of(tiny_model.pipeline)
     assert kernel is not None
-    rows = _records(frame, spec)
+    rows = json_records(frame[spec.feature_names])
     columns = {name: [row[name] for row in rows] for name in spec.feature_names}
     expected = tiny_model.pipeline.predict(frame)
     np.testing.assert_allclose(
@@ -150,7 +132,7 @@ def test_a_full_batch_equals_the_logged_pipeline_exactly(
     bit for bit what the logged pipeline's ``predict`` gives on the same rows."""
     frame = _awkward_rows(market_batch, spec, 1000)
     expected = tiny_model.pipeline.predict(frame)
-    records = _records(frame, spec)
+    records = json_records(frame[spec.feature_names])
     columns = {name: [r[name] for r in records] for name in spec.feature_names}
     for body in ({"records": records}, {"columns": columns}):
         response = client.post("/v1/predict/batch", json=body)
@@ -165,7 +147,7 @@ def test_kernel_matrix_from_records_equals_from_columns(
     """Decoded structs transposed in C give the same matrix as columns, nulls and unknown
     categories as NaN."""
     frame = _awkward_rows(market_batch, spec, 40)
-    records = _records(frame, spec)
+    records = json_records(frame[spec.feature_names])
     types = RequestTypes.for_spec(spec, max_batch=1000)
     structs = [types.record(**record) for record in records]
     kernel = MatrixKernel.of(tiny_model.pipeline)
@@ -284,7 +266,7 @@ def test_invalid_json_is_400(client: TestClient) -> None:
 def test_over_the_batch_limit_is_413(
     settings: Settings, slot: ModelSlot, record: dict[str, Any], spec: DatasetSpec
 ) -> None:
-    limited = _with_api(settings, max_batch=3)
+    limited = with_api(settings, max_batch=3)
     with TestClient(create_app(limited, slot=slot, follow_registry=False)) as client:
         assert client.post("/v1/predict/batch", json={"records": [record] * 3}).status_code == 200
         assert client.post("/v1/predict/batch", json={"records": [record] * 4}).status_code == 413
@@ -295,7 +277,7 @@ def test_over_the_batch_limit_is_413(
 def test_over_the_body_limit_is_413(
     settings: Settings, slot: ModelSlot, record: dict[str, Any]
 ) -> None:
-    limited = _with_api(settings, max_body_bytes=2048)
+    limited = with_api(settings, max_body_bytes=2048)
     with TestClient(create_app(limited, slot=slot, follow_registry=False)) as client:
         response = client.post("/v1/predict/batch", json={"records": [record] * 50})
         assert response.status_code == 413
@@ -933,7 +915,7 @@ def test_log_queue_overflow_drops_and_counts_never_blocks(
 def test_overflow_shows_in_metrics(
     settings: Settings, slot: ModelSlot, record: dict[str, Any]
 ) -> None:
-    small = _with_api(settings, log_queue_rows=2, log_flush_seconds=60.0)
+    small = with_api(settings, log_queue_rows=2, log_flush_seconds=60.0)
     with TestClient(create_app(small, slot=slot, follow_registry=False)) as client:
         assert client.post("/v1/predict/batch", json={"records": [record] * 3}).status_code == 200
         text = client.get("/metrics").text
@@ -966,7 +948,7 @@ def test_reader_filters_by_time_and_keeps_the_most_recent(
 def test_logging_can_be_switched_off(
     settings: Settings, slot: ModelSlot, record: dict[str, Any]
 ) -> None:
-    quiet = _with_api(settings, log_predictions=False)
+    quiet = with_api(settings, log_predictions=False)
     with TestClient(create_app(quiet, slot=slot, follow_registry=False)) as client:
         assert client.post("/v1/predict", json=record).status_code == 200
     assert read_prediction_log(settings.object_store).empty

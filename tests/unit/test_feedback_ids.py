@@ -19,10 +19,9 @@ from litestar.testing import TestClient
 
 from api.app import create_app
 from api.ids import made_at, prediction_ids
-from api.predictor import ModelSlot, Predictor
+from api.predictor import ModelSlot
 from lakeloop.dataset import DatasetSpec
 from lakeloop.loop import feedback_headers
-from lakeloop.model import TrainedModel
 from lakeloop.settings import Settings, load_settings
 from lakeloop.stores.objects import ObjectStore
 from lakeloop.stores.prediction_log import (
@@ -39,21 +38,7 @@ from lakeloop.stores.prediction_log import (
     read_prediction_log,
 )
 from monitoring.window import with_feedback
-
-
-def _with_api(settings: Settings, **changes: Any) -> Settings:
-    return settings.model_copy(update={"api": settings.api.model_copy(update=changes)})
-
-
-@pytest.fixture
-def slot(tiny_model: TrainedModel) -> ModelSlot:
-    return ModelSlot(Predictor(model=tiny_model.pipeline, name="housing-price", version="3"))
-
-
-@pytest.fixture
-def record(market_batch: pd.DataFrame, spec: DatasetSpec) -> dict[str, Any]:
-    rows = market_batch.head(1)[spec.feature_names]
-    return rows.astype(object).where(rows.notna(), None).to_dict(orient="records")[0]
+from tests.unit.conftest import with_api
 
 
 @pytest.fixture
@@ -84,7 +69,7 @@ def feedback_counted(client: TestClient, outcome: str) -> float:
 def test_an_id_still_in_the_queue_is_accepted_before_any_flush(
     settings: Settings, slot: ModelSlot, record: dict[str, Any]
 ) -> None:
-    unflushed = _with_api(settings, log_flush_seconds=3600.0)
+    unflushed = with_api(settings, log_flush_seconds=3600.0)
     with TestClient(create_app(unflushed, slot=slot, follow_registry=False)) as client:
         client.headers.update(feedback_headers(settings))
         prediction_id = client.post("/v1/predict", json=record).json()["prediction_id"]
@@ -190,7 +175,7 @@ def test_a_uuid7_with_a_trailing_newline_is_422_too() -> None:
 def test_unmatched_setting_stores_an_unknown_id_and_counts_it(
     settings: Settings, slot: ModelSlot
 ) -> None:
-    keeping = _with_api(settings, unknown_predictions="unmatched")
+    keeping = with_api(settings, unknown_predictions="unmatched")
     never = id_made_at(datetime.now(UTC) - timedelta(minutes=10))
     with TestClient(create_app(keeping, slot=slot, follow_registry=False)) as client:
         client.headers.update(feedback_headers(settings))
@@ -394,7 +379,7 @@ def test_without_a_prediction_log_ids_are_checked_for_form_only(
     settings: Settings, slot: ModelSlot
 ) -> None:
     """Logging off: nothing to look an id up in (and nowhere to store the report)."""
-    unlogged = _with_api(settings, log_predictions=False)
+    unlogged = with_api(settings, log_predictions=False)
     with TestClient(create_app(unlogged, slot=slot, follow_registry=False)) as client:
         client.headers.update(feedback_headers(settings))
         never = id_made_at(datetime.now(UTC) - timedelta(minutes=10))
