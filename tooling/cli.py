@@ -416,12 +416,12 @@ def report(
         console.print("no monitor run yet; `lakeloop monitor` runs one")
         raise typer.Exit(1)
     for entry in entries:
-        console.print(describe(entry), markup=False)
+        console.print(describe(entry), markup=False, soft_wrap=True)
     folds = read_folds(store, last=last)
     if folds:
         console.print("reported prices:")
         for fold in folds:
-            console.print(fold.describe(), markup=False)
+            console.print(fold.describe(), markup=False, soft_wrap=True)
     latest = entries[-1].report_path
     console.print(f"latest report: {latest}")
     if open_report and latest:
