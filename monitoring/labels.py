@@ -50,7 +50,7 @@ class Provenance(msgspec.Struct, frozen=True):
         }
 
     def describe(self) -> str:
-        clients = ", ".join(f"{name} {count}" for name, count in sorted(self.clients.items()))
+        clients = ", ".join(f"{name} ({count})" for name, count in sorted(self.clients.items()))
         span = (
             f" from {_iso(self.first_reported)} to {_iso(self.last_reported)}"
             if self.first_reported
@@ -87,11 +87,16 @@ class FoldRecord(msgspec.Struct, frozen=True):
     """Where the rows held back are, when the check refused them."""
 
     def describe(self) -> str:
+        """One line a person reads: when, whose window, who reported, the verdict and why."""
         verdict = f"folded in {self.commit_id[:12]}" if self.folded else "NOT FOLDED"
         who = f" ({self.provenance.describe()})" if self.provenance else ""
+        # The check's words, unless it passed and something else kept the prices out (the
+        # pre-merge data checks): then the note says what.
+        checked = self.check is not None and (self.folded or not self.check.passed)
+        why = self.check.reason if checked and self.check else self.reason
         return (
             f"{self.time:%Y-%m-%d %H:%M:%S} feedback of v{self.champion_version} "
-            f"window={self.window_id}{who} {verdict}: {self.reason}"
+            f"window={self.window_id}{who} {verdict}: {why}"
         )
 
 

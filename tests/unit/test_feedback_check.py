@@ -108,7 +108,7 @@ def test_a_held_back_window_is_reported_where_the_user_looks(
     assert key == "feedback-check"
     assert "**not folded**" in markdown
     assert "lakeloop ingest /state/monitoring/feedback/feedback-w-1.parquet" in markdown
-    assert "partner 700" in markdown
+    assert "reported by partner (700), unnamed (100)" in markdown
     [record] = read_folds(settings.monitoring_store, last=5)
     assert not record.folded
     assert record.window_id == "w-1"
@@ -135,3 +135,21 @@ def test_fold_records_are_read_newest_last(settings: Settings) -> None:
         append_fold(store, record)
 
     assert [r.window_id for r in read_folds(store, last=2)] == ["w-2", "w-3"]
+
+
+def test_prices_the_data_checks_refused_say_so_not_that_the_check_passed(
+    spec: DatasetSpec,
+) -> None:
+    check = check_labels(
+        reports(spec, factor=1.0), spec, holdout_bias=0.0, tolerance=1.4, min_rows=500
+    )
+    record = FoldRecord(
+        time=datetime(2026, 5, 1, tzinfo=UTC),
+        champion_version="2",
+        window_id="w-9",
+        folded=False,
+        reason="the reported prices were refused by the data checks: price_range failed",
+        check=check,
+    )
+
+    assert "NOT FOLDED: the reported prices were refused by the data checks" in record.describe()
