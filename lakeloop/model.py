@@ -207,6 +207,9 @@ class Split:
     """When the data holds folded feedback: the holdout of the rows that predate it (the clean
     rows split alone by the same rule), which no model here fits or stops on. A poisoned feedback
     table shapes the holdout it is part of; it cannot shape this one. ``None`` without feedback."""
+    set_aside_rows: int = 0
+    """Rows of the clean holdout that are neither fitted on nor in the holdout (the time split's
+    most recent clean rows, when feedback is newer): every row is fit, stop, holdout or this."""
 
 
 def split_rows(
@@ -235,11 +238,13 @@ def split_rows(
     hashes = rowkeys.keys(rows, spec)
     fit, stop, holdout = _positions(rows, hashes, spec, training)
     clean_holdout = None
+    set_aside = 0
     marked = None if feedback is None else np.asarray(feedback, dtype=bool)[has_target]
     if marked is not None and marked.any():
         clean = np.flatnonzero(~marked)
         held = clean[_positions(rows.iloc[clean], hashes[clean], spec, training)[2]]
         fit, stop = fit[~np.isin(fit, held)], stop[~np.isin(stop, held)]
+        set_aside = int((~np.isin(held, holdout)).sum())
         # Fewer than two rows make no score: the gate then judges on the holdout alone.
         clean_holdout = rows.iloc[held] if len(held) >= 2 else None
     split = Split(
@@ -247,6 +252,7 @@ def split_rows(
         stop=rows.iloc[stop],
         holdout=rows.iloc[holdout],
         clean_holdout=clean_holdout,
+        set_aside_rows=set_aside,
     )
     if len(split.fit) < 10 or len(split.holdout) < 2 or len(split.stop) < 2:
         raise ValueError(
@@ -353,6 +359,8 @@ class TrainedModel:
     the gate judges a challenger and the champion on it too. ``None`` without feedback."""
     clean_metrics: dict[str, float] | None = None
     """This model's metrics on ``clean_holdout``."""
+    set_aside_rows: int = 0
+    """Rows neither trained on nor in the holdout (``Split.set_aside_rows``)."""
 
 
 def train(
@@ -496,6 +504,7 @@ def evaluate(
         trials=trials,
         clean_holdout=None if clean is None else clean[spec.columns],
         clean_metrics=None if clean is None else score(pipeline, clean, spec),
+        set_aside_rows=rows.set_aside_rows,
     )
 
 

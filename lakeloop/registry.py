@@ -337,7 +337,10 @@ def log_trained(
                 "train_rows": trained.train_rows,
                 "holdout_rows": trained.holdout_rows,
                 **(
-                    {f"{evaluation.CLEAN_HOLDOUT}_rows": len(trained.clean_holdout)}
+                    {
+                        f"{evaluation.CLEAN_HOLDOUT}_rows": len(trained.clean_holdout),
+                        "set_aside_rows": trained.set_aside_rows,
+                    }
                     if trained.clean_holdout is not None
                     else {}
                 ),

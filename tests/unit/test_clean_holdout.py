@@ -71,6 +71,7 @@ def test_hash_split_clean_holdout_is_the_holdouts_clean_rows_and_nothing_moves(
     expected = split.holdout[split.holdout.index.isin(list(clean_keys))]
     _same(split.clean_holdout.sort_index(), expected.sort_index())
     assert len(split.clean_holdout) > 400
+    assert split.set_aside_rows == 0
 
 
 def test_time_split_keeps_the_most_recent_clean_rows_out_of_fit_and_early_stopping(
@@ -96,6 +97,11 @@ def test_time_split_keeps_the_most_recent_clean_rows_out_of_fit_and_early_stoppi
         set(split.fit.index) | set(split.stop.index)
     )
     assert moved == held - set(plain.holdout.index)
+    # Every row is counted once: fit, early stopping, holdout, or set aside.
+    assert split.set_aside_rows == len(moved) > 0
+    assert len(split.fit) + len(split.stop) + len(split.holdout) + split.set_aside_rows == len(
+        frame
+    )
     sold = spec.event_time.parse(clean)
     assert sold.min() >= spec.event_time.parse(split.fit[~split.fit["Yr Sold"].eq(2009)]).max()
 
