@@ -8,6 +8,8 @@ the split, the gate's reason, the summary, and how the training frame marks feed
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -149,7 +151,8 @@ def test_the_summary_and_mlflow_names_show_the_clean_holdout() -> None:
         champion={"mae": 2.0, "rmse": 3.0, "r2": 0.9, "mape": 0.1},
     )
     metrics = {"mae": 1.0, "rmse": 2.0, "r2": 0.9, "mape": 0.1}
-    summary = evaluation.summary_markdown(
+    summarize = partial(
+        evaluation.summary_markdown,
         model_name="housing",
         version="4",
         run_id="abc",
@@ -157,21 +160,12 @@ def test_the_summary_and_mlflow_names_show_the_clean_holdout() -> None:
         holdout_rows=1000,
         lineage={},
         champion=("3", metrics),
-        gate_failures=["on the 806 rows that predate the feedback, ..."],
-        clean=clean,
     )
+    refused = ["on the 806 rows that predate the feedback, ..."]
+    summary = summarize(gate_failures=refused, clean=clean)
     assert "the 806 rows that predate the folded feedback" in summary
     assert "| MAE | 3.000 | 2.000 |" in summary
-    assert "predate" not in evaluation.summary_markdown(
-        model_name="housing",
-        version="4",
-        run_id="abc",
-        metrics=metrics,
-        holdout_rows=1000,
-        lineage={},
-        champion=("3", metrics),
-        gate_failures=[],
-    )
+    assert "predate" not in summarize(gate_failures=[])
 
 
 def test_the_training_frame_marks_the_rows_of_feedback_tables(spec: DatasetSpec) -> None:
