@@ -146,7 +146,7 @@ def ingest(
     published = publish(
         settings,
         tables,
-        name=name or _batch_name(path),
+        name=name or lakefs_client.batch_name(path.stem),
         source=str(path),
         dataset_version=spec.version,
         metadata=skipped,
@@ -279,8 +279,9 @@ def _without_existing(
 
 
 def _rejection_lines(reason: str) -> list[str]:
-    """lakeFS's error ends with the hook's answer, "data checks failed on <paths>: a; b; c":
-    one failed check per line, lakeFS's own preamble dimmed above them."""
+    """The rejection is lakeFS's message followed by the data-checks hook's answer (read from the
+    hook run's output), "data checks failed on <paths>: a; b; c": one failed check per line,
+    lakeFS's own preamble dimmed above them."""
     preamble, marker, answer = reason.partition("data checks failed on ")
     if not marker:
         return [reason]
@@ -290,12 +291,6 @@ def _rejection_lines(reason: str) -> list[str]:
         f"{marker}{where}:",
         *(f"  - {check}" for check in checks.split("; ")),
     ]
-
-
-def _batch_name(path: Path) -> str:
-    """A lakeFS-safe batch name from a file or directory name."""
-    cleaned = "".join(c if c.isalnum() else "-" for c in path.stem.lower()).strip("-")
-    return cleaned[:40] or "batch"
 
 
 @app.command()

@@ -4,6 +4,7 @@ post-merge relay (to a stand-in of Prefect's events endpoint; the e2e test uses 
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -223,3 +224,51 @@ def test_init_creates_the_repository_in_the_configured_storage_namespace(loop: L
     assert created.properties.default_branch == other.lakefs.branch
     again = lakefs_client.ensure_repository(loop.client, other)  # idempotent
     assert again.properties.storage_namespace == "s3://bucket/on-s3"
+
+
+def test_the_failed_checks_come_from_the_hook_run_not_from_the_412(loop: Loop) -> None:
+    """lakeFS's 412 names the aborted run and the webhook's status code, never its answer; the
+    failed checks reach the rejection (and so `lakeloop ingest`) from the hook run's output."""
+    repository = lakefs.Repository(loop.settings.lakefs.repository, client=loop.client)
+    bad = market.generate_batch(rows=500, seed=4)
+    bad.loc[:99, "median_income"] = -1.0
+    branch = repository.branch("direct-bad").create(source_reference=loop.settings.lakefs.branch)
+    branch.object("data/direct/bad.parquet").upload(data=bad.to_parquet(index=False), mode="wb")
+    branch.commit(message="bad data written around the CLI")
+    with pytest.raises(lakefs.exceptions.ServerException) as refused:
+        branch.merge_into(repository.branch(loop.settings.lakefs.branch))
+    message = refused.value.body["message"]
+    assert refused.value.status_code == 412
+    assert "webhook request failed (status code: 400)" in message
+    assert "median_income" not in message  # lakeFS does not pass the answer on
+    reason = lakefs_client.rejection_reason(loop.client, repository.id, message)
+    assert reason.startswith(" ".join(message.split()))
+    assert "data checks failed on data/direct/bad.parquet: median_income" in reason
+
+
+def test_a_file_name_lakefs_would_refuse_as_a_branch_id_still_lands(loop: Loop) -> None:
+    table = loop.batch("donnees", market.generate_batch(rows=300, seed=21))
+    published = loop.publish(table, "données d'été (v2)")
+    assert published.merged, published.rejection
+    assert published.ingest_branch.startswith("ingest-donnees-d-ete-v2-")
+
+
+def test_lakefs_unable_to_run_the_checks_is_reported_and_nothing_is_lost(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lakeFS server started without the action's variable answers 500 (lakeFS >= 1.60): that is
+    no verdict on the data. The error names the variable; main is untouched and the batch stays
+    on its branch, unmarked as rejected, to merge once lakeFS is fixed."""
+    loop.wait_idle()
+    before = loop.main_head()
+    monkeypatch.delenv("LAKEFSACTION_LAKELOOP_WEBHOOK_SECRET")
+    table = loop.batch("unjudged", market.generate_batch(rows=300, seed=22))
+    with pytest.raises(lakefs_client.HookConfigurationError) as refused:
+        loop.publish(table, "unjudged")
+    assert "lacks LAKEFSACTION_LAKELOOP_WEBHOOK_SECRET" in str(refused.value)
+    assert loop.main_head() == before
+    kept = re.search(r"on branch (ingest-unjudged-\S+)\.", str(refused.value))
+    assert kept is not None
+    branch = lakefs.Repository("housing", client=loop.client).branch(kept[1])
+    assert "lakeloop.rejected" not in (branch.get_commit().metadata or {})
+    assert any(info.path.endswith("unjudged.parquet") for info in branch.objects(prefix="data/"))
