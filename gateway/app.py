@@ -460,11 +460,15 @@ def create_gateway(
     def validate_merge(data: MergeWebhook) -> Response[str]:
         """Check the tables a merge would bring (lakeFS pre-merge hook); non-2xx blocks it.
 
-        The answer is one line of text: lakeFS puts it into the error the merging client sees."""
+        The answer is one line of text. lakeFS does not pass it on to the merging client (its
+        412 names only the hook run and the status code): it keeps it in the hook run's output,
+        where lakeloop reads it back (:func:`lakeloop.lakefs_client.rejection_reason`). lakeFS
+        retries a merge that lost a race for the branch, calling this again each time: the
+        verdict is a pure function of the two commits, so a repeat answers the same."""
         verdict = check_merge(lakefs, gate, data)
         logger.info(
             "pre-merge %s -> %s/%s: %s",
-            data.source_ref,
+            data.merge_source or data.source_ref,
             data.repository_id,
             data.branch_id,
             verdict.detail,

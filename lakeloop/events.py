@@ -91,19 +91,23 @@ REF = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][-A-Za-z0-9_./~^@$]{0,255}")
 
 
 class LakeFSWebhook(msgspec.Struct, kw_only=True):
-    """The JSON body lakeFS POSTs to a webhook hook (fields as lakeFS names them)."""
+    """The JSON body lakeFS POSTs to a webhook hook (fields as lakeFS names them, pkg/actions/
+    event.go ``EventInfo``). lakeFS omits every field after ``repository_id`` when it is empty
+    (``omitempty``: a commit without metadata has no ``commit_metadata``); ``merge_source`` is
+    the ref a merge was asked to merge as the client named it, ``source_ref`` its commit."""
 
     event_type: str
     event_time: str
     action_name: str
     hook_id: str
     repository_id: str
-    branch_id: str
+    branch_id: str = ""
     source_ref: str = ""
     commit_id: str = ""
     commit_message: str = ""
     committer: str = ""
     commit_metadata: dict[str, str] = msgspec.field(default_factory=dict)
+    merge_source: str = ""
 
 
 def event_id(*natural_key: str) -> str:

@@ -1,7 +1,11 @@
 """Local source files before they go to lakeFS: find them, read their shape, refuse the unreadable.
 
 These checks are about the *file* (can it be parsed, does it have a header we can trust); the *data*
-checks run in lakeFS's pre-merge hook, so they also guard writes that bypass this command.
+checks run in lakeFS's pre-merge hook, so they also guard merges that bypass this command. Not
+every write: lakeFS reads pre-merge actions from the *source* branch, so whoever can write a
+branch can delete the checks' action file on it and merge unchecked (and a direct commit to the
+production branch runs no pre-merge hook at all). What guards such data is the training flow's
+own data gate, which judges every commit again before it trains on it.
 """
 
 from __future__ import annotations

@@ -14,11 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from gateway.app import MAX_BODY_BYTES, TOKEN_HEADER, create_gateway
+from gateway.app import (
+    MAX_BODY_BYTES,
+    TOKEN_HEADER,
+    MergeWebhook,
+    create_gateway,
+    webhook_problems,
+)
 from gateway.spool import Spool
 from lakeloop.events import event_id
 from lakeloop.settings import Settings, load_settings
@@ -110,6 +117,31 @@ def test_relays_merge_as_prefect_event_with_deterministic_id(
     assert event["id"] == response.json()["event_id"]
     again = gateway.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
     assert again.json()["event_id"] == event["id"]
+
+
+LAKEFS_WEBHOOKS = Path(__file__).parent / "fixtures" / "lakefs_webhooks"
+
+
+@pytest.mark.parametrize("kind", ["post-merge", "post-commit"])
+def test_what_lakefs_itself_sends_is_relayed(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str], kind: str
+) -> None:
+    """Bodies as lakeFS 1.x writes them (fixtures/lakefs_webhooks): empty fields omitted (a commit
+    without metadata has no ``commit_metadata``), ``merge_source`` and the merge-strategy key."""
+    body = json.loads((LAKEFS_WEBHOOKS / f"{kind}.json").read_text())
+    response = gateway.post("/webhooks/lakefs", json=body, headers={TOKEN_HEADER: SECRET})
+    assert response.status_code == 202, response.text
+    [event] = prefect[0].events
+    assert event["event"] == f"lakefs.{kind}"
+    assert event["payload"]["commit_id"] == body["commit_id"]
+
+
+def test_what_lakefs_sends_to_the_pre_merge_hook_is_a_well_formed_merge() -> None:
+    body = (LAKEFS_WEBHOOKS / "pre-merge.json").read_bytes()
+    hook = msgspec.json.decode(body, type=MergeWebhook)
+    assert webhook_problems(hook, relayed=False) == []
+    assert hook.merge_source.startswith("ingest-batch-1-")
+    assert hook.source_ref != hook.commit_id  # the source commit, not the merge to be
 
 
 @pytest.mark.parametrize("headers", [{}, {TOKEN_HEADER: "wrong"}, {TOKEN_HEADER: SECRET + "x"}])
