@@ -743,15 +743,17 @@ def _check_airflow(props: Mapping[str, object], env: EnvRenderer) -> None:
 
 
 def _check_lua(props: Mapping[str, object]) -> None:
-    """lua.go NewLuaHook's checks (its ``args`` environment templates are not read here)."""
+    """lua.go NewLuaHook's checks (its ``args`` environment templates are not read here): an
+    empty ``script`` counts as missing, so ``script_path`` is looked at then."""
     if "args" in props and not isinstance(props["args"], dict):
         raise ActionError("'args' should be a map: wrong value type")
-    if "script" in props:
-        _required_property(props, "script")
-        return
-    if "script_path" not in props:
-        raise ActionError("'script' or 'script_path' must be supplied: wrong value type")
-    _required_property(props, "script_path")
+    for key in ("script", "script_path"):
+        value = props.get(key)
+        if isinstance(value, str) and value:
+            return
+        if key in props and not isinstance(value, str):
+            raise ActionError(f"value of {key} is not of type string: wrong value type")
+    raise ActionError("'script' or 'script_path' must be supplied: wrong value type")
 
 
 # -- `if` expressions --------------------------------------------------------------------------
@@ -906,24 +908,11 @@ class _Task:
     def record(self) -> HookRunRecord:
         """The hook run as lakeFS lists it: a skipped hook has Go's zero times."""
         if self.started is None or self.ended is None:
-            return HookRunRecord(
-                self.hook_run_id,
-                self.action.name,
-                self.hook.id,
-                GO_ZERO_TIME,
-                GO_ZERO_TIME,
-                "skipped",
-            )
-        status = "failed" if self.error else "completed"
-        return HookRunRecord(
-            self.hook_run_id,
-            self.action.name,
-            self.hook.id,
-            self.started,
-            self.ended,
-            status,
-            self.output,
-        )
+            times, status = (GO_ZERO_TIME, GO_ZERO_TIME), "skipped"
+        else:
+            times, status = (self.started, self.ended), "failed" if self.error else "completed"
+        hook_ids = (self.hook_run_id, self.action.name, self.hook.id)
+        return HookRunRecord(*hook_ids, *times, status, self.output)
 
 
 _ABORT_ERRORS: dict[int, type[LakeFSError]] = {
