@@ -58,6 +58,10 @@ CREATE TABLE IF NOT EXISTS commits (
 CREATE TABLE IF NOT EXISTS tags (
     repo TEXT NOT NULL, id TEXT NOT NULL, commit_id TEXT NOT NULL, PRIMARY KEY (repo, id));
 CREATE TABLE IF NOT EXISTS trees (id TEXT PRIMARY KEY, entries TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS storage_namespaces (
+    storage_namespace TEXT PRIMARY KEY, repo TEXT NOT NULL);
+INSERT OR IGNORE INTO storage_namespaces
+    SELECT rtrim(storage_namespace, '/'), id FROM repositories;
 CREATE TABLE IF NOT EXISTS action_runs (
     repo TEXT NOT NULL, run_id TEXT NOT NULL, branch TEXT NOT NULL, commit_id TEXT NOT NULL,
     source_ref TEXT NOT NULL, event_type TEXT NOT NULL, start_time REAL NOT NULL,
@@ -479,9 +483,22 @@ class Store:
             raise BadRequestError("storage_namespace is required")
         now = int(time.time())
         record = RepositoryRecord(name, storage_namespace, default_branch, now)
+        namespace = storage_namespace.rstrip("/")
         with self.write_lock, self._db() as db:
             if self._repository_row(db, name) is not None:
-                raise ConflictError(f"repository {name!r} already exists: not unique")
+                raise ConflictError("error creating repository: not unique")
+            # lakeFS writes <namespace>/_lakefs/dummy when it creates a repository and refuses
+            # a namespace where that object exists; deleting the repository leaves it behind.
+            # This server writes nothing under namespaces, so it remembers them instead.
+            used = db.execute(
+                "SELECT 1 FROM storage_namespaces WHERE storage_namespace = ?", (namespace,)
+            ).fetchone()
+            if used is not None:
+                raise BadRequestError(
+                    "failed to create repository: found lakeFS objects in the storage "
+                    f"(:{storage_namespace}) key(_lakefs/dummy): storage namespace already in use"
+                )
+            db.execute("INSERT INTO storage_namespaces VALUES (?, ?)", (namespace, name))
             db.execute(
                 "INSERT INTO repositories VALUES (?, ?, ?, ?)",
                 (name, storage_namespace, default_branch, now),

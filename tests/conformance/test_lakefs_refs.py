@@ -7,6 +7,7 @@ difference found against a real lakeFS is a bug in the local server, not in the 
 from __future__ import annotations
 
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import lakefs
@@ -19,6 +20,7 @@ from lakefs.exceptions import (
 )
 
 from lakefs_local.testing import WebhookReceiver
+from tests.conformance.conftest import LakeFSTarget
 
 MERGE_STRATEGY_KEY = ".lakefs.merge.strategy"  # graveler.MergeStrategyMetadataKey
 
@@ -322,3 +324,23 @@ def test_a_merge_holding_its_hook_does_not_block_other_reads(
     finally:
         receiver.answering.set()
     assert main.object("s.csv").exists()
+
+
+def test_a_storage_namespace_is_never_reused(
+    lakefs_target: LakeFSTarget, repo: lakefs.Repository
+) -> None:
+    """CreateRepository's ensureStorageNamespace refuses a namespace holding lakeFS's
+    ``_lakefs/dummy`` object, which stays when its repository is deleted (400)."""
+    client = lakefs_target.client()
+    namespace = repo.properties.storage_namespace
+    with pytest.raises(BadRequestException) as caught:
+        lakefs.Repository(f"{repo.id}-again", client=client).create(storage_namespace=namespace)
+    assert "storage namespace already in use" in caught.value.body["message"]
+
+    name = f"conf-{uuid.uuid4().hex[:12]}"
+    fresh = f"{lakefs_target.storage_namespace.rstrip('/')}/{name}"
+    lakefs.Repository(name, client=client).create(storage_namespace=fresh).delete()
+    with pytest.raises(BadRequestException) as caught:
+        lakefs.Repository(name, client=client).create(storage_namespace=fresh)
+    assert "storage namespace already in use" in caught.value.body["message"]
+    assert name not in {r.id for r in lakefs.repositories(client=client, prefix=name)}
