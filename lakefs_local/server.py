@@ -24,7 +24,7 @@ from typing import Protocol, TypeVar
 
 import anyio
 from lakefs_sdk import models
-from litestar import Litestar, Request, Response, Router, delete, get, head, post
+from litestar import Litestar, Request, Response, Router, delete, get, head, post, put
 from litestar.datastructures import State, UploadFile
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
@@ -327,6 +327,32 @@ def delete_repository(*, state: State, repository: str) -> None:
     _service(state).store.delete_repository(repository)
 
 
+@get("/repositories/{repository:str}/settings/branch_protection", sync_to_thread=True)
+def get_branch_protection_rules(*, state: State, repository: str) -> Response[list[JSON]]:
+    """The protected branch patterns, with their ETag for a conditional update."""
+    patterns, etag = _service(state).store.get_branch_protection(repository)
+    rules = [models.BranchProtectionRule(pattern=pattern).to_dict() for pattern in patterns]
+    return Response(rules, headers={"ETag": etag}, media_type="application/json")
+
+
+@put(
+    "/repositories/{repository:str}/settings/branch_protection",
+    status_code=204,
+    sync_to_thread=True,
+)
+def set_branch_protection_rules(
+    *,
+    state: State,
+    repository: str,
+    data: list[JSON],
+    if_match: str | None = Parameter(header="If-Match", default=None),
+) -> None:
+    """Replace the protected branch patterns (each blocks staging writes and commits, as every
+    lakeFS rule does); with If-Match, only if it is the current ETag (else 412)."""
+    patterns = [_parse(models.BranchProtectionRule, rule).pattern for rule in data]
+    _service(state).store.set_branch_protection(repository, patterns, if_match=if_match)
+
+
 # -- branches ---------------------------------------------------------------------------------
 
 
@@ -467,6 +493,7 @@ async def upload_object(
     svc = _service(state)
     validate_path(object_path)  # refuse before reading a byte of the body
     await anyio.to_thread.run_sync(svc.store.get_branch, repository, branch)
+    await anyio.to_thread.run_sync(svc.store.check_writable, repository, branch)
     content_type = request.headers.get("content-type", "application/octet-stream")
     chunks: AsyncIterator[bytes]
     if content_type.startswith("multipart/form-data"):
@@ -1106,6 +1133,8 @@ ROUTES = [
     get_repository,
     get_repository_metadata,
     delete_repository,
+    get_branch_protection_rules,
+    set_branch_protection_rules,
     create_branch,
     list_branches,
     get_branch,

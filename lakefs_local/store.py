@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS commits (
 CREATE TABLE IF NOT EXISTS tags (
     repo TEXT NOT NULL, id TEXT NOT NULL, commit_id TEXT NOT NULL, PRIMARY KEY (repo, id));
 CREATE TABLE IF NOT EXISTS trees (id TEXT PRIMARY KEY, entries TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (
+    repo TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (repo, key));
 CREATE TABLE IF NOT EXISTS storage_namespaces (
     storage_namespace TEXT PRIMARY KEY, repo TEXT NOT NULL);
 INSERT OR IGNORE INTO storage_namespaces
@@ -86,6 +88,9 @@ INVALID_TAG_ID = "argument tagID: tag id: invalid value: validation error"
 INVALID_REF = "ref: invalid value: validation error"  # lakeFS's ErrInvalidRef
 DIRTY_BRANCH = "uncommitted changes (dirty branch)"  # lakeFS's ErrDirtyBranch
 DELETE_DEFAULT_BRANCH = "cannot delete repository default branch"  # ErrDeleteDefaultBranch
+WRITE_TO_PROTECTED_BRANCH = "cannot write to protected branch"  # ErrWriteToProtectedBranch
+COMMIT_TO_PROTECTED_BRANCH = "cannot commit to protected branch"  # ErrCommitToProtectedBranch
+PROTECTION_SETTING = "protected_branches"  # pkg/graveler/branch ProtectionSettingKey
 STAGING_NOT_A_COMMIT = "reference to staging area with $ is not a commit"
 TWO_DOT, THREE_DOT = "two_dot", "three_dot"  # DiffRefs' ``type``; lakeFS defaults to three_dot
 MERGE_STRATEGY_KEY = ".lakefs.merge.strategy"  # graveler.MergeStrategyMetadataKey
@@ -537,7 +542,8 @@ class Store:
         """Delete a repository and all its refs (blobs stay: they are content-addressed)."""
         self.get_repository(name)
         with self.write_lock, self._db() as db:
-            for table in ("branches", "tags", "staging", "commits", "action_runs", "hook_runs"):
+            tables = ("branches", "tags", "staging", "commits", "action_runs", "hook_runs")
+            for table in (*tables, "settings"):
                 db.execute(f"DELETE FROM {table} WHERE repo = ?", (name,))  # noqa: S608
             db.execute("DELETE FROM repositories WHERE id = ?", (name,))
 
@@ -830,6 +836,7 @@ class Store:
         validate_path(path)
         with self.write_lock:
             self.get_branch(repo, branch)
+            self.check_writable(repo, branch)
             if if_absent and path in self.tree(repo, branch):
                 raise PreconditionFailedError(f"object exists: {path}")
             self._stage(repo, branch, {path: entry})
@@ -839,6 +846,7 @@ class Store:
         """Stage the removal of ``path`` on ``branch``."""
         validate_path(path)
         with self.write_lock:
+            self.check_writable(repo, branch)
             self.stat(repo, branch, path)
             self._stage(repo, branch, {path: None})
 
@@ -863,6 +871,50 @@ class Store:
                 "WHERE repo = ? AND name = ?",
                 (repo, branch),
             )
+
+    # -- branch protection ----------------------------------------------------------------------
+
+    def get_branch_protection(self, repo: str) -> tuple[list[str], str]:
+        """The protected branch patterns and their ETag ("" while none were ever set), like
+        lakeFS's ProtectionManager.GetRules."""
+        self.get_repository(repo)
+        with self._db() as db:
+            row = db.execute(
+                "SELECT value FROM settings WHERE repo = ? AND key = ?",
+                (repo, PROTECTION_SETTING),
+            ).fetchone()
+        if row is None:
+            return [], ""
+        return list(json.loads(row[0])), hashlib.sha256(row[0].encode()).hexdigest()
+
+    def set_branch_protection(
+        self, repo: str, patterns: list[str], *, if_match: str | None = None
+    ) -> None:
+        """Replace the protected branch patterns; ``if_match`` as lakeFS's settings manager
+        reads it: None sets unconditionally, "" only while none were ever set, else only if it
+        is the current ETag (otherwise 412 "Precondition failed")."""
+        value = json.dumps(sorted(set(patterns)))
+        with self.write_lock:
+            _, etag = self.get_branch_protection(repo)
+            if if_match is not None and if_match != etag:
+                raise PreconditionFailedError("Precondition failed")
+            with self._db() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO settings VALUES (?, ?, ?)",
+                    (repo, PROTECTION_SETTING, value),
+                )
+
+    def is_protected(self, repo: str, branch: str) -> bool:
+        """Whether a protection pattern (a glob, like lakeFS's gobwas/glob) matches the branch.
+
+        lakeFS blocks staging writes and commits on a protected branch, never merges into it."""
+        patterns, _ = self.get_branch_protection(repo)
+        return any(fnmatch.fnmatchcase(branch, pattern) for pattern in patterns)
+
+    def check_writable(self, repo: str, branch: str) -> None:
+        """Refuse a staging write to a protected branch (graveler.Set: 403)."""
+        if self.is_protected(repo, branch):
+            raise ForbiddenError(WRITE_TO_PROTECTED_BRANCH)
 
     # -- commits --------------------------------------------------------------------------------
 
@@ -906,6 +958,8 @@ class Store:
         """Compute the commit of a branch's staged changes without applying it."""
         if not message:
             raise BadRequestError("commit message is required")
+        if self.is_protected(repo, branch):
+            raise ForbiddenError(COMMIT_TO_PROTECTED_BRANCH)
         with self._db() as db:
             self.get_branch(repo, branch)
             head, _ = self._branch_state(db, repo, branch)

@@ -7,6 +7,7 @@ difference found against a real lakeFS is a bug in the local server, not in the 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +18,10 @@ from lakefs.exceptions import (
     ConflictException,
     ForbiddenException,
     NotFoundException,
+    ServerException,
 )
+from lakefs_sdk.exceptions import ApiException
+from lakefs_sdk.models import BranchProtectionRule, PathList
 
 from lakefs_local.testing import WebhookReceiver
 from tests.conformance.conftest import LakeFSTarget
@@ -344,3 +348,78 @@ def test_a_storage_namespace_is_never_reused(
         lakefs.Repository(name, client=client).create(storage_namespace=fresh)
     assert "storage namespace already in use" in caught.value.body["message"]
     assert name not in {r.id for r in lakefs.repositories(client=client, prefix=name)}
+
+
+# -- branch protection ---------------------------------------------------------------------------
+
+
+def _protect(lakefs_target: LakeFSTarget, repo: lakefs.Repository, *patterns: str) -> str:
+    """Set the rules with the current ETag; wait until they apply; return the new ETag.
+
+    lakeFS reads the rules for enforcement through a cache that expires after a second
+    (settings.Manager.Get), so the wait is what a client of a real lakeFS must do too; a
+    refused empty commit shows they apply (a protected branch refuses commits first)."""
+    api = lakefs_target.client().sdk_client.repositories_api
+    etag = api.get_branch_protection_rules_with_http_info(repo.id).headers["ETag"]
+    rules = [BranchProtectionRule(pattern=pattern) for pattern in patterns]
+    api.set_branch_protection_rules(repo.id, rules, if_match=etag)
+    probe = repo.branch(patterns[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            probe.commit(message="probe: is the branch protected yet?", allow_empty=True)
+        except ForbiddenException:
+            break
+        time.sleep(0.2)
+    response = api.get_branch_protection_rules_with_http_info(repo.id)
+    assert sorted(rule.pattern for rule in response.data) == sorted(patterns)
+    return str(response.headers["ETag"])
+
+
+def test_a_protected_branch_takes_merges_but_no_direct_writes(
+    lakefs_target: LakeFSTarget, repo: lakefs.Repository
+) -> None:
+    """graveler.Set/Delete refuse staging writes (ErrWriteToProtectedBranch), graveler.Commit
+    refuses commits (ErrCommitToProtectedBranch), both 403; graveler.Merge checks nothing."""
+    main = repo.branch("main")
+    _commit_files(main, {"old.csv": b"o"}, "before protection")
+    _protect(lakefs_target, repo, "main")
+    head = main.get_commit().id
+
+    with pytest.raises(ServerException) as refused_upload:  # the SDK's class varies by path
+        main.object("direct.csv").upload(data=b"d", mode="wb")
+    assert refused_upload.value.status_code == 403
+    with pytest.raises(ForbiddenException) as refused_commit:
+        main.commit(message="direct", allow_empty=True)
+    assert refused_commit.value.body["message"] == "cannot commit to protected branch"
+    deleted = lakefs_target.client().sdk_client.objects_api.delete_objects(
+        repo.id, "main", PathList(paths=["old.csv"])
+    )
+    assert [(e.path, e.status_code) for e in deleted.errors] == [("old.csv", 403)]
+    assert deleted.errors[0].message == "cannot write to protected branch"
+    assert main.get_commit().id == head
+
+    feature = repo.branch("feature").create(source_reference="main")
+    _commit_files(feature, {"reviewed.csv": b"r"}, "reviewed change")
+    merge_id = feature.merge_into(main)
+    assert main.get_commit().id == merge_id
+    assert main.object("reviewed.csv").exists()
+    assert list(main.uncommitted()) == []
+
+
+def test_protection_rules_update_only_with_the_current_etag(
+    lakefs_target: LakeFSTarget, repo: lakefs.Repository
+) -> None:
+    """PUT settings/branch_protection with If-Match: a stale ETag is 412 (settings.Manager)."""
+    api = lakefs_target.client().sdk_client.repositories_api
+    first = _protect(lakefs_target, repo, "main", "release-*")
+    assert first
+
+    with pytest.raises(ApiException) as stale:
+        api.set_branch_protection_rules(repo.id, [], if_match="0" * 64)
+    assert stale.value.status == 412
+    api.set_branch_protection_rules(
+        repo.id, [BranchProtectionRule(pattern="release-*")], if_match=first
+    )
+    rules = api.get_branch_protection_rules(repo.id)
+    assert [rule.pattern for rule in rules] == ["release-*"]
