@@ -918,7 +918,9 @@ def _merge_with_retries(
             metadata=body.metadata,
             committer=svc.user_id,
             strategy=body.strategy,
-            allow_empty=bool(body.allow_empty),
+            # graveler's committedManager.Merge skips its "no changes" check for either flag.
+            allow_empty=bool(body.allow_empty or body.force),
+            squash=bool(body.squash_merge),
         )
         # graveler's pre-merge record: the source commit as source ref, the merge commit to be
         # (its id is known before the hook runs).

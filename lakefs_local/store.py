@@ -1208,6 +1208,7 @@ class Store:
         committer: str,
         strategy: str | None = None,
         allow_empty: bool = False,
+        squash: bool = False,
     ) -> tuple[CommitDraft, str]:
         """Compute the merge commit of ``source_ref`` into branch ``destination`` at its head now.
 
@@ -1216,10 +1217,11 @@ class Store:
         :class:`BranchMovedError` if the destination moved meanwhile (then it computes again,
         as graveler's Merge does inside ``retryBranchUpdate``). Like lakeFS: the source is
         committed data only (its staging area is ignored); a source whose tree is its merge
-        base's is "no changes" unless ``allow_empty``; the commit's metadata carries
-        ``.lakefs.merge.strategy``. Three-way per path: changed on one side only takes that
-        side; changed identically on both is fine; differently is a conflict unless a strategy
-        picks a side.
+        base's is "no changes" unless ``allow_empty`` (lakeFS's ``force`` allows it too); a
+        ``squash`` merge commit has the destination's head as its only parent; the commit's
+        metadata carries ``.lakefs.merge.strategy``. Three-way per path: changed on one side
+        only takes that side; changed identically on both is fine; differently is a conflict
+        unless a strategy picks a side.
         """
         if (strategy or "") not in MERGE_STRATEGIES:
             raise BadRequestError("invalid merge strategy")
@@ -1241,7 +1243,7 @@ class Store:
         except MergeConflictError as exc:
             raise MergeConflictError(f"{prefix}: {exc}") from exc
         commit = self._build_commit(
-            parents=[head, source_commit],
+            parents=[head] if squash else [head, source_commit],
             committer=committer,
             message=message or f"Merge '{source_ref}' into '{destination}'",
             metadata={**(metadata or {}), MERGE_STRATEGY_KEY: MERGE_STRATEGIES[strategy or ""]},

@@ -423,3 +423,17 @@ def test_protection_rules_update_only_with_the_current_etag(
     )
     rules = api.get_branch_protection_rules(repo.id)
     assert [rule.pattern for rule in rules] == ["release-*"]
+
+
+def test_a_squash_merge_has_one_parent(repo: lakefs.Repository) -> None:
+    """graveler.Merge with SquashMerge: the destination's head is the only parent."""
+    main = repo.branch("main")
+    head = main.get_commit().id
+    side = repo.branch("side").create(source_reference="main")
+    _commit_files(side, {"a.csv": b"a"}, "a")
+    _commit_files(side, {"b.csv": b"b"}, "b")
+
+    merge_id = side.merge_into(main, squash_merge=True)
+
+    assert repo.ref(merge_id).get_commit().parents == [head]
+    assert {o.path for o in main.objects()} == {"a.csv", "b.csv"}
