@@ -869,7 +869,8 @@ def merge_into_branch(
     destination_branch: str,
     data: JSON | None = None,
 ) -> Response[JSON]:
-    """Merge a ref into a branch with a two-parent merge commit, running merge hooks.
+    """Merge a ref into a branch with a merge commit (two parents, one if squashed), running
+    merge hooks.
 
     A conflict answers 409 with lakeFS's body for it: an empty ``MergeResult``, no message.
     """
@@ -909,7 +910,7 @@ def _merge_with_retries(
     """
     svc.store.check_clean(repository, destination)
     wait, growth, longest = MERGE_BACKOFF_SECONDS
-    for _ in range(MERGE_MAX_TRIES):
+    for attempt in range(1, MERGE_MAX_TRIES + 1):
         draft, source_commit = svc.store.prepare_merge(
             repository,
             source_ref,
@@ -940,6 +941,8 @@ def _merge_with_retries(
             with svc.store.branch_lock(repository, destination):
                 result = svc.store.apply_commit(draft)
         except BranchMovedError:
+            if attempt == MERGE_MAX_TRIES:
+                break
             time.sleep(wait * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not secrecy
             wait = min(wait * growth, longest)
             continue
