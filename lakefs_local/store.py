@@ -542,6 +542,7 @@ class Store:
         """Delete a repository and all its refs (blobs stay: they are content-addressed)."""
         self.get_repository(name)
         with self.write_lock, self._db() as db:
+            # Not storage_namespaces: a deleted repository's namespace stays used, as on lakeFS.
             tables = ("branches", "tags", "staging", "commits", "action_runs", "hook_runs")
             for table in (*tables, "settings"):
                 db.execute(f"DELETE FROM {table} WHERE repo = ?", (name,))  # noqa: S608
