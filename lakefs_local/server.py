@@ -15,6 +15,7 @@ import datetime as dt
 import email.utils
 import hmac
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,7 @@ from typing import Protocol, TypeVar
 
 import anyio
 from lakefs_sdk import models
-from litestar import Litestar, Request, Response, Router, delete, get, head, post
+from litestar import Litestar, Request, Response, Router, delete, get, head, post, put
 from litestar.datastructures import State, UploadFile
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
@@ -43,17 +44,23 @@ from pydantic.v1 import BaseModel
 from lakefs_local.actions import DEFAULT_ENV_PREFIX, ActionsRunner, HookRecord
 from lakefs_local.store import (
     BLOB_CHUNK,
+    DELETE_DEFAULT_BRANCH,
+    THREE_DOT,
     ActionRunRecord,
     BadRequestError,
+    BranchMovedError,
     CommitDraft,
     CommitRecord,
     DiffRecord,
+    ForbiddenError,
     LakeFSError,
+    MergeConflictError,
     NotFoundError,
     ObjectEntry,
     Page,
     RepositoryRecord,
     Store,
+    TooManyTriesError,
     paginate,
     validate_path,
 )
@@ -92,26 +99,18 @@ def _service(state: State) -> ServerState:
     return state.service  # type: ignore[no-any-return]
 
 
-def _apply_with_hooks(
-    svc: ServerState,
-    draft: CommitDraft,
-    *,
-    operation: str,
-    repository: str,
-    branch: str,
-    source_ref: str,
+def _commit_with_hooks(
+    svc: ServerState, draft: CommitDraft, *, repository: str, branch: str
 ) -> CommitRecord:
-    """Run ``pre-<operation>`` hooks (a failure aborts, nothing applied), apply the prepared
-    commit, then fire ``post-<operation>`` hooks with the new commit, as lakeFS's graveler does.
-    The caller holds the branch lock, so the branch cannot move under the hook's feet."""
-    pre = HookRecord(
-        f"pre-{operation}", repository, branch, source_ref=source_ref, commit=draft.commit
-    )
+    """Run pre-commit hooks (a failure aborts, nothing applied), apply the prepared commit,
+    then fire post-commit hooks with the new commit, as lakeFS's graveler does. The caller
+    holds the branch lock, so the branch cannot move under the hook's feet."""
+    pre = HookRecord("pre-commit", repository, branch, source_ref=branch, commit=draft.commit)
     pre_run_id = svc.actions.run_pre(pre)
     result = svc.store.apply_commit(draft)
     svc.actions.run_post(
         HookRecord(
-            f"post-{operation}",
+            "post-commit",
             repository,
             branch,
             source_ref=result.id,
@@ -328,6 +327,32 @@ def delete_repository(*, state: State, repository: str) -> None:
     _service(state).store.delete_repository(repository)
 
 
+@get("/repositories/{repository:str}/settings/branch_protection", sync_to_thread=True)
+def get_branch_protection_rules(*, state: State, repository: str) -> Response[list[JSON]]:
+    """The protected branch patterns, with their ETag for a conditional update."""
+    patterns, etag = _service(state).store.get_branch_protection(repository)
+    rules = [models.BranchProtectionRule(pattern=pattern).to_dict() for pattern in patterns]
+    return Response(rules, headers={"ETag": etag}, media_type="application/json")
+
+
+@put(
+    "/repositories/{repository:str}/settings/branch_protection",
+    status_code=204,
+    sync_to_thread=True,
+)
+def set_branch_protection_rules(
+    *,
+    state: State,
+    repository: str,
+    data: list[JSON],
+    if_match: str | None = Parameter(header="If-Match", default=None),
+) -> None:
+    """Replace the protected branch patterns (each blocks staging writes and commits, as every
+    lakeFS rule does); with If-Match, only if it is the current ETag (else 412)."""
+    patterns = [_parse(models.BranchProtectionRule, rule).pattern for rule in data]
+    _service(state).store.set_branch_protection(repository, patterns, if_match=if_match)
+
+
 # -- branches ---------------------------------------------------------------------------------
 
 
@@ -375,7 +400,7 @@ def delete_branch(*, state: State, repository: str, branch: str) -> None:
     svc = _service(state)
     with svc.store.branch_lock(repository, branch):
         if svc.store.get_repository(repository).default_branch == branch:
-            raise BadRequestError(f"cannot delete repository default branch: {branch}")
+            raise ForbiddenError(DELETE_DEFAULT_BRANCH)
         head = svc.store.get_branch(repository, branch)
         # lakeFS's DeleteBranch record: the branch and its head as source ref, no commit id.
         record = HookRecord("pre-delete-branch", repository, branch, source_ref=head)
@@ -468,6 +493,7 @@ async def upload_object(
     svc = _service(state)
     validate_path(object_path)  # refuse before reading a byte of the body
     await anyio.to_thread.run_sync(svc.store.get_branch, repository, branch)
+    await anyio.to_thread.run_sync(svc.store.check_writable, repository, branch)
     content_type = request.headers.get("content-type", "application/octet-stream")
     chunks: AsyncIterator[bytes]
     if content_type.startswith("multipart/form-data"):
@@ -752,9 +778,7 @@ def commit(*, state: State, repository: str, branch: str, data: JSON) -> Respons
             allow_empty=bool(body.allow_empty),
             date=body.var_date,
         )
-        result = _apply_with_hooks(
-            svc, draft, operation="commit", repository=repository, branch=branch, source_ref=branch
-        )
+        result = _commit_with_hooks(svc, draft, repository=repository, branch=branch)
     return _json(_commit_model(result), 201)
 
 
@@ -804,9 +828,13 @@ def diff_refs(
     prefix: str = "",
     after: str | None = None,
     amount: int | None = None,
+    diff_type: str = Parameter(query="type", default=THREE_DOT),
 ) -> Response[JSON]:
-    """Changes from one ref to another."""
-    diffs = _service(state).store.diff_refs(repository, left_ref, right_ref, prefix=prefix)
+    """What merging the right ref into the left would change (``three_dot``, lakeFS's default),
+    or the changes from the left ref to the right (``two_dot``)."""
+    diffs = _service(state).store.diff_refs(
+        repository, left_ref, right_ref, prefix=prefix, diff_type=diff_type
+    )
     return _json(_diff_list(diffs, after=after, amount=amount))
 
 
@@ -819,8 +847,8 @@ def find_merge_base(
 ) -> Response[JSON]:
     """The merge base of two refs."""
     store = _service(state).store
-    source = store.resolve(repository, source_ref).commit_id
-    dest = store.resolve(repository, destination_branch).commit_id
+    source = store.dereference_commit(repository, source_ref)
+    dest = store.dereference_commit(repository, destination_branch)
     base = store.merge_base(repository, source, dest)
     result = models.FindMergeBaseResult(
         source_commit_id=source, destination_commit_id=dest, base_commit_id=base
@@ -841,31 +869,97 @@ def merge_into_branch(
     destination_branch: str,
     data: JSON | None = None,
 ) -> Response[JSON]:
-    """Merge a ref into a branch with a two-parent merge commit, running merge hooks."""
+    """Merge a ref into a branch with a merge commit (two parents, one if squashed), running
+    merge hooks.
+
+    A conflict answers 409 with lakeFS's body for it: an empty ``MergeResult``, no message.
+    """
     svc = _service(state)
     body = _parse(models.Merge, data)
-    # Merges into one branch run one at a time, each against the destination's current head:
-    # a merge that finds the branch moved by another merge still succeeds without conflicts.
-    with svc.store.branch_lock(repository, destination_branch):
+    try:
+        result = _merge_with_retries(
+            svc,
+            repository=repository,
+            source_ref=source_ref,
+            destination=destination_branch,
+            body=body,
+        )
+    except MergeConflictError:
+        return _json(models.MergeResult(reference=""), 409)
+    return _json(models.MergeResult(reference=result.id))
+
+
+MERGE_MAX_TRIES = 10
+"""graveler.BranchUpdateMaxTries: tries of a merge whose destination keeps moving."""
+MERGE_BACKOFF_SECONDS = (0.5, 1.5, 5.0)
+"""First wait, growth factor and longest wait between tries (graveler's BranchUpdateBackOff:
+the exponential back-off defaults of cenkalti/backoff with MaxInterval 5 s), jittered ±50 %."""
+
+
+def _merge_with_retries(
+    svc: ServerState, *, repository: str, source_ref: str, destination: str, body: models.Merge
+) -> CommitRecord:
+    """lakeFS's optimistic merge (graveler.Merge in ``retryBranchUpdate``).
+
+    The destination must have no uncommitted changes, checked once. Then each try computes the
+    merge commit against the destination's head of the moment, runs the pre-merge hooks with
+    that commit's id, and moves the branch only if its head is still the one merged against;
+    if another merge or commit moved it, the try is dropped and the next one starts over (so
+    pre-merge hooks may see one merge several times, each with a different commit id). After
+    ``MERGE_MAX_TRIES`` lost races the merge fails with lakeFS's 429.
+    """
+    svc.store.check_clean(repository, destination)
+    wait, growth, longest = MERGE_BACKOFF_SECONDS
+    for attempt in range(1, MERGE_MAX_TRIES + 1):
         draft, source_commit = svc.store.prepare_merge(
             repository,
             source_ref,
-            destination_branch,
+            destination,
             message=body.message,
             metadata=body.metadata,
             committer=svc.user_id,
             strategy=body.strategy,
-            allow_empty=bool(body.allow_empty),
+            # graveler's committedManager.Merge skips its "no changes" check for either flag.
+            allow_empty=bool(body.allow_empty or body.force),
+            squash=bool(body.squash_merge),
         )
-        result = _apply_with_hooks(
-            svc,
-            draft,
-            operation="merge",
-            repository=repository,
-            branch=destination_branch,
+        # graveler's pre-merge record: the source commit as source ref, the merge commit to be
+        # (its id is known before the hook runs).
+        pre = HookRecord(
+            "pre-merge",
+            repository,
+            destination,
             source_ref=source_commit,
+            commit=draft.commit,
+            commit_id=draft.commit.id,
+            # merge_source: source_ref
         )
-    return _json(models.MergeResult(reference=result.id))
+        pre_run_id = svc.actions.run_pre(pre)
+        try:
+            # The lock only orders this short step against commits, which hold it from
+            # computing their tree to moving the branch.
+            with svc.store.branch_lock(repository, destination):
+                result = svc.store.apply_commit(draft)
+        except BranchMovedError:
+            if attempt == MERGE_MAX_TRIES:
+                break
+            time.sleep(wait * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not secrecy
+            wait = min(wait * growth, longest)
+            continue
+        # graveler's post-merge record: the merge commit as both source ref and commit id.
+        post = HookRecord(
+            "post-merge",
+            repository,
+            destination,
+            source_ref=result.id,
+            commit=result,
+            commit_id=result.id,
+            pre_run_id=pre_run_id,
+            # merge_source: source_ref
+        )
+        svc.actions.run_post(post)
+        return result
+    raise TooManyTriesError("Too many attempts, try again later")
 
 
 # -- action runs ------------------------------------------------------------------------------
@@ -1044,6 +1138,8 @@ ROUTES = [
     get_repository,
     get_repository_metadata,
     delete_repository,
+    get_branch_protection_rules,
+    set_branch_protection_rules,
     create_branch,
     list_branches,
     get_branch,

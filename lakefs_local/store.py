@@ -14,10 +14,13 @@ loss after a commit answered cannot lose it). NORMAL would survive a process cra
 reaches the OS before the commit returns) but not a power cut; one extra fsync per metadata write
 is cheap next to the blob's own fsync, so we take FULL.
 
-Concurrency: metadata writes are serialised with one lock; commits and merges additionally hold a
-per-branch lock from computing the new tree through the pre-hook to moving the branch, so two
-operations on one branch never interleave (lakeFS's branch locker). Every call opens its own
-SQLite connection, so the store is safe to share between the server's worker threads.
+Concurrency: metadata writes are serialised with one lock. Moving a branch is a compare-and-set:
+a draft remembers the head it was computed from and applying it fails with BranchMovedError if
+the head moved (lakeFS's ``SetIf`` predicate on the branch record). Commits hold a per-branch
+lock from computing the new tree through the pre-hook to moving the branch; merges are
+optimistic like lakeFS's (the server retries them), taking the lock only to apply. Every call
+opens its own SQLite connection, so the store is safe to share between the server's worker
+threads.
 """
 
 from __future__ import annotations
@@ -55,6 +58,12 @@ CREATE TABLE IF NOT EXISTS commits (
 CREATE TABLE IF NOT EXISTS tags (
     repo TEXT NOT NULL, id TEXT NOT NULL, commit_id TEXT NOT NULL, PRIMARY KEY (repo, id));
 CREATE TABLE IF NOT EXISTS trees (id TEXT PRIMARY KEY, entries TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (
+    repo TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (repo, key));
+CREATE TABLE IF NOT EXISTS storage_namespaces (
+    storage_namespace TEXT PRIMARY KEY, repo TEXT NOT NULL);
+INSERT OR IGNORE INTO storage_namespaces
+    SELECT rtrim(storage_namespace, '/'), id FROM repositories;
 CREATE TABLE IF NOT EXISTS action_runs (
     repo TEXT NOT NULL, run_id TEXT NOT NULL, branch TEXT NOT NULL, commit_id TEXT NOT NULL,
     source_ref TEXT NOT NULL, event_type TEXT NOT NULL, start_time REAL NOT NULL,
@@ -68,9 +77,25 @@ CREATE TABLE IF NOT EXISTS hook_runs (
 # lakeFS's validators (pkg/validator): repository ids are DNS-like, branch ids word-like.
 REPOSITORY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")
 BRANCH_ID = re.compile(r"^\w[-\w]*$")
-REF_MODIFIER = re.compile(r"([~^])(\d*)|(@)|(\$)")
-# lakeFS's ValidateTagID (git-like): no whitespace, control or ref-modifier characters.
-TAG_ID = re.compile(r"^(?!-)(?!.*\.\.)(?!.*\.lock$)[^\s\x00-\x1f\x7f~^:?*\[\\@]+(?<![/.])$")
+# lakeFS's ParseRef: a base, then modifiers each starting with one of ~ ^ @ $.
+REF_PART = re.compile(r"(^|[~^@$])[^~^@$]*")
+FULL_COMMIT_ID = re.compile(r"[0-9a-fA-F]{64}")
+COMMIT_ID_PREFIX = re.compile(r"[0-9a-fA-F]{1,64}")
+# lakeFS's ValidateTagID (git-check-ref-format, but '~' allowed): no '/', '..', '@{', any of
+# ^:?*[\ , or a character at or below space; not '@', not ending in '.' or '.lock'.
+TAG_ID = re.compile(r"^(?!@$)(?!.*(?:\.\.|@\{))(?!.*(?:\.|\.lock)$)[^/^:?*\[\\\x00-\x20]+$")
+INVALID_TAG_ID = "argument tagID: tag id: invalid value: validation error"
+INVALID_REF = "ref: invalid value: validation error"  # lakeFS's ErrInvalidRef
+DIRTY_BRANCH = "uncommitted changes (dirty branch)"  # lakeFS's ErrDirtyBranch
+DELETE_DEFAULT_BRANCH = "cannot delete repository default branch"  # ErrDeleteDefaultBranch
+WRITE_TO_PROTECTED_BRANCH = "cannot write to protected branch"  # ErrWriteToProtectedBranch
+COMMIT_TO_PROTECTED_BRANCH = "cannot commit to protected branch"  # ErrCommitToProtectedBranch
+PROTECTION_SETTING = "protected_branches"  # pkg/graveler/branch ProtectionSettingKey
+STAGING_NOT_A_COMMIT = "reference to staging area with $ is not a commit"
+TWO_DOT, THREE_DOT = "two_dot", "three_dot"  # DiffRefs' ``type``; lakeFS defaults to three_dot
+MERGE_STRATEGY_KEY = ".lakefs.merge.strategy"  # graveler.MergeStrategyMetadataKey
+# Merge request strategy -> the value graveler writes under MERGE_STRATEGY_KEY.
+MERGE_STRATEGIES = {"": "default", "dest-wins": "dest-wins", "source-wins": "source-wins"}
 MAX_PATH_LENGTH = 1024  # lakeFS's catalog.MaxPathLength
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 BLOB_CHUNK = 1 << 20
@@ -108,6 +133,27 @@ class PreconditionFailedError(LakeFSError):
     """A pre-* hook failed, or an If-None-Match precondition (lakeFS: 412)."""
 
     status_code = 412
+
+
+class ForbiddenError(LakeFSError):
+    """A protected branch, or the default branch deleted (lakeFS: 403)."""
+
+    status_code = 403
+
+
+class TooManyTriesError(LakeFSError):
+    """A branch update lost its race too many times (lakeFS's ErrTooManyTries: 429)."""
+
+    status_code = 429
+
+
+class MergeConflictError(ConflictError):
+    """A merge found paths changed differently on both sides (lakeFS's ErrConflictFound)."""
+
+
+class BranchMovedError(ConflictError):
+    """The branch moved between computing an update and applying it (lakeFS's failed
+    ``SetIf`` predicate); merges retry on it."""
 
 
 @dataclass(frozen=True)
@@ -151,11 +197,17 @@ class CommitRecord:
 
 @dataclass(frozen=True)
 class Resolved:
-    """A ref expression resolved to a commit, plus whether a branch's staging area applies."""
+    """A ref expression resolved to a commit, plus whether a branch's staging area applies.
+
+    As in lakeFS: object reads through a plain branch name include its staging area,
+    ``branch@`` never does; ``branch$`` names the staging area itself (``staging_modifier``),
+    which diffs and merges accept only where lakeFS does.
+    """
 
     commit_id: str
     branch: str | None = None
     with_staging: bool = False
+    staging_modifier: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,9 +221,9 @@ class CommitDraft:
     expected_head: str
     # A commit carries the staged rows it took: applying clears exactly those, so an upload that
     # lands while the commit runs stays staged for the next commit (lakeFS seals its staging token
-    # the same way). A merge carries None and instead requires staging to be untouched.
+    # the same way). A merge carries None: its destination was checked clean when it started, and
+    # writes staged since then stay staged on top of the merge commit.
     staged: dict[str, ObjectEntry | None] | None = None
-    expected_staging_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -436,9 +488,22 @@ class Store:
             raise BadRequestError("storage_namespace is required")
         now = int(time.time())
         record = RepositoryRecord(name, storage_namespace, default_branch, now)
+        namespace = storage_namespace.rstrip("/")
         with self.write_lock, self._db() as db:
             if self._repository_row(db, name) is not None:
-                raise ConflictError(f"repository {name!r} already exists: not unique")
+                raise ConflictError("error creating repository: not unique")
+            # lakeFS writes <namespace>/_lakefs/dummy when it creates a repository and refuses
+            # a namespace where that object exists; deleting the repository leaves it behind.
+            # This server writes nothing under namespaces, so it remembers them instead.
+            used = db.execute(
+                "SELECT 1 FROM storage_namespaces WHERE storage_namespace = ?", (namespace,)
+            ).fetchone()
+            if used is not None:
+                raise BadRequestError(
+                    "failed to create repository: found lakeFS objects in the storage "
+                    f"(:{storage_namespace}) key(_lakefs/dummy): storage namespace already in use"
+                )
+            db.execute("INSERT INTO storage_namespaces VALUES (?, ?)", (namespace, name))
             db.execute(
                 "INSERT INTO repositories VALUES (?, ?, ?, ?)",
                 (name, storage_namespace, default_branch, now),
@@ -477,7 +542,9 @@ class Store:
         """Delete a repository and all its refs (blobs stay: they are content-addressed)."""
         self.get_repository(name)
         with self.write_lock, self._db() as db:
-            for table in ("branches", "tags", "staging", "commits", "action_runs", "hook_runs"):
+            # Not storage_namespaces: a deleted repository's namespace stays used, as on lakeFS.
+            tables = ("branches", "tags", "staging", "commits", "action_runs", "hook_runs")
+            for table in (*tables, "settings"):
                 db.execute(f"DELETE FROM {table} WHERE repo = ?", (name,))  # noqa: S608
             db.execute("DELETE FROM repositories WHERE id = ?", (name,))
 
@@ -536,9 +603,9 @@ class Store:
         return paginate(pairs, key=lambda pair: pair[0], after=after, amount=amount)
 
     def delete_branch(self, repo: str, name: str) -> None:
-        """Delete a branch and its staging area; the default branch cannot go."""
+        """Delete a branch and its staging area; the default branch cannot go (403)."""
         if self.get_repository(repo).default_branch == name:
-            raise BadRequestError(f"cannot delete repository default branch: {name}")
+            raise ForbiddenError(DELETE_DEFAULT_BRANCH)
         self.get_branch(repo, name)
         with self.write_lock, self._db() as db:
             db.execute("DELETE FROM branches WHERE repo = ? AND name = ?", (repo, name))
@@ -547,10 +614,16 @@ class Store:
     # -- tags -------------------------------------------------------------------------------------
 
     def prepare_tag(self, repo: str, tag_id: str, ref: str, *, force: bool = False) -> str:
-        """Check a tag can be created; return the commit id ``ref`` resolves to."""
+        """Check a tag can be created; return the commit id ``ref`` resolves to.
+
+        lakeFS's Catalog.CreateTag order: a valid id (400), not a branch's name (409), then
+        the ref (a ``branch$`` is not a commit: 400)."""
         if not TAG_ID.match(tag_id):
-            raise BadRequestError(f"tag id: invalid value: {tag_id!r}")
-        commit_id = self.resolve(repo, ref).commit_id
+            raise BadRequestError(INVALID_TAG_ID)
+        with self._db() as db:
+            if self._branch_row(db, repo, tag_id) is not None:
+                raise ConflictError(f"branch name {tag_id}: conflict found")
+        commit_id = self.dereference_commit(repo, ref)
         with self._db() as db:
             if not force and self._tag_row(db, repo, tag_id) is not None:
                 raise ConflictError(f"tag {tag_id!r} already exists: not unique")
@@ -614,31 +687,53 @@ class Store:
         return row[0], row[1]
 
     def resolve(self, repo: str, ref: str) -> Resolved:
-        """Resolve a lakeFS ref: branch, commit id (or unique prefix), ``@``, ``~N``, ``^N``."""
+        """Resolve a lakeFS ref (pkg/graveler/ref ParseRef + ResolveRawRef): a full commit id,
+        else a branch, a tag, a unique commit id prefix; then ``~N``/``^N`` walks, or one
+        ``@`` (committed only) or ``$`` (staging) on a branch."""
         self.get_repository(repo)
-        match = re.search(r"[~^@$]", ref)
-        base, modifiers = (ref[: match.start()], ref[match.start() :]) if match else (ref, "")
-        resolved = self._resolve_base(repo, base, ref)
-        for tilde_or_caret, number, at, _dollar in REF_MODIFIER.findall(modifiers):
-            if at:  # "branch@": committed data only
-                resolved = Resolved(resolved.commit_id, resolved.branch, with_staging=False)
-            elif tilde_or_caret:
-                resolved = Resolved(self._walk(repo, resolved.commit_id, tilde_or_caret, number))
-        if REF_MODIFIER.sub("", modifiers):
-            raise BadRequestError(f"invalid ref expression: {ref}")
+        pieces = [match.group(0) for match in REF_PART.finditer(ref)]
+        if not pieces or not pieces[0]:
+            raise BadRequestError(INVALID_REF)
+        resolved = self._resolve_base(repo, pieces[0], ref)
+        modifiers = pieces[1:]
+        for modifier in modifiers:
+            kind, number = modifier[0], modifier[1:]
+            if kind in "@$":
+                if number or resolved.branch is None or len(modifiers) != 1:
+                    raise BadRequestError(INVALID_REF)
+                staging = kind == "$"
+                return Resolved(resolved.commit_id, resolved.branch, staging, staging)
+            if number and not number.isdigit():
+                raise BadRequestError(f"could not parse modifier {modifier}: {INVALID_REF}")
+            resolved = Resolved(self._walk(repo, resolved.commit_id, kind, number))
         return resolved
+
+    def dereference_commit(self, repo: str, ref: str) -> str:
+        """The commit a ref names, refusing ``branch$`` (graveler's dereferenceCommit)."""
+        resolved = self.resolve(repo, ref)
+        if resolved.staging_modifier:
+            raise BadRequestError(f"reference '{ref}': {STAGING_NOT_A_COMMIT}")
+        return resolved.commit_id
 
     def _resolve_base(self, repo: str, base: str, ref: str) -> Resolved:
         with self._db() as db:
+            # A full commit id wins over a branch or tag of that name, as in lakeFS.
+            if FULL_COMMIT_ID.fullmatch(base):
+                row = db.execute(
+                    "SELECT id FROM commits WHERE repo = ? AND id = ?", (repo, base.lower())
+                ).fetchone()
+                if row is not None:
+                    return Resolved(row[0])
             branch = self._branch_row(db, repo, base)
             if branch is not None:
                 return Resolved(branch[0], base, with_staging=True)
             tag = self._tag_row(db, repo, base)
             if tag is not None:
                 return Resolved(tag[0])
-            if re.fullmatch(r"[0-9a-f]{6,64}", base):
+            if COMMIT_ID_PREFIX.fullmatch(base):
                 rows = db.execute(
-                    "SELECT id FROM commits WHERE repo = ? AND id LIKE ?", (repo, base + "%")
+                    "SELECT id FROM commits WHERE repo = ? AND id LIKE ?",
+                    (repo, base.lower() + "%"),
                 ).fetchall()
                 if len(rows) == 1:
                     return Resolved(rows[0][0])
@@ -669,6 +764,9 @@ class Store:
         if not (resolved.with_staging and resolved.branch):
             return committed
         return _overlay(committed, self._staging(repo, resolved.branch))
+
+    def _commit_tree(self, repo: str, commit_id: str) -> dict[str, ObjectEntry]:
+        return self._tree(self.get_commit(repo, commit_id).meta_range_id)
 
     def _tree(self, meta_range_id: str) -> dict[str, ObjectEntry]:
         with self._tree_cache_lock:
@@ -739,6 +837,7 @@ class Store:
         validate_path(path)
         with self.write_lock:
             self.get_branch(repo, branch)
+            self.check_writable(repo, branch)
             if if_absent and path in self.tree(repo, branch):
                 raise PreconditionFailedError(f"object exists: {path}")
             self._stage(repo, branch, {path: entry})
@@ -748,6 +847,7 @@ class Store:
         """Stage the removal of ``path`` on ``branch``."""
         validate_path(path)
         with self.write_lock:
+            self.check_writable(repo, branch)
             self.stat(repo, branch, path)
             self._stage(repo, branch, {path: None})
 
@@ -772,6 +872,50 @@ class Store:
                 "WHERE repo = ? AND name = ?",
                 (repo, branch),
             )
+
+    # -- branch protection ----------------------------------------------------------------------
+
+    def get_branch_protection(self, repo: str) -> tuple[list[str], str]:
+        """The protected branch patterns and their ETag ("" while none were ever set), like
+        lakeFS's ProtectionManager.GetRules."""
+        self.get_repository(repo)
+        with self._db() as db:
+            row = db.execute(
+                "SELECT value FROM settings WHERE repo = ? AND key = ?",
+                (repo, PROTECTION_SETTING),
+            ).fetchone()
+        if row is None:
+            return [], ""
+        return list(json.loads(row[0])), hashlib.sha256(row[0].encode()).hexdigest()
+
+    def set_branch_protection(
+        self, repo: str, patterns: list[str], *, if_match: str | None = None
+    ) -> None:
+        """Replace the protected branch patterns; ``if_match`` as lakeFS's settings manager
+        reads it: None sets unconditionally, "" only while none were ever set, else only if it
+        is the current ETag (otherwise 412 "Precondition failed")."""
+        value = json.dumps(sorted(set(patterns)))
+        with self.write_lock:
+            _, etag = self.get_branch_protection(repo)
+            if if_match is not None and if_match != etag:
+                raise PreconditionFailedError("Precondition failed")
+            with self._db() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO settings VALUES (?, ?, ?)",
+                    (repo, PROTECTION_SETTING, value),
+                )
+
+    def is_protected(self, repo: str, branch: str) -> bool:
+        """Whether a protection pattern (a glob, like lakeFS's gobwas/glob) matches the branch.
+
+        lakeFS blocks staging writes and commits on a protected branch, never merges into it."""
+        patterns, _ = self.get_branch_protection(repo)
+        return any(fnmatch.fnmatchcase(branch, pattern) for pattern in patterns)
+
+    def check_writable(self, repo: str, branch: str) -> None:
+        """Refuse a staging write to a protected branch (graveler.Set: 403)."""
+        if self.is_protected(repo, branch):
+            raise ForbiddenError(WRITE_TO_PROTECTED_BRANCH)
 
     # -- commits --------------------------------------------------------------------------------
 
@@ -815,6 +959,8 @@ class Store:
         """Compute the commit of a branch's staged changes without applying it."""
         if not message:
             raise BadRequestError("commit message is required")
+        if self.is_protected(repo, branch):
+            raise ForbiddenError(COMMIT_TO_PROTECTED_BRANCH)
         with self._db() as db:
             self.get_branch(repo, branch)
             head, _ = self._branch_state(db, repo, branch)
@@ -849,7 +995,7 @@ class Store:
 
     @staticmethod
     def _clear_staged(db: sqlite3.Connection, draft: CommitDraft) -> None:
-        if draft.staged is None:  # a merge: staging was checked empty
+        if draft.staged is None:  # a merge: what is staged now was staged after it started
             return
         for path, entry in draft.staged.items():
             # Only the row the commit took: a newer write to the same path stays staged.
@@ -862,13 +1008,8 @@ class Store:
         row = self._branch_row(db, draft.repo, draft.branch)
         if row is None:
             raise NotFoundError(f"branch not found: {draft.branch} (repository {draft.repo})")
-        head, staging_version = row
-        moved = head != draft.expected_head or (
-            draft.expected_staging_version is not None
-            and staging_version != draft.expected_staging_version
-        )
-        if moved:
-            raise ConflictError(f"branch {draft.branch} changed during the operation; retry")
+        if row[0] != draft.expected_head:
+            raise BranchMovedError(f"branch {draft.branch} changed during the operation; retry")
 
     def _build_commit(
         self,
@@ -995,23 +1136,67 @@ class Store:
 
     # -- diff and merge -------------------------------------------------------------------------
 
-    def diff_refs(self, repo: str, left: str, right: str, *, prefix: str = "") -> list[DiffRecord]:
-        """Changes that turn ``left`` into ``right``."""
-        diffs = diff_trees(self.tree(repo, left), self.tree(repo, right))
+    def diff_refs(
+        self,
+        repo: str,
+        left: str,
+        right: str,
+        *,
+        prefix: str = "",
+        diff_type: str = THREE_DOT,
+    ) -> list[DiffRecord]:
+        """lakeFS's DiffRefs: ``three_dot`` (its default) lists what merging ``right`` into
+        ``left`` would change (``right``'s changes since their merge base, ``conflict`` where
+        both sides changed a path differently); ``two_dot`` the changes turning ``left`` into
+        ``right``.
+
+        A ref reads committed data here, a branch's head commit included (graveler's Compare
+        and Diff dereference commits); only ``branch$`` on the right of a two-dot diff adds the
+        branch's staging area, and ``$`` anywhere else is refused.
+        """
+        if diff_type == TWO_DOT:
+            left_tree = self._commit_tree(repo, self.dereference_commit(repo, left))
+            resolved = self.resolve(repo, right)
+            right_tree = self._commit_tree(repo, resolved.commit_id)
+            if resolved.staging_modifier and resolved.branch:
+                right_tree = _overlay(right_tree, self._staging(repo, resolved.branch))
+            diffs = diff_trees(left_tree, right_tree)
+        elif diff_type == THREE_DOT:
+            source = self.dereference_commit(repo, right)
+            dest = self.dereference_commit(repo, left)
+            base = self.merge_base(repo, source, dest)
+            diffs = compare_trees(
+                base=self._commit_tree(repo, base),
+                source=self._commit_tree(repo, source),
+                dest=self._commit_tree(repo, dest),
+            )
+        else:
+            raise BadRequestError(f"invalid diff type {diff_type!r}: want {TWO_DOT} or {THREE_DOT}")
         return [d for d in diffs if d.path.startswith(prefix or "")]
 
     def diff_uncommitted(self, repo: str, branch: str, *, prefix: str = "") -> list[DiffRecord]:
         """A branch's staged changes against its head commit."""
-        head = self.get_branch(repo, branch)
-        return self.diff_refs(repo, head, branch, prefix=prefix)
+        with self._db() as db:
+            self.get_branch(repo, branch)
+            head, _ = self._branch_state(db, repo, branch)
+            staged = self._staging_rows(db, repo, branch)  # same snapshot as the head
+        committed = self._commit_tree(repo, head)
+        diffs = diff_trees(committed, _overlay(committed, staged))
+        return [d for d in diffs if d.path.startswith(prefix or "")]
 
     def merge_base(self, repo: str, left: str, right: str) -> str:
         """The best common ancestor: the common one with the highest generation."""
         left_ids = {c.id for c in self._ancestry(repo, left, first_parent=False)}
         common = [c for c in self._ancestry(repo, right, first_parent=False) if c.id in left_ids]
         if not common:
-            raise NotFoundError("no common ancestor")
+            raise NotFoundError("no merge base")
         return max(common, key=lambda c: (c.generation, c.creation_date)).id
+
+    def check_clean(self, repo: str, branch: str) -> None:
+        """Refuse a branch with uncommitted changes, as lakeFS refuses to merge into one
+        (graveler's prepareForCommitIDUpdate: ErrDirtyBranch, 400)."""
+        if self.diff_uncommitted(repo, branch):
+            raise BadRequestError(DIRTY_BRANCH)
 
     def prepare_merge(
         self,
@@ -1024,39 +1209,52 @@ class Store:
         committer: str,
         strategy: str | None = None,
         allow_empty: bool = False,
+        squash: bool = False,
     ) -> tuple[CommitDraft, str]:
-        """Compute the merge commit of ``source_ref`` into branch ``destination``.
+        """Compute the merge commit of ``source_ref`` into branch ``destination`` at its head now.
 
-        Returns the draft and the source commit id. Three-way: a path changed on one side only
-        takes that side; changed identically on both sides is fine; differently is a conflict.
+        Returns the draft and the source commit id; the caller checks the destination is clean
+        first (:meth:`check_clean`) and applies the draft, which fails with
+        :class:`BranchMovedError` if the destination moved meanwhile (then it computes again,
+        as graveler's Merge does inside ``retryBranchUpdate``). Like lakeFS: the source is
+        committed data only (its staging area is ignored); a source whose tree is its merge
+        base's is "no changes" unless ``allow_empty`` (lakeFS's ``force`` allows it too); a
+        ``squash`` merge commit has the destination's head as its only parent; the commit's
+        metadata carries ``.lakefs.merge.strategy``. Three-way per path: changed on one side
+        only takes that side; changed identically on both is fine; differently is a conflict
+        unless a strategy picks a side.
         """
-        source = self.resolve(repo, source_ref)
-        if source.with_staging and self._staging(repo, source.branch or ""):
-            raise BadRequestError(f"source branch {source.branch} has uncommitted changes")
+        if (strategy or "") not in MERGE_STRATEGIES:
+            raise BadRequestError("invalid merge strategy")
+        prefix = f"update branch {destination}"
         with self._db() as db:
             self.get_branch(repo, destination)
-            head, staging_version = self._branch_state(db, repo, destination)
-        if self._staging(repo, destination):
-            raise BadRequestError(f"destination branch {destination} has uncommitted changes")
-        base = self.merge_base(repo, source.commit_id, head)
-        tree = self._merge_trees(repo, base, source.commit_id, head, strategy=strategy)
-        dest_tree = self._tree(self.get_commit(repo, head).meta_range_id)
-        if not allow_empty and not diff_trees(dest_tree, tree):
-            raise BadRequestError("merge: no changes")
-        generation = max(self.get_commit(repo, c).generation for c in (head, source.commit_id))
+            head, _ = self._branch_state(db, repo, destination)
+        try:
+            source_commit = self.dereference_commit(repo, source_ref)
+        except LakeFSError as exc:
+            raise type(exc)(f"{prefix}: get commit by ref {source_ref}: {exc}") from exc
+        base = self.merge_base(repo, source_commit, head)
+        source, dest = self.get_commit(repo, source_commit), self.get_commit(repo, head)
+        # committedManager.Merge: "no changes" is the source's tree being its merge base's.
+        if source.meta_range_id == self.get_commit(repo, base).meta_range_id and not allow_empty:
+            raise BadRequestError(f"{prefix}: no changes")
+        try:
+            tree = self._merge_trees(repo, base, source_commit, head, strategy=strategy)
+        except MergeConflictError as exc:
+            raise MergeConflictError(f"{prefix}: {exc}") from exc
         commit = self._build_commit(
-            parents=[head, source.commit_id],
+            parents=[head] if squash else [head, source_commit],
             committer=committer,
             message=message or f"Merge '{source_ref}' into '{destination}'",
-            metadata=metadata or {},
+            metadata={**(metadata or {}), MERGE_STRATEGY_KEY: MERGE_STRATEGIES[strategy or ""]},
             tree=tree,
             creation_date=int(time.time()),
-            generation=generation + 1,
+            generation=max(dest.generation, source.generation) + 1,
         )
-        draft = CommitDraft(
-            repo, destination, commit, tree, head, expected_staging_version=staging_version
-        )
-        return draft, source.commit_id
+        # Only the head is the predicate: writes staged on the destination while the merge runs
+        # stay staged (lakeFS seals the staging token it checked empty and opens a new one).
+        return CommitDraft(repo, destination, commit, tree, head), source_commit
 
     def _merge_trees(
         self, repo: str, base: str, source: str, dest: str, *, strategy: str | None
@@ -1081,7 +1279,7 @@ class Store:
                 merged[path] = chosen
         if conflicts:
             shown = ", ".join(conflicts[:10]) + (" ..." if len(conflicts) > 10 else "")
-            raise ConflictError(f"conflict found: {shown}")
+            raise MergeConflictError(f"conflict found: {shown}")
         return merged
 
     # -- action runs ----------------------------------------------------------------------------
@@ -1183,6 +1381,37 @@ def diff_trees(left: dict[str, ObjectEntry], right: dict[str, ObjectEntry]) -> l
             diffs.append(DiffRecord("removed", path, before.size))
         elif before is not None and after is not None and before.identity() != after.identity():
             diffs.append(DiffRecord("changed", path, after.size))
+    return diffs
+
+
+def compare_trees(
+    *, base: dict[str, ObjectEntry], source: dict[str, ObjectEntry], dest: dict[str, ObjectEntry]
+) -> list[DiffRecord]:
+    """What merging ``source`` into ``dest`` would change on ``dest``, sorted: lakeFS's
+    three-dot diff (committed.compareIterator). A path changed only on the source is listed
+    as the change the merge applies; changed only on the destination is not listed; changed
+    differently on both is ``conflict``."""
+    diffs: list[DiffRecord] = []
+    for change in diff_trees(dest, source):
+        before, after, ancestor = (t.get(change.path) for t in (dest, source, base))
+        ancestor_id = None if ancestor is None else ancestor.identity()
+        size = (after or before or ancestor or ObjectEntry("", 0, 0)).size
+        if change.type == "added":  # on the source, not on the destination
+            if ancestor is None:
+                diffs.append(change)
+            elif after is not None and ancestor_id != after.identity():
+                diffs.append(DiffRecord("conflict", change.path, size))  # removed vs changed
+        elif change.type == "changed":
+            if ancestor is None or (before is not None and ancestor_id != before.identity()):
+                if after is not None and ancestor_id != after.identity():
+                    diffs.append(DiffRecord("conflict", change.path, size))
+            else:
+                diffs.append(change)  # the destination still has the base: the source changed it
+        elif ancestor is not None:  # removed on the source
+            if before is not None and ancestor_id == before.identity():
+                diffs.append(change)
+            else:
+                diffs.append(DiffRecord("conflict", change.path, size))  # changed vs removed
     return diffs
 
 

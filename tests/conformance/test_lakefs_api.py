@@ -17,6 +17,8 @@ from lakefs.exceptions import (
 from lakefs_local.testing import WebhookReceiver
 from tests.conformance.conftest import LakeFSTarget
 
+MERGE_STRATEGY_KEY = ".lakefs.merge.strategy"  # graveler.MergeStrategyMetadataKey
+
 
 def _read(repository: lakefs.Repository, ref: str, path: str) -> bytes:
     return repository.ref(ref).object(path).reader(mode="rb").read()  # type: ignore[return-value]
@@ -165,7 +167,8 @@ def test_merge_brings_changes_with_a_two_parent_commit(repo: lakefs.Repository) 
 
     merged = repo.ref(merge_id).get_commit()
     assert len(merged.parents) == 2
-    assert merged.metadata == {"by": "conformance"}
+    # graveler.Merge adds the strategy under .lakefs.merge.strategy ("default" when none given).
+    assert merged.metadata == {"by": "conformance", MERGE_STRATEGY_KEY: "default"}
     assert main.get_commit().id == merge_id
     assert _read(repo, "main", "data/new.csv") == b"new"
     assert _read(repo, "main", "docs/readme.md") == b"main-only"
@@ -178,8 +181,10 @@ def test_merge_conflict_is_409_and_leaves_destination(repo: lakefs.Repository) -
     _commit_files(side, {"data/x.csv": b"side"}, "side edit")
     head = _commit_files(main, {"data/x.csv": b"main"}, "main edit")
 
-    with pytest.raises(ConflictException):
+    with pytest.raises(ConflictException) as caught:
         side.merge_into(main)
+    # lakeFS's MergeIntoBranch answers a conflict with an empty MergeResult, not an Error.
+    assert caught.value.body == {"reference": ""}
     assert main.get_commit().id == head
 
 
@@ -262,7 +267,7 @@ hooks:
     assert payload["commit_id"] == merge_id
     assert payload["source_ref"] == merge_id
     assert payload["commit_message"] == "publish"
-    assert payload["commit_metadata"] == {"k": "v"}
+    assert payload["commit_metadata"] == {"k": "v", MERGE_STRATEGY_KEY: "default"}
     assert payload["committer"]
     assert payload["event_time"].endswith("Z")
     assert call["path"] == "/lakefs?source=lakefs"
@@ -298,4 +303,7 @@ hooks:
     assert repo.branch("main").get_commit().id == main_head
     payload = receiver.calls[0]["json"]
     assert (payload["event_type"], payload["source_ref"]) == ("pre-merge", source_commit)
-    assert "commit_id" not in payload
+    # graveler.Merge adds the merge commit before the pre-merge hook: the hook sees its id,
+    # although the branch never moves to it.
+    assert len(payload["commit_id"]) == len(main_head)
+    assert payload["commit_id"] not in (main_head, source_commit)
