@@ -20,7 +20,6 @@ from typing import Any
 import lakefs
 import pandas as pd
 from lakefs.exceptions import (
-    ForbiddenException,
     LakeFSException,
     NotFoundException,
     ServerException,
@@ -43,6 +42,8 @@ _CHUNK = 1 << 20
 # even load or configure (a missing LAKEFSACTION_* variable, an invalid action file) is a 500
 # naming the aborted hook run (lakeFS >= 1.60: pkg/api/controller.go, default case).
 HOOK_BLOCKED = 412
+# lakeFS refuses writes and commits to a protected branch with 403 (branch protection rules).
+FORBIDDEN = 403
 HOOK_ABORTED = "hook aborted, run id '"
 _RUN_ID = re.compile(r"hook aborted, run id '([^']+)'")
 _MISSING_VARIABLE = re.compile(r"(\w+) not found: missing env var")
@@ -120,7 +121,9 @@ def install_actions(client: lakefs.Client, settings: Settings) -> str | None:
     metadata = {"lakeloop.kind": "actions", SKIP_TRAINING_KEY: "true"}
     try:
         _write_texts(main, wanted)
-    except ForbiddenException:
+    except ServerException as error:  # the SDK raises another class for a refused upload
+        if error.status_code != FORBIDDEN:
+            raise
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         branch = repository.branch(f"actions-{stamp}").create(source_reference=main.id)
         _write_texts(branch, wanted)

@@ -13,6 +13,7 @@ from pathlib import Path
 import lakefs
 import pandas as pd
 import pytest
+from lakefs_sdk import BranchProtectionRule
 from litestar import Litestar
 
 from gateway.app import create_gateway
@@ -243,7 +244,8 @@ def test_the_failed_checks_come_from_the_hook_run_not_from_the_412(loop: Loop) -
     assert "median_income" not in message  # lakeFS does not pass the answer on
     reason = lakefs_client.rejection_reason(loop.client, repository.id, message)
     assert reason.startswith(" ".join(message.split()))
-    assert "data checks failed on data/direct/bad.parquet: median_income" in reason
+    assert "data checks failed on data/direct/bad.parquet: " in reason
+    assert "median_income: expect_column_values_to_be_between" in reason
 
 
 def test_a_file_name_lakefs_would_refuse_as_a_branch_id_still_lands(loop: Loop) -> None:
@@ -272,3 +274,44 @@ def test_lakefs_unable_to_run_the_checks_is_reported_and_nothing_is_lost(
     branch = lakefs.Repository("housing", client=loop.client).branch(kept[1])
     assert "lakeloop.rejected" not in (branch.get_commit().metadata or {})
     assert any(info.path.endswith("unjudged.parquet") for info in branch.objects(prefix="data/"))
+
+
+def test_actions_reach_a_protected_main_through_a_merge(loop: Loop) -> None:
+    """With branch protection on main (lakeFS refuses direct writes and commits with 403),
+    `lakeloop init` installs the action files through a branch and a merge, and they work."""
+    settings = load_settings(
+        state_dir=loop.settings.state_dir,
+        lakefs={**loop.settings.lakefs.model_dump(), "repository": "protected"},
+        gateway=loop.settings.gateway.model_dump(),
+    )
+    lakefs_client.ensure_repository(loop.client, settings)
+    api = loop.client.sdk_client.repositories_api
+    etag = api.get_branch_protection_rules_with_http_info("protected").headers["ETag"]
+    api.set_branch_protection_rules(
+        "protected", [BranchProtectionRule(pattern="main")], if_match=etag
+    )
+    main = lakefs.Repository("protected", client=loop.client).branch("main")
+    with pytest.raises(lakefs.exceptions.ForbiddenException):
+        main.commit(message="direct", allow_empty=True)
+
+    installed = lakefs_client.install_actions(loop.client, settings)
+    assert installed is not None
+    assert main.get_commit().id == installed
+    assert main.get_commit().parents[1:]  # a merge commit, not a direct one
+    assert lakefs_client.install_actions(loop.client, settings) is None  # already in place
+    loop.wait_idle()
+    relayed = len(loop.prefect.events)
+    bad = market.generate_batch(rows=300, seed=23)
+    bad.loc[:99, "median_income"] = -1.0
+    published = lakefs_client.publish(
+        loop.client,
+        settings,
+        [loop.batch("protected-bad", bad)],
+        name="b",
+        source="t",
+        dataset_version=1,
+    )
+    assert not published.merged
+    assert "median_income" in published.rejection  # the installed checks ran on the merge
+    loop.wait_idle()
+    assert len(loop.prefect.events) == relayed  # installing the actions trained nothing
