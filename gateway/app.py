@@ -460,11 +460,12 @@ def create_gateway(
     def validate_merge(data: MergeWebhook) -> Response[str]:
         """Check the tables a merge would bring (lakeFS pre-merge hook); non-2xx blocks it.
 
-        The answer is one line of text. lakeFS does not pass it on to the merging client (its
-        412 names only the hook run and the status code): it keeps it in the hook run's output,
-        where lakeloop reads it back (:func:`lakeloop.lakefs_client.rejection_reason`). lakeFS
-        retries a merge that lost a race for the branch, calling this again each time: the
-        verdict is a pure function of the two commits, so a repeat answers the same."""
+        The answer is text: where, then one ``- <check>`` line per failed check. lakeFS does
+        not pass it on to the merging client (its 412 names only the hook run and the status
+        code): it keeps it in the hook run's output, where lakeloop reads it back
+        (:func:`lakeloop.lakefs_client.rejection_reason`). lakeFS retries a merge that lost a
+        race for the branch, calling this again each time: the verdict is a pure function of the
+        two commits, so a repeat answers the same."""
         verdict = check_merge(lakefs, gate, data)
         logger.info(
             "pre-merge %s -> %s/%s: %s",
@@ -564,7 +565,7 @@ def check_merge(client: Any, gate: DataGate, hook: events.LakeFSWebhook) -> Verd
         f"data checks passed on {where} ({result.rows} rows in {len(result.tables)} tables "
         "after the merge)"
         if result.success
-        else f"data checks failed on {where}: {'; '.join(result.failures)}"
+        else f"data checks failed on {where}:\n" + "\n".join(f"- {f}" for f in result.failures)
     )
     return Verdict(
         passed=result.success,

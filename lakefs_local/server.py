@@ -932,7 +932,7 @@ def _merge_with_retries(
             source_ref=source_commit,
             commit=draft.commit,
             commit_id=draft.commit.id,
-            # merge_source: source_ref
+            merge_source=source_ref,
         )
         pre_run_id = svc.actions.run_pre(pre)
         try:
@@ -955,7 +955,7 @@ def _merge_with_retries(
             commit=result,
             commit_id=result.id,
             pre_run_id=pre_run_id,
-            # merge_source: source_ref
+            merge_source=source_ref,
         )
         svc.actions.run_post(post)
         return result

@@ -280,16 +280,16 @@ def _without_existing(
 
 def _rejection_lines(reason: str) -> list[str]:
     """The rejection is lakeFS's message followed by the data-checks hook's answer (read from the
-    hook run's output), "data checks failed on <paths>: a; b; c": one failed check per line,
-    lakeFS's own preamble dimmed above them."""
+    hook run's output): "data checks failed on <paths>:" and one "- <check>" line per failed
+    check (a check's own text may hold ";" and ","). lakeFS's own preamble is dimmed above."""
     preamble, marker, answer = reason.partition("data checks failed on ")
     if not marker:
         return [reason]
-    where, _, checks = answer.partition(": ")
+    where, _, checks = answer.partition(":\n")
     return [
         f"[dim]{preamble.strip()}[/dim]",
         f"{marker}{where}:",
-        *(f"  - {check}" for check in checks.split("; ")),
+        *(f"  {check}" for check in checks.splitlines() if check.strip()),
     ]
 
 

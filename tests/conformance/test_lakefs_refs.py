@@ -108,6 +108,7 @@ def test_merge_hooks_see_the_merge_commit_id(
     assert pre["commit_message"] == "Merge 'ingest' into 'main'"
     assert pre["commit_metadata"] == {MERGE_STRATEGY_KEY: "default"}
     assert (post["commit_id"], post["source_ref"]) == (merge_id, merge_id)
+    assert pre["merge_source"] == post["merge_source"] == "ingest"  # as esti/hooks.go expects
 
 
 # -- diff ----------------------------------------------------------------------------------------

@@ -244,7 +244,7 @@ def test_the_failed_checks_come_from_the_hook_run_not_from_the_412(loop: Loop) -
     assert "median_income" not in message  # lakeFS does not pass the answer on
     reason = lakefs_client.rejection_reason(loop.client, repository.id, message)
     assert reason.startswith(" ".join(message.split()))
-    assert "data checks failed on data/direct/bad.parquet: " in reason
+    assert "data checks failed on data/direct/bad.parquet:\n- " in reason
     assert "median_income: expect_column_values_to_be_between" in reason
 
 

@@ -17,13 +17,14 @@ def test_blocked_merge_lists_one_failed_check_per_line() -> None:
         "pre-merge hook aborted, run id 'r1': 1 error occurred: * hook run id '0000_0000' "
         "failed on action 'lakeloop-data-checks' hook 'lakeloop_validate': action failed: "
         "webhook request failed (status code: 400): "
-        "data checks failed on data/b/bad.parquet: median_income: column values to be between "
-        "(12 rows); missing column households"
+        "data checks failed on data/b/bad.parquet:\n"
+        "- median_income: column values to be between (12 rows, e.g. -1, -1; allowed 0.5 to 15)\n"
+        "- missing column households"
     )
     lines = _rejection_lines(reason)
     assert lines[1] == "data checks failed on data/b/bad.parquet:"
     assert lines[2:] == [
-        "  - median_income: column values to be between (12 rows)",
+        "  - median_income: column values to be between (12 rows, e.g. -1, -1; allowed 0.5 to 15)",
         "  - missing column households",
     ]
 

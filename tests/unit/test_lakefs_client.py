@@ -17,7 +17,7 @@ from lakeloop.lakefs_client import (
 
 # lakeFS's branch id rule, with Go's ASCII \w (pkg/validator/validate.go ReValidBranchID).
 LAKEFS_BRANCH_ID = re.compile(r"^[0-9A-Za-z_][-0-9A-Za-z_]*$")
-ANSWER = "data checks failed on data/b/bad.parquet: median_income: out of range (12 rows)"
+ANSWER = "data checks failed on data/b/bad.parquet:\n- median_income: out of range (12 rows)"
 
 
 def lakefs_hook_output(status: str, body: str) -> str:
