@@ -274,10 +274,14 @@ def rejection_reason(client: lakefs.Client, repository: str, message: str) -> st
 def _failed_hook_answers(client: lakefs.Client, repository: str, run_id: str) -> Iterator[str]:
     actions = client.sdk_client.actions_api
     with api_exception_handler():
-        hooks = actions.list_run_hooks(repository, run_id).results
-        for hook in hooks:
-            if hook.status == "failed":
-                output = actions.get_run_hook_output(repository, run_id, hook.hook_run_id)
+        # Read as JSON: lakeFS lists a hook after a failed one as "skipped", a status the SDK's
+        # model (from lakeFS's own OpenAPI enum) refuses.
+        listing = actions.list_run_hooks_with_http_info(
+            repository, run_id, amount=1000, _preload_content=False
+        )
+        for hook in json.loads(listing.raw_data)["results"]:
+            if hook["status"] == "failed":
+                output = actions.get_run_hook_output(repository, run_id, hook["hook_run_id"])
                 text = (
                     output if isinstance(output, str) else bytes(output).decode("utf-8", "replace")
                 )
