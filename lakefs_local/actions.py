@@ -785,6 +785,10 @@ def evaluate_if(expression: str, *, action_failed: bool) -> bool:
     return result
 
 
+_FUNCTION_VALUE = object()
+"""``success`` without ``()``: in expr-lang the function itself, which is not a boolean."""
+
+
 class _IfParser:
     """Recursive descent over expr-lang's precedence: ``or`` < ``and`` < ``==``/``!=`` < ``not``."""
 
@@ -880,7 +884,9 @@ class _IfParser:
             return token[1:-1]
         if token[0].isdigit():
             return float(token) if "." in token else int(token)
-        if token in self.functions and self._peek() == "(":
+        if token in self.functions:
+            if self._peek() != "(":
+                return _FUNCTION_VALUE
             self._take()
             if self._take() != ")":
                 raise self._error(f"{token}() takes no arguments")

@@ -265,7 +265,7 @@ def test_if_that_is_not_boolean_fails_with_500(
 # -- 5. what an action file may hold that a run does not use -----------------------------------
 
 
-def test_lua_hook_for_another_event_does_not_stop_a_webhook(
+def test_hooks_for_other_events_do_not_stop_a_webhook(
     repo: lakefs.Repository, receiver: WebhookReceiver
 ) -> None:
     lua_action = """
@@ -278,10 +278,25 @@ hooks:
     properties:
       script: "local tagged = true"
 """
+    airflow_action = """
+name: cherry pick audit
+on:
+  pre-cherry-pick:
+  post-revert:
+hooks:
+  - id: audit
+    type: airflow
+    properties:
+      url: http://airflow.invalid
+      dag_id: audit
+      username: lakefs
+      password: not-a-secret
+"""
     _install_actions(
         repo,
         {
             "report": lua_action,
+            "audit": airflow_action,
             "gate": _webhook_action("gate", "pre-commit", f"{receiver.url}/gate"),
         },
     )
