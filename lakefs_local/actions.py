@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import threading
 import time
 import urllib.parse
@@ -80,7 +81,7 @@ SUPPORTED_EVENTS = frozenset(  # graveler's EventType values (hooks_handler.go)
     }
 )
 HOOK_TYPES = ("webhook", "airflow", "lua")  # lakeFS's hook.go `hooks`
-RUN_BY_THIS_SERVER = frozenset({"webhook"})
+RUN_BY_THIS_SERVER = frozenset({"webhook"})  # the others are checked, then fail when due
 # hook.go hookValidators: each group names properties of which at least one must be given.
 _REQUIRED_PROPERTIES: dict[str, tuple[tuple[str, ...], ...]] = {
     "webhook": (("url",),),
@@ -487,6 +488,8 @@ def go_client_error(url: str, exc: Exception) -> str:
         reason = "context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
     elif isinstance(exc, httpx.ConnectError) and "refused" in str(exc).lower():
         reason = f"dial tcp {host_port}: connect: connection refused"
+    elif isinstance(exc, httpx.ConnectError) and _is_unknown_host(exc):
+        reason = f"dial tcp: lookup {parsed.hostname}: no such host"
     elif isinstance(exc, httpx.ConnectError):
         reason = f"dial tcp {host_port}: {exc}"
     elif isinstance(exc, httpx.UnsupportedProtocol):
@@ -496,6 +499,13 @@ def go_client_error(url: str, exc: Exception) -> str:
     else:
         reason = str(exc) or type(exc).__name__
     return f"Post {_go_quote(url)}: {reason}"
+
+
+def _is_unknown_host(exc: Exception) -> bool:
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and not isinstance(cause, socket.gaierror):
+        cause = cause.__cause__ or cause.__context__
+    return cause is not None or "Name or service not known" in str(exc)
 
 
 # -- secrets -----------------------------------------------------------------------------------

@@ -98,6 +98,27 @@ def test_failing_webhook_error_is_lakefs_text_without_the_body(
     assert REJECTION.decode() not in refused.body["message"]
 
 
+def test_webhook_timeout_error_is_go_clients_text(
+    repo: lakefs.Repository, receiver: WebhookReceiver
+) -> None:
+    url = f"{receiver.url}/slow"
+    action = _webhook_action("gate", "pre-commit", url, extra="      timeout: 500ms\n")
+    _install_actions(repo, {"gate": action})
+    ingest = _ingest_branch(repo)
+
+    receiver.answering.clear()  # no answer until the commit has been refused
+    try:
+        refused = _commit_refused(ingest)
+    finally:
+        receiver.answering.set()
+
+    assert refused.status_code == 412  # the hook ran and failed: ErrActionFailed
+    assert refused.body["message"].endswith(
+        f"hook 'check': action failed: Post \"{url}\": context deadline exceeded "
+        "(Client.Timeout exceeded while awaiting headers)\n\n"
+    )
+
+
 # -- 2. a hook's output ------------------------------------------------------------------------
 
 
