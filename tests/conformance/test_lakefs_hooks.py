@@ -300,9 +300,9 @@ hooks:
       script: "local tagged = true"
 """
     airflow_action = """
-name: cherry pick audit
+name: revert audit
 on:
-  pre-cherry-pick:
+  pre-revert:
   post-revert:
 hooks:
   - id: audit
