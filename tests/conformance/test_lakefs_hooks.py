@@ -48,6 +48,8 @@ def _ingest_branch(repository: lakefs.Repository) -> lakefs.Branch:
 
 
 def _webhook_action(name: str, event: str, url: str, *, extra: str = "") -> str:
+    """An action with one webhook, ``check``, on ``event`` for ``ingest``; ``extra`` is more
+    YAML for its properties."""
     return f"""
 name: {name}
 on:
@@ -61,13 +63,15 @@ hooks:
 {extra}"""
 
 
-def _commit_refused(branch: lakefs.Branch, **kwargs: object) -> ServerException:
+def _commit_refused(branch: lakefs.Branch) -> ServerException:
+    """The error of a commit the hooks refuse (412 or 500 alike)."""
     with pytest.raises(ServerException) as caught:
-        branch.commit(message="batch", **kwargs)  # type: ignore[arg-type]
+        branch.commit(message="batch")
     return caught.value
 
 
 def _only_run(lakefs_target: LakeFSTarget, repository: lakefs.Repository) -> str:
+    """The id of the one action run recorded for ``ingest``."""
     runs = lakefs_target.client().sdk_client.actions_api.list_repository_runs(
         repository.id, branch="ingest"
     )
