@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import lakefs
 import pytest
-from lakefs.exceptions import ServerException
+from lakefs.exceptions import NotFoundException, ServerException
 
 from lakefs_local.testing import WebhookReceiver
 from tests.conformance.conftest import LakeFSTarget
@@ -263,6 +263,53 @@ hooks:
         r"\t\* parsing file _lakefs_actions/bad\.yaml: "
         r"hook\[0\] type 'notify_slack' unknown: invalid action\n\n",
         refused.body["message"],
+    )
+    assert receiver.calls == []
+
+
+def test_invalid_action_files_fail_with_500_naming_each(
+    repo: lakefs.Repository, receiver: WebhookReceiver
+) -> None:
+    _install_actions(repo, {"gate": _webhook_action("gate", "pre-commit", receiver.url)})
+    ingest = _ingest_branch(repo)
+    nameless = "on:\n  pre-commit:\nhooks: []\n"
+    ingest.object("_lakefs_actions/nameless.yaml").upload(data=nameless, mode="w")
+    no_url = "name: no url\non:\n  post-merge:\nhooks:\n  - id: notify\n    type: webhook\n"
+    ingest.object("_lakefs_actions/no-url.yaml").upload(data=no_url, mode="w")
+
+    refused = _commit_refused(ingest)
+
+    # action.go LoadActions parses every file and lists every failure (go-multierror).
+    assert refused.status_code == 500
+    message = refused.body["message"]
+    assert message.startswith("pre-commit hook aborted, run id '")
+    assert "': 2 errors occurred:\n\t* " in message
+    assert "* parsing file _lakefs_actions/nameless.yaml: 'name' is required: invalid action\n" in (
+        message
+    )
+    assert (
+        "* parsing file _lakefs_actions/no-url.yaml: "
+        "hook[0] type 'webhook': missing hook properties: invalid action\n"
+    ) in message
+    assert receiver.calls == []
+
+
+def test_folder_under_actions_prefix_fails_with_404(
+    repo: lakefs.Repository, receiver: WebhookReceiver
+) -> None:
+    _install_actions(repo, {"gate": _webhook_action("gate", "pre-commit", receiver.url)})
+    ingest = _ingest_branch(repo)
+    ingest.object("_lakefs_actions/archive/old.yaml").upload(data="name: old\n", mode="w")
+
+    with pytest.raises(NotFoundException) as caught:
+        ingest.commit(message="batch")
+
+    # actions_source.go lists the folder as an entry, then cannot read it as a file.
+    assert re.fullmatch(
+        r"pre-commit hook aborted, run id '\w+': 1 error occurred:\n"
+        r"\t\* loading file _lakefs_actions/archive/: "
+        r"get action file metadata _lakefs_actions/archive/: not found\n\n",
+        caught.value.body["message"],
     )
     assert receiver.calls == []
 
