@@ -50,6 +50,7 @@ from lakefs_local.store import (
     HookRunRecord,
     LakeFSError,
     NotFoundError,
+    ObjectEntry,
     PreconditionFailedError,
     Store,
     branch_matches,
@@ -120,7 +121,8 @@ class ActionError(Exception):
 
 
 class ActionConfigError(LakeFSError):
-    """A pre-* event aborted by actions that could not be loaded or built (lakeFS: 500)."""
+    """A pre-* event aborted by actions that could not be loaded or built, or by an ``if`` that
+    could not be evaluated (lakeFS: 500, not ErrActionFailed's 412)."""
 
     status_code = 500
 
@@ -1042,8 +1044,8 @@ class ActionsRunner:
             names.add(action.name)
         return actions
 
-    def _action_entries(self, repo: str, ref: str) -> list[tuple[str, Any]]:
-        entries: list[tuple[str, Any]] = []
+    def _action_entries(self, repo: str, ref: str) -> list[tuple[str, ObjectEntry | None]]:
+        entries: list[tuple[str, ObjectEntry | None]] = []
         after: str | None = None
         while True:
             page = self.store.list_objects(
