@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 import threading
 import time
 import urllib.parse
@@ -49,6 +50,7 @@ from lakefs_local.store import (
     HookRunRecord,
     LakeFSError,
     NotFoundError,
+    ObjectEntry,
     PreconditionFailedError,
     Store,
     branch_matches,
@@ -80,7 +82,7 @@ SUPPORTED_EVENTS = frozenset(  # graveler's EventType values (hooks_handler.go)
     }
 )
 HOOK_TYPES = ("webhook", "airflow", "lua")  # lakeFS's hook.go `hooks`
-RUN_BY_THIS_SERVER = frozenset({"webhook"})
+RUN_BY_THIS_SERVER = frozenset({"webhook"})  # the others are checked, then fail when due
 # hook.go hookValidators: each group names properties of which at least one must be given.
 _REQUIRED_PROPERTIES: dict[str, tuple[tuple[str, ...], ...]] = {
     "webhook": (("url",),),
@@ -119,7 +121,8 @@ class ActionError(Exception):
 
 
 class ActionConfigError(LakeFSError):
-    """A pre-* event aborted by actions that could not be loaded or built (lakeFS: 500)."""
+    """A pre-* event aborted by actions that could not be loaded or built, or by an ``if`` that
+    could not be evaluated (lakeFS: 500, not ErrActionFailed's 412)."""
 
     status_code = 500
 
@@ -487,6 +490,8 @@ def go_client_error(url: str, exc: Exception) -> str:
         reason = "context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
     elif isinstance(exc, httpx.ConnectError) and "refused" in str(exc).lower():
         reason = f"dial tcp {host_port}: connect: connection refused"
+    elif isinstance(exc, httpx.ConnectError) and _is_unknown_host(exc):
+        reason = f"dial tcp: lookup {parsed.hostname}: no such host"
     elif isinstance(exc, httpx.ConnectError):
         reason = f"dial tcp {host_port}: {exc}"
     elif isinstance(exc, httpx.UnsupportedProtocol):
@@ -496,6 +501,13 @@ def go_client_error(url: str, exc: Exception) -> str:
     else:
         reason = str(exc) or type(exc).__name__
     return f"Post {_go_quote(url)}: {reason}"
+
+
+def _is_unknown_host(exc: Exception) -> bool:
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and not isinstance(cause, socket.gaierror):
+        cause = cause.__cause__ or cause.__context__
+    return cause is not None or "Name or service not known" in str(exc)
 
 
 # -- secrets -----------------------------------------------------------------------------------
@@ -785,6 +797,10 @@ def evaluate_if(expression: str, *, action_failed: bool) -> bool:
     return result
 
 
+_FUNCTION_VALUE = object()
+"""``success`` without ``()``: in expr-lang the function itself, which is not a boolean."""
+
+
 class _IfParser:
     """Recursive descent over expr-lang's precedence: ``or`` < ``and`` < ``==``/``!=`` < ``not``."""
 
@@ -880,7 +896,9 @@ class _IfParser:
             return token[1:-1]
         if token[0].isdigit():
             return float(token) if "." in token else int(token)
-        if token in self.functions and self._peek() == "(":
+        if token in self.functions:
+            if self._peek() != "(":
+                return _FUNCTION_VALUE
             self._take()
             if self._take() != ")":
                 raise self._error(f"{token}() takes no arguments")
@@ -1026,8 +1044,8 @@ class ActionsRunner:
             names.add(action.name)
         return actions
 
-    def _action_entries(self, repo: str, ref: str) -> list[tuple[str, Any]]:
-        entries: list[tuple[str, Any]] = []
+    def _action_entries(self, repo: str, ref: str) -> list[tuple[str, ObjectEntry | None]]:
+        entries: list[tuple[str, ObjectEntry | None]] = []
         after: str | None = None
         while True:
             page = self.store.list_objects(

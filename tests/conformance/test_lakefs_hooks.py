@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import lakefs
 import pytest
-from lakefs.exceptions import ServerException
+from lakefs.exceptions import NotFoundException, ServerException
 
 from lakefs_local.testing import WebhookReceiver
 from tests.conformance.conftest import LakeFSTarget
@@ -48,6 +48,8 @@ def _ingest_branch(repository: lakefs.Repository) -> lakefs.Branch:
 
 
 def _webhook_action(name: str, event: str, url: str, *, extra: str = "") -> str:
+    """An action with one webhook, ``check``, on ``event`` for ``ingest``; ``extra`` is more
+    YAML for its properties."""
     return f"""
 name: {name}
 on:
@@ -61,13 +63,15 @@ hooks:
 {extra}"""
 
 
-def _commit_refused(branch: lakefs.Branch, **kwargs: object) -> ServerException:
+def _commit_refused(branch: lakefs.Branch) -> ServerException:
+    """The error of a commit the hooks refuse (412 or 500 alike)."""
     with pytest.raises(ServerException) as caught:
-        branch.commit(message="batch", **kwargs)  # type: ignore[arg-type]
+        branch.commit(message="batch")
     return caught.value
 
 
 def _only_run(lakefs_target: LakeFSTarget, repository: lakefs.Repository) -> str:
+    """The id of the one action run recorded for ``ingest``."""
     runs = lakefs_target.client().sdk_client.actions_api.list_repository_runs(
         repository.id, branch="ingest"
     )
@@ -96,6 +100,27 @@ def test_failing_webhook_error_is_lakefs_text_without_the_body(
         "action failed: webhook request failed (status code: 400)\n\n"
     )
     assert REJECTION.decode() not in refused.body["message"]
+
+
+def test_webhook_timeout_error_is_go_clients_text(
+    repo: lakefs.Repository, receiver: WebhookReceiver
+) -> None:
+    url = f"{receiver.url}/slow"
+    action = _webhook_action("gate", "pre-commit", url, extra="      timeout: 500ms\n")
+    _install_actions(repo, {"gate": action})
+    ingest = _ingest_branch(repo)
+
+    receiver.answering.clear()  # no answer until the commit has been refused
+    try:
+        refused = _commit_refused(ingest)
+    finally:
+        receiver.answering.set()
+
+    assert refused.status_code == 412  # the hook ran and failed: ErrActionFailed
+    assert refused.body["message"].endswith(
+        f"hook 'check': action failed: Post \"{url}\": context deadline exceeded "
+        "(Client.Timeout exceeded while awaiting headers)\n\n"
+    )
 
 
 # -- 2. a hook's output ------------------------------------------------------------------------
@@ -242,6 +267,53 @@ hooks:
     assert receiver.calls == []
 
 
+def test_invalid_action_files_fail_with_500_naming_each(
+    repo: lakefs.Repository, receiver: WebhookReceiver
+) -> None:
+    _install_actions(repo, {"gate": _webhook_action("gate", "pre-commit", receiver.url)})
+    ingest = _ingest_branch(repo)
+    nameless = "on:\n  pre-commit:\nhooks: []\n"
+    ingest.object("_lakefs_actions/nameless.yaml").upload(data=nameless, mode="w")
+    no_url = "name: no url\non:\n  post-merge:\nhooks:\n  - id: notify\n    type: webhook\n"
+    ingest.object("_lakefs_actions/no-url.yaml").upload(data=no_url, mode="w")
+
+    refused = _commit_refused(ingest)
+
+    # action.go LoadActions parses every file and lists every failure (go-multierror).
+    assert refused.status_code == 500
+    message = refused.body["message"]
+    assert message.startswith("pre-commit hook aborted, run id '")
+    assert "': 2 errors occurred:\n\t* " in message
+    assert "* parsing file _lakefs_actions/nameless.yaml: 'name' is required: invalid action\n" in (
+        message
+    )
+    assert (
+        "* parsing file _lakefs_actions/no-url.yaml: "
+        "hook[0] type 'webhook': missing hook properties: invalid action\n"
+    ) in message
+    assert receiver.calls == []
+
+
+def test_folder_under_actions_prefix_fails_with_404(
+    repo: lakefs.Repository, receiver: WebhookReceiver
+) -> None:
+    _install_actions(repo, {"gate": _webhook_action("gate", "pre-commit", receiver.url)})
+    ingest = _ingest_branch(repo)
+    ingest.object("_lakefs_actions/archive/old.yaml").upload(data="name: old\n", mode="w")
+
+    with pytest.raises(NotFoundException) as caught:
+        ingest.commit(message="batch")
+
+    # actions_source.go lists the folder as an entry, then cannot read it as a file.
+    assert re.fullmatch(
+        r"pre-commit hook aborted, run id '\w+': 1 error occurred:\n"
+        r"\t\* loading file _lakefs_actions/archive/: "
+        r"get action file metadata _lakefs_actions/archive/: not found\n\n",
+        caught.value.body["message"],
+    )
+    assert receiver.calls == []
+
+
 def test_if_that_is_not_boolean_fails_with_500(
     lakefs_target: LakeFSTarget, repo: lakefs.Repository, receiver: WebhookReceiver
 ) -> None:
@@ -265,7 +337,7 @@ def test_if_that_is_not_boolean_fails_with_500(
 # -- 5. what an action file may hold that a run does not use -----------------------------------
 
 
-def test_lua_hook_for_another_event_does_not_stop_a_webhook(
+def test_hooks_for_other_events_do_not_stop_a_webhook(
     repo: lakefs.Repository, receiver: WebhookReceiver
 ) -> None:
     lua_action = """
@@ -278,10 +350,25 @@ hooks:
     properties:
       script: "local tagged = true"
 """
+    airflow_action = """
+name: revert audit
+on:
+  pre-revert:
+  post-revert:
+hooks:
+  - id: audit
+    type: airflow
+    properties:
+      url: http://airflow.invalid
+      dag_id: audit
+      username: lakefs
+      password: not-a-secret
+"""
     _install_actions(
         repo,
         {
             "report": lua_action,
+            "audit": airflow_action,
             "gate": _webhook_action("gate", "pre-commit", f"{receiver.url}/gate"),
         },
     )
