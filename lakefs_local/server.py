@@ -53,6 +53,7 @@ from lakefs_local.store import (
     CommitRecord,
     DiffRecord,
     ForbiddenError,
+    HookRunRecord,
     LakeFSError,
     MergeConflictError,
     NotFoundError,
@@ -80,6 +81,8 @@ USER_METADATA_HEADER = "x-lakefs-meta-"  # what the SDK sends user metadata as (
 PUBLIC_PATHS = frozenset({f"{API_PREFIX}/healthcheck", f"{API_PREFIX}/setup_lakefs"})
 # Benchmarks only: log where each upload's time goes (receive, hash+write, fsync+rename, stage).
 TIMING_ENV = "LAKEFS_LOCAL_TIMING"
+# lakeFS's actionStatusSkipped: a hook run that never started (its action run had failed).
+SKIPPED = "skipped"
 # Received MiB pieces that may wait for the hashing+writing thread (bounds upload memory).
 UPLOAD_QUEUE = 2
 
@@ -1014,20 +1017,39 @@ def list_run_hooks(
     after: str | None = None,
     amount: int | None = None,
 ) -> Response[JSON]:
-    """The hooks of an action run."""
+    """The hooks of an action run, in execution order."""
     page = _service(state).store.list_hook_runs(repository, run_id, after=after, amount=amount)
-    results = [
-        models.HookRun(
-            hook_run_id=h.hook_run_id,
-            action=h.action,
-            hook_id=h.hook_id,
-            start_time=_ts(h.start_time),
-            end_time=_ts(h.end_time),
-            status=h.status,
-        )
-        for h in page.results
-    ]
-    return _json(models.HookRunList(pagination=_pagination(page), results=results))
+    body: JSON = {
+        "pagination": _pagination(page).to_dict(),
+        "results": [_hook_run_json(h) for h in page.results],
+    }
+    return Response(body, media_type="application/json")
+
+
+def _hook_run_json(hook: HookRunRecord) -> JSON:
+    """One hook run as lakeFS's ListRunHooks answers it: a skipped hook (one that never started,
+    so its start time is Go's zero) has status ``skipped`` and no ``end_time``.
+
+    ``skipped`` is outside the SDK's ``HookRun`` status enum (lakeFS's own OpenAPI lacks it), so
+    that entry is written as JSON directly; the others go through the model as usual.
+    """
+    if hook.status != SKIPPED:
+        listed: JSON = models.HookRun(
+            hook_run_id=hook.hook_run_id,
+            action=hook.action,
+            hook_id=hook.hook_id,
+            start_time=_ts(hook.start_time),
+            end_time=_ts(hook.end_time),
+            status=hook.status,
+        ).to_dict()
+        return listed
+    return {
+        "hook_run_id": hook.hook_run_id,
+        "action": hook.action,
+        "hook_id": hook.hook_id,
+        "start_time": _ts(hook.start_time),
+        "status": SKIPPED,
+    }
 
 
 @get(
