@@ -14,6 +14,8 @@ presigned URLs (lakeFS's ``pkg/block/s3`` adapter):
 - Checksums: the MD5 hex of the bytes, what lakeFS records for an S3 object (the ETag of a
   single-part PUT, which the SDK sends back when it links; ``upload.WriteBlob`` for uploads
   through the server).
+- Namespaces: creating a repository writes ``<namespace>/_lakefs/dummy`` and refuses a
+  namespace that already has it, or that cannot be written (``ensureStorageNamespace``).
 - Presigned URLs last 15 minutes (lakeFS's ``blockstore.s3.pre_signed_expiry`` default); a
   presigned read names the file in ``Content-Disposition`` as the adapter does.
 """
@@ -49,6 +51,8 @@ YEAR_4000 = 64_060_588_800  # upload.unixYear4000: partitions count down from he
 LINK_SIGNING_DELIMITER = ","  # catalog.LinkAddressSigningDelimiter
 LINK_ADDRESS_SECONDS = 24 * 3600  # catalog.LinkAddressTime
 PRESIGNED_EXPIRY_SECONDS = 15 * 60  # config.DefaultBlockstoreS3PreSignedExpiry
+DUMMY_KEY = "_lakefs/dummy"  # committed.block_storage_prefix + "/dummy"
+DUMMY_DATA = b"this is dummy data - created by lakeFS to check accessibility"
 # mime.FormatMediaType writes a parameter bare when it is an RFC 2045 token, quoted otherwise.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z|~]+$")
 
@@ -254,6 +258,33 @@ class S3Blockstore:
         except self._client.exceptions.NoSuchKey as exc:
             raise DataNotFoundError(f"not found: {address}") from exc
         return _drain(response["Body"])
+
+    def claim_namespace(self, namespace: str) -> None:
+        """Write ``<namespace>/_lakefs/dummy``, refusing a namespace where it already is: how
+        lakeFS checks a new repository's namespace is reachable and unused
+        (controller.go ensureStorageNamespace; the messages are its 400s)."""
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
+        bucket, key = split_address(f"{namespace.rstrip('/')}/{DUMMY_KEY}")
+        try:
+            try:
+                self._client.head_object(Bucket=bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in {"404", "NoSuchKey"}:
+                    raise
+            else:
+                raise BadRequestError(
+                    "failed to create repository: found lakeFS objects in the storage "
+                    f"(:{namespace}) key({DUMMY_KEY}): storage namespace already in use"
+                )
+            self._client.put_object(Bucket=bucket, Key=key, Body=DUMMY_DATA)
+        except (BotoCoreError, ClientError) as exc:
+            raise BadRequestError("failed to create repository: failed to access storage") from exc
+
+    def release_namespace(self, namespace: str) -> None:
+        """Remove the marker :meth:`claim_namespace` wrote (the repository was not created)."""
+        bucket, key = split_address(f"{namespace.rstrip('/')}/{DUMMY_KEY}")
+        self._client.delete_object(Bucket=bucket, Key=key)
 
     def read(self, address: str) -> bytes:
         """A whole (small) object."""

@@ -349,15 +349,24 @@ def get_current_user(*, state: State) -> Response[JSON]:
 
 @post("/repositories", sync_to_thread=True)
 def create_repository(*, state: State, data: JSON) -> Response[JSON]:
-    """Create a repository and its default branch."""
+    """Create a repository and its default branch; an ``s3://`` namespace on the S3 block store
+    must be reachable and unused, and gets lakeFS's ``_lakefs/dummy`` marker."""
     svc = _service(state)
     body = _parse(models.RepositoryCreation, data)
-    record = svc.store.create_repository(
-        body.name,
-        body.storage_namespace,
-        default_branch=body.default_branch or "main",
-        committer=svc.user_id,
-    )
+    s3 = svc.blockstore if svc.blockstore and is_s3(body.storage_namespace) else None
+    if s3 is not None:
+        s3.claim_namespace(body.storage_namespace)
+    try:
+        record = svc.store.create_repository(
+            body.name,
+            body.storage_namespace,
+            default_branch=body.default_branch or "main",
+            committer=svc.user_id,
+        )
+    except LakeFSError:
+        if s3 is not None:
+            s3.release_namespace(body.storage_namespace)
+        raise
     return _json(_repository_model(record), 201)
 
 

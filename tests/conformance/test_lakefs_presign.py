@@ -179,6 +179,22 @@ def _fetch_presigned(stored: lakefs.StoredObject) -> bytes:
     return response.content
 
 
+def test_a_namespace_is_claimed_once(
+    presign_target: PresignTarget, repo: lakefs.Repository
+) -> None:
+    """Creating a repository writes ``_lakefs/dummy`` under its namespace; another repository
+    on that namespace is refused (controller.go ensureStorageNamespace)."""
+    namespace = repo.properties.storage_namespace
+    if presign_target.list_keys is not None:
+        marker = f"{namespace.removeprefix(f's3://{BUCKET}/')}/_lakefs/dummy"
+        assert presign_target.list_keys(marker) == [marker]
+    again = lakefs.Repository(f"again-{uuid.uuid4().hex[:12]}", client=repo._client)
+    with pytest.raises(lakefs.exceptions.ServerException) as refused:
+        again.create(storage_namespace=namespace, default_branch="main")
+    assert refused.value.status_code == 400
+    assert "storage namespace already in use" in str(refused.value)
+
+
 def test_storage_config_says_s3_with_presign(presign_target: PresignTarget) -> None:
     config = presign_target.target.client().storage_config
     assert config.blockstore_type == "s3"
@@ -411,6 +427,17 @@ def test_local_namespace_on_an_s3_server(s3_server: LocalServerThread) -> None:
         assert refused.value.status == 400
     finally:
         repository.delete()
+
+
+def test_a_bucket_out_of_reach_refuses_the_repository(s3_server: LocalServerThread) -> None:
+    client = lakefs.Client(host=s3_server.url, username=s3_server.key_id, password=s3_server.secret)
+    name = f"nobucket-{uuid.uuid4().hex[:12]}"
+    with pytest.raises(lakefs.exceptions.ServerException) as refused:
+        lakefs.Repository(name, client=client).create(
+            storage_namespace=f"s3://no-such-bucket-{name}/x", default_branch="main"
+        )
+    assert refused.value.status_code == 400
+    assert "failed to create repository: failed to access storage" in str(refused.value)
 
 
 def test_default_local_server_offers_no_presign(lakefs_target: LakeFSTarget) -> None:
