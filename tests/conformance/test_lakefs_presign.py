@@ -17,6 +17,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +28,7 @@ from lakefs.exceptions import ObjectExistsException
 from lakefs.models import ObjectInfo
 
 from lakefs_local.blockstore import S3Settings
-from lakefs_local.testing import LocalServerThread, WebhookReceiver
+from lakefs_local.testing import LocalServerProcess, LocalServerThread, WebhookReceiver
 from tests.conformance.conftest import LakeFSTarget
 from tests.utils.s3 import CREDENTIALS, create_bucket, moto_server, object_keys
 
@@ -438,6 +439,24 @@ def test_a_bucket_out_of_reach_refuses_the_repository(s3_server: LocalServerThre
         )
     assert refused.value.status_code == 400
     assert "failed to create repository: failed to access storage" in str(refused.value)
+
+
+def test_the_server_process_takes_lakefs_s3_variables(moto_endpoint: str, tmp_path: Path) -> None:
+    """``python -m lakefs_local`` with ``LAKEFS_BLOCKSTORE_S3_ENDPOINT`` (and AWS_* credentials,
+    boto3's chain) serves s3:// repositories from the bucket."""
+    env = {"LAKEFS_BLOCKSTORE_S3_ENDPOINT": moto_endpoint, **CREDENTIALS}
+    server = LocalServerProcess(tmp_path / "data", extra_env=env).start()
+    try:
+        client = lakefs.Client(host=server.url, username=server.key_id, password=server.secret)
+        assert client.storage_config.pre_sign_support is True
+        name = f"process-{uuid.uuid4().hex[:12]}"
+        repository = lakefs.Repository(name, client=client).create(
+            storage_namespace=f"s3://{BUCKET}/{name}", default_branch="main"
+        )
+        repository.branch("main").object("a.txt").upload(data=b"from a process", mode="wb")
+        assert len(object_keys(moto_endpoint, BUCKET, f"{name}/data/")) == 1
+    finally:
+        server.stop()
 
 
 def test_default_local_server_offers_no_presign(lakefs_target: LakeFSTarget) -> None:
