@@ -94,6 +94,8 @@ USER_METADATA_HEADER = "x-lakefs-meta-"  # what the SDK sends user metadata as (
 PUBLIC_PATHS = frozenset({f"{API_PREFIX}/healthcheck", f"{API_PREFIX}/setup_lakefs"})
 # Benchmarks only: log where each upload's time goes (receive, hash+write, fsync+rename, stage).
 TIMING_ENV = "LAKEFS_LOCAL_TIMING"
+# What an S3 operation answers on a server started without an S3 block store.
+NO_S3 = "no S3 block store configured: operation not supported"
 # lakeFS's actionStatusSkipped: a hook run that never started (its action run had failed).
 SKIPPED = "skipped"
 # Received MiB pieces that may wait for the hashing+writing thread (bounds upload memory).
@@ -123,8 +125,14 @@ class ServerState:
     def s3(self) -> S3Blockstore:
         """The S3 block store, for an entry that names an S3 address."""
         if self.blockstore is None:
-            raise BadRequestError("no S3 block store configured: operation not supported")
+            raise BadRequestError(NO_S3)
         return self.blockstore
+
+    def signer(self) -> LinkSigner:
+        """The link signer (there is one whenever there is an S3 block store)."""
+        if self.link_signer is None:
+            raise BadRequestError(NO_S3)
+        return self.link_signer
 
 
 def _service(state: State) -> ServerState:
@@ -936,9 +944,7 @@ def get_physical_address(
     the branch nor the path: linking does)."""
     svc = _service(state)
     record, s3 = _s3_repository(svc, repository)
-    if svc.link_signer is None:
-        raise BadRequestError("no S3 block store configured: operation not supported")
-    signed = svc.link_signer.sign(
+    signed = svc.signer().sign(
         repository=repository, branch=branch, path=object_path, address=s3.paths.new_path()
     )
     address = f"{record.storage_namespace.rstrip('/')}/{signed}"
@@ -976,12 +982,8 @@ def link_physical_address(
     address = body.staging.physical_address or ""
     namespace = record.storage_namespace.rstrip("/") + "/"
     if address.startswith(namespace + DATA_PREFIX + "/"):
-        if svc.link_signer is None:
-            raise BadRequestError("no S3 block store configured: operation not supported")
         relative = address[len(namespace) :]
-        svc.link_signer.verify(
-            repository=repository, branch=branch, path=object_path, signed=relative
-        )
+        svc.signer().verify(repository=repository, branch=branch, path=object_path, signed=relative)
     else:
         split_address(address)  # the S3 adapter reads nothing but s3:// addresses
     checksum = body.checksum.strip(' "')
