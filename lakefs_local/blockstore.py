@@ -63,9 +63,10 @@ class LinkAddressError(BadRequestError):
 
 
 class DataNotFoundError(LakeFSError):
-    """The bytes an entry names are missing from the bucket (block.ErrDataNotFound)."""
+    """The bytes an entry names are missing from the bucket: block.ErrDataNotFound, which
+    lakeFS answers with 410 "No data" (controller.go handleApiErrorCallback)."""
 
-    status_code = 404
+    status_code = 410
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,7 @@ class S3Blockstore:
                 Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
             )
         except self._client.exceptions.NoSuchKey as exc:
-            raise DataNotFoundError(f"not found: {address}") from exc
+            raise DataNotFoundError("No data") from exc
         return _drain(response["Body"])
 
     def claim_namespace(self, namespace: str) -> None:
@@ -292,7 +293,7 @@ class S3Blockstore:
         try:
             response = self._client.get_object(Bucket=bucket, Key=key)
         except self._client.exceptions.NoSuchKey as exc:
-            raise DataNotFoundError(f"not found: {address}") from exc
+            raise DataNotFoundError("No data") from exc
         data: bytes = response["Body"].read()
         return data
 

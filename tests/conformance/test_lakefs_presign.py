@@ -365,6 +365,13 @@ def test_link_refuses_an_address_not_handed_out_for_that_path(repo: lakefs.Repos
         "0cc175b9c0f1b6a831c399e269772661",
         address,
     )
+    # Nothing was PUT there: reading through lakeFS answers block.ErrDataNotFound's 410.
+    with (
+        pytest.raises(lakefs.exceptions.ServerException) as missing,
+        repo.branch("main").object("meant/for.txt").reader(mode="rb", pre_sign=False) as source,
+    ):
+        source.read()
+    assert missing.value.status_code == 410
 
 
 def test_link_of_a_full_address_outside_the_data_prefix(
