@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
@@ -283,9 +284,13 @@ class S3Blockstore:
             raise BadRequestError("failed to create repository: failed to access storage") from exc
 
     def release_namespace(self, namespace: str) -> None:
-        """Remove the marker :meth:`claim_namespace` wrote (the repository was not created)."""
+        """Remove the marker :meth:`claim_namespace` wrote (the repository was not created);
+        best effort, so the reason the repository was refused is what the client hears."""
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
         bucket, key = split_address(f"{namespace.rstrip('/')}/{DUMMY_KEY}")
-        self._client.delete_object(Bucket=bucket, Key=key)
+        with contextlib.suppress(BotoCoreError, ClientError):
+            self._client.delete_object(Bucket=bucket, Key=key)
 
     def read(self, address: str) -> bytes:
         """A whole (small) object."""
