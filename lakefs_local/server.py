@@ -4,7 +4,10 @@ Every JSON body is built from the SDK's own models (``lakefs_sdk.models``) and s
 their ``to_dict()``, so the wire format is what the SDK parses. Errors are lakeFS's
 ``{"message": ...}`` with lakeFS's status codes, so the SDK raises its usual exceptions.
 Authentication is HTTP basic with one access key pair. Storage is :mod:`.store`; hooks are
-:mod:`.actions`.
+:mod:`.actions`. Started with an S3 block store (:mod:`.blockstore`), ``s3://`` repositories
+keep their bytes in S3 and the SDK takes lakeFS's presigned path: the storage config says
+``pre_sign_support``, uploads go through the staging API (an address, a presigned PUT, a link)
+and reads through presigned GETs (a 302 from GetObject, a URL from StatObject).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import base64
 import binascii
 import datetime as dt
 import email.utils
+import hashlib
 import hmac
 import logging
 import random
@@ -41,7 +45,16 @@ from litestar.types import (
 )
 from pydantic.v1 import BaseModel
 
-from lakefs_local.actions import DEFAULT_ENV_PREFIX, ActionsRunner, HookRecord
+from lakefs_local.actions import ACTIONS_PREFIX, DEFAULT_ENV_PREFIX, ActionsRunner, HookRecord
+from lakefs_local.blockstore import (
+    DATA_PREFIX,
+    LinkSigner,
+    S3BlobWriter,
+    S3Blockstore,
+    S3Settings,
+    is_s3,
+    split_address,
+)
 from lakefs_local.store import (
     BLOB_CHUNK,
     DELETE_DEFAULT_BRANCH,
@@ -53,6 +66,7 @@ from lakefs_local.store import (
     CommitRecord,
     DiffRecord,
     ForbiddenError,
+    HookRunRecord,
     LakeFSError,
     MergeConflictError,
     NotFoundError,
@@ -80,6 +94,10 @@ USER_METADATA_HEADER = "x-lakefs-meta-"  # what the SDK sends user metadata as (
 PUBLIC_PATHS = frozenset({f"{API_PREFIX}/healthcheck", f"{API_PREFIX}/setup_lakefs"})
 # Benchmarks only: log where each upload's time goes (receive, hash+write, fsync+rename, stage).
 TIMING_ENV = "LAKEFS_LOCAL_TIMING"
+# What an S3 operation answers on a server started without an S3 block store.
+NO_S3 = "no S3 block store configured: operation not supported"
+# lakeFS's actionStatusSkipped: a hook run that never started (its action run had failed).
+SKIPPED = "skipped"
 # Received MiB pieces that may wait for the hashing+writing thread (bounds upload memory).
 UPLOAD_QUEUE = 2
 
@@ -93,6 +111,28 @@ class ServerState:
     user_id: str
     upload_timing: bool = False
     """Log per-phase upload timings (``LAKEFS_LOCAL_TIMING``), decided once at start-up."""
+    blockstore: S3Blockstore | None = None
+    """Where ``s3://`` repositories keep their bytes; None: every repository is local."""
+    link_signer: LinkSigner | None = None
+    """Signs the addresses handed out for presigned uploads (set with ``blockstore``)."""
+
+    def s3_for(self, repository: RepositoryRecord) -> S3Blockstore | None:
+        """The S3 block store when this repository's bytes live there."""
+        if self.blockstore is not None and is_s3(repository.storage_namespace):
+            return self.blockstore
+        return None
+
+    def s3(self) -> S3Blockstore:
+        """The S3 block store, for an entry that names an S3 address."""
+        if self.blockstore is None:
+            raise BadRequestError(NO_S3)
+        return self.blockstore
+
+    def signer(self) -> LinkSigner:
+        """The link signer (there is one whenever there is an S3 block store)."""
+        if self.link_signer is None:
+            raise BadRequestError(NO_S3)
+        return self.link_signer
 
 
 def _service(state: State) -> ServerState:
@@ -181,8 +221,16 @@ def _repository_model(record: RepositoryRecord) -> models.Repository:
 
 
 def _object_model(
-    store: Store, repo: str, path: str, entry: ObjectEntry | None, *, user_metadata: bool = True
+    store: Store,
+    repo: str,
+    path: str,
+    entry: ObjectEntry | None,
+    *,
+    user_metadata: bool = True,
+    presigned: tuple[str, int] | None = None,
 ) -> models.ObjectStats:
+    """An entry as lakeFS states it; ``presigned`` (a URL and its expiry) replaces the physical
+    address, as lakeFS's StatObject and ListObjects do when asked to presign."""
     if entry is None:  # a common prefix in a delimited listing
         return models.ObjectStats(
             path=path,
@@ -194,12 +242,18 @@ def _object_model(
             mtime=0,
             content_type=None,
         )
-    namespace = store.get_repository(repo).storage_namespace.rstrip("/")
+    if entry.physical_address:
+        address = entry.physical_address
+    else:
+        namespace = store.get_repository(repo).storage_namespace.rstrip("/")
+        address = f"{namespace}/data/{entry.checksum}"
+    if presigned is not None:
+        address = presigned[0]
     return models.ObjectStats(
         path=path,
         path_type="object",
-        physical_address=f"{namespace}/data/{entry.checksum}",
-        physical_address_expiry=None,
+        physical_address=address,
+        physical_address_expiry=None if presigned is None else presigned[1],
         checksum=entry.checksum,
         size_bytes=entry.size,
         mtime=entry.mtime,
@@ -229,17 +283,33 @@ def _parse(model: type[SDKRequest], data: JSON | None) -> SDKRequest:
 # -- config, health, user ---------------------------------------------------------------------
 
 
-def _storage_config() -> models.StorageConfig:
-    # No presign support: the SDK then uploads through POST .../objects and downloads through GET.
+def _storage_config(svc: ServerState) -> models.StorageConfig:
+    if svc.blockstore is None:
+        # No presign support: the SDK then uploads through POST .../objects and downloads
+        # through GET.
+        return models.StorageConfig(
+            blockstore_type="local",
+            blockstore_namespace_example="local://example-repo",
+            # The generated model's __init__ keyword is the field's alias (populate-by-name
+            # also works).
+            blockstore_namespace_ValidityRegex="^local://",
+            pre_sign_support=False,
+            pre_sign_support_ui=False,
+            import_support=False,
+            import_validity_regex="^local://",
+            pre_sign_multipart_upload=False,
+        )
+    # What lakeFS's S3 adapter answers (GetStorageNamespaceInfo over namespace.go's defaults),
+    # less what this server does not serve: imports and presigned multipart uploads (lakeFS
+    # answers false for the latter too with blockstore.s3.disable_pre_signed_multipart).
     return models.StorageConfig(
-        blockstore_type="local",
-        blockstore_namespace_example="local://example-repo",
-        # The generated model's __init__ keyword is the field's alias (populate-by-name also works).
-        blockstore_namespace_ValidityRegex="^local://",
-        pre_sign_support=False,
-        pre_sign_support_ui=False,
+        blockstore_type="s3",
+        blockstore_namespace_example="s3://example-bucket/",
+        blockstore_namespace_ValidityRegex="^s3://",
+        pre_sign_support=True,
+        pre_sign_support_ui=True,
         import_support=False,
-        import_validity_regex="^local://",
+        import_validity_regex="^s3://",
         pre_sign_multipart_upload=False,
     )
 
@@ -250,10 +320,11 @@ def healthcheck() -> None:
 
 
 @get("/config", sync_to_thread=False)
-def get_config() -> Response[JSON]:
+def get_config(*, state: State) -> Response[JSON]:
     """Server version and storage capabilities."""
     version = models.VersionConfig(version=SERVER_VERSION, upgrade_recommended=False)
-    return _json(models.Config(version_config=version, storage_config=_storage_config()))
+    storage = _storage_config(_service(state))
+    return _json(models.Config(version_config=version, storage_config=storage))
 
 
 @get("/config/version", sync_to_thread=False)
@@ -263,9 +334,9 @@ def get_version() -> Response[JSON]:
 
 
 @get("/config/storage", sync_to_thread=False)
-def get_storage_config() -> Response[JSON]:
+def get_storage_config(*, state: State) -> Response[JSON]:
     """Storage capabilities (older SDKs ask here)."""
-    return _json(_storage_config())
+    return _json(_storage_config(_service(state)))
 
 
 @get("/setup_lakefs", sync_to_thread=False)
@@ -286,15 +357,24 @@ def get_current_user(*, state: State) -> Response[JSON]:
 
 @post("/repositories", sync_to_thread=True)
 def create_repository(*, state: State, data: JSON) -> Response[JSON]:
-    """Create a repository and its default branch."""
+    """Create a repository and its default branch; an ``s3://`` namespace on the S3 block store
+    must be reachable and unused, and gets lakeFS's ``_lakefs/dummy`` marker."""
     svc = _service(state)
     body = _parse(models.RepositoryCreation, data)
-    record = svc.store.create_repository(
-        body.name,
-        body.storage_namespace,
-        default_branch=body.default_branch or "main",
-        committer=svc.user_id,
-    )
+    s3 = svc.blockstore if svc.blockstore and is_s3(body.storage_namespace) else None
+    if s3 is not None:
+        s3.claim_namespace(body.storage_namespace)
+    try:
+        record = svc.store.create_repository(
+            body.name,
+            body.storage_namespace,
+            default_branch=body.default_branch or "main",
+            committer=svc.user_id,
+        )
+    except LakeFSError:
+        if s3 is not None:
+            s3.release_namespace(body.storage_namespace)
+        raise
     return _json(_repository_model(record), 201)
 
 
@@ -488,12 +568,16 @@ async def upload_object(
     """Upload raw bytes (what the high-level SDK sends) or a multipart ``content`` field.
 
     The body streams to a temporary file in 1 MiB pieces while it is hashed, so memory does not
-    grow with the object; the blob is fsync'd and in place before the staging row names it.
+    grow with the object; the blob is fsync'd and in place before the staging row names it. A
+    repository on the S3 block store gets the bytes at a fresh address under its namespace,
+    checksummed with MD5, as lakeFS's UploadObject writes them (upload.WriteBlob).
     """
     svc = _service(state)
     validate_path(object_path)  # refuse before reading a byte of the body
+    record = await anyio.to_thread.run_sync(svc.store.get_repository, repository)
     await anyio.to_thread.run_sync(svc.store.get_branch, repository, branch)
     await anyio.to_thread.run_sync(svc.store.check_writable, repository, branch)
+    open_writer, address = _upload_target(svc, record, object_path)
     content_type = request.headers.get("content-type", "application/octet-stream")
     chunks: AsyncIterator[bytes]
     if content_type.startswith("multipart/form-data"):
@@ -509,8 +593,8 @@ async def upload_object(
         if key.lower().startswith(USER_METADATA_HEADER)
     }
     timing = _UploadTiming() if svc.upload_timing else None
-    checksum, size = await _receive_blob(svc.store, chunks, timing)
-    entry = ObjectEntry(checksum, size, int(time.time()), content_type, metadata)
+    checksum, size = await _receive_blob(open_writer, chunks, timing)
+    entry = ObjectEntry(checksum, size, int(time.time()), content_type, metadata, address)
     if_absent = request.headers.get("if-none-match") == "*"
 
     def stage() -> models.ObjectStats:
@@ -523,6 +607,34 @@ async def upload_object(
         timing.stage = time.perf_counter() - started
         log.warning("upload timing %s: %s", object_path, timing.summary(size))
     return _json(stats, 201)
+
+
+class BlobSink(Protocol):
+    """Where an upload's bytes go: the local content store or an S3 address."""
+
+    def write(self, chunk: bytes | bytearray) -> None:
+        """Append a chunk."""
+
+    def finish(self) -> tuple[str, int]:
+        """Make the bytes durable; return (checksum, size)."""
+        ...
+
+    def close(self) -> None:
+        """Drop whatever was not finished."""
+
+
+def _upload_target(
+    svc: ServerState, record: RepositoryRecord, object_path: str
+) -> tuple[Callable[[], BlobSink], str]:
+    """How to open the sink of one upload, and the physical address it names ("" for the local
+    content store, where the checksum is the address)."""
+    s3 = svc.s3_for(record)
+    if s3 is None:
+        return svc.store.blob_writer, ""
+    address = f"{record.storage_namespace.rstrip('/')}/{s3.paths.new_path()}"
+    # The hooks runner reads action files from the local content store by checksum.
+    keep = svc.store.place_blob if object_path.startswith(ACTIONS_PREFIX) else None
+    return lambda: S3BlobWriter(s3, address, svc.store.objects_dir, keep_local=keep), address
 
 
 @dataclass
@@ -553,16 +665,19 @@ async def _upload_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
 
 
 async def _receive_blob(
-    store: Store, chunks: AsyncIterator[bytes], timing: _UploadTiming | None = None
+    open_writer: Callable[[], BlobSink],
+    chunks: AsyncIterator[bytes],
+    timing: _UploadTiming | None = None,
 ) -> tuple[str, int]:
-    """Write an async byte stream into the content store; disk work runs off the event loop.
+    """Write an async byte stream into a sink (the content store, or S3 through a temporary
+    file); disk and network work run off the event loop.
 
     Receiving and hashing+writing overlap: the event loop keeps reading the socket (uvicorn stops
     reading while nobody consumes the body) while a worker thread hashes and writes the previous
     MiB. At most ``UPLOAD_QUEUE`` full pieces wait between the two, so memory stays a few MiB
     whatever the object size.
     """
-    writer = await anyio.to_thread.run_sync(store.blob_writer)
+    writer = await anyio.to_thread.run_sync(open_writer)
     clock = time.perf_counter
     send, receive = anyio.create_memory_object_stream[bytearray](UPLOAD_QUEUE)
 
@@ -608,10 +723,17 @@ def get_object(
     repository: str,
     ref: str,
     object_path: str = Parameter(query="path"),
-) -> Response[JSON] | Stream:
-    """Object bytes streamed from disk, honouring a single ``Range: bytes=`` header like lakeFS."""
-    store = _service(state).store
+    presign: bool = False,
+) -> Response[JSON] | Response[None] | Stream:
+    """Object bytes streamed from disk or S3, honouring a single ``Range: bytes=`` header like
+    lakeFS; with ``presign`` an S3 object answers 302 to a presigned URL (GetObject), which the
+    SDK's HTTP client follows, range header and all."""
+    svc = _service(state)
+    store = svc.store
     entry = store.stat(repository, ref, object_path)
+    if entry.physical_address and presign:
+        url, _ = svc.s3().presign_get(entry.physical_address, filename=object_path)
+        return Response(None, status_code=302, headers={"Location": url})
     headers = _object_headers(entry)
     start, end, status = 0, entry.size - 1, 200
     byte_range = request.headers.get("range")
@@ -626,7 +748,10 @@ def get_object(
         status = 206
     length = max(end - start + 1, 0)
     headers["Content-Length"] = str(length)
-    chunks = _blob_chunks(store, entry.checksum, start, length)
+    if entry.physical_address:
+        chunks = svc.s3().chunks(entry.physical_address, start, length)
+    else:
+        chunks = _blob_chunks(store, entry.checksum, start, length)
     return Stream(chunks, status_code=status, headers=headers, media_type=entry.content_type)
 
 
@@ -684,12 +809,29 @@ def stat_object(
     ref: str,
     object_path: str = Parameter(query="path"),
     user_metadata: bool = True,
+    presign: bool = False,
 ) -> Response[JSON]:
-    """Object metadata."""
-    store = _service(state).store
-    entry = store.stat(repository, ref, object_path)
-    model = _object_model(store, repository, object_path, entry, user_metadata=user_metadata)
+    """Object metadata; with ``presign``, an S3 object's physical address is a presigned GET
+    URL and ``physical_address_expiry`` says until when (lakeFS's StatObject)."""
+    svc = _service(state)
+    entry = svc.store.stat(repository, ref, object_path)
+    model = _object_model(
+        svc.store,
+        repository,
+        object_path,
+        entry,
+        user_metadata=user_metadata,
+        presigned=_presigned_read(svc, entry, object_path) if presign else None,
+    )
     return _json(model)
+
+
+def _presigned_read(svc: ServerState, entry: ObjectEntry, path: str) -> tuple[str, int] | None:
+    """A presigned GET of an S3 object; None for a local one (this server reads those itself,
+    presign or not)."""
+    if not entry.physical_address:
+        return None
+    return svc.s3().presign_get(entry.physical_address, filename=path)
 
 
 @get("/repositories/{repository:str}/refs/{ref:str}/objects/ls", sync_to_thread=True)
@@ -703,14 +845,24 @@ def list_objects(
     amount: int | None = None,
     delimiter: str = "",
     user_metadata: bool = True,
+    presign: bool = False,
 ) -> Response[JSON]:
-    """List objects (and common prefixes with a delimiter), lexicographically."""
-    store = _service(state).store
+    """List objects (and common prefixes with a delimiter), lexicographically; ``presign`` as
+    for a stat."""
+    svc = _service(state)
+    store = svc.store
     page = store.list_objects(
         repository, ref, prefix=prefix, after=after, amount=amount, delimiter=delimiter
     )
     results = [
-        _object_model(store, repository, path, entry, user_metadata=user_metadata)
+        _object_model(
+            store,
+            repository,
+            path,
+            entry,
+            user_metadata=user_metadata,
+            presigned=_presigned_read(svc, entry, path) if presign and entry else None,
+        )
         for path, entry in page.results
     ]
     return _json(models.ObjectStatsList(pagination=_pagination(page), results=results))
@@ -749,15 +901,107 @@ def delete_objects(*, state: State, repository: str, branch: str, data: JSON) ->
 def copy_object(
     *, state: State, repository: str, branch: str, dest_path: str, data: JSON
 ) -> Response[JSON]:
-    """Copy an object from any ref to a path on this branch (same bytes, new mtime)."""
+    """Copy an object from any ref to a path on this branch (same bytes, new mtime).
+
+    An S3 object's copy names the same address (lakeFS copies the bytes to a new one unless the
+    source is staged on the same branch; addresses here are never reused or collected, so
+    sharing one is safe)."""
     store = _service(state).store
     body = _parse(models.ObjectCopyCreation, data)
     source = store.stat(repository, body.src_ref or branch, body.src_path)
-    entry = ObjectEntry(
-        source.checksum, source.size, int(time.time()), source.content_type, source.metadata
-    )
+    entry = replace(source, mtime=int(time.time()))
     store.put_object(repository, branch, dest_path, entry)
     return _json(_object_model(store, repository, dest_path, entry), 201)
+
+
+# -- staging (presigned uploads) --------------------------------------------------------------
+# Served only with an S3 block store: the SDK takes this path when the storage config says
+# pre_sign_support. It asks for an address, PUTs the bytes to S3 itself, then links the address.
+
+
+def _s3_repository(svc: ServerState, repository: str) -> tuple[RepositoryRecord, S3Blockstore]:
+    record = svc.store.get_repository(repository)
+    s3 = svc.s3_for(record)
+    if s3 is None:  # controller.go LinkPhysicalAddress: the namespace is not the block store's
+        raise BadRequestError("invalid blockstore type: invalid address")
+    return record, s3
+
+
+@get(
+    "/repositories/{repository:str}/branches/{branch:str}/staging/backing",
+    sync_to_thread=True,
+)
+def get_physical_address(
+    *,
+    state: State,
+    repository: str,
+    branch: str,
+    object_path: str = Parameter(query="path"),
+    presign: bool = False,
+) -> Response[JSON]:
+    """A fresh, signed address under the repository's namespace to upload to, and with
+    ``presign`` a presigned PUT URL for it (lakeFS's GetPhysicalAddress, which checks neither
+    the branch nor the path: linking does)."""
+    svc = _service(state)
+    record, s3 = _s3_repository(svc, repository)
+    signed = svc.signer().sign(
+        repository=repository, branch=branch, path=object_path, address=s3.paths.new_path()
+    )
+    address = f"{record.storage_namespace.rstrip('/')}/{signed}"
+    url, expiry = s3.presign_put(address) if presign else (None, None)
+    location = models.StagingLocation(
+        physical_address=address, presigned_url=url, presigned_url_expiry=expiry
+    )
+    return _json(location)
+
+
+@put(
+    "/repositories/{repository:str}/branches/{branch:str}/staging/backing",
+    status_code=200,
+    sync_to_thread=True,
+)
+def link_physical_address(
+    *,
+    state: State,
+    repository: str,
+    branch: str,
+    data: JSON,
+    object_path: str = Parameter(query="path"),
+    if_none_match: str | None = Parameter(header="If-None-Match", default=None),
+) -> Response[JSON]:
+    """Stage an object whose bytes a client put in S3 itself (lakeFS's LinkPhysicalAddress).
+
+    An address under the namespace's ``data/`` must be one this server handed out for this
+    repository, branch and path within a day (its signature says so); any other ``s3://``
+    address is linked as it is, as lakeFS links a full address. The checksum is the client's
+    (the ETag of its PUT), quotes and spaces trimmed.
+    """
+    svc = _service(state)
+    body = _parse(models.StagingMetadata, data)
+    record, s3 = _s3_repository(svc, repository)
+    address = body.staging.physical_address or ""
+    namespace = record.storage_namespace.rstrip("/") + "/"
+    if address.startswith(namespace + DATA_PREFIX + "/"):
+        relative = address[len(namespace) :]
+        svc.signer().verify(repository=repository, branch=branch, path=object_path, signed=relative)
+    else:
+        split_address(address)  # the S3 adapter reads nothing but s3:// addresses
+    checksum = body.checksum.strip(' "')
+    if not checksum:
+        raise BadRequestError("checksum is required")
+    entry = ObjectEntry(
+        checksum,
+        body.size_bytes,
+        body.mtime if body.mtime is not None else int(time.time()),
+        body.content_type or ObjectEntry.content_type,
+        dict(body.user_metadata or {}),
+        address,
+    )
+    if object_path.startswith(ACTIONS_PREFIX):
+        # The hooks runner reads action files from the local content store by checksum.
+        svc.store.keep_bytes(s3.read(address), checksum)
+    svc.store.put_object(repository, branch, object_path, entry, if_absent=if_none_match == "*")
+    return _json(_object_model(svc.store, repository, object_path, entry))
 
 
 # -- commits, log, diff, merge ----------------------------------------------------------------
@@ -1014,20 +1258,39 @@ def list_run_hooks(
     after: str | None = None,
     amount: int | None = None,
 ) -> Response[JSON]:
-    """The hooks of an action run."""
+    """The hooks of an action run, in execution order."""
     page = _service(state).store.list_hook_runs(repository, run_id, after=after, amount=amount)
-    results = [
-        models.HookRun(
-            hook_run_id=h.hook_run_id,
-            action=h.action,
-            hook_id=h.hook_id,
-            start_time=_ts(h.start_time),
-            end_time=_ts(h.end_time),
-            status=h.status,
-        )
-        for h in page.results
-    ]
-    return _json(models.HookRunList(pagination=_pagination(page), results=results))
+    body: JSON = {
+        "pagination": _pagination(page).to_dict(),
+        "results": [_hook_run_json(h) for h in page.results],
+    }
+    return Response(body, media_type="application/json")
+
+
+def _hook_run_json(hook: HookRunRecord) -> JSON:
+    """One hook run as lakeFS's ListRunHooks answers it: a skipped hook (one that never started,
+    so its start time is Go's zero) has status ``skipped`` and no ``end_time``.
+
+    ``skipped`` is outside the SDK's ``HookRun`` status enum (lakeFS's own OpenAPI lacks it), so
+    that entry is written as JSON directly; the others go through the model as usual.
+    """
+    if hook.status != SKIPPED:
+        listed: JSON = models.HookRun(
+            hook_run_id=hook.hook_run_id,
+            action=hook.action,
+            hook_id=hook.hook_id,
+            start_time=_ts(hook.start_time),
+            end_time=_ts(hook.end_time),
+            status=hook.status,
+        ).to_dict()
+        return listed
+    return {
+        "hook_run_id": hook.hook_run_id,
+        "action": hook.action,
+        "hook_id": hook.hook_id,
+        "start_time": _ts(hook.start_time),
+        "status": SKIPPED,
+    }
 
 
 @get(
@@ -1168,6 +1431,8 @@ ROUTES = [
     list_run_hooks,
     get_run_hook_output,
 ]
+STAGING_ROUTES = [get_physical_address, link_physical_address]
+"""Served only with an S3 block store (a local one cannot presign, as lakeFS's cannot)."""
 
 
 def create_app(
@@ -1178,8 +1443,14 @@ def create_app(
     actions_env_prefix: str = DEFAULT_ENV_PREFIX,
     user_id: str = "admin",
     upload_timing: bool = False,
+    blockstore_s3: S3Settings | None = None,
 ) -> Litestar:
-    """Build the lakeFS-compatible app over ``data_dir`` with one access key pair."""
+    """Build the lakeFS-compatible app over ``data_dir`` with one access key pair.
+
+    With ``blockstore_s3``, repositories whose storage namespace is ``s3://bucket/prefix`` keep
+    their bytes in that bucket, the storage config advertises presigned URLs (so the SDK moves
+    bytes to and from S3 itself) and the staging API is served; other repositories stay local.
+    """
     if not access_key_id or not secret_access_key:
         raise ValueError("access_key_id and secret_access_key are required")
     store = Store(Path(data_dir))
@@ -1187,8 +1458,16 @@ def create_app(
     service = ServerState(
         store=store, actions=actions, user_id=user_id, upload_timing=upload_timing
     )
+    routes = list(ROUTES)
+    if blockstore_s3 is not None:
+        service.blockstore = S3Blockstore(blockstore_s3)
+        # lakeFS signs with its auth.encrypt.secret_key; this server's one secret is the key
+        # pair's, so an address handed out before a restart still links after it.
+        key = hashlib.sha256(b"lakefs_local link address\0" + secret_access_key.encode())
+        service.link_signer = LinkSigner(key.digest())
+        routes += STAGING_ROUTES
     return Litestar(
-        route_handlers=[Router(path=API_PREFIX, route_handlers=ROUTES)],
+        route_handlers=[Router(path=API_PREFIX, route_handlers=routes)],
         middleware=[auth_and_log_middleware(access_key_id, secret_access_key)],
         exception_handlers={
             LakeFSError: _lakefs_error,

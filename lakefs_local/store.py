@@ -1,6 +1,8 @@
 """Persistent storage of the lakeFS-compatible local server.
 
-Object bytes live content-addressed (sha256) under ``<data_dir>/objects``; everything else
+Object bytes live content-addressed (sha256) under ``<data_dir>/objects``, or, for a
+repository on the S3 block store (:mod:`.blockstore`), in its bucket, the entry naming their
+``physical_address`` and its checksum being S3's (an MD5); everything else
 (repositories, branches, tags, staged changes, commits, trees, action runs) lives in one SQLite
 file. The model follows lakeFS: a branch points at a commit and carries a staging area of
 uncommitted changes (``None`` = tombstone); a tag names a commit; a commit holds its parents,
@@ -99,6 +101,8 @@ MERGE_STRATEGIES = {"": "default", "dest-wins": "dest-wins", "source-wins": "sou
 MAX_PATH_LENGTH = 1024  # lakeFS's catalog.MaxPathLength
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 BLOB_CHUNK = 1 << 20
+# What a blob may be named (a sha256, or an S3 ETag kept by keep_bytes): safe as a file name.
+_BLOB_NAME = re.compile(r"[0-9A-Za-z-]{3,128}")
 FIRST_COMMIT_MESSAGE = "Repository created"  # lakeFS's graveler.FirstCommitMsg
 DEFAULT_AMOUNT = 100
 MAX_AMOUNT = 1000
@@ -165,10 +169,22 @@ class ObjectEntry:
     mtime: int
     content_type: str = "application/octet-stream"
     metadata: dict[str, str] = field(default_factory=dict)
+    physical_address: str = ""
+    """Where the bytes are in an S3 block store (``s3://bucket/key``); empty: in the local
+    content store, under the checksum (a sha256). Stored only when set, so entries of local
+    repositories (and so their trees and commit ids) are what they were before S3 existed."""
 
     def identity(self) -> tuple[str, str, str]:
-        """What makes two entries "the same" for diff and merge (lakeFS compares identities)."""
+        """What makes two entries "the same" for diff and merge (lakeFS compares identities:
+        size, checksum, metadata and content type, never the address; entry.go EntryToValue)."""
         return self.checksum, self.content_type, json.dumps(self.metadata, sort_keys=True)
+
+    def as_dict(self) -> dict[str, object]:
+        """The stored form: every field, the physical address only when set."""
+        stored = asdict(self)
+        if not self.physical_address:
+            del stored["physical_address"]
+        return stored
 
 
 @dataclass(frozen=True)
@@ -280,7 +296,7 @@ def _canonical(value: object) -> bytes:
 
 
 def _entry_to_json(entry: ObjectEntry | None) -> str | None:
-    return None if entry is None else json.dumps(asdict(entry), sort_keys=True)
+    return None if entry is None else json.dumps(entry.as_dict(), sort_keys=True)
 
 
 def _entry_from_json(raw: str | None) -> ObjectEntry | None:
@@ -463,6 +479,22 @@ class Store:
         if fresh_dir:
             _fsync_dir(self.objects_dir)
         return checksum
+
+    def keep_bytes(self, data: bytes, name: str) -> None:
+        """Keep bytes in the content store under ``name`` instead of their sha256: an S3
+        object's checksum (its ETag), so that whatever reads blobs by an entry's checksum (the
+        hooks runner, for action files) finds the bytes of an object kept in S3."""
+        if not _BLOB_NAME.fullmatch(name):  # it becomes a file name
+            raise BadRequestError(f"checksum {name[:80]!r}: not a name this server can keep")
+        handle, temp = tempfile.mkstemp(dir=self.objects_dir, prefix=".keep-")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            self.place_blob(Path(temp), name)
+        finally:
+            Path(temp).unlink(missing_ok=True)
 
     def open_blob(self, checksum: str) -> BinaryIO:
         """Open a blob for reading (the caller closes it)."""
@@ -1023,7 +1055,7 @@ class Store:
         generation: int,
     ) -> CommitRecord:
         meta_range_id = hashlib.sha256(
-            _canonical({path: asdict(entry) for path, entry in tree.items()})
+            _canonical({path: entry.as_dict() for path, entry in tree.items()})
         ).hexdigest()
         # The id hashes the same fields as lakeFS's Commit.Identity().
         commit_id = hashlib.sha256(
@@ -1053,7 +1085,7 @@ class Store:
     def _insert_commit(
         self, db: sqlite3.Connection, repo: str, commit: CommitRecord, tree: dict[str, ObjectEntry]
     ) -> None:
-        entries = json.dumps({path: asdict(entry) for path, entry in tree.items()})
+        entries = json.dumps({path: entry.as_dict() for path, entry in tree.items()})
         db.execute("INSERT OR IGNORE INTO trees VALUES (?, ?)", (commit.meta_range_id, entries))
         db.execute(
             "INSERT OR IGNORE INTO commits VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

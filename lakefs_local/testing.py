@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from lakefs_local.__main__ import KEY_ID_ENV, SECRET_ENV
+from lakefs_local.blockstore import S3Settings
 from lakefs_local.server import API_PREFIX, create_app
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ class LocalServerThread:
     key_id: str = TEST_KEY_ID
     secret: str = TEST_SECRET
     port: int = field(default_factory=free_port)
+    blockstore_s3: S3Settings | None = None
+    """Serve ``s3://`` repositories from S3 (presigned URLs included); None: local only."""
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
     _app: Litestar | None = None
@@ -76,7 +79,10 @@ class LocalServerThread:
         import uvicorn  # noqa: PLC0415 - only needed when a server actually starts
 
         app = create_app(
-            data_dir=self.data_dir, access_key_id=self.key_id, secret_access_key=self.secret
+            data_dir=self.data_dir,
+            access_key_id=self.key_id,
+            secret_access_key=self.secret,
+            blockstore_s3=self.blockstore_s3,
         )
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self._app = app
