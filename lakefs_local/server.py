@@ -1178,7 +1178,11 @@ def _merge_with_retries(
             commit_id=draft.commit.id,
             merge_source=source_ref,
         )
-        pre_run_id = svc.actions.run_pre(pre)
+        try:
+            pre_run_id = svc.actions.run_pre(pre)
+        except LakeFSError as error:
+            # graveler.Merge wraps what its branch update returns: "update branch <dest>: ...".
+            raise type(error)(f"update branch {destination}: {error}") from error
         try:
             # The lock only orders this short step against commits, which hold it from
             # computing their tree to moving the branch.

@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS hook_runs (
 
 # lakeFS's validators (pkg/validator): repository ids are DNS-like, branch ids word-like.
 REPOSITORY_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")
-BRANCH_ID = re.compile(r"^\w[-\w]*$")
+BRANCH_ID = re.compile(r"^\w[-\w]*$", re.ASCII)  # Go's \w is ASCII (pkg/validator)
 # lakeFS's ParseRef: a base, then modifiers each starting with one of ~ ^ @ $.
 REF_PART = re.compile(r"(^|[~^@$])[^~^@$]*")
 FULL_COMMIT_ID = re.compile(r"[0-9a-fA-F]{64}")
@@ -87,6 +87,7 @@ COMMIT_ID_PREFIX = re.compile(r"[0-9a-fA-F]{1,64}")
 # ^:?*[\ , or a character at or below space; not '@', not ending in '.' or '.lock'.
 TAG_ID = re.compile(r"^(?!@$)(?!.*(?:\.\.|@\{))(?!.*(?:\.|\.lock)$)[^/^:?*\[\\\x00-\x20]+$")
 INVALID_TAG_ID = "argument tagID: tag id: invalid value: validation error"
+INVALID_BRANCH_ID = "argument branch: branch id: invalid value: validation error"
 INVALID_REF = "ref: invalid value: validation error"  # lakeFS's ErrInvalidRef
 DIRTY_BRANCH = "uncommitted changes (dirty branch)"  # lakeFS's ErrDirtyBranch
 DELETE_DEFAULT_BRANCH = "cannot delete repository default branch"  # ErrDeleteDefaultBranch
@@ -593,7 +594,7 @@ class Store:
     def prepare_branch(self, repo: str, name: str, source: str) -> str:
         """Check a new branch can be created; return the commit id ``source`` resolves to."""
         if not BRANCH_ID.match(name):
-            raise BadRequestError(f"branch name: invalid value: {name!r}")
+            raise BadRequestError(INVALID_BRANCH_ID)
         commit_id = self.resolve(repo, source).commit_id
         with self._db() as db:
             if self._branch_row(db, repo, name) is not None:

@@ -299,7 +299,8 @@ hooks:
     with pytest.raises(ServerException) as caught:
         ingest.merge_into(repo.branch("main"))
     assert caught.value.status_code == 412
-    assert "pre-merge hook aborted" in caught.value.body["message"]
+    # graveler.Merge wraps its branch update's error (graveler.go: "update branch %s: %w").
+    assert caught.value.body["message"].startswith("update branch main: pre-merge hook aborted")
     assert repo.branch("main").get_commit().id == main_head
     payload = receiver.calls[0]["json"]
     assert (payload["event_type"], payload["source_ref"]) == ("pre-merge", source_commit)

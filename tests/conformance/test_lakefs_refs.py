@@ -290,6 +290,18 @@ def test_invalid_tag_ids_are_400(repo: lakefs.Repository, tag_id: str) -> None:
     assert list(repo.tags()) == []
 
 
+@pytest.mark.parametrize("name", ["données", "bad/branch", "v1.0", "-x", "a b"])
+def test_branch_ids_are_lakefs_ascii_words(repo: lakefs.Repository, name: str) -> None:
+    """graveler.ValidateBranchID: ``^\\w[-\\w]*$`` with Go's ASCII ``\\w`` (pkg/validator), checked
+    by the catalog's CreateBranch as argument "branch"; no length limit."""
+    with pytest.raises(BadRequestException) as caught:
+        repo.branch(name).create(source_reference="main")
+    assert caught.value.body["message"] == (
+        "argument branch: branch id: invalid value: validation error"
+    )
+    assert repo.branch("a" * 200 + "_ok-1").create(source_reference="main").get_commit()
+
+
 def test_a_tag_cannot_take_a_branch_name(repo: lakefs.Repository) -> None:
     """Catalog.CreateTag refuses a tag named like a branch (the two would shadow each other)."""
     repo.branch("feature").create(source_reference="main")
