@@ -252,7 +252,7 @@ class ApiMetrics:
         self, known_paths: frozenset[str], *, unmeasured: tuple[str, ...] = ()
     ) -> Callable[[ASGIApp], ASGIApp]:
         """ASGI middleware counting, timing and classifying every HTTP request, except those
-        whose path starts with one of ``unmeasured`` (static files: counted, they would dilute
+        whose path starts with one of ``unmeasured`` (static files, which would otherwise dilute
         the error ratio the availability alert divides by). Unknown paths share one label, so a
         scanner cannot blow up the number of series."""
 
