@@ -21,12 +21,18 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install lakeloop with its dev tools
 
 # Prometheus, the Pushgateway and docker-compose from Debian's packages: the observability tests
-# run them for real and the compose file is checked with `docker-compose config` (tests that need
-# one skip, naming it, when it is missing). Needs root or sudo; CI runs it before `make test`.
-SYSTEM_PACKAGES := prometheus prometheus-pushgateway docker-compose
-system-deps:  ## install Prometheus, the Pushgateway and docker-compose (Debian/Ubuntu)
+# run them for real and the compose file is checked with `docker-compose config`; Chromium opens
+# the Swagger page and a drift report offline, headless (tests/integration/test_pages_offline.py).
+# Tests that need one skip, naming it, when it is missing. Needs root or sudo; CI runs it before
+# `make test`.
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway docker-compose chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+system-deps:  ## install Prometheus, the Pushgateway, docker-compose and Chromium (Debian/Ubuntu)
 	@command -v apt-get >/dev/null || { echo "system-deps needs apt-get; install $(SYSTEM_PACKAGES) by hand"; exit 1; }
-	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES)
+	@# Nothing to fetch when all are installed; otherwise fresh package lists first (an old list
+	@# can name a Chromium build the mirror no longer has).
+	dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq \
+		&& $(SUDO) apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES); }
 
 demo: install  ## start the stack, commit a batch, train, serve, predict, stop
 	$(BIN)/lakeloop demo

@@ -20,11 +20,11 @@ from litestar.logging.config import LoggingConfig
 from litestar.middleware import DefineMiddleware
 from litestar.middleware.rate_limit import RateLimitConfig, get_remote_address
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import OpenAPIMediaType, Reference, RequestBody
 from prometheus_client import CONTENT_TYPE_LATEST
 
 import lakeloop
+from api.docs import ASSETS_PATH, SCHEMA_PATH, swagger_assets, swagger_page
 from api.metrics import ApiMetrics
 from api.predictor import ModelLoadError, ModelSlot, Predictor, follow_champion, refresh
 from api.schemas import (
@@ -342,9 +342,10 @@ def create_app(
                     await anyio.to_thread.run_sync(writer.stop)  # flushes what is queued
 
     app = Litestar(
-        route_handlers=handlers,
+        route_handlers=[*handlers, swagger_assets()],
         lifespan=[running],
-        middleware=[metrics.middleware(known)],
+        # Swagger UI's files are a browser loading the docs page, not API traffic: uncounted.
+        middleware=[metrics.middleware(known, unmeasured=(f"{ASSETS_PATH}/",))],
         exception_handlers={ApiError: _error_response, HTTPException: _error_response},
         request_max_body_size=settings.api.max_body_bytes,
         # A 500 must leave its traceback in the log (Litestar logs them only in debug mode).
@@ -356,9 +357,10 @@ def create_app(
             title="lakeloop prediction API",
             version=lakeloop.__version__,
             description=_description(spec),
-            path="/schema",
+            path=SCHEMA_PATH,
             use_handler_docstrings=True,
-            render_plugins=[SwaggerRenderPlugin()],
+            # Its scripts and styles served by this app, not a CDN: the page works offline.
+            render_plugins=[swagger_page()],
         ),
     )
     slot.on_swap = swapped

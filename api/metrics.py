@@ -248,13 +248,17 @@ class ApiMetrics:
         """The text exposition format."""
         return generate_latest(self.registry)
 
-    def middleware(self, known_paths: frozenset[str]) -> Callable[[ASGIApp], ASGIApp]:
-        """ASGI middleware counting, timing and classifying every HTTP request. Unknown paths
-        share one label, so a scanner cannot blow up the number of series."""
+    def middleware(
+        self, known_paths: frozenset[str], *, unmeasured: tuple[str, ...] = ()
+    ) -> Callable[[ASGIApp], ASGIApp]:
+        """ASGI middleware counting, timing and classifying every HTTP request, except those
+        whose path starts with one of ``unmeasured`` (static files, which would otherwise dilute
+        the error ratio the availability alert divides by). Unknown paths share one label, so a
+        scanner cannot blow up the number of series."""
 
         def wrap(app: ASGIApp) -> ASGIApp:
             async def measured(scope: Scope, receive: Receive, send: Send) -> None:
-                if scope["type"] != "http":
+                if scope["type"] != "http" or scope["path"].startswith(unmeasured):
                     await app(scope, receive, send)
                     return
                 started = time.perf_counter()

@@ -130,7 +130,8 @@ def save_report(
 ) -> str:
     """Save Evidently's HTML report under ``reports/`` in ``store`` and return where it is (a
     path or an ``s3://`` URL); the name carries the champion and the window, so re-running a
-    window overwrites its own report."""
+    window overwrites its own report. Evidently 0.7 writes its script and icon font into the
+    file: the report opens with no internet (tests/integration/test_pages_offline.py)."""
     name = f"{kind}-v{_safe(champion_version)}-{_safe(window_id)}.html"
     with tempfile.TemporaryDirectory(prefix="lakeloop-report-") as scratch:
         rendered = Path(scratch) / name  # Evidently writes to a path, not to bytes

@@ -125,6 +125,22 @@ def test_errors_by_kind_in_flight_and_prediction_distribution(
     assert f"# HELP {histogram} Distribution of predicted values (USD)." in text
 
 
+def test_the_swagger_page_files_are_not_counted_as_requests(client: TestClient) -> None:
+    """A browser opening the docs fetches Swagger UI's files: they stay out of the request
+    counters (the availability ratio divides by them), the page itself is counted as before."""
+    assert client.get("/schema/swagger").status_code == 200
+    for name in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png", "missing.js"):
+        client.get(f"/schema/swagger-ui/{name}")
+    page = samples(client.get("/metrics").text)
+    counted = {
+        dict(labels)["endpoint"]: count
+        for (name, labels), count in page.items()
+        if name == "lakeloop_api_requests_total"
+    }
+    assert counted == {"other": 1}
+    assert value(page, "lakeloop_api_request_duration_seconds_count", endpoint="other") == 1
+
+
 def test_no_champion_counts_as_unavailable(settings: Settings, record: dict[str, Any]) -> None:
     with TestClient(create_app(settings, slot=ModelSlot(), follow_registry=False)) as client:
         assert client.post("/v1/predict", json=record).status_code == 503
