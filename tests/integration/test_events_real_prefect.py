@@ -57,7 +57,7 @@ from litestar.testing import TestClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.serve import declared, runner_deployment
-from gateway.app import TOKEN_HEADER, GrafanaAlert, alert_event, create_gateway
+from gateway.app import TOKEN_HEADER, NotifiedAlert, alert_event, create_gateway
 from gateway.spool import Spool
 from lakeloop.events import LakeFSWebhook, emit, lakefs_event
 from lakeloop.loop import FlowRun, flow_runs
@@ -186,7 +186,7 @@ def wait_until_triggers_fire(server: PrefectServer) -> None:
     emit(server.api, merge_event(settings, commit))
     drift = a_drift_event(f"warm-up-{secrets.token_hex(4)}", model_name=settings.mlflow.model_name)
     emit(server.api, drift)
-    alert = msgspec.convert(firing_alert(settings, secrets.token_hex(8)), type=GrafanaAlert)
+    alert = msgspec.convert(firing_alert(settings, secrets.token_hex(8)), type=NotifiedAlert)
     fired = alert_event(alert, default_model=settings.mlflow.model_name, receiver="warm-up")
     emit(server.api, fired)
     server.wait_for_run(TRAIN, commit_id=commit)
