@@ -29,6 +29,8 @@ PACKAGES = {
     "prometheus": "prometheus",
     "promtool": "prometheus",
     "prometheus-pushgateway": "prometheus-pushgateway",
+    "prometheus-alertmanager": "prometheus-alertmanager",
+    "amtool": "prometheus-alertmanager",
 }
 
 
@@ -94,12 +96,20 @@ def pushgateway(state_dir: Path) -> Iterator[str]:
         yield url
 
 
-def config_for(*, api: str, pushgateway: str, interval: str = "1s") -> dict[str, Any]:
+def config_for(
+    *, api: str, pushgateway: str, interval: str = "1s", alertmanager: str | None = None
+) -> dict[str, Any]:
     """The committed ``infra/prometheus/prometheus.yml`` pointed at a test's servers: its scrape
-    jobs' targets replaced, its rule files made absolute, scrapes and rules every ``interval``."""
+    jobs' targets replaced, its rule files made absolute, scrapes and rules every ``interval``;
+    its alerts sent to ``alertmanager`` (host:port), or nowhere without one."""
     config: dict[str, Any] = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     config["global"] |= {"scrape_interval": interval, "evaluation_interval": interval}
     config["rule_files"] = [str(PROMETHEUS_DIR / path) for path in config["rule_files"]]
+    if alertmanager is None:
+        del config["alerting"]
+    else:
+        [sender] = config["alerting"]["alertmanagers"]
+        sender["static_configs"] = [{"targets": [alertmanager]}]
     targets = {"lakeloop_api": api, "pushgateway": pushgateway}
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
