@@ -20,11 +20,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install lakeloop with its dev tools
 
-# Prometheus, the Pushgateway and docker-compose from Debian's packages: the observability tests
-# run them for real and the compose file is checked with `docker-compose config` (tests that need
-# one skip, naming it, when it is missing). Needs root or sudo; CI runs it before `make test`.
-SYSTEM_PACKAGES := prometheus prometheus-pushgateway docker-compose
-system-deps:  ## install Prometheus, the Pushgateway and docker-compose (Debian/Ubuntu)
+# Prometheus, the Pushgateway, Alertmanager (with amtool) and docker-compose from Debian's
+# packages: the observability tests run them for real, the alert path runs Prometheus ->
+# Alertmanager -> gateway -> Prefect, and the compose file is checked with `docker-compose config`
+# (tests that need one skip, naming it, when it is missing). Needs root or sudo; CI runs it before
+# `make test`.
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway prometheus-alertmanager docker-compose
+system-deps:  ## install Prometheus, the Pushgateway, Alertmanager and docker-compose (Debian/Ubuntu)
 	@command -v apt-get >/dev/null || { echo "system-deps needs apt-get; install $(SYSTEM_PACKAGES) by hand"; exit 1; }
 	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES)
 
