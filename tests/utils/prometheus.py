@@ -78,6 +78,25 @@ def prometheus_service(config: Path, *, data_dir: Path, port: int | None = None)
     )
 
 
+def alertmanager_service(config: Path, *, data_dir: Path, port: int | None = None) -> Service:
+    """Alertmanager on loopback with ``config``, its silences and notification log under
+    ``data_dir``, clustering off (an empty ``--cluster.listen-address``: one instance)."""
+    port = port or free_port()
+    return Service(
+        name="alertmanager",
+        argv=[
+            binary("prometheus-alertmanager"),
+            f"--config.file={config}",
+            f"--storage.path={data_dir}",
+            f"--web.listen-address={LOOPBACK}:{port}",
+            "--cluster.listen-address=",
+        ],
+        port=port,
+        health_url=f"http://{LOOPBACK}:{port}/-/ready",
+        start_timeout=30.0,
+    )
+
+
 @contextmanager
 def running(service: Service, *, state_dir: Path) -> Iterator[str]:
     """Start ``service``, wait until it is ready, yield its base URL, stop it."""
