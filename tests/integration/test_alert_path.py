@@ -39,21 +39,19 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from gateway.app import ANY_TIME
 from lakeloop.pushmetrics import replace_group
-from lakeloop.settings import load_settings
 from monitoring.parse import ColumnDrift, DriftSummary
 from monitoring.store import metrics_registry, push_metrics
-from tests.integration.test_events_real_prefect import (
+from tests.utils.net import free_port, serve_in_thread
+from tests.utils.prefect_events import EventStream, event_stream
+from tests.utils.prefect_server import (
     POLL_SECONDS,
     PREFECT_DEADLINE_SECONDS,
     RETRAIN,
     SECRET,
     PrefectServer,
     gateway_app,
-    register_deployments,
-    wait_until_triggers_fire,
+    triggered_prefect,
 )
-from tests.utils.net import free_port, serve_in_thread
-from tests.utils.prefect_events import EventStream, event_stream
 from tests.utils.prometheus import (
     PROMETHEUS_DEADLINE_SECONDS,
     PROMETHEUS_DIR,
@@ -65,7 +63,6 @@ from tests.utils.prometheus import (
     running,
 )
 from tests.utils.waiting import eventually, eventually_value
-from tooling.stack import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -237,26 +234,18 @@ def alert_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AlertPath]:
     for name in ("prometheus", "prometheus-pushgateway", "prometheus-alertmanager"):
         binary(name)  # skip, naming its Debian package, before anything starts
     folder = tmp_path_factory.mktemp("alert-path")
-    settings = load_settings(
-        state_dir=folder / "state",
-        prefect={"port": free_port()},
-        gateway={"webhook_secret": SECRET},
-    )
     relays = Relays()
     gateway_logger = logging.getLogger("gateway.app")
     level = gateway_logger.level
     with ExitStack() as cleanup:
-        prefect = PrefectServer(settings, Stack(settings))
-        cleanup.callback(prefect.stack.down)
-        prefect.start()
-        prefect.deployments = register_deployments(settings)
-        wait_until_triggers_fire(prefect)
-
+        prefect = cleanup.enter_context(triggered_prefect(folder / "state"))
         gateway_logger.addHandler(relays)
         gateway_logger.setLevel(logging.INFO)
         cleanup.callback(gateway_logger.setLevel, level)
         cleanup.callback(gateway_logger.removeHandler, relays)
-        gateway = cleanup.enter_context(serve_in_thread(gateway_app(settings, folder / "spool")))
+        gateway = cleanup.enter_context(
+            serve_in_thread(gateway_app(prefect.settings, folder / "spool"))
+        )
         inbox = Inbox()
         inbox_url = cleanup.enter_context(serve_in_thread(inbox.app()))
         stream = cleanup.enter_context(event_stream(prefect.api, [], event_names=[ALERT_FIRED]))
