@@ -494,17 +494,6 @@ def create_gateway(
         )
 
     @post(
-        "/alerts/alertmanager",
-        operation_id="relayAlertmanagerAlerts",
-        status_code=HTTP_202_ACCEPTED,
-        guards=[require_bearer],
-        sync_to_thread=True,
-    )
-    def relay_alertmanager_alerts(body: bytes) -> AlertsRelayed:
-        """Relay the firing alerts of an Alertmanager webhook notification (version 4)."""
-        return relay_notification(decode_notification(body), accept, default_model=model_name)
-
-    @post(
         "/alerts/grafana",
         operation_id="relayGrafanaAlerts",
         status_code=HTTP_202_ACCEPTED,
@@ -513,6 +502,17 @@ def create_gateway(
     )
     def relay_grafana_alerts(body: bytes) -> AlertsRelayed:
         """Relay the firing alerts of a Grafana webhook contact point's notification."""
+        return relay_notification(decode_notification(body), accept, default_model=model_name)
+
+    @post(
+        "/alerts/alertmanager",
+        operation_id="relayAlertmanagerAlerts",
+        status_code=HTTP_202_ACCEPTED,
+        guards=[require_bearer],
+        sync_to_thread=True,
+    )
+    def relay_alertmanager_alerts(body: bytes) -> AlertsRelayed:
+        """Relay the firing alerts of an Alertmanager webhook notification (version 4)."""
         return relay_notification(decode_notification(body), accept, default_model=model_name)
 
     @get("/healthz", operation_id="gatewayHealth", sync_to_thread=True)
@@ -532,8 +532,8 @@ def create_gateway(
         route_handlers=[
             relay_lakefs_webhook,
             validate_merge,
-            relay_alertmanager_alerts,
             relay_grafana_alerts,
+            relay_alertmanager_alerts,
             healthz,
         ],
         # The redelivery thread drains what a previous process left as soon as it starts.
