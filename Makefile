@@ -20,14 +20,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install lakeloop with its dev tools
 
-# Prometheus, the Pushgateway and docker-compose from Debian's packages: the observability tests
-# run them for real and the compose file is checked with `docker-compose config`; Chromium opens
-# the Swagger page and a drift report offline, headless (tests/integration/test_pages_offline.py).
-# Tests that need one skip, naming it, when it is missing. Needs root or sudo; CI runs it before
-# `make test`.
-SYSTEM_PACKAGES := prometheus prometheus-pushgateway docker-compose chromium
+# Prometheus, the Pushgateway, Alertmanager (with amtool), docker-compose and Chromium from
+# Debian's packages: the observability tests run them for real, the alert path runs Prometheus ->
+# Alertmanager -> gateway -> Prefect, the compose file is checked with `docker-compose config`, and
+# Chromium opens the Swagger page and a drift report offline, headless
+# (tests/integration/test_pages_offline.py). Tests that need one skip, naming it, when it is
+# missing. Needs root or sudo; CI runs it before `make test`.
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway prometheus-alertmanager docker-compose chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-system-deps:  ## install Prometheus, the Pushgateway, docker-compose and Chromium (Debian/Ubuntu)
+system-deps:  ## install Prometheus, the Pushgateway, Alertmanager, docker-compose and Chromium (Debian/Ubuntu)
 	@command -v apt-get >/dev/null || { echo "system-deps needs apt-get; install $(SYSTEM_PACKAGES) by hand"; exit 1; }
 	@# Nothing to fetch when all are installed; otherwise fresh package lists first (an old list
 	@# can name a Chromium build the mirror no longer has).

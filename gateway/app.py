@@ -1,5 +1,5 @@
-"""The gateway: receives lakeFS action webhooks and Grafana alert notifications and hands them to
-Prefect as events.
+"""The gateway: receives lakeFS action webhooks and alert notifications (Alertmanager's webhook
+receiver, Grafana's webhook contact point) and hands them to Prefect as events.
 
 An accepted event is first written to a durable spool on disk (:mod:`gateway.spool`), then
 handed to Prefect; the gateway answers 2xx once the event is spooled, whether or not Prefect took
@@ -14,7 +14,8 @@ deadline later: Prefect killed after its 204 loses nothing either (:mod:`gateway
 Event ids are deterministic, so a redelivery is harmless to Prefect's de-duplication.
 
 The gateway answers 503 only when it cannot store the event (the spool is full or the disk
-refuses the write): lakeFS then logs a failed hook and Grafana retries the notification.
+refuses the write): lakeFS then logs a failed hook; Alertmanager and Grafana retry the
+notification.
 Pre-merge hooks stay synchronous: their answer is the data checks' verdict, nothing is spooled.
 
 Input is refused before anything is stored: a body over :data:`MAX_BODY_BYTES` with 413 (before
@@ -29,6 +30,7 @@ import hmac
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,7 +70,7 @@ from lakeloop.validation.checks import Validator, warm_validator
 logger = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-Lakeloop-Token"  # noqa: S105 - a header name, not a secret
-"""Event emitted per firing Grafana alert; its resource is the model the alert is about."""
+"""Header carrying the shared secret on lakeFS webhooks (alerts carry it as a Bearer token)."""
 ACTION_LABEL = "lakeloop_action"
 """Alert label saying what lakeloop should do (``retrain``); a deployment trigger matches it."""
 SEND_TIMEOUT_SECONDS = 5.0
@@ -76,7 +78,7 @@ SEND_TIMEOUT_SECONDS = 5.0
 # Prefect answers these when the event itself is malformed: retrying it can never succeed.
 MALFORMED_EVENT_STATUSES = frozenset({400, 413, 422})
 MAX_BODY_BYTES = 1024 * 1024
-"""Largest request body the gateway reads. A lakeFS webhook is about 1 kB and a Grafana
+"""Largest request body the gateway reads. A lakeFS webhook is about 1 kB and an alert
 notification a few kB per alert; a larger body is refused with 413 from its Content-Length before
 any of it is read, or as soon as a streamed body passes the limit."""
 RELAYED_EVENT_TYPES = ("post-commit", "post-merge")
@@ -125,26 +127,39 @@ class GatewayHealth(msgspec.Struct):
     if still missing a deadline after it was sent."""
 
 
-class GrafanaAlert(msgspec.Struct, kw_only=True):
-    """One alert of a Grafana (unified alerting) webhook notification; Alertmanager's webhook
-    sends the same fields. Fields lakeloop does not read are ignored."""
+class NotifiedAlert(msgspec.Struct, kw_only=True):
+    """One alert of a webhook notification: Alertmanager's ``template.Alert``
+    (``template/template.go``) field for field; Grafana's webhook contact point sends a superset
+    (``values``, ``silenceURL``, ...). Fields lakeloop does not read are ignored."""
 
     status: str
     """``firing`` or ``resolved``."""
     labels: dict[str, str]
     annotations: dict[str, str] = msgspec.field(default_factory=dict)
     starts_at: datetime = msgspec.field(name="startsAt")
+    """When the alert started firing; the same on every repeat of one firing, new on the next."""
     fingerprint: str
+    """Hash of the alert's label set (Alertmanager's ``model.Fingerprint``, Grafana's own)."""
     generator_url: str = msgspec.field(default="", name="generatorURL")
     values: dict[str, float | None] | None = None
+    """Grafana only: the values of the rule's expressions."""
 
 
-class GrafanaNotification(msgspec.Struct, kw_only=True):
-    """The JSON body a Grafana webhook contact point POSTs."""
+class AlertNotification(msgspec.Struct, kw_only=True):
+    """The JSON body Alertmanager's webhook receiver POSTs (``webhook.Message``, version "4":
+    ``template.Data`` plus ``version``, ``groupKey`` and ``truncatedAlerts``), which is also what
+    Grafana's webhook contact point POSTs (version "1", with more fields)."""
 
     status: str
-    alerts: list[GrafanaAlert]
+    """``firing`` if any alert of the group fires, else ``resolved``."""
+    alerts: list[NotifiedAlert]
     receiver: str = ""
+    """The receiver's name in the sender's configuration."""
+    version: str = ""
+    group_key: str = msgspec.field(default="", name="groupKey")
+    """Which alert group this notification is about (the route and its ``group_by`` labels)."""
+    truncated_alerts: int = msgspec.field(default=0, name="truncatedAlerts")
+    """Alerts of the group left out because of the receiver's ``max_alerts``: never relayed."""
 
 
 class AlertsRelayed(msgspec.Struct):
@@ -159,10 +174,12 @@ class AlertsRelayed(msgspec.Struct):
     """Of the relayed events, those Prefect already accepted."""
 
 
-def alert_event(alert: GrafanaAlert, *, default_model: str, receiver: str) -> dict[str, Any]:
+def alert_event(alert: NotifiedAlert, *, default_model: str, receiver: str) -> dict[str, Any]:
     """The ``lakeloop.alert.fired`` event of one firing alert. Its id is a uuid5 of the alert's
-    fingerprint and start, so Grafana repeating the notification sends the same event; the
-    resource is the model named by the alert's ``model_name`` label (else ``default_model``)."""
+    fingerprint and start: Alertmanager resending a firing group every ``repeat_interval`` (or
+    Grafana repeating it) sends the same event, which Prefect drops, while the same alert firing
+    again later starts anew and is a new event. The resource is the model named by the alert's
+    ``model_name`` label (else ``default_model``)."""
     model = alert.labels.get("model_name", default_model)
     name = alert.labels.get("alertname", "")
     started = alert.starts_at.isoformat()
@@ -394,7 +411,8 @@ def create_gateway(
             raise NotAuthorizedException(f"missing or wrong {TOKEN_HEADER} header")
 
     def require_bearer(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        """The same secret as a Bearer token: what Grafana's webhook contact point can send."""
+        """The same secret as a Bearer token: what Alertmanager's ``http_config.authorization``
+        and Grafana's webhook contact point send."""
         scheme, __, given = connection.headers.get("authorization", "").partition(" ")
         # Constant-time: the time taken says nothing about how much of the secret matched.
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), secret):
@@ -488,30 +506,19 @@ def create_gateway(
         sync_to_thread=True,
     )
     def relay_grafana_alerts(body: bytes) -> AlertsRelayed:
-        """Relay each firing alert of a Grafana webhook notification to Prefect as a
-        ``lakeloop.alert.fired`` event; resolved alerts are acknowledged and ignored."""
-        notification = decode_notification(body)
-        firing = [alert for alert in notification.alerts if alert.status == "firing"]
-        batch = [
-            alert_event(alert, default_model=model_name, receiver=notification.receiver)
-            for alert in firing
-        ]
-        delivered = accept(batch)
-        for event, done in zip(batch, delivered, strict=True):
-            logger.info(
-                "relayed alert %s (%s) for %s as event %s: %s",
-                event["resource"][events.ALERT_NAME],
-                event["resource"][events.ALERT_FINGERPRINT],
-                event["resource"]["prefect.resource.id"],
-                event["id"],
-                "delivered to Prefect" if done else "spooled; Prefect will get it later",
-            )
-        return AlertsRelayed(
-            relayed=len(batch),
-            ignored=len(notification.alerts) - len(firing),
-            event_ids=[event["id"] for event in batch],
-            delivered=sum(delivered),
-        )
+        """Relay the firing alerts of a Grafana webhook contact point's notification."""
+        return relay_notification(decode_notification(body), accept, default_model=model_name)
+
+    @post(
+        "/alerts/alertmanager",
+        operation_id="relayAlertmanagerAlerts",
+        status_code=HTTP_202_ACCEPTED,
+        guards=[require_bearer],
+        sync_to_thread=True,
+    )
+    def relay_alertmanager_alerts(body: bytes) -> AlertsRelayed:
+        """Relay the firing alerts of an Alertmanager webhook notification (version 4)."""
+        return relay_notification(decode_notification(body), accept, default_model=model_name)
 
     @get("/healthz", operation_id="gatewayHealth", sync_to_thread=True)
     def healthz() -> GatewayHealth:
@@ -527,7 +534,13 @@ def create_gateway(
         redelivery.stop()  # not passed bare: Litestar would hand it the app as the timeout
 
     return Litestar(
-        route_handlers=[relay_lakefs_webhook, validate_merge, relay_grafana_alerts, healthz],
+        route_handlers=[
+            relay_lakefs_webhook,
+            validate_merge,
+            relay_grafana_alerts,
+            relay_alertmanager_alerts,
+            healthz,
+        ],
         # The redelivery thread drains what a previous process left as soon as it starts.
         on_startup=[lambda: warm_up(validator, gate, lakefs, settings), redelivery.start],
         on_shutdown=[stop_redelivery],
@@ -538,14 +551,55 @@ def create_gateway(
     )
 
 
-def decode_notification(body: bytes) -> GrafanaNotification:
-    """The notification in ``body``, or a 422 naming what is wrong with it."""
+def relay_notification(
+    notification: AlertNotification,
+    accept: Callable[[list[dict[str, Any]]], list[bool]],
+    *,
+    default_model: str,
+) -> AlertsRelayed:
+    """Hand each firing alert of ``notification`` to ``accept`` as a ``lakeloop.alert.fired``
+    event (its ``lakeloop.alert.action`` says ``retrain`` or ``notify``; only a deployment trigger
+    decides what runs); resolved alerts are acknowledged and ignored."""
+    if notification.truncated_alerts:
+        logger.warning(
+            "notification %s to %s left out %d alerts (the receiver's max_alerts): "
+            "they are not relayed",
+            notification.group_key,
+            notification.receiver,
+            notification.truncated_alerts,
+        )
+    firing = [alert for alert in notification.alerts if alert.status == "firing"]
+    batch = [
+        alert_event(alert, default_model=default_model, receiver=notification.receiver)
+        for alert in firing
+    ]
+    delivered = accept(batch)
+    for event, done in zip(batch, delivered, strict=True):
+        logger.info(
+            "relayed alert %s (%s) for %s as event %s: %s",
+            event["resource"][events.ALERT_NAME],
+            event["resource"][events.ALERT_FINGERPRINT],
+            event["resource"]["prefect.resource.id"],
+            event["id"],
+            "delivered to Prefect" if done else "spooled; Prefect will get it later",
+        )
+    return AlertsRelayed(
+        relayed=len(batch),
+        ignored=len(notification.alerts) - len(firing),
+        event_ids=[event["id"] for event in batch],
+        delivered=sum(delivered),
+    )
+
+
+def decode_notification(body: bytes) -> AlertNotification:
+    """The notification in ``body`` (Alertmanager's or Grafana's: one shape), or a 422 naming
+    what is wrong with it."""
     try:
-        return msgspec.json.decode(body, type=GrafanaNotification)
+        return msgspec.json.decode(body, type=AlertNotification)
     except (msgspec.ValidationError, msgspec.DecodeError) as error:
         raise HTTPException(
             status_code=HTTP_422_UNPROCESSABLE_ENTITY,
-            detail=f"not a Grafana webhook notification: {error}",
+            detail=f"not an Alertmanager or Grafana webhook notification: {error}",
         ) from None
 
 

@@ -178,10 +178,15 @@ def test_observability_is_provisioned_read_only_from_the_repository(
     compose: dict[str, Any],
 ) -> None:
     services = compose["services"]
-    mounts = [*services["prometheus"]["volumes"], *services["grafana"]["volumes"]]
+    mounts = [
+        *services["prometheus"]["volumes"],
+        *services["alertmanager"]["volumes"],
+        *services["grafana"]["volumes"],
+    ]
     from_repository = [mount for mount in mounts if mount.startswith(".")]
     assert {mount.split(":")[0] for mount in from_repository} == {
         "./prometheus",
+        "./alertmanager",
         "../monitoring/grafana/provisioning",
         "../monitoring/grafana/dashboards",
     }
@@ -211,19 +216,26 @@ def _environment(service: dict[str, Any]) -> dict[str, Any]:
 
 def test_prometheus_in_compose_scrapes_the_services_by_name(compose: dict[str, Any]) -> None:
     """The compose configuration is the tested one (infra/prometheus/prometheus.yml) with the
-    services' names as targets, nothing else."""
+    services' names as targets and as the Alertmanager alerts go to, nothing else."""
     local = yaml.safe_load((INFRA / "prometheus" / "prometheus.yml").read_text())
     inside = yaml.safe_load((INFRA / "prometheus" / "prometheus.compose.yml").read_text())
     targets = {
         job["job_name"]: job["static_configs"][0]["targets"] for job in inside["scrape_configs"]
     }
     assert targets == {"lakeloop_api": ["api:8000"], "pushgateway": ["pushgateway:9091"]}
-    for job in (*local["scrape_configs"], *inside["scrape_configs"]):
+    [alertmanager] = inside["alerting"]["alertmanagers"]
+    assert alertmanager["static_configs"] == [{"targets": ["alertmanager:9093"]}]
+    for job in (
+        *local["scrape_configs"],
+        *inside["scrape_configs"],
+        *local["alerting"]["alertmanagers"],
+        *inside["alerting"]["alertmanagers"],
+    ):
         job["static_configs"] = None
     assert inside == local
     command = compose["services"]["prometheus"]["command"]
     assert "--config.file=/etc/prometheus/prometheus.compose.yml" in command
-    for name in ("api", "pushgateway"):
+    for name in ("api", "pushgateway", "alertmanager"):
         assert name in compose["services"]
 
 
@@ -244,3 +256,45 @@ def test_the_api_and_the_flow_runs_share_the_stores_in_minio_not_a_volume(
         assert environment["AWS_SECRET_ACCESS_KEY"] == "${S3_SECRET_ACCESS_KEY}", name
         assert "volumes" not in services[name], name
     assert "lakeloop-state" not in compose["volumes"]
+
+
+def test_alertmanager_in_compose_routes_to_the_gateway_by_name_with_the_secret_from_env(
+    compose: dict[str, Any],
+) -> None:
+    """The compose Alertmanager runs a pinned image on infra/alertmanager/alertmanager.compose.yml,
+    which is the amtool-checked alertmanager.yml with the gateway's service name and the path of
+    the secret in the container, nothing else; its start command writes that file from the
+    gateway's own secret variable (infra/.env), on a tmpfs, never into the repository."""
+    service = compose["services"]["alertmanager"]
+    image, _, tag = service["image"].rpartition(":")
+    assert image == "quay.io/prometheus/alertmanager"
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", tag), service["image"]
+
+    local = yaml.safe_load((INFRA / "alertmanager" / "alertmanager.yml").read_text())
+    inside = yaml.safe_load((INFRA / "alertmanager" / "alertmanager.compose.yml").read_text())
+    gateway = _gateway_webhook(inside)
+    assert gateway["url"] == "http://gateway:8002/alerts/alertmanager"
+    secret_file = gateway["http_config"]["authorization"]["credentials_file"]
+    assert secret_file == "/run/lakeloop/webhook_secret"
+    for config in (local, inside):
+        webhook = _gateway_webhook(config)
+        webhook["url"] = webhook["http_config"]["authorization"]["credentials_file"] = None
+    assert inside == local
+
+    script = service["command"][0]
+    assert f'"$LAKELOOP_GATEWAY__WEBHOOK_SECRET" > {secret_file}' in script.replace("$$", "$")
+    assert "--config.file=/etc/alertmanager/alertmanager.compose.yml" in script
+    assert "--cluster.listen-address=" in script.split()
+    assert service["tmpfs"] == [str(Path(secret_file).parent)]
+    assert _environment(service) == {
+        "LAKELOOP_GATEWAY__WEBHOOK_SECRET": "${LAKELOOP_GATEWAY__WEBHOOK_SECRET}"
+    }
+    assert "8002:8002" in compose["services"]["gateway"]["ports"][0]
+
+
+def _gateway_webhook(config: dict[str, Any]) -> dict[str, Any]:
+    """The gateway receiver's webhook of an Alertmanager config (itself, not a copy)."""
+    [receiver] = [r for r in config["receivers"] if r["name"] == "lakeloop-gateway"]
+    [webhook] = receiver["webhook_configs"]
+    assert isinstance(webhook, dict)
+    return webhook

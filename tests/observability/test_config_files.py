@@ -1,5 +1,6 @@
-"""The committed Prometheus and Grafana files, checked without servers: promtool's own checks
-(and its unit tests of the alerts), and what every dashboard panel must have."""
+"""The committed Prometheus, Alertmanager and Grafana files, checked without servers: promtool's
+and amtool's own checks (the alerts' unit tests, the route each alert takes), and what every
+dashboard panel must have."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tests.utils.prometheus import PROMETHEUS_CONFIG, PROMETHEUS_DIR, binary
 
 GRAFANA_DIR = PROMETHEUS_DIR.parents[1] / "monitoring" / "grafana"
 BUILTIN = "grafana"  # Grafana's own annotation datasource type
+ALERTMANAGER_DIR = PROMETHEUS_DIR.parent / "alertmanager"
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -110,3 +112,60 @@ def test_dashboards_show_lakeloop_annotations_by_tag(name: str) -> None:
         (grafana.TAG, grafana.DRIFT),
     }
     assert all(query["matchAny"] is False for query in queries)  # both tags, not either
+
+
+def amtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [binary("amtool"), *args], capture_output=True, text=True, cwd=ALERTMANAGER_DIR, check=False
+    )
+
+
+@pytest.mark.parametrize("name", ["alertmanager.yml", "alertmanager.compose.yml"])
+def test_amtool_accepts_the_alertmanager_config(name: str) -> None:
+    checked = amtool("check-config", name)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "2 receivers" in checked.stdout
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [
+        rule
+        for group in yaml.safe_load((PROMETHEUS_DIR / "rules" / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    ]
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda rule: rule["alert"])
+def test_each_alert_is_routed_to_the_gateway_only_when_it_asks_for_a_retrain(
+    rule: dict[str, Any],
+) -> None:
+    """Alertmanager's own routing (``amtool config routes test``) on each alert's labels: the
+    retrain ones reach the gateway, every other one the person's receiver."""
+    labels = {"alertname": rule["alert"], **rule.get("labels", {})}
+    expected = "lakeloop-gateway" if labels.get("lakeloop_action") == "retrain" else "person"
+    routed = amtool(
+        "config",
+        "routes",
+        "test",
+        "--config.file=alertmanager.yml",
+        f"--verify.receivers={expected}",
+        *(f"{name}={value}" for name, value in labels.items()),
+    )
+    assert routed.returncode == 0, routed.stdout + routed.stderr
+    assert routed.stdout.split() == [expected]
+
+
+def test_the_gateway_receiver_posts_to_the_gateway_with_the_bearer_secret_from_a_file() -> None:
+    """The receiver speaks to the gateway's Alertmanager route with the credentials the gateway
+    checks; no secret is written in the file, and resolved alerts (ignored there) are not sent."""
+    config = yaml.safe_load((ALERTMANAGER_DIR / "alertmanager.yml").read_text())
+    receivers = {receiver["name"]: receiver for receiver in config["receivers"]}
+    [webhook] = receivers["lakeloop-gateway"]["webhook_configs"]
+    assert webhook["url"].endswith("/alerts/alertmanager")
+    assert webhook["send_resolved"] is False
+    assert webhook["http_config"]["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": "webhook_secret",
+    }
+    assert "credentials:" not in (ALERTMANAGER_DIR / "alertmanager.yml").read_text()
+    assert config["route"]["group_by"] == ["alertname"]

@@ -564,6 +564,134 @@ def test_the_same_alert_twice_is_the_same_event_and_a_new_start_is_a_new_one(
     assert sorted(prefect[0].ids()) == sorted([first, refired])
 
 
+def alertmanager_notification(
+    *alerts: dict[str, object], truncated: int = 0, status: str = "firing"
+) -> dict[str, object]:
+    """The body Alertmanager's webhook receiver POSTs, field for field as its own source writes
+    it: ``notify/webhook/webhook.go`` (``Message``: ``template.Data`` inlined, ``version`` "4",
+    ``groupKey``, ``truncatedAlerts``) and ``template/template.go`` (``Data``, ``Alert``; since
+    v0.29 also ``notification_reason`` and ``routeLabels``). Times are Go's RFC 3339 with
+    nanoseconds; a firing alert's ``endsAt`` is the zero time."""
+    return {
+        "receiver": "lakeloop-gateway",
+        "status": status,
+        "alerts": list(alerts),
+        "groupLabels": {"alertname": "LakeloopDriftAboveThreshold"},
+        "commonLabels": {"alertname": "LakeloopDriftAboveThreshold", "lakeloop_action": "retrain"},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "version": "4",
+        "groupKey": '{}/{lakeloop_action="retrain"}:{alertname="LakeloopDriftAboveThreshold"}',
+        "truncatedAlerts": truncated,
+        "notification_reason": "",
+        "routeLabels": {},
+    }
+
+
+def alertmanager_alert(status: str = "firing", **changes: object) -> dict[str, object]:
+    """One alert as Alertmanager forwards it from Prometheus's drift rule (no ``values``)."""
+    alert: dict[str, object] = {
+        "status": status,
+        "labels": {
+            "alertname": "LakeloopDriftAboveThreshold",
+            "lakeloop_action": "retrain",
+            "model_version": "3",
+            "severity": "warning",
+        },
+        "annotations": {"summary": "50% of the features drifted for champion v3"},
+        "startsAt": "2026-11-30T16:03:20.123456789Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus:9090/graph?g0.expr=lakeloop%3Adrift_share%3Achampion",
+        "fingerprint": "8d6fa4e30b6c4f10",
+    }
+    return alert | changes
+
+
+def test_an_alertmanager_notification_becomes_one_event_per_firing_alert(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str]
+) -> None:
+    """Alertmanager's version 4 body, at its own route: the retrain alert is an event for the
+    model asking to retrain, an unlabelled one an event asking nothing (no trigger matches it), a
+    resolved one nothing; nanoseconds in ``startsAt`` are read (to the microsecond)."""
+    notify = alertmanager_alert(
+        fingerprint="17b2c3d4e5f60718",
+        labels={"alertname": "LakeloopApiServerErrors", "severity": "critical"},
+    )
+    resolved = alertmanager_alert("resolved", fingerprint="0a0b0c0d0e0f1011")
+    body = alertmanager_notification(alertmanager_alert(), notify, resolved)
+    response = gateway.post("/alerts/alertmanager", json=body, headers=BEARER)
+    assert response.status_code == 202, response.text
+    assert (response.json()["relayed"], response.json()["ignored"]) == (2, 1)
+    retrain, other = prefect[0].events
+    assert retrain["event"] == other["event"] == "lakeloop.alert.fired"
+    assert retrain["resource"]["prefect.resource.id"] == "lakeloop.model.housing-price"
+    assert retrain["resource"]["lakeloop.alert.action"] == "retrain"
+    assert retrain["resource"]["lakeloop.alert.fingerprint"] == "8d6fa4e30b6c4f10"
+    assert retrain["occurred"] == "2026-11-30T16:03:20.123457+00:00"
+    assert retrain["payload"]["receiver"] == "lakeloop-gateway"
+    assert retrain["payload"]["values"] is None
+    assert retrain["id"] == event_id(
+        "lakeloop.alert.fired", "8d6fa4e30b6c4f10", "2026-11-30T16:03:20.123457+00:00"
+    )
+    assert other["resource"]["lakeloop.alert.action"] == "notify"
+
+
+def test_alertmanager_and_grafana_are_read_by_one_decoder(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str]
+) -> None:
+    """Either body at either route gives the same event for the same alert: one shape, two
+    names for the senders' configurations."""
+    alert = alertmanager_alert()
+    answers = [
+        gateway.post(route, json=body, headers=BEARER).json()["event_ids"]
+        for route in ("/alerts/alertmanager", "/alerts/grafana")
+        for body in (alertmanager_notification(alert), notification(alert))
+    ]
+    assert len({tuple(ids) for ids in answers}) == 1
+
+
+def test_an_alertmanager_repeat_is_the_same_event_and_a_new_firing_a_new_one(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str]
+) -> None:
+    """Alertmanager resends a firing group every ``repeat_interval`` with the alert's first
+    ``startsAt``: the same event, sent to Prefect once; the alert resolved and firing again has a
+    new ``startsAt``: a new event."""
+    bodies = [
+        alertmanager_notification(alertmanager_alert()),
+        alertmanager_notification(alertmanager_alert()),
+        alertmanager_notification(alertmanager_alert(startsAt="2026-11-30T18:00:05.5Z")),
+    ]
+    answers = [gateway.post("/alerts/alertmanager", json=b, headers=BEARER) for b in bodies]
+    [first], [repeated], [refired] = (answer.json()["event_ids"] for answer in answers)
+    assert first == repeated
+    assert refired != first
+    eventually(lambda: sorted(prefect[0].ids()) == sorted([first, refired]), what="both sent")
+
+
+def test_alerts_an_alertmanager_receiver_left_out_are_logged(
+    gateway: TestClient,
+    prefect: tuple[FakePrefectEvents, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``truncatedAlerts`` counts the alerts a receiver's ``max_alerts`` cut: they never reach
+    the gateway, so it says so instead of passing over it."""
+    body = alertmanager_notification(alertmanager_alert(), truncated=2)
+    with caplog.at_level(logging.WARNING, logger="gateway.app"):
+        response = gateway.post("/alerts/alertmanager", json=body, headers=BEARER)
+    assert response.status_code == 202
+    assert "left out 2 alerts" in caplog.text
+
+
+def test_an_alertmanager_notification_without_the_bearer_secret_is_refused(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str]
+) -> None:
+    body = alertmanager_notification(alertmanager_alert())
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {TOKEN_HEADER: SECRET}):
+        response = gateway.post("/alerts/alertmanager", json=body, headers=headers)
+        assert response.status_code == 401
+    assert prefect[0].events == []
+
+
 @pytest.mark.parametrize(
     ("body", "named"),
     [

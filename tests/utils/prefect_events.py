@@ -23,6 +23,9 @@ from monitoring.history import Window
 from monitoring.parse import ColumnDrift, DriftSummary
 from tests.utils.waiting import eventually
 
+MARKER_EVENT = "lakeloop.test.marker"
+"""The event :class:`EventStream` sends to know what Prefect published before it; no trigger
+matches it."""
 STORED_DEADLINE_SECONDS = 120.0
 """How long an accepted event may take to reach Prefect's event store (its persister writes in
 batches, in the background, on a loaded machine)."""
@@ -103,7 +106,9 @@ class EventStream:
     service reads the same topic, and nothing else, for reactive triggers: a copy it is never
     published is a copy no trigger evaluates."""
 
-    def __init__(self, prefect_api: str, event_ids: list[str]) -> None:
+    def __init__(
+        self, prefect_api: str, event_ids: list[str], *, event_names: list[str] | None = None
+    ) -> None:
         self.prefect_api = prefect_api
         self._marker_ids = [str(uuid.uuid4()), str(uuid.uuid4())]
         self._received: list[str] = []
@@ -114,8 +119,14 @@ class EventStream:
         answer = json.loads(self._socket.recv(timeout=30))
         assert answer["type"] == "auth_success", answer
         now = datetime.now(UTC)
+        # By id, or (when the ids are not known yet) by event name; the markers pass either.
+        chosen: dict[str, Any] = (
+            {"event": {"name": [*event_names, MARKER_EVENT]}}
+            if event_names
+            else {"id": {"id": [*event_ids, *self._marker_ids]}}
+        )
         event_filter = {
-            "id": {"id": [*event_ids, *self._marker_ids]},
+            **chosen,
             # The server's default window ends when the filter arrives: later events would not pass.
             "occurred": {
                 "since": (now - timedelta(hours=1)).isoformat(),
@@ -143,7 +154,7 @@ class EventStream:
             {
                 "id": marker_id,
                 "occurred": datetime.now(UTC).isoformat(),
-                "event": "lakeloop.test.marker",
+                "event": MARKER_EVENT,
                 "resource": {"prefect.resource.id": "lakeloop.test.event-stream"},
                 "payload": {},
                 "related": [],
@@ -176,9 +187,12 @@ class EventStream:
 
 
 @contextmanager
-def event_stream(prefect_api: str, event_ids: list[str]) -> Iterator[EventStream]:
-    """An :class:`EventStream` of these events, listening when the block starts."""
-    stream = EventStream(prefect_api, event_ids)
+def event_stream(
+    prefect_api: str, event_ids: list[str], *, event_names: list[str] | None = None
+) -> Iterator[EventStream]:
+    """An :class:`EventStream` of these events (or of every event with these names), listening
+    when the block starts."""
+    stream = EventStream(prefect_api, event_ids, event_names=event_names)
     try:
         yield stream
     finally:

@@ -29,6 +29,8 @@ PACKAGES = {
     "prometheus": "prometheus",
     "promtool": "prometheus",
     "prometheus-pushgateway": "prometheus-pushgateway",
+    "prometheus-alertmanager": "prometheus-alertmanager",
+    "amtool": "prometheus-alertmanager",
 }
 
 
@@ -76,6 +78,25 @@ def prometheus_service(config: Path, *, data_dir: Path, port: int | None = None)
     )
 
 
+def alertmanager_service(config: Path, *, data_dir: Path, port: int | None = None) -> Service:
+    """Alertmanager on loopback with ``config``, its silences and notification log under
+    ``data_dir``, clustering off (an empty ``--cluster.listen-address``: one instance)."""
+    port = port or free_port()
+    return Service(
+        name="alertmanager",
+        argv=[
+            binary("prometheus-alertmanager"),
+            f"--config.file={config}",
+            f"--storage.path={data_dir}",
+            f"--web.listen-address={LOOPBACK}:{port}",
+            "--cluster.listen-address=",
+        ],
+        port=port,
+        health_url=f"http://{LOOPBACK}:{port}/-/ready",
+        start_timeout=30.0,
+    )
+
+
 @contextmanager
 def running(service: Service, *, state_dir: Path) -> Iterator[str]:
     """Start ``service``, wait until it is ready, yield its base URL, stop it."""
@@ -94,12 +115,20 @@ def pushgateway(state_dir: Path) -> Iterator[str]:
         yield url
 
 
-def config_for(*, api: str, pushgateway: str, interval: str = "1s") -> dict[str, Any]:
+def config_for(
+    *, api: str, pushgateway: str, interval: str = "1s", alertmanager: str | None = None
+) -> dict[str, Any]:
     """The committed ``infra/prometheus/prometheus.yml`` pointed at a test's servers: its scrape
-    jobs' targets replaced, its rule files made absolute, scrapes and rules every ``interval``."""
+    jobs' targets replaced, its rule files made absolute, scrapes and rules every ``interval``;
+    its alerts sent to ``alertmanager`` (host:port), or nowhere without one."""
     config: dict[str, Any] = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     config["global"] |= {"scrape_interval": interval, "evaluation_interval": interval}
     config["rule_files"] = [str(PROMETHEUS_DIR / path) for path in config["rule_files"]]
+    if alertmanager is None:
+        del config["alerting"]
+    else:
+        [sender] = config["alerting"]["alertmanagers"]
+        sender["static_configs"] = [{"targets": [alertmanager]}]
     targets = {"lakeloop_api": api, "pushgateway": pushgateway}
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
