@@ -174,6 +174,16 @@ def test_lakefs_gets_every_variable_the_action_files_read(compose: dict[str, Any
     assert referenced <= set(_environment(compose["services"]["lakefs"]))
 
 
+def test_lakefs_moves_data_through_its_api_for_clients_outside_the_network(
+    compose: dict[str, Any],
+) -> None:
+    """Presigned URLs would name MinIO by its service name, which `lakeloop ingest` from the host
+    (docs/deploy.md) cannot resolve: lakeFS on MinIO must not offer them."""
+    environment = compose["services"]["lakefs"]["environment"]
+    assert environment["LAKEFS_BLOCKSTORE_S3_ENDPOINT"] == "http://minio:9000"
+    assert environment["LAKEFS_BLOCKSTORE_S3_DISABLE_PRE_SIGNED"] == "true"
+
+
 def test_observability_is_provisioned_read_only_from_the_repository(
     compose: dict[str, Any],
 ) -> None:
