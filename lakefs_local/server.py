@@ -284,32 +284,22 @@ def _parse(model: type[SDKRequest], data: JSON | None) -> SDKRequest:
 
 
 def _storage_config(svc: ServerState) -> models.StorageConfig:
-    if svc.blockstore is None:
-        # No presign support: the SDK then uploads through POST .../objects and downloads
-        # through GET.
-        return models.StorageConfig(
-            blockstore_type="local",
-            blockstore_namespace_example="local://example-repo",
-            # The generated model's __init__ keyword is the field's alias (populate-by-name
-            # also works).
-            blockstore_namespace_ValidityRegex="^local://",
-            pre_sign_support=False,
-            pre_sign_support_ui=False,
-            import_support=False,
-            import_validity_regex="^local://",
-            pre_sign_multipart_upload=False,
-        )
-    # What lakeFS's S3 adapter answers (GetStorageNamespaceInfo over namespace.go's defaults),
-    # less what this server does not serve: imports and presigned multipart uploads (lakeFS
-    # answers false for the latter too with blockstore.s3.disable_pre_signed_multipart).
+    """Without a block store, no presign support: the SDK then uploads through POST .../objects
+    and downloads through GET. With S3, what lakeFS's S3 adapter answers (GetStorageNamespaceInfo
+    over namespace.go's defaults), less what this server does not serve: imports and presigned
+    multipart uploads (lakeFS answers false for the latter too with
+    blockstore.s3.disable_pre_signed_multipart)."""
+    s3 = svc.blockstore is not None
+    scheme = "s3" if s3 else "local"
     return models.StorageConfig(
-        blockstore_type="s3",
-        blockstore_namespace_example="s3://example-bucket/",
-        blockstore_namespace_ValidityRegex="^s3://",
-        pre_sign_support=True,
-        pre_sign_support_ui=True,
+        blockstore_type=scheme,
+        blockstore_namespace_example="s3://example-bucket/" if s3 else "local://example-repo",
+        # The generated model's __init__ keyword is the field's alias (populate-by-name works).
+        blockstore_namespace_ValidityRegex=f"^{scheme}://",
+        pre_sign_support=s3,
+        pre_sign_support_ui=s3,
         import_support=False,
-        import_validity_regex="^s3://",
+        import_validity_regex=f"^{scheme}://",
         pre_sign_multipart_upload=False,
     )
 
