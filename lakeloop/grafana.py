@@ -35,7 +35,11 @@ TAG = "lakeloop"
 MERGE, PROMOTION, DRIFT = "merge", "promotion", "drift"
 """The second tag of an annotation, one per dashboard annotation query."""
 DASHBOARDS = ("serving", "model-quality-drift", "pipeline")
-_NOT_FOUND = 404
+_NOT_FOUND, _FORBIDDEN = 404, 403
+DATASOURCE_ROLE = "Admin"
+"""The organisation role Grafana grants data source writes to (fixed:datasources:writer)."""
+DASHBOARD_ROLE = "Editor"
+"""The lowest organisation role that creates folders and saves dashboards."""
 
 
 def _files() -> Any:
@@ -67,10 +71,16 @@ class Synced:
     datasource_uid: str
     dashboards: list[str]
     """Dashboard URLs as Grafana reports them."""
+    datasource_skipped: str | None = None
+    """Why the datasource was not written (the token's role cannot), else ``None``."""
 
 
 class GrafanaNotConfiguredError(RuntimeError):
     """No Grafana URL in the settings."""
+
+
+class GrafanaForbiddenError(RuntimeError):
+    """The token's role cannot write the lakeloop folder or dashboards."""
 
 
 def connect(settings: Settings, *, timeout: float = 10.0) -> GrafanaApi | None:
@@ -93,19 +103,37 @@ def sync(settings: Settings) -> Synced:
     if grafana is None:
         raise GrafanaNotConfiguredError("set LAKELOOP_OBSERVABILITY__GRAFANA_URL to sync Grafana")
     grafana.health.check()  # fails early, naming the URL, when Grafana is not there
-    _ensure_folder(grafana)
+    try:
+        _ensure_folder(grafana)
+    except GrafanaClientError as error:
+        raise _forbidden_or(error, f"create the {FOLDER_UID} folder") from error
     source = datasource(settings)
-    _upsert_datasource(grafana, source)
+    skipped = None
+    try:
+        _upsert_datasource(grafana, source)
+    except GrafanaClientError as error:
+        if error.status_code != _FORBIDDEN:
+            raise
+        # Grafana lets only an org Admin write data sources; an Editor token still syncs the
+        # dashboards, which read the datasource by uid once an Admin (or provisioning) made it.
+        skipped = (
+            f"datasource {source['uid']} not written: the token's role cannot write data "
+            f"sources; it needs the {DATASOURCE_ROLE} role ({_message(error)})"
+        )
+        logger.warning("%s", skipped)
     urls = []
     for name in DASHBOARDS:
-        saved = grafana.dashboard.update_dashboard(
-            {
-                "dashboard": dashboard(name) | {"id": None},
-                "folderUid": FOLDER_UID,
-                "overwrite": True,
-                "message": "lakeloop grafana sync",
-            }
-        )
+        try:
+            saved = grafana.dashboard.update_dashboard(
+                {
+                    "dashboard": dashboard(name) | {"id": None},
+                    "folderUid": FOLDER_UID,
+                    "overwrite": True,
+                    "message": "lakeloop grafana sync",
+                }
+            )
+        except GrafanaClientError as error:
+            raise _forbidden_or(error, f"save the {name} dashboard") from error
         urls.append(saved.get("url", name))
     logger.info(
         "Grafana at %s: folder %s, datasource %s -> %s, %d dashboards",
@@ -115,7 +143,29 @@ def sync(settings: Settings) -> Synced:
         source["url"],
         len(urls),
     )
-    return Synced(folder_uid=FOLDER_UID, datasource_uid=source["uid"], dashboards=urls)
+    return Synced(
+        folder_uid=FOLDER_UID,
+        datasource_uid=source["uid"],
+        dashboards=urls,
+        datasource_skipped=skipped,
+    )
+
+
+def _message(error: GrafanaClientError) -> str:
+    response = getattr(error, "response", None)
+    if isinstance(response, dict) and "message" in response:
+        return str(response["message"])
+    return str(error.message)
+
+
+def _forbidden_or(error: GrafanaClientError, step: str) -> Exception:
+    """A 403 as a :class:`GrafanaForbiddenError` naming the role needed; any other error as is."""
+    if error.status_code != _FORBIDDEN:
+        return error
+    return GrafanaForbiddenError(
+        f"the token's role cannot {step}: it needs the {DASHBOARD_ROLE} role (or "
+        f"{DATASOURCE_ROLE}, which also writes the datasource); Grafana said: {_message(error)}"
+    )
 
 
 def _ensure_folder(grafana: GrafanaApi) -> None:
@@ -182,14 +232,22 @@ def sync_command() -> None:
     except GrafanaNotConfiguredError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from error
+    except GrafanaForbiddenError as error:
+        url = settings.observability.grafana_url
+        typer.echo(f"cannot sync Grafana at {url}: {error}", err=True)
+        raise typer.Exit(1) from error
     # A refused token, a wrong URL, an invalid dashboard: say so in one line, no traceback.
     except Exception as error:
         url = settings.observability.grafana_url
         typer.echo(f"cannot sync Grafana at {url}: {type(error).__name__}: {error}", err=True)
         raise typer.Exit(1) from error
-    typer.echo(
-        f"datasource {synced.datasource_uid} and {len(synced.dashboards)} dashboards "
-        f"in folder {synced.folder_uid}:"
-    )
+    if synced.datasource_skipped is not None:
+        typer.echo(f"skipped: {synced.datasource_skipped}", err=True)
+        typer.echo(f"{len(synced.dashboards)} dashboards in folder {synced.folder_uid}:")
+    else:
+        typer.echo(
+            f"datasource {synced.datasource_uid} and {len(synced.dashboards)} dashboards "
+            f"in folder {synced.folder_uid}:"
+        )
     for url in synced.dashboards:
         typer.echo(f"  {url}")

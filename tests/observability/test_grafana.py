@@ -135,10 +135,103 @@ def test_cli_sync_lists_the_dashboards(
     assert "cannot sync Grafana" in refused.output
 
 
+EDITOR, VIEWER = "glsa_editor_" + "e" * 24, "glsa_viewer_" + "v" * 24
+
+
+@pytest.fixture
+def roles() -> Iterator[tuple[GrafanaStandIn, str]]:
+    """A stand-in holding an Admin (``TOKEN``), an Editor and a Viewer token."""
+    fake = GrafanaStandIn(token=TOKEN, tokens={EDITOR: "Editor", VIEWER: "Viewer"})
+    with serve_in_thread(fake.app()) as url:
+        yield fake, url
+
+
+def test_an_admin_token_syncs_everything(
+    settings: Settings, roles: tuple[GrafanaStandIn, str]
+) -> None:
+    fake, url = roles
+    synced = grafana.sync(configured(settings, url, TOKEN))
+    assert synced.datasource_skipped is None
+    assert set(fake.datasources) == {synced.datasource_uid}
+    assert len(fake.dashboards) == len(grafana.DASHBOARDS)
+
+
+def test_an_editor_token_skips_the_datasource_naming_admin_and_syncs_the_dashboards(
+    settings: Settings, roles: tuple[GrafanaStandIn, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, url = roles
+    with caplog.at_level(logging.WARNING, logger="lakeloop.grafana"):
+        synced = grafana.sync(configured(settings, url, EDITOR))
+    assert fake.datasources == {}
+    assert synced.datasource_skipped is not None
+    assert "Admin role" in synced.datasource_skipped
+    assert "datasources:create" in synced.datasource_skipped  # Grafana's own 403 message
+    assert "Admin role" in caplog.text
+    assert len(fake.dashboards) == len(grafana.DASHBOARDS)
+    assert fake.folders[grafana.FOLDER_UID]["title"] == "lakeloop"
+
+
+def test_an_editor_token_does_not_overwrite_a_datasource_an_admin_made(
+    settings: Settings, roles: tuple[GrafanaStandIn, str]
+) -> None:
+    fake, url = roles
+    grafana.sync(configured(settings, url, TOKEN))
+    made = dict(fake.datasources)
+    synced = grafana.sync(configured(settings, url, EDITOR))
+    assert synced.datasource_skipped is not None
+    assert "datasources:write" in synced.datasource_skipped
+    assert fake.datasources == made
+    assert {saved["version"] for saved in fake.dashboards.values()} == {2}
+
+
+@pytest.mark.parametrize("folder_exists", [False, True])
+def test_a_viewer_token_fails_clearly_naming_editor(
+    settings: Settings, roles: tuple[GrafanaStandIn, str], folder_exists: bool
+) -> None:
+    fake, url = roles
+    if folder_exists:
+        fake.folders[grafana.FOLDER_UID] = {"id": 1, "uid": grafana.FOLDER_UID, "title": "x"}
+    with pytest.raises(grafana.GrafanaForbiddenError, match="needs the Editor role"):
+        grafana.sync(configured(settings, url, VIEWER))
+    assert fake.dashboards == {}
+    assert fake.datasources == {}
+
+
+def test_a_viewer_annotation_is_refused_as_a_warning(
+    settings: Settings, roles: tuple[GrafanaStandIn, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, url = roles
+    with caplog.at_level(logging.WARNING, logger="lakeloop.grafana"):
+        stored = grafana.annotate(configured(settings, url, VIEWER), text="x", tags=[grafana.DRIFT])
+    assert not stored
+    assert fake.annotations == []
+    assert grafana.annotate(configured(settings, url, EDITOR), text="y", tags=[grafana.DRIFT])
+
+
+def test_cli_sync_by_role(
+    settings: Settings, roles: tuple[GrafanaStandIn, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, url = roles
+    monkeypatch.setenv("LAKELOOP_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("LAKELOOP_OBSERVABILITY__GRAFANA_URL", url)
+    monkeypatch.setenv("LAKELOOP_OBSERVABILITY__GRAFANA_TOKEN", EDITOR)
+    editor = CliRunner().invoke(grafana.app, ["sync"])
+    assert editor.exit_code == 0, editor.output
+    assert "skipped: datasource lakeloop-prometheus not written" in editor.output
+    assert "needs the Admin role" in editor.output
+    assert "3 dashboards in folder lakeloop" in editor.output
+
+    monkeypatch.setenv("LAKELOOP_OBSERVABILITY__GRAFANA_TOKEN", VIEWER)
+    viewer = CliRunner().invoke(grafana.app, ["sync"])
+    assert viewer.exit_code == 1
+    assert "needs the Editor role" in viewer.output
+    assert VIEWER not in viewer.output
+
+
 def test_against_a_real_grafana(settings: Settings) -> None:
     url, token = os.environ.get("GRAFANA_URL"), os.environ.get("GRAFANA_TOKEN")
     if not url:
-        pytest.skip("set GRAFANA_URL (and GRAFANA_TOKEN, an Editor service-account token)")
+        pytest.skip("set GRAFANA_URL (and GRAFANA_TOKEN, an Admin service-account token)")
     real = configured(settings, url, token)
     synced = grafana.sync(real)
     grafana.sync(real)  # idempotent against the real server too

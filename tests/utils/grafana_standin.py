@@ -6,6 +6,13 @@ token) and keeps what it was sent, so tests assert what Grafana would have store
 ``GET /api/frontend/settings`` (the client's health check), ``GET|POST /api/folders``,
 ``GET|PUT /api/datasources/uid/{uid}``, ``POST /api/datasources``, ``POST /api/dashboards/db``,
 ``POST /api/annotations``.
+
+Each token carries an organisation role, and each endpoint asks for the permission Grafana's
+route asks for (``pkg/api/api.go``), granted to the basic roles as Grafana's fixed roles grant
+it: data sources are written by Admin only (``fixed:datasources:writer``), folders, dashboards
+and organisation annotations by Editor and Admin, reads by everyone. A role without the
+permission gets Grafana's 403 body (``title``, ``message`` naming the permission,
+``accessErrorId``).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import hmac
 import itertools
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from litestar import Litestar, Request, Response, get, post, put
 from litestar.connection import ASGIConnection
@@ -22,6 +29,31 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.handlers import BaseRouteHandler
 
 VERSION = "11.3.0"
+
+Role = Literal["Viewer", "Editor", "Admin"]
+_RANK: dict[Role, int] = {"Viewer": 0, "Editor": 1, "Admin": 2}
+GRANTED: dict[str, Role] = {
+    "folders:read": "Viewer",
+    "folders:create": "Editor",
+    "datasources:read": "Viewer",  # OSS grants the data source reader to Viewer
+    "datasources:create": "Admin",
+    "datasources:write": "Admin",
+    "dashboards:write": "Editor",
+    "annotations:create": "Editor",
+}
+"""The lowest basic role holding each permission the stand-in's endpoints ask for."""
+
+
+def _forbidden(permission: str) -> Response[dict[str, str]]:
+    return Response(
+        {
+            "title": "Access denied",
+            "message": "You'll need additional permissions to perform this action. "
+            f"Permissions needed: {permission}",
+            "accessErrorId": "ACE0000000001",
+        },
+        status_code=403,
+    )
 
 
 def _not_found(message: str) -> Response[dict[str, str]]:
@@ -34,7 +66,11 @@ def _unauthorized(_: Request[Any, Any, Any], __: Exception) -> Response[dict[str
 
 @dataclass
 class GrafanaStandIn:
-    token: str
+    token: str | None = None
+    role: Role = "Admin"
+    """The role of ``token``."""
+    tokens: dict[str, Role] = field(default_factory=dict)
+    """More tokens, each with its organisation role."""
     folders: dict[str, dict[str, Any]] = field(default_factory=dict)
     datasources: dict[str, dict[str, Any]] = field(default_factory=dict)
     dashboards: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -44,25 +80,48 @@ class GrafanaStandIn:
     """The Authorization header of every request, in order."""
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
+    def __post_init__(self) -> None:
+        if self.token is not None:
+            self.tokens[self.token] = self.role
+
+    def _role(self, authorization: str) -> Role | None:
+        found = None
+        for token, role in self.tokens.items():
+            if hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
+                found = role
+        return found
+
     def app(self) -> Litestar:
         def authorized(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
             given = connection.headers.get("authorization", "")
             self.authorizations.append(given)
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            if self._role(given) is None:
                 raise NotAuthorizedException("Unauthorized")
+
+        def denied(request: Request[Any, Any, Any], permission: str) -> Response[Any] | None:
+            role = self._role(request.headers.get("authorization", ""))
+            if role is None or _RANK[role] < _RANK[GRANTED[permission]]:
+                return _forbidden(permission)
+            return None
 
         @get("/api/frontend/settings")
         async def frontend_settings() -> dict[str, Any]:
             return {"buildInfo": {"version": VERSION, "edition": "Open Source"}}
 
         @get("/api/folders/{uid:str}")
-        async def get_folder(uid: str) -> Response[dict[str, Any]]:
+        async def get_folder(request: Request[Any, Any, Any], uid: str) -> Response[Any]:
+            if refused := denied(request, "folders:read"):
+                return refused
             if uid not in self.folders:
                 return _not_found("folder not found")
             return Response(self.folders[uid])
 
         @post("/api/folders", status_code=200)
-        async def create_folder(data: dict[str, Any]) -> Response[dict[str, Any]]:
+        async def create_folder(
+            request: Request[Any, Any, Any], data: dict[str, Any]
+        ) -> Response[Any]:
+            if refused := denied(request, "folders:create"):
+                return refused
             uid = data.get("uid") or f"f{next(self._ids)}"
             if uid in self.folders:
                 return Response(
@@ -73,13 +132,19 @@ class GrafanaStandIn:
             return Response(folder)
 
         @get("/api/datasources/uid/{uid:str}")
-        async def get_datasource(uid: str) -> Response[dict[str, Any]]:
+        async def get_datasource(request: Request[Any, Any, Any], uid: str) -> Response[Any]:
+            if refused := denied(request, "datasources:read"):
+                return refused
             if uid not in self.datasources:
                 return _not_found("Data source not found")
             return Response(self.datasources[uid])
 
         @post("/api/datasources", status_code=200)
-        async def create_datasource(data: dict[str, Any]) -> Response[dict[str, Any]]:
+        async def create_datasource(
+            request: Request[Any, Any, Any], data: dict[str, Any]
+        ) -> Response[Any]:
+            if refused := denied(request, "datasources:create"):
+                return refused
             if data["uid"] in self.datasources:
                 return Response(
                     {"message": "data source with the same uid already exists"}, status_code=409
@@ -91,7 +156,11 @@ class GrafanaStandIn:
             )
 
         @put("/api/datasources/uid/{uid:str}")
-        async def update_datasource(uid: str, data: dict[str, Any]) -> Response[dict[str, Any]]:
+        async def update_datasource(
+            request: Request[Any, Any, Any], uid: str, data: dict[str, Any]
+        ) -> Response[Any]:
+            if refused := denied(request, "datasources:write"):
+                return refused
             if uid not in self.datasources:
                 return _not_found("Data source not found")
             stored = data | {"id": self.datasources[uid]["id"]}
@@ -101,7 +170,11 @@ class GrafanaStandIn:
             )
 
         @post("/api/dashboards/db", status_code=200)
-        async def save_dashboard(data: dict[str, Any]) -> Response[dict[str, Any]]:
+        async def save_dashboard(
+            request: Request[Any, Any, Any], data: dict[str, Any]
+        ) -> Response[Any]:
+            if refused := denied(request, "dashboards:write"):
+                return refused
             model, folder = data["dashboard"], data.get("folderUid", "")
             if folder and folder not in self.folders:
                 return Response({"message": "folder not found"}, status_code=400)
@@ -130,10 +203,12 @@ class GrafanaStandIn:
             )
 
         @post("/api/annotations", status_code=200)
-        async def add_annotation(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        async def add_annotation(request: Request[Any, Any, Any]) -> Response[Any]:
+            if refused := denied(request, "annotations:create"):
+                return refused
             annotation = await request.json() | {"id": next(self._ids)}
             self.annotations.append(annotation)
-            return {"message": "Annotation added", "id": annotation["id"]}
+            return Response({"message": "Annotation added", "id": annotation["id"]})
 
         return Litestar(
             route_handlers=[
