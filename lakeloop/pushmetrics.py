@@ -14,6 +14,14 @@ within the same few milliseconds may count once (the promotion lock in the train
 this rare for promotions). Each group also carries a ``..._last_run_timestamp_seconds`` so a
 dashboard can show when something last happened without any count.
 
+Counts from the start. ``increase()`` measures a counter from its first sample, so a series
+whose first sample is already 1 adds nothing: the first promotion, the first drift retrain, the
+first failed validation would be lost. Every push therefore carries each counter's every known
+label combination (:data:`VALIDATION_OUTCOMES`, :data:`TRAINING_TRIGGERS` x promoted,
+``folded``), at zero until it happens, and :func:`seed_counters` puts the zeros on the
+Pushgateway before a group's first run (the training flow calls it as it starts): an event
+counts once Prometheus has scraped its zero.
+
 Metrics are observability, not the product: a Pushgateway that is down must not fail a training
 run that already promoted a model. The ``push_*`` functions log a warning and return ``False``
 instead of raising; with no URL configured they do nothing.
@@ -30,7 +38,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import httpx
-from prometheus_client import CollectorRegistry, push_to_gateway
+from prometheus_client import CollectorRegistry, push_to_gateway, pushadd_to_gateway
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -39,10 +47,16 @@ logger = logging.getLogger(__name__)
 VALIDATION_JOB = "lakeloop_validation"
 """Pushgateway job of data validation results; one group per dataset."""
 TRAINING_JOB = "lakeloop_training"
+"""Pushgateway job of training results; one group per registered model."""
 FEEDBACK_JOB = "lakeloop_feedback"
 """Pushgateway job of the checks of reported values before a retrain folds them."""
-"""Pushgateway job of training results; one group per registered model."""
 TIMEOUT = 10.0
+
+VALIDATION_OUTCOMES = ("passed", "failed")
+TRAINING_TRIGGERS = ("commit", "drift", "alert", "reconcile", "manual")
+"""``lakeloop.registry.TRIGGER_KINDS``, repeated so pushing metrics does not import the registry
+(and MLflow); a test keeps them equal."""
+BOOLEANS = ("false", "true")
 
 Labels = frozenset[tuple[str, str]]
 Group = dict[str, dict[Labels, float]]
@@ -130,12 +144,7 @@ def push_validation(
                 "The lakeFS commit last validated (value 1 on its label).",
                 {"commit_id": commit_id},
             ),
-            _counted(
-                "lakeloop_validation_runs",
-                "Validation runs, by outcome.",
-                previous,
-                {"outcome": outcome},
-            ),
+            _counted(*_VALIDATION_RUNS, previous, {"outcome": outcome}),
         ]
 
     return _read_modify_push(
@@ -198,10 +207,7 @@ def push_training(
                 ]
             ),
             _counted(
-                "lakeloop_training_runs",
-                "Training runs, by trigger and by whether the model was promoted.",
-                previous,
-                {"trigger": trigger, "promoted": str(promoted).lower()},
+                *_TRAINING_RUNS, previous, {"trigger": trigger, "promoted": str(promoted).lower()}
             ),
         ]
 
@@ -249,12 +255,7 @@ def push_feedback_check(
                 "When a window's reported values were last checked.",
                 at,
             ),
-            _counted(
-                "lakeloop_feedback_windows",
-                "Windows of reported values a retrain checked, by whether they were folded.",
-                previous,
-                {"folded": str(folded).lower()},
-            ),
+            _counted(*_FEEDBACK_WINDOWS, previous, {"folded": str(folded).lower()}),
         ]
 
     return _read_modify_push(
@@ -264,6 +265,77 @@ def push_feedback_check(
         families=families,
         timeout=timeout,
     )
+
+
+_Counter = tuple[str, str, list[dict[str, str]]]
+"""A counter's name, help text and every label combination it can take."""
+_VALIDATION_RUNS: _Counter = (
+    "lakeloop_validation_runs",
+    "Validation runs, by outcome.",
+    [{"outcome": outcome} for outcome in VALIDATION_OUTCOMES],
+)
+_TRAINING_RUNS: _Counter = (
+    "lakeloop_training_runs",
+    "Training runs, by trigger and by whether the model was promoted.",
+    [
+        {"trigger": trigger, "promoted": promoted}
+        for trigger in TRAINING_TRIGGERS
+        for promoted in BOOLEANS
+    ],
+)
+_FEEDBACK_WINDOWS: _Counter = (
+    "lakeloop_feedback_windows",
+    "Windows of reported values a retrain checked, by whether they were folded.",
+    [{"folded": folded} for folded in BOOLEANS],
+)
+
+
+def seed_counters(
+    url: str | None, *, dataset: str, model_name: str, timeout: float = TIMEOUT
+) -> bool:
+    """Put every counter of the ``dataset``'s validation group and the ``model_name``'s training
+    and feedback groups on the Pushgateway, each label combination not there yet at zero, so
+    the first run's event is counted by ``increase()`` (call it well before that run pushes:
+    Prometheus must scrape the zeros first). Counts already there are kept, and so are the
+    groups' other metrics (an HTTP POST replaces only the counters). Returns whether every
+    group was seeded (``False`` also when ``url`` is ``None``); never raises."""
+    if url is None:
+        return False
+    seeded = [
+        _seed(url, job=job, grouping_key=key, counter=counter, timeout=timeout)
+        for job, key, counter in (
+            (VALIDATION_JOB, {"dataset": dataset}, _VALIDATION_RUNS),
+            (TRAINING_JOB, {"model_name": model_name}, _TRAINING_RUNS),
+            (FEEDBACK_JOB, {"model_name": model_name}, _FEEDBACK_WINDOWS),
+        )
+    ]
+    return all(seeded)
+
+
+def _seed(
+    url: str, *, job: str, grouping_key: Mapping[str, str], counter: _Counter, timeout: float
+) -> bool:
+    name, _, combinations = counter
+    try:
+        previous = read_group(url, job=job, grouping_key=grouping_key, timeout=timeout)
+        held = previous.get(f"{name}_total", {})
+        if all(frozenset(labels.items()) in held for labels in combinations):
+            return True
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families([_counted(*counter, previous, None)]))
+        pushadd_to_gateway(
+            url, job=job, registry=registry, grouping_key=dict(grouping_key), timeout=timeout
+        )
+    except (httpx.HTTPError, OSError) as error:
+        logger.warning(
+            "counters of %s %s not seeded on the Pushgateway at %s: %s",
+            job,
+            dict(grouping_key),
+            url,
+            error,
+        )
+        return False
+    return True
 
 
 class _Families:
@@ -313,16 +385,24 @@ def _info(name: str, documentation: str, labels: Mapping[str, str]) -> GaugeMetr
 
 
 def _counted(
-    name: str, documentation: str, previous: Group, this_run: Mapping[str, str]
+    name: str,
+    documentation: str,
+    combinations: list[dict[str, str]],
+    previous: Group,
+    this_run: Mapping[str, str] | None,
 ) -> CounterMetricFamily:
-    """The counter ``name`` as the Pushgateway held it, with this run added to its labels.
+    """The counter ``name`` as the Pushgateway held it, with this run (if any) added to its
+    labels, and every label combination not seen yet at zero.
 
     Built as a family without ``_created``: a created time reset on every push would tell
     Prometheus the counter restarted each time."""
     counts = dict(previous.get(f"{name}_total", {}))
-    key = frozenset(this_run.items())
-    counts[key] = counts.get(key, 0.0) + 1
-    label_names = sorted(this_run)
+    for combination in combinations:
+        counts.setdefault(frozenset(combination.items()), 0.0)
+    if this_run is not None:
+        key = frozenset(this_run.items())
+        counts[key] = counts.get(key, 0.0) + 1
+    label_names = sorted(combinations[0])
     family = CounterMetricFamily(name, documentation, labels=label_names)
     for labels, count in sorted(counts.items(), key=lambda item: sorted(item[0])):
         values = dict(labels)

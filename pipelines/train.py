@@ -409,6 +409,12 @@ def train_commit(
     logger = run_logger()
     run = runtime.step
     logger.info("training on %s@%s (%s)", repository, commit_id, reason)
+    # Zeros first, so this run's promotion or refusal is the counters' first increase.
+    pushmetrics.seed_counters(
+        settings.observability.pushgateway_url,
+        dataset=spec.name,
+        model_name=settings.mlflow.model_name,
+    )
     if reason.startswith("lakefs."):
         grafana.annotate(
             settings, text=f"{reason} {repository}@{commit_id:.12}", tags=[grafana.MERGE]
