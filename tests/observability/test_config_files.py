@@ -99,6 +99,18 @@ def test_every_panel_has_an_id_title_unit_and_the_one_datasource(name: str) -> N
 
 
 @pytest.mark.parametrize("name", grafana.DASHBOARDS)
+def test_every_stat_panel_queries_the_present_instant(name: str) -> None:
+    # A range query reduced with lastNotNull keeps a series that ended inside the time range:
+    # right after a promotion the stat would show the old version beside the new one.
+    stats = [panel for panel in grafana.dashboard(name)["panels"] if panel["type"] == "stat"]
+    assert stats, f"{name} has no stat panel"
+    for panel in stats:
+        for target in panel["targets"]:
+            where = f"{name}: {panel['title']} ({target['refId']})"
+            assert (target.get("instant"), target.get("range")) == (True, False), where
+
+
+@pytest.mark.parametrize("name", grafana.DASHBOARDS)
 def test_dashboards_show_lakeloop_annotations_by_tag(name: str) -> None:
     queries = [
         annotation["target"]
