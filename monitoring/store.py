@@ -11,6 +11,7 @@ Each function takes its store or URL as a parameter: the entry point reads the s
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import tempfile
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 import msgspec
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
 
 from lakeloop.dataset import in_units
 from lakeloop.pushmetrics import replace_group
@@ -31,6 +32,8 @@ from lakeloop.stores.objects import ObjectStore
 from monitoring.history import Decision, HistoryEntry
 from monitoring.labels import FoldRecord
 from monitoring.parse import DriftSummary, QualitySummary
+
+logger = logging.getLogger(__name__)
 
 JOB = "lakeloop_monitor"
 """Pushgateway job name; each champion version is its own group under it."""
@@ -118,6 +121,37 @@ def push_metrics(
         grouping_key={"model_version": champion_version},
         timeout=timeout,
     )
+
+
+def push_heartbeat(
+    gateway_url: str | None, *, champion_version: str, now: datetime, timeout: float = 10.0
+) -> bool:
+    """Tell the Pushgateway the monitor ran though it checked nothing (too few rows): one gauge
+    added to the champion's group with an HTTP POST, which keeps the drift numbers there and
+    moves the group's ``push_time_seconds``, what ``LakeloopMonitorStale`` watches. Returns
+    whether the Pushgateway took it; a failure is a warning, never an error of the run."""
+    if gateway_url is None:
+        return False
+    registry = CollectorRegistry()
+    Gauge(
+        "lakeloop_monitor_last_attempt_timestamp_seconds",
+        "When the monitor last ran, a check or not.",
+        registry=registry,
+    ).set(now.timestamp())
+    try:
+        pushadd_to_gateway(
+            gateway_url,
+            job=JOB,
+            registry=registry,
+            grouping_key={"model_version": champion_version},
+            timeout=timeout,
+        )
+    except OSError as error:  # urllib: down, or refused the push
+        logger.warning(
+            "monitor heartbeat not pushed to the Pushgateway at %s: %s", gateway_url, error
+        )
+        return False
+    return True
 
 
 def save_report(

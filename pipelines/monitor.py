@@ -21,7 +21,7 @@ from lakeloop.settings import Settings
 from monitoring.check import CheckResult, check_window
 from monitoring.history import Window
 from monitoring.reference import cached_reference, reference_frame
-from monitoring.store import describe, mlflow_record, report_file
+from monitoring.store import describe, mlflow_record, push_heartbeat, report_file
 from monitoring.window import champion_window
 from pipelines.runtime import PLAIN, Runtime, run_logger, step
 
@@ -207,6 +207,12 @@ def monitor_once(
             f"{needed} a check needs (LAKELOOP_MONITORING__POLICY__MIN_ROWS)"
         )
         logger.info("%s; nothing checked", reason)
+        # Still a sign of life for the staleness alert: the monitor runs, traffic is low.
+        push_heartbeat(
+            settings.observability.pushgateway_url,
+            champion_version=champion.version,
+            now=datetime.now(UTC),
+        )
         return {"status": "skipped", "reason": reason, "champion_version": champion.version}
 
     reference = run(champion_reference)(settings, spec, champion)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
 from lakeloop import pushmetrics
+from monitoring.store import push_heartbeat
 from tests.utils.net import free_port
 from tests.utils.prometheus import pushgateway
 
@@ -130,3 +132,21 @@ def test_replace_group_is_the_monitors_push_too(gateway: str) -> None:
     )
     found = group(gateway, "lakeloop_monitor", model_version="9")
     assert one(found, "lakeloop_drift_share") == 0.25
+
+
+def test_a_monitor_heartbeat_keeps_the_drift_numbers_and_moves_the_push_time(
+    gateway: str,
+) -> None:
+    registry = CollectorRegistry()
+    Gauge("lakeloop_drift_share", "share", registry=registry).set(0.4)
+    pushmetrics.replace_group(
+        gateway, registry, job="lakeloop_monitor", grouping_key={"model_version": "12"}
+    )
+    pushed_at = one(group(gateway, "lakeloop_monitor", model_version="12"), "push_time_seconds")
+    later = datetime.now(UTC)
+    assert push_heartbeat(gateway, champion_version="12", now=later)
+    found = group(gateway, "lakeloop_monitor", model_version="12")
+    assert one(found, "lakeloop_drift_share") == 0.4
+    assert one(found, "lakeloop_monitor_last_attempt_timestamp_seconds") == later.timestamp()
+    assert one(found, "push_time_seconds") >= pushed_at
+    assert not push_heartbeat(None, champion_version="12", now=later)
