@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
 from lakeloop.dataset import Target
@@ -123,6 +131,10 @@ class ApiMetrics:
 
     def __init__(self, *, prediction_buckets: tuple[float, ...] = _BUCKETS, unit: str = "") -> None:
         self.registry = CollectorRegistry()
+        # The process's CPU, memory, open files and start time, and the Python version: the
+        # default registry has them, but this one is the app's own, so it registers them itself.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self.requests = Counter(
             "lakeloop_api_requests",
             "HTTP requests by endpoint, method and status.",

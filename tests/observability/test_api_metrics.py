@@ -147,3 +147,16 @@ def test_no_champion_counts_as_unavailable(settings: Settings, record: dict[str,
         page = samples(client.get("/metrics").text)
     assert value(page, "lakeloop_api_errors_total", endpoint="/v1/predict", kind="unavailable") == 1
     assert value(page, "lakeloop_api_predicted_value_count") == 0
+
+
+def test_the_api_exports_its_process_metrics(client: TestClient) -> None:
+    page = samples(client.get("/metrics").text)
+    names = {name for name, _ in page}
+    assert {
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_start_time_seconds",
+        "python_info",
+    } <= names
+    assert value(page, "process_resident_memory_bytes") > 0
