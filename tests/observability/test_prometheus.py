@@ -248,6 +248,14 @@ def loaded(
         ),
         what="both scrape targets up",
     )
+    # The same traffic again once Prometheus holds the first round's counters: increase() and
+    # rate() measure from a series' first sample, and the prediction error ratio needs 10
+    # requests in 5 minutes, counted.
+    poll(
+        lambda: observed.prometheus.query('lakeloop_api_requests_total{endpoint="/v1/predict"}'),
+        what="the first round of predictions scraped",
+    )
+    send_traffic(observed.api, spec, observed.feedback_headers)
     return observed
 
 
