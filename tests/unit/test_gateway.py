@@ -445,26 +445,21 @@ def test_secret_is_checked_before_the_body_is_read(gateway: TestClient) -> None:
 
 
 def grafana_alert(status: str = "firing", **changes: object) -> dict[str, object]:
-    """One alert as Grafana's unified alerting webhook sends it."""
-    alert: dict[str, object] = {
-        "status": status,
-        "labels": {
-            "alertname": "LakeloopDriftAboveThreshold",
-            "lakeloop_action": "retrain",
-            "model_version": "3",
-            "severity": "warning",
-        },
-        "annotations": {"summary": "50% of the features drifted for champion v3"},
-        "startsAt": "2026-11-23T10:00:00.157076+01:00",
-        "endsAt": "0001-01-01T00:00:00Z",
-        "generatorURL": "http://grafana:3000/alerting/grafana/drift/view",
-        "fingerprint": "c6eadffa33fcdf37",
+    """One alert as Grafana's unified alerting webhook sends it: Alertmanager's fields (its own
+    start, source and fingerprint) plus Grafana's extras."""
+    alert = alertmanager_alert(
+        status,
+        startsAt="2026-11-23T10:00:00.157076+01:00",
+        generatorURL="http://grafana:3000/alerting/grafana/drift/view",
+        fingerprint="c6eadffa33fcdf37",
+    )
+    grafana_only = {
         "silenceURL": "http://grafana:3000/alerting/silence/new",
         "dashboardURL": "",
         "panelURL": "",
         "values": {"B": 0.5, "C": 1},
     }
-    return alert | changes
+    return alert | grafana_only | changes
 
 
 def notification(*alerts: dict[str, object]) -> dict[str, object]:
