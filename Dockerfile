@@ -73,3 +73,13 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('LAKELOOP_API__PORT', '8000') + '/healthz', timeout=4)"]
 
 CMD ["python", "-m", "api"]
+
+# What the image was built from, last so that a new commit rebuilds one metadata layer only.
+# .github/workflows/release.yml passes the commit and the release version; a local build says
+# "unknown" rather than guess.
+ARG VERSION=0.1.0
+ARG VCS_REF=unknown
+LABEL org.opencontainers.image.title="lakeloop" \
+      org.opencontainers.image.description="lakeloop: lakeFS -> Prefect -> MLflow -> Litestar, one image for every role" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${VCS_REF}"

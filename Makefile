@@ -18,7 +18,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install lakeloop with its dev tools
+# Flux's CRD schemas for tests/deploy/test_ci_cd.py come from npm (no PyPI package carries them):
+# installed when Node.js is, else those checks skip, naming node.
+NODE_CHECKS := tests/deploy/node
+$(NODE_CHECKS)/node_modules/.installed: $(NODE_CHECKS)/package.json $(NODE_CHECKS)/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix $(NODE_CHECKS) --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the Flux schema checks of tests/deploy will skip (install Node.js 20+)"; fi
+
+install: $(STAMP) $(NODE_CHECKS)/node_modules/.installed  ## create .venv and install lakeloop with its dev tools (and the Flux schemas when Node.js is installed)
 
 # Prometheus, the Pushgateway, Alertmanager (with amtool), docker-compose and Chromium from
 # Debian's packages: the observability tests run them for real, the alert path runs Prometheus ->

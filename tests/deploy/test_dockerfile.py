@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,19 @@ def test_the_image_builds_when_a_docker_daemon_is_reachable() -> None:
         check=True,
     )
     assert user.stdout.strip() == "10001"
+
+
+def test_the_image_names_the_commit_and_version_it_was_built_from(
+    stages: list[list[dict[str, str]]],
+) -> None:
+    runtime = stages[-1]
+    args = dict(value.split("=", 1) for value in _values(runtime, "ARG"))
+    # A local build says it does not know the commit; release.yml passes it (test_ci_cd.py).
+    assert args["VCS_REF"] == "unknown"
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert args["VERSION"] == version
+    [labels] = _values(runtime, "LABEL")
+    assert 'org.opencontainers.image.revision="${VCS_REF}"' in labels
+    assert 'org.opencontainers.image.version="${VERSION}"' in labels
+    # Last, so that a new commit rebuilds only the metadata.
+    assert [i["instruction"] for i in runtime[-3:]] == ["ARG", "ARG", "LABEL"]
