@@ -290,3 +290,21 @@ def _validate_flux(objects: list[dict[str, Any]]) -> list[str]:
     )
     problems: list[str] = json.loads(checked.stdout)
     return problems
+
+
+def test_the_flux_folder_builds_as_flux_builds_it(tmp_path: Path) -> None:
+    """kustomize-controller builds a path with no kustomization.yaml from every manifest in it
+    (so `flux bootstrap`'s own flux-system/ folder joins them): the same, by kubectl."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: kustomize rendering not checked")
+    assert not (FLUX / "kustomization.yaml").exists()
+    names = [path.name for path in sorted(FLUX.glob("*.yaml"))]
+    for name in names:
+        shutil.copy(FLUX / name, tmp_path / name)
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({"resources": names}))
+    built = subprocess.run(
+        [kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, check=True
+    ).stdout
+    kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(built) if doc)
+    assert kinds == ["ImagePolicy", "ImageRepository", "ImageUpdateAutomation", "Kustomization"]
