@@ -19,14 +19,11 @@ import lakefs
 import pandas as pd
 import pytest
 
-from gateway.app import create_gateway
-from lakefs_local import create_app as create_lakefs
 from lakefs_local.blockstore import S3Settings
 from lakeloop import lakefs_client
 from lakeloop.ingest import inspect_source, write_parquet
-from lakeloop.settings import Settings, load_settings
-from tests.utils.fake_prefect import FakePrefectEvents
-from tests.utils.net import free_port, serve_in_thread
+from lakeloop.settings import Settings
+from tests.utils.local_lakefs import gated_repository
 from tests.utils.s3 import CREDENTIALS, create_bucket, moto_server, object_keys
 from tooling import market
 
@@ -63,39 +60,21 @@ def _record_staging(client: lakefs.Client) -> list[str]:
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lake]:
     root = tmp_path_factory.mktemp("presigned-wap")
-    fake = FakePrefectEvents()
-    lakefs_port, gateway_port = free_port(), free_port()
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, moto_server(root / "moto") as endpoint:
         for name, value in CREDENTIALS.items():
             patch.setenv(name, value)  # the lakeFS server's S3 credentials, as a pod's secret
-        patch.setenv("LAKEFSACTION_LAKELOOP_WEBHOOK_SECRET", SECRET)
-        with moto_server(root / "moto") as endpoint, serve_in_thread(fake.app()) as prefect_url:
-            create_bucket(endpoint, BUCKET)
-            settings = load_settings(
-                state_dir=root / "state",
-                lakefs={
-                    "port": lakefs_port,
-                    "secret_access_key": LAKEFS_SECRET,
-                    "storage_namespace": NAMESPACE,
-                },
-                gateway={"port": gateway_port, "webhook_secret": SECRET},
-                prefect={"api_url": f"{prefect_url}/api"},
-            )
-            lakefs_app = create_lakefs(
-                data_dir=root / "lakefs",
-                access_key_id=settings.lakefs.access_key_id,
-                secret_access_key=LAKEFS_SECRET,
-                blockstore_s3=S3Settings(endpoint=endpoint),
-            )
-            with (
-                serve_in_thread(lakefs_app, port=lakefs_port),
-                serve_in_thread(create_gateway(settings), port=gateway_port),
-            ):
-                client = lakefs_client.connect(settings)
-                staged = _record_staging(client)
-                lakefs_client.ensure_repository(client, settings)
-                lakefs_client.install_actions(client, settings)
-                yield Lake(settings, client, endpoint, staged)
+        create_bucket(endpoint, BUCKET)
+        with gated_repository(
+            root,
+            webhook_secret=SECRET,
+            lakefs_secret=LAKEFS_SECRET,
+            storage_namespace=NAMESPACE,
+            blockstore_s3=S3Settings(endpoint=endpoint),
+            install_actions=False,
+        ) as gated:
+            staged = _record_staging(gated.client)
+            lakefs_client.install_actions(gated.client, gated.settings)
+            yield Lake(gated.settings, gated.client, endpoint, staged)
 
 
 def test_actions_are_installed_through_s3(lake: Lake) -> None:

@@ -16,14 +16,12 @@ import pytest
 from lakefs_sdk import BranchProtectionRule
 from litestar import Litestar
 
-from gateway.app import create_gateway
-from lakefs_local import create_app as create_lakefs
 from lakeloop import lakefs_client
 from lakeloop.ingest import SourceTable, file_sha256, inspect_source, write_parquet
 from lakeloop.settings import Settings, load_settings
 from tests.utils.bad_batches import BAD_BATCHES, Builder
 from tests.utils.fake_prefect import FakePrefectEvents
-from tests.utils.net import free_port, serve_in_thread
+from tests.utils.local_lakefs import gated_repository
 from tests.utils.waiting import DEADLINE_SECONDS, eventually
 from tooling import market
 
@@ -68,32 +66,14 @@ class Loop:
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     root = tmp_path_factory.mktemp("wap")
-    fake = FakePrefectEvents()
-    lakefs_port, gateway_port = free_port(), free_port()
-    with pytest.MonkeyPatch.context() as patch, serve_in_thread(fake.app()) as prefect_url:
-        # What the lakeFS server's environment must carry for the action's {{ ENV.… }} header.
-        patch.setenv("LAKEFSACTION_LAKELOOP_WEBHOOK_SECRET", SECRET)
-        settings = load_settings(
-            state_dir=root / "state",
-            lakefs={"port": lakefs_port, "secret_access_key": LAKEFS_SECRET},
-            gateway={"port": gateway_port, "webhook_secret": SECRET},
-            prefect={"api_url": f"{prefect_url}/api"},
+    with gated_repository(root, webhook_secret=SECRET, lakefs_secret=LAKEFS_SECRET) as lake:
+        yield Loop(
+            settings=lake.settings,
+            client=lake.client,
+            prefect=lake.prefect,
+            folder=root,
+            lakefs_app=lake.lakefs_app,
         )
-        lakefs_app = create_lakefs(
-            data_dir=root / "lakefs",
-            access_key_id=settings.lakefs.access_key_id,
-            secret_access_key=LAKEFS_SECRET,
-        )
-        with (
-            serve_in_thread(lakefs_app, port=lakefs_port),
-            serve_in_thread(create_gateway(settings), port=gateway_port),
-        ):
-            client = lakefs_client.connect(settings)
-            lakefs_client.ensure_repository(client, settings)
-            lakefs_client.install_actions(client, settings)
-            yield Loop(
-                settings=settings, client=client, prefect=fake, folder=root, lakefs_app=lakefs_app
-            )
 
 
 def test_good_batch_lands_on_main_and_is_relayed_to_prefect(loop: Loop) -> None:
