@@ -197,10 +197,26 @@ def test_observability_is_provisioned_read_only_from_the_repository(
     assert {mount.split(":")[0] for mount in from_repository} == {
         "./prometheus",
         "./alertmanager",
-        "../monitoring/grafana/provisioning",
+        "../monitoring/grafana/provisioning/datasources",
+        "../monitoring/grafana/provisioning/dashboards",
         "../monitoring/grafana/dashboards",
     }
     assert all(mount.endswith(":ro") for mount in from_repository)
+
+
+def test_the_stack_alerts_through_one_path_only(compose: dict[str, Any]) -> None:
+    """Prometheus's rules reach the gateway through Alertmanager; Grafana's alert rules (the same
+    alerts, monitoring/grafana/provisioning/alerting) are not provisioned beside them, or every
+    alert would reach a person twice and one drift would retrain twice."""
+    inside = yaml.safe_load((INFRA / "prometheus" / "prometheus.compose.yml").read_text())
+    assert inside["alerting"]["alertmanagers"]
+    assert "alertmanager" in compose["services"]
+    grafana = compose["services"]["grafana"]
+    targets = [mount.split(":")[1] for mount in grafana["volumes"]]
+    assert "/etc/grafana/provisioning" not in targets
+    assert not any(target.startswith("/etc/grafana/provisioning/alerting") for target in targets)
+    # Nor does Grafana hold the gateway's secret, which only its alerting would use.
+    assert "LAKELOOP_GATEWAY__WEBHOOK_SECRET" not in _environment(grafana)
 
 
 def test_lakeloop_services_run_the_image_built_from_this_repository(
