@@ -38,7 +38,8 @@ FROM ${PYTHON_IMAGE} AS runtime
 # lets platforms that pick an arbitrary uid (OpenShift) write there too.
 RUN useradd --system --uid 10001 --gid 0 --home-dir /home/lakeloop --create-home \
         --shell /usr/sbin/nologin lakeloop \
-    && install --directory --owner 10001 --group 0 --mode 0770 /var/lib/lakeloop
+    && install --directory --owner 10001 --group 0 --mode 0770 /var/lib/lakeloop \
+        /var/lib/lakeloop-grafana
 
 COPY --from=build /opt/venv /opt/venv
 

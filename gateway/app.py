@@ -73,6 +73,17 @@ TOKEN_HEADER = "X-Lakeloop-Token"  # noqa: S105 - a header name, not a secret
 """Header carrying the shared secret on lakeFS webhooks (alerts carry it as a Bearer token)."""
 ACTION_LABEL = "lakeloop_action"
 """Alert label saying what lakeloop should do (``retrain``); a deployment trigger matches it."""
+RETRAIN = "retrain"
+NOTHING_MEASURED_ALERTS = frozenset({"DatasourceNoData", "DatasourceError"})
+"""The alerts Grafana sends in place of a rule's own when its query returned no data or failed
+(``pkg/services/ngalert/state/compat.go``: ``noDataAlert``, ``errorAlert``). They carry every
+label of the rule, ``lakeloop_action`` included, with ``alertname`` replaced and the rule's name
+in ``rulename``: a missing series or a failing query, never a measurement."""
+STATE_REASON_ANNOTATION = "grafana_state_reason"
+"""Grafana's annotation saying why an alert's state differs from its evaluation: ``NoData`` or
+``Error`` when a rule's ``noDataState``/``execErrState`` (``Alerting``, ``KeepLast``) turned a
+missing series or a failed query into a firing alert (``models.StateReason*``)."""
+NOTHING_MEASURED_REASONS = frozenset({"NoData", "Error"})
 SEND_TIMEOUT_SECONDS = 5.0
 """How long one attempt to hand an event to Prefect may take (a request waits for the first)."""
 # Prefect answers these when the event itself is malformed: retrying it can never succeed.
@@ -172,6 +183,32 @@ class AlertsRelayed(msgspec.Struct):
     event_ids: list[str]
     delivered: int = 0
     """Of the relayed events, those Prefect already accepted."""
+    refused_retrains: list[str] = msgspec.field(default_factory=list)
+    """Alerts labelled ``lakeloop_action=retrain`` relayed as ``notify`` instead, each with why
+    (:func:`retrain_refusal`): Grafana's no-data and error alerts measured nothing."""
+
+
+def retrain_refusal(alert: NotifiedAlert) -> str | None:
+    """Why an alert labelled ``lakeloop_action=retrain`` must not retrain, else ``None``.
+
+    Grafana copies a rule's labels onto the ``DatasourceNoData``/``DatasourceError`` alert it
+    sends when the rule's query returns nothing or fails, and a rule whose ``noDataState`` or
+    ``execErrState`` is ``Alerting`` or ``KeepLast`` fires under its own name with a
+    ``grafana_state_reason`` of ``NoData``/``Error``. Either way nothing drifted: a stopped
+    monitor or an unreachable Prometheus is a person's problem, and a retrain would not mend it."""
+    if alert.labels.get(ACTION_LABEL) != RETRAIN:
+        return None
+    name = alert.labels.get("alertname", "")
+    if name in NOTHING_MEASURED_ALERTS:
+        rule = alert.labels.get("rulename", "an unnamed rule")
+        return f"{name} from rule {rule}: Grafana got no data or an error, nothing was measured"
+    reasons = {
+        reason.strip() for reason in alert.annotations.get(STATE_REASON_ANNOTATION, "").split(",")
+    }
+    if reasons & NOTHING_MEASURED_REASONS:
+        shown = alert.annotations[STATE_REASON_ANNOTATION]
+        return f"{name} fires from {STATE_REASON_ANNOTATION}={shown}: nothing was measured"
+    return None
 
 
 def alert_event(alert: NotifiedAlert, *, default_model: str, receiver: str) -> dict[str, Any]:
@@ -183,6 +220,8 @@ def alert_event(alert: NotifiedAlert, *, default_model: str, receiver: str) -> d
     model = alert.labels.get("model_name", default_model)
     name = alert.labels.get("alertname", "")
     started = alert.starts_at.isoformat()
+    refusal = retrain_refusal(alert)
+    action = "notify" if refusal else alert.labels.get(ACTION_LABEL, "notify")
     return {
         "id": events.event_id(events.ALERT_FIRED, alert.fingerprint, started),
         "occurred": started,
@@ -191,7 +230,7 @@ def alert_event(alert: NotifiedAlert, *, default_model: str, receiver: str) -> d
             model,
             **{
                 events.ALERT_NAME: name,
-                events.ALERT_ACTION: alert.labels.get(ACTION_LABEL, "notify"),
+                events.ALERT_ACTION: action,
                 events.ALERT_FINGERPRINT: alert.fingerprint,
             },
         ),
@@ -206,6 +245,7 @@ def alert_event(alert: NotifiedAlert, *, default_model: str, receiver: str) -> d
             "values": alert.values,
             "generator_url": alert.generator_url,
             "receiver": receiver,
+            "retrain_refused": refusal,
         },
         "related": [],
     }
@@ -569,6 +609,13 @@ def relay_notification(
             notification.truncated_alerts,
         )
     firing = [alert for alert in notification.alerts if alert.status == "firing"]
+    refused = [
+        f"{alert.fingerprint}: {refusal}"
+        for alert in firing
+        if (refusal := retrain_refusal(alert)) is not None
+    ]
+    for refusal in refused:
+        logger.warning("not a retrain, relayed as notify: alert %s", refusal)
     batch = [
         alert_event(alert, default_model=default_model, receiver=notification.receiver)
         for alert in firing
@@ -588,6 +635,7 @@ def relay_notification(
         ignored=len(notification.alerts) - len(firing),
         event_ids=[event["id"] for event in batch],
         delivered=sum(delivered),
+        refused_retrains=refused,
     )
 
 

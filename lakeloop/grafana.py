@@ -8,15 +8,23 @@ nothing: the folder and datasource keep fixed uids and dashboards are saved with
 Annotations mark merges, promotions and drift on every lakeloop dashboard (they query them by
 tag). They are a courtesy to the people reading the dashboards: :func:`annotate` never fails
 the flow that calls it.
+
+The flows' credential is a service-account token. Grafana cannot provision service accounts
+from files, so :func:`provision_service_account` makes one through Grafana's HTTP API as its
+admin (``pkg/services/serviceaccounts/api``), gives it a fresh token and writes the token to a
+file the flows read at each call (``observability.grafana_token_file``): the compose stack runs
+it once per start, before any flow needs it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -40,6 +48,9 @@ DATASOURCE_ROLE = "Admin"
 """The organisation role Grafana grants data source writes to (fixed:datasources:writer)."""
 DASHBOARD_ROLE = "Editor"
 """The lowest organisation role that creates folders and saves dashboards."""
+SERVICE_ACCOUNT = "lakeloop-flows"
+"""The service account :func:`provision_service_account` makes for the flows, with the
+:data:`DASHBOARD_ROLE`: annotations and dashboards, never data sources or users."""
 
 
 def _files() -> Any:
@@ -84,17 +95,35 @@ class GrafanaForbiddenError(RuntimeError):
 
 
 def connect(settings: Settings, *, timeout: float = 10.0) -> GrafanaApi | None:
-    """A client for the configured Grafana (service-account token as Bearer), else ``None``."""
+    """A client for the configured Grafana (service-account token as Bearer), else ``None``.
+    Raises :class:`GrafanaNotConfiguredError` when the token is to come from a file that holds
+    none (yet)."""
     observability = settings.observability
     if observability.grafana_url is None:
         return None
-    token = observability.grafana_token
     api: GrafanaApi = GrafanaApi.from_url(
-        observability.grafana_url,
-        credential=token.get_secret_value() if token is not None else None,
-        timeout=timeout,
+        observability.grafana_url, credential=_token(settings), timeout=timeout
     )
     return api
+
+
+def _token(settings: Settings) -> str | None:
+    observability = settings.observability
+    if observability.grafana_token is not None:
+        return observability.grafana_token.get_secret_value()
+    path = observability.grafana_token_file
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as error:
+        raise GrafanaNotConfiguredError(
+            f"no Grafana token in {path} ({type(error).__name__}): "
+            "`lakeloop grafana service-account` writes it (the compose stack's grafana-init)"
+        ) from None
+    if not token:
+        raise GrafanaNotConfiguredError(f"the Grafana token file {path} is empty")
+    return token
 
 
 def sync(settings: Settings) -> Synced:
@@ -194,7 +223,11 @@ def annotate(
     """Post an organisation-wide annotation tagged ``lakeloop`` and ``tags`` (e.g.
     ``[PROMOTION]``), at ``time`` (now by default). Returns whether Grafana stored it; with no
     Grafana configured, or when the call fails (logged as a warning), returns ``False``."""
-    grafana = connect(settings)
+    try:
+        grafana = connect(settings)
+    except GrafanaNotConfiguredError as error:
+        logger.warning("annotation %r not stored in Grafana: %s", text, error)
+        return False
     if grafana is None:
         return False
     at = time or datetime.now(UTC)
@@ -213,6 +246,86 @@ def annotate(
         )
         return False
     return True
+
+
+@dataclass(frozen=True)
+class ServiceAccount:
+    """What :func:`provision_service_account` did."""
+
+    id: int
+    created: bool
+    """The account was made now (else it existed)."""
+    token_file: Path
+    revoked: int
+    """Older tokens of the account deleted once the new one was written."""
+
+
+def provision_service_account(settings: Settings) -> ServiceAccount:
+    """Make the flows' service account (once, with the :data:`DASHBOARD_ROLE`), give it a new
+    token, write the token to ``observability.grafana_token_file`` (owner-only, replaced whole)
+    and then revoke its older tokens: a flow reading the file between two runs of this gets the
+    old token or the new one, both valid at that moment. Signs in as Grafana's admin
+    (``grafana_admin_user`` / ``grafana_admin_password``); the token is never logged."""
+    observability = settings.observability
+    url, path = observability.grafana_url, observability.grafana_token_file
+    password = observability.grafana_admin_password
+    if url is None or path is None or password is None:
+        missing = [
+            f"LAKELOOP_OBSERVABILITY__{name}"
+            for name, value in (
+                ("GRAFANA_URL", url),
+                ("GRAFANA_TOKEN_FILE", path),
+                ("GRAFANA_ADMIN_PASSWORD", password),
+            )
+            if value is None
+        ]
+        raise GrafanaNotConfiguredError(f"set {' and '.join(missing)} to make the service account")
+    admin = GrafanaApi.from_url(
+        url,
+        credential=(observability.grafana_admin_user, password.get_secret_value()),
+        timeout=10.0,
+    )
+    admin.health.check()
+    accounts = admin.serviceaccount
+    found = [
+        account
+        for page in accounts.search(query=SERVICE_ACCOUNT)
+        for account in page["serviceAccounts"]
+        if account["name"] == SERVICE_ACCOUNT
+    ]
+    account = (
+        found[0] if found else accounts.create({"name": SERVICE_ACCOUNT, "role": DASHBOARD_ROLE})
+    )
+    older = accounts.get_tokens(account["id"])
+    # Token names are unique per account (409 otherwise): the time makes each run's its own.
+    name = f"{SERVICE_ACCOUNT}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+    created = accounts.create_token(account["id"], {"name": name})
+    _write_secret(path, created["key"])
+    for token in older:
+        accounts.delete_token(account["id"], token["id"])
+    logger.info(
+        "Grafana service account %s (id %s, %s): new token written to %s, %d older revoked",
+        SERVICE_ACCOUNT,
+        account["id"],
+        account.get("role", DASHBOARD_ROLE),
+        path,
+        len(older),
+    )
+    return ServiceAccount(
+        id=int(account["id"]),
+        created=not found,
+        token_file=path,
+        revoked=len(older),
+    )
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    """Write ``secret`` to ``path`` readable by its owner only, replacing the file whole."""
+    partial = path.with_name(f".{path.name}.tmp")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secret)
+    os.replace(partial, path)
 
 
 app = typer.Typer(help="Grafana: the lakeloop dashboards and datasource as code.")
@@ -251,3 +364,27 @@ def sync_command() -> None:
         )
     for url in synced.dashboards:
         typer.echo(f"  {url}")
+
+
+@app.command("service-account")
+def service_account_command() -> None:
+    """Make the flows' Grafana service account and write a fresh token to its file (as admin)."""
+    settings = load_settings()
+    try:
+        made = provision_service_account(settings)
+    except GrafanaNotConfiguredError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from error
+    # A refused password, Grafana down: one line, no traceback, never a credential.
+    except Exception as error:
+        url = settings.observability.grafana_url
+        typer.echo(
+            f"cannot make the service account in Grafana at {url}: {type(error).__name__}: {error}",
+            err=True,
+        )
+        raise typer.Exit(1) from error
+    state = "made" if made.created else "exists"
+    typer.echo(
+        f"service account {SERVICE_ACCOUNT} ({state}, role {DASHBOARD_ROLE}): token written to "
+        f"{made.token_file}, {made.revoked} older revoked"
+    )

@@ -302,6 +302,13 @@ class ObservabilitySettings(BaseModel):
     """Grafana that ``lakeloop grafana sync`` provisions and the flows annotate."""
     grafana_token: SecretStr | None = None
     """Grafana service-account token (Editor on the lakeloop folder)."""
+    grafana_token_file: Path | None = None
+    """File holding that token, read at each call when ``grafana_token`` is unset; ``lakeloop
+    grafana service-account`` writes it (the compose stack's ``grafana-init``)."""
+    grafana_admin_user: str = "admin"
+    grafana_admin_password: SecretStr | None = None
+    """Grafana's admin login, used only by ``lakeloop grafana service-account`` to make the flows'
+    service account and its token, never by the flows."""
     prometheus_url: str = "http://prometheus:9090"
     """Prometheus URL that the Grafana datasource points at (as Grafana reaches it)."""
 

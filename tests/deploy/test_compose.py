@@ -27,7 +27,7 @@ ACTIONS = ROOT / "deployments" / "lakefs_actions"
 # ${NAME}, ${NAME:-default}, ${NAME:?message}, ...; $$ is a literal dollar sign.
 VARIABLE = re.compile(r"(?<!\$)\$\{(?P<name>\w+)(?P<operator>:?[-?])?[^}]*\}")
 # One-shot jobs (create databases, buckets): they exit, so they have no health check.
-ONE_SHOT = {"postgres-init", "minio-init"}
+ONE_SHOT = {"postgres-init", "minio-init", "grafana-init"}
 SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "_KEY", "CONNECTION_STRING", "STORE_URI")
 
 
@@ -137,6 +137,9 @@ def test_secrets_come_from_the_env_file_only(
     """No secret value is written in the file, and the example gives none either."""
     for name, service in compose["services"].items():
         for key, value in _environment(service).items():
+            # A *_FILE names where a secret is kept, not the secret.
+            if key.endswith("_FILE"):
+                continue
             if any(word in key for word in SECRET_WORDS) and value is not None:
                 assert VARIABLE.search(str(value)), f"{name}: {key} is not from infra/.env"
     for key, value in example_names.items():
@@ -197,10 +200,26 @@ def test_observability_is_provisioned_read_only_from_the_repository(
     assert {mount.split(":")[0] for mount in from_repository} == {
         "./prometheus",
         "./alertmanager",
-        "../monitoring/grafana/provisioning",
+        "../monitoring/grafana/provisioning/datasources",
+        "../monitoring/grafana/provisioning/dashboards",
         "../monitoring/grafana/dashboards",
     }
     assert all(mount.endswith(":ro") for mount in from_repository)
+
+
+def test_the_stack_alerts_through_one_path_only(compose: dict[str, Any]) -> None:
+    """Prometheus's rules reach the gateway through Alertmanager; Grafana's alert rules (the same
+    alerts, monitoring/grafana/provisioning/alerting) are not provisioned beside them, or every
+    alert would reach a person twice and one drift would retrain twice."""
+    inside = yaml.safe_load((INFRA / "prometheus" / "prometheus.compose.yml").read_text())
+    assert inside["alerting"]["alertmanagers"]
+    assert "alertmanager" in compose["services"]
+    grafana = compose["services"]["grafana"]
+    targets = [mount.split(":")[1] for mount in grafana["volumes"]]
+    assert "/etc/grafana/provisioning" not in targets
+    assert not any(target.startswith("/etc/grafana/provisioning/alerting") for target in targets)
+    # Nor does Grafana hold the gateway's secret, which only its alerting would use.
+    assert "LAKELOOP_GATEWAY__WEBHOOK_SECRET" not in _environment(grafana)
 
 
 def test_lakeloop_services_run_the_image_built_from_this_repository(
@@ -211,7 +230,7 @@ def test_lakeloop_services_run_the_image_built_from_this_repository(
         for name, service in compose["services"].items()
         if "lakeloop" in str(service.get("image"))
     }
-    assert set(lakeloop) == {"prefect", "mlflow", "gateway", "api", "worker"}
+    assert set(lakeloop) == {"prefect", "mlflow", "gateway", "api", "worker", "grafana-init"}
     for service in lakeloop.values():
         assert service["build"] == {"context": "..", "dockerfile": "Dockerfile"}
         assert (INFRA / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
@@ -254,7 +273,7 @@ def test_the_api_and_the_flow_runs_share_the_stores_in_minio_not_a_volume(
 ) -> None:
     """The API logs to, and the worker's flow runs (the monitor) read from and keep the monitor
     history in, the bucket of LAKELOOP_STORE__URL on MinIO, signed with the read-write key;
-    no lakeloop container mounts a volume for it."""
+    no lakeloop container mounts a volume for it (the worker mounts only the Grafana token's)."""
     services = compose["services"]
     bucket = "lakeloop"
     assert f"minio/{bucket}" in " ".join(services["minio-init"]["command"])
@@ -264,7 +283,8 @@ def test_the_api_and_the_flow_runs_share_the_stores_in_minio_not_a_volume(
         assert environment["LAKELOOP_STORE__ENDPOINT_URL"] == "http://minio:9000", name
         assert environment["AWS_ACCESS_KEY_ID"] == "${S3_ACCESS_KEY_ID}", name
         assert environment["AWS_SECRET_ACCESS_KEY"] == "${S3_SECRET_ACCESS_KEY}", name
-        assert "volumes" not in services[name], name
+        volumes = services[name].get("volumes", [])
+        assert all(volume.startswith("grafana-token:") for volume in volumes), name
     assert "lakeloop-state" not in compose["volumes"]
 
 
@@ -308,3 +328,40 @@ def _gateway_webhook(config: dict[str, Any]) -> dict[str, Any]:
     [webhook] = receiver["webhook_configs"]
     assert isinstance(webhook, dict)
     return webhook
+
+
+def test_the_flows_get_a_grafana_token_that_grafana_init_makes(compose: dict[str, Any]) -> None:
+    """Grafana cannot provision service accounts from files: grafana-init (the lakeloop image,
+    once Grafana is healthy) makes the flows' service account and token as Grafana's admin and
+    writes the token to a volume the worker mounts read-only, at the path the worker's settings
+    read it from. Only grafana-init and Grafana hold the admin password; the worker holds no
+    Grafana secret in its environment."""
+    services = compose["services"]
+    init, worker, grafana = services["grafana-init"], services["worker"], services["grafana"]
+    assert init["command"] == ["lakeloop", "grafana", "service-account"]
+    assert init["depends_on"] == {"grafana": {"condition": "service_healthy"}}
+    init_env, worker_env = _environment(init), _environment(worker)
+    assert init_env["LAKELOOP_OBSERVABILITY__GRAFANA_URL"] == "http://grafana:3000"
+    assert worker_env["LAKELOOP_OBSERVABILITY__GRAFANA_URL"] == "http://grafana:3000"
+    token_file = Path(worker_env["LAKELOOP_OBSERVABILITY__GRAFANA_TOKEN_FILE"])
+    assert init_env["LAKELOOP_OBSERVABILITY__GRAFANA_TOKEN_FILE"] == str(token_file)
+    [init_mount] = init["volumes"]
+    [worker_mount] = worker["volumes"]
+    assert init_mount == f"grafana-token:{token_file.parent}"
+    assert worker_mount == f"grafana-token:{token_file.parent}:ro"
+    assert "grafana-token" in compose["volumes"]
+    # A fresh named volume takes the owner of the image's folder: the image makes it for its user.
+    assert str(token_file.parent) in (ROOT / "Dockerfile").read_text()
+
+    password = "${GRAFANA_ADMIN_PASSWORD}"
+    assert init_env["LAKELOOP_OBSERVABILITY__GRAFANA_ADMIN_PASSWORD"] == password
+    assert _environment(grafana)["GF_SECURITY_ADMIN_PASSWORD"].startswith(
+        "${GRAFANA_ADMIN_PASSWORD"
+    )
+    holders = {
+        name
+        for name, service in services.items()
+        if any("GRAFANA_ADMIN_PASSWORD" in str(value) for value in _environment(service).values())
+    }
+    assert holders == {"grafana", "grafana-init"}
+    assert "LAKELOOP_OBSERVABILITY__GRAFANA_TOKEN" not in worker_env

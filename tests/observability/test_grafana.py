@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -245,3 +246,127 @@ def test_against_a_real_grafana(settings: Settings) -> None:
     assert grafana.annotate(real, text=text, tags=[grafana.DRIFT])
     found = client.annotations.find_annotations(tags=[grafana.TAG, grafana.DRIFT], limit=20)
     assert text in [annotation["text"] for annotation in found]
+
+
+# The flows' service account ------------------------------------------------------------------
+
+ADMIN_PASSWORD = "admin-password-" + "p" * 20
+
+
+def with_account(settings: Settings, url: str, token_file: Path, **more: object) -> Settings:
+    """Settings that make the service account as the admin and read its token from the file."""
+    observability: dict[str, object] = {
+        "grafana_url": url,
+        "grafana_token_file": token_file,
+        "grafana_admin_password": ADMIN_PASSWORD,
+        "prometheus_url": PROMETHEUS,
+    }
+    return load_settings(state_dir=settings.state_dir, observability=observability | more)
+
+
+@pytest.fixture
+def admin() -> Iterator[tuple[GrafanaStandIn, str]]:
+    """A stand-in whose ``admin`` signs in with ``ADMIN_PASSWORD``; no token exists yet."""
+    fake = GrafanaStandIn(admin_password=ADMIN_PASSWORD)
+    with serve_in_thread(fake.app()) as url:
+        yield fake, url
+
+
+def test_the_service_account_token_lets_the_flows_annotate_as_an_editor(
+    settings: Settings, admin: tuple[GrafanaStandIn, str], tmp_path: Path
+) -> None:
+    fake, url = admin
+    token_file = tmp_path / "grafana" / "token"
+    token_file.parent.mkdir()
+    made = grafana.provision_service_account(with_account(settings, url, token_file))
+
+    assert made.created
+    [account] = fake.service_accounts.values()
+    assert (account["name"], account["role"]) == (grafana.SERVICE_ACCOUNT, "Editor")
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    # The flows hold no admin password: the token file is their only credential.
+    flows = load_settings(
+        state_dir=settings.state_dir,
+        observability={"grafana_url": url, "grafana_token_file": token_file},
+    )
+    assert grafana.annotate(flows, text="v2 promoted", tags=[grafana.PROMOTION])
+    [annotation] = fake.annotations
+    assert annotation["text"] == "v2 promoted"
+    assert fake.authorizations[-1] == f"Bearer {token_file.read_text()}"
+
+
+def test_making_it_again_keeps_the_account_and_replaces_the_token(
+    settings: Settings, admin: tuple[GrafanaStandIn, str], tmp_path: Path
+) -> None:
+    """Each start of the stack gives a new token and revokes the one before; the account stays."""
+    fake, url = admin
+    token_file = tmp_path / "token"
+    configured_admin = with_account(settings, url, token_file)
+    grafana.provision_service_account(configured_admin)
+    first = token_file.read_text()
+    again = grafana.provision_service_account(configured_admin)
+    second = token_file.read_text()
+
+    assert not again.created
+    assert again.revoked == 1
+    assert second != first
+    assert len(fake.service_accounts) == 1
+    [account_id] = fake.service_accounts
+    assert [token["key"] for token in fake.account_tokens[account_id]] == [second]
+    old = configured(settings, url, token=first)
+    assert not grafana.annotate(old, text="with the revoked token", tags=[grafana.DRIFT])
+    new = configured(settings, url, token=second)
+    assert grafana.annotate(new, text="with the new token", tags=[grafana.DRIFT])
+
+
+def test_cli_service_account_never_shows_a_credential(
+    settings: Settings,
+    admin: tuple[GrafanaStandIn, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, url = admin
+    token_file = tmp_path / "token"
+    monkeypatch.setenv("LAKELOOP_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("LAKELOOP_OBSERVABILITY__GRAFANA_URL", url)
+    monkeypatch.setenv("LAKELOOP_OBSERVABILITY__GRAFANA_TOKEN_FILE", str(token_file))
+    monkeypatch.setenv("LAKELOOP_OBSERVABILITY__GRAFANA_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    made = CliRunner().invoke(grafana.app, ["service-account"])
+    assert made.exit_code == 0, made.output
+    assert f"token written to {token_file}" in made.output
+    assert token_file.read_text() not in made.output
+    assert ADMIN_PASSWORD not in made.output
+
+    wrong = "wrong-password-" + "w" * 20
+    monkeypatch.setenv("LAKELOOP_OBSERVABILITY__GRAFANA_ADMIN_PASSWORD", wrong)
+    refused = CliRunner().invoke(grafana.app, ["service-account"])
+    assert refused.exit_code == 1
+    assert "cannot make the service account" in refused.output
+    assert wrong not in refused.output
+
+    monkeypatch.delenv("LAKELOOP_OBSERVABILITY__GRAFANA_ADMIN_PASSWORD")
+    unset = CliRunner().invoke(grafana.app, ["service-account"])
+    assert unset.exit_code == 2
+    assert "LAKELOOP_OBSERVABILITY__GRAFANA_ADMIN_PASSWORD" in unset.output
+
+
+def test_a_missing_token_file_turns_annotations_off_with_a_warning_naming_it(
+    settings: Settings,
+    admin: tuple[GrafanaStandIn, str],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before the stack's grafana-init has written the token, a flow's annotation is skipped
+    (no request, so no 401) with a warning saying which file and what writes it."""
+    fake, url = admin
+    token_file = tmp_path / "not-yet"
+    flows = load_settings(
+        state_dir=settings.state_dir,
+        observability={"grafana_url": url, "grafana_token_file": token_file},
+    )
+    with caplog.at_level(logging.WARNING, logger="lakeloop.grafana"):
+        stored = grafana.annotate(flows, text="merge", tags=[grafana.MERGE])
+    assert not stored
+    assert fake.authorizations == []
+    assert str(token_file) in caplog.text
+    assert "lakeloop grafana service-account" in caplog.text

@@ -112,6 +112,20 @@ def rule_expressions() -> list[tuple[str, str]]:
     return found
 
 
+def grafana_alert_expressions() -> list[tuple[str, str]]:
+    """The PromQL of every Grafana alert rule's Prometheus query (its threshold is a Grafana
+    expression; the signal it compares must exist)."""
+    alerting = DASHBOARDS.parent / "provisioning" / "alerting"
+    return [
+        (f"grafana {rule['title']} [{query['refId']}]", query["model"]["expr"])
+        for path in sorted(alerting.glob("*.yml"))
+        for group in yaml.safe_load(path.read_text()).get("groups", [])
+        for rule in group["rules"]
+        for query in rule["data"]
+        if "expr" in query["model"]
+    ]
+
+
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     folder = tmp_path_factory.mktemp("observability")
@@ -259,7 +273,9 @@ def loaded(
     return observed
 
 
-@pytest.mark.parametrize(("where", "expr"), panel_expressions() + rule_expressions())
+@pytest.mark.parametrize(
+    ("where", "expr"), panel_expressions() + rule_expressions() + grafana_alert_expressions()
+)
 def test_expression_returns_data(loaded: Observed, where: str, expr: str) -> None:
     result = poll(lambda: loaded.prometheus.query(expr), what=f"{where}: `{expr}` returning data")
     assert all("value" in sample for sample in result)

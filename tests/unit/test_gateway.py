@@ -536,7 +536,13 @@ def test_resolved_alerts_are_acknowledged_not_relayed(
     body = notification(grafana_alert("resolved", endsAt="2026-11-23T11:00:00Z"))
     response = gateway.post("/alerts/grafana", json=body, headers=BEARER)
     assert response.status_code == 202
-    assert response.json() == {"relayed": 0, "ignored": 1, "event_ids": [], "delivered": 0}
+    assert response.json() == {
+        "relayed": 0,
+        "ignored": 1,
+        "event_ids": [],
+        "delivered": 0,
+        "refused_retrains": [],
+    }
     assert prefect[0].events == []
 
 
@@ -557,6 +563,90 @@ def test_the_same_alert_twice_is_the_same_event_and_a_new_start_is_a_new_one(
     assert refired != first
     # The repeat arrived while the first copy waited for Prefect's store: it was not sent again.
     assert sorted(prefect[0].ids()) == sorted([first, refired])
+
+
+def grafana_nothing_measured_alerts() -> list[dict[str, object]]:
+    """What Grafana sends for the drift rule when its query finds no series or fails, as its
+    state manager builds them (``pkg/services/ngalert/state/compat.go``): the rule's labels,
+    ``lakeloop_action`` included, under ``alertname`` DatasourceNoData / DatasourceError with the
+    rule's name in ``rulename``; or, with ``noDataState``/``execErrState`` set to ``Alerting`` or
+    ``KeepLast``, the rule's own name with ``grafana_state_reason`` saying why."""
+    rule_labels = {"alertname": "LakeloopDriftAboveThreshold", "lakeloop_action": "retrain"}
+    renamed = {"rulename": "LakeloopDriftAboveThreshold", "datasource_uid": "lakeloop-prometheus"}
+    return [
+        grafana_alert(
+            fingerprint="a1a1a1a1a1a1a1a1",
+            labels=rule_labels | renamed | {"alertname": "DatasourceNoData"},
+        ),
+        grafana_alert(
+            fingerprint="b2b2b2b2b2b2b2b2",
+            labels=rule_labels | renamed | {"alertname": "DatasourceError"},
+        ),
+        grafana_alert(
+            fingerprint="c3c3c3c3c3c3c3c3",
+            labels=rule_labels,
+            annotations={"grafana_state_reason": "NoData"},
+        ),
+        grafana_alert(
+            fingerprint="d4d4d4d4d4d4d4d4",
+            labels=rule_labels,
+            annotations={"grafana_state_reason": "Error, KeepLast"},
+        ),
+    ]
+
+
+def test_grafana_no_data_and_error_alerts_never_retrain_even_when_labelled(
+    gateway: TestClient,
+    prefect: tuple[FakePrefectEvents, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A missing series or a failing query measured no drift: each such alert is still relayed
+    (an event a person's automation may read) but as ``notify``, which no trigger matches, and the
+    answer and the log say which alert was refused as a retrain and why. A measured drift in the
+    same notification still retrains."""
+    nothing_measured = grafana_nothing_measured_alerts()
+    body = notification(*nothing_measured, grafana_alert())
+    with caplog.at_level(logging.WARNING, logger="gateway.app"):
+        response = gateway.post("/alerts/grafana", json=body, headers=BEARER)
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert answer["relayed"] == 5
+    refused = answer["refused_retrains"]
+    assert [line.split(":")[0] for line in refused] == [
+        alert["fingerprint"] for alert in nothing_measured
+    ]
+    assert "DatasourceNoData from rule LakeloopDriftAboveThreshold" in refused[0]
+    assert "DatasourceError from rule LakeloopDriftAboveThreshold" in refused[1]
+    assert "grafana_state_reason=NoData" in refused[2]
+    assert "grafana_state_reason=Error, KeepLast" in refused[3]
+    assert "not a retrain" in caplog.text
+    eventually(lambda: len(prefect[0].events) == 5, what="every alert relayed")
+    actions = {
+        event["resource"]["lakeloop.alert.fingerprint"]: event["resource"]["lakeloop.alert.action"]
+        for event in prefect[0].events
+    }
+    assert actions == {
+        "a1a1a1a1a1a1a1a1": "notify",
+        "b2b2b2b2b2b2b2b2": "notify",
+        "c3c3c3c3c3c3c3c3": "notify",
+        "d4d4d4d4d4d4d4d4": "notify",
+        "c6eadffa33fcdf37": "retrain",
+    }
+    reasons = {event["payload"]["retrain_refused"] for event in prefect[0].events}
+    assert None in reasons
+    assert len(reasons) == 5
+
+
+def test_a_state_reason_that_measured_something_still_retrains(
+    gateway: TestClient, prefect: tuple[FakePrefectEvents, str]
+) -> None:
+    """Only NoData and Error mean nothing was measured: a drift alert Grafana annotates for
+    another reason (a rule ``Updated``) still asks for a retrain."""
+    updated = grafana_alert(annotations={"grafana_state_reason": "Updated"})
+    response = gateway.post("/alerts/grafana", json=notification(updated), headers=BEARER)
+    assert response.json()["refused_retrains"] == []
+    [event] = prefect[0].events
+    assert event["resource"]["lakeloop.alert.action"] == "retrain"
 
 
 def alertmanager_notification(

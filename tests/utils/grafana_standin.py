@@ -5,7 +5,11 @@ folder or datasource, 412 for an existing dashboard saved without ``overwrite``,
 token) and keeps what it was sent, so tests assert what Grafana would have stored. Endpoints:
 ``GET /api/frontend/settings`` (the client's health check), ``GET|POST /api/folders``,
 ``GET|PUT /api/datasources/uid/{uid}``, ``POST /api/datasources``, ``POST /api/dashboards/db``,
-``POST /api/annotations``.
+``POST /api/annotations``, and the service accounts' (``pkg/services/serviceaccounts/api``):
+``GET /api/serviceaccounts/search``, ``POST /api/serviceaccounts``,
+``GET|POST /api/serviceaccounts/{id}/tokens``, ``DELETE /api/serviceaccounts/{id}/tokens/{id}``
+(org Admin only; a new token is a Bearer token with the account's role until it is deleted).
+Basic auth with ``admin_password`` signs in as the admin (role Admin).
 
 Each token carries an organisation role, and each endpoint asks for the permission Grafana's
 route asks for (``pkg/api/api.go``), granted to the basic roles as Grafana's fixed roles grant
@@ -17,16 +21,19 @@ permission gets Grafana's 403 body (``title``, ``message`` naming the permission
 
 from __future__ import annotations
 
+import base64
 import hmac
 import itertools
 import re
+import secrets
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from litestar import Litestar, Request, Response, get, post, put
+from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers import BaseRouteHandler
+from litestar.params import Parameter
 
 VERSION = "11.3.0"
 
@@ -40,6 +47,9 @@ GRANTED: dict[str, Role] = {
     "datasources:write": "Admin",
     "dashboards:write": "Editor",
     "annotations:create": "Editor",
+    "serviceaccounts:read": "Admin",
+    "serviceaccounts:create": "Admin",
+    "serviceaccounts:write": "Admin",
 }
 """The lowest basic role holding each permission the stand-in's endpoints ask for."""
 
@@ -78,6 +88,11 @@ class GrafanaStandIn:
     annotations: list[dict[str, Any]] = field(default_factory=list)
     authorizations: list[str] = field(default_factory=list)
     """The Authorization header of every request, in order."""
+    admin_password: str | None = None
+    """The password of the ``admin`` user (Basic auth), if it may sign in."""
+    service_accounts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    account_tokens: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    """Service account id -> its tokens (``id``, ``name``, ``key``)."""
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
@@ -89,6 +104,10 @@ class GrafanaStandIn:
         for token, role in self.tokens.items():
             if hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode()):
                 found = role
+        if self.admin_password is not None:
+            basic = base64.b64encode(f"admin:{self.admin_password}".encode()).decode()
+            if hmac.compare_digest(authorization.encode(), f"Basic {basic}".encode()):
+                found = "Admin"
         return found
 
     def app(self) -> Litestar:
@@ -210,6 +229,101 @@ class GrafanaStandIn:
             self.annotations.append(annotation)
             return Response({"message": "Annotation added", "id": annotation["id"]})
 
+        @get("/api/serviceaccounts/search")
+        async def search_accounts(
+            request: Request[Any, Any, Any],
+            search: Annotated[str, Parameter(query="query")] = "",
+            page: int = 1,
+            perpage: int = 1000,
+        ) -> Response[Any]:
+            if refused := denied(request, "serviceaccounts:read"):
+                return refused
+            matching = [
+                account | {"tokens": len(self.account_tokens[account["id"]])}
+                for account in self.service_accounts.values()
+                if search.lower() in account["name"].lower()
+            ]
+            shown = matching[(page - 1) * perpage : page * perpage]
+            return Response(
+                {
+                    "totalCount": len(matching),
+                    "serviceAccounts": shown,
+                    "page": page,
+                    "perPage": perpage,
+                }
+            )
+
+        @post("/api/serviceaccounts", status_code=201)
+        async def create_account(
+            request: Request[Any, Any, Any], data: dict[str, Any]
+        ) -> Response[Any]:
+            if refused := denied(request, "serviceaccounts:create"):
+                return refused
+            if any(a["name"] == data["name"] for a in self.service_accounts.values()):
+                return Response({"message": "Failed to create service account"}, status_code=400)
+            account_id = next(self._ids)
+            login = f"sa-1-{data['name']}"
+            account = {
+                "id": account_id,
+                "uid": f"sa{account_id}",
+                "name": data["name"],
+                "login": login,
+                "orgId": 1,
+                "isDisabled": bool(data.get("isDisabled", False)),
+                "role": data.get("role", "Viewer"),
+                "tokens": 0,
+            }
+            self.service_accounts[account_id] = account
+            self.account_tokens[account_id] = []
+            return Response(account, status_code=201)
+
+        @get("/api/serviceaccounts/{account_id:int}/tokens")
+        async def list_tokens(request: Request[Any, Any, Any], account_id: int) -> Response[Any]:
+            if refused := denied(request, "serviceaccounts:read"):
+                return refused
+            return Response(
+                [
+                    {"id": t["id"], "name": t["name"], "hasExpired": False, "expiration": None}
+                    for t in self.account_tokens.get(account_id, [])
+                ]
+            )
+
+        @post("/api/serviceaccounts/{account_id:int}/tokens", status_code=200)
+        async def create_token(
+            request: Request[Any, Any, Any], account_id: int, data: dict[str, Any]
+        ) -> Response[Any]:
+            if refused := denied(request, "serviceaccounts:write"):
+                return refused
+            if account_id not in self.service_accounts:
+                return _not_found("Failed to retrieve service account")
+            if any(t["name"] == data["name"] for t in self.account_tokens[account_id]):
+                return Response(
+                    {"message": "service account token with given name already exists"},
+                    status_code=409,
+                )
+            token = {
+                "id": next(self._ids),
+                "name": data["name"],
+                "key": f"glsa_{secrets.token_hex(16)}",
+            }
+            self.account_tokens[account_id].append(token)
+            self.tokens[token["key"]] = self.service_accounts[account_id]["role"]
+            return Response({"id": token["id"], "name": token["name"], "key": token["key"]})
+
+        @delete("/api/serviceaccounts/{account_id:int}/tokens/{token_id:int}", status_code=200)
+        async def delete_token(
+            request: Request[Any, Any, Any], account_id: int, token_id: int
+        ) -> Response[Any]:
+            if refused := denied(request, "serviceaccounts:write"):
+                return refused
+            kept = self.account_tokens.get(account_id, [])
+            [gone] = [t for t in kept if t["id"] == token_id] or [None]
+            if gone is None:
+                return _not_found("Failed to delete API key")
+            kept.remove(gone)
+            del self.tokens[gone["key"]]
+            return Response({"message": "API key deleted"})
+
         return Litestar(
             route_handlers=[
                 frontend_settings,
@@ -220,6 +334,11 @@ class GrafanaStandIn:
                 update_datasource,
                 save_dashboard,
                 add_annotation,
+                search_accounts,
+                create_account,
+                list_tokens,
+                create_token,
+                delete_token,
             ],
             guards=[authorized],
             exception_handlers={NotAuthorizedException: _unauthorized},
