@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -322,12 +323,16 @@ def test_promtool_accepts_the_kubernetes_discovery() -> None:
 
 
 def test_the_kubernetes_config_is_the_tested_one_with_pods_discovered(
-    kustomization: dict[str, Any],
+    kustomization: dict[str, Any], settings_map: dict[str, Any]
 ) -> None:
     """prometheus.yml (the one the rules and dashboards are tested with) but for how the API is
-    found and where the Pushgateway and Alertmanager are: the rules see the same job."""
+    found and where the Pushgateway and Alertmanager are: the rules see the same job, and
+    Prometheus scrapes the Pushgateway the flows push to (the ConfigMap's)."""
     local = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     cluster = _k8s_prometheus_config()
+    pushed_to = urlsplit(settings_map["data"]["LAKELOOP_OBSERVABILITY__PUSHGATEWAY_URL"]).netloc
+    [scraped] = _job(cluster, "pushgateway")["static_configs"]
+    assert scraped["targets"] == [pushed_to]
     api = _job(cluster, API_JOB)
     [discovery] = api.pop("kubernetes_sd_configs")
     assert discovery == {"role": "pod", "namespaces": {"names": [kustomization["namespace"]]}}
@@ -395,18 +400,13 @@ def test_prometheus_scrapes_each_api_pod_on_its_own(
         for replica in range(spec["spec"]["replicas"]):
             pod = f"{deployment}-5d8c7b9f4-{'abcdefgh'[replica]}x2qz"
             pods[pod] = (f"127.0.{index + 1}.{replica + 1}", spec["spec"]["template"])
+    discovered = [
+        group
+        for name, (ip, template) in pods.items()
+        for group in _discovered_pod(name=name, namespace=namespace, template=template, ip=ip)
+    ]
     targets_file = tmp_path / "pods.json"
-    targets_file.write_text(
-        json.dumps(
-            [
-                group
-                for name, (ip, template) in pods.items()
-                for group in _discovered_pod(
-                    name=name, namespace=namespace, template=template, ip=ip
-                )
-            ]
-        )
-    )
+    targets_file.write_text(json.dumps(discovered))
     config = _with_file_discovery(_k8s_prometheus_config(), targets_file=targets_file)
     config["scrape_configs"] = [_job(config, API_JOB)]
     del config["rule_files"], config["alerting"]
@@ -416,17 +416,12 @@ def test_prometheus_scrapes_each_api_pod_on_its_own(
     service = prometheus_service(config_file, data_dir=tmp_path / "data")
     with running(service, state_dir=tmp_path / "state") as url:
         client = PrometheusClient(url)
-        expected = sum(
-            len(_discovered_pod(name=n, namespace=namespace, template=t, ip=i))
-            for n, (i, t) in pods.items()
-        )
 
         def all_seen() -> dict[str, Any] | None:
-            data: dict[str, Any] = client.http.get("/targets", params={"state": "any"}).json()[
-                "data"
-            ]
+            answer = client.http.get("/targets", params={"state": "any"}).json()
+            data: dict[str, Any] = answer["data"]
             seen = len(data["activeTargets"]) + len(data["droppedTargets"])
-            return data if seen == expected else None
+            return data if seen == len(discovered) else None
 
         found = poll(all_seen, what="every discovered pod's target, kept or dropped")
 
