@@ -24,7 +24,6 @@ from litestar.openapi.spec import OpenAPIMediaType, Reference, RequestBody
 from prometheus_client import CONTENT_TYPE_LATEST
 
 import lakeloop
-from api.docs import ASSETS_PATH, SCHEMA_PATH, swagger_assets, swagger_page
 from api.metrics import ApiMetrics
 from api.predictor import ModelLoadError, ModelSlot, Predictor, follow_champion, refresh
 from api.schemas import (
@@ -50,6 +49,7 @@ from lakeloop.stores.prediction_log import (
     lookup_lag,
     prediction_table,
 )
+from lakeloop.swagger import ASSETS_PATH, SCHEMA_PATH, swagger_assets, swagger_page
 
 logger = logging.getLogger(__name__)
 

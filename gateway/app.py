@@ -42,6 +42,7 @@ from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import BaseRouteHandler
 from litestar.logging.config import LoggingConfig
+from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_202_ACCEPTED,
@@ -51,6 +52,7 @@ from litestar.status_codes import (
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
+import lakeloop
 from gateway.spool import (
     CONFIRM_DEADLINE_SECONDS,
     CONFIRM_EVERY_SECONDS,
@@ -65,6 +67,7 @@ from lakeloop import events, lakefs_client
 from lakeloop.datagate import DataGate
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings
+from lakeloop.swagger import SCHEMA_PATH, swagger_assets, swagger_page
 from lakeloop.validation.checks import Validator, warm_validator
 
 logger = logging.getLogger(__name__)
@@ -580,6 +583,7 @@ def create_gateway(
             relay_grafana_alerts,
             relay_alertmanager_alerts,
             healthz,
+            swagger_assets(),
         ],
         # The redelivery thread drains what a previous process left as soon as it starts.
         on_startup=[lambda: warm_up(validator, gate, lakefs, settings), redelivery.start],
@@ -588,6 +592,16 @@ def create_gateway(
         exception_handlers={RequestEntityTooLarge: body_too_large},
         # A 500 must leave its traceback in the log (Litestar logs them only in debug mode).
         logging_config=LoggingConfig(log_exceptions="always"),
+        openapi_config=OpenAPIConfig(
+            title="lakeloop gateway",
+            version=lakeloop.__version__,
+            description="lakeFS action webhooks and alert notifications in, Prefect events out; "
+            "the data checks of a merge before lakeFS makes it.",
+            path=SCHEMA_PATH,
+            use_handler_docstrings=True,
+            # Its scripts and styles served by this app, not a CDN: the page works offline.
+            render_plugins=[swagger_page()],
+        ),
     )
 
 

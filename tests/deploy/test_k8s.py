@@ -1,5 +1,6 @@
 """infra/k8s: valid against the Kubernetes API schemas, hardened containers with probes and
-resources, one image, and settings that are real settings."""
+resources, one image, and settings that are real settings; and Prometheus's Kubernetes
+configuration (infra/prometheus/prometheus.k8s.yml), which scrapes each API pod on its own."""
 
 from __future__ import annotations
 
@@ -10,14 +11,26 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
 import yaml
 
 from tests.deploy.names import unknown_settings
+from tests.utils.prometheus import (
+    PROMETHEUS_CONFIG,
+    PROMETHEUS_DIR,
+    PrometheusClient,
+    binary,
+    poll,
+    prometheus_service,
+    running,
+)
 
-K8S = Path(__file__).resolve().parents[2] / "infra" / "k8s"
+REPOSITORY = Path(__file__).resolve().parents[2]
+K8S = REPOSITORY / "infra" / "k8s"
+PROMETHEUS_K8S_CONFIG = PROMETHEUS_DIR / "prometheus.k8s.yml"
 KUBERNETES_VERSION = kubernetes_validate.latest_version()
 IMAGE = "lakeloop"
 
@@ -257,3 +270,235 @@ def _fill(value: Any, defaults: dict[str, Any]) -> Any:
     if isinstance(value, str) and (match := re.fullmatch(r"\{\{ (\w+) \}\}", value)):
         return defaults.get(match[1])
     return value
+
+
+# --- Prometheus in the cluster: every API pod scraped on its own -------------------------------
+
+API_JOB = "lakeloop_api"
+
+
+def _k8s_prometheus_config() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(PROMETHEUS_K8S_CONFIG.read_text())
+    return config
+
+
+def _job(config: dict[str, Any], name: str) -> dict[str, Any]:
+    [job] = [job for job in config["scrape_configs"] if job["job_name"] == name]
+    return job
+
+
+def _with_file_discovery(config: dict[str, Any], *, targets_file: Path) -> dict[str, Any]:
+    """``config`` with the API job's Kubernetes discovery swapped for a file of target groups
+    (every Prometheus build has file discovery; Debian's has no Kubernetes discovery), its rule
+    files made absolute. Everything the job does with what it discovers is kept as committed."""
+    config = copy.deepcopy(config)
+    job = _job(config, API_JOB)
+    del job["kubernetes_sd_configs"]
+    job["file_sd_configs"] = [{"files": [str(targets_file)]}]
+    config["rule_files"] = [str(PROMETHEUS_DIR / path) for path in config["rule_files"]]
+    return config
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [binary("promtool"), *args], capture_output=True, text=True, cwd=PROMETHEUS_DIR, check=False
+    )
+
+
+def test_promtool_accepts_the_kubernetes_config(tmp_path: Path) -> None:
+    """Everything but the discovery block itself, with the promtool that is here: the relabel
+    rules (actions, RE2 regexes, target labels), the rule files, the other jobs."""
+    config = tmp_path / "prometheus.yml"
+    discovered = _with_file_discovery(_k8s_prometheus_config(), targets_file=tmp_path / "t.json")
+    config.write_text(yaml.safe_dump(discovered))
+    checked = _promtool("check", "config", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_promtool_accepts_the_kubernetes_discovery() -> None:
+    checked = _promtool("check", "config", str(PROMETHEUS_K8S_CONFIG))
+    if "field kubernetes_sd_configs not found" in checked.stderr + checked.stdout:
+        pytest.skip("this promtool is built without Kubernetes discovery (Debian's build)")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_kubernetes_config_is_the_tested_one_with_pods_discovered(
+    kustomization: dict[str, Any], settings_map: dict[str, Any]
+) -> None:
+    """prometheus.yml (the one the rules and dashboards are tested with) but for how the API is
+    found and where the Pushgateway and Alertmanager are: the rules see the same job, and
+    Prometheus scrapes the Pushgateway the flows push to (the ConfigMap's)."""
+    local = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    cluster = _k8s_prometheus_config()
+    pushed_to = urlsplit(settings_map["data"]["LAKELOOP_OBSERVABILITY__PUSHGATEWAY_URL"]).netloc
+    [scraped] = _job(cluster, "pushgateway")["static_configs"]
+    assert scraped["targets"] == [pushed_to]
+    api = _job(cluster, API_JOB)
+    [discovery] = api.pop("kubernetes_sd_configs")
+    assert discovery == {"role": "pod", "namespaces": {"names": [kustomization["namespace"]]}}
+    assert api.pop("relabel_configs")
+    assert "static_configs" not in api
+    _job(local, API_JOB).pop("static_configs")
+    for config in (local, cluster):
+        _job(config, "pushgateway")["static_configs"] = None
+        [sender] = config["alerting"]["alertmanagers"]
+        sender["static_configs"] = None
+    assert cluster == local
+
+
+def _sanitized(name: str) -> str:
+    """A Kubernetes label or annotation name as a Prometheus label name (Prometheus's
+    ``strutil.SanitizeLabelName``: every character outside [a-zA-Z0-9_] becomes ``_``)."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+def _discovered_pod(
+    *, name: str, namespace: str, template: dict[str, Any], ip: str
+) -> list[dict[str, Any]]:
+    """The target groups Prometheus's Kubernetes discovery (``role: pod``) makes of a running,
+    ready pod of ``template``, with the meta labels of its ``discovery/kubernetes/pod.go``: the
+    pod's own labels on every target, and one target per declared container port."""
+    metadata = template["metadata"]
+    meta = "__meta_kubernetes_"
+    pod_labels = {
+        f"{meta}namespace": namespace,
+        f"{meta}pod_name": name,
+        f"{meta}pod_ip": ip,
+        f"{meta}pod_ready": "true",
+        f"{meta}pod_phase": "Running",
+        f"{meta}pod_controller_kind": "ReplicaSet",
+        f"{meta}pod_controller_name": name.rsplit("-", 1)[0],
+    }
+    for kind in ("label", "annotation"):
+        for key, value in metadata.get(f"{kind}s", {}).items():
+            pod_labels[f"{meta}pod_{kind}_{_sanitized(key)}"] = value
+            pod_labels[f"{meta}pod_{kind}present_{_sanitized(key)}"] = "true"
+    groups = []
+    for container in template["spec"]["containers"]:
+        for port in container["ports"]:
+            target = {
+                f"{meta}pod_container_name": container["name"],
+                f"{meta}pod_container_port_name": port.get("name", ""),
+                f"{meta}pod_container_port_number": str(port["containerPort"]),
+                f"{meta}pod_container_port_protocol": port.get("protocol", "TCP"),
+            }
+            address = f"{ip}:{port['containerPort']}"
+            groups.append({"targets": [address], "labels": pod_labels | target})
+    return groups
+
+
+def test_prometheus_scrapes_each_api_pod_on_its_own(
+    resources: list[dict[str, Any]], kustomization: dict[str, Any], tmp_path: Path
+) -> None:
+    """The committed job in a real Prometheus, handed the pods the manifests make (two API
+    replicas, the gateway, the worker) as Kubernetes discovery describes them: it keeps one target
+    per API pod, named by its pod, at the annotated port and path, and drops the other pods."""
+    namespace = kustomization["namespace"]
+    deployments = {doc["metadata"]["name"]: doc for doc in resources if doc["kind"] == "Deployment"}
+    pods: dict[str, tuple[str, dict[str, Any]]] = {}  # name -> (ip, template)
+    for index, (deployment, spec) in enumerate(sorted(deployments.items())):
+        for replica in range(spec["spec"]["replicas"]):
+            pod = f"{deployment}-5d8c7b9f4-{'abcdefgh'[replica]}x2qz"
+            pods[pod] = (f"127.0.{index + 1}.{replica + 1}", spec["spec"]["template"])
+    discovered = [
+        group
+        for name, (ip, template) in pods.items()
+        for group in _discovered_pod(name=name, namespace=namespace, template=template, ip=ip)
+    ]
+    targets_file = tmp_path / "pods.json"
+    targets_file.write_text(json.dumps(discovered))
+    config = _with_file_discovery(_k8s_prometheus_config(), targets_file=targets_file)
+    config["scrape_configs"] = [_job(config, API_JOB)]
+    del config["rule_files"], config["alerting"]
+    config_file = tmp_path / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config))
+
+    service = prometheus_service(config_file, data_dir=tmp_path / "data")
+    with running(service, state_dir=tmp_path / "state") as url:
+        client = PrometheusClient(url)
+
+        def all_seen() -> dict[str, Any] | None:
+            answer = client.http.get("/targets", params={"state": "any"}).json()
+            data: dict[str, Any] = answer["data"]
+            seen = len(data["activeTargets"]) + len(data["droppedTargets"])
+            return data if seen == len(discovered) else None
+
+        found = poll(all_seen, what="every discovered pod's target, kept or dropped")
+
+    api_pods = {name: ip for name, (ip, _) in pods.items() if name.startswith("lakeloop-api-")}
+    assert len(api_pods) == deployments["lakeloop-api"]["spec"]["replicas"] == 2
+    [api_container] = deployments["lakeloop-api"]["spec"]["template"]["spec"]["containers"]
+    [http] = [port for port in api_container["ports"] if port["name"] == "http"]
+    kept = {target["labels"]["pod"]: target for target in found["activeTargets"]}
+    assert kept.keys() == api_pods.keys()
+    for name, target in kept.items():
+        assert target["labels"] == {
+            "instance": name,
+            "job": API_JOB,
+            "namespace": namespace,
+            "pod": name,
+        }
+        assert target["scrapeUrl"] == f"http://{api_pods[name]}:{http['containerPort']}/metrics"
+    dropped = {
+        target["discoveredLabels"]["__meta_kubernetes_pod_name"]
+        for target in found["droppedTargets"]
+    }
+    assert dropped == pods.keys() - api_pods.keys()
+    # The path scraped is one the API serves.
+    served = json.loads((REPOSITORY / "api" / "openapi.json").read_text())["paths"]
+    assert "/metrics" in served
+
+
+def test_the_rules_add_up_the_pods(tmp_path: Path) -> None:
+    """Each pod's counters are their own series (instance = pod): the recording rules take each
+    series' rate and then sum, so two replicas serving 1 and 2 requests a second are 3 a second,
+    both count as serving the champion, and each is judged on its own."""
+    first, second = "lakeloop-api-5d8c7b9f4-ax2qz", "lakeloop-api-5d8c7b9f4-bx2qz"
+
+    def series(name: str, pod: str, extra: str, values: str) -> dict[str, str]:
+        where = f'job="{API_JOB}",namespace="lakeloop",pod="{pod}",instance="{pod}"'
+        return {"series": f"{name}{{{where}{extra}}}", "values": values}
+
+    def expect(record: str, samples: dict[str, float]) -> dict[str, Any]:
+        return {
+            "expr": record,
+            "eval_time": "10m",
+            "exp_samples": [
+                {"labels": f"{record}{{{where}}}", "value": value}
+                for where, value in samples.items()
+            ],
+        }
+
+    predict = ',endpoint="/v1/predict",status="200"'
+    tests = {
+        "rule_files": [str(PROMETHEUS_DIR / "rules" / "recording.yml")],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    series("lakeloop_api_requests_total", first, predict, "0+60x10"),
+                    series("lakeloop_api_requests_total", second, predict, "0+120x10"),
+                    series("lakeloop_api_model_info", first, ',model_version="3"', "1x10"),
+                    series("lakeloop_api_model_info", second, ',model_version="3"', "1x10"),
+                    series("up", first, "", "1x10"),
+                    series("up", second, "", "1x10"),
+                ],
+                "promql_expr_test": [
+                    expect(
+                        "lakeloop:api_requests:rate5m",
+                        {'endpoint="/v1/predict",status="200"': 3},
+                    ),
+                    expect("lakeloop:api_instances:by_model_version", {'model_version="3"': 2}),
+                    expect(
+                        "lakeloop:api_champion_served:bool",
+                        {f'job="{API_JOB}",instance="{pod}"': 1 for pod in (first, second)},
+                    ),
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "pods_test.yml"
+    test_file.write_text(yaml.safe_dump(tests))
+    tested = _promtool("test", "rules", str(test_file))
+    assert tested.returncode == 0, tested.stdout + tested.stderr

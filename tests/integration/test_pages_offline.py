@@ -1,11 +1,13 @@
-"""What a person opens in a browser works on a machine with no internet: the real API's Swagger
-page and the drift report the monitor writes, each opened in headless Chromium that reaches
-nothing but loopback (no CDN name resolves), render their content and ask no other host.
+"""What a person opens in a browser works on a machine with no internet: the real API's and the
+real gateway's Swagger pages and the drift report the monitor writes, each opened in headless
+Chromium that reaches nothing but loopback (no CDN name resolves), render their content and ask
+no other host.
 
 Each test leaves the page's screenshot in its tmp folder (``page.png``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +23,10 @@ from lakeloop.stores.objects import ObjectStore
 from monitoring.drift import run_drift
 from monitoring.store import save_report
 from tests.utils.api_server import start_api_with_champion
-from tests.utils.browser import chromium, open_offline, visible_text
+from tests.utils.browser import OpenedPage, chromium, open_offline, visible_text
 from tests.utils.net import free_port
 from tooling import market
-from tooling.stack import Stack
+from tooling.stack import Stack, services
 
 pytestmark = pytest.mark.integration
 
@@ -53,19 +55,61 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stack.down()
 
 
-def test_swagger_page_renders_every_operation_offline(api_url: str, tmp_path: Path) -> None:
-    page = open_offline(f"{api_url}/schema/swagger", folder=tmp_path)
+@pytest.fixture(scope="module")
+def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real gateway process (``python -m gateway``). Its lakeFS and Prefect are ports nothing
+    listens on: the page needs neither, and no other test's servers are reached."""
+    chromium()
+    settings = load_settings(
+        state_dir=tmp_path_factory.mktemp("gateway-pages-offline") / "state",
+        gateway={"port": free_port()},
+        lakefs={"endpoint": f"http://127.0.0.1:{free_port()}"},
+        prefect={"api_url": f"http://127.0.0.1:{free_port()}/api"},
+    )
+    env = {
+        "LAKELOOP_GATEWAY__PORT": str(settings.gateway.port),
+        "LAKELOOP_LAKEFS__ENDPOINT": str(settings.lakefs.endpoint),
+        "LAKELOOP_PREFECT__API_URL": settings.prefect_api_url,
+    }
+    stack = Stack(settings)
+    [gateway] = [service for service in services(settings) if service.name == "gateway"]
+    try:
+        stack.wait(stack.start(dataclasses.replace(gateway, env=env)))
+        yield f"http://127.0.0.1:{settings.gateway.port}"
+    finally:
+        stack.down()
 
-    document = httpx.get(f"{api_url}/schema/openapi.json", timeout=10).json()
+
+def rendered_swagger_page(url: str, *, folder: Path) -> OpenedPage:
+    """The Swagger page of the service at ``url`` opened offline, checked to show every operation
+    of the service's OpenAPI document with files the service served itself, and nothing asked of
+    any other host."""
+    page = open_offline(f"{url}/schema/swagger", folder=folder)
+
+    document = httpx.get(f"{url}/schema/openapi.json", timeout=10).json()
     operations = {op["operationId"] for path in document["paths"].values() for op in path.values()}
     assert set(RENDERED_OPERATION.findall(page.dom)) == operations, page.screenshot
     assert page.dom.count('class="opblock-summary-path"') == len(operations)
+    # Swagger UI came from the service itself, and nothing was asked of any other host.
+    assert page.foreign() == []
+    assert {f"{url}/schema/swagger-ui/{name}" for name in SWAGGER_FILES} <= set(page.requested)
+    return page
+
+
+def test_swagger_page_renders_every_operation_offline(api_url: str, tmp_path: Path) -> None:
+    page = rendered_swagger_page(api_url, folder=tmp_path)
     # The served model's request body is documented: Swagger UI drew its schema (outside the
     # page's script, which carries the whole document as data).
     assert "HouseFeatures" in visible_text(page.dom).split()
-    # Swagger UI came from the API itself, and nothing was asked of any other host.
-    assert page.foreign() == []
-    assert {f"{api_url}/schema/swagger-ui/{name}" for name in SWAGGER_FILES} <= set(page.requested)
+
+
+def test_gateway_swagger_page_renders_every_operation_offline(
+    gateway_url: str, tmp_path: Path
+) -> None:
+    page = rendered_swagger_page(gateway_url, folder=tmp_path)
+    # The webhook bodies lakeFS sends are documented: Swagger UI drew their schemas.
+    drawn = visible_text(page.dom).split()
+    assert {"RelayedWebhook", "MergeWebhook"} <= set(drawn), page.screenshot
 
 
 def test_drift_report_renders_offline(

@@ -41,6 +41,7 @@ from lakeloop.stores.prediction_log import (
 )
 from tests.unit.conftest import with_api
 from tests.utils.descriptions import changed
+from tests.utils.swagger import assert_swagger_page_loads_only_its_own_files
 
 UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -984,20 +985,7 @@ def test_openapi_documents_every_operation_and_body(client: TestClient, spec: Da
 
 
 def test_the_swagger_page_loads_only_files_the_api_serves(client: TestClient) -> None:
-    """No CDN: every script, style and icon of the Swagger page is served by the API itself,
-    with the type a browser insists on (tests/integration/test_pages_offline.py opens the page
-    in a browser cut off from everything but loopback)."""
-    page = client.get("/schema/swagger").text
-    linked = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page)
-    assert len(linked) == 4, linked  # the bundle, the standalone preset, the styles, the icon
-    types = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
-    for url in linked:
-        assert url.startswith("/schema/swagger-ui/"), url
-        answer = client.get(url)
-        assert answer.status_code == 200, url
-        assert answer.headers["content-type"].startswith(types[Path(url).suffix]), url
-        assert len(answer.content) > 500, url
-    assert client.get("/schema/swagger-ui/../../pyproject.toml").status_code == 404
+    assert_swagger_page_loads_only_its_own_files(client)
 
 
 def test_committed_openapi_document_matches_the_code() -> None:

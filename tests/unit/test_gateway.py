@@ -31,6 +31,7 @@ from lakeloop.events import event_id
 from lakeloop.settings import Settings, load_settings
 from tests.utils.fake_prefect import FakePrefectEvents
 from tests.utils.net import free_port, serve_in_thread
+from tests.utils.swagger import assert_swagger_page_loads_only_its_own_files
 from tests.utils.waiting import DEADLINE_SECONDS, eventually
 
 SECRET = "s3cret-for-tests-0123456789abcdef"
@@ -948,3 +949,19 @@ def test_a_sent_events_file_says_when_it_was_sent(
     gateway.post("/webhooks/lakefs", json=hook(), headers={TOKEN_HEADER: SECRET})
     [sent] = sent_files(settings)
     assert before - 1 <= os.stat(sent).st_mtime <= time.time() + 1
+
+
+def test_the_swagger_page_loads_only_files_the_gateway_serves(gateway: TestClient) -> None:
+    assert_swagger_page_loads_only_its_own_files(gateway)
+    operations = {
+        operation["operationId"]
+        for path in gateway.get("/schema/openapi.json").json()["paths"].values()
+        for operation in path.values()
+    }
+    assert operations == {
+        "relayLakeFSWebhook",
+        "validateLakeFSMerge",
+        "relayGrafanaAlerts",
+        "relayAlertmanagerAlerts",
+        "gatewayHealth",
+    }

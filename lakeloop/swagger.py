@@ -1,10 +1,16 @@
-"""The Swagger UI page, served wholly by the API so that it works on a machine with no internet.
+"""The Swagger UI page of lakeloop's HTTP services (the API, the gateway), served wholly by the
+service itself so that it works on a machine with no internet.
 
 Litestar's Swagger page loads Swagger UI's script, styles and favicon from a CDN: offline (a
 company network, an air-gapped host) it stays blank. Here they come from the swagger-ui-dist
 build that the `flask-swagger-ui` wheel ships (its version is Swagger UI's own), served under
 ``/schema/swagger-ui/``. The package is located, not imported: importing it would load Flask
-into the API for nothing.
+into a service for nothing.
+
+A service serves the page with both halves: ``render_plugins=[swagger_page()]`` in its
+``OpenAPIConfig(path=SCHEMA_PATH, ...)`` and the :func:`swagger_assets` route among its handlers.
+It lives in the core because the services may not import one another; no core module imports it,
+so the core's domain does not depend on Litestar.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.static_files import create_static_files_router
 
 SCHEMA_PATH = "/schema"
-"""Where the API serves its OpenAPI document (``openapi.json``) and its Swagger page."""
+"""Where a service serves its OpenAPI document (``openapi.json``) and its Swagger page."""
 ASSETS_PATH = f"{SCHEMA_PATH}/swagger-ui"
-"""Where the API serves Swagger UI's files."""
+"""Where a service serves Swagger UI's files."""
 
 _DIST_PACKAGE = "flask_swagger_ui"
 
