@@ -217,7 +217,8 @@ def push_drift(
         store=ObjectStore.folder(folder),
         now=datetime.now(UTC),
         policy=DriftPolicy(),
-        baseline_quality={"mae": model.metrics["mae"]},
+        # The champion's holdout as the monitor pipeline passes it (pipelines.monitor).
+        baseline_quality={name: model.metrics[name] for name in ("mae", "rmse")},
         pushgateway_url=gateway,
     )
     assert result.entry.drift.drift_share > 0.3  # what the drift alert below must see
