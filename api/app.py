@@ -323,6 +323,12 @@ def create_app(
         metrics.served(slot.current.version)
     handlers = _handlers(settings, service, following=follow_registry)
     known = frozenset(path for handler in handlers for path in handler.paths)
+    metrics.seed(
+        (path, method, handler.status_code)
+        for handler in handlers
+        for path in handler.paths
+        for method in sorted(handler.http_methods)
+    )
 
     @asynccontextmanager
     async def running(_: Litestar) -> AsyncIterator[None]:

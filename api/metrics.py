@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -236,6 +236,24 @@ class ApiMetrics:
             registry=self.registry,
         )
 
+    def seed(self, routes: Iterable[tuple[str, str, int]]) -> None:
+        """Create every known request and error series at zero: each route's ``(endpoint,
+        method, success status)`` and each endpoint with each error kind.
+
+        ``increase()`` and ``rate()`` measure a counter from its first sample, so a series that
+        first appears at 1 counts nothing: the first 5xx of an endpoint would never reach the
+        error ratio or an alert. Seeded, it is there at 0 from the first scrape on. Statuses
+        other than a route's own success are not known beforehand and appear when they happen;
+        their errors are counted here by kind."""
+        endpoints = set()
+        for endpoint, method, status in routes:
+            self.requests.labels(endpoint, method, str(status))
+            endpoints.add(endpoint)
+        kinds = sorted({*ERROR_KINDS.values(), "client", "internal"})
+        for endpoint in sorted(endpoints):
+            for kind in kinds:
+                self.errors.labels(endpoint, kind)
+
     def blocked(self, blocked: Blocked | None) -> None:
         """Record whether training is blocked and how far the champion lags behind."""
         self.training_blocked.set(0 if blocked is None else 1)
@@ -247,9 +265,11 @@ class ApiMetrics:
         return cls(prediction_buckets=prediction_buckets(target), unit=target.unit)
 
     def served(self, version: str) -> None:
-        """Record that ``version`` is now served."""
+        """Record that ``version`` is now served; its predictions count from zero, so its first
+        prediction is an increase of one."""
         self.model_version.clear()
         self.model_version.labels(model_version=version).set(1)
+        self.predictions.labels(version)
 
     def predicted(self, version: str, values: np.ndarray) -> None:
         """Count predictions made by ``version`` and add their values to the distribution."""

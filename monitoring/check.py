@@ -120,7 +120,9 @@ def check_window(
         ),
     )
     if pushgateway_url:
-        registry = metrics_registry(drift=drift, quality=quality, decision=entry.decision, now=now)
+        registry = metrics_registry(
+            drift=drift, quality=quality, decision=entry.decision, now=now, holdout=baseline_quality
+        )
         push_metrics(pushgateway_url, registry, champion_version=champion_version)
     history_path = append_history(store, entry)
     if error is not None:

@@ -16,7 +16,7 @@ import re
 import secrets
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,9 +61,11 @@ def metrics_registry(
     quality: QualitySummary | None,
     decision: Decision | None,
     now: datetime,
+    holdout: Mapping[str, float] | None = None,
 ) -> CollectorRegistry:
     """A fresh registry holding one monitor run's numbers as gauges (a new registry per run, so
-    a feature that disappears from the description disappears from the push too)."""
+    a feature that disappears from the description disappears from the push too), and the
+    champion's ``holdout`` metrics the window's quality is measured against."""
     registry = CollectorRegistry()
 
     def gauge(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
@@ -102,7 +104,23 @@ def metrics_registry(
     gauge("lakeloop_monitor_last_run_timestamp_seconds", "When the monitor last ran.").set(
         now.timestamp()
     )
+    _holdout_gauge(registry, holdout)
     return registry
+
+
+def _holdout_gauge(registry: CollectorRegistry, holdout: Mapping[str, float] | None) -> None:
+    """The champion's holdout metrics, in the group of its version: what its live MAE is
+    compared with (the training job's holdout is the last model *trained*, promoted or not)."""
+    if not holdout:
+        return
+    metric = Gauge(
+        "lakeloop_champion_holdout_metric",
+        "The champion's holdout metrics when it was trained (MAE, RMSE in target units).",
+        ("metric",),
+        registry=registry,
+    )
+    for name, value in sorted(holdout.items()):
+        metric.labels(metric=name).set(value)
 
 
 def push_metrics(
@@ -124,12 +142,18 @@ def push_metrics(
 
 
 def push_heartbeat(
-    gateway_url: str | None, *, champion_version: str, now: datetime, timeout: float = 10.0
+    gateway_url: str | None,
+    *,
+    champion_version: str,
+    now: datetime,
+    holdout: Mapping[str, float] | None = None,
+    timeout: float = 10.0,
 ) -> bool:
-    """Tell the Pushgateway the monitor ran though it checked nothing (too few rows): one gauge
-    added to the champion's group with an HTTP POST, which keeps the drift numbers there and
-    moves the group's ``push_time_seconds``, what ``LakeloopMonitorStale`` watches. Returns
-    whether the Pushgateway took it; a failure is a warning, never an error of the run."""
+    """Tell the Pushgateway the monitor ran though it checked nothing (too few rows): a gauge
+    (and the champion's ``holdout`` metrics, known before any window is) added to the champion's
+    group with an HTTP POST, which keeps the drift numbers there and moves the group's
+    ``push_time_seconds``, what ``LakeloopMonitorStale`` watches. Returns whether the
+    Pushgateway took it; a failure is a warning, never an error of the run."""
     if gateway_url is None:
         return False
     registry = CollectorRegistry()
@@ -138,6 +162,7 @@ def push_heartbeat(
         "When the monitor last ran, a check or not.",
         registry=registry,
     ).set(now.timestamp())
+    _holdout_gauge(registry, holdout)
     try:
         pushadd_to_gateway(
             gateway_url,

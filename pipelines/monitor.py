@@ -212,6 +212,7 @@ def monitor_once(
             settings.observability.pushgateway_url,
             champion_version=champion.version,
             now=datetime.now(UTC),
+            holdout=champion.holdout,
         )
         return {"status": "skipped", "reason": reason, "champion_version": champion.version}
 

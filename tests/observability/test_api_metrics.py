@@ -13,7 +13,7 @@ from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
-from api.metrics import ValueHistogram, error_kind, prediction_buckets
+from api.metrics import ERROR_KINDS, ValueHistogram, error_kind, prediction_buckets
 from api.predictor import ModelSlot, Predictor
 from lakeloop.dataset import DatasetSpec, Target
 from lakeloop.model import TrainedModel
@@ -135,7 +135,7 @@ def test_the_swagger_page_files_are_not_counted_as_requests(client: TestClient) 
     counted = {
         dict(labels)["endpoint"]: count
         for (name, labels), count in page.items()
-        if name == "lakeloop_api_requests_total"
+        if name == "lakeloop_api_requests_total" and count  # the seeded zeros aside
     }
     assert counted == {"other": 1}
     assert value(page, "lakeloop_api_request_duration_seconds_count", endpoint="other") == 1
@@ -160,3 +160,51 @@ def test_the_api_exports_its_process_metrics(client: TestClient) -> None:
         "python_info",
     } <= names
     assert value(page, "process_resident_memory_bytes") > 0
+
+
+def test_counters_are_exported_at_zero_before_their_first_event(
+    client: TestClient, record: dict[str, Any]
+) -> None:
+    """``increase()`` measures from a series' first sample: a series that first appears at 1
+    counts nothing. So every known combination is on the first page at 0 (each route with its
+    success status, each endpoint with each error kind, the served version's predictions), and
+    the first event moves that same series to 1."""
+    page = samples(client.get("/metrics").text)
+    requests, errors = "lakeloop_api_requests_total", "lakeloop_api_errors_total"
+    predictions = "lakeloop_api_predictions_total"
+    routes = (
+        ("/v1/predict", "POST", "200"),
+        ("/v1/feedback", "POST", "202"),
+        ("/readyz", "GET", "200"),
+    )
+    seeded = {
+        *(
+            (requests, frozenset({("endpoint", path), ("method", method), ("status", status)}))
+            for path, method, status in routes
+        ),
+        (predictions, frozenset({("model_version", "3")})),
+        *(
+            (errors, frozenset({("endpoint", endpoint), ("kind", kind)}))
+            for endpoint in ("/v1/predict", "/v1/predict/batch", "/v1/admin/reload")
+            for kind in {*ERROR_KINDS.values(), "client", "internal"}
+        ),
+    }
+    assert {key: page.get(key) for key in seeded} == dict.fromkeys(seeded, 0.0)
+    # Only known endpoints are seeded: no series for paths the app does not have.
+    assert {dict(labels)["endpoint"] for name, labels in page if name == errors} <= {
+        "/v1/predict",
+        "/v1/predict/batch",
+        "/v1/model",
+        "/v1/feedback",
+        "/v1/admin/reload",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    }
+
+    client.post("/v1/predict", json=record)
+    client.post("/v1/predict", json=record | {"median_income": "lots"})
+    page = samples(client.get("/metrics").text)
+    assert value(page, requests, endpoint="/v1/predict", method="POST", status="200") == 1
+    assert value(page, errors, endpoint="/v1/predict", kind="validation") == 1
+    assert value(page, predictions, model_version="3") == 1

@@ -4,6 +4,7 @@ dashboard panel must have."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections import Counter
 from typing import Any
@@ -16,6 +17,8 @@ from tests.utils.prometheus import PROMETHEUS_CONFIG, PROMETHEUS_DIR, binary
 
 GRAFANA_DIR = PROMETHEUS_DIR.parents[1] / "monitoring" / "grafana"
 BUILTIN = "grafana"  # Grafana's own annotation datasource type
+PROMETHEUS_VARIABLE = {"type": "prometheus", "uid": "${datasource}"}
+LABEL_VALUES = re.compile(r"label_values\(lakeloop_\w+(\{[^}]*\})?, \w+\)")
 ALERTMANAGER_DIR = PROMETHEUS_DIR.parent / "alertmanager"
 
 
@@ -76,8 +79,15 @@ def test_dashboard_provider_puts_them_in_the_lakeloop_folder() -> None:
     assert files == sorted(grafana.DASHBOARDS)
 
 
+def dashboard_variables(board: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {variable["name"]: variable for variable in board["templating"]["list"]}
+
+
 @pytest.mark.parametrize("name", grafana.DASHBOARDS)
 def test_every_panel_has_an_id_title_unit_and_the_one_datasource(name: str) -> None:
+    """The one datasource is the dashboard's ``datasource`` variable, a Prometheus picker that
+    starts on the provisioned one: every panel, target and query variable reads it, so
+    switching it switches the whole dashboard and nothing stays on another source."""
     board = grafana.dashboard(name)
     uid = provisioned_datasource_uid()
     panels: list[dict[str, Any]] = board["panels"]
@@ -88,14 +98,56 @@ def test_every_panel_has_an_id_title_unit_and_the_one_datasource(name: str) -> N
         assert panel["title"].strip(), where
         unit = panel["fieldConfig"]["defaults"].get("unit", "")
         assert unit not in {"", "none"}, f"{where} ({panel['title']}) has no unit"
-        assert panel["datasource"]["uid"] == uid, where
+        assert panel["datasource"] == PROMETHEUS_VARIABLE, where
         assert panel["targets"], where
         for target in panel["targets"]:
-            assert target["datasource"]["uid"] == uid, where
+            assert target["datasource"] == PROMETHEUS_VARIABLE, where
             assert target["expr"].strip(), where
-    for variable in board["templating"]["list"]:
-        assert variable["datasource"]["uid"] == uid
+    variables = dashboard_variables(board)
+    source = variables["datasource"]
+    assert (source["type"], source["query"]) == ("datasource", "prometheus")
+    assert source["current"]["value"] == uid
+    for variable in variables.values():
+        if variable["type"] == "query":
+            assert variable["datasource"] == PROMETHEUS_VARIABLE, variable["name"]
     assert len({board["uid"] for board in map(grafana.dashboard, grafana.DASHBOARDS)}) == 3
+
+
+@pytest.mark.parametrize("name", grafana.DASHBOARDS)
+def test_every_dashboard_chooses_model_and_instance(name: str) -> None:
+    """``model`` (served version) and ``instance`` (API replica) on every dashboard, each from
+    the label values of a lakeloop series, several at once or All, and read by the panels
+    (``instance`` also through the versions ``model`` offers)."""
+    board = grafana.dashboard(name)
+    variables = dashboard_variables(board)
+    expressions = " ".join(
+        target["expr"] for panel in board["panels"] for target in panel["targets"]
+    )
+    for variable_name in ("model", "instance"):
+        variable = variables[variable_name]
+        assert variable["type"] == "query", variable_name
+        assert variable["multi"] is variable["includeAll"] is True, variable_name
+        assert LABEL_VALUES.fullmatch(variable["query"]["query"]), variable_name
+    assert '=~"$model"' in expressions, f"{name}: no panel reads $model"
+    assert '=~"$instance"' in expressions + variables["model"]["query"]["query"], name
+
+
+@pytest.mark.parametrize("name", grafana.DASHBOARDS)
+def test_dashboard_links_keep_time_and_variables(name: str) -> None:
+    links = grafana.dashboard(name)["links"]
+    assert links
+    for link in links:
+        assert (link["keepTime"], link["includeVars"]) == (True, True), link["title"]
+    # Passed on by name: the variables mean the same on every dashboard.
+    shared = [
+        {key: variable.get(key) for key in ("type", "query", "allValue")}
+        for variable in (
+            dashboard_variables(grafana.dashboard(board))[variable_name]
+            for board in grafana.DASHBOARDS
+            for variable_name in ("datasource", "model", "instance")
+        )
+    ]
+    assert len({repr(item) for item in shared}) == 3
 
 
 @pytest.mark.parametrize("name", grafana.DASHBOARDS)

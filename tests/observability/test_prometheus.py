@@ -231,7 +231,8 @@ def push_drift(
         store=ObjectStore.folder(folder),
         now=datetime.now(UTC),
         policy=DriftPolicy(),
-        baseline_quality={"mae": model.metrics["mae"]},
+        # The champion's holdout as the monitor pipeline passes it (pipelines.monitor).
+        baseline_quality={name: model.metrics[name] for name in ("mae", "rmse")},
         pushgateway_url=gateway,
     )
     assert result.entry.drift.drift_share > 0.3  # what the drift alert below must see
@@ -263,10 +264,13 @@ def loaded(
         what="both scrape targets up",
     )
     # The same traffic again once Prometheus holds the first round's counters: increase() and
-    # rate() measure from a series' first sample, and the prediction error ratio needs 10
-    # requests in 5 minutes, counted.
+    # rate() measure from a series' first sample (the API's seeded zeros are one only for the
+    # statuses it knows beforehand), and the prediction error ratio needs 10 requests in
+    # 5 minutes, counted.
     poll(
-        lambda: observed.prometheus.query('lakeloop_api_requests_total{endpoint="/v1/predict"}'),
+        lambda: observed.prometheus.query(
+            'lakeloop_api_requests_total{endpoint="/v1/predict",status="200"} > 0'
+        ),
         what="the first round of predictions scraped",
     )
     send_traffic(observed.api, spec, observed.feedback_headers)

@@ -144,9 +144,10 @@ def test_a_monitor_heartbeat_keeps_the_drift_numbers_and_moves_the_push_time(
     )
     pushed_at = one(group(gateway, "lakeloop_monitor", model_version="12"), "push_time_seconds")
     later = datetime.now(UTC)
-    assert push_heartbeat(gateway, champion_version="12", now=later)
+    assert push_heartbeat(gateway, champion_version="12", now=later, holdout={"mae": 30_000.0})
     found = group(gateway, "lakeloop_monitor", model_version="12")
     assert one(found, "lakeloop_drift_share") == 0.4
+    assert one(found, "lakeloop_champion_holdout_metric", metric="mae") == 30_000.0
     assert one(found, "lakeloop_monitor_last_attempt_timestamp_seconds") == later.timestamp()
     assert one(found, "push_time_seconds") >= pushed_at
     assert not push_heartbeat(None, champion_version="12", now=later)

@@ -426,6 +426,7 @@ def test_metrics_registry_exposes_every_number() -> None:
         quality=QualitySummary(mae=41_000, rmse=60_000, rows=700),
         decision=Decision(retrain=True, reason="x"),
         now=NOW,
+        holdout={"mae": 38_000, "rmse": 55_000},
     )
     text = generate_latest(registry).decode()
     assert "lakeloop_drift_share 0.333" in text
@@ -437,6 +438,8 @@ def test_metrics_registry_exposes_every_number() -> None:
     assert 'lakeloop_monitor_window_rows{frame="reference"} 20000.0' in text
     assert "lakeloop_quality_mae 41000.0" in text
     assert "lakeloop_retrain_decision 1.0" in text
+    # The champion's own holdout, what its live MAE is compared with.
+    assert 'lakeloop_champion_holdout_metric{metric="mae"} 38000.0' in text
     assert "lakeloop_prediction_drift_score" not in text  # no prediction drift was measured
 
 
