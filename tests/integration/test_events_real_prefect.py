@@ -247,14 +247,18 @@ def test_a_repeated_webhook_is_published_once_and_trains_once(
 def test_the_same_drift_event_sent_twice_is_published_once_and_retrains_once(
     prefect: PrefectServer,
 ) -> None:
-    """The monitor re-run on the same window sends the same drift event again, and ``emit``
-    sees both accepted: Prefect publishes it once, stores it once by its id, and the retrain
-    deployment has one flow run for that window. Real Prefect server."""
+    """The monitor re-run on the same window builds the drift event again (later, so with a
+    later time) and ``emit`` sees both accepted: the two have one id, Prefect publishes it
+    once, stores it once, and the retrain deployment has one flow run for that window. Real
+    Prefect server."""
     model_name = prefect.settings.mlflow.model_name
-    event = a_drift_event(f"window-{secrets.token_hex(4)}", model_name=model_name)
+    window_id = f"window-{secrets.token_hex(4)}"
+    event = a_drift_event(window_id, model_name=model_name)
+    again = a_drift_event(window_id, model_name=model_name)
+    assert again["id"] == event["id"]
     with prefect.stream([event["id"]]) as stream:
         emit(prefect.api, event, attempts=1)
-        emit(prefect.api, event, attempts=1)
+        emit(prefect.api, again, attempts=1)
         stream.barrier()
     assert stream.copies(event["id"]) == 1
     assert stored_ids(prefect, event["id"]) == [event["id"]]
