@@ -451,8 +451,9 @@ def test_prometheus_scrapes_each_api_pod_on_its_own(
 
 def test_the_rules_add_up_the_pods(tmp_path: Path) -> None:
     """Each pod's counters are their own series (instance = pod): the recording rules take each
-    series' rate and then sum, so two replicas serving 1 and 2 requests a second are 3 a second,
-    both count as serving the champion, and each is judged on its own."""
+    series' rate before any sum, so two replicas serving 1 and 2 requests a second are 1 and 2
+    a second on their own (the recorded rate keeps the replica) and 3 a second summed, both count
+    as serving the champion, and each is judged on its own."""
     first, second = "lakeloop-api-5d8c7b9f4-ax2qz", "lakeloop-api-5d8c7b9f4-bx2qz"
 
     def series(name: str, pod: str, extra: str, values: str) -> dict[str, str]:
@@ -487,8 +488,18 @@ def test_the_rules_add_up_the_pods(tmp_path: Path) -> None:
                 "promql_expr_test": [
                     expect(
                         "lakeloop:api_requests:rate5m",
-                        {'endpoint="/v1/predict",status="200"': 3},
+                        {
+                            f'instance="{first}",endpoint="/v1/predict",status="200"': 1,
+                            f'instance="{second}",endpoint="/v1/predict",status="200"': 2,
+                        },
                     ),
+                    {
+                        "expr": "sum by (endpoint, status) (lakeloop:api_requests:rate5m)",
+                        "eval_time": "10m",
+                        "exp_samples": [
+                            {"labels": '{endpoint="/v1/predict",status="200"}', "value": 3}
+                        ],
+                    },
                     expect("lakeloop:api_instances:by_model_version", {'model_version="3"': 2}),
                     expect(
                         "lakeloop:api_champion_served:bool",
