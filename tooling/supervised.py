@@ -51,6 +51,7 @@ from tooling.stack import (
     flow_server,
     port_is_free,
     services,
+    stop_processes,
     wait_until_ready,
 )
 
@@ -176,11 +177,14 @@ class Supervisor:
         return once supervisord is gone."""
         rpc = self._rpc()
         pid = int(rpc.getPID())
-        groups = [info["pid"] for info in rpc.getAllProcessInfo() if info["pid"]]
+        groups = [(info["name"], info["pid"]) for info in rpc.getAllProcessInfo() if info["pid"]]
         rpc.shutdown()
         deadline = time.monotonic() + timeout
-        while any(_alive(p) for p in [pid, *groups]) and time.monotonic() < deadline:
+        while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
+        # supervisord waits for each service's first process only: a child that outlived it
+        # (one that ignores SIGTERM) still belongs to the service's group, which is stopped here.
+        stop_processes(groups, grace=STOP_SECONDS)
 
     def last_lines(self, name: str, *, lines: int = 20) -> list[str]:
         """The end of a service's log."""
