@@ -469,7 +469,7 @@ def status() -> None:
     from lakeloop import registry  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
     settings = settings_or_exit()
-    _print_services(settings)
+    services_running = _print_services(settings)
     try:
         client = registry.connect(settings)
         current = registry.champion(client, settings)
@@ -493,6 +493,8 @@ def status() -> None:
     table.add_row("training", "[red]blocked[/red]" if blocked else "ok")
     console.print(table)
     if blocked is None:
+        if not services_running:
+            raise typer.Exit(1)
         return
     console.print(f"[red]{blocked.summary}[/red]", highlight=False)
     for line in blocked.reason.splitlines():
@@ -500,13 +502,14 @@ def status() -> None:
     raise typer.Exit(1)
 
 
-def _print_services(settings: Settings) -> None:
+def _print_services(settings: Settings) -> bool:
     """The services of the stack running in this state folder, and the last log lines of any
-    supervisord gave up on."""
+    supervisord gave up on; False when one of them is not running (no stack at all is not a
+    failure: the servers may be elsewhere)."""
     found = supervised.status(settings)
     if found is None:
         console.print(f"no lakeloop stack runs in {settings.state_dir} (`lakeloop up` starts one)")
-        return
+        return True
     table = Table(title="services")
     for column in ("service", "state", "pid", "port", "uptime", "restarts", "ready"):
         table.add_column(column)
@@ -531,6 +534,7 @@ def _print_services(settings: Settings) -> None:
             )
             for line in supervised.tail(service.log_path, lines=10):
                 console.out(f"  {line}", highlight=False)
+    return all(service.state == "RUNNING" for service in found)
 
 
 def _duration(seconds: float) -> str:

@@ -125,6 +125,7 @@ def test_killed_services_come_back_and_a_batch_ingested_meanwhile_trains_once(
 
     # `lakeloop status` shows each service running again, restarted once.
     shown = workspace.run("status")
+    assert shown.returncode == 0, shown.stdout[-3000:] + shown.stderr[-3000:]
     rows = _status_rows(shown.stdout)
     assert set(rows) == set(KILLED_IN_TURN), shown.stdout
     for cells in rows.values():
