@@ -464,9 +464,14 @@ def _json(answer: httpx.Response) -> dict[str, Any]:
 
 
 def follow(path: Path, *, poll: float = 0.5) -> Iterator[str]:
-    """The lines written to ``path`` from now on, across supervisord's log rotation."""
+    """The lines written to ``path`` from now on (this call, not the first ``next``), across
+    supervisord's log rotation."""
     position = path.stat().st_size if path.exists() else 0
     identity = path.stat().st_ino if path.exists() else None
+    return _new_lines(path, position=position, identity=identity, poll=poll)
+
+
+def _new_lines(path: Path, *, position: int, identity: int | None, poll: float) -> Iterator[str]:
     while True:
         if path.exists():
             now = path.stat()

@@ -192,3 +192,17 @@ def test_down_signals_nothing_when_no_supervisor_answers(settings: Settings) -> 
     finally:
         other.kill()
         other.wait()
+
+
+def test_following_a_log_prints_new_lines_across_rotation(tmp_path: Path) -> None:
+    """`lakeloop logs SERVICE -f`: what was there is not repeated; what is written next is, also
+    after supervisord rotated the file (renamed it and started a new one)."""
+    log = tmp_path / "api.log"
+    log.write_text("old line\n")
+    lines = supervised.follow(log, poll=0.01)
+    with log.open("a") as writing:
+        writing.write("first\nsecond\n")
+    assert [next(lines), next(lines)] == ["first", "second"]
+    log.rename(tmp_path / "api.log.1")
+    log.write_text("after rotation\n")
+    assert next(lines) == "after rotation"
