@@ -322,11 +322,11 @@ def start(
     progress: Callable[[str], None] = lambda _: None,
     lakefs_note: str = "",
 ) -> LocalStack:
-    """Start the services of ``wanted`` that are not running, in order, each once the ones before
-    it answer (the last waits for all others), and wait until every one answers. A service that
-    runs is left alone; a port held by something else fails before anything starts, naming the
-    service and the setting that moves it. When this call started supervisord and something
-    fails, everything stops again."""
+    """Start the services of ``wanted`` that are not running: all but the last together, the
+    last (the flow server, which needs Prefect) once they answer; return when every one answers.
+    A service that runs is left alone; a port held by something else fails before anything
+    starts, naming the service and the setting that moves it. When this call started supervisord
+    and something fails, everything stops again."""
     supervisor = Supervisor(settings)
     launched = not supervisor.answers()
     if launched:
