@@ -17,6 +17,7 @@ BENCHMARKS = [
     "benchmarks.api",  # lakeloop API vs mlflow models serve, single and batch, log on and off
     "benchmarks.soak",  # 120 s of mixed traffic with a hot swap: failures, latency, memory
     "benchmarks.clean_gate",  # the clean-holdout gate: legitimate vs poisoned feedback
+    "benchmarks.stack",  # `lakeloop up` cold and on a running stack, `lakeloop down`
 ]
 
 

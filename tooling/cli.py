@@ -25,8 +25,8 @@ from lakeloop.ingest import (
 )
 from lakeloop.settings import Settings
 from monitoring.store import describe, read_folds, read_history
+from tooling import supervised
 from tooling.demo import demo
-from tooling.stack import down_recorded
 from tooling.terminal import (
     console,
     log_state,
@@ -297,8 +297,43 @@ def _rejection_lines(reason: str) -> list[str]:
 def down() -> None:
     """Stop a stack started by `lakeloop up` or `lakeloop demo --keep`."""
     settings = settings_or_exit()
-    stopped = down_recorded(settings)
+    stopped = supervised.down(settings)
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "no lakeloop stack was running")
+
+
+@app.command()
+def logs(
+    service: Annotated[
+        str | None, typer.Argument(help="lakefs, mlflow, prefect, gateway, api or flows.")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing what it writes (Ctrl-C stops).")
+    ] = False,
+    lines: Annotated[int, typer.Option(min=1, help="How many of its last lines.")] = 50,
+) -> None:
+    """A service's log (the last lines of every service's without SERVICE), from the state
+    folder's logs/, where the stack writes them and rotates them at 10 MB."""
+    settings = settings_or_exit()
+    folder = settings.state_dir / "logs"
+    known = sorted(path.stem for path in folder.glob("*.log"))
+    if service is not None and service not in known:
+        console.print(f"[red]no log of {service!r} in {folder}[/red]; there are: {known or 'none'}")
+        raise typer.Exit(2)
+    shown = [service] if service else known
+    for name in shown:
+        if len(shown) > 1:
+            console.rule(name)
+        for line in supervised.tail(folder / f"{name}.log", lines=lines):
+            console.out(line, highlight=False)
+    if follow:
+        if service is None:
+            console.print("[red]--follow needs a SERVICE[/red]")
+            raise typer.Exit(2)
+        try:
+            for line in supervised.follow(folder / f"{service}.log"):
+                console.out(line, highlight=False)
+        except KeyboardInterrupt:
+            return
 
 
 app.command()(demo)
@@ -428,11 +463,13 @@ def report(
 
 @app.command()
 def status() -> None:
-    """The champion, what the API serves, and whether training is blocked (exit 1 while it is:
-    the data on main fails the checks, so the champion is stale)."""
+    """The stack's services (state, pid, port, uptime, restarts, readiness), the champion, what
+    the API serves, and whether training is blocked (exit 1 while it is: the data on main fails
+    the checks, so the champion is stale; or while a service of the stack is not running)."""
     from lakeloop import registry  # noqa: PLC0415 - MLflow costs every other command 1.5 s
 
     settings = settings_or_exit()
+    services_running = _print_services(settings)
     try:
         client = registry.connect(settings)
         current = registry.champion(client, settings)
@@ -456,11 +493,54 @@ def status() -> None:
     table.add_row("training", "[red]blocked[/red]" if blocked else "ok")
     console.print(table)
     if blocked is None:
+        if not services_running:
+            raise typer.Exit(1)
         return
     console.print(f"[red]{blocked.summary}[/red]", highlight=False)
     for line in blocked.reason.splitlines():
         console.print(f"  - {line}", highlight=False)
     raise typer.Exit(1)
+
+
+def _print_services(settings: Settings) -> bool:
+    """The services of the stack running in this state folder, and the last log lines of any
+    supervisord gave up on; False when one of them is not running (no stack at all is not a
+    failure: the servers may be elsewhere)."""
+    found = supervised.status(settings)
+    if found is None:
+        console.print(f"no lakeloop stack runs in {settings.state_dir} (`lakeloop up` starts one)")
+        return True
+    table = Table(title="services")
+    for column in ("service", "state", "pid", "port", "uptime", "restarts", "ready"):
+        table.add_column(column)
+    for service in found:
+        colour = "green" if service.state == "RUNNING" else "red"
+        table.add_row(
+            service.name,
+            f"[{colour}]{service.state}[/{colour}]",
+            str(service.pid or "-"),
+            str(service.port or "-"),
+            _duration(service.uptime) if service.pid else "-",
+            str(service.restarts),
+            service.ready,
+        )
+    console.print(table)
+    for service in found:
+        if service.state == "FATAL":
+            console.print(
+                f"[red]{service.name} kept failing and is no longer restarted[/red]; "
+                f"`lakeloop up` tries again. Its last lines ({service.log_path}):",
+                highlight=False,
+            )
+            for line in supervised.tail(service.log_path, lines=10):
+                console.out(f"  {line}", highlight=False)
+    return all(service.state == "RUNNING" for service in found)
+
+
+def _duration(seconds: float) -> str:
+    minutes, second = divmod(int(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    return f"{hours}h{minute:02d}m" if hours else f"{minute}m{second:02d}s"
 
 
 model_app = typer.Typer(help="The registered model and its champion.", no_args_is_help=True)

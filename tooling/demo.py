@@ -97,6 +97,8 @@ def demo(
     finally:
         if keep:
             console.print("the stack keeps running; stop it with [bold]lakeloop down[/bold]")
+        elif not stack.launched:
+            console.print("the stack was running before the demo and keeps running")
         else:
             with console.status("stopping the stack"):
                 stack.down()

@@ -1,15 +1,17 @@
-"""The local stack launcher: starts, watches and stops every server of the embedded default.
+"""The local stack's services: which servers run for the settings (the lakeFS binary or the
+built-in server, MLflow, Prefect, the gateway, the API, the flow server), their environment, and
+when each one is ready. :mod:`tooling.supervised` runs them under supervisord for `lakeloop up`.
 
-Each service is a child process in its own session (so stopping it stops its children too),
-bound to 127.0.0.1, logging to ``<state>/logs/<service>.log``. What is running is recorded in
-``<state>/stack.json`` so ``lakeloop down`` can stop a stack another command started.
+:class:`Stack` runs single services as children of the calling process, each in its own session
+(so stopping it stops its children too), logging to ``<state>/logs/<service>.log``: what tests
+and benchmarks use for a server they start, kill and start again themselves, with no supervisor
+restarting it behind their back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import signal
@@ -17,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +28,6 @@ import httpx
 from lakeloop.settings import LOOPBACK, Settings
 
 logger = logging.getLogger(__name__)
-
-STACK_FILE = "stack.json"
 
 
 class StackError(RuntimeError):
@@ -47,6 +47,8 @@ class Service:
     """Seconds to wait for the health URL (Prefect needs 13-16 s cold here)."""
     hint: str = ""
     """What to set to move it, shown when its port is taken."""
+    status_url: str = ""
+    """What `lakeloop status` asks to say whether it is ready (default: the health URL)."""
 
 
 @dataclass
@@ -131,6 +133,7 @@ def services(settings: Settings, *, lakefs_binary: str | None = None) -> list[Se
             port=settings.api.port,
             health_url=f"http://{LOOPBACK}:{settings.api.port}/healthz",
             hint="LAKELOOP_API__PORT",
+            status_url=f"http://{LOOPBACK}:{settings.api.port}/readyz",  # serving a champion
         )
     )
     return started
@@ -166,7 +169,7 @@ def _mlflow_service(settings: Settings) -> Service:
         port=settings.mlflow.port,
         health_url=f"{settings.mlflow_tracking_uri}/health",
         # The backend URI may hold a password: it goes in the variable `mlflow server` reads for
-        # --backend-store-uri, never in argv, which stack.json records and `ps` shows to anyone.
+        # --backend-store-uri, never in argv, which supervisord.conf holds and `ps` shows to anyone.
         env={
             "MLFLOW_BACKEND_STORE_URI": (
                 backend.get_secret_value()
@@ -344,27 +347,15 @@ def wait_until_ready(
 
 
 class Stack:
-    """The running services of one state folder."""
+    """Services started by this process, each a child in its own session."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.running: list[Running] = []
-        self.lakefs_note = ""
-        """One line saying which lakeFS this stack runs."""
 
     @property
     def logs(self) -> Path:
         return self.settings.state_dir / "logs"
-
-    def check_ports(self, wanted: Iterable[Service]) -> None:
-        """Fail before starting anything when a port is taken, naming the service."""
-        for service in wanted:
-            if service.port and not port_is_free(service.port):
-                raise StackError(
-                    f"port {service.port} needed by {service.name} is already in use "
-                    f"(another lakeloop stack? `lakeloop down` stops one); "
-                    f"or choose another port with {service.hint}"
-                )
 
     def start(self, service: Service) -> Running:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -381,7 +372,6 @@ class Stack:
             )
         running = Running(service=service, process=process, log_path=log_path)
         self.running.append(running)
-        self._record()
         return running
 
     def wait(self, running: Running) -> None:
@@ -393,39 +383,12 @@ class Stack:
             log_path=running.log_path,
         )
 
-    def up(self, *, progress: Callable[[str], None] = lambda _: None) -> None:
-        """Start every service and wait until each answers; stop all of them on failure."""
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        binary, self.lakefs_note = find_lakefs(self.settings)
-        wanted = services(self.settings, lakefs_binary=binary)
-        self.check_ports(wanted)
-        try:
-            started = [self.start(service) for service in wanted]
-            for running in started:
-                progress(f"waiting for {running.service.name}")
-                self.wait(running)
-                progress(f"{running.service.name} ready")
-            progress("registering the Prefect deployments")
-            self.wait(self.start(flow_server(self.settings)))
-            progress("flows ready")
-        except BaseException:
-            self.down()
-            raise
-
     def down(self) -> None:
         """Stop every service this object started, children included."""
         stop_processes([(r.service.name, r.process.pid) for r in self.running])
         for running in self.running:
             running.process.poll()
         self.running.clear()
-        (self.settings.state_dir / STACK_FILE).unlink(missing_ok=True)
-
-    def _record(self) -> None:
-        record = {
-            r.service.name: {"pid": r.process.pid, "port": r.service.port, "argv": r.service.argv}
-            for r in self.running
-        }
-        (self.settings.state_dir / STACK_FILE).write_text(json.dumps(record, indent=2))
 
 
 def stop_processes(processes: list[tuple[str, int]], *, grace: float = 15.0) -> None:
@@ -457,26 +420,3 @@ def _group_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def down_recorded(settings: Settings) -> list[str]:
-    """Stop a stack recorded in the state folder (one started by another command)."""
-    path = settings.state_dir / STACK_FILE
-    if not path.exists():
-        return []
-    record = json.loads(path.read_text())
-    # A pid from an old record may belong to some other program by now: only signal it if it
-    # still runs the command we started.
-    ours = {name: entry for name, entry in record.items() if _runs(entry["pid"], entry["argv"])}
-    stop_processes([(name, entry["pid"]) for name, entry in ours.items()])
-    path.unlink(missing_ok=True)
-    return list(ours)
-
-
-def _runs(pid: int, argv: list[str]) -> bool:
-    """Whether process ``pid`` exists and its command line is ``argv``."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return cmdline.split(b"\0")[:-1] == [part.encode() for part in argv]

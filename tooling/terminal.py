@@ -15,7 +15,8 @@ from lakeloop.ingest import SourceTable
 from lakeloop.settings import Settings, load_settings
 from monitoring.history import HistoryEntry
 from monitoring.store import history_keys, read_history
-from tooling.stack import Stack, StackError
+from tooling import supervised
+from tooling.stack import StackError
 
 console = Console()
 
@@ -28,15 +29,18 @@ def settings_or_exit() -> Settings:
         raise typer.Exit(2) from error
 
 
-def start_stack(settings: Settings) -> Stack:
-    stack = Stack(settings)
+def start_stack(settings: Settings) -> supervised.LocalStack:
+    """Start what is not running of the stack, saying what it found running already."""
     try:
         with console.status("starting the stack") as status:
-            stack.up(progress=lambda message: _step(status, message))
+            stack = supervised.up(settings, progress=lambda message: _step(status, message))
         console.log(stack.lakefs_note)
     except StackError as error:
-        console.print(f"[red]cannot start the stack:[/red] {error}")
+        console.print(f"[red]cannot start the stack:[/red] {error}", highlight=False)
         raise typer.Exit(1) from error
+    if not stack.launched:
+        started = ", ".join(stack.started) if stack.started else "nothing"
+        console.log(f"the stack was running; started {started}")
     return stack
 
 

@@ -1,8 +1,8 @@
-"""The local stack launcher's own behaviour (no real services)."""
+"""The local stack's services and the single-service launcher (no real servers; supervision of the
+whole stack: tests/unit/test_supervised.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -19,11 +19,11 @@ from tooling.stack import (
     Stack,
     StackError,
     child_env,
-    down_recorded,
     find_lakefs,
     port_is_free,
     services,
 )
+from tooling.supervised import check_ports, configuration
 
 
 def test_port_in_use_is_reported_with_the_service_name(settings: Settings) -> None:
@@ -35,7 +35,7 @@ def test_port_in_use_is_reported_with_the_service_name(settings: Settings) -> No
         with pytest.raises(
             StackError, match=rf"port {taken} needed by mlflow.*LAKELOOP_MLFLOW__PORT"
         ):
-            Stack(configured).check_ports(services(configured))
+            check_ports(services(configured))
     assert port_is_free(taken)
 
 
@@ -72,8 +72,8 @@ def test_service_that_dies_while_starting_is_named_with_its_log(settings: Settin
     stack.down()
 
 
-def test_down_stops_a_recorded_stack_and_its_children(settings: Settings) -> None:
-    """`lakeloop down` from another process stops the whole process group, children included."""
+def test_stopping_a_started_service_stops_its_children(settings: Settings) -> None:
+    """A test's own server stops with the whole process group, children included."""
     stack = Stack(settings)
     parent = (
         "import subprocess, sys, time; "
@@ -84,28 +84,14 @@ def test_down_stops_a_recorded_stack_and_its_children(settings: Settings) -> Non
     )
     group = running.process.pid
     eventually(lambda: len(_group_members(group)) == 2, what="the service and the child it started")
-    assert down_recorded(settings) == ["sleeper"]
+    stack.down()
     running.process.wait(timeout=60)
     eventually(lambda: _group_members(group) == [], what="no process of the group left")
-    assert not (settings.state_dir / "stack.json").exists()
 
 
 def _group_members(group: int) -> list[str]:
     found = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True, check=False)
     return found.stdout.split()
-
-
-def test_down_leaves_alone_a_recorded_pid_now_used_by_another_program(settings: Settings) -> None:
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        settings.state_dir.mkdir(parents=True)
-        record = {"api": {"pid": other.pid, "port": 8000, "argv": ["python", "-m", "api"]}}
-        (settings.state_dir / "stack.json").write_text(json.dumps(record))
-        assert down_recorded(settings) == []
-        assert other.poll() is None
-    finally:
-        other.kill()
-        other.wait()
 
 
 def test_a_lakefs_binary_on_path_is_preferred_and_set_up_unattended(
@@ -146,8 +132,8 @@ def test_database_urls_reach_only_their_server_and_never_argv(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """PostgreSQL-backed servers: each URL (password included) goes to its own server by
-    environment variable; no argv (recorded in stack.json, shown by `ps`) and no other child
-    gets it."""
+    environment variable; no argv (written in supervisord.conf, shown by `ps`), no line of the
+    supervisor's configuration and no other child gets it."""
     prefect_url = "postgresql+asyncpg://prefect:pw-prefect-123@db:5432/prefect"
     mlflow_url = "postgresql://mlflow:pw-mlflow-456@db:5432/mlflow"
     monkeypatch.setenv("LAKELOOP_PREFECT__DATABASE_URL", prefect_url)
@@ -165,6 +151,10 @@ def test_database_urls_reach_only_their_server_and_never_argv(
         if service.name not in {"prefect", "mlflow"}:
             assert "pw-" not in " ".join(service.env.values())
     assert "pw-" not in " ".join(child_env(configured).values())
+    folder = configured.state_dir / "supervisor"
+    text, held = configuration(configured, services(configured), folder=folder, logs=folder)
+    assert "pw-" not in text
+    assert sorted(v for v in held.values() if "pw-" in v) == sorted([prefect_url, mlflow_url])
 
 
 def test_without_database_urls_the_servers_keep_their_state_in_the_state_folder(
