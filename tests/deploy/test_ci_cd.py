@@ -136,7 +136,9 @@ def test_the_ci_job_has_the_test_tables_beside_the_code_and_a_real_postgres() ->
 
 def test_release_publishes_only_from_main_and_version_tags() -> None:
     release = _workflow("release.yml")
-    assert release[True] == {"push": {"branches": ["main"], "tags": ["v*"]}}
+    push = release[True]["push"]
+    assert list(release[True]) == ["push"]
+    assert (push["branches"], push["tags"]) == (["main"], ["v*"])
     # Only the publishing job may write packages; the workflow's default is read-only.
     assert release["permissions"] == {"contents": "read"}
     [job] = release["jobs"].values()
@@ -308,3 +310,16 @@ def test_the_flux_folder_builds_as_flux_builds_it(tmp_path: Path) -> None:
     ).stdout
     kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(built) if doc)
     assert kinds == ["ImagePolicy", "ImageRepository", "ImageUpdateAutomation", "Kustomization"]
+
+
+def test_flux_commits_build_no_image() -> None:
+    """Flux's image automation commits a new tag to main; a build of that commit would give Flux
+    a newer tag of the same code, and so on for ever. The file it writes is the only one it
+    changes, and a push changing only ignored files runs neither workflow."""
+    written = ROOT / _one("ImageUpdateAutomation")["spec"]["update"]["path"] / "kustomization.yaml"
+    assert written.resolve() == (K8S / "kustomization.yaml").resolve()
+    ignored = str(written.resolve().relative_to(ROOT))
+    for name in ["release.yml", "ci.yml"]:
+        assert ignored in _workflow(name)[True]["push"]["paths-ignore"], name
+    # Pull requests are never filtered: the required check always runs.
+    assert _workflow("ci.yml")[True]["pull_request"] is None
