@@ -61,6 +61,50 @@ def test_every_alert_has_a_unit_test() -> None:
     assert fired == alerts
 
 
+OBSERVABILITY_GUIDE = PROMETHEUS_DIR.parents[1] / "docs" / "observability.md"
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings: lower case, punctuation dropped, spaces as '-'."""
+    return {
+        re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        for heading in re.findall(r"^#+ (.+)$", markdown, flags=re.MULTILINE)
+    }
+
+
+def _every_alert() -> list[tuple[str, dict[str, Any]]]:
+    """(where, rule) of every Prometheus alert and every Grafana alert rule."""
+    prometheus = yaml.safe_load((PROMETHEUS_DIR / "rules" / "alerts.yml").read_text())
+    grafana_rules = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "alerting" / "lakeloop.yml").read_text()
+    )
+    return [
+        *(
+            (f"prometheus:{rule['alert']}", rule)
+            for g in prometheus["groups"]
+            for rule in g["rules"]
+        ),
+        *(
+            (f"grafana:{rule['title']}", rule)
+            for g in grafana_rules["groups"]
+            for rule in g["rules"]
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("where", "rule"), _every_alert(), ids=[w for w, _ in _every_alert()])
+def test_every_alert_says_how_bad_what_and_where_its_runbook_is(
+    where: str, rule: dict[str, Any]
+) -> None:
+    """On-call reads the severity, the summary and the runbook link of whatever wakes them: the
+    link must land on a section of docs/observability.md that exists."""
+    assert rule["labels"]["severity"] in {"warning", "critical"}
+    assert rule["annotations"]["summary"].strip()
+    guide, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+    assert guide == "docs/observability.md"
+    assert anchor in _anchors(OBSERVABILITY_GUIDE.read_text())
+
+
 def provisioned_datasource_uid() -> str:
     provisioned = yaml.safe_load(
         (GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text()
