@@ -18,7 +18,7 @@ from lakeloop.ingest import write_parquet
 from lakeloop.settings import Settings
 from tests.utils.bad_batches import BAD_BATCHES
 from tests.utils.waiting import eventually
-from tests.utils.workspace import Workspace, new_workspace, wait_settled
+from tests.utils.workspace import Workspace, new_workspace, processes_of, wait_settled
 from tooling import market
 from tooling.stack import port_is_free
 
@@ -47,16 +47,6 @@ def _training_run_count(settings: Settings) -> int:
     return len(loop.runs_of_flow(settings, "train"))
 
 
-def _state_processes(workspace: Workspace) -> str:
-    found = subprocess.run(
-        ["pgrep", "-af", str(workspace.settings.state_dir)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return found.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def demo(workspace: Workspace) -> subprocess.CompletedProcess[str]:
     return workspace.run("demo", "--rows", "4000", "--no-drift")
@@ -77,7 +67,7 @@ def test_demo_leaves_no_process_and_no_port_behind(
     demo: subprocess.CompletedProcess[str], workspace: Workspace
 ) -> None:
     assert demo.returncode == 0
-    assert _state_processes(workspace) == ""
+    assert processes_of(workspace.settings.state_dir) == ""
     taken = [name for name, port in workspace.ports.items() if not port_is_free(port)]
     assert taken == []
 
@@ -248,6 +238,6 @@ def test_kept_stack_has_lineage_retrains_and_hot_swaps(
     stopped = workspace.run("down", timeout=120)
     assert stopped.returncode == 0
     eventually(
-        lambda: _state_processes(workspace) == "",
+        lambda: processes_of(workspace.settings.state_dir) == "",
         what="no process of the workspace left after `lakeloop down`",
     )

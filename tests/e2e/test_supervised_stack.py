@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 
 from lakeloop import lakefs_client, loop
 from tests.utils.waiting import eventually, eventually_value
-from tests.utils.workspace import RUN_DEADLINE_SECONDS, Workspace, new_workspace, wait_settled
+from tests.utils.workspace import (
+    RUN_DEADLINE_SECONDS,
+    Workspace,
+    new_workspace,
+    processes_of,
+    wait_settled,
+)
 from tooling import market, supervised
 
 pytestmark = pytest.mark.e2e
@@ -44,16 +49,6 @@ def _states(workspace: Workspace) -> dict[str, supervised.ServiceState]:
     found = supervised.status(workspace.settings)
     assert found is not None, "no stack runs in the workspace"
     return {state.name: state for state in found}
-
-
-def _state_processes(workspace: Workspace) -> str:
-    found = subprocess.run(
-        ["pgrep", "-af", str(workspace.settings.state_dir)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return found.stdout.strip()
 
 
 def _status_rows(output: str) -> dict[str, list[str]]:
@@ -141,7 +136,7 @@ def test_killed_services_come_back_and_a_batch_ingested_meanwhile_trains_once(
     stopped = workspace.run("down", timeout=180)
     assert stopped.returncode == 0
     eventually(
-        lambda: _state_processes(workspace) == "",
+        lambda: processes_of(workspace.settings.state_dir) == "",
         what="no process of the workspace left after `lakeloop down`",
     )
     assert supervised.status(settings) is None

@@ -22,6 +22,7 @@ import pytest
 from lakeloop.settings import Settings
 from tests.utils.net import free_port
 from tests.utils.waiting import eventually, eventually_value
+from tests.utils.workspace import processes_of
 from tooling import supervised
 from tooling.stack import Service, StackError
 
@@ -69,13 +70,6 @@ def _states(settings: Settings) -> dict[str, supervised.ServiceState]:
     return {state.name: state for state in found}
 
 
-def _processes_of(settings: Settings) -> str:
-    found = subprocess.run(
-        ["pgrep", "-af", str(settings.state_dir)], capture_output=True, text=True, check=False
-    )
-    return found.stdout.strip()
-
-
 def _group(pid: int) -> list[str]:
     found = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True, check=False)
     return found.stdout.split()
@@ -107,7 +101,9 @@ def test_up_twice_is_one_stack_and_down_leaves_nothing(
     assert SECRET not in config.read_text()
 
     assert sorted(supervised.down(settings)) == ["alpha", "beta"]
-    eventually(lambda: _processes_of(settings) == "", what="no process of the state folder left")
+    eventually(
+        lambda: processes_of(settings.state_dir) == "", what="no process of the state folder left"
+    )
     eventually(lambda: all(_group(pid) == [] for pid in pids.values()), what="no child left")
     assert supervised.status(settings) is None
     assert supervised.down(settings) == []
@@ -176,7 +172,9 @@ def test_a_service_that_never_starts_is_reported_with_its_last_lines(
         supervised.start(settings, wanted)
     # The `up` that started the supervisor stops it again: nothing is left.
     assert supervised.status(settings) is None
-    eventually(lambda: _processes_of(settings) == "", what="no process of the state folder left")
+    eventually(
+        lambda: processes_of(settings.state_dir) == "", what="no process of the state folder left"
+    )
 
 
 def test_down_signals_nothing_when_no_supervisor_answers(settings: Settings) -> None:

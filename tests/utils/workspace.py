@@ -41,6 +41,15 @@ class Workspace:
         )
 
 
+def processes_of(state_dir: Path) -> str:
+    """Every running process whose command line names ``state_dir`` (``pgrep -af``), one per
+    line: empty when nothing of that stack is left."""
+    found = subprocess.run(
+        ["pgrep", "-af", str(state_dir)], capture_output=True, text=True, check=False
+    )
+    return found.stdout.strip()
+
+
 def new_workspace(root: Path, **environment: str) -> Workspace:
     """A workspace under ``root`` on free ports; ``environment`` adds ``LAKELOOP_*`` settings
     for every process of its stack (the flows inherit them)."""
