@@ -623,17 +623,18 @@ def relay_notification(
             notification.truncated_alerts,
         )
     firing = [alert for alert in notification.alerts if alert.status == "firing"]
-    refused = [
-        f"{alert.fingerprint}: {refusal}"
-        for alert in firing
-        if (refusal := retrain_refusal(alert)) is not None
-    ]
-    for refusal in refused:
-        logger.warning("not a retrain, relayed as notify: alert %s", refusal)
     batch = [
         alert_event(alert, default_model=default_model, receiver=notification.receiver)
         for alert in firing
     ]
+    # Each event already says whether, and why, its retrain label was refused.
+    refused = [
+        f"{event['resource'][events.ALERT_FINGERPRINT]}: {event['payload']['retrain_refused']}"
+        for event in batch
+        if event["payload"]["retrain_refused"] is not None
+    ]
+    for refusal in refused:
+        logger.warning("not a retrain, relayed as notify: alert %s", refusal)
     delivered = accept(batch)
     for event, done in zip(batch, delivered, strict=True):
         logger.info(
