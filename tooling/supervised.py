@@ -185,9 +185,23 @@ class Supervisor:
         return once supervisord is gone."""
         rpc = self._rpc()
         pid = int(rpc.getPID())
-        groups = [(info["name"], info["pid"]) for info in rpc.getAllProcessInfo() if info["pid"]]
-        rpc.shutdown()
+        infos = rpc.getAllProcessInfo()
+        groups = [(info["name"], info["pid"]) for info in infos if info["pid"]]
         deadline = time.monotonic() + timeout
+        # supervisord's own shutdown stops one program after the other (each its own group, in
+        # reverse priority); here the last started (the flow server, a client of the others)
+        # stops first, then every server at once (`lakeloop down`: 8.5 s -> about 6 s).
+        started_in_order = list(self.record())
+        if started_in_order:
+            with contextlib.suppress(xmlrpc.client.Fault):  # not running
+                rpc.stopProcess(started_in_order[-1], True)
+        with contextlib.suppress(xmlrpc.client.Fault):
+            rpc.stopAllProcesses(False)
+        while time.monotonic() < deadline and any(
+            info["pid"] for info in rpc.getAllProcessInfo()
+        ):
+            time.sleep(0.1)
+        rpc.shutdown()
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         # supervisord waits for each service's first process only: a child that outlived it

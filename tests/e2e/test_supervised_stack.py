@@ -83,9 +83,19 @@ def test_killed_services_come_back_and_a_batch_ingested_meanwhile_trains_once(
     workspace: Workspace,
 ) -> None:
     settings = workspace.settings
-    before = _states(workspace)
+    # `up` returns once every service answers; supervisord calls one RUNNING only after it
+    # stayed up `STARTED_AFTER_SECONDS` (STARTING until then): all of them get there.
+    before = eventually_value(
+        lambda: (
+            states
+            if {state.state for state in (states := _states(workspace)).values()} == {"RUNNING"}
+            else None
+        ),
+        what="every service RUNNING once it stayed up past supervisord's startsecs",
+        timeout=supervised.STARTED_AFTER_SECONDS + 30,
+        interval=0.5,
+    )
     assert set(before) == set(KILLED_IN_TURN)
-    assert {state.state for state in before.values()} == {"RUNNING"}
 
     # `lakeloop up` again: one stack, nothing started, every pid the same.
     again = workspace.run("up")
