@@ -508,6 +508,17 @@ def _print_services(settings: Settings) -> bool:
     failure: the servers may be elsewhere)."""
     found = supervised.status(settings)
     if found is None:
+        left = supervised.orphans(supervised.Supervisor(settings))
+        if left:
+            console.print(
+                f"[red]the supervisor of {settings.state_dir} is not running, but "
+                f"{len(left)} processes it started are[/red] ("
+                + ", ".join(sorted({name for name, _ in left}))
+                + "): nothing restarts them; `lakeloop up` stops them and starts the stack "
+                "again, `lakeloop down` stops them",
+                highlight=False,
+            )
+            return False
         console.print(f"no lakeloop stack runs in {settings.state_dir} (`lakeloop up` starts one)")
         return True
     table = Table(title="services")

@@ -43,7 +43,7 @@ import sys
 import time
 import xmlrpc.client
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ import httpx
 from supervisor.xmlrpc import SupervisorTransport
 
 from lakeloop.settings import Settings
+from tooling import watchdog
 from tooling.stack import (
     Service,
     StackError,
@@ -64,10 +65,24 @@ from tooling.stack import (
 )
 
 SUPERVISOR_DIR = "supervisor"
-START_RETRIES = 3
-"""Attempts after a start that failed before supervisord gives up on a service (``FATAL``)."""
-STARTED_AFTER_SECONDS = 10
-"""A service that ran this long counts as started; one that dies sooner was a failed start."""
+WATCHDOG = "watchdog"
+"""supervisord's event listener that stops a service crashing again and again (watchdog.py)."""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a service that exits is started again, and when it is given up on."""
+
+    started_after_seconds: int = 10
+    """A service that ran this long counts as started; one that dies sooner was a failed start."""
+    start_retries: int = 3
+    """Attempts after a failed start before supervisord gives up on a service (``FATAL``)."""
+    crash_limit: int = 5
+    """Exits after a good start within ``crash_window_seconds`` before the watchdog stops it."""
+    crash_window_seconds: float = 600.0
+
+
+POLICY = RestartPolicy()
 STOP_SECONDS = 15
 """How long a service may take to stop after SIGTERM before its group gets SIGKILL."""
 LOG_BYTES = 10 * 1024 * 1024
@@ -82,7 +97,8 @@ class ServiceState:
 
     name: str
     state: str
-    """supervisord's state: RUNNING, STARTING, BACKOFF (retrying), FATAL (gave up), STOPPED..."""
+    """supervisord's state: RUNNING, STARTING, BACKOFF (retrying), FATAL (gave up: supervisord
+    after failed starts, or the watchdog after crashes), STOPPED..."""
     pid: int
     port: int
     uptime: float
@@ -138,12 +154,12 @@ class Supervisor:
         except (OSError, xmlrpc.client.Error):
             return False
 
-    def launch(self, wanted: list[Service]) -> None:
+    def launch(self, wanted: list[Service], *, policy: RestartPolicy = POLICY) -> None:
         """Write the configuration for ``wanted`` and start supervisord (no service yet)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         logs = self.settings.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        text, held = configuration(self.settings, wanted, folder=self.folder, logs=logs)
+        text, held = configuration(wanted, folder=self.folder, logs=logs, policy=policy)
         self.config_path.write_text(text)
         record = {
             service.name: {
@@ -154,6 +170,7 @@ class Supervisor:
         }
         self.record_path.write_text(json.dumps(record, indent=2))
         self.log_path.unlink(missing_ok=True)  # its spawn lines count this stack's restarts
+        (self.folder / watchdog.GAVE_UP_FILE).unlink(missing_ok=True)
         env = child_env(self.settings) | held
         started = subprocess.run(
             [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.config_path)],
@@ -172,8 +189,12 @@ class Supervisor:
             time.sleep(0.05)
 
     def processes(self) -> dict[str, dict[str, Any]]:
-        """supervisord's record of each service, by name."""
-        return {info["name"]: info for info in self._rpc().getAllProcessInfo()}
+        """supervisord's record of each service, by name (its watchdog is not a service)."""
+        return {
+            info["name"]: info
+            for info in self._rpc().getAllProcessInfo()
+            if info["name"] != WATCHDOG
+        }
 
     def start(self, name: str) -> None:
         """Start a service (without waiting: readiness is ours to check)."""
@@ -197,9 +218,7 @@ class Supervisor:
                 rpc.stopProcess(started_in_order[-1], True)
         with contextlib.suppress(xmlrpc.client.Fault):
             rpc.stopAllProcesses(False)
-        while time.monotonic() < deadline and any(
-            info["pid"] for info in rpc.getAllProcessInfo()
-        ):
+        while time.monotonic() < deadline and any(info["pid"] for info in rpc.getAllProcessInfo()):
             time.sleep(0.1)
         rpc.shutdown()
         while _alive(pid) and time.monotonic() < deadline:
@@ -244,7 +263,7 @@ def tail(path: Path, *, lines: int) -> list[str]:
 
 
 def configuration(
-    settings: Settings, wanted: list[Service], *, folder: Path, logs: Path
+    wanted: list[Service], *, folder: Path, logs: Path, policy: RestartPolicy = POLICY
 ) -> tuple[str, dict[str, str]]:
     """supervisord's configuration for ``wanted``, and the environment supervisord must start
     with for it: each service's own variables under private names the configuration refers to,
@@ -268,6 +287,26 @@ def configuration(
         "logfile_backups=0\n",
         "[rpcinterface:supervisor]\n"
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n",
+        f"[eventlistener:{WATCHDOG}]\n"
+        + "command="
+        + _escape(
+            shlex.join(
+                [
+                    sys.executable,
+                    "-m",
+                    "tooling.watchdog",
+                    str(folder),
+                    str(policy.crash_limit),
+                    str(policy.crash_window_seconds),
+                ]
+            )
+        )
+        + f"\ndirectory={_escape(Path.cwd())}\n"
+        "events=PROCESS_STATE_EXITED\n"
+        "autostart=true\n"
+        "autorestart=true\n"
+        f"stderr_logfile={_escape(folder / 'watchdog.log')}\n"
+        + ("environment=" + ",".join(f'{k}=""' for k in blank) + "\n" if blank else ""),
     ]
     for priority, service in enumerate(wanted, start=1):
         environment = ",".join(f'{k}="{v}"' for k, v in (blank | own[service.name]).items())
@@ -278,8 +317,8 @@ def configuration(
             f"priority={priority}\n"  # started in this order, stopped in the reverse
             "autostart=false\n"  # lakeloop starts each once the ones it needs answer
             "autorestart=true\n"
-            f"startsecs={STARTED_AFTER_SECONDS}\n"
-            f"startretries={START_RETRIES}\n"
+            f"startsecs={policy.started_after_seconds}\n"
+            f"startretries={policy.start_retries}\n"
             "stopsignal=TERM\n"
             f"stopwaitsecs={STOP_SECONDS}\n"
             "stopasgroup=true\n"  # uvicorn workers, Prefect's services: the whole group stops
@@ -317,6 +356,8 @@ class LocalStack:
     """Whether this `up` started supervisord itself (the stack was not running)."""
     lakefs_note: str
     """One line saying which lakeFS the stack runs."""
+    orphans_stopped: list[str] = field(default_factory=list)
+    """Services a supervisord that died had left running, which this `up` stopped first."""
 
     def down(self) -> None:
         """Stop every service and supervisord."""
@@ -343,17 +384,20 @@ def start(
     *,
     progress: Callable[[str], None] = lambda _: None,
     lakefs_note: str = "",
+    policy: RestartPolicy = POLICY,
 ) -> LocalStack:
     """Start the services of ``wanted`` that are not running: all but the last together, the
     last (the flow server, which needs Prefect) once they answer; return when every one answers.
     A service that runs is left alone; a port held by something else fails before anything
     starts, naming the service and the setting that moves it. When this call started supervisord
-    and something fails, everything stops again."""
+    and something fails, everything stops again. Services a supervisord that died left running
+    are stopped first (they hold the ports, and nothing would restart them)."""
     supervisor = Supervisor(settings)
     launched = not supervisor.answers()
+    orphans = stop_orphans(supervisor) if launched else []
     if launched:
         check_ports(wanted)
-        supervisor.launch(wanted)
+        supervisor.launch(wanted, policy=policy)
     try:
         known, record = supervisor.processes(), supervisor.record()
         changed = [
@@ -369,6 +413,7 @@ def start(
         missing = [s for s in wanted if known[s.name]["statename"] not in ALIVE]
         if not launched:
             check_ports(missing)
+        watchdog.forget(supervisor.folder, [service.name for service in missing])
         *servers, last = wanted
         for group in (servers, [last]):
             for service in group:
@@ -387,6 +432,7 @@ def start(
         started=[service.name for service in missing],
         launched=launched,
         lakefs_note=lakefs_note,
+        orphans_stopped=orphans,
     )
 
 
@@ -422,11 +468,45 @@ def wait_ready(supervisor: Supervisor, service: Service) -> None:
         raise StackError(f"{error}; its last log lines:\n{lines}") from error
 
 
+def orphans(supervisor: Supervisor) -> list[tuple[str, int]]:
+    """The processes a supervisord of this folder started that still run (service name, pid):
+    after supervisord itself was killed, its services live on. supervisord hands each program
+    its socket's URL in ``SUPERVISOR_SERVER_URL``, and their children inherit it."""
+    mark = f"SUPERVISOR_SERVER_URL=unix://{supervisor.socket_path}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        if mark in environ and _alive(int(entry.name)):
+            name = next(
+                (v[24:] for v in environ if v.startswith(b"SUPERVISOR_PROCESS_NAME=")), b"?"
+            ).decode(errors="replace")
+            if name != WATCHDOG:  # it ends with supervisord (its standard input closes)
+                found.append((name, int(entry.name)))
+    return sorted(found)
+
+
+def stop_orphans(supervisor: Supervisor) -> list[str]:
+    """Stop what a supervisord that died left running; the services it belonged to."""
+    left = orphans(supervisor)
+    groups: dict[int, str] = {}
+    for name, pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            groups.setdefault(os.getpgid(pid), name)
+    stop_processes([(name, group) for group, name in groups.items()], grace=STOP_SECONDS)
+    return sorted({name for name, _ in left})
+
+
 def down(settings: Settings) -> list[str]:
-    """Stop the stack of this state folder, if one runs; the services that were running."""
+    """Stop the stack of this state folder, if one runs (or what its supervisord, if it died,
+    left running); the services that were running."""
     supervisor = Supervisor(settings)
     if not supervisor.answers():
-        return []
+        return stop_orphans(supervisor)
     running = [name for name, info in supervisor.processes().items() if info["pid"]]
     supervisor.shutdown()
     return running
@@ -439,19 +519,29 @@ def status(settings: Settings) -> list[ServiceState] | None:
     if not supervisor.answers():
         return None
     record, restarts = supervisor.record(), supervisor.restarts()
+    stopped_by_watchdog = watchdog.gave_up(supervisor.folder)
     found = []
     for name, info in supervisor.processes().items():
         recorded = record.get(name, {})
-        running = info["statename"] == "RUNNING"
+        running = info["statename"] in ("RUNNING", "STARTING")
+        ready = readiness(recorded["status_url"]) if running and recorded else "-"
+        state = info["statename"]
+        if state in ("STOPPED", "EXITED") and name in stopped_by_watchdog:
+            gave_up = stopped_by_watchdog[name]
+            state = "FATAL"
+            ready = (
+                f"crashed {gave_up['crashes']} times within "
+                f"{float(gave_up['window_seconds']) / 60:.0f} min"
+            )
         found.append(
             ServiceState(
                 name=name,
-                state=info["statename"],
+                state=state,
                 pid=int(info["pid"]),
                 port=int(recorded.get("port", 0)),
                 uptime=float(info["now"] - info["start"]) if info["pid"] else 0.0,
                 restarts=max(restarts.get(name, 0), 0),
-                ready=readiness(recorded["status_url"]) if running and recorded else "-",
+                ready=ready,
                 log_path=Path(info["stdout_logfile"]),
             )
         )

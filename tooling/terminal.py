@@ -35,6 +35,12 @@ def start_stack(settings: Settings) -> supervised.LocalStack:
         with console.status("starting the stack") as status:
             stack = supervised.up(settings, progress=lambda message: _step(status, message))
         console.log(stack.lakefs_note)
+        if stack.orphans_stopped:
+            console.log(
+                "the supervisor of this state folder had died; stopped what it left running ("
+                + ", ".join(stack.orphans_stopped)
+                + ") and started the stack again"
+            )
     except StackError as error:
         console.print(f"[red]cannot start the stack:[/red] {error}", highlight=False)
         raise typer.Exit(1) from error

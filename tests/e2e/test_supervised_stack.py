@@ -84,7 +84,7 @@ def test_killed_services_come_back_and_a_batch_ingested_meanwhile_trains_once(
 ) -> None:
     settings = workspace.settings
     # `up` returns once every service answers; supervisord calls one RUNNING only after it
-    # stayed up `STARTED_AFTER_SECONDS` (STARTING until then): all of them get there.
+    # stayed up `started_after_seconds` (STARTING until then): all of them get there.
     before = eventually_value(
         lambda: (
             states
@@ -92,7 +92,7 @@ def test_killed_services_come_back_and_a_batch_ingested_meanwhile_trains_once(
             else None
         ),
         what="every service RUNNING once it stayed up past supervisord's startsecs",
-        timeout=supervised.STARTED_AFTER_SECONDS + 30,
+        timeout=supervised.POLICY.started_after_seconds + 30,
         interval=0.5,
     )
     assert set(before) == set(KILLED_IN_TURN)

@@ -152,7 +152,7 @@ def test_database_urls_reach_only_their_server_and_never_argv(
             assert "pw-" not in " ".join(service.env.values())
     assert "pw-" not in " ".join(child_env(configured).values())
     folder = configured.state_dir / "supervisor"
-    text, held = configuration(configured, services(configured), folder=folder, logs=folder)
+    text, held = configuration(services(configured), folder=folder, logs=folder)
     assert "pw-" not in text
     assert sorted(v for v in held.values() if "pw-" in v) == sorted([prefect_url, mlflow_url])
 

@@ -1,11 +1,14 @@
 """The stack under supervisord, with small real services in place of lakeloop's servers: each
 one serves HTTP on its port, starts a child (as uvicorn and Prefect do), prints what secret it
-was given, and refuses to start while its marker file exists.
+was given, refuses to start while its marker file exists, and crashes 3 s after it started while
+its crash marker exists.
 
 What a user relies on: `up` twice is one stack; a killed service comes back and its restart is
 counted; one that keeps failing is given up on and reported with its log, and `up` then starts
-only it; a port held by another program is named with the setting that moves it; `down` leaves
-no process behind; the supervisor's configuration holds no secret."""
+only it, also one that crashes again and again after a good start; services a killed supervisord
+left running are found, and stopped by `down` or by the next `up`; a port held by another
+program is named with the setting that moves it; `down` leaves no process behind; the
+supervisor's configuration holds no secret."""
 
 from __future__ import annotations
 
@@ -27,11 +30,14 @@ from tooling import supervised
 from tooling.stack import Service, StackError
 
 SERVICE = """
-import http.server, os, subprocess, sys
+import http.server, os, subprocess, sys, threading
 port, marker = int(sys.argv[1]), sys.argv[2]
 if os.path.exists(marker):
     print("refusing to start: the marker file is there", flush=True)
     sys.exit(3)
+if os.path.exists(marker + ".crash"):
+    print("will crash in 3 s", flush=True)
+    threading.Timer(3, os._exit, (4,)).start()
 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
 holders = sorted(v for k, v in os.environ.items() if k.startswith("LAKELOOP_STACK_ENV_"))
 print("secret:", os.environ.get("TEST_SECRET", "absent"), "holders:", holders, flush=True)
@@ -142,7 +148,7 @@ def test_a_service_that_keeps_failing_is_given_up_and_up_starts_only_it(
         interval=0.2,
     )
     assert alpha.pid == 0
-    assert 1 <= alpha.restarts <= supervised.START_RETRIES + 1
+    assert 1 <= alpha.restarts <= supervised.POLICY.start_retries + 1
     assert "refusing to start" in "\n".join(supervised.tail(alpha.log_path, lines=5))
 
     # Its port taken meanwhile by another program: `up` names the service and the setting.
@@ -162,6 +168,73 @@ def test_a_service_that_keeps_failing_is_given_up_and_up_starts_only_it(
     after = _states(settings)
     assert after["beta"].pid == before["beta"].pid
     assert after["alpha"].state in supervised.ALIVE
+
+
+def test_a_service_that_crashes_again_and_again_after_starting_is_stopped_and_up_restarts_it(
+    settings: Settings, wanted: list[Service]
+) -> None:
+    """supervisord alone would restart it for ever: its start limit covers only failed starts."""
+    policy = supervised.RestartPolicy(
+        started_after_seconds=1, crash_limit=3, crash_window_seconds=300
+    )
+    supervised.start(settings, wanted, policy=policy)
+    before = eventually_value(
+        lambda: (found := _states(settings))["alpha"].state == "RUNNING" and found,
+        what="alpha past its start",
+        interval=0.2,
+    )
+    crash_marker = Path(wanted[0].argv[-1] + ".crash")
+    crash_marker.touch()  # from now on alpha runs 3 s (a good start), then dies
+    os.killpg(before["alpha"].pid, signal.SIGKILL)
+
+    alpha = eventually_value(
+        lambda: (found := _states(settings)["alpha"]).state == "FATAL" and found,
+        what="the watchdog stopping alpha after 3 crashes",
+        timeout=120,
+        interval=0.5,
+    )
+    assert alpha.pid == 0
+    assert alpha.ready == "crashed 3 times within 5 min"
+    assert alpha.restarts == 3  # after the kill and each crash; the last one stopped at once
+    assert "will crash in 3 s" in "\n".join(supervised.tail(alpha.log_path, lines=50))
+    assert _states(settings)["beta"].pid == before["beta"].pid
+
+    crash_marker.unlink()
+    again = supervised.start(settings, wanted, policy=policy)
+    assert again.started == ["alpha"]
+    alpha = _states(settings)["alpha"]
+    assert alpha.state in supervised.ALIVE
+    assert alpha.ready == "ready"
+
+
+def test_services_a_killed_supervisor_left_running_are_stopped_by_up_and_down(
+    settings: Settings, wanted: list[Service]
+) -> None:
+    supervised.start(settings, wanted)
+    first = _states(settings)
+    pid_file = settings.state_dir / "supervisor" / "supervisord.pid"
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    eventually(lambda: supervised.status(settings) is None, what="supervisord gone")
+    left = supervised.orphans(supervised.Supervisor(settings))
+    assert {name for name, _ in left} == {"alpha", "beta"}
+    assert {first["alpha"].pid, first["beta"].pid} <= {pid for _, pid in left}
+
+    again = supervised.start(settings, wanted)
+    assert again.launched
+    assert again.orphans_stopped == ["alpha", "beta"]
+    assert again.started == ["alpha", "beta"]
+    eventually(
+        lambda: all(_group(first[name].pid) == [] for name in ("alpha", "beta")),
+        what="the orphans and their children stopped",
+    )
+
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    eventually(lambda: supervised.status(settings) is None, what="supervisord gone")
+    assert supervised.down(settings) == ["alpha", "beta"]
+    eventually(
+        lambda: processes_of(settings.state_dir) == "", what="no process of the state folder left"
+    )
+    assert supervised.orphans(supervised.Supervisor(settings)) == []
 
 
 def test_a_service_that_never_starts_is_reported_with_its_last_lines(
