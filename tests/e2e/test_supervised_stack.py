@@ -83,14 +83,15 @@ def test_killed_services_come_back_and_a_batch_ingested_meanwhile_trains_once(
     workspace: Workspace,
 ) -> None:
     settings = workspace.settings
+
     # `up` returns once every service answers; supervisord calls one RUNNING only after it
     # stayed up `started_after_seconds` (STARTING until then): all of them get there.
+    def all_running() -> dict[str, supervised.ServiceState] | None:
+        states = _states(workspace)
+        return states if {state.state for state in states.values()} == {"RUNNING"} else None
+
     before = eventually_value(
-        lambda: (
-            states
-            if {state.state for state in (states := _states(workspace)).values()} == {"RUNNING"}
-            else None
-        ),
+        all_running,
         what="every service RUNNING once it stayed up past supervisord's startsecs",
         timeout=supervised.POLICY.started_after_seconds + 30,
         interval=0.5,
