@@ -90,6 +90,8 @@ class RestartPolicy:
 POLICY = RestartPolicy()
 STOP_SECONDS = 15
 """How long a service may take to stop after SIGTERM before its group gets SIGKILL."""
+ORPHAN_STOP_SECONDS = 5
+"""The same for a service whose supervisord died (see :func:`stop_orphans`)."""
 LOG_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 3
 ALIVE = ("STARTING", "RUNNING", "BACKOFF")
@@ -502,7 +504,16 @@ def stop_orphans(supervisor: Supervisor) -> list[str]:
     for name, pid in left:
         with contextlib.suppress(ProcessLookupError):
             groups.setdefault(os.getpgid(pid), name)
-    stop_processes([(name, group) for group, name in groups.items()], grace=STOP_SECONDS)
+    # As `down` does: the last started (the flow server, a client of the others) first. Their
+    # output went through supervisord, now gone: a service stopping writes to a closed pipe, and
+    # the flow server then ignores SIGTERM (measured), so the grace is short.
+    started_in_order = list(supervisor.record())
+    last = started_in_order[-1] if started_in_order else None
+    for first in (True, False):
+        stop_processes(
+            [(name, group) for group, name in groups.items() if (name == last) == first],
+            grace=ORPHAN_STOP_SECONDS,
+        )
     return sorted({name for name, _ in left})
 
 
