@@ -58,7 +58,7 @@ from tests.utils.prometheus import (
     alertmanager_service,
     binary,
     config_for,
-    prometheus_service,
+    prometheus_on,
     pushgateway_service,
     running,
 )
@@ -272,14 +272,7 @@ def alert_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AlertPath]:
             alertmanager=alertmanager.removeprefix("http://"),
         )
         config["rule_files"].append(str(person_rule_file(folder)))
-        prometheus_config = folder / "prometheus.yml"
-        prometheus_config.write_text(yaml.safe_dump(config))
-        prometheus = cleanup.enter_context(
-            running(
-                prometheus_service(prometheus_config, data_dir=folder / "tsdb"),
-                state_dir=folder / "prom",
-            )
-        )
+        prometheus = cleanup.enter_context(prometheus_on(config, folder=folder))
         wait_until_prometheus_knows_alertmanager(prometheus, alertmanager)
         push_champion_drift(pushgateway)
         push_person_alert(pushgateway)

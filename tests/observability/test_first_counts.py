@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from lakeloop import pushmetrics, registry
 from tests.utils.net import free_port
@@ -19,7 +18,7 @@ from tests.utils.prometheus import (
     PrometheusClient,
     config_for,
     poll,
-    prometheus_service,
+    prometheus_on,
     pushgateway_service,
     running,
 )
@@ -41,10 +40,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
         config = config_for(
             api=f"127.0.0.1:{free_port()}", pushgateway=gateway.removeprefix("http://")
         )
-        path = state / "prometheus.yml"
-        path.write_text(yaml.safe_dump(config))
-        service = prometheus_service(path, data_dir=state / "data")
-        with running(service, state_dir=state / "prometheus") as url:
+        with prometheus_on(config, folder=state) as url:
             yield Scraped(PrometheusClient(url), gateway)
 
 

@@ -38,7 +38,7 @@ from tests.utils.prometheus import (
     PrometheusClient,
     config_for,
     poll,
-    prometheus_service,
+    prometheus_on,
     pushgateway_service,
     running,
 )
@@ -145,14 +145,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         config = config_for(
             api=api.removeprefix("http://"), pushgateway=gateway.removeprefix("http://")
         )
-        config_path = folder / "prometheus.yml"
-        config_path.write_text(yaml.safe_dump(config))
-        prometheus = cleanup.enter_context(
-            running(
-                prometheus_service(config_path, data_dir=folder / "tsdb"),
-                state_dir=folder / "prom",
-            )
-        )
+        prometheus = cleanup.enter_context(prometheus_on(config, folder=folder))
         yield Observed(PrometheusClient(prometheus), gateway, api, feedback_headers(settings))
 
 

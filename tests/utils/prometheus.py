@@ -109,6 +109,17 @@ def running(service: Service, *, state_dir: Path) -> Iterator[str]:
 
 
 @contextmanager
+def prometheus_on(config: dict[str, Any], *, folder: Path) -> Iterator[str]:
+    """A Prometheus running ``config`` (written to ``folder``, its data there too) for the
+    duration of the block; yields its URL."""
+    path = folder / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    service = prometheus_service(path, data_dir=folder / "tsdb")
+    with running(service, state_dir=folder / "prom") as url:
+        yield url
+
+
+@contextmanager
 def pushgateway(state_dir: Path) -> Iterator[str]:
     """A Pushgateway for the duration of the block; yields its URL."""
     with running(pushgateway_service(), state_dir=state_dir) as url:
