@@ -1,9 +1,23 @@
-"""Grafana as code: push the committed datasource and dashboards, and annotate what happened.
+"""Grafana as code: push the committed datasource, dashboards and alerting, and annotate what
+happened.
 
 The files under ``monitoring/grafana/`` are the source of truth, for Grafana's own file
 provisioning and for :func:`sync`, which pushes the same files over Grafana's HTTP API (with
 the ``grafana-client`` library) to a Grafana you cannot mount files into. Syncing twice changes
-nothing: the folder and datasource keep fixed uids and dashboards are saved with ``overwrite``.
+nothing: the folders, datasource, rules and contact points keep fixed uids, dashboards are saved
+with ``overwrite`` and the rule group and the notification policy tree are replaced whole.
+
+The alerting file (``provisioning/alerting/lakeloop.yml``) is read and converted to the
+alerting provisioning API's payloads (``pkg/services/ngalert/api/tooling/definitions``): each
+receiver of a contact point is one ``EmbeddedContactPoint`` named after it, the group is one
+``AlertRuleGroup`` (``PUT /api/v1/provisioning/folder/{uid}/rule-groups/{name}``, its rules
+carrying ``folderUID``, ``ruleGroup`` and ``orgID``), the policy one ``Route``. Grafana's file
+provisioning replaces ``$NAME``/``${NAME}`` with its environment in contact point settings,
+rule labels and policies; :func:`sync` replaces the two the file names from the settings (the
+gateway's public URL and its webhook secret, as the gateway itself reads them) and never logs
+either. Everything is pushed without ``X-Disable-Provenance``: Grafana then marks it provisioned
+(provenance ``api``) and read-only in its UI, as it marks the file-provisioned copy, so a change
+made by hand cannot be silently undone by the next sync; change the file and sync again.
 
 Annotations mark merges, promotions and drift on every lakeloop dashboard (they query them by
 tag). They are a courtesy to the people reading the dashboards: :func:`annotate` never fails
@@ -21,7 +35,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -43,11 +58,20 @@ TAG = "lakeloop"
 MERGE, PROMOTION, DRIFT = "merge", "promotion", "drift"
 """The second tag of an annotation, one per dashboard annotation query."""
 DASHBOARDS = ("serving", "model-quality-drift", "pipeline")
+ALERT_FOLDER_UID = "lakeloop-alerts"
+"""The rules' folder (titled as the alerting file's group says), apart from the dashboards' as
+in file provisioning."""
 _NOT_FOUND, _FORBIDDEN = 404, 403
 DATASOURCE_ROLE = "Admin"
 """The organisation role Grafana grants data source writes to (fixed:datasources:writer)."""
 DASHBOARD_ROLE = "Editor"
 """The lowest organisation role that creates folders and saves dashboards."""
+ALERTING_ROLE = "Admin"
+"""The organisation role that writes all of the alerting file over the provisioning API: the
+notification policy tree needs ``alert.provisioning:write`` (``fixed:alerting.provisioning:
+writer``) or ``alert.notifications:write``, both granted to Admin only
+(``pkg/services/ngalert/accesscontrol``); an Editor may write rules and contact points but not
+the policy that routes them to the gateway."""
 SERVICE_ACCOUNT = "lakeloop-flows"
 """The service account :func:`provision_service_account` makes for the flows, with the
 :data:`DASHBOARD_ROLE`: annotations and dashboards, never data sources or users."""
@@ -84,6 +108,12 @@ class Synced:
     """Dashboard URLs as Grafana reports them."""
     datasource_skipped: str | None = None
     """Why the datasource was not written (the token's role cannot), else ``None``."""
+    alert_rules: list[str] = field(default_factory=list)
+    """The uids of the alert rules written."""
+    contact_points: list[str] = field(default_factory=list)
+    """The uids of the contact points written."""
+    alerting_skipped: str | None = None
+    """Why the alerting was not (all) written, else ``None``."""
 
 
 class GrafanaNotConfiguredError(RuntimeError):
@@ -127,7 +157,8 @@ def _token(settings: Settings) -> str | None:
 
 
 def sync(settings: Settings) -> Synced:
-    """Create or overwrite the lakeloop folder, the Prometheus datasource and the dashboards."""
+    """Create or overwrite the lakeloop folder, the Prometheus datasource, the dashboards and
+    the alerting file's contact points, notification policy tree and rules."""
     grafana = connect(settings)
     if grafana is None:
         raise GrafanaNotConfiguredError("set LAKELOOP_OBSERVABILITY__GRAFANA_URL to sync Grafana")
@@ -164,20 +195,229 @@ def sync(settings: Settings) -> Synced:
         except GrafanaClientError as error:
             raise _forbidden_or(error, f"save the {name} dashboard") from error
         urls.append(saved.get("url", name))
+    pushed = _push_alerting(grafana, settings)
     logger.info(
-        "Grafana at %s: folder %s, datasource %s -> %s, %d dashboards",
+        "Grafana at %s: folder %s, datasource %s -> %s, %d dashboards, %d alert rules in "
+        "folder %s, contact points %s",
         settings.observability.grafana_url,
         FOLDER_UID,
         source["uid"],
         source["url"],
         len(urls),
+        len(pushed.rules),
+        ALERT_FOLDER_UID,
+        ", ".join(pushed.contact_points) or "none",
     )
     return Synced(
         folder_uid=FOLDER_UID,
         datasource_uid=source["uid"],
         dashboards=urls,
         datasource_skipped=skipped,
+        alert_rules=pushed.rules,
+        contact_points=pushed.contact_points,
+        alerting_skipped=pushed.skipped,
     )
+
+
+@dataclass(frozen=True)
+class Alerting:
+    """The committed alerting file as the alerting provisioning API's payloads."""
+
+    folder_title: str
+    groups: list[dict[str, Any]]
+    """``AlertRuleGroup`` bodies (``title``, ``folderUid``, ``interval`` in seconds, ``rules``)."""
+    contact_points: list[dict[str, Any]]
+    """``EmbeddedContactPoint`` bodies, one per receiver of the file's contact points."""
+    policy: dict[str, Any]
+    """The notification policy tree, a ``Route``."""
+
+
+# The keys of the file's rules that have a place in ProvisionedAlertRule (rules_types.go vs
+# provisioning_alert_rules.go); any other is refused rather than dropped.
+_RULE_KEYS = {
+    "uid": "uid",
+    "title": "title",
+    "condition": "condition",
+    "data": "data",
+    "noDataState": "noDataState",
+    "execErrState": "execErrState",
+    "for": "for",
+    "keepFiringFor": "keep_firing_for",
+    "annotations": "annotations",
+    "labels": "labels",
+    "isPaused": "isPaused",
+}
+_VARIABLE = re.compile(r"\$\$|\$\{(\w+)\}|\$(\w+)")
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def alerting_file() -> dict[str, Any]:
+    """The committed alerting file, as written (variables unreplaced)."""
+    loaded: dict[str, Any] = yaml.safe_load(
+        _files().joinpath("provisioning", "alerting", "lakeloop.yml").read_text()
+    )
+    return loaded
+
+
+def alerting_variables(settings: Settings) -> dict[str, str]:
+    """What the file's ``${NAME}`` stand for, as the compose stack gives them to Grafana: the
+    gateway as Grafana reaches it and the secret the gateway checks. Holds a secret: never log
+    it."""
+    public_url = settings.gateway.public_url
+    if public_url is None:
+        raise GrafanaNotConfiguredError(
+            "set LAKELOOP_GATEWAY__PUBLIC_URL (the gateway as Grafana reaches it) to sync the "
+            "alerting: its contact point posts there"
+        )
+    return {
+        "LAKELOOP_GATEWAY__PUBLIC_URL": public_url.rstrip("/"),
+        "LAKELOOP_GATEWAY__WEBHOOK_SECRET": settings.webhook_secret(),
+    }
+
+
+def alerting(settings: Settings, *, folder_uid: str = ALERT_FOLDER_UID) -> Alerting:
+    """The committed alerting file converted to the provisioning API's payloads, its variables
+    replaced where Grafana's file provisioning replaces them (contact point settings, rule
+    labels, policies; ``pkg/services/provisioning/values``), ``$$`` being a literal ``$``."""
+    provisioned = alerting_file()
+    variables = alerting_variables(settings)
+    titles = {group["folder"] for group in provisioned.get("groups", [])}
+    if len(titles) != 1:
+        raise ValueError(f"the alerting file's groups must share one folder, not {titles}")
+    [title] = titles
+    groups = [
+        {
+            "title": group["name"],
+            "folderUid": folder_uid,
+            "interval": _seconds(group["interval"]),
+            "rules": [_rule(rule, group, folder_uid, variables) for rule in group["rules"]],
+        }
+        for group in provisioned["groups"]
+    ]
+    contact_points = [
+        {
+            "uid": receiver["uid"],
+            "name": point["name"],
+            "type": receiver["type"],
+            "settings": _expand(receiver["settings"], variables),
+            "disableResolveMessage": bool(receiver.get("disableResolveMessage", False)),
+        }
+        for point in provisioned.get("contactPoints", [])
+        for receiver in point["receivers"]
+    ]
+    [policy] = provisioned["policies"]
+    tree = {key: value for key, value in policy.items() if key != "orgId"}
+    return Alerting(
+        folder_title=title,
+        groups=groups,
+        contact_points=contact_points,
+        policy=_expand(tree, variables),
+    )
+
+
+def _rule(
+    rule: dict[str, Any], group: dict[str, Any], folder_uid: str, variables: dict[str, str]
+) -> dict[str, Any]:
+    unknown = set(rule) - set(_RULE_KEYS)
+    if unknown:
+        raise ValueError(f"rule {rule.get('uid')}: no provisioning API field for {unknown}")
+    converted = {_RULE_KEYS[key]: value for key, value in rule.items()}
+    if "labels" in converted:
+        converted["labels"] = _expand(converted["labels"], variables)
+    # The file format's defaults (mapToModel), which the API's required fields do not have.
+    return (
+        {
+            "noDataState": "NoData",
+            "execErrState": "Alerting",
+            "for": "0s",
+            "isPaused": False,
+        }
+        | converted
+        | {"orgID": group["orgId"], "folderUID": folder_uid, "ruleGroup": group["name"]}
+    )
+
+
+def _seconds(duration: str | int) -> int:
+    """A Prometheus duration (``1m``, ``1h30m``) in whole seconds."""
+    if isinstance(duration, int):
+        return duration
+    parts = _DURATION.findall(duration)
+    if not parts or "".join(number + unit for number, unit in parts) != duration:
+        raise ValueError(f"not a duration: {duration!r}")
+    return int(sum(int(number) * _SECONDS[unit] for number, unit in parts))
+
+
+def _expand(value: Any, variables: dict[str, str]) -> Any:
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name = match.group(1) or match.group(2)
+            if name not in variables:
+                raise GrafanaNotConfiguredError(f"the alerting file names ${name}, unknown here")
+            return variables[name]
+
+        return _VARIABLE.sub(replace, value)
+    if isinstance(value, list):
+        return [_expand(item, variables) for item in value]
+    if isinstance(value, dict):
+        return {key: _expand(item, variables) for key, item in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class _Pushed:
+    rules: list[str]
+    contact_points: list[str]
+    skipped: str | None
+
+
+def _push_alerting(grafana: GrafanaApi, settings: Settings) -> _Pushed:
+    """Write the contact points, then the policy that routes to them, then the rules (so no
+    rule fires before its route exists). A 403 stops there and says which role is needed."""
+    try:
+        converted = alerting(settings)
+    except GrafanaNotConfiguredError as error:
+        skipped = f"alerting not written: {error}"
+        logger.warning("%s", skipped)
+        return _Pushed(rules=[], contact_points=[], skipped=skipped)
+    provisioning = grafana.alertingprovisioning
+    written: list[str] = []
+    done: list[str] = []
+    step = f"create the {ALERT_FOLDER_UID} folder"
+    try:
+        _ensure_folder(grafana, ALERT_FOLDER_UID, converted.folder_title)
+        existing = {point["uid"] for point in provisioning.get_contactpoints()}
+        for point in converted.contact_points:
+            step = f"write the {point['name']} contact point"
+            if point["uid"] in existing:
+                provisioning.update_contactpoint(point["uid"], point)
+            else:
+                provisioning.create_contactpoint(point)
+            written.append(point["uid"])
+            done.append(f"contact point {point['uid']}")
+        step = "write the notification policy tree"
+        provisioning.set_notification_policy_tree(converted.policy)
+        done.append("the notification policy tree")
+        rules = []
+        for group in converted.groups:
+            step = f"write the {group['title']} rule group"
+            provisioning.update_rule_group(ALERT_FOLDER_UID, group["title"], group)
+            rules += [rule["uid"] for rule in group["rules"]]
+    except GrafanaClientError as error:
+        if error.status_code != _FORBIDDEN:
+            raise
+        before = f" ({', '.join(done)} written before)" if done else ""
+        skipped = (
+            f"alerting not written{before}: the token's role cannot "
+            f"{step} over Grafana's alerting provisioning API; it needs the {ALERTING_ROLE} "
+            f"role (alert.provisioning:write) ({_message(error)})"
+        )
+        logger.warning("%s", skipped)
+        return _Pushed(rules=[], contact_points=written, skipped=skipped)
+    return _Pushed(rules=rules, contact_points=written, skipped=None)
 
 
 def _message(error: GrafanaClientError) -> str:
@@ -197,13 +437,13 @@ def _forbidden_or(error: GrafanaClientError, step: str) -> Exception:
     )
 
 
-def _ensure_folder(grafana: GrafanaApi) -> None:
+def _ensure_folder(grafana: GrafanaApi, uid: str = FOLDER_UID, title: str = FOLDER_TITLE) -> None:
     try:
-        grafana.folder.get_folder(FOLDER_UID)
+        grafana.folder.get_folder(uid)
     except GrafanaClientError as error:
         if error.status_code != _NOT_FOUND:
             raise
-        grafana.folder.create_folder(FOLDER_TITLE, uid=FOLDER_UID)
+        grafana.folder.create_folder(title, uid=uid)
 
 
 def _upsert_datasource(grafana: GrafanaApi, source: dict[str, Any]) -> None:
@@ -338,7 +578,8 @@ def grafana_commands() -> None:
 
 @app.command("sync")
 def sync_command() -> None:
-    """Push the Prometheus datasource and the lakeloop dashboards to the configured Grafana."""
+    """Push the Prometheus datasource, the lakeloop dashboards and alerting to the configured
+    Grafana."""
     settings = load_settings()
     try:
         synced = sync(settings)
@@ -364,6 +605,13 @@ def sync_command() -> None:
         )
     for url in synced.dashboards:
         typer.echo(f"  {url}")
+    if synced.alerting_skipped is not None:
+        typer.echo(f"skipped: {synced.alerting_skipped}", err=True)
+    else:
+        typer.echo(
+            f"{len(synced.alert_rules)} alert rules in folder {ALERT_FOLDER_UID}, contact points "
+            f"{', '.join(synced.contact_points)} and the notification policy tree"
+        )
 
 
 @app.command("service-account")

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from lakeloop import grafana
@@ -233,11 +235,32 @@ def test_against_a_real_grafana(settings: Settings) -> None:
     url, token = os.environ.get("GRAFANA_URL"), os.environ.get("GRAFANA_TOKEN")
     if not url:
         pytest.skip("set GRAFANA_URL (and GRAFANA_TOKEN, an Admin service-account token)")
-    real = configured(settings, url, token)
+    # The contact point needs the gateway as that Grafana would reach it; a test secret.
+    real = configured(settings, url, token).model_copy(deep=True)
+    real.gateway.public_url = os.environ.get("GRAFANA_GATEWAY_URL", "http://gateway:8002")
+    real.gateway.webhook_secret = SecretStr("lakeloop-test-" + secrets.token_hex(8))
     synced = grafana.sync(real)
-    grafana.sync(real)  # idempotent against the real server too
+    again = grafana.sync(real)  # idempotent against the real server too
     client = grafana.connect(real)
     assert client is not None
+    assert synced.alerting_skipped is None, synced.alerting_skipped
+    assert again.alert_rules == synced.alert_rules
+    provisioning = client.alertingprovisioning
+    [group] = grafana.alerting_file()["groups"]
+    stored = provisioning.get_rule_group(grafana.ALERT_FOLDER_UID, group["name"])
+    assert {rule["uid"] for rule in stored["rules"]} == {rule["uid"] for rule in group["rules"]}
+    assert stored["interval"] == 60
+    points = {point["uid"]: point for point in provisioning.get_contactpoints()}
+    assert points["lakeloop-gateway"]["settings"]["url"] == (
+        f"{real.gateway.public_url}/alerts/grafana"
+    )
+    assert points["lakeloop-gateway"]["provenance"] == "api"
+    [policy] = grafana.alerting_file()["policies"]
+    tree = provisioning.get_notification_policy_tree()
+    assert tree["receiver"] == policy["receiver"]
+    assert [route["receiver"] for route in tree["routes"]] == [
+        route["receiver"] for route in policy["routes"]
+    ]
     for name in grafana.DASHBOARDS:
         stored = client.dashboard.get_dashboard(grafana.dashboard(name)["uid"])
         assert stored["meta"]["folderUid"] == grafana.FOLDER_UID
