@@ -568,12 +568,12 @@ def _write_secret(path: Path, secret: str) -> None:
     os.replace(partial, path)
 
 
-app = typer.Typer(help="Grafana: the lakeloop dashboards and datasource as code.")
+app = typer.Typer(help="Grafana: the lakeloop dashboards, datasource and alerting as code.")
 
 
 @app.callback()
 def grafana_commands() -> None:
-    """Grafana: the lakeloop dashboards and datasource as code (a group, even with one command)."""
+    """Grafana: the lakeloop dashboards, datasource and alerting as code (a command group)."""
 
 
 @app.command("sync")
