@@ -316,6 +316,28 @@ def alerting(settings: Settings, *, folder_uid: str = ALERT_FOLDER_UID) -> Alert
     )
 
 
+def merged_policy(
+    current: dict[str, Any], ours: dict[str, Any], *, folder_title: str
+) -> dict[str, Any]:
+    """The organisation's notification policy tree with the file's tree as its first child
+    route, for the alerts of the lakeloop alert folder only (Grafana labels every alert with
+    its rule's ``grafana_folder``, the NoData and Error alerts too): the team's own root and
+    routes stay as they are. The child lakeloop wrote before is replaced, so syncing twice
+    changes nothing. (Grafana's file provisioning, in lakeloop's own Grafana, replaces the
+    whole tree with the file's instead.)"""
+    mark = ["grafana_folder", "=", folder_title]
+    ours_as_child = {
+        key: value for key, value in ours.items() if key not in ("orgId", "provenance")
+    } | {"object_matchers": [mark], "continue": False}
+    theirs = [
+        route
+        for route in current.get("routes") or []
+        if mark not in (route.get("object_matchers") or [])
+    ]
+    root = {key: value for key, value in current.items() if key != "provenance"}
+    return root | {"routes": [ours_as_child, *theirs]}
+
+
 def _rule(
     rule: dict[str, Any], group: dict[str, Any], folder_uid: str, variables: dict[str, str]
 ) -> dict[str, Any]:
@@ -399,7 +421,10 @@ def _push_alerting(grafana: GrafanaApi, settings: Settings) -> _Pushed:
             written.append(point["uid"])
             done.append(f"contact point {point['uid']}")
         step = "write the notification policy tree"
-        provisioning.set_notification_policy_tree(converted.policy)
+        current = provisioning.get_notification_policy_tree()
+        provisioning.set_notification_policy_tree(
+            merged_policy(current, converted.policy, folder_title=converted.folder_title)
+        )
         done.append("the notification policy tree")
         rules = []
         for group in converted.groups:
@@ -606,12 +631,13 @@ def sync_command() -> None:
     for url in synced.dashboards:
         typer.echo(f"  {url}")
     if synced.alerting_skipped is not None:
+        # No alert rule means no alert ever reaches a person or the gateway: not a success.
         typer.echo(f"skipped: {synced.alerting_skipped}", err=True)
-    else:
-        typer.echo(
-            f"{len(synced.alert_rules)} alert rules in folder {ALERT_FOLDER_UID}, contact points "
-            f"{', '.join(synced.contact_points)} and the notification policy tree"
-        )
+        raise typer.Exit(1)
+    typer.echo(
+        f"{len(synced.alert_rules)} alert rules in folder {ALERT_FOLDER_UID}, contact points "
+        f"{', '.join(synced.contact_points)} and the notification policy tree"
+    )
 
 
 @app.command("service-account")

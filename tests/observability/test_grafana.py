@@ -126,9 +126,11 @@ def test_cli_sync_lists_the_dashboards(
     monkeypatch.setenv("LAKELOOP_STATE_DIR", str(settings.state_dir))
     monkeypatch.setenv("LAKELOOP_OBSERVABILITY__GRAFANA_URL", url)
     monkeypatch.setenv("LAKELOOP_OBSERVABILITY__GRAFANA_TOKEN", TOKEN)
+    monkeypatch.setenv("LAKELOOP_GATEWAY__PUBLIC_URL", "http://gateway.internal:8002")
     result = CliRunner().invoke(grafana.app, ["sync"])
     assert result.exit_code == 0, result.output
     assert "3 dashboards in folder lakeloop" in result.output
+    assert "alert rules in folder lakeloop-alerts" in result.output
     assert TOKEN not in result.output
     assert len(fake.dashboards) == 3
 
@@ -219,8 +221,9 @@ def test_cli_sync_by_role(
     monkeypatch.setenv("LAKELOOP_OBSERVABILITY__GRAFANA_URL", url)
     monkeypatch.setenv("LAKELOOP_OBSERVABILITY__GRAFANA_TOKEN", EDITOR)
     editor = CliRunner().invoke(grafana.app, ["sync"])
-    assert editor.exit_code == 0, editor.output
+    assert editor.exit_code == 1, editor.output  # the dashboards synced, the alerting did not
     assert "skipped: datasource lakeloop-prometheus not written" in editor.output
+    assert "skipped: alerting not written" in editor.output
     assert "needs the Admin role" in editor.output
     assert "3 dashboards in folder lakeloop" in editor.output
 
@@ -257,8 +260,13 @@ def test_against_a_real_grafana(settings: Settings) -> None:
     assert points["lakeloop-gateway"]["provenance"] == "api"
     [policy] = grafana.alerting_file()["policies"]
     tree = provisioning.get_notification_policy_tree()
-    assert tree["receiver"] == policy["receiver"]
-    assert [route["receiver"] for route in tree["routes"]] == [
+    [ours] = [
+        route
+        for route in tree["routes"]
+        if ["grafana_folder", "=", group["folder"]] in (route.get("object_matchers") or [])
+    ]
+    assert ours["receiver"] == policy["receiver"]
+    assert [route["receiver"] for route in ours["routes"]] == [
         route["receiver"] for route in policy["routes"]
     ]
     for name in grafana.DASHBOARDS:

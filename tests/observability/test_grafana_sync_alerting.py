@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from lakeloop import grafana
 from lakeloop.settings import Settings, load_settings
-from tests.utils.grafana_standin import GrafanaStandIn
+from tests.utils.grafana_standin import DEFAULT_RECEIVER, GrafanaStandIn
 from tests.utils.net import serve_in_thread
 
 ADMIN, EDITOR = "glsa_admin_" + "a" * 24, "glsa_editor_" + "e" * 24
@@ -87,12 +87,41 @@ def test_sync_pushes_every_rule_contact_point_and_the_policy_of_the_committed_fi
         SECRET,
     )
 
+    # The file's tree becomes the first route of the organisation's, for the lakeloop alert
+    # folder's alerts only; the team's root stays.
     [policy] = grafana.alerting_file()["policies"]
     assert fake.policy is not None
-    assert {k: v for k, v in fake.policy.items() if k not in ("provenance", "version")} == {
-        k: v for k, v in policy.items() if k != "orgId"
+    assert fake.policy["receiver"] == DEFAULT_RECEIVER
+    [ours] = fake.policy["routes"]
+    assert ours == {k: v for k, v in policy.items() if k != "orgId"} | {
+        "object_matchers": [["grafana_folder", "=", group_file["folder"]]],
+        "continue": False,
     }
     assert fake.policy["provenance"] == "api"
+
+
+def test_sync_keeps_the_teams_own_notification_policies(
+    settings: Settings, standin: tuple[GrafanaStandIn, str]
+) -> None:
+    """An existing Grafana routes its own alerts: syncing adds lakeloop's route before them and
+    replaces only that one on the next sync."""
+    _, url = standin
+    provisioning = GrafanaApi.from_url(url, credential=ADMIN).alertingprovisioning
+    team_route = {"receiver": DEFAULT_RECEIVER, "object_matchers": [["team", "=", "payments"]]}
+    team_tree = {"receiver": DEFAULT_RECEIVER, "group_by": ["team"], "routes": [team_route]}
+    provisioning.set_notification_policy_tree(team_tree)
+
+    for _ in range(2):
+        synced = grafana.sync(configured(settings, url, ADMIN))
+        assert synced.alerting_skipped is None
+        tree = provisioning.get_notification_policy_tree()
+        assert (tree["receiver"], tree["group_by"]) == (DEFAULT_RECEIVER, ["team"])
+        [group_file] = grafana.alerting_file()["groups"]
+        assert [route.get("object_matchers") for route in tree["routes"]] == [
+            [["grafana_folder", "=", group_file["folder"]]],
+            [["team", "=", "payments"]],
+        ]
+        assert tree["routes"][1] == team_route
 
 
 def test_sync_twice_changes_nothing(
@@ -173,7 +202,7 @@ def test_cli_sync_reports_the_alerting_and_never_shows_the_secret(
     monkeypatch.setenv("LAKELOOP_OBSERVABILITY__GRAFANA_TOKEN", EDITOR)
     with caplog.at_level(logging.DEBUG):
         editor = CliRunner().invoke(grafana.app, ["sync"])
-    assert editor.exit_code == 0, editor.output
+    assert editor.exit_code == 1, editor.output  # no alert would ever be delivered
     assert "skipped: alerting not written" in editor.output
     assert "needs the Admin role" in editor.output
     assert "3 dashboards in folder lakeloop" in editor.output

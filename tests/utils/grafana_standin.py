@@ -140,6 +140,10 @@ def _rule_problems(
     ]
 
 
+DEFAULT_RECEIVER = "grafana-default-email"
+"""The contact point of a new organisation's default configuration, its policy tree's root."""
+
+
 def _route_problems(route: dict[str, Any], receivers: set[str], root: bool) -> list[str]:
     """What Grafana's route validation refuses (``Route.Validate``, provisioning_policies.go)."""
     receiver = route.get("receiver")
@@ -549,8 +553,10 @@ class GrafanaStandIn:
         async def get_policies(request: Request[Any, Any, Any]) -> Response[Any]:
             if refused := denied(request, "alert.notifications.receivers:read"):
                 return refused
-            if self.policy is None:
-                return Response({"receiver": "grafana-default-email"})
+            if self.policy is None:  # Grafana's default configuration (notifier/alertmanager)
+                return Response(
+                    {"receiver": DEFAULT_RECEIVER, "group_by": ["grafana_folder", "alertname"]}
+                )
             return Response({k: v for k, v in self.policy.items() if k != "version"})
 
         @put("/api/v1/provisioning/policies", status_code=202)
@@ -560,6 +566,7 @@ class GrafanaStandIn:
             if refused := denied(request, "alert.provisioning:write"):
                 return refused
             receivers = {point["name"] for point in self.contact_points.values()}
+            receivers.add(DEFAULT_RECEIVER)  # in every organisation's default configuration
             if problems := _route_problems(data, receivers, root=True):
                 return _invalid("; ".join(problems))
             self.policy = versioned(self.policy, data, provenance(request))
