@@ -673,7 +673,14 @@ def main() -> None:
     # Set before XGBoost is loaded (libgomp reads it once); the servers inherit the same value.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     print(f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} here and in the servers", flush=True)
+    # Other work on the machine moves every figure here by tens of percent: say how much there was.
+    print(f"load average at the start: {_load_average()}", flush=True)
     run(seconds=args.seconds, rows=args.rows, rounds=args.rounds)
+    print(f"\nload average at the end: {_load_average()} ({os.cpu_count()} cores)")
+
+
+def _load_average() -> str:
+    return " ".join(f"{load:.2f}" for load in os.getloadavg())
 
 
 if __name__ == "__main__":
