@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,19 @@ class Measured:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_ms: float | None = None
+    """CPU time per request of the server's process, every thread counted (for a call in this
+    process, of this process); ``None`` where it was not read."""
+
+
+def process_cpu(pid: int) -> float | None:
+    """Seconds of CPU (user and system, every thread) process ``pid`` has used; ``None`` where
+    ``/proc`` cannot say (not Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # Subject (a server, or the booster in process) -> figure -> one measurement per round.
@@ -102,27 +116,36 @@ async def _connection(target: Target, deadline: float, latencies: list[float]) -
     return errors
 
 
-async def _load(target: Target, *, connections: int, seconds: float) -> Measured:
+async def _load(target: Target, *, connections: int, seconds: float, pid: int | None) -> Measured:
     warm_until = time.perf_counter() + min(1.0, seconds / 4)
     await asyncio.gather(*(_connection(target, warm_until, []) for _ in range(connections)))
     latencies: list[float] = []
+    cpu_before = process_cpu(pid) if pid else None
     started = time.perf_counter()
     errors = await asyncio.gather(
         *(_connection(target, started + seconds, latencies) for _ in range(connections))
     )
     elapsed = time.perf_counter() - started
+    cpu_after = process_cpu(pid) if pid else None
     ordered = sorted(latencies)
+    cpu_ms = None
+    if cpu_before is not None and cpu_after is not None:
+        cpu_ms = (cpu_after - cpu_before) / len(ordered) * 1000
     return Measured(
         requests_per_s=len(ordered) / elapsed,
         p50_ms=statistics.median(ordered) * 1000,
         p99_ms=ordered[int(0.99 * (len(ordered) - 1))] * 1000,
         errors=sum(errors),
+        cpu_ms=cpu_ms,
     )
 
 
-def measure(target: Target, *, connections: int, seconds: float) -> Measured:
-    """Requests per second and latency percentiles of ``connections`` busy connections."""
-    return asyncio.run(_load(target, connections=connections, seconds=seconds))
+def measure(
+    target: Target, *, connections: int, seconds: float, pid: int | None = None
+) -> Measured:
+    """Requests per second and latency percentiles of ``connections`` busy connections (and,
+    given the server's ``pid``, its CPU time per request)."""
+    return asyncio.run(_load(target, connections=connections, seconds=seconds, pid=pid))
 
 
 # The model and the servers ---------------------------------------------------------------------
@@ -218,6 +241,7 @@ def measure_call(call: Callable[[], Any], *, seconds: float) -> Measured:
     """The same figures for a function called in this process, back to back."""
     call()
     latencies = []
+    cpu_before = time.process_time()
     started = time.perf_counter()
     while (now := time.perf_counter()) < started + seconds:
         call()
@@ -229,6 +253,7 @@ def measure_call(call: Callable[[], Any], *, seconds: float) -> Measured:
         p50_ms=statistics.median(ordered) * 1000,
         p99_ms=ordered[int(0.99 * (len(ordered) - 1))] * 1000,
         errors=0,
+        cpu_ms=(time.process_time() - cpu_before) / len(ordered) * 1000,
     )
 
 
@@ -237,6 +262,101 @@ def pipeline_rows_per_s(pipeline: Any, frame: Any, *, seconds: float) -> float:
     server pays for the model alone)."""
     rows = frame.head(BATCH_ROWS)
     return measure_call(lambda: pipeline.predict(rows), seconds=seconds).requests_per_s * len(rows)
+
+
+# Where a batch request's time goes ---------------------------------------------------------------
+
+DECODE = "decode and check the JSON body"
+MATRIX = "the float32 matrix from the values"
+BOOSTER_CALL = "the booster (inplace_predict)"
+ANSWER = "prediction ids, the answer as JSON"
+LOG_ROWS = "log rows to Parquet (writer thread)"
+
+
+def cpu_ms(call: Callable[[], Any], *, repeats: int) -> float:
+    """Median CPU time of ``call`` in this process (every thread: the booster's too), in ms."""
+    call()
+    spent = []
+    for _ in range(repeats):
+        before = time.process_time()
+        call()
+        spent.append(time.process_time() - before)
+    return statistics.median(spent) * 1000
+
+
+def stage_costs(
+    settings: Any, pipeline: Any, batch: list[dict[str, Any]]
+) -> dict[str, dict[str, float]]:
+    """CPU ms of each stage of a 1,000-record request, run in this process with the API's own
+    code (form -> stage -> ms); the log's per request, from whole segments as the writer
+    writes them (``log_flush_rows`` rows each)."""
+    import msgspec  # noqa: PLC0415
+
+    from api.ids import prediction_ids  # noqa: PLC0415
+    from api.schemas import ModelRef, PredictionResponse  # noqa: PLC0415
+    from api.service import RequestSchema  # noqa: PLC0415
+    from lakeloop.dataset import load_spec  # noqa: PLC0415
+    from lakeloop.stores.prediction_log import Entry, SegmentWriter, prediction_table  # noqa: PLC0415
+
+    spec = load_spec()
+    schema = RequestSchema(spec, max_batch=settings.api.max_batch)
+    kernel, _ = encoded_batch(pipeline, batch)
+    model = ModelRef(name=settings.mlflow.model_name, version="1")
+    per_segment = max(1, settings.api.log_flush_rows // len(batch))
+    writer = SegmentWriter(
+        settings.object_store.child("stage-costs"),
+        prediction_table(spec),
+        max_rows=2 * per_segment * len(batch),
+        flush_rows=settings.api.log_flush_rows,
+        flush_seconds=settings.api.log_flush_seconds,
+    )
+    bodies = {
+        "records": json.dumps({"records": batch}).encode(),
+        "columns": json.dumps({"columns": {n: [r[n] for r in batch] for n in batch[0]}}).encode(),
+    }
+    costs = {}
+    for form, body in bodies.items():
+        records, columns = schema.decode_batch(body)
+
+        def matrix_of(records: Any = records, columns: Any = columns) -> Any:
+            if records is not None:
+                return kernel.matrix_from_records(records)
+            return kernel.matrix_from_columns(columns)
+
+        matrix = matrix_of()
+        values = kernel.predict(matrix)
+
+        def answer(values: Any = values) -> bytes:
+            ids = prediction_ids(len(values))
+            response = PredictionResponse(values.tolist(), prediction_ids=ids, model=model)
+            return msgspec.json.encode(response)
+
+        entry = Entry(
+            at=datetime.now(UTC),
+            model_name=model.name,
+            model_version=model.version,
+            prediction_ids=prediction_ids(len(values)),
+            predictions=values,
+            records=records or (),
+            columns=columns,
+            matrix=matrix,
+            matrix_names=kernel.names,
+            spec=spec,
+        )
+
+        def segment(entry: Any = entry) -> None:
+            for _ in range(per_segment):
+                writer.put(entry)
+            writer.flush()
+
+        costs[form] = {
+            DECODE: cpu_ms(lambda body=body: schema.decode_batch(body), repeats=200),
+            MATRIX: cpu_ms(matrix_of, repeats=200),
+            BOOSTER_CALL: cpu_ms(lambda matrix=matrix: kernel.predict(matrix), repeats=200),
+            ANSWER: cpu_ms(answer, repeats=200),
+            LOG_ROWS: cpu_ms(segment, repeats=5) / per_segment,
+        }
+    return costs
 
 
 # Running and printing --------------------------------------------------------------------------
@@ -347,18 +467,20 @@ def measure_all(
             rounds=rounds,
         )
     _print(mlflow, seen)
+    _print_costs(stage_costs(settings, pipeline, batch), seen)
 
 
 def _start_api(
     running: contextlib.ExitStack, env: dict[str, str], logs: Path, *, logging: bool
-) -> int:
+) -> tuple[int, int]:
+    """The port and the process id of a started API server."""
     port = free_port()
     api_env = env | {
         "LAKELOOP_API__PORT": str(port),
         "LAKELOOP_API__LOG_PREDICTIONS": str(logging).lower(),
         "LAKELOOP_API__ADMIN_TOKEN": "bench-" + "k" * 26,
     }
-    running.enter_context(
+    process = running.enter_context(
         server_process(
             [sys.executable, "-m", "api"],
             env=api_env,
@@ -366,11 +488,11 @@ def _start_api(
             ready_url=f"http://127.0.0.1:{port}/readyz",
         )
     )
-    return port
+    return port, process.pid
 
 
 def _rounds(
-    ports: dict[str, int],
+    ports: dict[str, tuple[int, int]],
     *,
     booster: Callable[[], Any],
     record: dict[str, Any],
@@ -401,8 +523,9 @@ def _rounds(
                 if name == BOOSTER:
                     measured = measure_call(booster, seconds=seconds)
                 else:
-                    target = Target(ports[name], path, payload)
-                    measured = measure(target, connections=connections, seconds=seconds)
+                    port, pid = ports[name]
+                    target = Target(port, path, payload)
+                    measured = measure(target, connections=connections, seconds=seconds, pid=pid)
                 seen[name][key].append(measured)
     return seen
 
@@ -500,6 +623,38 @@ def _print(mlflow: dict[str, Measured], seen: Rounds) -> None:
         print(f"  {label:<34} {_ratio(on, off):<27} {_ratio(on, off, by_p50=True)}")
 
 
+def _print_costs(costs: dict[str, dict[str, float]], seen: Rounds) -> None:
+    forms = list(costs)
+
+    def line(label: str, figures: dict[str, float]) -> None:
+        print(f"  {label:<44}" + "".join(f"{figures[form]:>10.2f}" for form in forms))
+
+    print(
+        f"\nwhere the CPU time of a {BATCH_ROWS:,}-record request goes, ms: each stage run in this "
+        "process with the API's code;\nthe servers' whole process (every thread) per request, "
+        "median of the rounds"
+    )
+    print(f"  {'stage':<44}" + "".join(f"{form:>10}" for form in forms))
+    for stage in costs[forms[0]]:
+        line(stage, {form: costs[form][stage] for form in forms})
+    for name, logged in ((LOG_ON, True), (LOG_OFF, False)):
+        stages = {
+            form: sum(ms for stage, ms in costs[form].items() if logged or stage != LOG_ROWS)
+            for form in forms
+        }
+        line(f"sum of the stages, {name}", stages)
+        server = {form: _median_cpu(seen[name][form]) for form in forms}
+        measured = {form: ms for form, ms in server.items() if ms is not None}
+        if len(measured) == len(forms):
+            line(f"server process, {name}", measured)
+            line("the rest: HTTP, Litestar, threads", {f: measured[f] - stages[f] for f in forms})
+
+
+def _median_cpu(seen: list[Measured]) -> float | None:
+    spent = [m.cpu_ms for m in seen if m.cpu_ms is not None]
+    return statistics.median(spent) if spent else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -511,7 +666,21 @@ def main() -> None:
     )
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    # Every lakeloop process runs XGBoost's OpenMP threads with passive waits (the stack's
+    # children, the Docker image): the booster called here must too, or the ratio compares two
+    # thread policies rather than serving against the booster. On a busy 2-core machine a team
+    # that spins took 42 ms a call against 8-12 ms passive (the ratio read 2.8x instead of 0.3x).
+    # Set before XGBoost is loaded (libgomp reads it once); the servers inherit the same value.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    print(f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} here and in the servers", flush=True)
+    # Other work on the machine moves every figure here by tens of percent: say how much there was.
+    print(f"load average at the start: {_load_average()}", flush=True)
     run(seconds=args.seconds, rows=args.rows, rounds=args.rounds)
+    print(f"\nload average at the end: {_load_average()} ({os.cpu_count()} cores)")
+
+
+def _load_average() -> str:
+    return " ".join(f"{load:.2f}" for load in os.getloadavg())
 
 
 if __name__ == "__main__":
