@@ -64,7 +64,7 @@ from gateway.spool import (
     StoredLookup,
 )
 from lakeloop import events, lakefs_client
-from lakeloop.datagate import DataGate
+from lakeloop.datagate import DataGate, verdict_store
 from lakeloop.dataset import DatasetSpec, load_spec
 from lakeloop.settings import Settings
 from lakeloop.swagger import SCHEMA_PATH, swagger_assets, swagger_page
@@ -434,6 +434,8 @@ def create_gateway(
         validator.get,
         prefix=settings.lakefs.data_prefix,
         state_dir=settings.state_dir,
+        # Kept where the training flow finds it: a merged state is not judged a second time.
+        verdicts=verdict_store(settings),
     )
     lakefs = lakefs_client.connect(settings)
     spooled = (spool or Spool(settings.state_dir / "spool")).open()

@@ -15,16 +15,24 @@ merge's changes applied), the training flow of the commit it trains. A table's c
 fingerprints are kept by the table's lakeFS checksum (its content identity) and its description,
 under the state folder, so judging a new state checks only the tables it has not seen, and never
 re-reads the others.
+
+The verdict on a whole state is kept too, by the state's content digest (every table's path,
+checksum and ingested description, and the current description), in the store the settings name
+(:data:`VERDICTS`: the state folder, or ``s3://`` where the gateway and the flows run apart). A
+merge makes on the production branch exactly the state its pre-merge hook judged, so the training
+flow finds the hook's verdict there and does not judge that state again. Data that reached the
+branch around the hook (a commit made directly on it) is a state nobody judged: the flow judges
+it in full, and refuses it when it fails.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 
 import lakefs
@@ -35,6 +43,7 @@ from lakeloop import evolution, lakefs_client, rowkeys
 from lakeloop.dataset import DatasetSpec, described, parse_spec
 from lakeloop.ingest import SourceTable
 from lakeloop.settings import Settings
+from lakeloop.stores.objects import ObjectStore
 from lakeloop.validation.checks import Validator, warm_validator
 from lakeloop.validation.history import (
     RECORD,
@@ -43,6 +52,8 @@ from lakeloop.validation.history import (
     record_fingerprints,
 )
 from lakeloop.validation.results import Finding, ValidationResult, combine
+
+logger = logging.getLogger(__name__)
 
 Load = Callable[[], pd.DataFrame]
 """Reads a stored table; raises :class:`lakefs_client.UnreadableTableError` when it cannot."""
@@ -56,6 +67,11 @@ FEEDBACK_PREFIX = "feedback-"
 drifted window's predictions, which a drift retrain publishes: ``pipelines.retrain``). Its rows
 are data production reported, not data that predates it: a model trained on them is also judged
 on rows that do not come from such tables (:func:`lakeloop.model.split_rows`)."""
+VERDICTS = "validation/states"
+"""Where, in the settings' store, the verdicts on whole states are kept by state digest."""
+VERDICT_FORMAT = 1
+"""Part of every state digest: a change to what a verdict holds or how it is reached bumps it, so
+verdicts kept by an older lakeloop are not reused."""
 
 
 def is_feedback_table(path: str) -> bool:
@@ -118,6 +134,27 @@ class TableChecks:
         return self.folder / f"{safe}.json", self.folder / f"{safe}.npz"
 
 
+class StateVerdicts:
+    """Verdicts on whole states of the data by state digest, in an object store (one small JSON
+    object each, written whole), shared by the pre-merge hook and every training run."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def get(self, digest: str) -> ValidationResult | None:
+        try:
+            stored = json.loads(self.store.get(f"{digest}.json"))
+            return ValidationResult.from_json(stored)
+        except (OSError, ValueError, KeyError):
+            return None  # never judged (or unreadable): the state is judged again
+
+    def put(self, digest: str, result: ValidationResult) -> None:
+        try:
+            self.store.put(f"{digest}.json", json.dumps(result.to_json(), default=str).encode())
+        except OSError as error:  # only saves work later: the verdict itself stands
+            logger.warning("could not keep the verdict on state %.12s: %s", digest, error)
+
+
 @dataclass(frozen=True)
 class TrainingData:
     """The tables of a state as one training frame under the current description."""
@@ -140,10 +177,28 @@ class StateVerdict:
     """Tables checked now (the others' checks were kept from before)."""
     changed: list[str]
     """Tables a merge adds or changes (empty when judging a commit)."""
+    digest: str = ""
+    """The state's content digest (:meth:`DataGate.state_digest`), by which its verdict is kept."""
+    reused: bool = False
+    """The verdict was kept from an earlier judgement of the same state (the pre-merge hook's on
+    the merge that made it, or an earlier training's): no table was read or checked now."""
 
     @property
     def passed(self) -> bool:
         return self.result.success
+
+    def how(self) -> str:
+        """One line saying how the verdict was reached, for the run's log and its report."""
+        if self.reused:
+            return (
+                f"verdict reused: this state of the data (digest {self.digest:.12}) was judged "
+                "before, by the pre-merge checks of the merge that made it or an earlier run"
+            )
+        kept = len(self.result.tables) - len(self.checked)
+        return (
+            f"judged in full: {len(self.checked)} tables checked now, {max(kept, 0)} tables' "
+            "checks kept by checksum, the history rules across all of them"
+        )
 
 
 @dataclass(frozen=True)
@@ -167,12 +222,15 @@ class DataGate:
         *,
         prefix: str,
         state_dir: Path | None,
+        verdicts: ObjectStore | None = None,
     ) -> None:
         self.spec = spec
         self.prefix = prefix
         self._validator = validator
         folder = state_dir / "validation" / "tables" / spec.digest if state_dir else None
         self.checks = TableChecks(folder)
+        self.verdicts = StateVerdicts(verdicts) if verdicts is not None else None
+        """Verdicts on whole states, kept and reused when given (see the module's docstring)."""
         self._descriptions: dict[str, DatasetSpec] = {}
 
     def check_table(
@@ -286,16 +344,36 @@ class DataGate:
         )
         return combine({path: check.result for path, check in checks.items()}, history=history)
 
+    def state_digest(self, tables: Mapping[str, Stored]) -> str:
+        """The content identity of a state under the current description: every table's path,
+        checksum and the description it was ingested with (nothing is read)."""
+        identity = [
+            VERDICT_FORMAT,
+            self.spec.digest,
+            sorted((path, table.checksum, table.ingested.digest) for path, table in tables.items()),
+        ]
+        return hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+
     def judge_tables(
         self, tables: Mapping[str, Stored], *, changed: list[str] | None = None
     ) -> StateVerdict:
-        """The verdict on a state given as path → stored table."""
+        """The verdict on a state given as path → stored table: the one kept for the same state
+        when there is one, else judged now (and kept)."""
+        digest = self.state_digest(tables)
+        kept = self.verdicts.get(digest) if self.verdicts is not None else None
+        if kept is not None:
+            return StateVerdict(
+                result=kept, checked=[], changed=changed or [], digest=digest, reused=True
+            )
         checks, checked = {}, []
         for path, table in sorted(tables.items()):
             checks[path], fresh = self.stored_check(table)
             if fresh:
                 checked.append(path)
-        return StateVerdict(result=self.judge(checks), checked=checked, changed=changed or [])
+        result = self.judge(checks)
+        if self.verdicts is not None:
+            self.verdicts.put(digest, result)
+        return StateVerdict(result=result, checked=checked, changed=changed or [], digest=digest)
 
     def judge_stored(
         self,
@@ -459,15 +537,37 @@ def impact(gate: DataGate, client: lakefs.Client, *, repository: str, ref: str) 
     return Impact(spec=gate.spec, tables=fates)
 
 
-@lru_cache(maxsize=4)
-def _gate(spec: DatasetSpec, prefix: str, state_dir: Path) -> DataGate:
-    return DataGate(spec, warm_validator, prefix=prefix, state_dir=state_dir)
+_GATES: dict[tuple[DatasetSpec, str, Path, str, str | None], DataGate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def verdict_store(settings: Settings) -> ObjectStore:
+    """Where the verdicts on whole states are kept: :data:`VERDICTS` in the settings' store, which
+    the gateway and the flows share (on one machine the state folder, apart an ``s3://`` one)."""
+    return settings.object_store.child(VERDICTS)
 
 
 def for_settings(settings: Settings, spec: DatasetSpec) -> DataGate:
     """The data gate of this process for these settings, keeping table checks under the state
-    folder (a warm Great Expectations validator, built on first use)."""
-    return _gate(spec, settings.lakefs.data_prefix, settings.state_dir)
+    folder and verdicts on whole states in the settings' store (a warm Great Expectations
+    validator, built on first use)."""
+    key = (
+        spec,
+        settings.lakefs.data_prefix,
+        settings.state_dir,
+        settings.store.url,
+        settings.store.endpoint_url,
+    )
+    with _GATES_LOCK:
+        if key not in _GATES:
+            _GATES[key] = DataGate(
+                spec,
+                warm_validator,
+                prefix=settings.lakefs.data_prefix,
+                state_dir=settings.state_dir,
+                verdicts=verdict_store(settings),
+            )
+        return _GATES[key]
 
 
 def unreadable(error: str) -> TableCheck:

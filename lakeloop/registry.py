@@ -15,11 +15,13 @@ A training attempt leaves the registry in one of a few clear states, whatever fa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import json
+import logging
 import subprocess
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ from lakeloop import evaluation, evolution, model
 from lakeloop.dataset import DatasetSpec, in_units, parse_spec
 from lakeloop.model import Split, TrainedModel, Trial
 from lakeloop.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 # Tag names that carry lineage; the API and the flows read them back.
 TAG_REPOSITORY = "lakefs.repository"
@@ -251,6 +255,9 @@ class ChampionScore:
     clean_metrics: dict[str, float] | None = None
     """Its metrics on the challenger's clean holdout (the rows that predate the folded feedback,
     ``TrainedModel.clean_holdout``); ``None`` when the challenger has none."""
+    reused: bool = field(default=False, compare=False)
+    """Kept from an earlier scoring of the same version on the same rows (:func:`score_version`):
+    the model was not loaded again."""
 
 
 TRIGGER_KINDS = ("commit", "drift", "alert", "reconcile", "manual")
@@ -318,11 +325,11 @@ def log_trained(
     spec: DatasetSpec,
     training_data: pd.DataFrame,
     lineage: Lineage,
-    report: Path | None = None,
 ) -> LoggedModel:
-    """Log one training run (parameters, metrics overall and per segment, plots, the training data
-    as a dataset input at its lakeFS URI, lineage tags, tuning trials as nested runs, the model)
-    and register the model as a pending version with the same lineage tags.
+    """Log one training run (parameters, metrics overall and per segment, the training data as a
+    dataset input at its lakeFS URI, lineage tags, tuning trials as nested runs, the model) and
+    register the model as a pending version with the same lineage tags. Its plots and the data
+    checks' report decide nothing: :func:`log_reports` adds them once the gate has decided.
 
     The run ends FINISHED only after the version exists; if anything fails first it ends FAILED,
     or, when MLflow cannot be told, stays RUNNING for the next attempt to mark failed."""
@@ -350,8 +357,6 @@ def log_trained(
         )
         if trained.trials:
             log_trials(trained.trials, tags=tags)
-        for name, figure in evaluation.figures(trained, spec).items():
-            mlflow.log_figure(figure, f"evaluation/{name}")
         dataset = from_pandas(
             training_data,
             source=LakeFSDatasetSource(lineage.data_uri(settings)),
@@ -359,8 +364,6 @@ def log_trained(
             name=f"{lineage.repository}@{lineage.commit_id:.12}",
         )
         mlflow.log_input(dataset, context="training")
-        if report is not None:
-            mlflow.log_artifacts(str(report), artifact_path="validation")
         mlflow.log_text(spec.to_yaml(), DESCRIPTION_ARTIFACT)
         example = trained.input_example
         info = mlflow.sklearn.log_model(
@@ -382,6 +385,24 @@ def log_trained(
         )
         version = register(settings, model_uri=info.model_uri, run_id=run.info.run_id, tags=tags)
     return LoggedModel(run_id=run.info.run_id, version=version)
+
+
+def log_reports(
+    settings: Settings,
+    trained: TrainedModel,
+    spec: DatasetSpec,
+    *,
+    run_id: str,
+    report: Path | None = None,
+) -> None:
+    """Add to a training run (ended or not) what a reviewer reads and nothing decides: the
+    evaluation plots and, when given, the data checks' report folder (JSON, markdown, Data Docs).
+    Written again whole by a retry."""
+    client = connect(settings)
+    for name, figure in evaluation.figures(trained, spec).items():
+        client.log_figure(run_id, figure, f"evaluation/{name}")
+    if report is not None:
+        client.log_artifacts(run_id, str(report), artifact_path="validation")
 
 
 @contextlib.contextmanager
@@ -779,6 +800,65 @@ def load_version(settings: Settings, *, version: str) -> Any:
     return mlflow.sklearn.load_model(uri)
 
 
+SCORES = "registry/scores"
+"""Where, in the settings' store, versions' scores are kept by (version, holdout content)."""
+SCORE_FORMAT = 1
+"""Part of every score's key: a change to how a score is taken bumps it."""
+
+
+def frame_digest(frame: pd.DataFrame | None) -> str:
+    """The content identity of a table of rows: its columns, their types and every value (not
+    its index), or ``none``."""
+    if frame is None:
+        return "none"
+    identity = hashlib.sha256(
+        json.dumps([list(map(str, frame.columns)), list(map(str, frame.dtypes))]).encode()
+    )
+    identity.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return identity.hexdigest()
+
+
+def score_key(
+    settings: Settings,
+    version: ModelVersion,
+    holdout: pd.DataFrame,
+    spec: DatasetSpec,
+    *,
+    clean_holdout: pd.DataFrame | None = None,
+) -> str:
+    """What a version's score on a holdout depends on: the version (its number and run, so a
+    registry made anew never reuses another's), the description the rows are read under, and the
+    content of the holdout and clean holdout."""
+    identity = [
+        SCORE_FORMAT,
+        settings.mlflow.model_name,
+        str(version.version),
+        str(version.run_id),
+        spec.digest,
+        frame_digest(holdout),
+        frame_digest(clean_holdout),
+    ]
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+
+
+def _kept_score(settings: Settings, key: str) -> ChampionScore | None:
+    """The score kept under ``key`` (:func:`score_key`), marked reused; ``None`` when none is."""
+    try:
+        stored = json.loads(settings.object_store.child(SCORES).get(f"{key}.json"))
+        return replace(ChampionScore(**stored), reused=True)
+    except (OSError, ValueError, TypeError):
+        return None  # never scored (or unreadable): score it
+
+
+def _keep_score(settings: Settings, key: str, score: ChampionScore) -> None:
+    """Keep a fresh score under ``key`` for the next training on the same holdout."""
+    stored = asdict(score) | {"reused": False}
+    try:
+        settings.object_store.child(SCORES).put(f"{key}.json", json.dumps(stored).encode())
+    except OSError as error:  # only saves work later: the score itself stands
+        logger.warning("could not keep v%s's score: %s", score.version, error)
+
+
 def score_version(
     settings: Settings,
     version: ModelVersion,
@@ -790,7 +870,28 @@ def score_version(
     """A registered version's metrics on a holdout under the current description ``spec`` (and
     on ``clean_holdout``, the rows that predate folded feedback, when given). A version trained
     under another description is scored on the rows as its requests reach it under this one:
-    features this description no longer has are missing (the score says so)."""
+    features this description no longer has are missing (the score says so).
+
+    A version's model never changes, so its score on the same rows is kept (in the settings'
+    store, :data:`SCORES`) and reused: a second training on the same holdout (a retry, the same
+    commit trained again, a retrain on unchanged data) neither loads nor scores it again."""
+    key = score_key(settings, version, holdout, spec, clean_holdout=clean_holdout)
+    kept = _kept_score(settings, key)
+    if kept is not None:
+        return kept
+    score = _score_now(settings, version, holdout, spec, clean_holdout=clean_holdout)
+    _keep_score(settings, key, score)
+    return score
+
+
+def _score_now(
+    settings: Settings,
+    version: ModelVersion,
+    holdout: pd.DataFrame,
+    spec: DatasetSpec,
+    *,
+    clean_holdout: pd.DataFrame | None,
+) -> ChampionScore:
     trained_under = description_of(version) or spec
     loaded = load_version(settings, version=version.version)
 

@@ -67,24 +67,33 @@ def validate(
     settings: Settings,
     tables: dict[str, lakefs_client.StoredTable],
     spec: DatasetSpec,
-    commit_id: str,
     ingested: dict[str, DatasetSpec] | None = None,
-) -> tuple[ValidationResult, Path]:
+) -> datagate.StateVerdict:
     """The data gate's verdict on the commit (each table by the description it was ingested with,
-    the history rules across them: what the pre-merge hook judged), with its report (JSON,
-    markdown, Data Docs)."""
+    the history rules across them: what the pre-merge hook judged). A state the hook already
+    judged (the merge that made this commit) is not judged again: its verdict is reused. Data
+    that reached the branch around the hook is judged here in full."""
     described = ingested or {}
     verdict = datagate.for_settings(settings, spec).judge_stored(
         tables, lambda path: described.get(path, spec)
     )
+    run_logger().info("data checks: %s", verdict.how())
+    return verdict
+
+
+def write_validation_report(
+    settings: Settings, spec: DatasetSpec, commit_id: str, result: ValidationResult
+) -> Path:
+    """The data checks' report on a commit (JSON, markdown, Data Docs) in the state folder, with a
+    copy in the settings' store; returns its folder."""
     folder = settings.state_dir / "validation" / commit_id
     write_report(
-        verdict.result,
+        result,
         folder,
         spec=spec,
         store=settings.object_store.child(f"validation/{commit_id}"),
     )
-    return verdict.result, folder
+    return folder
 
 
 def training_frame(
@@ -195,16 +204,13 @@ def log_and_register(
     spec: DatasetSpec,
     frame: pd.DataFrame,
     lineage: registry.Lineage,
-    report: Path,
 ) -> registry.LoggedModel:
     """Log the run and register its version, after closing what an earlier attempt on the same
     commit (this task's last try, or a failed flow run) left half done."""
     client = registry.connect(settings)
     for done in registry.abandon_incomplete(client, settings, commit_id=lineage.commit_id):
         run_logger().warning("earlier attempt on %s: %s", lineage.commit_id, done)
-    return registry.log_trained(
-        settings, trained, spec=spec, training_data=frame, lineage=lineage, report=report
-    )
+    return registry.log_trained(settings, trained, spec=spec, training_data=frame, lineage=lineage)
 
 
 @step(retries=2, delay_seconds=5)
@@ -221,6 +227,12 @@ def score_champion(
     scored = registry.score_version(
         settings, current, trained.holdout, spec, clean_holdout=trained.clean_holdout
     )
+    if scored.reused:
+        run_logger().info(
+            "champion v%s's score on this holdout was kept from an earlier training: "
+            "not loaded or scored again",
+            scored.version,
+        )
     if scored.note:
         run_logger().warning("champion %s", scored.note)
     return scored
@@ -280,6 +292,27 @@ def verify_deployment(
             f"version {logged.version} was promoted but not served ({error}); "
             f"champion restored to {previous or 'none'}"
         ) from error
+
+
+@step(retries=2, delay_seconds=5)
+def record_reports(
+    settings: Settings,
+    spec: DatasetSpec,
+    trained: model.TrainedModel,
+    logged: registry.LoggedModel,
+    *,
+    commit_id: str,
+    report: Path | None = None,
+    validation: ValidationResult | None = None,
+) -> Path | None:
+    """What a reviewer reads and nothing decides, once the gate has decided (and the API serves a
+    promoted version): the data checks' report, written now from ``validation`` when only that is
+    given, and the evaluation plots, both logged to the version's run. Returns the report's
+    folder."""
+    if validation is not None:
+        report = write_validation_report(settings, spec, commit_id, validation)
+    registry.log_reports(settings, trained, spec, run_id=logged.run_id, report=report)
+    return report
 
 
 def report_validation(
@@ -432,9 +465,13 @@ def train_commit(
         return {"status": "skipped", "reason": "no data"}
 
     ingested = run(ingested_under)(settings, spec, repository, commit_id, list(tables))
-    validation, report = run(validate)(settings, tables, spec, commit_id, ingested)
-    run(report_validation)(settings, spec, commit_id, validation)
-    runtime.artifact("validation", validation.to_markdown(), f"data checks on {commit_id:.12}")
+    verdict = run(validate)(settings, tables, spec, ingested)
+    validation = verdict.result
+    runtime.artifact(
+        "validation",
+        f"{validation.to_markdown()}\n\n_{verdict.how()}_\n",
+        f"data checks on {commit_id:.12}",
+    )
     lineage = registry.Lineage(
         repository=repository,
         commit_id=commit_id,
@@ -445,6 +482,8 @@ def train_commit(
         again=again,
     )
     if not validation.success:
+        report = run(write_validation_report)(settings, spec, commit_id, validation)
+        run(report_validation)(settings, spec, commit_id, validation)
         run_id = run(record_refused_data)(settings, lineage, report)
         blocked = run(record_blocked)(settings, repository, commit_id, validation)
         raise ValueError(
@@ -459,11 +498,12 @@ def train_commit(
         data.frame,
         feedback=data.feedback,
         lineage=lineage,
-        report=report,
+        validation=validation,
         tune=tune,
         runtime=runtime,
     )
-    return outcome.result()
+    run(report_validation)(settings, spec, commit_id, validation)
+    return outcome.result() | {"validation": verdict.how()}
 
 
 def judge(
@@ -493,7 +533,8 @@ def train_and_promote(
     frame: pd.DataFrame,
     *,
     lineage: registry.Lineage,
-    report: Path,
+    report: Path | None = None,
+    validation: ValidationResult | None = None,
     tune: bool = False,
     feedback: np.ndarray | None = None,
     runtime: Runtime = PLAIN,
@@ -501,16 +542,25 @@ def train_and_promote(
     """From validated training data to the gate's decision: fit (searching hyperparameters when
     asked or when the tuning policy says so, else from what a tuned champion hands on), log and
     register, then — one promotion at a time per model — score the champion on the same holdout,
-    gate, promote, and check the API serves the new champion. ``feedback`` marks the rows of
+    gate, promote, and check the API serves the new champion. Only then the reports nothing
+    decides: the plots and the data checks' report (the folder ``report``, or one written from
+    ``validation``) on the run, the metrics pushed, the summary. ``feedback`` marks the rows of
     ``frame`` that come from folded feedback tables (:class:`lakeloop.datagate.TrainingData`)."""
     run = runtime.step
     tune = tune or run(tuning_due)(settings)
     inherited = None if tune else run(champion_hyperparameters)(settings)
     trained = run(fit)(frame, spec, settings, tune=tune, inherited=inherited, feedback=feedback)
-    logged = run(log_and_register)(
-        settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
-    )
+    logged = run(log_and_register)(settings, trained, spec=spec, frame=frame, lineage=lineage)
     champion, failures = judge(settings, spec, trained, logged, runtime=runtime)
+    run(record_reports)(
+        settings,
+        spec,
+        trained,
+        logged,
+        commit_id=lineage.commit_id,
+        report=report,
+        validation=validation,
+    )
     run(report_training)(
         settings,
         logged,

@@ -11,7 +11,7 @@ import pytest
 from lakeloop.dataset import DatasetSpec
 from lakeloop.lakefs_client import StoredTable
 from lakeloop.settings import Settings
-from pipelines.train import validate
+from pipelines.train import validate, write_validation_report
 from tests.utils.bad_batches import BAD_BATCHES, Builder
 from tooling import market
 
@@ -26,7 +26,8 @@ def test_each_bad_batch_is_refused_at_the_flow_gate_with_a_report(
     frame = build(market.generate_batch(rows=2000, seed=42))
     path = f"data/{name.replace(' ', '-')}/batch.parquet"
     tables = {path: StoredTable(checksum=f"checksum-{name}", frame=frame)}
-    result, report = validate(settings, tables, spec, f"commit-{name.replace(' ', '-')}")
+    result = validate(settings, tables, spec).result
+    report = write_validation_report(settings, spec, f"commit-{name.replace(' ', '-')}", result)
     assert not result.success
     assert any(expected in line for line in result.failures)
     assert result.failing_tables == [path]

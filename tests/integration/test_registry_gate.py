@@ -79,7 +79,9 @@ def _train_and_judge(
     logged = registry.log_trained(
         settings, trained, spec=spec, training_data=frame, lineage=_lineage(commit)
     )
-    return trained, logged, judge(settings, spec, trained, logged)[1]
+    failures = judge(settings, spec, trained, logged)[1]
+    registry.log_reports(settings, trained, spec, run_id=logged.run_id)  # after the decision
+    return trained, logged, failures
 
 
 def test_first_model_is_promoted_with_lineage_on_run_and_version(

@@ -41,10 +41,7 @@ def test_tuned_training_logs_each_trial_under_the_run_and_registers_the_run_mode
     frame = market.generate_batch(rows=2000, seed=5)
     lineage = model_lineage(spec, "e" * 64)
     trained = fit(frame, spec, settings, tune=True)
-    report = tmp_path_factory.mktemp("report")
-    logged = log_and_register(
-        settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
-    )
+    logged = log_and_register(settings, trained, spec=spec, frame=frame, lineage=lineage)
 
     parent = client.get_run(logged.run_id)
     children = client.search_runs(
@@ -82,13 +79,10 @@ def test_asking_to_tune_a_commit_trained_without_tuning_trains_it_again(
     commit_id = "f" * 64
     frame = market.generate_batch(rows=2000, seed=6)
     lineage = model_lineage(spec, commit_id)
-    report = tmp_path_factory.mktemp("report")
 
     def train_and_judge(*, tune: bool) -> registry.LoggedModel:
         trained = fit(frame, spec, settings, tune=tune)
-        logged = log_and_register(
-            settings, trained, spec=spec, frame=frame, lineage=lineage, report=report
-        )
+        logged = log_and_register(settings, trained, spec=spec, frame=frame, lineage=lineage)
         registry.record_decision(client, settings, logged=logged, reasons=["test"], champion=None)
         return logged
 
