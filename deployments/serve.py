@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -23,6 +21,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.exceptions import ObjectAlreadyExists, TerminationSignal
+from prefect.logging import get_logger
 from prefect.runner import Runner
 
 from deployments.warm import forked_flow_runs
@@ -43,7 +42,7 @@ from lakeloop.events import (
 from lakeloop.settings import Settings, load_settings
 from pipelines.train import promotion_lock
 
-logger = logging.getLogger(__name__)
+logger = get_logger("lakeloop.flows")  # Prefect's handlers write it to the flow server's log
 
 TAGS = ["lakeloop"]
 
@@ -155,22 +154,26 @@ def runner_deployment(deployment: Declared) -> RunnerDeployment:
     return runner
 
 
-def serve_forked(deployments: Iterable[Declared], *, limit: int | None) -> None:
+def serve_forked(deployments: list[Declared], *, limit: int | None) -> None:
     """Register the deployments and run their flow runs until stopped, at most ``limit`` at once,
     each in its own process forked from the warm one (:mod:`deployments.warm`). What Prefect's
     ``serve()`` does, with the flows added by ``Runner.add_flow``: ``serve()`` adds deployments
     only, whose runs start as ``python -m prefect.engine`` and import the flow again."""
-    runner = Runner(limit=limit)
-    for deployment in deployments:
-        runner.add_flow(
-            deployment.flow,
-            name=deployment.name,
-            description=deployment.description,
-            triggers=[*deployment.triggers],
-            interval=deployment.interval,
-            tags=TAGS,
+    with forked_flow_runs():  # the warm parent imports while the deployments are registered
+        runner = Runner(limit=limit)
+        for deployment in deployments:
+            runner.add_flow(
+                deployment.flow,
+                name=deployment.name,
+                description=deployment.description,
+                triggers=[*deployment.triggers],
+                interval=deployment.interval,
+                tags=TAGS,
+            )
+        logger.info(
+            "serving %s; each flow run forked from a warm process",
+            ", ".join(d.name for d in deployments),
         )
-    with forked_flow_runs():
         try:
             asyncio.run(runner.start())
         except (KeyboardInterrupt, TerminationSignal) as stop:

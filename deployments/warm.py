@@ -1,13 +1,27 @@
 """Flow runs that start warm: each is forked from a process that has already imported Prefect,
 MLflow, XGBoost, Great Expectations and lakeloop's flows, instead of a new interpreter.
 
-Why. ``serve()`` starts every flow run with Prefect's ``run_flow_in_subprocess``: a *spawned*
-interpreter, which imports the server's main module again (``deployments.serve``: every flow,
-hence Prefect, MLflow, XGBoost, pandas, Evidently) before the run begins, and Great
-Expectations once it validates. Measured with ``python -m scratch.measure cold warm`` (a
-triggered flow that imports what the flows import; see the module's numbers in the commit that
-added it): the spawned process took PENDING->RUNNING seconds per run; forked from the warm
-process, RUNNING seconds.
+Why. Prefect's ``serve()`` starts every flow run as ``python -m prefect.engine``: a new
+interpreter that imports the flow's module again (Prefect, MLflow, XGBoost, pandas, lakeFS; for
+the monitor, Evidently), and Great Expectations once the run validates. Measured on the 2-core
+build machine with ``python -m benchmarks.flow_start`` (a triggered flow that imports what
+lakeloop's flows import, then Great Expectations; medians of 5 runs, with the machine loaded 7-9
+by other work; idle, the cold start was 4.3 s and a monitor run's 10 s)::
+
+    hop                                       cold (serve)   warm (forked)
+    event -> flow run created                     0.87 s        0.36 s
+    created -> Pending (runner poll)              7.23 s        0.68 s
+    Pending -> Running (process + imports)       31.66 s        1.03 s
+    Running -> first task (GX import)             7.50 s        0.22 s
+    event -> first task                          49.11 s        2.11 s
+
+With one run at a time, the next run also waits for the previous run's process to exit: an
+interpreter that imported the flows' libraries took 7-11 s to finalise here (its ``atexit``
+functions 0.3 ms of it), where a forked child flushes Prefect's log and event workers (they drain
+at thread shutdown, which ``multiprocessing`` runs) and ends with ``os._exit`` (created -> Pending
+above). Functions that libraries register with ``atexit`` do not run in a forked child; of those
+imported here only MLflow's (end a run left active) matters, and lakeloop ends its MLflow runs
+itself (``lakeloop/registry.py``); a run left active by a crash is what its recovery handles.
 
 How. Python's ``forkserver`` start method is the warm parent: a single-threaded process, started
 once beside the runner, that imports :data:`PRELOADED` and then forks one child per flow run.
@@ -24,7 +38,7 @@ The other ways measured or read, and why not them:
   ``prefect.task_worker.serve``, which run *tasks* in threads of one process): no process start
   at all, but one run that segfaults, runs out of memory or calls ``os._exit`` takes every other
   run with it, and task workers give up the flow run (its state, retries, concurrency limit).
-  Prefect 3.8's ``Runner`` offers no in-process mode for this reason.
+  Prefect 3.8's ``Runner`` has no in-process mode: each of its starters starts a process.
 - Pre-warming a spawned interpreter (compiled bytecode, lazy imports): the bytecode is already
   compiled in the virtual environment; the seconds are spent executing the modules, which a new
   interpreter must do again. Lazy imports only move that time into the run.
