@@ -15,6 +15,9 @@ by other work; idle, the cold start was 4.3 s and a monitor run's 10 s)::
     Running -> first task (GX import)             7.50 s        0.22 s
     event -> first task                          49.11 s        2.11 s
 
+A second run of the benchmark itself, with the machine loaded 13-17: event -> first task 64.6 s
+cold, 5.9 s warm (Pending -> Running 39.7 s and 2.0 s).
+
 With one run at a time, the next run also waits for the previous run's process to exit: an
 interpreter that imported the flows' libraries took 7-11 s to finalise here (its ``atexit``
 functions 0.3 ms of it), where a forked child flushes Prefect's log and event workers (they drain
@@ -22,6 +25,11 @@ at thread shutdown, which ``multiprocessing`` runs) and ends with ``os._exit`` (
 above). Functions that libraries register with ``atexit`` do not run in a forked child; of those
 imported here only MLflow's (end a run left active) matters, and lakeloop ends its MLflow runs
 itself (``lakeloop/registry.py``); a run left active by a crash is what its recovery handles.
+
+What it costs: the warm parent stays resident beside the runner (about 470-580 MB RSS, 416 MB
+PSS, measured in the e2e stack), shared copy-on-write with the runs it forks; and a flow's code is
+the code imported when the flow server started (``lakeloop up`` again, or a restart of the
+``flows`` service, picks up an edit; ``serve()`` read the flow's file again for every run).
 
 How. Python's ``forkserver`` start method is the warm parent: a single-threaded process, started
 once beside the runner, that imports :data:`PRELOADED` and then forks one child per flow run.
