@@ -33,9 +33,9 @@ the code imported when the flow server started (``lakeloop up`` again, or a rest
 
 How. Python's ``forkserver`` start method is the warm parent: a single-threaded process, started
 once beside the runner, that imports :data:`PRELOADED` and then forks one child per flow run.
-The child runs the flow run exactly as Prefect's own ``run_flow_in_subprocess`` does (same
-environment, settings, signal handling and control channel; this module's
-:func:`run_flow_in_forkserver` is that function with the start method changed), so each run keeps
+The child runs the flow run through Prefect's own ``run_flow_in_subprocess`` (same environment,
+settings, signal handling and control channel: only the ``spawn`` context it asks
+``multiprocessing`` for is the forkserver instead, see :func:`forked_flow_runs`), so each run keeps
 its own process: its own state, logs, artifacts, retries, and a crash that ends only it (the
 runner sees the exit code and marks that run Crashed). The runner process itself never forks: it
 runs threads and an event loop, which a fork would copy half-way.
@@ -59,33 +59,13 @@ run after ``lakeloop up`` is warm too.
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
-import multiprocessing.context
 import multiprocessing.forkserver
-import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from prefect.context import SettingsContext, get_settings_context, serialize_context
-from prefect.engine import handle_engine_signals
-from prefect.flow_engine import (
-    _CONTROL_CHANNEL_ENV_KEYS,
-    _run_serialized_call_with_control_bootstrap,
-    _runtime_subprocess_env,
-    run_flow,
-)
-from prefect.runner import _starter_direct
-from prefect.settings.context import get_current_settings
-from prefect.settings.models.root import Settings
-from prefect.utilities.callables import cloudpickle_wrapped_call
-from prefect.utilities.processutils import sanitize_subprocess_env
-
-if TYPE_CHECKING:
-    from prefect.client.schemas.objects import FlowRun
-    from prefect.flows import Flow
+from prefect import flow_engine
 
 PRELOADED = (
     "deployments.serve",  # every flow: Prefect, MLflow, XGBoost, pandas, Evidently, lakeFS
@@ -102,74 +82,26 @@ def forked_flow_runs(preload: Iterable[str] = PRELOADED) -> Iterator[None]:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(preload))
     multiprocessing.forkserver.ensure_running()
-    # Prefect's direct starter calls this module-level function for each flow run of a served
-    # flow; Prefect marks it as the place to override (prefect/runner/_starter_direct.py).
-    spawning = _starter_direct.run_flow_in_subprocess
-    _starter_direct.run_flow_in_subprocess = run_flow_in_forkserver  # type: ignore[assignment]
+    # Prefect's direct starter runs each flow run of a served flow with flow_engine's
+    # run_flow_in_subprocess (environment, settings, engine signal handling, control channel),
+    # which starts it in multiprocessing's "spawn" context: that context alone becomes the warm
+    # forkserver, and everything else Prefect does for the run stays Prefect's own code.
+    spawning = flow_engine.multiprocessing
+    flow_engine.multiprocessing = _ForkServerMultiprocessing()  # type: ignore[assignment]
     try:
         yield
     finally:
-        _starter_direct.run_flow_in_subprocess = spawning
+        flow_engine.multiprocessing = spawning
 
 
-def run_flow_in_forkserver(
-    flow: Flow[..., Any],
-    *,
-    flow_run: FlowRun | None = None,
-    parameters: dict[str, Any] | None = None,
-    wait_for: Any = None,
-    context: dict[str, Any] | None = None,
-    env: dict[str, str | None] | None = None,
-) -> multiprocessing.context.ForkServerProcess:
-    """Prefect's ``run_flow_in_subprocess`` (prefect 3.8.8, ``prefect/flow_engine.py``), the
-    process forked by the forkserver instead of spawned: same environment, settings context,
-    engine signal handling and control-channel start-up. Prefect's direct starter calls it with
-    the flow and keyword arguments."""
-    merged_env: dict[str, str | None] = {
-        **get_current_settings().to_environment_variables(exclude_unset=True),
-        **os.environ,
-        "PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS": "false",
-        **(env or {}),
-    }
-    sanitized_env = sanitize_subprocess_env(merged_env)
-    startup_env = {
-        key: value for key, value in sanitized_env.items() if key in _CONTROL_CHANNEL_ENV_KEYS
-    }
-    wrapped_call = cloudpickle_wrapped_call(
-        _run_flow_with_env,
-        env=_runtime_subprocess_env(sanitized_env),
-        remove_env={key for key, value in merged_env.items() if value is None},
-        flow=flow,
-        flow_run=flow_run,
-        parameters=parameters,
-        wait_for=wait_for,
-        context=context or serialize_context(),
-    )
-    payload = cast("partial[bytes]", wrapped_call).args[0]
-    process = multiprocessing.get_context("forkserver").Process(
-        target=_run_serialized_call_with_control_bootstrap, args=(payload, startup_env)
-    )
-    process.start()
-    return process
+class _ForkServerMultiprocessing:
+    """``multiprocessing`` as Prefect's ``flow_engine`` module sees it within
+    :func:`forked_flow_runs`: the same module, except that the ``spawn`` context its
+    ``run_flow_in_subprocess`` asks for is the warm ``forkserver``."""
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(multiprocessing, name)
 
-def _run_flow_with_env(
-    *args: Any,
-    env: dict[str, str],
-    remove_env: set[str],
-    **kwargs: Any,
-) -> None:
-    """In the child: this run's environment and a settings object read from it, then the run
-    (as ``run_flow_with_env`` inside Prefect's ``run_flow_in_subprocess``)."""
-    for key in remove_env:
-        os.environ.pop(key, None)
-    os.environ.update(env)
-    settings_context = get_settings_context()
-    flow_run = kwargs.get("flow_run")
-    with (
-        SettingsContext(profile=settings_context.profile, settings=Settings()),
-        handle_engine_signals(getattr(flow_run, "id", None)),
-    ):
-        outcome = run_flow(*args, **kwargs)
-        if asyncio.iscoroutine(outcome):
-            asyncio.run(outcome)
+    @staticmethod
+    def get_context(method: str | None = None) -> Any:
+        return multiprocessing.get_context("forkserver" if method == "spawn" else method)
