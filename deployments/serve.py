@@ -3,22 +3,28 @@
 ``python -m deployments.serve`` is the one long-lived process that runs flows in the embedded
 default; on a team server or a cluster the same deployments come from ``prefect.yaml`` with work
 pools. :func:`declared` is the one list both follow (a test holds ``prefect.yaml`` to it).
+
+Each flow run is forked from a warm process that has already imported the flows and their
+libraries, not started as a new interpreter (:mod:`deployments.warm` says why, with numbers).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from prefect import serve
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, TerminationSignal
+from prefect.logging import get_logger
+from prefect.runner import Runner
 
+from deployments.warm import forked_flow_runs
 from flows.monitor import monitor_champion
 from flows.reconcile import reconcile_commits
 from flows.retrain import retrain_on_drift
@@ -35,6 +41,10 @@ from lakeloop.events import (
 )
 from lakeloop.settings import Settings, load_settings
 from pipelines.train import promotion_lock
+
+logger = get_logger("lakeloop.flows")  # Prefect's handlers write it to the flow server's log
+
+TAGS = ["lakeloop"]
 
 # lakeFS event types that mean "the production branch has new data".
 TRAINING_EVENTS = ("lakefs.post-commit", "lakefs.post-merge")
@@ -139,9 +149,35 @@ def runner_deployment(deployment: Declared) -> RunnerDeployment:
         description=deployment.description,
         triggers=deployment.triggers,
         interval=deployment.interval,
-        tags=["lakeloop"],
+        tags=TAGS,
     )
     return runner
+
+
+def serve_forked(deployments: list[Declared], *, limit: int | None) -> None:
+    """Register the deployments and run their flow runs until stopped, at most ``limit`` at once,
+    each in its own process forked from the warm one (:mod:`deployments.warm`). What Prefect's
+    ``serve()`` does, with the flows added by ``Runner.add_flow``: ``serve()`` adds deployments
+    only, whose runs start as ``python -m prefect.engine`` and import the flow again."""
+    with forked_flow_runs():  # the warm parent imports while the deployments are registered
+        runner = Runner(limit=limit)
+        for deployment in deployments:
+            runner.add_flow(
+                deployment.flow,
+                name=deployment.name,
+                description=deployment.description,
+                triggers=[*deployment.triggers],
+                interval=deployment.interval,
+                tags=TAGS,
+            )
+        logger.info(
+            "serving %s; each flow run forked from a warm process",
+            ", ".join(d.name for d in deployments),
+        )
+        try:
+            asyncio.run(runner.start())
+        except (KeyboardInterrupt, TerminationSignal) as stop:
+            logger.info("%s: stopping the flow server", type(stop).__name__)
 
 
 def ensure_promotion_lock(settings: Settings) -> None:
@@ -157,7 +193,7 @@ def main() -> None:
     ensure_promotion_lock(settings)
     # One flow run at a time: a laptop trains one model at once, and a monitor run waits for a
     # training to finish instead of competing with it for the two cores.
-    serve(*(runner_deployment(d) for d in declared(settings)), limit=1)
+    serve_forked(declared(settings), limit=1)
 
 
 if __name__ == "__main__":
