@@ -59,13 +59,16 @@ run after ``lakeloop up`` is warm too.
 
 from __future__ import annotations
 
+import copyreg
+import importlib
 import multiprocessing
 import multiprocessing.forkserver
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
-from prefect import flow_engine
+from prefect import Flow, flow_engine
 
 PRELOADED = (
     "deployments.serve",  # every flow: Prefect, MLflow, XGBoost, pandas, Evidently, lakeFS
@@ -88,10 +91,31 @@ def forked_flow_runs(preload: Iterable[str] = PRELOADED) -> Iterator[None]:
     # forkserver, and everything else Prefect does for the run stays Prefect's own code.
     spawning = flow_engine.multiprocessing
     flow_engine.multiprocessing = _ForkServerMultiprocessing()  # type: ignore[assignment]
+    copyreg.pickle(Flow, flow_by_reference)
     try:
         yield
     finally:
         flow_engine.multiprocessing = spawning
+        copyreg.dispatch_table.pop(Flow, None)
+
+
+def flow_by_reference(flow: Flow[..., Any]) -> tuple[Any, ...]:
+    """How a flow travels to its run's process: by the module attribute it is, which the warm
+    parent has imported. Pickled by value (cloudpickle's way for a function its module does not
+    hold under its own name, and a flow's module holds the flow, not the function), a function
+    keeps only the globals its code reads: annotations postponed by ``from __future__ import
+    annotations`` (``datetime``, a ``Literal`` alias) then name nothing, and Prefect's parameter
+    validation fails ("`Retrain_On_DriftModel` is not fully defined")."""
+    module, name = flow.fn.__module__, flow.fn.__qualname__
+    if getattr(sys.modules.get(module), name, None) is flow:
+        return (imported_flow, (module, name))
+    return cast("tuple[Any, ...]", object.__reduce_ex__(flow, 4))
+
+
+def imported_flow(module: str, name: str) -> Flow[..., Any]:
+    """The flow ``name`` of ``module`` (already imported in a forked run)."""
+    found: Flow[..., Any] = getattr(importlib.import_module(module), name)
+    return found
 
 
 class _ForkServerMultiprocessing:

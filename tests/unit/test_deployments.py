@@ -3,14 +3,18 @@ they must not drift apart."""
 
 from __future__ import annotations
 
+import copyreg
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import pytest
 import yaml
+from prefect import Flow
 from prefect.utilities.callables import parameter_schema
 
 from deployments.serve import TRAINING_EVENTS, declared, training_trigger
+from deployments.warm import forked_flow_runs
 from flows.train import train_on_commit
 from lakeloop import registry
 from lakeloop.events import ALERT_FIRED, DRIFT_DETECTED
@@ -113,3 +117,33 @@ def test_training_refuses_ids_lakefs_would_never_make(repository: str, commit_id
     """A hand-started run cannot aim the flow's folders outside the state folder."""
     with pytest.raises(ValueError, match="not a lakeFS repository and commit id"):
         train_on_commit.fn(repository, commit_id)
+
+
+EXAMPLE_PARAMETERS = {
+    "train-on-commit": {"repository": "housing", "commit_id": "c0ffee"},
+    "retrain-on-drift": {
+        "champion_version": "3",
+        "window_id": "w",
+        "window_start": "2026-11-30T10:00:00+00:00",
+        "window_end": "2026-11-30T11:00:00+00:00",
+    },
+    "reconcile-commits": {"mode": "newest", "depth": 5},
+    "monitor-champion": {"window_rows": 500},
+}
+
+
+def test_every_flow_reaches_its_forked_run_able_to_validate_its_parameters(
+    settings: Settings,
+) -> None:
+    """A forked run gets its flow pickled by the runner. By value, a flow function lost what its
+    postponed annotations name (``datetime``, a ``Literal`` alias): every drift retrain and
+    reconcile run failed Prefect's parameter validation while training runs passed."""
+    deployments = declared(settings)
+    assert {deployment.name for deployment in deployments} == set(EXAMPLE_PARAMETERS)
+    with forked_flow_runs(preload=()):
+        for deployment in deployments:
+            travelled = cloudpickle.loads(cloudpickle.dumps(deployment.flow))
+            assert travelled is deployment.flow  # by reference: the module's own flow
+            checked = travelled.validate_parameters(EXAMPLE_PARAMETERS[deployment.name])
+            assert set(checked) >= set(EXAMPLE_PARAMETERS[deployment.name])
+    assert Flow not in copyreg.dispatch_table  # only while the flow server serves
