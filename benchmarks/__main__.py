@@ -18,6 +18,7 @@ BENCHMARKS = [
     "benchmarks.soak",  # 120 s of mixed traffic with a hot swap: failures, latency, memory
     "benchmarks.clean_gate",  # the clean-holdout gate: legitimate vs poisoned feedback
     "benchmarks.stack",  # `lakeloop up` cold and on a running stack, `lakeloop down`
+    "benchmarks.loop",  # commit -> served and drift -> served hop by hop, beside the fit alone
 ]
 
 
