@@ -553,15 +553,19 @@ def import_times() -> list[tuple[str, float]]:
 
 
 def print_table(title: str, runs: list[dict[str, float]], *, floor: float, floor_rows: int) -> None:
+    """Median and share per hop, with each run's seconds beside them (an outlier shows where)."""
     totals = [sum(run.values()) for run in runs]
     total = statistics.median(totals)
-    print(f"\n{title}, median of {len(runs)}: each {', '.join(f'{t:.1f}' for t in totals)} s")
-    print(f"  {'hop':<56} {'median s':>9} {'share':>6}")
+    each = "".join(f"{f'#{index}':>7}" for index in range(1, len(runs) + 1))
+    print(f"\n{title}, median of {len(runs)}:")
+    print(f"  {'hop':<52} {'median s':>9} {'share':>6}  {each}")
     for name, seconds in summarize(runs):
-        print(f"  {name:<56} {seconds:>9.2f} {seconds / total:>6.0%}")
-    print(f"  {'total (median of the totals)':<56} {total:>9.2f} {1:>6.0%}")
-    print(f"  {f'floor: fit + evaluate in process, {floor_rows:,} rows':<56} {floor:>9.2f}")
-    print(f"  {'total / floor':<56} {total / floor:>8.1f}x", flush=True)
+        values = "".join(f"{run.get(name, 0.0):>7.2f}" for run in runs)
+        print(f"  {name:<52} {seconds:>9.2f} {seconds / total:>6.0%}  {values}")
+    values = "".join(f"{value:>7.2f}" for value in totals)
+    print(f"  {'total (median of the totals)':<52} {total:>9.2f} {1:>6.0%}  {values}")
+    print(f"  {f'floor: fit + evaluate in process, {floor_rows:,} rows':<52} {floor:>9.2f}")
+    print(f"  {'total / floor':<52} {total / floor:>8.1f}x", flush=True)
 
 
 def report(measured: Measured, *, commits: int) -> None:
@@ -601,7 +605,7 @@ def main() -> None:
         report(measured, commits=args.commits)
     print("\nprocess start + imports, measured apart (fresh interpreter, fastest of 3):")
     for label, seconds in import_times():
-        print(f"  {label:<56} {seconds:>9.2f}")
+        print(f"  {label:<52} {seconds:>9.2f}")
     print(f"\nload average at end: {os.getloadavg()[0]:.2f} (1 min)")
 
 
