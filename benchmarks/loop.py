@@ -24,8 +24,10 @@ Where the time goes is read from the servers, not from the flow's own code:
   new model; it lands inside ``verify_deployment``, the step that asks the API to swap.
 
 Batches accumulate on main as they would in use: the k-th counted commit trains on (k + 1)
-batches. The floor is ``lakeloop.model.train`` (split, fit, evaluate) in a fresh process on the
-same batches, fastest of three. Prints a table per size; asserts nothing.
+batches. The floor is ``lakeloop.model.train`` (split, fit, evaluate), fastest of three in a
+fresh process, on exactly the rows the median run trained on (read back from lakeFS by the flow's
+own steps before the stack stops). Prints a table per size, each run's seconds beside the median;
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -335,15 +337,27 @@ class Measured:
     commits: list[dict[str, float]] = field(default_factory=list)
     drifts: list[dict[str, float]] = field(default_factory=list)
     ingest: list[float] = field(default_factory=list)
-    floors: list[float] = field(default_factory=list)
-    drift_floor: float = 0.0
+    trained_on: dict[str, list[str]] = field(default_factory=dict)
+    """The commit each counted run trained on, per kind (``commit``, ``drift``)."""
+    floor: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """Per kind: the floor's seconds on the training rows of the run whose total is the median,
+    and how many rows that is."""
+
+    def runs(self, kind: str) -> list[dict[str, float]]:
+        return self.commits if kind == "commit" else self.drifts
+
+
+def middle(runs: list[dict[str, float]]) -> int:
+    """Index of the run whose total is the median (the upper one of two)."""
+    return sorted(range(len(runs)), key=lambda index: sum(runs[index].values()))[len(runs) // 2]
 
 
 def commit_to_served(
     settings: Any, folder: Path, *, rows: int, seed: int
-) -> tuple[float, Timeline]:
+) -> tuple[float, Timeline, str]:
     """Ingest one batch of ``rows`` sales; the seconds the ingest took (upload, commit, the
-    pre-merge checks, merge) and the timeline from the merge to the API serving its model."""
+    pre-merge checks, merge), the timeline from the merge to the API serving its model, and the
+    commit."""
     from lakeloop import events, lakefs_client, loop  # noqa: PLC0415
     from lakeloop.dataset import load_spec  # noqa: PLC0415
     from lakeloop.ingest import inspect_source, write_parquet  # noqa: PLC0415
@@ -373,12 +387,14 @@ def commit_to_served(
         "lakefs.post-merge", settings.lakefs.repository, settings.lakefs.branch, commit_id
     )
     received = event_received(settings, event_id)
-    return took, run_timeline(settings, run.id, start=merged, served=served, received=received)
+    timeline = run_timeline(settings, run.id, start=merged, served=served, received=received)
+    return took, timeline, commit_id
 
 
-def drift_to_served(settings: Any, *, seed: int) -> Timeline:
+def drift_to_served(settings: Any, *, seed: int) -> tuple[Timeline, str]:
     """Shifted traffic with its sale prices, then the drift event the monitor would send; the
-    timeline from the event to the API serving the retrained champion."""
+    timeline from the event to the API serving the retrained champion, and the commit it
+    trained on."""
     from lakeloop import events, loop  # noqa: PLC0415
     from lakeloop.dataset import load_spec  # noqa: PLC0415
     from monitoring.events import drift_event  # noqa: PLC0415
@@ -424,7 +440,8 @@ def drift_to_served(settings: Any, *, seed: int) -> Timeline:
     )
     served = watch.wait(timeout=120)
     received = event_received(settings, event["id"])
-    return run_timeline(settings, run.id, start=emitted, served=served, received=received)
+    timeline = run_timeline(settings, run.id, start=emitted, served=served, received=received)
+    return timeline, str(watch.model["lakefs_commit_id"])
 
 
 def measure(rows: int, *, commits: int) -> Measured:
@@ -441,7 +458,7 @@ def measure(rows: int, *, commits: int) -> Measured:
             from lakeloop.settings import load_settings  # noqa: PLC0415
 
             settings = load_settings()
-            _, first = commit_to_served(settings, root, rows=rows, seed=rows)
+            _, first, _ = commit_to_served(settings, root, rows=rows, seed=rows)
             measured.first_commit = (first.served - first.start).total_seconds()
             print(
                 f"  {rows:,} rows: first commit (no champion yet) → served "
@@ -450,9 +467,12 @@ def measure(rows: int, *, commits: int) -> Measured:
             )
             for index in range(1, commits + 1):
                 wait_quiet(settings.state_dir)
-                took, timeline = commit_to_served(settings, root, rows=rows, seed=rows + index)
+                took, timeline, commit_id = commit_to_served(
+                    settings, root, rows=rows, seed=rows + index
+                )
                 measured.ingest.append(took)
                 measured.commits.append(hops(timeline))
+                measured.trained_on.setdefault("commit", []).append(commit_id)
                 print(
                     f"  commit {index}: → served {sum(measured.commits[-1].values()):.1f} s "
                     f"(ingest {took:.1f} s)",
@@ -460,12 +480,21 @@ def measure(rows: int, *, commits: int) -> Measured:
                 )
             for index in range(1, commits + 1):
                 wait_quiet(settings.state_dir)
-                timeline = drift_to_served(settings, seed=rows * 10 + index)
+                timeline, commit_id = drift_to_served(settings, seed=rows * 10 + index)
                 measured.drifts.append(hops(timeline))
+                measured.trained_on.setdefault("drift", []).append(commit_id)
                 print(
                     f"  drift {index}: → served {sum(measured.drifts[-1].values()):.1f} s",
                     flush=True,
                 )
+            frames = {
+                kind: export_training_frame(
+                    settings,
+                    trained[middle(measured.runs(kind))],
+                    root / f"floor-{kind}.parquet",
+                )
+                for kind, trained in measured.trained_on.items()
+            }
         finally:
             os.environ.clear()
             os.environ.update(saved)
@@ -477,55 +506,64 @@ def measure(rows: int, *, commits: int) -> Measured:
                 check=False,
                 timeout=300,
             )
-    # The k-th counted commit trained on the first k + 1 batches.
-    measured.floors = _run_floor(rows, [rows + index for index in range(commits + 1)], env=env)
-    measured.drift_floor = measured.floors[-1]
+        measured.floor = dict(zip(frames, _run_floor(list(frames.values()), env=env), strict=True))
     return measured
 
 
 # --- the floor -----------------------------------------------------------------------------
 
 
-def floors(rows: int, seeds: list[int]) -> list[float]:
-    """For each prefix of ``seeds`` but the first: the fastest of three ``lakeloop.model.train``
-    (split, fit, evaluate) on those batches together, in this process."""
+def export_training_frame(settings: Any, commit_id: str, path: Path) -> Path:
+    """The rows the flow trained on at ``commit_id`` (its own read and training-frame steps, in
+    this process), written to ``path``, with the feedback mask beside it."""
+    import numpy as np  # noqa: PLC0415
+
+    from lakeloop.dataset import load_spec  # noqa: PLC0415
+    from pipelines import train as pipeline  # noqa: PLC0415
+
+    spec = load_spec(settings.dataset)
+    repository = settings.lakefs.repository
+    tables = pipeline.read_commit(settings, repository, commit_id)
+    ingested = pipeline.ingested_under(settings, spec, repository, commit_id, list(tables))
+    data = pipeline.training_frame(settings, spec, tables, ingested)
+    data.frame.to_parquet(path)
+    np.save(path.with_suffix(".npy"), data.feedback)
+    return path
+
+
+def floors(paths: list[Path]) -> list[tuple[float, int]]:
+    """For each exported training frame: the fastest of three ``lakeloop.model.train`` (split,
+    fit, evaluate) on it, in this process, and its rows."""
+    import numpy as np  # noqa: PLC0415
     import pandas as pd  # noqa: PLC0415
 
     from benchmarks.timing import best_of  # noqa: PLC0415
     from lakeloop.dataset import load_spec  # noqa: PLC0415
     from lakeloop.model import train  # noqa: PLC0415
     from lakeloop.settings import load_settings  # noqa: PLC0415
-    from tooling import market  # noqa: PLC0415
 
     spec = load_spec()
     training = load_settings().training
-    batches = [market.generate_batch(rows=rows, seed=seed) for seed in seeds]
     found = []
-    for count in range(2, len(batches) + 1):
-        frame = pd.concat(batches[:count], ignore_index=True)
-        found.append(best_of(functools.partial(train, frame, spec, training)))
+    for path in paths:
+        frame = pd.read_parquet(path)
+        feedback = np.load(path.with_suffix(".npy"))
+        fit = functools.partial(train, frame, spec, training, feedback=feedback)
+        found.append((best_of(fit), len(frame)))
     return found
 
 
-def _run_floor(rows: int, seeds: list[int], *, env: dict[str, str]) -> list[float]:
+def _run_floor(paths: list[Path], *, env: dict[str, str]) -> list[tuple[float, int]]:
     """:func:`floors` in a fresh interpreter with the stack's environment (its OpenMP policy)."""
     env = {name: value for name, value in env.items() if name != "LAKELOOP_STATE_DIR"}
     child = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.loop",
-            "--floor",
-            str(rows),
-            "--seeds",
-            *map(str, seeds),
-        ],
+        [sys.executable, "-m", "benchmarks.loop", "--floor", *map(str, paths)],
         env=env,
         capture_output=True,
         text=True,
         check=True,
     )
-    return list(json.loads(child.stdout.strip().splitlines()[-1]))
+    return [(seconds, rows) for seconds, rows in json.loads(child.stdout.strip().splitlines()[-1])]
 
 
 # What the flow run process imports before its run is Running, each in a fresh interpreter.
@@ -552,7 +590,7 @@ def import_times() -> list[tuple[str, float]]:
 # --- printing ------------------------------------------------------------------------------
 
 
-def print_table(title: str, runs: list[dict[str, float]], *, floor: float, floor_rows: int) -> None:
+def print_table(title: str, runs: list[dict[str, float]], *, floor: tuple[float, int]) -> None:
     """Median and share per hop, with each run's seconds beside them (an outlier shows where)."""
     totals = [sum(run.values()) for run in runs]
     total = statistics.median(totals)
@@ -564,26 +602,26 @@ def print_table(title: str, runs: list[dict[str, float]], *, floor: float, floor
         print(f"  {name:<52} {seconds:>9.2f} {seconds / total:>6.0%}  {values}")
     values = "".join(f"{value:>7.2f}" for value in totals)
     print(f"  {'total (median of the totals)':<52} {total:>9.2f} {1:>6.0%}  {values}")
-    print(f"  {f'floor: fit + evaluate in process, {floor_rows:,} rows':<52} {floor:>9.2f}")
-    print(f"  {'total / floor':<52} {total / floor:>8.1f}x", flush=True)
+    seconds, rows = floor
+    label = f"floor: fit + evaluate in process ({rows:,} rows)"
+    print(f"  {label:<52} {seconds:>9.2f}")
+    print(f"  {'total / floor':<52} {total / seconds:>8.1f}x", flush=True)
 
 
 def report(measured: Measured, *, commits: int) -> None:
     rows = measured.rows
-    middle = sorted(range(commits), key=lambda i: sum(measured.commits[i].values()))[commits // 2]
+    print(f"\nfirst commit (no champion yet) → served: {measured.first_commit:.1f} s")
     print_table(
         f"commit → served, batches of {rows:,} rows (main holds {2 * rows:,}-"
         f"{(commits + 1) * rows:,}; ingest {statistics.median(measured.ingest):.1f} s before it)",
         measured.commits,
-        floor=measured.floors[middle],
-        floor_rows=(middle + 2) * rows,
+        floor=measured.floor["commit"],
     )
     print_table(
         f"drift event → served, {TRAFFIC_ROWS:,} reported prices per retrain "
         f"(main holds {(commits + 1) * rows:,} rows + the folded prices)",
         measured.drifts,
-        floor=measured.drift_floor,
-        floor_rows=(commits + 1) * rows,
+        floor=measured.floor["drift"],
     )
 
 
@@ -593,11 +631,12 @@ def main() -> None:
     parser.add_argument(
         "--commits", type=int, default=COMMITS, help="commits (and drifts) per size"
     )
-    parser.add_argument("--floor", type=int, help="(internal) time the floor on ROWS-row batches")
-    parser.add_argument("--seeds", type=int, nargs="*", default=[], help="(internal) with --floor")
+    parser.add_argument(
+        "--floor", type=Path, nargs="+", help="(internal) time the floor on exported frames"
+    )
     args = parser.parse_args()
     if args.floor:
-        print(json.dumps(floors(args.floor, args.seeds)))
+        print(json.dumps(floors(args.floor)))
         return
     print(f"load average at start: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} cores")
     for rows in args.sizes:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from benchmarks.loop import BETWEEN_STEPS, TO_SERVED, Span, Timeline, hops, summarize
+from benchmarks.loop import BETWEEN_STEPS, TO_SERVED, Span, Timeline, hops, middle, summarize
 
 START = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -86,3 +86,9 @@ def test_summary_is_the_median_per_hop_with_a_missing_hop_as_zero_in_first_seen_
     ]
 
     assert summarize(runs) == [("event", 2.0), ("fit", 4.0), ("retry", 0.0)]
+
+
+def test_the_floor_is_taken_on_the_run_whose_total_is_the_median() -> None:
+    runs = [{"fit": 9.0, "log": 1.0}, {"fit": 1.0}, {"fit": 2.0, "log": 2.0}]
+
+    assert middle(runs) == 2
