@@ -23,6 +23,10 @@ Where the time goes is read from the servers, not from the flow's own code:
 - the swap: polling ``GET /v1/model`` every 0.1 s from the merge (or the event) until it names the
   new model; it lands inside ``verify_deployment``, the step that asks the API to swap.
 
+Each measure starts on a quiet loop: after the previous flow run's process has exited (a run is
+COMPLETED before its process is gone, and the runner starts one at a time). The process start
+and imports hop is also measured apart, in a fresh interpreter after the stacks stopped.
+
 Batches accumulate on main as they would in use: the k-th counted commit trains on (k + 1)
 batches. The floor is ``lakeloop.model.train`` (split, fit, evaluate), fastest of three in a
 fresh process, on exactly the rows the median run trained on (read back from lakeFS by the flow's
