@@ -19,6 +19,7 @@ BENCHMARKS = [
     "benchmarks.clean_gate",  # the clean-holdout gate: legitimate vs poisoned feedback
     "benchmarks.stack",  # `lakeloop up` cold and on a running stack, `lakeloop down`
     "benchmarks.flow_start",  # event -> running flow run: serve()'s new process vs forked warm
+    "benchmarks.loop",  # commit -> served and drift -> served hop by hop, beside the fit alone
 ]
 
 
