@@ -40,7 +40,6 @@ import argparse
 import functools
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from benchmarks.stack import free_port, lakeloop
 
 SIZES = (5_000, 100_000)
 COMMITS = 3
@@ -267,12 +268,6 @@ class ServedWatch:
 # --- driving the stack ---------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def stack_env(state_dir: Path) -> dict[str, str]:
     """This process's environment without lakeloop's, Prefect's and MLflow's settings, plus a
     scratch state folder and free ports."""
@@ -292,13 +287,16 @@ def stack_env(state_dir: Path) -> dict[str, str]:
 
 
 def flow_processes(state_dir: Path) -> list[int]:
-    """Pids of flow run processes (``python -m prefect.engine``) of the stack whose state folder
-    is ``state_dir`` (read from each process's environment)."""
+    """Pids of flow run processes of the stack whose state folder is ``state_dir`` (read from
+    each process's environment): ``python -m prefect.engine`` where runs are spawned, a child of
+    the forkserver (same command line, the forkserver its parent) where they are forked."""
     found = []
     marker = f"LAKELOOP_STATE_DIR={state_dir}".encode()
     for proc in Path("/proc").iterdir():
         try:
-            if b"prefect.engine" not in (proc / "cmdline").read_bytes():
+            command = (proc / "cmdline").read_bytes()
+            forked = FORKSERVER in command and FORKSERVER in _parent_command(proc)
+            if b"prefect.engine" not in command and not forked:
                 continue
             if marker in (proc / "environ").read_bytes().split(b"\0"):
                 found.append(int(proc.name))
@@ -307,29 +305,20 @@ def flow_processes(state_dir: Path) -> list[int]:
     return found
 
 
+FORKSERVER = b"multiprocessing.forkserver"
+
+
+def _parent_command(proc: Path) -> bytes:
+    parent = (proc / "stat").read_text().rpartition(")")[2].split()[1]
+    return Path(f"/proc/{parent}/cmdline").read_bytes()
+
+
 def wait_quiet(state_dir: Path, *, timeout: float = 120.0) -> None:
     """Wait until the last flow run's process has exited: the runner starts one run at a time,
     and a run is COMPLETED before its process is gone; a measure starts on a quiet loop."""
     deadline = time.monotonic() + timeout
     while flow_processes(state_dir) and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)
-
-
-def lakeloop(env: dict[str, str], cwd: Path, *args: str) -> float:
-    """Run ``python -m tooling ARGS``; seconds it took. Fails loudly if it did not succeed."""
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "tooling", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"lakeloop {' '.join(args)} failed:\n{done.stdout[-3000:]}{done.stderr}")
-    return time.perf_counter() - started
 
 
 @dataclass
