@@ -28,7 +28,7 @@ itself (``lakeloop/registry.py``); a run left active by a crash is what its reco
 
 What it costs: the warm parent stays resident beside the runner (about 470-580 MB RSS, 416 MB
 PSS, measured in the e2e stack), shared copy-on-write with the runs it forks; and a flow's code is
-the code imported when the flow server started (``lakeloop up`` again, or a restart of the
+the code imported when the flow server started (``lakeloop down`` then ``up``, or a restart of the
 ``flows`` service, picks up an edit; ``serve()`` read the flow's file again for every run).
 
 How. Python's ``forkserver`` start method is the warm parent: a single-threaded process, started
