@@ -53,12 +53,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.stack import free_port, lakeloop
+from benchmarks.stack import lakeloop, scratch_env, stop_stack
 
 SIZES = (5_000, 100_000)
 COMMITS = 3
 TRAFFIC_ROWS = 1_000
-SERVICES = ("lakefs", "mlflow", "prefect", "gateway", "api")
 POLL_SECONDS = 0.1
 RUN_TIMEOUT = 1_800.0
 
@@ -269,20 +268,11 @@ class ServedWatch:
 
 
 def stack_env(state_dir: Path) -> dict[str, str]:
-    """This process's environment without lakeloop's, Prefect's and MLflow's settings, plus a
-    scratch state folder and free ports."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("LAKELOOP_", "PREFECT_", "MLFLOW_"))
-    }
-    env["LAKELOOP_STATE_DIR"] = str(state_dir)
-    env["LAKELOOP_LAKEFS__DOWNLOAD"] = "false"
-    # Every training ends in a swap (see the module docstring).
+    """The stack benchmark's scratch environment, with the gate opened so that every training
+    ends in a swap (see the module docstring)."""
+    env = scratch_env(state_dir)
     env["LAKELOOP_TRAINING__CHAMPION_TOLERANCE"] = "1"
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the stack's children run
-    for name in SERVICES:
-        env[f"LAKELOOP_{name.upper()}__PORT"] = str(free_port())
     return env
 
 
@@ -491,14 +481,7 @@ def measure(rows: int, *, commits: int) -> Measured:
         finally:
             os.environ.clear()
             os.environ.update(saved)
-            subprocess.run(
-                [sys.executable, "-m", "tooling", "down"],
-                env=env,
-                cwd=root,
-                capture_output=True,
-                check=False,
-                timeout=300,
-            )
+            stop_stack(env, root)
         measured.floor = dict(zip(frames, _run_floor(list(frames.values()), env=env), strict=True))
     return measured
 

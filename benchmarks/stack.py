@@ -47,18 +47,37 @@ def lakeloop(env: dict[str, str], cwd: Path, *args: str) -> float:
     return took
 
 
+def scratch_env(state_dir: Path) -> dict[str, str]:
+    """This process's environment without lakeloop's, Prefect's and MLflow's settings, plus a
+    scratch state folder, the built-in lakeFS (no download) and free ports."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("LAKELOOP_", "PREFECT_", "MLFLOW_"))
+    }
+    env["LAKELOOP_STATE_DIR"] = str(state_dir)
+    env["LAKELOOP_LAKEFS__DOWNLOAD"] = "false"
+    for name in SERVICES:
+        env[f"LAKELOOP_{name.upper()}__PORT"] = str(free_port())
+    return env
+
+
+def stop_stack(env: dict[str, str], cwd: Path) -> None:
+    """`lakeloop down`, whatever state a benchmark left the stack in."""
+    subprocess.run(
+        [sys.executable, "-m", "tooling", "down"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        check=False,
+        timeout=300,
+    )
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lakeloop-bench-stack-") as scratch:
         root = Path(scratch)
-        env = {
-            name: value
-            for name, value in os.environ.items()
-            if not name.startswith(("LAKELOOP_", "PREFECT_", "MLFLOW_"))
-        }
-        env["LAKELOOP_STATE_DIR"] = str(root / "state")
-        env["LAKELOOP_LAKEFS__DOWNLOAD"] = "false"
-        for name in SERVICES:
-            env[f"LAKELOOP_{name.upper()}__PORT"] = str(free_port())
+        env = scratch_env(root / "state")
         try:
             first = lakeloop(env, root, "up")
             down_first = lakeloop(env, root, "down")
@@ -70,13 +89,7 @@ def main() -> None:
                 again = None
             down = lakeloop(env, root, "down")
         finally:
-            subprocess.run(
-                [sys.executable, "-m", "tooling", "down"],
-                env=env,
-                cwd=root,
-                capture_output=True,
-                check=False,
-            )
+            stop_stack(env, root)
     print(f"{'lakeloop up, fresh state folder':<40}{first:>8.1f} s")
     print(f"{'lakeloop up, cold (after down)':<40}{cold:>8.1f} s")
     shown = f"{again:>8.1f} s" if again is not None else "   refused"

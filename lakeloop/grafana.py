@@ -320,11 +320,14 @@ def merged_policy(
     current: dict[str, Any], ours: dict[str, Any], *, folder_title: str
 ) -> dict[str, Any]:
     """The organisation's notification policy tree with the file's tree as its first child
-    route, for the alerts of the lakeloop alert folder only (Grafana labels every alert with
-    its rule's ``grafana_folder``, the NoData and Error alerts too): the team's own root and
+    route, for the alerts of the lakeloop alert folder only: the team's own root and
     routes stay as they are. The child lakeloop wrote before is replaced, so syncing twice
     changes nothing. (Grafana's file provisioning, in lakeloop's own Grafana, replaces the
     whole tree with the file's instead.)"""
+    # Grafana's scheduler adds `grafana_folder` (the folder's title) to every alert's labels
+    # (GetRuleExtraLabels, unless the instance turned that label off), and a NoData or Error
+    # alert is the state's labels with only `alertname` changed (state/compat.go): the marked
+    # route sees all three kinds of lakeloop alert.
     mark = ["grafana_folder", "=", folder_title]
     ours_as_child = {
         key: value for key, value in ours.items() if key not in ("orgId", "provenance")

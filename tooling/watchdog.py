@@ -11,7 +11,7 @@ supervisor folder, where `lakeloop status` reads it and shows the service's last
 `lakeloop up` starts such a service again.
 
 Run as ``python -m tooling.watchdog FOLDER LIMIT WINDOW`` by supervisord only: its standard
-input and output are supervisord's event protocol. It imports nothing of lakeloop.
+input and output are supervisord's event protocol.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from supervisor import childutils
+
+from lakeloop.stores.objects import write_atomically
 
 GAVE_UP_FILE = "gave-up.json"
 STOPPABLE = ("STARTING", "RUNNING", "BACKOFF")
@@ -50,10 +52,7 @@ def forget(folder: Path, names: list[str]) -> None:
 
 
 def _write(folder: Path, record: dict[str, dict[str, Any]]) -> None:
-    path = folder / GAVE_UP_FILE
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(record, indent=2))
-    partial.replace(path)
+    write_atomically(folder / GAVE_UP_FILE, json.dumps(record, indent=2).encode())
 
 
 class Watchdog:

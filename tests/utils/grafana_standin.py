@@ -140,6 +140,17 @@ def _rule_problems(
     ]
 
 
+def _contact_point(uid: str, data: dict[str, Any]) -> dict[str, Any]:
+    """An ``EmbeddedContactPoint`` as Grafana stores it from a create or an update body."""
+    return {
+        "uid": uid,
+        "name": data["name"],
+        "type": data["type"],
+        "settings": data["settings"],
+        "disableResolveMessage": bool(data.get("disableResolveMessage", False)),
+    }
+
+
 DEFAULT_RECEIVER = "grafana-default-email"
 """The contact point of a new organisation's default configuration, its policy tree's root."""
 
@@ -514,13 +525,7 @@ class GrafanaStandIn:
             uid = data.get("uid") or f"c{next(self._ids)}"
             if uid in self.contact_points:
                 return _invalid(f"invalid object specification: uid {uid} is already used")
-            point = {
-                "uid": uid,
-                "name": data["name"],
-                "type": data["type"],
-                "settings": data["settings"],
-                "disableResolveMessage": bool(data.get("disableResolveMessage", False)),
-            }
+            point = _contact_point(uid, data)
             self.contact_points[uid] = versioned(None, point, provenance(request))
             return Response(shown(self.contact_points[uid]), status_code=202)
 
@@ -539,13 +544,7 @@ class GrafanaStandIn:
                 refused := denied(request, "alert.notifications.receivers.protected:write")
             ):
                 return refused
-            point = {
-                "uid": uid,
-                "name": data["name"],
-                "type": data["type"],
-                "settings": data["settings"],
-                "disableResolveMessage": bool(data.get("disableResolveMessage", False)),
-            }
+            point = _contact_point(uid, data)
             self.contact_points[uid] = versioned(old, point, provenance(request))
             return Response({"message": "contactpoint updated"}, status_code=202)
 
