@@ -83,6 +83,8 @@ PRELOADED = (
     "git",
     "mlflow.pyfunc.scoring_server",
     "mlflow.types.responses",
+    # Last: the caches a run's first call would fill in its own process (see the module).
+    "deployments.warm_caches",
 )
 """What the warm parent imports once, before it forks any run."""
 

@@ -107,7 +107,8 @@ def running_span(served: Served, run_id: str) -> tuple[datetime, datetime]:
 
 
 def started_in(folder: Path, name: str) -> tuple[int, bool]:
-    """The process the run ran in, and whether Great Expectations was imported before it began."""
+    """The process the run ran in, and whether it began warm (Great Expectations imported and
+    MLflow's distribution map built before its body ran)."""
     pid, warm = (folder / f"{name}.started").read_text().split()
     return int(pid), warm == "True"
 

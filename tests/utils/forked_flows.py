@@ -2,10 +2,11 @@
 warm process, :mod:`deployments.warm`), for tests that watch runs crash, wait and overlap: run
 ``python -m tests.utils.forked_flows LIMIT`` beside a Prefect server.
 
-Each run writes ``<folder>/<name>.started``: the process it ran in and whether Great Expectations
-was already imported when its body began (a warm process imported it; a new interpreter would
-not have); then it waits until ``<folder>/<name>.go`` exists; with ``crash`` it
-SIGKILLs its own process instead, as the OOM killer would."""
+Each run writes ``<folder>/<name>.started``: the process it ran in and whether it began warm:
+Great Expectations already imported and MLflow's distribution map already built
+(:mod:`deployments.warm_caches`; a new interpreter would have neither); then it waits until
+``<folder>/<name>.go`` exists; with ``crash`` it SIGKILLs its own process instead, as the OOM
+killer would."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from mlflow.utils import requirements_utils
 from prefect import flow, get_run_logger
 
 from deployments.serve import Declared, serve_forked
@@ -29,7 +31,9 @@ WAIT_SECONDS = 300.0
 def witness(name: str, folder: str, crash: bool = False) -> str:
     """Say where it runs, then wait for the test's go, or kill its own process."""
     logger = get_run_logger()
-    warm = "great_expectations" in sys.modules
+    # Read here, not through deployments.warm_caches: importing that module fills the map.
+    built = getattr(requirements_utils, "_MODULES_TO_PACKAGES", None) is not None
+    warm = "great_expectations" in sys.modules and built
     logger.info("witness %s: pid %d, parent %d, warm %s", name, os.getpid(), os.getppid(), warm)
     Path(folder, f"{name}.started").write_text(f"{os.getpid()} {warm}")
     if crash:
