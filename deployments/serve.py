@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.deployments.runner import RunnerDeployment
@@ -24,7 +26,7 @@ from prefect.exceptions import ObjectAlreadyExists, TerminationSignal
 from prefect.logging import get_logger
 from prefect.runner import Runner
 
-from deployments.warm import forked_flow_runs
+from deployments.warm import forked_flow_runs, wait_until_warm
 from flows.monitor import monitor_champion
 from flows.reconcile import reconcile_commits
 from flows.retrain import retrain_on_drift
@@ -39,12 +41,17 @@ from lakeloop.events import (
     model_resource,
     repository_resource,
 )
+from lakeloop.loop import poll
 from lakeloop.settings import Settings, load_settings
-from pipelines.train import promotion_lock
+from pipelines.runtime import promotion_lock
 
 logger = get_logger("lakeloop.flows")  # Prefect's handlers write it to the flow server's log
 
 TAGS = ["lakeloop"]
+
+PREFECT_START_SECONDS = 300.0
+"""How long the flow server waits for the Prefect server it starts beside; past it, it exits
+and supervisord starts it again."""
 
 # lakeFS event types that mean "the production branch has new data".
 TRAINING_EVENTS = ("lakefs.post-commit", "lakefs.post-merge")
@@ -154,12 +161,22 @@ def runner_deployment(deployment: Declared) -> RunnerDeployment:
     return runner
 
 
-def serve_forked(deployments: list[Declared], *, limit: int | None) -> None:
+def serve_forked(
+    deployments: list[Declared],
+    *,
+    limit: int | None,
+    prepare: Callable[[], None] = lambda: None,
+) -> None:
     """Register the deployments and run their flow runs until stopped, at most ``limit`` at once,
     each in its own process forked from the warm one (:mod:`deployments.warm`). What Prefect's
     ``serve()`` does, with the flows added by ``Runner.add_flow``: ``serve()`` adds deployments
-    only, whose runs start as ``python -m prefect.engine`` and import the flow again."""
-    with forked_flow_runs():  # the warm parent imports while the deployments are registered
+    only, whose runs start as ``python -m prefect.engine`` and import the flow again.
+
+    ``prepare`` runs while the warm parent imports; the deployments are registered (what
+    ``lakeloop up`` waits for) only once it has, so the first run is as warm as the next."""
+    with forked_flow_runs():
+        prepare()
+        wait_until_warm()
         runner = Runner(limit=limit)
         for deployment in deployments:
             runner.add_flow(
@@ -188,12 +205,26 @@ def ensure_promotion_lock(settings: Settings) -> None:
         client.create_global_concurrency_limit(limit)
 
 
+def wait_for_prefect(settings: Settings, *, timeout: float = PREFECT_START_SECONDS) -> None:
+    """Wait until the Prefect server answers its health check: ``lakeloop up`` starts the flow
+    server together with it, so that the warm parent imports while Prefect starts."""
+    poll(
+        lambda: httpx.get(f"{settings.prefect_api_url}/health", timeout=5.0).is_success,
+        what=f"the Prefect server at {settings.prefect_api_url}",
+        timeout=timeout,
+    )
+
+
 def main() -> None:
     settings = load_settings()
-    ensure_promotion_lock(settings)
+
+    def prepare() -> None:
+        wait_for_prefect(settings)
+        ensure_promotion_lock(settings)
+
     # One flow run at a time: a laptop trains one model at once, and a monitor run waits for a
     # training to finish instead of competing with it for the two cores.
-    serve_forked(declared(settings), limit=1)
+    serve_forked(declared(settings), limit=1, prepare=prepare)
 
 
 if __name__ == "__main__":

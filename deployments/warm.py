@@ -53,8 +53,14 @@ The other ways measured or read, and why not them:
 
 Prefect's own part of event -> run latency, within its documented settings: the runner asks for
 scheduled runs every ``PREFECT_RUNNER_POLL_FREQUENCY`` seconds (an integer, default 10; the stack
-sets 1, see ``tooling/stack.py``); the forkserver is started when the runner starts, so the first
-run after ``lakeloop up`` is warm too.
+sets 1, see ``tooling/stack.py``).
+
+The first run after ``lakeloop up`` is warm too: the flow server starts the warm parent first,
+then waits for Prefect (both start together with the other servers), and registers the
+deployments, which is what ``up`` waits for, only once the warm parent has finished importing
+(:func:`wait_until_warm`). When the flow server registered at once, the first commit after
+``up`` waited for those imports: merge -> run Pending 12 s in ``make demo``, against under 1 s
+for a commit 30 s later.
 """
 
 from __future__ import annotations
@@ -108,6 +114,18 @@ def forked_flow_runs(preload: Iterable[str] = PRELOADED) -> Iterator[None]:
     finally:
         flow_engine.multiprocessing = spawning
         copyreg.dispatch_table.pop(Flow, None)
+
+
+def wait_until_warm() -> None:
+    """Return once the warm parent has imported its preload: it forks nothing before, so a
+    child that does nothing starts, and ends, only then."""
+    child = multiprocessing.get_context("forkserver").Process(target=_nothing, name="warm-check")
+    child.start()
+    child.join()
+
+
+def _nothing() -> None:
+    """The child :func:`wait_until_warm` forks."""
 
 
 def flow_by_reference(flow: Flow[..., Any]) -> tuple[Any, ...]:

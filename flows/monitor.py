@@ -10,7 +10,6 @@ from prefect import flow
 
 from flows.runtime import PREFECT
 from lakeloop.settings import load_settings
-from pipelines.monitor import monitor_once
 
 
 @flow(name="monitor", log_prints=True)
@@ -19,6 +18,8 @@ def monitor_champion(
 ) -> dict[str, Any]:
     """Compare the champion's recent predictions with its training data; ask for a retrain when
     drift or rising error passes the policy's thresholds."""
+    from pipelines.monitor import monitor_once  # noqa: PLC0415 - in the run: see flows/__init__.py
+
     return monitor_once(
         load_settings(), window_rows=window_rows, window_minutes=window_minutes, runtime=PREFECT
     )

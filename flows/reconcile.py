@@ -11,8 +11,7 @@ from prefect import flow
 from flows.runtime import PREFECT
 from flows.train import train_on_commit
 from lakeloop.settings import load_settings
-from pipelines import reconcile
-from pipelines.reconcile import DEFAULT_DEPTH, DEFAULT_MIN_AGE_MINUTES, Mode
+from pipelines.reconcile_defaults import DEFAULT_DEPTH, DEFAULT_MIN_AGE_MINUTES, Mode
 
 
 @flow(name="reconcile", flow_run_name="reconcile-{mode}", log_prints=True)
@@ -23,6 +22,8 @@ def reconcile_commits(
 ) -> dict[str, Any]:
     """Train the production commits whose trigger was lost: only the newest commit with data
     (``newest``), or every missed one oldest first (``all``). Each is a training subflow run."""
+    from pipelines import reconcile  # noqa: PLC0415 - in the run: see flows/__init__.py
+
     settings = load_settings()
     reconciled = reconcile.reconcile(
         settings,

@@ -15,7 +15,6 @@ from lakeloop import loop
 from lakeloop.dataset import load_spec
 from lakeloop.events import DRIFT_DETECTED
 from lakeloop.settings import load_settings
-from pipelines.retrain import DriftWindow, retrain
 
 
 @flow(name=loop.RETRAIN_FLOW, flow_run_name="retrain-v{champion_version}", log_prints=True)
@@ -27,6 +26,8 @@ def retrain_on_drift(
     reason: str = DRIFT_DETECTED,
 ) -> dict[str, Any]:
     """Add the window's reported prices to lakeFS, then train on the newest production commit."""
+    from pipelines.retrain import DriftWindow, retrain  # noqa: PLC0415 - in the run: see flows/__init__.py
+
     settings = load_settings()
     window = DriftWindow(champion_version, window_id, window_start, window_end)
     spec = load_spec(settings.dataset)

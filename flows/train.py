@@ -13,7 +13,6 @@ from prefect import flow
 from flows.runtime import PREFECT
 from lakeloop.dataset import load_spec
 from lakeloop.settings import load_settings
-from pipelines import train
 
 
 @flow(name="train", flow_run_name="train-{commit_id:.8}", log_prints=True)
@@ -28,6 +27,8 @@ def train_on_commit(
     ``training.tune_trials`` hyperparameter trials, each a nested MLflow run), register it, and
     promote it if good. A commit already trained is skipped unless ``again`` asks for a new,
     recorded attempt (after the thresholds or the settings changed)."""
+    from pipelines import train  # noqa: PLC0415 - in the run: see flows/__init__.py
+
     settings = load_settings()
     spec = load_spec(settings.dataset)
     return train.train_commit(

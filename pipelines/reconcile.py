@@ -47,24 +47,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from mlflow.tracking import MlflowClient
 
 from lakeloop import lakefs_client, registry
 from lakeloop.events import SKIP_TRAINING_KEY
 from lakeloop.settings import Settings
+from pipelines.reconcile_defaults import DEFAULT_DEPTH, DEFAULT_MIN_AGE_MINUTES, Mode
 from pipelines.runtime import PLAIN, Runtime, run_logger, step
 from pipelines.train import TrainCommit
 
 REASON = "reconcile"
 """The ``reason`` every training started here carries."""
-Mode = Literal["newest", "all"]
-DEFAULT_DEPTH = 100
-"""Commits of the production branch's log examined (ingest-branch commits included in the count:
-with write-audit-publish, about half of them are the branch's own)."""
-DEFAULT_MIN_AGE_MINUTES = 15.0
-"""Commits younger than this are left to their webhook."""
 RUNNING_GRACE = timedelta(hours=2)
 """A RUNNING training run younger than this is a training in flight; an older one was left by a
 crash (MLflow unreachable when the run should have ended) and does not block a retrain."""

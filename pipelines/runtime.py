@@ -19,6 +19,8 @@ from typing import Any, ParamSpec, TypeVar
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
+from lakeloop.settings import Settings
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -72,6 +74,12 @@ class Runtime:
 
 PLAIN = Runtime()
 """Steps called in process: tests, benchmarks, the command line."""
+
+
+def promotion_lock(settings: Settings) -> str:
+    """Name of the lock (a Prefect global concurrency limit) that serialises promotions of one
+    model."""
+    return f"lakeloop-promote-{settings.mlflow.model_name}"
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:

@@ -33,7 +33,7 @@ from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings
 from lakeloop.validation.checks import ValidationResult
 from lakeloop.validation.report import write_report
-from pipelines.runtime import PLAIN, Runtime, run_logger, step
+from pipelines.runtime import PLAIN, Runtime, promotion_lock, run_logger, step
 
 
 @step(retries=2, delay_seconds=5)
@@ -371,11 +371,6 @@ def refusal(result: ValidationResult, blocked: registry.Blocked) -> str:
         "main through the same checks, and that commit trains."
     )
     return "\n".join(lines)
-
-
-def promotion_lock(settings: Settings) -> str:
-    """Name of the Prefect global concurrency limit that serialises promotions of one model."""
-    return f"lakeloop-promote-{settings.mlflow.model_name}"
 
 
 class TrainCommit(Protocol):

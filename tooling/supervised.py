@@ -14,7 +14,8 @@ What each part owns:
   ``START_RETRIES`` attempts that each died within ``STARTED_AFTER_SECONDS``; it stops a program's
   whole group (``stopasgroup``/``killasgroup``), and writes ``<state>/logs/<service>.log``.
 - lakeloop owns which services run (:func:`tooling.stack.services`), their readiness (each one's
-  health URL), the order (the flow server once Prefect answers) and the report.
+  health URL) and the report. Every service starts at once: the flow server waits for Prefect
+  itself, importing the flows' libraries meanwhile (:mod:`deployments.warm`).
 
 Start-up, measured (``benchmarks/stack.py``, alternating runs on the idle 2-core build machine):
 a cold `lakeloop up` 14.1 s and 13.8 s, against 14.3 s and 14.0 s with the launcher this replaced.
@@ -393,8 +394,8 @@ def start(
     lakefs_note: str = "",
     policy: RestartPolicy = POLICY,
 ) -> LocalStack:
-    """Start the services of ``wanted`` that are not running: all but the last together, the
-    last (the flow server, which needs Prefect) once they answer; return when every one answers.
+    """Start the services of ``wanted`` that are not running, all together (the flow server
+    waits for Prefect itself, while its warm parent imports); return when every one answers.
     A service that runs is left alone; a port held by something else fails before anything
     starts, naming the service and the setting that moves it. When this call started supervisord
     and something fails, everything stops again. Services a supervisord that died left running
@@ -421,15 +422,12 @@ def start(
         if not launched:
             check_ports(missing)
         watchdog.forget(supervisor.folder, [service.name for service in missing])
-        *servers, last = wanted
-        for group in (servers, [last]):
-            for service in group:
-                if service in missing:
-                    supervisor.start(service.name)
-            for service in group:
-                progress(f"waiting for {service.name}")
-                wait_ready(supervisor, service)
-                progress(f"{service.name} ready")
+        for service in missing:
+            supervisor.start(service.name)
+        for service in wanted:
+            progress(f"waiting for {service.name}")
+            wait_ready(supervisor, service)
+            progress(f"{service.name} ready")
     except BaseException:
         if launched:
             supervisor.shutdown()

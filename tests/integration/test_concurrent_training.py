@@ -30,7 +30,7 @@ from lakefs_local import create_app as create_lakefs
 from lakeloop import lakefs_client, registry
 from lakeloop.ingest import write_parquet
 from lakeloop.settings import Settings, load_settings
-from pipelines.train import promotion_lock
+from pipelines.runtime import promotion_lock
 from tests.utils.lock_witness import (
     ARRIVED,
     ASKED,
