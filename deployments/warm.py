@@ -77,7 +77,13 @@ from typing import Any, cast
 from prefect import Flow, flow_engine
 
 PRELOADED = (
-    "deployments.serve",  # every flow: Prefect, MLflow, XGBoost, pandas, Evidently, lakeFS
+    "deployments.serve",  # every flow's declaration: Prefect, lakeloop's settings and events
+    # The pipelines the flows import when they run (flows/__init__.py): MLflow, XGBoost, pandas,
+    # Evidently, the lakeFS SDK.
+    "pipelines.train",
+    "pipelines.retrain",
+    "pipelines.monitor",
+    "pipelines.reconcile",
     "great_expectations",  # imported by the first validation of a run (2-3 s)
     "mlflow.sklearn",  # imported when a run logs or loads a model
     # What a run's first model logging imported on top of those (437 modules: skops and the
