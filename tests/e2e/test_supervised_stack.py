@@ -79,6 +79,44 @@ def _back(workspace: Workspace, name: str, *, killed: supervised.ServiceState) -
     assert state.restarts > killed.restarts
 
 
+SCHEDULED_DEPLOYMENTS = ("monitor-champion", "reconcile-commits")
+"""The deployments that run on a schedule (deployments.serve): the monitor and the reconcile."""
+
+
+def test_the_scheduled_flows_get_their_next_runs_from_prefects_scheduler(
+    workspace: Workspace,
+) -> None:
+    """Prefect's scheduler creates the next runs of a deployment with a schedule. With Prefect
+    3.8.8 on SQLAlchemy 2.1 it failed on every pass ("Can't evaluate bulk DML statement"): the
+    monitor and the reconcile never ran, while every event-triggered path still worked."""
+    api = workspace.settings.prefect_api_url
+
+    def scheduled() -> dict[str, int] | None:
+        counts = {}
+        for name in SCHEDULED_DEPLOYMENTS:
+            runs = loop.prefect_request(
+                "POST",
+                f"{api}/flow_runs/filter",
+                json={
+                    "deployments": {"name": {"any_": [name]}},
+                    "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+                },
+                timeout=10.0,
+            )
+            runs.raise_for_status()
+            counts[name] = len(runs.json())
+        return counts if all(counts.values()) else None
+
+    eventually_value(
+        scheduled,
+        what=f"scheduled runs of {', '.join(SCHEDULED_DEPLOYMENTS)}",
+        timeout=RESTART_DEADLINE_SECONDS,
+        interval=1.0,
+    )
+    prefect_log = (workspace.settings.state_dir / "logs" / "prefect.log").read_text()
+    assert "bulk DML" not in prefect_log
+
+
 def test_killed_services_come_back_and_a_batch_ingested_meanwhile_trains_once(
     workspace: Workspace,
 ) -> None:
