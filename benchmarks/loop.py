@@ -545,7 +545,11 @@ def _run_floor(paths: list[Path], *, env: dict[str, str]) -> list[tuple[float, i
 # What the flow run process imports before its run is Running, each in a fresh interpreter.
 IMPORTS = (
     ("python, then import prefect.engine", "import prefect.engine"),
-    ("... and the flows (MLflow, XGBoost, GX, lakeFS)", "import prefect.engine, flows.retrain"),
+    (
+        "... and what the warm parent imports for every run",  # deployments.warm.PRELOADED
+        "import importlib, prefect.engine; from deployments.warm import PRELOADED; "
+        "[importlib.import_module(name) for name in PRELOADED]",
+    ),
 )
 
 
