@@ -18,7 +18,9 @@ What each part owns:
   itself, importing the flows' libraries meanwhile (:mod:`deployments.warm`).
 
 Start-up, measured (``benchmarks/stack.py``, alternating runs on the idle 2-core build machine):
-a cold `lakeloop up` 14.1 s and 13.8 s, against 14.3 s and 14.0 s with the launcher this replaced.
+a cold `lakeloop up` 14.1 s and 13.8 s, against 14.3 s and 14.0 s with the launcher this replaced,
+when `up` returned before the flow server's warm parent had imported; it now waits for it (the
+first run is then warm), which costs the CPU those imports take (README, "Using it").
 One cost remains: supervisord puts each program in its own process group but all of them in its
 one session, where the old launcher gave each server a session of its own. Linux's autogroup
 scheduler shares the CPU between sessions, so on a machine busy with other work the whole stack
