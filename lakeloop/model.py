@@ -16,9 +16,9 @@ judges on too: see :func:`split_rows`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -128,13 +128,13 @@ def stored_types(trainer: Trainer = TRAINER) -> list[str]:
     return [f"{FeatureEncoder.__module__}.{FeatureEncoder.__qualname__}", *trainer.stored_types]
 
 
-def _composed(encoder: FeatureEncoder, regressor: Regressor) -> Pipeline:
+def composed(encoder: FeatureEncoder, regressor: Regressor) -> Pipeline:
     """The pipeline that is logged, registered and served: the encoder, then the regressor."""
     return Pipeline([(_ENCODE, encoder), (_REGRESS, regressor)])
 
 
 def _parts(model: Any) -> tuple[FeatureEncoder, Any] | None:
-    """The encoder and the regressor of a lakeloop pipeline (what :func:`_composed` made, now or
+    """The encoder and the regressor of a lakeloop pipeline (what :func:`composed` made, now or
     before it was stored); ``None`` for any other model."""
     steps = getattr(model, "named_steps", {})
     encoder = steps.get(_ENCODE)
@@ -470,13 +470,9 @@ def _from(
     if cut is None:
         return np.zeros(len(times), dtype=bool)
     time, group, key = cut
-    return (times > time) | (
-        (times == time)
-        & (
-            (groups > np.uint64(group))
-            | ((groups == np.uint64(group)) & (hashes >= np.uint64(key)))
-        )
-    )
+    same_time, group_id = times == time, np.uint64(group)
+    later_in_time = (groups > group_id) | ((groups == group_id) & (hashes >= np.uint64(key)))
+    return np.asarray((times > time) | (same_time & later_in_time), dtype=bool)
 
 
 def _group_hashes(rows: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
@@ -505,6 +501,36 @@ class Trial:
 
 
 @dataclass(frozen=True)
+class ClusterHoldout:
+    """A holdout the workers of a Dask cluster keep (:mod:`lakeloop.cluster`): this process holds
+    its size, columns, content digest, a bounded sample and its per-segment scores, never its
+    rows. Whatever needs the rows (the champion's score) runs on the cluster through ``run``."""
+
+    rows: int
+    columns: pd.DataFrame
+    """No rows: the holdout's columns and their types."""
+    digest: str
+    """The rows' content identity (:func:`lakeloop.registry.frame_digest`, taken on a worker)."""
+    sample: pd.DataFrame
+    """At most :data:`SAMPLE_ROWS` rows' target and prediction (column ``predicted``), for the
+    plots."""
+    segment_metrics: dict[str, float]
+    """MAE and RMSE per segment (:func:`lakeloop.evaluation.segment_metrics`, on a worker)."""
+    run: Callable[[Callable[[pd.DataFrame], Any]], Any]
+    """Calls a function of the holdout's rows on the worker that keeps them; returns its result."""
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+SAMPLE_ROWS = 5000
+"""Rows of a cluster's holdout this process receives for the plots."""
+
+Holdout: TypeAlias = pd.DataFrame | ClusterHoldout
+"""A holdout's rows: in this process, or kept on a Dask cluster."""
+
+
+@dataclass(frozen=True)
 class TrainedModel:
     """A fitted pipeline with what is needed to log and judge it."""
 
@@ -513,10 +539,12 @@ class TrainedModel:
     train_rows: int
     holdout_rows: int
     input_example: pd.DataFrame
-    holdout: pd.DataFrame
-    """The holdout rows (features and target): a challenger and the champion are judged on them."""
+    holdout: Holdout
+    """The holdout rows (features and target): a challenger and the champion are judged on them
+    (kept on the cluster when it trained there)."""
     predicted: np.ndarray
-    """This model's predictions for the holdout rows, in order."""
+    """This model's predictions for the holdout rows, in order (none when the holdout is kept
+    on a cluster: its ``sample`` has some)."""
     params: dict[str, Any]
     """The hyperparameters it was fitted with (the settings', or the best tuning trial's)."""
     facts: FitFacts
@@ -525,7 +553,7 @@ class TrainedModel:
     """The tuning trials it was chosen from; empty when it was not tuned."""
     hyperparameters_from: str = "settings"
     """``settings``, ``tuning``, or ``champion vN`` (which handed on its tuned hyperparameters)."""
-    clean_holdout: pd.DataFrame | None = None
+    clean_holdout: Holdout | None = None
     """The holdout of the rows that predate the folded feedback (see ``Split.clean_holdout``):
     the gate judges a challenger and the champion on it too. ``None`` without feedback."""
     clean_metrics: dict[str, float] | None = None
@@ -573,15 +601,35 @@ def tune(
     ``feedback`` marks rows of folded feedback tables, as for :func:`train`.
     """
     rows = split_rows(frame, spec, training, feedback=feedback)
+    trials, chosen, pipeline = search(
+        training,
+        fit=lambda params: fit_pipeline(rows, spec, training, params=params, trainer=trainer),
+        score_stop=lambda pipeline: score(pipeline, rows.stop, spec),
+        trainer=trainer,
+    )
+    tuned = evaluate(pipeline, rows, spec, params=chosen.params, trials=trials, trainer=trainer)
+    return replace(tuned, hyperparameters_from="tuning")
+
+
+def search(
+    training: TrainingSettings,
+    *,
+    fit: Callable[[dict[str, Any]], Pipeline],
+    score_stop: Callable[[Pipeline], dict[str, float]],
+    trainer: Trainer = TRAINER,
+) -> tuple[tuple[Trial, ...], Trial, Pipeline]:
+    """The trials of a tuning (see :func:`tune`), each fitted by ``fit`` and scored on the
+    early-stopping slice by ``score_stop`` (in this process or on a cluster), and the best one
+    with its pipeline."""
     candidates = [trainer.hyperparameters(training), *_sampled_params(training, trainer)]
     trials: list[Trial] = []
     best: tuple[Trial, Pipeline] | None = None
     for number, params in enumerate(candidates):
-        pipeline = fit_pipeline(rows, spec, training, params=params, trainer=trainer)
+        pipeline = fit(params)
         trial = Trial(
             number=number,
             params=params,
-            metrics=score(pipeline, rows.stop, spec),
+            metrics=score_stop(pipeline),
             rounds=trainer.describe(regressor_of(pipeline)).rounds,
         )
         trials.append(trial)
@@ -589,11 +637,7 @@ def tune(
         if best is None or trial.metrics["rmse"] < best[0].metrics["rmse"]:
             best = (trial, pipeline)
     assert best is not None  # tune_trials >= 1: trial 0 always runs
-    chosen, pipeline = best
-    tuned = evaluate(
-        pipeline, rows, spec, params=chosen.params, trials=tuple(trials), trainer=trainer
-    )
-    return replace(tuned, hyperparameters_from="tuning")
+    return tuple(trials), best[0], best[1]
 
 
 def _sampled_params(training: TrainingSettings, trainer: Trainer) -> list[dict[str, Any]]:
@@ -629,7 +673,7 @@ def fit_pipeline(
     regressor = trainer.fit(
         encoded, training, trainer.hyperparameters(training) | dict(params or {})
     )
-    return _composed(encoder, regressor)
+    return composed(encoder, regressor)
 
 
 def _encoded(rows: pd.DataFrame, spec: DatasetSpec, *, encoder: FeatureEncoder) -> EncodedRows:
