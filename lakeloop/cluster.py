@@ -120,19 +120,30 @@ class Source:
         try:
             with self.access.filesystem().open(where, "rb") as handle:
                 content = handle.read()
-        except (FileNotFoundError, PermissionError, lakefs_client.LakeFSError) as error:
+        except Exception as error:  # lakefs-spec's OSErrors; urllib3's for a connection
+            if not _answered(error):
+                raise LakeFSUnreachableError(
+                    f"Dask worker {_worker()} cannot reach lakeFS at {self.access.endpoint} to "
+                    f"read {path} at {self.commit_id:.12}: {type(error).__name__}: {error}. Set "
+                    "LAKELOOP_TRAINING__DASK_LAKEFS_ENDPOINT to the address the workers reach "
+                    "lakeFS at"
+                ) from error
             raise lakefs_client.UnreadableTableError(
                 f"cannot read {path} at {self.commit_id:.12} from lakeFS at "
                 f"{self.access.endpoint} on Dask worker {_worker()}: {error}"
             ) from error
-        except Exception as error:  # connection refused, DNS, TLS: urllib3 raises many types
-            raise LakeFSUnreachableError(
-                f"Dask worker {_worker()} cannot reach lakeFS at {self.access.endpoint} to read "
-                f"{path} at {self.commit_id:.12}: {type(error).__name__}: {error}. Set "
-                "LAKELOOP_TRAINING__DASK_LAKEFS_ENDPOINT to the address the workers reach "
-                "lakeFS at"
-            ) from error
         return lakefs_client.parse_table(content, path=path, ref=self.commit_id)
+
+
+def _answered(error: BaseException) -> bool:
+    """Whether lakeFS answered (an HTTP status, which the SDK raises as its ServerException and
+    lakefs-spec translates to an OSError caused by it), rather than not being reached at all."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, lakefs_client.LakeFSError | FileNotFoundError | PermissionError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _worker() -> str:
