@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 from distributed import LocalCluster
 
+from lakefs_local.store import Store
 from lakeloop import cluster, lakefs_client, rowkeys
 from lakeloop.dataset import DatasetSpec
 from lakeloop.draft import draft
@@ -280,3 +281,78 @@ def test_raw_ames_sales_train_on_the_cluster_as_in_process(
         settings, spec, commit_id, scheduler=scheduler_address, parsed_here=parsed_here
     )
     assert_same_model_either_way(both, total_rows=len(sales))
+
+
+@dataclass
+class Validating(Runtime):
+    """Steps called in process, noting when the data checks run and what they decided."""
+
+    now: bool = False
+    verdicts: list[Any] = field(default_factory=list)
+
+    def step(self, fn: Callable[P, R]) -> Callable[P, R]:
+        if fn is not train.validate_on_cluster:
+            return fn
+
+        def noted(*args: P.args, **kwargs: P.kwargs) -> R:
+            self.now = True
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                self.now = False
+            self.verdicts.append(result)
+            return result
+
+        return noted
+
+
+def test_a_commit_adding_one_table_to_a_long_history_checks_only_that_table(
+    lake: tuple[Settings, lakefs.Client],
+    spec: DatasetSpec,
+    scheduler_address: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Eight tables trained on the cluster (their checks kept), then a commit adding a ninth:
+    while the data checks run, lakeFS serves the bytes of the new table only (counted where the
+    built-in server reads stored objects), and the history rules still see all nine."""
+    lake_settings, client = lake
+    settings = for_dataset(
+        lake_settings,
+        "history",
+        max_mae=90_000,
+        max_rmse=120_000,
+        dask_scheduler=scheduler_address,
+    )
+    repository = settings.lakefs.repository
+    history = {
+        f"{batch:02d}/sales.parquet": parquet(market.generate_batch(rows=800, seed=100 + batch))
+        for batch in range(8)
+    }
+    first = commit_tables(client, settings, history, message="a history of eight tables")
+    train.train_commit(settings, spec, repository, first)
+    added = market.generate_batch(rows=1200, seed=200)
+    second = commit_tables(
+        client, settings, {"08/sales.parquet": parquet(added)}, message="one more table"
+    )
+    reference = lakefs.Repository(repository, client=client).ref(second)
+    checksums = {
+        reference.object(f"{settings.lakefs.data_prefix}{name}").stat().checksum: name
+        for name in [*history, "08/sales.parquet"]
+    }
+    runtime = Validating()
+    served: list[str] = []
+    open_blob = Store.open_blob
+
+    def counting(store: Store, checksum: str) -> Any:
+        if runtime.now:
+            served.append(checksums.get(checksum, checksum))
+        return open_blob(store, checksum)
+
+    monkeypatch.setattr(Store, "open_blob", counting)
+    result = train.train_commit(settings, spec, repository, second, runtime=runtime)
+    assert set(served) == {"08/sales.parquet"}
+    [verdict] = runtime.verdicts
+    assert verdict.checked == [f"{settings.lakefs.data_prefix}08/sales.parquet"]
+    assert len(verdict.result.tables) == 9  # every table's kept check is in the verdict
+    assert verdict.result.rows == 800 * 8 + len(added)
+    assert result["status"] in {"promoted", "registered"}
