@@ -235,8 +235,7 @@ def load(
     table that cannot be read fails the training, naming it (and lakeFS's address when a worker
     cannot reach it)."""
     parts = [client.submit(_rows, source, table, spec, pure=False) for table in tables]
-    counts = [client.submit(len, part) for part in parts]
-    rows = tuple(int(count.result()) for count in counts)
+    rows = tuple(int(count) for count in client.gather([client.submit(len, p) for p in parts]))
     return ClusterData(client=client, tables=tuple(tables), parts=tuple(parts), rows=rows)
 
 
@@ -263,7 +262,9 @@ def _keys(part: pd.DataFrame, spec: DatasetSpec, feedback: bool) -> pd.DataFrame
     return model.plan_keys(rows, spec, marked)
 
 
-def _plan(spec: DatasetSpec, training: TrainingSettings, *keys: pd.DataFrame | None) -> Any:
+def _plan(
+    spec: DatasetSpec, training: TrainingSettings, *keys: pd.DataFrame | None
+) -> model.SplitPlan:
     found = [key for key in keys if key is not None]
     return model.split_plan(pd.concat(found) if found else None, spec, training)
 
@@ -351,7 +352,7 @@ def train(
     placed = [
         client.submit(_place, part, spec, training, plan, feedback) for part, feedback in parts
     ]
-    counts = [client.submit(_counts, one).result() for one in placed]
+    counts: list[dict[str, float]] = client.gather([client.submit(_counts, one) for one in placed])
     total = {name: sum(count[name] for count in counts) for name in counts[0]} if counts else {}
     low = min((count["low"] for count in counts), default=np.inf)
     high = max((count["high"] for count in counts), default=-np.inf)

@@ -170,6 +170,7 @@ def train_both_ways(
     *,
     scheduler: str,
     parsed_here: ParsedHere,
+    tune: bool = False,
 ) -> BothWays:
     """The commit trained on the cluster first (its workers check the tables: no verdict is kept
     yet), then in process, each through the training pipeline."""
@@ -178,12 +179,24 @@ def train_both_ways(
     )
     cluster_run = Recording()
     train.train_commit(
-        on_dask, spec, settings.lakefs.repository, commit_id, again=True, runtime=cluster_run
+        on_dask,
+        spec,
+        settings.lakefs.repository,
+        commit_id,
+        again=True,
+        tune=tune,
+        runtime=cluster_run,
     )
     parsed_for_cluster = parsed_here.rows
     local_run = Recording()
     train.train_commit(
-        settings, spec, settings.lakefs.repository, commit_id, again=True, runtime=local_run
+        settings,
+        spec,
+        settings.lakefs.repository,
+        commit_id,
+        again=True,
+        tune=tune,
+        runtime=local_run,
     )
     return BothWays(
         in_process=local_run.trained[0],
@@ -256,6 +269,33 @@ def test_market_tables_train_on_the_cluster_as_in_process(
         settings, spec, commit_id, scheduler=scheduler_address, parsed_here=parsed_here
     )
     assert_same_model_either_way(both, total_rows=sum(map(len, batches.values())))
+
+
+def test_a_search_on_the_cluster_tries_and_scores_what_one_in_process_does(
+    lake: tuple[Settings, lakefs.Client],
+    spec: DatasetSpec,
+    scheduler_address: str,
+    parsed_here: ParsedHere,
+) -> None:
+    """A tuned training (``--tune``, or the tuning policy): the same seeded candidates, each
+    fitted on the cluster and scored there on the same early-stopping rows as in process."""
+    lake_settings, client = lake
+    settings = for_dataset(lake_settings, "tuned", max_mae=90_000, max_rmse=120_000, tune_trials=3)
+    tables = {
+        f"{part}/sales.parquet": parquet(market.generate_batch(rows=2000, seed=300 + part))
+        for part in range(3)
+    }
+    commit_id = commit_tables(client, settings, tables, message="three batches to tune on")
+    both = train_both_ways(
+        settings, spec, commit_id, scheduler=scheduler_address, parsed_here=parsed_here, tune=True
+    )
+    local, remote = both.in_process, both.on_cluster
+    assert remote.hyperparameters_from == local.hyperparameters_from == "tuning"
+    assert [trial.params for trial in remote.trials] == [trial.params for trial in local.trials]
+    assert len(remote.trials) == 3
+    for ours, theirs in zip(remote.trials, local.trials, strict=True):
+        assert ours.metrics["rmse"] == pytest.approx(theirs.metrics["rmse"], rel=TOLERANCE)
+    assert both.parsed_for_cluster == 0
 
 
 def test_raw_ames_sales_train_on_the_cluster_as_in_process(
