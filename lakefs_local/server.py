@@ -761,12 +761,17 @@ def _blob_chunks(store: Store, checksum: str, start: int, length: int) -> Iterat
 def head_object(
     *, state: State, repository: str, ref: str, object_path: str = Parameter(query="path")
 ) -> Response[None]:
-    """Object headers only; a bodiless 404 when missing."""
+    """Object headers only, its size and type among them as lakeFS sends them (HeadObject in
+    pkg/api/controller.go); a bodiless 404 when missing."""
     try:
         entry = _service(state).store.stat(repository, ref, object_path)
     except NotFoundError:
         return Response(None, status_code=404)
-    return Response(None, headers=_object_headers(entry))
+    headers = _object_headers(entry) | {
+        "Content-Length": str(entry.size),
+        "Content-Type": entry.content_type,
+    }
+    return Response(None, headers=headers)
 
 
 def _object_headers(entry: ObjectEntry) -> dict[str, str]:

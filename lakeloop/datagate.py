@@ -264,7 +264,7 @@ class DataGate:
     def stored_check(self, table: Stored) -> tuple[TableCheck, bool]:
         """The check of a stored table: kept from before, or made now (and kept); True when made
         now. A table that cannot be parsed fails with the reason."""
-        key = f"{table.checksum}|{table.ingested.digest}"
+        key = self.check_key(table)
         kept = self.checks.get(key)
         if kept is not None:
             return kept, False
@@ -274,6 +274,19 @@ class DataGate:
             check = unreadable(str(error))
         self.checks.put(key, check)
         return check, True
+
+    @staticmethod
+    def check_key(table: Stored) -> str:
+        """What a table's check is kept by: its content identity and its description."""
+        return f"{table.checksum}|{table.ingested.digest}"
+
+    def unchecked(self, tables: Mapping[str, Stored]) -> dict[str, Stored]:
+        """The tables whose check is not kept yet (the ones judging them would read)."""
+        return {
+            path: table
+            for path, table in tables.items()
+            if self.checks.get(self.check_key(table)) is None
+        }
 
     def ingested_under(self, reference: lakefs.Reference) -> Callable[[str], DatasetSpec]:
         """For a table path at ``reference``: the description its batch was ingested with (the
@@ -323,19 +336,27 @@ class DataGate:
         """The tables as one frame under the current description (see :mod:`lakeloop.evolution`),
         which of its rows come from feedback tables, and the tables left out with the reason
         (after the gate passed them: all are readable)."""
-        frames, feedback, left_out = [], [], {}
+        frames, feedback = [], []
+        left_out = self.left_out(list(tables), ingested)
         for path, table in tables.items():
-            change = evolution.compare(ingested(path), self.spec)
-            if change.excludes_older_tables:
-                left_out[path] = change.exclusion_reason()
+            if path in left_out:
                 continue
-            # Keyed as ingested: each row keeps its side of the training split (lakeloop.rowkeys).
-            stored = rowkeys.keyed(table.load(), ingested(path))
-            frames.append(evolution.adapt(stored, ingested=ingested(path), current=self.spec))
-            feedback.append(np.full(len(stored), is_feedback_table(path)))
+            rows = trainable_rows(table.load(), ingested=ingested(path), current=self.spec)
+            frames.append(rows)
+            feedback.append(np.full(len(rows), is_feedback_table(path)))
         frame = pd.concat(frames) if frames else pd.DataFrame()
         marks = np.concatenate(feedback) if feedback else np.zeros(0, dtype=bool)
         return TrainingData(frame=frame, feedback=marks, left_out=left_out)
+
+    def left_out(self, paths: list[str], ingested: Callable[[str], DatasetSpec]) -> dict[str, str]:
+        """The tables that cannot train under the current description (a required feature
+        added, a type changed since they were ingested), with the reason; nothing is read."""
+        changes = {path: evolution.compare(ingested(path), self.spec) for path in paths}
+        return {
+            path: change.exclusion_reason()
+            for path, change in changes.items()
+            if change.excludes_older_tables
+        }
 
     def judge(self, checks: Mapping[str, TableCheck]) -> ValidationResult:
         """The verdict on a state made of ``checks`` (path → check, in ingest order)."""
@@ -355,17 +376,30 @@ class DataGate:
         return hashlib.sha256(json.dumps(identity).encode()).hexdigest()
 
     def judge_tables(
-        self, tables: Mapping[str, Stored], *, changed: list[str] | None = None
+        self,
+        tables: Mapping[str, Stored],
+        *,
+        changed: list[str] | None = None,
+        check_elsewhere: CheckElsewhere | None = None,
     ) -> StateVerdict:
         """The verdict on a state given as path → stored table: the one kept for the same state
-        when there is one, else judged now (and kept)."""
+        when there is one, else judged now (and kept). ``check_elsewhere`` checks the tables
+        whose check is not kept (on a Dask cluster's workers: :mod:`lakeloop.cluster`), so that
+        this process reads none of them."""
         digest = self.state_digest(tables)
         kept = self.verdicts.get(digest) if self.verdicts is not None else None
         if kept is not None:
             return StateVerdict(
                 result=kept, checked=[], changed=changed or [], digest=digest, reused=True
             )
-        checks, checked = {}, []
+        checks: dict[str, TableCheck] = {}
+        checked: list[str] = []
+        if check_elsewhere is not None:
+            unchecked = self.unchecked(tables)
+            if unchecked:
+                for path, check in check_elsewhere(unchecked).items():
+                    self.checks.put(self.check_key(tables[path]), check)
+                checked = sorted(unchecked)
         for path, table in sorted(tables.items()):
             checks[path], fresh = self.stored_check(table)
             if fresh:
@@ -407,6 +441,19 @@ class DataGate:
             elif path in at_head:
                 tables[path] = at_head[path]
         return self.judge_tables(tables, changed=changed)
+
+
+CheckElsewhere = Callable[[Mapping[str, Stored]], Mapping[str, TableCheck]]
+"""Checks stored tables somewhere else than in this process (path → its check)."""
+
+
+def trainable_rows(
+    frame: pd.DataFrame, *, ingested: DatasetSpec, current: DatasetSpec
+) -> pd.DataFrame:
+    """A stored table's rows as training data under the current description: keyed as ingested
+    (each row keeps its side of the training split, :mod:`lakeloop.rowkeys`), then adapted
+    (:func:`lakeloop.evolution.adapt`). The caller has checked it can train under ``current``."""
+    return evolution.adapt(rowkeys.keyed(frame, ingested), ingested=ingested, current=current)
 
 
 def _loader(reference: lakefs.Reference, path: str) -> Load:

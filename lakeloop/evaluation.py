@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lakeloop.dataset import DatasetSpec
-from lakeloop.model import CleanScores, TrainedModel, regression_metrics
+from lakeloop.model import CleanScores, ClusterHoldout, TrainedModel, regression_metrics
 
 PRICE_BANDS = 4  # quartiles of the holdout's target
 MIN_SEGMENT_ROWS = 20  # fewer rows make a metric that is mostly noise
@@ -36,7 +36,10 @@ def clean_holdout_metrics(trained: TrainedModel) -> dict[str, float]:
 
 
 def segment_metrics(trained: TrainedModel, spec: DatasetSpec) -> dict[str, float]:
-    """MAE and RMSE per category of each categorical feature and per target band."""
+    """MAE and RMSE per category of each categorical feature and per target band (taken where
+    the holdout is: on a Dask cluster's worker when it keeps it)."""
+    if isinstance(trained.holdout, ClusterHoldout):
+        return trained.holdout.segment_metrics
     holdout = trained.holdout.reset_index(drop=True)
     actual = holdout[spec.target.name].to_numpy()
     segments: dict[str, pd.Series] = {
@@ -57,11 +60,16 @@ def segment_metrics(trained: TrainedModel, spec: DatasetSpec) -> dict[str, float
 
 
 def figures(trained: TrainedModel, spec: DatasetSpec) -> dict[str, Figure]:
-    """Predicted versus actual, residuals, and feature importance, keyed by file name."""
-    actual = trained.holdout[spec.target.name].to_numpy()
+    """Predicted versus actual, residuals, and feature importance, keyed by file name (from a
+    sample of the holdout when a Dask cluster keeps it)."""
+    if isinstance(trained.holdout, ClusterHoldout):
+        sample = trained.holdout.sample
+        actual, predicted = sample[spec.target.name].to_numpy(), sample["predicted"].to_numpy()
+    else:
+        actual, predicted = trained.holdout[spec.target.name].to_numpy(), trained.predicted
     return {
-        "predicted_vs_actual.png": _predicted_vs_actual(actual, trained.predicted, spec),
-        "residuals.png": _residuals(actual, trained.predicted, spec),
+        "predicted_vs_actual.png": _predicted_vs_actual(actual, predicted, spec),
+        "residuals.png": _residuals(actual, predicted, spec),
         "feature_importance.png": _importance(trained, spec),
     }
 

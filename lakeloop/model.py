@@ -16,9 +16,9 @@ judges on too: see :func:`split_rows`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -128,13 +128,13 @@ def stored_types(trainer: Trainer = TRAINER) -> list[str]:
     return [f"{FeatureEncoder.__module__}.{FeatureEncoder.__qualname__}", *trainer.stored_types]
 
 
-def _composed(encoder: FeatureEncoder, regressor: Regressor) -> Pipeline:
+def composed(encoder: FeatureEncoder, regressor: Regressor) -> Pipeline:
     """The pipeline that is logged, registered and served: the encoder, then the regressor."""
     return Pipeline([(_ENCODE, encoder), (_REGRESS, regressor)])
 
 
 def _parts(model: Any) -> tuple[FeatureEncoder, Any] | None:
-    """The encoder and the regressor of a lakeloop pipeline (what :func:`_composed` made, now or
+    """The encoder and the regressor of a lakeloop pipeline (what :func:`composed` made, now or
     before it was stored); ``None`` for any other model."""
     steps = getattr(model, "named_steps", {})
     encoder = steps.get(_ENCODE)
@@ -232,45 +232,215 @@ def split_rows(
 
     Each part is in the order of its rows' hashes, not the order the files were read in: row
     subsampling (a tuned ``subsample``) and Dask's partitions depend on row order, and the model
-    must not."""
-    has_target = frame[spec.target.name].notna().to_numpy()
-    rows = frame[has_target]
-    hashes = rowkeys.keys(rows, spec)
-    fit, stop, holdout = _positions(rows, hashes, spec, training)
-    clean_holdout = None
-    set_aside = 0
-    marked = None if feedback is None else np.asarray(feedback, dtype=bool)[has_target]
-    if marked is not None and marked.any():
-        clean = np.flatnonzero(~marked)
-        held = clean[_positions(rows.iloc[clean], hashes[clean], spec, training)[2]]
-        fit, stop = fit[~np.isin(fit, held)], stop[~np.isin(stop, held)]
-        set_aside = int((~np.isin(held, holdout)).sum())
-        # Fewer than two rows make no score: the gate then judges on the holdout alone.
-        clean_holdout = rows.iloc[held] if len(held) >= 2 else None
+    must not.
+
+    The split is made in two steps, so that a cluster makes it the same way one partition at a
+    time (:mod:`lakeloop.cluster`): :func:`split_plan` learns what placing a row needs to know
+    about all of them (nothing for a hash split; for a time split, where the rows in time order
+    are cut), then :func:`place_rows` places each row."""
+    rows, marked = with_target(frame, spec, feedback)
+    plan = split_plan(plan_keys(rows, spec, marked), spec, training)
+    placed = place_rows(rows, spec, training, plan, marked)
+    clean_holdout = rows.iloc[placed.held] if placed.held is not None else None
     split = Split(
-        fit=rows.iloc[fit],
-        stop=rows.iloc[stop],
-        holdout=rows.iloc[holdout],
-        clean_holdout=clean_holdout,
-        set_aside_rows=set_aside,
+        fit=rows.iloc[placed.fit],
+        stop=rows.iloc[placed.stop],
+        holdout=rows.iloc[placed.holdout],
+        # Fewer than two rows make no score: the gate then judges on the holdout alone.
+        clean_holdout=clean_holdout
+        if clean_holdout is not None and len(clean_holdout) >= 2
+        else None,
+        set_aside_rows=placed.set_aside,
     )
-    if len(split.fit) < 10 or len(split.holdout) < 2 or len(split.stop) < 2:
-        raise ValueError(
-            f"too few rows to train: {len(split.fit)} to fit, {len(split.stop)} for early "
-            f"stopping, {len(split.holdout)} for the holdout (from {len(rows)} rows with a target)"
-        )
-    if rows[spec.target.name].nunique() < 2:
-        raise ValueError(f"the target {spec.target.name} has a single value: nothing to learn")
+    check_split(
+        fit=len(split.fit),
+        stop=len(split.stop),
+        holdout=len(split.holdout),
+        rows=len(rows),
+        distinct_targets=min(rows[spec.target.name].nunique(), 2),
+        spec=spec,
+    )
     return split
 
 
+def with_target(
+    frame: pd.DataFrame, spec: DatasetSpec, feedback: np.ndarray | None = None
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The rows with a target (the only ones a split places), and which of them are feedback."""
+    has_target = frame[spec.target.name].notna().to_numpy()
+    marked = None if feedback is None else np.asarray(feedback, dtype=bool)[has_target]
+    return frame[has_target], marked
+
+
+def check_split(
+    *, fit: int, stop: int, holdout: int, rows: int, distinct_targets: int, spec: DatasetSpec
+) -> None:
+    """Refuse a split too small or flat to learn from (counts of rows; ``distinct_targets``
+    counts the target's distinct values up to two)."""
+    if fit < 10 or holdout < 2 or stop < 2:
+        raise ValueError(
+            f"too few rows to train: {fit} to fit, {stop} for early stopping, {holdout} for the "
+            f"holdout (from {rows} rows with a target)"
+        )
+    if distinct_targets < 2:
+        raise ValueError(f"the target {spec.target.name} has a single value: nothing to learn")
+
+
+TimeKey = tuple[int, int, int]
+"""Where a row stands in a time split's order: its (group's latest) time in nanoseconds (missing
+times last), its group's hash, its own key."""
+
+
+@dataclass(frozen=True)
+class TimeCuts:
+    """Where a time split cuts the rows in time order, as the first key of each later part."""
+
+    latest: pd.Series | None
+    """For a description with a group: each group's latest time (ns, missing the smallest
+    integer), by the group's hash; a group is as recent as its latest row."""
+    stop: TimeKey | None
+    """The first key of the early-stopping rows (the fit rows come before it); ``None`` when the
+    rows end first."""
+    holdout: TimeKey | None
+    """The first key of the holdout rows; ``None`` when the rows end first."""
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """What placing a row needs to know about all the rows: nothing for a hash split (a row's
+    place is its own key's); for a time split, where the rows in time order are cut, for all the
+    rows and for the clean ones alone (the rows not from feedback tables, when there are some)."""
+
+    cuts: TimeCuts | None = None
+    clean_cuts: TimeCuts | None = None
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Positions of the rows of one frame in each part of a split, each in split order."""
+
+    fit: np.ndarray
+    stop: np.ndarray
+    holdout: np.ndarray
+    held: np.ndarray | None
+    """The clean rows' holdout (when feedback is marked), kept out of fit and early stopping."""
+    set_aside: int
+    """Rows of ``held`` that are not in ``holdout``."""
+
+
+_NAT = np.iinfo(np.int64).min  # how numpy stores a missing datetime64 as an integer
+
+
+def plan_keys(
+    rows: pd.DataFrame, spec: DatasetSpec, marked: np.ndarray | None = None
+) -> pd.DataFrame | None:
+    """What :func:`split_plan` reads of each row (with a target): for a time split its time (ns),
+    group hash, key and whether it is clean; ``None`` for a hash split, which needs no plan."""
+    if spec.event_time is None:
+        return None
+    hashes = rowkeys.keys(rows, spec)
+    times = spec.event_time.parse(rows).to_numpy(dtype="datetime64[ns]").view(np.int64)
+    return pd.DataFrame(
+        {
+            "time": times,
+            "group": _group_hashes(rows, spec) if spec.group else hashes,
+            "key": hashes,
+            "clean": np.ones(len(rows), dtype=bool) if marked is None else ~marked,
+        }
+    )
+
+
+def split_plan(
+    keys: pd.DataFrame | None, spec: DatasetSpec, training: TrainingSettings
+) -> SplitPlan:
+    """The plan of a split from every row's :func:`plan_keys` (of one frame, or of every
+    partition's concatenated)."""
+    if keys is None:
+        return SplitPlan()
+    clean = keys[keys["clean"].to_numpy()]
+    return SplitPlan(
+        cuts=_time_cuts(keys, spec, training),
+        clean_cuts=_time_cuts(clean, spec, training) if len(clean) < len(keys) else None,
+    )
+
+
+def _time_cuts(keys: pd.DataFrame, spec: DatasetSpec, training: TrainingSettings) -> TimeCuts:
+    """Dated rows split as the model is used: it learns from the past and is judged on the most
+    recent rows (the holdout), early stopping on the period just before them. Rows of one time
+    are ordered by their keys, so the split does not depend on the order files were read in; a
+    group is never cut in two."""
+    latest = keys.groupby("group")["time"].max() if spec.group else None  # a missing time is least
+    times, groups, hashes = _order_keys(keys, latest)
+    order = np.lexsort((hashes, groups, times))
+    ordered = groups[order]
+    count = len(keys)
+    holdout_start = _group_start(ordered, count - int(np.ceil(training.holdout_fraction * count)))
+    stop_rows = int(np.ceil(training.validation_fraction * count))
+    fit_end = _group_start(ordered, max(holdout_start - stop_rows, 0))
+
+    def key_at(position: int) -> TimeKey | None:
+        if position >= count:
+            return None
+        row = order[position]
+        return int(times[row]), int(groups[row]), int(hashes[row])
+
+    return TimeCuts(latest=latest, stop=key_at(fit_end), holdout=key_at(holdout_start))
+
+
+def _order_keys(
+    keys: pd.DataFrame, latest: pd.Series | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's :data:`TimeKey` as three arrays: times (its group's latest, when grouped; a
+    missing time after every other, as numpy sorts it), groups, keys."""
+    groups = keys["group"].to_numpy(dtype=np.uint64)
+    times = keys["time"].to_numpy(dtype=np.int64)
+    if latest is not None:
+        times = latest.reindex(groups).to_numpy(dtype=np.int64)
+    times = np.where(times == _NAT, np.iinfo(np.int64).max, times)
+    return times, groups, keys["key"].to_numpy(dtype=np.uint64)
+
+
+def place_rows(
+    rows: pd.DataFrame,
+    spec: DatasetSpec,
+    training: TrainingSettings,
+    plan: SplitPlan,
+    marked: np.ndarray | None = None,
+) -> Placed:
+    """Each row's part (of rows with a target, all of them or one partition's: a row's place
+    depends only on itself and the plan). With feedback ``marked``, the clean rows are placed
+    alone as well, and their holdout leaves fit and early stopping."""
+    keys = plan_keys(rows, spec, marked)
+    hashes = rowkeys.keys(rows, spec)
+    fit, stop, holdout = _positions(rows, hashes, spec, training, keys=keys, cuts=plan.cuts)
+    held = None
+    set_aside = 0
+    if marked is not None and marked.any():
+        clean = np.flatnonzero(~marked)
+        clean_keys = None if keys is None else keys.iloc[clean]
+        found = _positions(
+            rows.iloc[clean], hashes[clean], spec, training, keys=clean_keys, cuts=plan.clean_cuts
+        )
+        held = clean[found[2]]
+        fit, stop = fit[~np.isin(fit, held)], stop[~np.isin(stop, held)]
+        set_aside = int((~np.isin(held, holdout)).sum())
+    return Placed(fit=fit, stop=stop, holdout=holdout, held=held, set_aside=set_aside)
+
+
 def _positions(
-    rows: pd.DataFrame, hashes: np.ndarray, spec: DatasetSpec, training: TrainingSettings
+    rows: pd.DataFrame,
+    hashes: np.ndarray,
+    spec: DatasetSpec,
+    training: TrainingSettings,
+    *,
+    keys: pd.DataFrame | None,
+    cuts: TimeCuts | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The positions in ``rows`` of the fit, early-stopping and holdout rows, each in split order:
-    by time for a description with an event time, else by content hash."""
-    if spec.event_time is not None:
-        return _split_by_time(rows, hashes, spec, training)
+    by time for a description with an event time (where ``cuts`` say), else by content hash."""
+    if keys is not None:
+        assert cuts is not None
+        return _split_by_time(keys, cuts)
     content_order = np.argsort(hashes, kind="stable")
     # Rows of one group (one house sold twice) share a bucket: the group's, not their own.
     units = _group_hashes(rows.iloc[content_order], spec) if spec.group else hashes[content_order]
@@ -284,28 +454,25 @@ def _positions(
     )
 
 
-def _split_by_time(
-    rows: pd.DataFrame, hashes: np.ndarray, spec: DatasetSpec, training: TrainingSettings
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Dated rows split as the model is used: it learns from the past and is judged on the most
-    recent rows (the holdout), early stopping on the period just before them. Rows of one time
-    are ordered by their keys, so the split does not depend on the order files were read in."""
-    assert spec.event_time is not None
-    times = spec.event_time.parse(rows).to_numpy(dtype="datetime64[ns]")
-    if spec.group:
-        # A group is as recent as its latest row, and is never cut in two.
-        groups = _group_hashes(rows, spec)
-        latest = pd.Series(times).groupby(groups).transform("max").to_numpy()
-        order = np.lexsort((hashes, groups, latest))
-    else:
-        groups = hashes
-        order = np.lexsort((hashes, times))  # by time, then by key
-    groups = groups[order]
-    count = len(rows)
-    holdout_start = _group_start(groups, count - int(np.ceil(training.holdout_fraction * count)))
-    stop_rows = int(np.ceil(training.validation_fraction * count))
-    fit_end = _group_start(groups, max(holdout_start - stop_rows, 0))
-    return order[:fit_end], order[fit_end:holdout_start], order[holdout_start:]
+def _split_by_time(keys: pd.DataFrame, cuts: TimeCuts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows in time order, cut where ``cuts`` say (see :func:`_time_cuts`)."""
+    times, groups, hashes = _order_keys(keys, cuts.latest)
+    order = np.lexsort((hashes, groups, times))
+    in_holdout = _from(times, groups, hashes, cuts.holdout)[order]
+    from_stop = _from(times, groups, hashes, cuts.stop)[order]
+    return order[~from_stop], order[from_stop & ~in_holdout], order[in_holdout]
+
+
+def _from(
+    times: np.ndarray, groups: np.ndarray, hashes: np.ndarray, cut: TimeKey | None
+) -> np.ndarray:
+    """True for the rows whose key comes at or after ``cut`` (none when it is ``None``)."""
+    if cut is None:
+        return np.zeros(len(times), dtype=bool)
+    time, group, key = cut
+    same_time, group_id = times == time, np.uint64(group)
+    later_in_time = (groups > group_id) | ((groups == group_id) & (hashes >= np.uint64(key)))
+    return np.asarray((times > time) | (same_time & later_in_time), dtype=bool)
 
 
 def _group_hashes(rows: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
@@ -334,6 +501,36 @@ class Trial:
 
 
 @dataclass(frozen=True)
+class ClusterHoldout:
+    """A holdout the workers of a Dask cluster keep (:mod:`lakeloop.cluster`): this process holds
+    its size, columns, content digest, a bounded sample and its per-segment scores, never its
+    rows. Whatever needs the rows (the champion's score) runs on the cluster through ``run``."""
+
+    rows: int
+    columns: pd.DataFrame
+    """No rows: the holdout's columns and their types."""
+    digest: str
+    """The rows' content identity (:func:`lakeloop.registry.frame_digest`, taken on a worker)."""
+    sample: pd.DataFrame
+    """At most :data:`SAMPLE_ROWS` rows' target and prediction (column ``predicted``), for the
+    plots."""
+    segment_metrics: dict[str, float]
+    """MAE and RMSE per segment (:func:`lakeloop.evaluation.segment_metrics`, on a worker)."""
+    run: Callable[[Callable[[pd.DataFrame], Any]], Any]
+    """Calls a function of the holdout's rows on the worker that keeps them; returns its result."""
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+SAMPLE_ROWS = 5000
+"""Rows of a cluster's holdout this process receives for the plots."""
+
+Holdout: TypeAlias = pd.DataFrame | ClusterHoldout
+"""A holdout's rows: in this process, or kept on a Dask cluster."""
+
+
+@dataclass(frozen=True)
 class TrainedModel:
     """A fitted pipeline with what is needed to log and judge it."""
 
@@ -342,10 +539,12 @@ class TrainedModel:
     train_rows: int
     holdout_rows: int
     input_example: pd.DataFrame
-    holdout: pd.DataFrame
-    """The holdout rows (features and target): a challenger and the champion are judged on them."""
+    holdout: Holdout
+    """The holdout rows (features and target): a challenger and the champion are judged on them
+    (kept on the cluster when it trained there)."""
     predicted: np.ndarray
-    """This model's predictions for the holdout rows, in order."""
+    """This model's predictions for the holdout rows, in order (none when the holdout is kept
+    on a cluster: its ``sample`` has some)."""
     params: dict[str, Any]
     """The hyperparameters it was fitted with (the settings', or the best tuning trial's)."""
     facts: FitFacts
@@ -354,7 +553,7 @@ class TrainedModel:
     """The tuning trials it was chosen from; empty when it was not tuned."""
     hyperparameters_from: str = "settings"
     """``settings``, ``tuning``, or ``champion vN`` (which handed on its tuned hyperparameters)."""
-    clean_holdout: pd.DataFrame | None = None
+    clean_holdout: Holdout | None = None
     """The holdout of the rows that predate the folded feedback (see ``Split.clean_holdout``):
     the gate judges a challenger and the champion on it too. ``None`` without feedback."""
     clean_metrics: dict[str, float] | None = None
@@ -402,15 +601,35 @@ def tune(
     ``feedback`` marks rows of folded feedback tables, as for :func:`train`.
     """
     rows = split_rows(frame, spec, training, feedback=feedback)
+    trials, chosen, pipeline = search(
+        training,
+        fit=lambda params: fit_pipeline(rows, spec, training, params=params, trainer=trainer),
+        score_stop=lambda pipeline: score(pipeline, rows.stop, spec),
+        trainer=trainer,
+    )
+    tuned = evaluate(pipeline, rows, spec, params=chosen.params, trials=trials, trainer=trainer)
+    return replace(tuned, hyperparameters_from="tuning")
+
+
+def search(
+    training: TrainingSettings,
+    *,
+    fit: Callable[[dict[str, Any]], Pipeline],
+    score_stop: Callable[[Pipeline], dict[str, float]],
+    trainer: Trainer = TRAINER,
+) -> tuple[tuple[Trial, ...], Trial, Pipeline]:
+    """The trials of a tuning (see :func:`tune`), each fitted by ``fit`` and scored on the
+    early-stopping slice by ``score_stop`` (in this process or on a cluster), and the best one
+    with its pipeline."""
     candidates = [trainer.hyperparameters(training), *_sampled_params(training, trainer)]
     trials: list[Trial] = []
     best: tuple[Trial, Pipeline] | None = None
     for number, params in enumerate(candidates):
-        pipeline = fit_pipeline(rows, spec, training, params=params, trainer=trainer)
+        pipeline = fit(params)
         trial = Trial(
             number=number,
             params=params,
-            metrics=score(pipeline, rows.stop, spec),
+            metrics=score_stop(pipeline),
             rounds=trainer.describe(regressor_of(pipeline)).rounds,
         )
         trials.append(trial)
@@ -418,11 +637,7 @@ def tune(
         if best is None or trial.metrics["rmse"] < best[0].metrics["rmse"]:
             best = (trial, pipeline)
     assert best is not None  # tune_trials >= 1: trial 0 always runs
-    chosen, pipeline = best
-    tuned = evaluate(
-        pipeline, rows, spec, params=chosen.params, trials=tuple(trials), trainer=trainer
-    )
-    return replace(tuned, hyperparameters_from="tuning")
+    return tuple(trials), best[0], best[1]
 
 
 def _sampled_params(training: TrainingSettings, trainer: Trainer) -> list[dict[str, Any]]:
@@ -458,7 +673,7 @@ def fit_pipeline(
     regressor = trainer.fit(
         encoded, training, trainer.hyperparameters(training) | dict(params or {})
     )
-    return _composed(encoder, regressor)
+    return composed(encoder, regressor)
 
 
 def _encoded(rows: pd.DataFrame, spec: DatasetSpec, *, encoder: FeatureEncoder) -> EncodedRows:

@@ -15,6 +15,7 @@ A training attempt leaves the registry in one of a few clear states, whatever fa
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -28,8 +29,10 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.data.dataset import Dataset
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import register_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
@@ -40,7 +43,7 @@ from mlflow.tracking import MlflowClient
 import lakeloop
 from lakeloop import evaluation, evolution, model
 from lakeloop.dataset import DatasetSpec, in_units, parse_spec
-from lakeloop.model import Split, TrainedModel, Trial
+from lakeloop.model import ClusterHoldout, Holdout, Split, TrainedModel, Trial
 from lakeloop.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -323,7 +326,7 @@ def log_trained(
     trained: TrainedModel,
     *,
     spec: DatasetSpec,
-    training_data: pd.DataFrame,
+    training_data: pd.DataFrame | None,
     lineage: Lineage,
 ) -> LoggedModel:
     """Log one training run (parameters, metrics overall and per segment, the training data as a
@@ -357,13 +360,9 @@ def log_trained(
         )
         if trained.trials:
             log_trials(trained.trials, tags=tags)
-        dataset = from_pandas(
-            training_data,
-            source=LakeFSDatasetSource(lineage.data_uri(settings)),
-            targets=spec.target.name,
-            name=f"{lineage.repository}@{lineage.commit_id:.12}",
+        mlflow.log_input(
+            _training_dataset(settings, trained, spec, training_data, lineage), context="training"
         )
-        mlflow.log_input(dataset, context="training")
         mlflow.log_text(spec.to_yaml(), DESCRIPTION_ARTIFACT)
         example = trained.input_example
         info = mlflow.sklearn.log_model(
@@ -385,6 +384,30 @@ def log_trained(
         )
         version = register(settings, model_uri=info.model_uri, run_id=run.info.run_id, tags=tags)
     return LoggedModel(run_id=run.info.run_id, version=version)
+
+
+def _training_dataset(
+    settings: Settings,
+    trained: TrainedModel,
+    spec: DatasetSpec,
+    training_data: pd.DataFrame | None,
+    lineage: Lineage,
+) -> Dataset:
+    """The training data as an MLflow dataset at its lakeFS URI: profiled from the frame when
+    this process holds it; described by its schema and the commit alone when a Dask cluster
+    read it (``None``), so nothing here reads the rows."""
+    source = LakeFSDatasetSource(lineage.data_uri(settings))
+    name = f"{lineage.repository}@{lineage.commit_id:.12}"
+    if training_data is not None:
+        return from_pandas(training_data, source=source, targets=spec.target.name, name=name)
+    columns = (
+        trained.holdout.columns
+        if isinstance(trained.holdout, ClusterHoldout)
+        else (trained.holdout.iloc[:0])
+    )
+    schema = from_pandas(columns, source=source, targets=spec.target.name, name=name).schema
+    # MLflow's stubs mark ``profile`` abstract; MetaDataset defines it (None: no rows to profile).
+    return MetaDataset(source, name=name, digest=lineage.commit_id[:8], schema=schema)  # type: ignore[abstract]
 
 
 def log_reports(
@@ -806,11 +829,13 @@ SCORE_FORMAT = 1
 """Part of every score's key: a change to how a score is taken bumps it."""
 
 
-def frame_digest(frame: pd.DataFrame | None) -> str:
+def frame_digest(frame: Holdout | None) -> str:
     """The content identity of a table of rows: its columns, their types and every value (not
-    its index), or ``none``."""
+    its index), or ``none``; a holdout a Dask cluster keeps was digested there."""
     if frame is None:
         return "none"
+    if isinstance(frame, ClusterHoldout):
+        return frame.digest
     identity = hashlib.sha256(
         json.dumps([list(map(str, frame.columns)), list(map(str, frame.dtypes))]).encode()
     )
@@ -821,10 +846,10 @@ def frame_digest(frame: pd.DataFrame | None) -> str:
 def score_key(
     settings: Settings,
     version: ModelVersion,
-    holdout: pd.DataFrame,
+    holdout: Holdout,
     spec: DatasetSpec,
     *,
-    clean_holdout: pd.DataFrame | None = None,
+    clean_holdout: Holdout | None = None,
 ) -> str:
     """What a version's score on a holdout depends on: the version (its number and run, so a
     registry made anew never reuses another's), the description the rows are read under, and the
@@ -862,10 +887,10 @@ def _keep_score(settings: Settings, key: str, score: ChampionScore) -> None:
 def score_version(
     settings: Settings,
     version: ModelVersion,
-    holdout: pd.DataFrame,
+    holdout: Holdout,
     spec: DatasetSpec,
     *,
-    clean_holdout: pd.DataFrame | None = None,
+    clean_holdout: Holdout | None = None,
 ) -> ChampionScore:
     """A registered version's metrics on a holdout under the current description ``spec`` (and
     on ``clean_holdout``, the rows that predate folded feedback, when given). A version trained
@@ -887,17 +912,18 @@ def score_version(
 def _score_now(
     settings: Settings,
     version: ModelVersion,
-    holdout: pd.DataFrame,
+    holdout: Holdout,
     spec: DatasetSpec,
     *,
-    clean_holdout: pd.DataFrame | None,
+    clean_holdout: Holdout | None,
 ) -> ChampionScore:
     trained_under = description_of(version) or spec
     loaded = load_version(settings, version=version.version)
 
-    def scored(rows: pd.DataFrame) -> tuple[dict[str, float], list[str]]:
-        seen, missing = evolution.as_trained_under(rows, current=spec, trained=trained_under)
-        return model.score(loaded, seen, trained_under), missing
+    def scored(rows: Holdout) -> tuple[dict[str, float], list[str]]:
+        score_rows = functools.partial(_scored, loaded, current=spec, trained=trained_under)
+        # A holdout a Dask cluster keeps is scored there: the model goes to its rows.
+        return rows.run(score_rows) if isinstance(rows, ClusterHoldout) else score_rows(rows)
 
     metrics, missing = scored(holdout)
     clean_metrics = None if clean_holdout is None else scored(clean_holdout)[0]
@@ -910,6 +936,15 @@ def _score_now(
     return ChampionScore(
         version=str(version.version), metrics=metrics, note=note, clean_metrics=clean_metrics
     )
+
+
+def _scored(
+    loaded: Any, rows: pd.DataFrame, *, current: DatasetSpec, trained: DatasetSpec
+) -> tuple[dict[str, float], list[str]]:
+    """A model's metrics on rows read under ``current``, as its requests reach it (it was
+    trained under ``trained``), and the features it misses."""
+    seen, missing = evolution.as_trained_under(rows, current=current, trained=trained)
+    return model.score(loaded, seen, trained), missing
 
 
 TAG_REQUEST = "gate.request"

@@ -241,8 +241,18 @@ class TrainingSettings(BaseModel):
     tune_every: Annotated[int, Field(ge=1)] = 10
     """For ``every_n_versions``: how many registered versions may pass without a search."""
     dask_scheduler: str | None = None
-    """Address of an existing Dask scheduler (``tcp://dask:8786``): training then fits with
-    ``xgboost.dask`` on its workers (``LAKELOOP_TRAINING__DASK_SCHEDULER``). Unset: in process."""
+    """Address of an existing Dask scheduler (``tcp://dask:8786``): the training flow then has
+    its workers read the commit's tables from lakeFS, check, split and encode them, fit with
+    ``xgboost.dask`` and score the holdout there, holding only metadata and the final model
+    itself (``LAKELOOP_TRAINING__DASK_SCHEDULER``; the workers need lakeloop installed, as the
+    image has it). Unset: in process."""
+    dask_lakefs_endpoint: str | None = None
+    """Where the Dask workers reach lakeFS (``http://lakefs:8000``), when not at the address the
+    flow uses (``lakefs.endpoint``); they use the flow's lakeFS credentials, sent with each task
+    and never logged."""
+    dask_worker_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    """How long a training waits for the Dask cluster to have a worker (an autoscaled one may
+    start at zero) before it fails, naming the scheduler."""
 
 
 class DriftPolicy(BaseModel):

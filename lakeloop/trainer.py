@@ -60,6 +60,16 @@ class EncodedSplit(NamedTuple):
     stop: EncodedRows
 
 
+class ClusterSplit(NamedTuple):
+    """Encoded rows as a Dask cluster's workers hold them: the features (one column per feature,
+    as :class:`EncodedRows` has them) and the target, for the fit and for early stopping."""
+
+    fit_features: dd.DataFrame
+    fit_target: dd.Series
+    stop_features: dd.DataFrame
+    stop_target: dd.Series
+
+
 class Regressor(Protocol):
     """A fitted regressor: the last step of a lakeloop pipeline, stored and served with it, so a
     scikit-learn estimator (``get_params``, ``fit``) that skops can save."""
@@ -119,6 +129,18 @@ class Trainer(Protocol):
     ) -> Regressor:
         """A regressor fitted on ``rows.fit`` with the hyperparameters ``params`` (over the
         settings'), early stopping on ``rows.stop``."""
+        ...
+
+    def fit_on_cluster(
+        self,
+        client: Client,
+        rows: ClusterSplit,
+        training: TrainingSettings,
+        params: Mapping[str, Any],
+    ) -> Regressor:
+        """A regressor fitted on a Dask cluster from encoded rows its workers hold, early
+        stopping on ``rows.stop``: the same kind of regressor :meth:`fit` returns, which this
+        process stores and serves without Dask."""
         ...
 
     def describe(self, regressor: Regressor) -> FitFacts:
@@ -185,16 +207,9 @@ class XGBoostTrainer:
     def fit(
         self, rows: EncodedSplit, training: TrainingSettings, params: Mapping[str, Any]
     ) -> XGBRegressor:
-        """An ``XGBRegressor`` fitted in this process, or on the Dask cluster the settings name."""
-        regressor = XGBRegressor(
-            n_estimators=training.n_estimators,
-            tree_method="hist",
-            enable_categorical=True,
-            random_state=training.seed,
-            n_jobs=0,  # let XGBoost use every core it sees
-            early_stopping_rounds=training.early_stopping_rounds,
-            **(self.hyperparameters(training) | dict(params)),
-        )
+        """An ``XGBRegressor`` fitted in this process, or on the Dask cluster the settings name
+        (the rows scattered to it from here)."""
+        regressor = self._regressor(training, params)
         if training.dask_scheduler is None:
             regressor.fit(
                 rows.fit.features,
@@ -205,6 +220,29 @@ class XGBoostTrainer:
         else:
             _fit_on_dask(regressor, rows, scheduler=training.dask_scheduler)
         return regressor
+
+    def fit_on_cluster(
+        self,
+        client: Client,
+        rows: ClusterSplit,
+        training: TrainingSettings,
+        params: Mapping[str, Any],
+    ) -> XGBRegressor:
+        """An ``XGBRegressor`` fitted with ``xgboost.dask`` on rows the workers hold."""
+        regressor = self._regressor(training, params)
+        _fit_frames(client, regressor, rows)
+        return regressor
+
+    def _regressor(self, training: TrainingSettings, params: Mapping[str, Any]) -> XGBRegressor:
+        return XGBRegressor(
+            n_estimators=training.n_estimators,
+            tree_method="hist",
+            enable_categorical=True,
+            random_state=training.seed,
+            n_jobs=0,  # let XGBoost use every core it sees
+            early_stopping_rounds=training.early_stopping_rounds,
+            **(self.hyperparameters(training) | dict(params)),
+        )
 
     def describe(self, regressor: Regressor) -> FitFacts:
         """Rounds to the best iteration when early stopping ran; importance as total gain."""
@@ -269,18 +307,31 @@ def _fit_on_dask(regressor: XGBRegressor, rows: EncodedSplit, *, scheduler: str)
     the plain ``XGBRegressor`` an in-process fit gives, so it logs and serves without Dask."""
     # Imported here: the API and in-process training never pay for importing Dask.
     from distributed import Client  # noqa: PLC0415
-    from xgboost.dask import DaskXGBRegressor  # noqa: PLC0415
 
-    # Not the process-wide default client: other code here may use Dask with its own. It is made
-    # current for this block only, because xgboost.dask looks the client up even when given one.
-    with Client(scheduler, set_as_default=False) as client, client.as_current():
+    with Client(scheduler, set_as_default=False) as client:
         client.wait_for_workers(1, timeout=_WORKER_WAIT_SECONDS)
         fit_features, fit_target = _scatter(client, rows.fit)
         stop_features, stop_target = _scatter(client, rows.stop)
+        _fit_frames(
+            client, regressor, ClusterSplit(fit_features, fit_target, stop_features, stop_target)
+        )
+
+
+def _fit_frames(client: Client, regressor: XGBRegressor, rows: ClusterSplit) -> None:
+    """Fit with ``xgboost.dask`` on the cluster's rows, with ``regressor``'s hyperparameters and
+    early stopping, then load the booster into ``regressor``."""
+    from xgboost.dask import DaskXGBRegressor  # noqa: PLC0415 - see _fit_on_dask
+
+    # Made current for this block only, because xgboost.dask looks the client up even when
+    # given one; not the process-wide default: other code here may use Dask with its own.
+    with client.as_current():
         dask_regressor = DaskXGBRegressor(**regressor.get_params())
         dask_regressor.client = client
         dask_regressor.fit(
-            fit_features, fit_target, eval_set=[(stop_features, stop_target)], verbose=False
+            rows.fit_features,
+            rows.fit_target,
+            eval_set=[(rows.stop_features, rows.stop_target)],
+            verbose=False,
         )
         booster = dask_regressor.get_booster()
     # The booster carries best_iteration, so predict() stops where early stopping did.

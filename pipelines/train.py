@@ -8,17 +8,20 @@ core package, called through the :class:`~pipelines.runtime.Runtime` the caller 
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import lakefs
 import numpy as np
 import pandas as pd
 
 from lakeloop import (
+    cluster,
     datagate,
     evaluation,
     events,
@@ -34,6 +37,9 @@ from lakeloop.settings import Settings
 from lakeloop.validation.checks import ValidationResult
 from lakeloop.validation.report import write_report
 from pipelines.runtime import PLAIN, Runtime, promotion_lock, run_logger, step
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 @step(retries=2, delay_seconds=5)
@@ -51,6 +57,81 @@ def read_commit(
     """Every table under the data prefix, exactly as it was at this commit, by path."""
     client = lakefs_client.connect(settings)
     return lakefs_client.read_tables(client, settings, repository=repository, ref=commit_id)
+
+
+@step(retries=3, delay_seconds=5)
+def list_commit(
+    settings: Settings, spec: DatasetSpec, repository: str, commit_id: str
+) -> dict[str, datagate.Stored]:
+    """Every table under the data prefix at this commit, by path, as the data gate sees it
+    (checksum, the description it was ingested with), from one listing: nothing is read. For a
+    training on a Dask cluster, whose workers read the tables."""
+    reference = lakefs.Repository(repository, client=lakefs_client.connect(settings)).ref(commit_id)
+    return datagate.for_settings(settings, spec).stored(reference)
+
+
+@contextlib.contextmanager
+def cluster_session(settings: Settings) -> Iterator[Client | None]:
+    """A client of the configured Dask cluster for the whole training (its workers keep the
+    rows between steps), or ``None`` without one: training in process."""
+    if settings.training.dask_scheduler is None:
+        yield None
+        return
+    with cluster.connect(settings.training) as client:
+        run_logger().info(
+            "training on the Dask cluster at %s: its workers read the commit from lakeFS at %s",
+            settings.training.dask_scheduler,
+            cluster.LakeFSAccess.for_settings(settings).endpoint,
+        )
+        yield client
+
+
+def validate_on_cluster(
+    settings: Settings,
+    spec: DatasetSpec,
+    client: Client,
+    source: cluster.Source,
+    tables: dict[str, datagate.Stored],
+) -> datagate.StateVerdict:
+    """The data gate's verdict on the commit, as :func:`validate` reaches it, the tables whose
+    check is not kept checked on the cluster's workers (this process reads none)."""
+    verdict = datagate.for_settings(settings, spec).judge_tables(
+        tables,
+        check_elsewhere=lambda unchecked: cluster.check_tables(client, source, unchecked, spec),
+    )
+    run_logger().info("data checks: %s", verdict.how())
+    return verdict
+
+
+def cluster_data(
+    settings: Settings,
+    spec: DatasetSpec,
+    client: Client,
+    source: cluster.Source,
+    tables: dict[str, datagate.Stored],
+) -> cluster.ClusterData:
+    """The tables that can train under the current description, read on the cluster's workers
+    (:func:`training_frame`'s rules; tables it cannot use are named in the log, and no usable
+    row at all fails the run)."""
+    gate = datagate.for_settings(settings, spec)
+    left_out = gate.left_out(list(tables), lambda path: tables[path].ingested)
+    for path, why in left_out.items():
+        run_logger().warning("%s is left out of training under %s: %s", path, spec.label, why)
+    usable = [
+        cluster.TableRef(path=path, checksum=table.checksum, ingested=table.ingested)
+        for path, table in tables.items()
+        if path not in left_out
+    ]
+    data = cluster.load(client, source, usable, spec)
+    if not sum(data.rows):
+        raise ValueError(
+            f"no table on this commit can train under {spec.label}: "
+            + "; ".join(f"{path}: {why}" for path, why in left_out.items())
+        )
+    run_logger().info(
+        "%d rows in %d tables read on the cluster's workers", sum(data.rows), len(data.rows)
+    )
+    return data
 
 
 @step(retries=3, delay_seconds=5)
@@ -157,8 +238,12 @@ def record_refused_data(settings: Settings, lineage: registry.Lineage, report: P
     return registry.log_refused_data(settings, lineage=lineage, report=report)
 
 
+TrainingData: TypeAlias = pd.DataFrame | cluster.ClusterData
+"""Training rows in this process, or held by a Dask cluster's workers."""
+
+
 def fit(
-    frame: pd.DataFrame,
+    frame: TrainingData,
     spec: DatasetSpec,
     settings: Settings,
     *,
@@ -168,7 +253,15 @@ def fit(
 ) -> model.TrainedModel:
     """Train with the best of a seeded search, or with the hyperparameters a tuned champion hands
     on (``inherited``: its version and them), or with the configured ones; ``feedback`` marks the
-    rows of folded feedback tables (their model is judged on the rows that predate them too)."""
+    rows of folded feedback tables (their model is judged on the rows that predate them too).
+    Rows a Dask cluster holds are trained on there (each table's rows know whether they are
+    feedback)."""
+    if isinstance(frame, cluster.ClusterData):
+        params = None if inherited is None else inherited[1]
+        trained = cluster.train(frame, spec, settings.training, params=params, tune=tune)
+        if inherited is not None:
+            trained = replace(trained, hyperparameters_from=f"champion v{inherited[0]}")
+        return trained
     if tune:
         return model.tune(frame, spec, settings.training, feedback=feedback)
     if inherited is None:
@@ -202,7 +295,7 @@ def log_and_register(
     trained: model.TrainedModel,
     *,
     spec: DatasetSpec,
-    frame: pd.DataFrame,
+    frame: TrainingData,
     lineage: registry.Lineage,
 ) -> registry.LoggedModel:
     """Log the run and register its version, after closing what an earlier attempt on the same
@@ -210,7 +303,8 @@ def log_and_register(
     client = registry.connect(settings)
     for done in registry.abandon_incomplete(client, settings, commit_id=lineage.commit_id):
         run_logger().warning("earlier attempt on %s: %s", lineage.commit_id, done)
-    return registry.log_trained(settings, trained, spec=spec, training_data=frame, lineage=lineage)
+    rows = frame if isinstance(frame, pd.DataFrame) else None  # a cluster's stay there
+    return registry.log_trained(settings, trained, spec=spec, training_data=rows, lineage=lineage)
 
 
 @step(retries=2, delay_seconds=5)
@@ -432,7 +526,8 @@ def train_commit(
     ``training.tune_trials`` hyperparameter trials), register, and promote if good. A commit
     already trained is skipped unless ``again`` asks for a new, recorded attempt. Data the checks
     refuse blocks training (recorded on the registered model) and raises ``ValueError`` naming
-    every failed check."""
+    every failed check. With ``training.dask_scheduler`` set, the cluster's workers read, check
+    and train on the commit (:mod:`lakeloop.cluster`); this process holds metadata only."""
     check_ids(repository, commit_id)
     logger = run_logger()
     run = runtime.step
@@ -452,15 +547,54 @@ def train_commit(
         logger.info("commit %s already trained by run %s; nothing to do", commit_id, previous)
         return {"status": "skipped", "reason": "already trained", "run_id": previous}
 
-    tables = run(read_commit)(settings, repository, commit_id)
-    if not tables:
+    with cluster_session(settings) as client:
+        return _train_commit(
+            settings,
+            spec,
+            repository,
+            commit_id,
+            reason=reason,
+            tune=tune,
+            again=again,
+            runtime=runtime,
+            client=client,
+        )
+
+
+def _train_commit(
+    settings: Settings,
+    spec: DatasetSpec,
+    repository: str,
+    commit_id: str,
+    *,
+    reason: str,
+    tune: bool,
+    again: bool,
+    runtime: Runtime,
+    client: Client | None,
+) -> dict[str, Any]:
+    """:func:`train_commit` from reading the commit on: in this process, or, with a ``client``
+    of a Dask cluster, with the cluster's workers reading, checking and training on it."""
+    logger = run_logger()
+    run = runtime.step
+    if client is None:
+        tables = run(read_commit)(settings, repository, commit_id)
+        listed = list(tables)
+    else:  # the workers read the tables: here, only their list
+        stored = run(list_commit)(settings, spec, repository, commit_id)
+        listed = list(stored)
+    if not listed:
         logger.info(
             "no tables under %s at %s; nothing to train", settings.lakefs.data_prefix, commit_id
         )
         return {"status": "skipped", "reason": "no data"}
 
-    ingested = run(ingested_under)(settings, spec, repository, commit_id, list(tables))
-    verdict = run(validate)(settings, tables, spec, ingested)
+    if client is None:
+        ingested = run(ingested_under)(settings, spec, repository, commit_id, list(tables))
+        verdict = run(validate)(settings, tables, spec, ingested)
+    else:
+        source = cluster.Source(cluster.LakeFSAccess.for_settings(settings), repository, commit_id)
+        verdict = run(validate_on_cluster)(settings, spec, client, source, stored)
     validation = verdict.result
     runtime.artifact(
         "validation",
@@ -486,12 +620,17 @@ def train_commit(
             + refusal(validation, blocked)
         )
     run(clear_blocked)(settings)
-    data = run(training_frame)(settings, spec, tables, ingested)
+    if client is None:
+        data = run(training_frame)(settings, spec, tables, ingested)
+        frame: TrainingData = data.frame
+        feedback: np.ndarray | None = data.feedback
+    else:
+        frame, feedback = run(cluster_data)(settings, spec, client, source, stored), None
     outcome = train_and_promote(
         settings,
         spec,
-        data.frame,
-        feedback=data.feedback,
+        frame,
+        feedback=feedback,
         lineage=lineage,
         validation=validation,
         tune=tune,
@@ -525,7 +664,7 @@ def judge(
 def train_and_promote(
     settings: Settings,
     spec: DatasetSpec,
-    frame: pd.DataFrame,
+    frame: TrainingData,
     *,
     lineage: registry.Lineage,
     report: Path | None = None,
