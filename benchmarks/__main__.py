@@ -11,6 +11,7 @@ import sys
 BENCHMARKS = [
     "benchmarks.lakefs_io",  # lakeFS ingest and read-back through the SDK vs a plain file copy
     "benchmarks.training",  # training time and peak memory at 20k, 200k, 1M rows
+    "benchmarks.cluster_training",  # flow memory: in process vs Dask workers reading lakeFS
     "benchmarks.validation",  # warm Great Expectations vs the same checks in plain pandas
     "benchmarks.draft",  # `lakeloop dataset init` on 100k and 1M rows vs reading the CSV
     "benchmarks.drift",  # the monitor step vs Evidently alone, 50k vs 20k rows

@@ -21,6 +21,7 @@ from lakeloop import cluster, lakefs_client, registry
 from lakeloop.dataset import DatasetSpec
 from lakeloop.settings import Settings
 from pipelines import train
+from tests.utils.dask_cluster import local_cluster
 from tests.utils.local_lakefs import local_repository
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.net import free_port
@@ -61,15 +62,9 @@ def _batches(seed: int) -> dict[str, bytes]:
     }
 
 
-@pytest.fixture(scope="module")
-def local_cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-    ) as running:
+@pytest.fixture(scope="module", name="local_cluster")
+def running_cluster() -> Iterator[LocalCluster]:
+    with local_cluster() as running:
         yield running
 
 
@@ -171,9 +166,7 @@ def test_a_cluster_without_workers_fails_the_run_naming_its_address(
     lake: Lake, spec: DatasetSpec
 ) -> None:
     before = _versions(lake.settings)
-    with LocalCluster(
-        n_workers=0, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
-    ) as empty:
+    with local_cluster(workers=0) as empty:
         settings = _with_training(
             lake.settings, dask_scheduler=empty.scheduler_address, dask_worker_timeout_seconds=2.0
         )

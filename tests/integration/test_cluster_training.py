@@ -22,7 +22,6 @@ import lakefs
 import numpy as np
 import pandas as pd
 import pytest
-from distributed import LocalCluster
 
 from lakefs_local.store import Store
 from lakeloop import cluster, lakefs_client, rowkeys
@@ -33,6 +32,7 @@ from lakeloop.model import ClusterHoldout, TrainedModel
 from lakeloop.settings import Settings
 from pipelines import train
 from pipelines.runtime import Runtime
+from tests.utils.dask_cluster import local_cluster
 from tests.utils.local_lakefs import local_repository
 from tests.utils.mlflow_server import mlflow_server
 from tests.utils.net import free_port
@@ -99,14 +99,7 @@ def parsed_here(monkeypatch: pytest.MonkeyPatch) -> ParsedHere:
 
 @pytest.fixture(scope="module")
 def scheduler_address() -> Iterator[str]:
-    """Two single-threaded worker processes: data crosses processes, as on a real cluster."""
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-    ) as local:
+    with local_cluster() as local:
         yield local.scheduler_address
 
 

@@ -11,7 +11,6 @@ import mlflow.sklearn
 import numpy as np
 import pandas as pd
 import pytest
-from distributed import LocalCluster
 from sklearn.pipeline import Pipeline
 from xgboost import XGBRegressor
 
@@ -19,6 +18,7 @@ from lakeloop.dataset import DatasetSpec
 from lakeloop.model import TrainedModel, regressor_of, train
 from lakeloop.registry import TRUSTED_MODEL_TYPES
 from lakeloop.settings import TrainingSettings
+from tests.utils.dask_cluster import local_cluster
 from tooling import market
 
 pytestmark = pytest.mark.integration
@@ -29,15 +29,8 @@ ROUNDS = 120
 
 @pytest.fixture(scope="module")
 def scheduler_address() -> Iterator[str]:
-    """Two single-threaded worker processes, as on a real cluster (data crosses processes)."""
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-    ) as cluster:
-        yield cluster.scheduler_address
+    with local_cluster() as local:
+        yield local.scheduler_address
 
 
 @pytest.fixture(scope="module")
