@@ -25,8 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-DASK_WORKERS = 2
-
 
 def _free_port() -> int:
     with socket.socket() as probe:
@@ -81,8 +79,9 @@ def _peak_mb_of(pid: int) -> float:
 def measure(rows: int, tables: int) -> dict[str, dict[str, float]]:
     """Both ways on one commit of ``rows`` rows in ``tables`` tables."""
     import lakefs  # noqa: PLC0415
-    from distributed import Client, LocalCluster  # noqa: PLC0415
+    from distributed import Client  # noqa: PLC0415
 
+    from benchmarks.training import local_cluster  # noqa: PLC0415
     from lakeloop import lakefs_client  # noqa: PLC0415
     from lakeloop.settings import load_settings  # noqa: PLC0415
     from tooling import market  # noqa: PLC0415
@@ -112,13 +111,7 @@ def measure(rows: int, tables: int) -> dict[str, dict[str, float]]:
             commit_id = str(branch.commit(message="benchmark").get_commit().id)
             results = {"in process": _in_child(state_dir, commit_id, None)}
             with (
-                LocalCluster(
-                    n_workers=DASK_WORKERS,
-                    threads_per_worker=1,
-                    processes=True,
-                    host="127.0.0.1",
-                    dashboard_address="127.0.0.1:0",
-                ) as cluster,
+                local_cluster() as cluster,
                 Client(cluster, set_as_default=False) as dask,
             ):
                 on_dask = _in_child(state_dir, commit_id, cluster.scheduler_address)

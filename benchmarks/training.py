@@ -29,13 +29,30 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from unittest import mock
+
+if TYPE_CHECKING:
+    from distributed import LocalCluster
 
 SIZES = (20_000, 200_000, 1_000_000)
 ENGINES = ("process", "dask")
 DASK_WORKERS = 2
 STEP_ROWS = 20_000
+
+
+def local_cluster() -> LocalCluster:
+    """The benchmarks' Dask cluster on loopback: :data:`DASK_WORKERS` single-threaded worker
+    processes of their own, no dashboard (a context manager)."""
+    from distributed import LocalCluster  # noqa: PLC0415 - imported in the measured child only
+
+    return LocalCluster(
+        n_workers=DASK_WORKERS,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    )
 
 
 def measure(rows: int, *, engine: str) -> dict[str, float]:
@@ -46,16 +63,10 @@ def measure(rows: int, *, engine: str) -> dict[str, float]:
     if engine == "process":
         result = _train_timed(frame, scheduler=None)
         return result | {"peak_mb": _own_peak_mb()}
-    from distributed import Client, LocalCluster  # noqa: PLC0415
+    from distributed import Client  # noqa: PLC0415
 
     with (
-        LocalCluster(
-            n_workers=DASK_WORKERS,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
+        local_cluster() as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
         result = _train_timed(frame, scheduler=cluster.scheduler_address)
